@@ -1,0 +1,396 @@
+//! `careplane`: a declarative control plane that hosts Odoo for healthcare.
+//!
+//! The command is a thin layer: it parses arguments, loads specs through
+//! `careplane-spec`, and calls `careplane-engine`. Output goes to stdout
+//! (results, `--output json`) and stderr (progress, errors).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use careplane_engine::{ApplyOptions, Engine, Event, Status};
+use careplane_state::ExposeSecret;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "careplane",
+    version,
+    about = "Host Odoo for healthcare with the controls built in",
+    long_about = "careplane reads YAML specs (Platform, ServiceTier, BackupPolicy, Tenant), plans \
+                  the difference between them and what it holds, and applies it: isolated, \
+                  hardened PostgreSQL and Redis per tenant environment on the local target.\n\n\
+                  Typical use:\n  careplane validate -f specs/\n  careplane plan -f specs/\n  \
+                  careplane apply -f specs/\n  careplane status -f specs/"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Files {
+    /// Spec file or directory of *.yaml files (repeatable).
+    #[arg(short = 'f', long = "file", required = true, value_name = "PATH")]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum, Default)]
+enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check specs: every error with file:line:column, field path and a hint.
+    Validate {
+        #[command(flatten)]
+        files: Files,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show what apply would create, change and delete. Changes nothing.
+    Plan {
+        #[command(flatten)]
+        files: Files,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Make the platform match the specs. Safe to interrupt and re-run.
+    Apply {
+        #[command(flatten)]
+        files: Files,
+        #[command(flatten)]
+        guards: Guards,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Every tenant environment: cluster, database, ports, health.
+    Status {
+        #[command(flatten)]
+        files: Files,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove tenants (or, without --tenant, everything careplane holds).
+    Destroy {
+        #[command(flatten)]
+        files: Files,
+        /// Only this tenant (repeatable).
+        #[arg(long = "tenant", value_name = "TENANT")]
+        tenants: Vec<String>,
+        #[command(flatten)]
+        guards: Guards,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Start every server careplane holds (after `stop` or a reboot).
+    Start {
+        #[command(flatten)]
+        files: Files,
+    },
+    /// Stop every server careplane holds, without losing data.
+    Stop {
+        #[command(flatten)]
+        files: Files,
+    },
+    /// Print the password of a tenant environment's database role.
+    Credentials {
+        #[command(flatten)]
+        files: Files,
+        tenant: String,
+        environment: String,
+    },
+    /// Recent operations and their steps, from the journal.
+    Journal {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print the JSON Schema of every spec kind (for editor completion).
+    Schema,
+}
+
+#[derive(Args, Clone, Default)]
+struct Guards {
+    /// Allow dropping databases that still hold data.
+    #[arg(long)]
+    delete_data: bool,
+    /// Allow deleting this tenant's production/DR environments (repeatable).
+    #[arg(long = "confirm", value_name = "TENANT")]
+    confirm: Vec<String>,
+}
+
+impl Guards {
+    fn options(&self) -> ApplyOptions {
+        ApplyOptions {
+            delete_data: self.delete_data,
+            confirm: self.confirm.clone(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(files: &Files) -> Result<Engine, anyhow::Error> {
+    match careplane_spec::load(&files.files) {
+        Ok(specs) => Ok(Engine::new(specs)),
+        Err(diags) => Err(anyhow::anyhow!("{diags}")),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Schema => {
+            print_json(&careplane_spec::json_schema())?;
+        }
+        Command::Validate { files, output } => match careplane_spec::load(&files.files) {
+            Ok(specs) => {
+                if output == Output::Json {
+                    print_json(&serde_json::json!({ "valid": true, "diagnostics": [] }))?;
+                } else {
+                    println!(
+                        "ok: platform {}, {} service tiers, {} tenants, {} environments",
+                        specs.platform.metadata.name,
+                        specs.service_tiers.len(),
+                        specs.tenants.len(),
+                        specs.tenants.iter().map(|t| t.spec.environments.len()).sum::<usize>()
+                    );
+                }
+            }
+            Err(diags) => {
+                if output == Output::Json {
+                    print_json(&serde_json::json!({ "valid": false, "diagnostics": diags }))?;
+                } else {
+                    eprintln!("{diags}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        Command::Plan { files, output } => {
+            let mut engine = load(&files)?;
+            let plan = engine.plan()?;
+            match output {
+                Output::Json => print_json(&plan.to_json())?,
+                Output::Text => print!("{}", plan.render()),
+            }
+        }
+        Command::Apply {
+            files,
+            guards,
+            output,
+        } => {
+            let mut engine = load(&files)?;
+            let report = with_progress(|p| engine.apply(&guards.options(), p))?;
+            match output {
+                Output::Json => print_json(&report)?,
+                Output::Text => {
+                    if report.applied.is_empty() {
+                        println!("No changes: the platform matches the specs.");
+                    } else {
+                        println!("Applied {} actions (operation {}).", report.applied.len(), report.operation);
+                        println!("Run `careplane status -f ...` to see every environment and its health.");
+                    }
+                }
+            }
+        }
+        Command::Destroy {
+            files,
+            tenants,
+            guards,
+            output,
+        } => {
+            let mut engine = load(&files)?;
+            let mut opts = guards.options();
+            // Destroying is the explicit request to delete data; production
+            // still needs --confirm.
+            opts.delete_data = true;
+            let report = with_progress(|p| engine.destroy(&tenants, &opts, p))?;
+            match output {
+                Output::Json => print_json(&report)?,
+                Output::Text => println!("Destroyed: {} actions.", report.applied.len()),
+            }
+        }
+        Command::Status { files, output } => {
+            let mut engine = load(&files)?;
+            let status = engine.status()?;
+            match output {
+                Output::Json => print_json(&status)?,
+                Output::Text => print_status(&status),
+            }
+            let healthy = status.environments.iter().all(|e| {
+                e.pg_health.ok && e.redis_health.as_ref().map(|h| h.ok).unwrap_or(true)
+            });
+            if !healthy {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Start { files } => {
+            let mut engine = load(&files)?;
+            engine.start_all(&mut |m| eprintln!("{m}"))?;
+        }
+        Command::Stop { files } => {
+            let mut engine = load(&files)?;
+            engine.stop_all(&mut |m| eprintln!("{m}"))?;
+        }
+        Command::Credentials {
+            files,
+            tenant,
+            environment,
+        } => {
+            let mut engine = load(&files)?;
+            let secret = engine
+                .credentials(&tenant, &environment)
+                .with_context(|| format!("credentials of {tenant}/{environment}"))?;
+            println!("{}", secret.expose_secret());
+        }
+        Command::Journal {
+            files,
+            limit,
+            output,
+        } => {
+            let engine = load(&files)?;
+            let store = careplane_state::Store::open(engine.data_dir())?;
+            let steps = store.journal(limit)?;
+            match output {
+                Output::Json => print_json(&steps)?,
+                Output::Text => {
+                    for s in steps {
+                        let outcome = match (&s.finished_at, &s.error) {
+                            (_, Some(e)) => format!("failed: {e}"),
+                            (Some(_), None) => "done".to_string(),
+                            (None, None) => "interrupted".to_string(),
+                        };
+                        println!("{}  op {:>4}  {:<50} {}", s.started_at, s.op, s.action, outcome);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `f` with a progress display on stderr: a bar on a terminal, one line
+/// per step otherwise (CI logs).
+fn with_progress<T>(
+    f: impl FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<T, careplane_engine::EngineError>,
+) -> Result<T> {
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::hidden();
+    if tty {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                .expect("static template"),
+        );
+    }
+    let mut cb = |ev: Event<'_>| match ev {
+        Event::Interrupted { actions } => {
+            let msg = format!(
+                "resuming an interrupted run; unfinished steps: {}",
+                actions.join(", ")
+            );
+            if tty {
+                bar.println(msg);
+            } else {
+                eprintln!("{msg}");
+            }
+        }
+        Event::Started { index, total, action } => {
+            let msg = format!("{:?} {}", action.op, action.id).to_lowercase();
+            if tty {
+                bar.set_length(total as u64);
+                bar.set_position(index as u64);
+                bar.set_message(msg);
+            } else {
+                eprintln!("[{}/{}] {msg} ...", index + 1, total);
+            }
+        }
+        Event::Finished { index, total, .. } => {
+            if tty {
+                bar.set_position(index as u64 + 1);
+            } else if index + 1 == total {
+                eprintln!("[{total}/{total}] done");
+            }
+        }
+    };
+    let r = f(&mut cb);
+    bar.finish_and_clear();
+    Ok(r?)
+}
+
+fn print_status(s: &Status) {
+    println!("platform {}  (data: {})", s.platform, s.data_dir);
+    println!();
+    println!("{:<28} {:<10} {:>6} {:>8} {}", "SERVER", "STATE", "PORT", "PID", "RUNNING");
+    for sv in &s.servers {
+        println!(
+            "{:<28} {:<10} {:>6} {:>8} {}",
+            sv.id,
+            sv.state,
+            sv.port.map(|p| p.to_string()).unwrap_or_default(),
+            sv.pid.map(|p| p.to_string()).unwrap_or_default(),
+            if sv.running { "yes" } else { "no" }
+        );
+    }
+    println!();
+    println!(
+        "{:<14} {:<10} {:<11} {:<20} {:<26} {:>6} {:<6} {:>6} {:<6}",
+        "TENANT", "ENV", "KIND", "CLUSTER", "DATABASE", "PG", "HEALTH", "REDIS", "HEALTH"
+    );
+    for e in &s.environments {
+        let h = |ok: bool| if ok { "ok" } else { "DOWN" };
+        println!(
+            "{:<14} {:<10} {:<11} {:<20} {:<26} {:>6} {:<6} {:>6} {:<6}",
+            e.tenant,
+            e.environment,
+            e.kind,
+            e.cluster,
+            e.database,
+            e.pg_port.map(|p| p.to_string()).unwrap_or_default(),
+            h(e.pg_health.ok),
+            e.redis_port.map(|p| p.to_string()).unwrap_or_default(),
+            e.redis_health.as_ref().map(|x| h(x.ok)).unwrap_or("-"),
+        );
+    }
+    let down: Vec<_> = s
+        .environments
+        .iter()
+        .flat_map(|e| {
+            let mut v = Vec::new();
+            if !e.pg_health.ok {
+                v.push(format!("{}/{} postgres: {}", e.tenant, e.environment, e.pg_health.detail));
+            }
+            if let Some(h) = e.redis_health.as_ref().filter(|h| !h.ok) {
+                v.push(format!("{}/{} redis: {}", e.tenant, e.environment, h.detail));
+            }
+            v
+        })
+        .collect();
+    if !down.is_empty() {
+        println!();
+        for d in down {
+            println!("  {d}");
+        }
+    }
+}

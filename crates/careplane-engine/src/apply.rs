@@ -1,0 +1,643 @@
+//! Executing plans, and starting/stopping what careplane holds.
+
+use std::path::{Path, PathBuf};
+
+use careplane_local::pg::{PgBinaries, TlsFiles};
+use careplane_local::system::{self, ServiceUser};
+use careplane_local::{pki, ExposeSecret};
+use careplane_state::{ResourceRecord, ResourceStatus, SecretString, Store};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::desired::Kind;
+use crate::plan::{Action, Op, Plan};
+use crate::runtime::{self, *};
+use crate::{Engine, EngineError};
+
+/// What the operator allowed for this run.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// Drop databases that still hold data.
+    pub delete_data: bool,
+    /// Tenants whose production/DR environments may be deleted.
+    pub confirm: Vec<String>,
+}
+
+/// Progress, for the CLI to show.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Steps of an earlier apply that never finished; this run completes them.
+    Interrupted { actions: Vec<String> },
+    Started { index: usize, total: usize, action: &'a Action },
+    Finished { index: usize, total: usize, action: &'a Action },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub operation: i64,
+    pub applied: Vec<String>,
+}
+
+/// Names a point inside an action where a test may kill the process.
+///
+/// `CAREPLANE_CRASH_AT=<action id>@<point>` makes careplane SIGKILL itself
+/// there: the fault-injection tests use it to prove that every interruption
+/// converges. Points: `started` (journaled, nothing done), `prepared` (intent
+/// and secrets recorded), `executed` (runtime work done, not yet recorded),
+/// `finished` (recorded, journal closed).
+fn crash_point(id: &str, point: &str) {
+    if let Ok(spec) = std::env::var("CAREPLANE_CRASH_AT") {
+        if spec.split(',').any(|s| s == format!("{id}@{point}")) {
+            // SAFETY: kill(2) on our own pid; no memory is touched.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Lazily resolved host facts: found once per run, and only when a step needs them.
+#[derive(Default)]
+struct Host {
+    pg_bin: Option<PgBinaries>,
+    redis_bin: Option<PathBuf>,
+    user: Option<Option<ServiceUser>>,
+}
+
+impl Engine {
+    /// Runs the current plan under the apply lock.
+    pub fn apply(
+        &mut self,
+        opts: &ApplyOptions,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<ApplyReport, EngineError> {
+        self.run_plan("apply", opts, progress, |e| e.plan())
+    }
+
+    /// Removes what careplane holds for `tenants` (everything when empty).
+    pub fn destroy(
+        &mut self,
+        tenants: &[String],
+        opts: &ApplyOptions,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<ApplyReport, EngineError> {
+        let tenants = tenants.to_vec();
+        self.run_plan("destroy", opts, progress, move |e| e.destroy_plan(&tenants))
+    }
+
+    fn run_plan(
+        &mut self,
+        command: &str,
+        opts: &ApplyOptions,
+        progress: &mut dyn FnMut(Event<'_>),
+        make_plan: impl FnOnce(&mut Engine) -> Result<Plan, EngineError>,
+    ) -> Result<ApplyReport, EngineError> {
+        self.store()?;
+        let _lock = careplane_state::lock(&self.data_dir, command)?;
+        let interrupted = self.store()?.interrupted_steps()?;
+        if !interrupted.is_empty() {
+            progress(Event::Interrupted {
+                actions: interrupted.iter().map(|s| s.action.clone()).collect(),
+            });
+        }
+        let plan = make_plan(self)?;
+        let mut host = Host::default();
+        self.preflight(&plan, opts, &mut host)?;
+
+        let store = self.store.as_ref().expect("opened above");
+        let op = store.begin_operation(command)?;
+        store.mark_interrupted_resumed(op)?;
+        let total = plan.actions.len();
+        let mut applied = Vec::new();
+        for (index, action) in plan.actions.iter().enumerate() {
+            progress(Event::Started { index, total, action });
+            let label = format!("{} {}", op_name(action.op), action.id);
+            let step = store.step_started(op, &label, &json!({ "props": action.props }))?;
+            crash_point(&action.id, "started");
+            if let Err(e) = self.execute(action, &mut host) {
+                let msg = e.to_string();
+                let store = self.store.as_ref().expect("opened above");
+                store.step_finished(step, Some(&msg))?;
+                store.finish_operation(op, "failed", Some(&msg))?;
+                return Err(EngineError::Inconsistent {
+                    what: format!("{label} failed: {msg}"),
+                });
+            }
+            let store = self.store.as_ref().expect("opened above");
+            store.step_finished(step, None)?;
+            crash_point(&action.id, "finished");
+            progress(Event::Finished { index, total, action });
+            applied.push(label);
+        }
+        self.store
+            .as_ref()
+            .expect("opened above")
+            .finish_operation(op, "succeeded", None)?;
+        Ok(ApplyReport {
+            operation: op,
+            applied,
+        })
+    }
+
+    /// Everything that can refuse the plan is checked before the first action,
+    /// so a refused plan changes nothing.
+    fn preflight(&mut self, plan: &Plan, opts: &ApplyOptions, host: &mut Host) -> Result<(), EngineError> {
+        let mut problems = Vec::new();
+        let mut unconfirmed = std::collections::BTreeSet::new();
+        for a in plan.actions.iter().filter(|a| a.op == Op::Delete) {
+            if a.is_production() {
+                if let Some(t) = a.tenant() {
+                    if !opts.confirm.iter().any(|c| c == t) {
+                        unconfirmed.insert(t.to_string());
+                    }
+                }
+            }
+        }
+        for t in &unconfirmed {
+            problems.push(format!(
+                "tenant {t} has a production or DR environment that would be deleted: pass --confirm {t}"
+            ));
+        }
+        let needs_pg = plan.actions.iter().any(|a| matches!(a.kind, Kind::PgCluster | Kind::PgDatabase));
+        let needs_redis = plan.actions.iter().any(|a| matches!(a.kind, Kind::RedisServer | Kind::RedisUser));
+        if needs_pg {
+            if let Err(e) = self.pg_bin(host) {
+                problems.push(e.to_string());
+            }
+        }
+        if needs_redis {
+            if let Err(e) = self.redis_bin(host) {
+                problems.push(e.to_string());
+            }
+        }
+        if needs_pg || needs_redis {
+            if let Err(e) = self.user(host) {
+                problems.push(e.to_string());
+            }
+        }
+        if !opts.delete_data && problems.is_empty() {
+            let all = self.store()?.resources()?;
+            for a in plan.actions.iter().filter(|a| a.op == Op::Delete && a.kind == Kind::PgDatabase) {
+                match self.database_has_data(a, &all, host) {
+                    Ok(false) => {}
+                    Ok(true) => problems.push(format!(
+                        "{} still holds data (database {}): pass --delete-data to drop it",
+                        a.id,
+                        a.props.get("database").and_then(Value::as_str).unwrap_or("?")
+                    )),
+                    Err(e) => problems.push(format!(
+                        "cannot tell whether {} holds data ({e}); start the platform with `careplane start` first",
+                        a.id
+                    )),
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Refused { problems })
+        }
+    }
+
+    fn database_has_data(&mut self, a: &Action, all: &[ResourceRecord], host: &mut Host) -> Result<bool, EngineError> {
+        let cluster_id = a.props.get("cluster").and_then(Value::as_str).unwrap_or_default();
+        let Some(crec) = all.iter().find(|r| r.id == cluster_id) else {
+            return Ok(false);
+        };
+        let database = a.props.get("database").and_then(Value::as_str).unwrap_or_default();
+        let cluster = self.cluster_handle(crec, host)?;
+        if cluster.running_pid().is_none() {
+            return Err(EngineError::inconsistent(format!("{cluster_id} is not running")));
+        }
+        if !cluster.databases()?.iter().any(|d| d == database) {
+            return Ok(false);
+        }
+        Ok(cluster.database_has_data(database)?)
+    }
+
+    fn pg_bin(&self, host: &mut Host) -> Result<PgBinaries, EngineError> {
+        if host.pg_bin.is_none() {
+            let dir = self.specs.platform.spec.postgres.bin_dir.as_deref();
+            host.pg_bin = Some(careplane_local::pg::find_binaries(dir)?);
+        }
+        Ok(host.pg_bin.clone().expect("set above"))
+    }
+
+    fn redis_bin(&self, host: &mut Host) -> Result<PathBuf, EngineError> {
+        if host.redis_bin.is_none() {
+            host.redis_bin = Some(runtime::redis_binary(&self.specs.platform.spec)?);
+        }
+        Ok(host.redis_bin.clone().expect("set above"))
+    }
+
+    fn user(&self, host: &mut Host) -> Result<Option<ServiceUser>, EngineError> {
+        if host.user.is_none() {
+            host.user = Some(system::service_user(self.specs.platform.spec.run_as.as_deref())?);
+        }
+        Ok(host.user.clone().expect("set above"))
+    }
+
+    fn cluster_handle(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<careplane_local::pg::PgCluster, EngineError> {
+        let bin = self.pg_bin(host)?;
+        let user = self.user(host)?;
+        runtime::pg_cluster(self.store()?, rec, bin, user)
+    }
+
+    fn redis_handle(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<careplane_local::redis::RedisServer, EngineError> {
+        let bin = self.redis_bin(host)?;
+        let user = self.user(host)?;
+        runtime::redis_server(self.store()?, rec, bin, user)
+    }
+
+    fn execute(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        match (a.kind, a.op) {
+            (Kind::Ca, Op::Create | Op::Update) => self.ensure_ca(a),
+            (Kind::Ca, Op::Delete) => self.delete_plain(a, |_, _| Ok(())),
+            (Kind::PgCluster, Op::Create | Op::Update) => self.ensure_pg_cluster(a, host),
+            (Kind::PgCluster, Op::Delete) => self.delete_pg_cluster(a, host),
+            (Kind::PgDatabase, Op::Create | Op::Update) => self.ensure_pg_database(a, host),
+            (Kind::PgDatabase, Op::Delete) => self.delete_pg_database(a, host),
+            (Kind::RedisServer, Op::Create | Op::Update) => self.ensure_redis_server(a, host),
+            (Kind::RedisServer, Op::Delete) => self.delete_redis_server(a, host),
+            (Kind::RedisUser, Op::Create | Op::Update) => self.ensure_redis_user(a, host),
+            (Kind::RedisUser, Op::Delete) => self.delete_redis_user(a, host),
+        }
+    }
+
+    /// Records intent: the existing record's allocations, or new ones, saved as
+    /// `pending` before anything uses them.
+    fn prepare(&mut self, a: &Action, allocate: impl FnOnce(&Path) -> Result<Value, EngineError>) -> Result<ResourceRecord, EngineError> {
+        let data_dir = self.data_dir.clone();
+        let store = self.store()?;
+        let mut rec = match store.resource(&a.id)? {
+            Some(r) => r,
+            None => ResourceRecord {
+                id: a.id.clone(),
+                kind: a.kind.as_str().to_string(),
+                status: ResourceStatus::Pending,
+                props: a.props.clone(),
+                observed: allocate(&data_dir)?,
+                created_at: String::new(),
+                updated_at: String::new(),
+            },
+        };
+        if a.op == Op::Create {
+            rec.status = ResourceStatus::Pending;
+        }
+        // Updates keep their status until they succeed; the new props are
+        // recorded only when they have been applied (see `finish`).
+        if a.op == Op::Create {
+            rec.props = a.props.clone();
+            store.put_resource(&rec)?;
+        }
+        Ok(rec)
+    }
+
+    fn finish(&mut self, a: &Action, mut rec: ResourceRecord) -> Result<(), EngineError> {
+        crash_point(&a.id, "executed");
+        rec.status = ResourceStatus::Ready;
+        rec.props = a.props.clone();
+        self.store()?.put_resource(&rec)?;
+        Ok(())
+    }
+
+    fn mark_deleting(&mut self, a: &Action) -> Result<Option<ResourceRecord>, EngineError> {
+        let store = self.store()?;
+        let Some(mut rec) = store.resource(&a.id)? else {
+            return Ok(None);
+        };
+        rec.status = ResourceStatus::Deleting;
+        store.put_resource(&rec)?;
+        crash_point(&a.id, "prepared");
+        Ok(Some(rec))
+    }
+
+    fn delete_plain(&mut self, a: &Action, undo: impl FnOnce(&mut Engine, &ResourceRecord) -> Result<(), EngineError>) -> Result<(), EngineError> {
+        if let Some(rec) = self.mark_deleting(a)? {
+            undo(self, &rec)?;
+            crash_point(&a.id, "executed");
+            self.store()?.delete_resource(&a.id)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_ca(&mut self, a: &Action) -> Result<(), EngineError> {
+        let mut rec = self.prepare(a, |_| Ok(json!({})))?;
+        let store = self.store()?;
+        let have_key = store.secret(&a.id, CA_KEY)?.is_some();
+        if !have_key || rec.observed.get("certPem").is_none() {
+            let ca = pki::generate_ca(&format!("careplane {} CA", self.specs.platform.metadata.name))?;
+            let store = self.store()?;
+            store.put_secret(&a.id, CA_KEY, &ca.key_pem)?;
+            rec.observed = json!({ "certPem": ca.cert_pem });
+            store.put_resource(&rec)?;
+        }
+        crash_point(&a.id, "prepared");
+        let cert = observed_str(&rec, "certPem")?.to_string();
+        let path = self.data_dir.join("pki").join("ca.crt");
+        write_public(&path, cert.as_bytes())?;
+        rec.observed["certFile"] = json!(path.display().to_string());
+        self.finish(a, rec)
+    }
+
+    fn ca(&mut self) -> Result<pki::Ca, EngineError> {
+        let store = self.store()?;
+        let rec = store
+            .resource(&crate::desired::ca_id())?
+            .filter(|r| r.status == ResourceStatus::Ready)
+            .ok_or_else(|| EngineError::inconsistent("the platform CA is not ready"))?;
+        Ok(pki::Ca {
+            cert_pem: observed_str(&rec, "certPem")?.to_string(),
+            key_pem: secret(store, &rec.id, CA_KEY)?,
+        })
+    }
+
+    /// A server certificate issued once per resource and kept, so re-runs
+    /// rewrite the same files.
+    fn server_tls(&mut self, rec: &mut ResourceRecord, cn: &str) -> Result<TlsFiles, EngineError> {
+        let ca = self.ca()?;
+        let store = self.store()?;
+        let key = store.secret(&rec.id, TLS_KEY)?;
+        let cert = rec.observed.get("tlsCert").and_then(Value::as_str).map(str::to_string);
+        let (cert, key) = match (cert, key) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                let (c, k) = pki::issue_server_cert(&ca, cn, &[])?;
+                store.put_secret(&rec.id, TLS_KEY, &k)?;
+                rec.observed["tlsCert"] = json!(c);
+                store.put_resource(rec)?;
+                (c, k)
+            }
+        };
+        Ok(TlsFiles {
+            ca_cert_pem: ca.cert_pem,
+            cert_pem: cert,
+            key_pem: key,
+        })
+    }
+
+    fn ensure_pg_cluster(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let scope = a.props["scope"].as_str().unwrap_or_default().to_string();
+        let mut rec = self.prepare(a, |dir| {
+            Ok(json!({
+                "port": system::free_port()?,
+                "root": dir.join("pg").join(&scope).display().to_string(),
+            }))
+        })?;
+        self.store()?.get_or_create_secret(&a.id, ADMIN_PASSWORD)?;
+        let tls = self.server_tls(&mut rec, &format!("careplane pg {scope}"))?;
+        if a.op == Op::Create {
+            crash_point(&a.id, "prepared");
+        }
+        // Apply the new settings (an update) through the handle.
+        let mut target = rec.clone();
+        target.props = a.props.clone();
+        let cluster = self.cluster_handle(&target, host)?;
+        cluster.init(&tls)?;
+        if a.op == Op::Update {
+            cluster.stop()?;
+        }
+        let pid = cluster.start()?;
+        rec.observed["pid"] = json!(pid);
+        rec.observed["majorVersion"] = json!(cluster.bin.major_version);
+        self.finish(a, rec)
+    }
+
+    fn delete_pg_cluster(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let Some(rec) = self.mark_deleting(a)? else {
+            return Ok(());
+        };
+        if rec.observed.get("root").is_some() && self.store()?.secret(&a.id, ADMIN_PASSWORD)?.is_some() {
+            let cluster = self.cluster_handle(&rec, host)?;
+            cluster.stop()?;
+            remove_dir(&cluster.root)?;
+        } else if let Some(root) = rec.observed.get("root").and_then(Value::as_str) {
+            remove_dir(Path::new(root))?;
+        }
+        crash_point(&a.id, "executed");
+        self.store()?.delete_resource(&a.id)?;
+        Ok(())
+    }
+
+    fn ensure_pg_database(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let rec = self.prepare(a, |_| Ok(json!({})))?;
+        self.store()?.get_or_create_secret(&a.id, PASSWORD)?;
+        if a.op == Op::Create {
+            crash_point(&a.id, "prepared");
+        }
+        let cluster_id = a.props["cluster"].as_str().unwrap_or_default().to_string();
+        let all = self.store()?.resources()?;
+        let crec = ready(&all, &cluster_id)?;
+        let cluster = self.cluster_handle(&crec, host)?;
+        let mut target = rec.clone();
+        target.props = a.props.clone();
+        cluster.ensure_tenant_database(&runtime::tenant_db(self.store()?, &target)?)?;
+        cluster.write_hba(&hba_entries(&all, &cluster_id)?)?;
+        self.finish(a, rec)
+    }
+
+    fn delete_pg_database(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let Some(rec) = self.mark_deleting(a)? else {
+            return Ok(());
+        };
+        let cluster_id = str_prop(&rec, "cluster")?.to_string();
+        let all = self.store()?.resources()?;
+        if let Some(crec) = all.iter().find(|r| r.id == cluster_id) {
+            let cluster = self.cluster_handle(crec, host)?;
+            // Close the door first, then drop.
+            cluster.write_hba(&hba_entries(&all, &cluster_id)?)?;
+            cluster.drop_tenant_database(str_prop(&rec, "database")?, str_prop(&rec, "role")?)?;
+        }
+        crash_point(&a.id, "executed");
+        self.store()?.delete_resource(&a.id)?;
+        Ok(())
+    }
+
+    fn ensure_redis_server(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let scope = a.props["scope"].as_str().unwrap_or_default().to_string();
+        let mut rec = self.prepare(a, |dir| {
+            Ok(json!({
+                "port": system::free_port()?,
+                "root": dir.join("redis").join(&scope).display().to_string(),
+            }))
+        })?;
+        self.store()?.get_or_create_secret(&a.id, ADMIN_PASSWORD)?;
+        if a.op == Op::Create {
+            crash_point(&a.id, "prepared");
+        }
+        let mut target = rec.clone();
+        target.props = a.props.clone();
+        let server = self.redis_handle(&target, host)?;
+        let all = self.store()?.resources()?;
+        server.write_config(&acl_users(self.store()?, &all, &a.id)?)?;
+        if a.op == Op::Update {
+            server.stop()?;
+        }
+        let pid = server.start()?;
+        rec.observed["pid"] = json!(pid);
+        self.finish(a, rec)
+    }
+
+    fn delete_redis_server(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let Some(rec) = self.mark_deleting(a)? else {
+            return Ok(());
+        };
+        if self.store()?.secret(&a.id, ADMIN_PASSWORD)?.is_some() && rec.observed.get("root").is_some() {
+            let server = self.redis_handle(&rec, host)?;
+            server.stop()?;
+            remove_dir(&server.root)?;
+        }
+        crash_point(&a.id, "executed");
+        self.store()?.delete_resource(&a.id)?;
+        Ok(())
+    }
+
+    fn ensure_redis_user(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let rec = self.prepare(a, |_| Ok(json!({})))?;
+        self.store()?.get_or_create_secret(&a.id, PASSWORD)?;
+        if a.op == Op::Create {
+            crash_point(&a.id, "prepared");
+        }
+        let server_id = a.props["server"].as_str().unwrap_or_default().to_string();
+        let all = self.store()?.resources()?;
+        let srec = ready(&all, &server_id)?;
+        let server = self.redis_handle(&srec, host)?;
+        server.write_config(&acl_users(self.store()?, &all, &server_id)?)?;
+        server.reload_acl()?;
+        self.finish(a, rec)
+    }
+
+    fn delete_redis_user(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let Some(rec) = self.mark_deleting(a)? else {
+            return Ok(());
+        };
+        let server_id = str_prop(&rec, "server")?.to_string();
+        let all = self.store()?.resources()?;
+        if let Some(srec) = all.iter().find(|r| r.id == server_id) {
+            let server = self.redis_handle(srec, host)?;
+            server.write_config(&acl_users(self.store()?, &all, &server_id)?)?;
+            server.reload_acl()?;
+            server.delete_keys_with_prefix(str_prop(&rec, "keyPrefix")?)?;
+        }
+        crash_point(&a.id, "executed");
+        self.store()?.delete_resource(&a.id)?;
+        Ok(())
+    }
+
+    /// Starts every recorded server (after `stop` or a reboot).
+    pub fn start_all(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+        self.lifecycle("start", progress, true)
+    }
+
+    /// Stops every recorded server, PostgreSQL with a fast shutdown.
+    pub fn stop_all(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+        self.lifecycle("stop", progress, false)
+    }
+
+    fn lifecycle(&mut self, command: &str, progress: &mut dyn FnMut(&str), start: bool) -> Result<(), EngineError> {
+        if !self.state_exists() {
+            return Err(EngineError::inconsistent(format!(
+                "nothing to {command}: no state in {} (run `careplane apply` first)",
+                self.data_dir.display()
+            )));
+        }
+        let _lock = careplane_state::lock(&self.data_dir, command)?;
+        let mut host = Host::default();
+        let all = self.store()?.resources()?;
+        let op = self.store()?.begin_operation(command)?;
+        let mut servers: Vec<&ResourceRecord> = all
+            .iter()
+            .filter(|r| r.status == ResourceStatus::Ready && (r.kind == "pg-cluster" || r.kind == "redis-server"))
+            .collect();
+        if !start {
+            servers.reverse();
+        }
+        for rec in servers {
+            let step = self.store()?.step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
+            let result = if rec.kind == "pg-cluster" {
+                let c = self.cluster_handle(rec, &mut host)?;
+                if start { c.start().map(Some) } else { c.stop().map(|_| None) }
+            } else {
+                let s = self.redis_handle(rec, &mut host)?;
+                if start { s.start().map(Some) } else { s.stop().map(|_| None) }
+            };
+            match result {
+                Ok(pid) => {
+                    if let Some(pid) = pid {
+                        let mut r = rec.clone();
+                        r.observed["pid"] = json!(pid);
+                        self.store()?.put_resource(&r)?;
+                    }
+                    self.store()?.step_finished(step, None)?;
+                    progress(&format!("{command}ed {}", rec.id).replace("stoped", "stopped"));
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.store()?.step_finished(step, Some(&msg))?;
+                    self.store()?.finish_operation(op, "failed", Some(&msg))?;
+                    return Err(e.into());
+                }
+            }
+        }
+        self.store()?.finish_operation(op, "succeeded", None)?;
+        Ok(())
+    }
+
+    /// The generated password of a tenant environment's database role, for the
+    /// operator who asks for it explicitly.
+    pub fn credentials(&mut self, tenant: &str, env: &str) -> Result<SecretString, EngineError> {
+        let id = crate::desired::pg_database_id(tenant, env);
+        let store = self.store()?;
+        store
+            .secret(&id, PASSWORD)?
+            .ok_or_else(|| EngineError::inconsistent(format!("no credentials recorded for {tenant}/{env}")))
+    }
+
+    pub(crate) fn store_ref(&mut self) -> Result<&Store, EngineError> {
+        self.store()
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Create => "create",
+        Op::Update => "update",
+        Op::Delete => "delete",
+    }
+}
+
+fn ready(all: &[ResourceRecord], id: &str) -> Result<ResourceRecord, EngineError> {
+    all.iter()
+        .find(|r| r.id == id && r.status == ResourceStatus::Ready)
+        .cloned()
+        .ok_or_else(|| EngineError::inconsistent(format!("{id} is not ready; it must be created first")))
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let io = |source, what: &str| EngineError::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(e, "creating the directory of"))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| io(e, "writing"))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(e, "renaming into place"))
+}
+
+fn remove_dir(path: &Path) -> Result<(), EngineError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EngineError::Io {
+            what: format!("removing {}", path.display()),
+            source,
+        }),
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_secret_api(s: &SecretString) -> usize {
+    s.expose_secret().len()
+}

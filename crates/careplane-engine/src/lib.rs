@@ -1,0 +1,143 @@
+//! careplane's reconcile engine.
+//!
+//! `specs → desired resources → plan (diff against the state store) → apply`.
+//! Apply is crash-safe by construction:
+//!
+//! 1. Everything careplane allocates (ports, paths, passwords, certificates) is
+//!    written to the state store as a `pending` record *before* it is used, so
+//!    a re-run reuses the same values instead of allocating new ones.
+//! 2. Every runtime call is an "ensure" that converges whatever it finds.
+//! 3. Each action is journaled (started / finished); the next apply reports
+//!    steps that never finished and, because their records are still
+//!    `pending` or `deleting`, plans them again.
+//!
+//! So an apply killed at any instant — including `kill -9` — is finished by
+//! the next apply, with nothing duplicated or orphaned.
+
+pub mod desired;
+pub mod plan;
+mod apply;
+mod runtime;
+mod status;
+
+use std::path::{Path, PathBuf};
+
+use careplane_spec::SpecSet;
+use careplane_state::{ResourceRecord, Store};
+
+pub use apply::{ApplyOptions, ApplyReport, Event};
+pub use plan::{Action, Op, Plan};
+pub use status::{EnvStatus, ServerStatus, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] careplane_state::StateError),
+    #[error(transparent)]
+    Local(#[from] careplane_local::LocalError),
+    #[error("{what}")]
+    Unsupported { what: String },
+    #[error("{what}")]
+    Inconsistent { what: String },
+    /// Guards that refused the plan before anything ran; one line each.
+    #[error("nothing was changed:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Refused { problems: Vec<String> },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    fn inconsistent(what: impl Into<String>) -> EngineError {
+        EngineError::Inconsistent { what: what.into() }
+    }
+}
+
+/// A spec set bound to its data directory.
+pub struct Engine {
+    specs: SpecSet,
+    data_dir: PathBuf,
+    store: Option<Store>,
+}
+
+impl Engine {
+    /// Binds specs to their platform's data directory without touching disk.
+    pub fn new(specs: SpecSet) -> Engine {
+        let data_dir = specs.data_dir();
+        Engine {
+            specs,
+            data_dir,
+            store: None,
+        }
+    }
+
+    pub fn specs(&self) -> &SpecSet {
+        &self.specs
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn state_exists(&self) -> bool {
+        self.data_dir.join("state.db").exists()
+    }
+
+    /// Opens (creating on first use) the state store.
+    fn store(&mut self) -> Result<&Store, EngineError> {
+        if self.store.is_none() {
+            self.store = Some(Store::open(&self.data_dir)?);
+        }
+        Ok(self.store.as_ref().expect("just opened"))
+    }
+
+    /// What careplane holds now. Empty — and nothing created — when the
+    /// platform was never applied, so `plan` changes nothing on disk.
+    pub fn recorded(&mut self) -> Result<Vec<ResourceRecord>, EngineError> {
+        if self.store.is_none() && !self.state_exists() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store()?.resources()?)
+    }
+
+    /// The plan that `apply` would run now.
+    pub fn plan(&mut self) -> Result<Plan, EngineError> {
+        let desired = desired::desired(&self.specs);
+        let recorded = self.recorded()?;
+        plan::plan(&desired, &recorded)
+    }
+
+    /// The plan that removes everything careplane holds for `tenants` (all of
+    /// it, including shared servers and the CA, when `tenants` is empty).
+    pub fn destroy_plan(&mut self, tenants: &[String]) -> Result<Plan, EngineError> {
+        let recorded = self.recorded()?;
+        if tenants.is_empty() {
+            return plan::plan(&[], &recorded);
+        }
+        for t in tenants {
+            let known = recorded.iter().any(|r| belongs_to(r, t));
+            if !known {
+                return Err(EngineError::Refused {
+                    problems: vec![format!(
+                        "careplane holds nothing for tenant {t:?} (see `careplane status`)"
+                    )],
+                });
+            }
+        }
+        let mine: Vec<ResourceRecord> = recorded
+            .into_iter()
+            .filter(|r| tenants.iter().any(|t| belongs_to(r, t)))
+            .collect();
+        plan::plan(&[], &mine)
+    }
+}
+
+/// Whether a recorded resource exists only for `tenant`: its environments'
+/// databases and users, and the servers of its own (dedicated) scope.
+fn belongs_to(r: &ResourceRecord, tenant: &str) -> bool {
+    r.props.get("tenant").and_then(|v| v.as_str()) == Some(tenant)
+        || r.props.get("scope").and_then(|v| v.as_str()) == Some(tenant)
+}

@@ -1,0 +1,191 @@
+//! Building the local runtime's server handles from state records.
+//!
+//! Everything a server needs (port, directory, passwords) comes from the state
+//! store, never from a fresh allocation: that is what lets `start`, `stop`,
+//! `status` and a resumed apply address exactly the servers that exist.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use careplane_local::pg::{PgBinaries, PgCluster, TenantDb};
+use careplane_local::redis::{AclUser, Persistence, RedisServer};
+use careplane_local::system::ServiceUser;
+use careplane_spec::PlatformSpec;
+use careplane_state::{ResourceRecord, ResourceStatus, SecretString, Store};
+use serde_json::Value;
+
+use crate::EngineError;
+
+/// Names of secrets in the state store, per resource.
+pub const ADMIN_PASSWORD: &str = "admin-password";
+pub const PASSWORD: &str = "password";
+pub const TLS_KEY: &str = "tls-key";
+pub const CA_KEY: &str = "ca-key";
+
+pub fn str_prop<'a>(rec: &'a ResourceRecord, key: &str) -> Result<&'a str, EngineError> {
+    rec.props
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| EngineError::inconsistent(format!("state: {} has no {key:?}", rec.id)))
+}
+
+pub fn observed_str<'a>(rec: &'a ResourceRecord, key: &str) -> Result<&'a str, EngineError> {
+    rec.observed
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| EngineError::inconsistent(format!("state: {} has no observed {key:?}", rec.id)))
+}
+
+pub fn observed_port(rec: &ResourceRecord) -> Result<u16, EngineError> {
+    rec.observed
+        .get("port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| EngineError::inconsistent(format!("state: {} has no port", rec.id)))
+}
+
+pub fn secret(store: &Store, owner: &str, name: &str) -> Result<SecretString, EngineError> {
+    store.secret(owner, name)?.ok_or_else(|| {
+        EngineError::inconsistent(format!(
+            "state: the {name} of {owner} is missing from the secret store"
+        ))
+    })
+}
+
+/// The PostgreSQL cluster a record describes.
+pub fn pg_cluster(
+    store: &Store,
+    rec: &ResourceRecord,
+    bin: PgBinaries,
+    user: Option<ServiceUser>,
+) -> Result<PgCluster, EngineError> {
+    let settings: BTreeMap<String, String> = rec
+        .props
+        .get("settings")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    Ok(PgCluster {
+        name: str_prop(rec, "scope")?.to_string(),
+        root: PathBuf::from(observed_str(rec, "root")?),
+        port: observed_port(rec)?,
+        bin,
+        user,
+        admin_password: secret(store, &rec.id, ADMIN_PASSWORD)?,
+        settings,
+    })
+}
+
+pub fn redis_server(
+    store: &Store,
+    rec: &ResourceRecord,
+    binary: PathBuf,
+    user: Option<ServiceUser>,
+) -> Result<RedisServer, EngineError> {
+    let persistence = match str_prop(rec, "role")? {
+        "session" => Persistence::AppendOnly,
+        _ => Persistence::None,
+    };
+    Ok(RedisServer {
+        name: str_prop(rec, "scope")?.to_string(),
+        root: PathBuf::from(observed_str(rec, "root")?),
+        port: observed_port(rec)?,
+        binary,
+        persistence,
+        max_memory: str_prop(rec, "maxMemory")?.to_string(),
+        admin_password: secret(store, &rec.id, ADMIN_PASSWORD)?,
+        user,
+    })
+}
+
+pub fn tenant_db(store: &Store, rec: &ResourceRecord) -> Result<TenantDb, EngineError> {
+    Ok(TenantDb {
+        database: str_prop(rec, "database")?.to_string(),
+        role: str_prop(rec, "role")?.to_string(),
+        password: secret(store, &rec.id, PASSWORD)?,
+        connection_limit: rec
+            .props
+            .get("connectionLimit")
+            .and_then(Value::as_u64)
+            .map(|n| n as u32),
+    })
+}
+
+/// Records of `kind` that hang off `parent` (a cluster or server) and are not
+/// being deleted: the set a cluster's pg_hba or a server's ACL file lists.
+pub fn children<'a>(
+    all: &'a [ResourceRecord],
+    kind: &str,
+    parent_key: &str,
+    parent: &str,
+) -> impl Iterator<Item = &'a ResourceRecord> {
+    all.iter().filter(move |r| {
+        r.kind == kind
+            && r.status != ResourceStatus::Deleting
+            && r.props.get(parent_key).and_then(Value::as_str) == Some(parent)
+    })
+}
+
+pub fn hba_entries(all: &[ResourceRecord], cluster_id: &str) -> Result<Vec<(String, String)>, EngineError> {
+    children(all, "pg-database", "cluster", cluster_id)
+        .map(|r| Ok((str_prop(r, "database")?.to_string(), str_prop(r, "role")?.to_string())))
+        .collect()
+}
+
+pub fn acl_users(store: &Store, all: &[ResourceRecord], server_id: &str) -> Result<Vec<AclUser>, EngineError> {
+    children(all, "redis-user", "server", server_id)
+        .filter_map(|r| {
+            // A user whose password was never generated cannot log in yet; it is
+            // added when its own action runs.
+            match store.secret(&r.id, PASSWORD) {
+                Ok(Some(password)) => Some(Ok((r, password))),
+                Ok(None) => None,
+                Err(e) => Some(Err(EngineError::from(e))),
+            }
+        })
+        .map(|x| {
+            let (r, password) = x?;
+            Ok(AclUser {
+                name: str_prop(r, "user")?.to_string(),
+                password,
+                key_prefix: str_prop(r, "keyPrefix")?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `redis-server` from the platform spec, or found on PATH.
+pub fn redis_binary(platform: &PlatformSpec) -> Result<PathBuf, EngineError> {
+    if let Some(p) = &platform.redis.server {
+        if p.is_file() {
+            return Ok(p.clone());
+        }
+        return Err(EngineError::Refused {
+            problems: vec![format!(
+                "Platform spec.redis.server: {} does not exist",
+                p.display()
+            )],
+        });
+    }
+    find_on_path("redis-server").ok_or_else(|| EngineError::Refused {
+        problems: vec![
+            "redis-server not found on PATH: install it (apt-get install redis-server) or set \
+             Platform spec.redis.server"
+                .to_string(),
+        ],
+    })
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}

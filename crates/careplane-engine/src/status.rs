@@ -1,0 +1,206 @@
+//! `careplane status`: every tenant environment, where it lives, and whether
+//! its servers answer to the tenant's own credentials.
+
+use careplane_local::{pg, redis};
+use careplane_state::{ResourceRecord, ResourceStatus};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::runtime::{self, observed_port, secret, str_prop, PASSWORD};
+use crate::{Engine, EngineError};
+
+/// Health of one check: `ok`, or what failed (never a secret).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Health {
+    fn from<T, E: std::fmt::Display>(r: Result<T, E>) -> Health {
+        match r {
+            Ok(_) => Health {
+                ok: true,
+                detail: "ok".into(),
+            },
+            Err(e) => Health {
+                ok: false,
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvStatus {
+    pub tenant: String,
+    pub environment: String,
+    pub kind: String,
+    pub state: String,
+    pub cluster: String,
+    pub database: String,
+    pub pg_port: Option<u16>,
+    pub pg_health: Health,
+    pub redis_server: Option<String>,
+    pub redis_user: Option<String>,
+    pub redis_port: Option<u16>,
+    pub key_prefix: Option<String>,
+    pub redis_health: Option<Health>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    pub id: String,
+    pub state: String,
+    pub port: Option<u16>,
+    pub pid: Option<u32>,
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub platform: String,
+    pub data_dir: String,
+    pub servers: Vec<ServerStatus>,
+    pub environments: Vec<EnvStatus>,
+}
+
+fn state_name(s: ResourceStatus) -> String {
+    match s {
+        ResourceStatus::Pending => "pending",
+        ResourceStatus::Ready => "ready",
+        ResourceStatus::Deleting => "deleting",
+    }
+    .to_string()
+}
+
+impl Engine {
+    pub fn status(&mut self) -> Result<Status, EngineError> {
+        let all = self.recorded()?;
+        let mut servers = Vec::new();
+        for r in all
+            .iter()
+            .filter(|r| r.kind == "pg-cluster" || r.kind == "redis-server")
+        {
+            let pid = r
+                .observed
+                .get("pid")
+                .and_then(Value::as_u64)
+                .map(|p| p as u32);
+            let running = self.server_running(r);
+            servers.push(ServerStatus {
+                id: r.id.clone(),
+                state: state_name(r.status),
+                port: observed_port(r).ok(),
+                pid: if running { pid } else { None },
+                running,
+            });
+        }
+        let mut environments = Vec::new();
+        let ca = all
+            .iter()
+            .find(|r| r.kind == "ca")
+            .and_then(|r| r.observed.get("certPem").and_then(Value::as_str))
+            .map(str::to_string);
+        for db in all.iter().filter(|r| r.kind == "pg-database") {
+            environments.push(self.env_status(db, &all, ca.as_deref())?);
+        }
+        Ok(Status {
+            platform: self.specs.platform.metadata.name.clone(),
+            data_dir: self.data_dir.display().to_string(),
+            servers,
+            environments,
+        })
+    }
+
+    fn server_running(&self, r: &ResourceRecord) -> bool {
+        // Liveness from the recorded pid; a stale pid file never counts.
+        r.observed
+            .get("pid")
+            .and_then(Value::as_u64)
+            .map(|p| careplane_local::system::pid_alive(p as u32))
+            .unwrap_or(false)
+            && match r.kind.as_str() {
+                "pg-cluster" => runtime::observed_str(r, "root")
+                    .map(|root| std::path::Path::new(root).join("data/postmaster.pid").exists())
+                    .unwrap_or(false),
+                _ => true,
+            }
+    }
+
+    fn env_status(
+        &mut self,
+        db: &ResourceRecord,
+        all: &[ResourceRecord],
+        ca: Option<&str>,
+    ) -> Result<EnvStatus, EngineError> {
+        let tenant = str_prop(db, "tenant")?.to_string();
+        let environment = str_prop(db, "environment")?.to_string();
+        let cluster_id = str_prop(db, "cluster")?.to_string();
+        let database = str_prop(db, "database")?.to_string();
+        let role = str_prop(db, "role")?.to_string();
+        let crec = all.iter().find(|r| r.id == cluster_id);
+        let pg_port = crec.and_then(|r| observed_port(r).ok());
+        let store = self.store_ref()?;
+        let pg_health = match (pg_port, ca, db.status) {
+            (Some(port), Some(ca), ResourceStatus::Ready) => {
+                let password = secret(store, &db.id, PASSWORD)?;
+                Health::from(pg::check_tenant(port, &database, &role, &password, ca))
+            }
+            _ => Health {
+                ok: false,
+                detail: format!("not provisioned ({})", state_name(db.status)),
+            },
+        };
+        let user_id = crate::desired::redis_user_id(&tenant, &environment);
+        let urec = all.iter().find(|r| r.id == user_id);
+        let (mut redis_server, mut redis_user, mut redis_port, mut key_prefix, mut redis_health) =
+            (None, None, None, None, None);
+        if let Some(u) = urec {
+            let server_id = str_prop(u, "server")?.to_string();
+            let port = all
+                .iter()
+                .find(|r| r.id == server_id)
+                .and_then(|r| observed_port(r).ok());
+            let user = str_prop(u, "user")?.to_string();
+            redis_health = Some(match (port, u.status) {
+                (Some(port), ResourceStatus::Ready) => {
+                    let password = secret(store, &u.id, PASSWORD)?;
+                    Health::from(redis::check_user(port, &user, &password))
+                }
+                _ => Health {
+                    ok: false,
+                    detail: format!("not provisioned ({})", state_name(u.status)),
+                },
+            });
+            redis_server = Some(server_id);
+            redis_user = Some(user);
+            redis_port = port;
+            key_prefix = Some(str_prop(u, "keyPrefix")?.to_string());
+        }
+        Ok(EnvStatus {
+            kind: db
+                .props
+                .get("environmentKind")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+            state: state_name(db.status),
+            tenant,
+            environment,
+            cluster: cluster_id,
+            database,
+            pg_port,
+            pg_health,
+            redis_server,
+            redis_user,
+            redis_port,
+            key_prefix,
+            redis_health,
+        })
+    }
+}
