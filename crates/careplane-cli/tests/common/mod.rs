@@ -1,0 +1,209 @@
+//! Test harness: a temp platform, the real `careplane` binary, and cleanup
+//! that stops every server even when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Platform {
+    pub dir: tempfile::TempDir,
+    pub specs: PathBuf,
+}
+
+pub const PLATFORM: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Platform
+metadata:
+  name: testgroup
+spec:
+  target: local
+  dataDir: DATA_DIR
+  defaults:
+    serviceTier: standard
+---
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: standard
+spec:
+  availability: 99.5
+  rto: 4h
+  rpo: 1h
+  supportHours: business-hours
+"#;
+
+impl Platform {
+    /// A temp dir holding `specs/platform.yaml` and the data dir `data/`.
+    pub fn new(tenants_yaml: &str) -> Platform {
+        let dir = tempfile::Builder::new()
+            .prefix("careplane-test-")
+            .tempdir()
+            .expect("tempdir");
+        // The PostgreSQL service user must be able to traverse into the data dir.
+        set_mode(dir.path(), 0o711);
+        let specs = dir.path().join("specs");
+        std::fs::create_dir(&specs).unwrap();
+        let data = dir.path().join("data");
+        std::fs::write(
+            specs.join("platform.yaml"),
+            PLATFORM.replace("DATA_DIR", &data.display().to_string()),
+        )
+        .unwrap();
+        let p = Platform { dir, specs };
+        p.write_tenants(tenants_yaml);
+        p
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn write_tenants(&self, yaml: &str) {
+        std::fs::write(self.specs.join("tenants.yaml"), yaml).unwrap();
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_careplane"));
+        c.args(args);
+        c.arg("-f").arg(&self.specs);
+        c.env_remove("CAREPLANE_CRASH_AT");
+        c
+    }
+
+    /// Runs careplane and returns its output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn careplane")
+    }
+
+    /// Runs careplane and fails the test (with its output) unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "careplane {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("json output")
+    }
+
+    /// `--output json` of a command that may exit non-zero (status with servers down).
+    pub fn json_allow_fail(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let out = self.run(&a);
+        serde_json::from_slice(&out.stdout).expect("json output")
+    }
+
+    pub fn plan(&self) -> Value {
+        self.json(&["plan"])
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        // Stop whatever is recorded; then make sure no server outlives the test.
+        if self.data_dir().join("state.db").exists() {
+            let _ = self.run(&["stop"]);
+        }
+        kill_processes_under(&self.data_dir());
+    }
+}
+
+pub fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Processes whose command line mentions `needle` (PostgreSQL postmasters are
+/// started with `-D <dir>`; Redis servers with their config file path).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && !cmdline.contains("careplane-test-runner") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Processes whose working directory is inside `dir`: PostgreSQL and Redis
+/// both chdir into their data directories, children included.
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+            if cwd.starts_with(dir) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn kill_processes_under(dir: &Path) {
+    for pid in processes_in(dir) {
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// Tenants used by several tests: one per tenancy tier, production and not.
+pub const TENANTS: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: alpha
+spec:
+  tenancy: shared
+  environments:
+    - name: production
+      kind: production
+    - name: dev
+      kind: dev
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: beta
+spec:
+  tenancy: dedicated-db
+  environments:
+    - name: test
+      kind: test
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: gamma
+spec:
+  tenancy: dedicated-env
+  environments:
+    - name: uat
+      kind: uat
+"#;
