@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use careplane_local::pg::{PgBinaries, TlsFiles};
 use careplane_local::system::{self, ServiceUser};
-use careplane_local::{pki, ExposeSecret};
+use careplane_local::pki;
 use careplane_state::{ResourceRecord, ResourceStatus, SecretString, Store};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -58,7 +58,7 @@ fn crash_point(id: &str, point: &str) {
 
 /// Lazily resolved host facts: found once per run, and only when a step needs them.
 #[derive(Default)]
-struct Host {
+pub(crate) struct Host {
     pg_bin: Option<PgBinaries>,
     redis_bin: Option<PathBuf>,
     user: Option<Option<ServiceUser>>,
@@ -104,35 +104,32 @@ impl Engine {
         let mut host = Host::default();
         self.preflight(&plan, opts, &mut host)?;
 
-        let store = self.store.as_ref().expect("opened above");
-        let op = store.begin_operation(command)?;
-        store.mark_interrupted_resumed(op)?;
+        let op = self.store()?.begin_operation(command)?;
+        self.store()?.mark_interrupted_resumed(op)?;
         let total = plan.actions.len();
         let mut applied = Vec::new();
         for (index, action) in plan.actions.iter().enumerate() {
             progress(Event::Started { index, total, action });
             let label = format!("{} {}", op_name(action.op), action.id);
-            let step = store.step_started(op, &label, &json!({ "props": action.props }))?;
+            let step = self
+                .store()?
+                .step_started(op, &label, &json!({ "props": action.props }))?;
             crash_point(&action.id, "started");
             if let Err(e) = self.execute(action, &mut host) {
                 let msg = e.to_string();
-                let store = self.store.as_ref().expect("opened above");
-                store.step_finished(step, Some(&msg))?;
-                store.finish_operation(op, "failed", Some(&msg))?;
-                return Err(EngineError::Inconsistent {
-                    what: format!("{label} failed: {msg}"),
+                self.store()?.step_finished(step, Some(&msg))?;
+                self.store()?.finish_operation(op, "failed", Some(&msg))?;
+                return Err(EngineError::ActionFailed {
+                    action: label,
+                    source: Box::new(e),
                 });
             }
-            let store = self.store.as_ref().expect("opened above");
-            store.step_finished(step, None)?;
+            self.store()?.step_finished(step, None)?;
             crash_point(&action.id, "finished");
             progress(Event::Finished { index, total, action });
             applied.push(label);
         }
-        self.store
-            .as_ref()
-            .expect("opened above")
-            .finish_operation(op, "succeeded", None)?;
+        self.store()?.finish_operation(op, "succeeded", None)?;
         Ok(ApplyReport {
             operation: op,
             applied,
@@ -237,13 +234,13 @@ impl Engine {
         Ok(host.user.clone().expect("set above"))
     }
 
-    fn cluster_handle(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<careplane_local::pg::PgCluster, EngineError> {
+    pub(crate) fn cluster_handle(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<careplane_local::pg::PgCluster, EngineError> {
         let bin = self.pg_bin(host)?;
         let user = self.user(host)?;
         runtime::pg_cluster(self.store()?, rec, bin, user)
     }
 
-    fn redis_handle(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<careplane_local::redis::RedisServer, EngineError> {
+    pub(crate) fn redis_handle(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<careplane_local::redis::RedisServer, EngineError> {
         let bin = self.redis_bin(host)?;
         let user = self.user(host)?;
         runtime::redis_server(self.store()?, rec, bin, user)
@@ -583,19 +580,75 @@ impl Engine {
         Ok(())
     }
 
-    /// The generated password of a tenant environment's database role, for the
-    /// operator who asks for it explicitly.
-    pub fn credentials(&mut self, tenant: &str, env: &str) -> Result<SecretString, EngineError> {
-        let id = crate::desired::pg_database_id(tenant, env);
+    /// How to reach a tenant environment's database and Redis, with the
+    /// generated passwords: only for the operator who asks explicitly.
+    pub fn credentials(&mut self, tenant: &str, env: &str) -> Result<Credentials, EngineError> {
+        let db_id = crate::desired::pg_database_id(tenant, env);
+        let user_id = crate::desired::redis_user_id(tenant, env);
+        let all = self.recorded()?;
+        let db = all.iter().find(|r| r.id == db_id).ok_or_else(|| {
+            EngineError::inconsistent(format!(
+                "careplane holds no environment {tenant}/{env} (see `careplane status`)"
+            ))
+        })?;
+        let cluster = all.iter().find(|r| Some(r.id.as_str()) == db.props.get("cluster").and_then(Value::as_str));
+        let ca_file = self.data_dir.join("pki").join("ca.crt").display().to_string();
         let store = self.store()?;
-        store
-            .secret(&id, PASSWORD)?
-            .ok_or_else(|| EngineError::inconsistent(format!("no credentials recorded for {tenant}/{env}")))
+        let postgres = DbCredentials {
+            host: "127.0.0.1".into(),
+            port: cluster.and_then(|c| observed_port(c).ok()),
+            database: str_prop(db, "database")?.to_string(),
+            role: str_prop(db, "role")?.to_string(),
+            sslmode: "verify-full".into(),
+            sslrootcert: ca_file,
+            password: secret(store, &db_id, PASSWORD)?,
+        };
+        let redis = match all.iter().find(|r| r.id == user_id) {
+            Some(u) => {
+                let server = all.iter().find(|r| Some(r.id.as_str()) == u.props.get("server").and_then(Value::as_str));
+                Some(RedisCredentials {
+                    host: "127.0.0.1".into(),
+                    port: server.and_then(|c| observed_port(c).ok()),
+                    user: str_prop(u, "user")?.to_string(),
+                    key_prefix: str_prop(u, "keyPrefix")?.to_string(),
+                    password: secret(store, &user_id, PASSWORD)?,
+                })
+            }
+            None => None,
+        };
+        Ok(Credentials { postgres, redis })
     }
 
     pub(crate) fn store_ref(&mut self) -> Result<&Store, EngineError> {
         self.store()
     }
+}
+
+/// See [`Engine::credentials`]. `Debug` redacts the passwords.
+#[derive(Debug)]
+pub struct Credentials {
+    pub postgres: DbCredentials,
+    pub redis: Option<RedisCredentials>,
+}
+
+#[derive(Debug)]
+pub struct DbCredentials {
+    pub host: String,
+    pub port: Option<u16>,
+    pub database: String,
+    pub role: String,
+    pub sslmode: String,
+    pub sslrootcert: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug)]
+pub struct RedisCredentials {
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: String,
+    pub key_prefix: String,
+    pub password: SecretString,
 }
 
 fn op_name(op: Op) -> &'static str {
@@ -635,9 +688,4 @@ fn remove_dir(path: &Path) -> Result<(), EngineError> {
             source,
         }),
     }
-}
-
-#[allow(dead_code)]
-fn _assert_secret_api(s: &SecretString) -> usize {
-    s.expose_secret().len()
 }

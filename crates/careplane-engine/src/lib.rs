@@ -16,7 +16,7 @@
 
 pub mod desired;
 pub mod plan;
-mod apply;
+pub(crate) mod apply;
 mod runtime;
 mod status;
 
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use careplane_spec::SpecSet;
 use careplane_state::{ResourceRecord, Store};
 
-pub use apply::{ApplyOptions, ApplyReport, Event};
+pub use apply::{ApplyOptions, ApplyReport, Credentials, DbCredentials, Event, RedisCredentials};
 pub use plan::{Action, Op, Plan};
 pub use status::{EnvStatus, ServerStatus, Status};
 
@@ -39,6 +39,14 @@ pub enum EngineError {
     Unsupported { what: String },
     #[error("{what}")]
     Inconsistent { what: String },
+    /// An action failed; earlier actions stay applied and the next apply
+    /// resumes from here.
+    #[error("{action} failed: {source}")]
+    ActionFailed {
+        action: String,
+        #[source]
+        source: Box<EngineError>,
+    },
     /// Guards that refused the plan before anything ran; one line each.
     #[error("nothing was changed:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Refused { problems: Vec<String> },
@@ -66,7 +74,10 @@ pub struct Engine {
 impl Engine {
     /// Binds specs to their platform's data directory without touching disk.
     pub fn new(specs: SpecSet) -> Engine {
+        // Servers run with their own working directory: every path handed
+        // to them must be absolute.
         let data_dir = specs.data_dir();
+        let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
         Engine {
             specs,
             data_dir,

@@ -114,9 +114,9 @@ pub fn tenant_db(store: &Store, rec: &ResourceRecord) -> Result<TenantDb, Engine
 /// being deleted: the set a cluster's pg_hba or a server's ACL file lists.
 pub fn children<'a>(
     all: &'a [ResourceRecord],
-    kind: &str,
-    parent_key: &str,
-    parent: &str,
+    kind: &'a str,
+    parent_key: &'a str,
+    parent: &'a str,
 ) -> impl Iterator<Item = &'a ResourceRecord> {
     all.iter().filter(move |r| {
         r.kind == kind

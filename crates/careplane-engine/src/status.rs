@@ -58,6 +58,10 @@ pub struct ServerStatus {
     pub port: Option<u16>,
     pub pid: Option<u32>,
     pub running: bool,
+    /// What the live server holds (databases of a cluster, ACL users of a
+    /// Redis server), read with careplane's admin credentials: a member here
+    /// that no environment records is an orphan. `None` when not running.
+    pub members: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +86,7 @@ impl Engine {
     pub fn status(&mut self) -> Result<Status, EngineError> {
         let all = self.recorded()?;
         let mut servers = Vec::new();
+        let mut host = crate::apply::Host::default();
         for r in all
             .iter()
             .filter(|r| r.kind == "pg-cluster" || r.kind == "redis-server")
@@ -92,7 +97,13 @@ impl Engine {
                 .and_then(Value::as_u64)
                 .map(|p| p as u32);
             let running = self.server_running(r);
+            let members = if running && r.status == ResourceStatus::Ready {
+                self.members(r, &mut host).ok()
+            } else {
+                None
+            };
             servers.push(ServerStatus {
+                members,
                 id: r.id.clone(),
                 state: state_name(r.status),
                 port: observed_port(r).ok(),
@@ -115,6 +126,20 @@ impl Engine {
             servers,
             environments,
         })
+    }
+
+    fn members(
+        &mut self,
+        r: &ResourceRecord,
+        host: &mut crate::apply::Host,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut v = if r.kind == "pg-cluster" {
+            self.cluster_handle(r, host)?.databases()?
+        } else {
+            self.redis_handle(r, host)?.tenant_users()?
+        };
+        v.sort();
+        Ok(v)
     }
 
     fn server_running(&self, r: &ResourceRecord) -> bool {

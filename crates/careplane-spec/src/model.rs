@@ -13,6 +13,32 @@ use serde::{Deserialize, Serialize};
 /// The only `apiVersion` this build understands.
 pub const API_VERSION: &str = "careplane.dev/v1alpha1";
 
+/// Names become database, role, host and namespace names, so they are held to
+/// the strictest of those: an RFC 1123 DNS label.
+pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Tenant names are joined with environment names into PostgreSQL identifiers
+/// `<tenant>-<env>`, which PostgreSQL truncates at 63 bytes; 40 + 1 + 20 fits.
+pub const MAX_TENANT_NAME: usize = 40;
+
+/// See [`MAX_TENANT_NAME`].
+pub const MAX_ENVIRONMENT_NAME: usize = 20;
+
+/// Longest name of any other kind: the DNS label limit.
+pub const MAX_NAME: usize = 63;
+
+/// Odoo technical module names.
+pub const MODULE_PATTERN: &str = "^[a-z0-9_]+$";
+
+/// Durations such as `30s`, `15m`, `4h`, `1d` or `1h30m` (see [`crate::parse_duration`]).
+pub const DURATION_PATTERN: &str = "^([0-9]+[smhd])+$";
+
+/// Tenant name taken by the shared PostgreSQL cluster and Redis server.
+pub const RESERVED_TENANT_NAMES: &[&str] = &["shared"];
+
+/// Odoo major versions careplane knows how to run.
+pub const ODOO_VERSIONS: std::ops::RangeInclusive<u32> = 16..=19;
+
 /// `metadata` of every document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -20,9 +46,13 @@ pub const API_VERSION: &str = "careplane.dev/v1alpha1";
 pub struct Metadata {
     /// DNS-label safe name (lowercase letters, digits, '-'): it becomes
     /// database, role, namespace and host names.
+    #[schemars(pattern(NAME_PATTERN), length(min = 1, max = 63))]
     pub name: String,
+    /// Free-form key/value pairs for people and tools; careplane does not
+    /// interpret them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Free-form notes; careplane does not interpret them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -44,6 +74,7 @@ pub enum Target {
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct PlatformSpec {
+    /// `local` (default) or `kubernetes`.
     #[serde(default)]
     pub target: Target,
     /// Where careplane keeps state, keys, clusters and logs. Relative paths are
@@ -54,12 +85,16 @@ pub struct PlatformSpec {
     /// `postgres` when running as root, ignored otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as: Option<String>,
+    /// The PostgreSQL clusters careplane runs (shared and dedicated).
     #[serde(default)]
     pub postgres: PostgresSettings,
+    /// The Redis servers careplane runs (shared and dedicated).
     #[serde(default)]
     pub redis: RedisSettings,
+    /// The Odoo installation; absent until Odoo is run (M4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub odoo: Option<OdooSettings>,
+    /// What tenants get when they leave a field unset.
     #[serde(default)]
     pub defaults: PlatformDefaults,
 }
@@ -97,6 +132,7 @@ pub struct RedisSettings {
     /// Path of `redis-server`. Default: found on PATH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<PathBuf>,
+    /// `cache` (default; never holds PHI) or `session`.
     #[serde(default)]
     pub role: RedisRole,
     /// `maxmemory` of each Redis server, e.g. `256mb`. Default `256mb`.
@@ -115,7 +151,9 @@ pub struct OdooSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<PathBuf>,
     /// Odoo major version: 16, 17, 18 or 19.
+    #[schemars(range(min = 16, max = 19))]
     pub version: u32,
+    /// Directories with extra addons, searched before Odoo's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addons_paths: Vec<PathBuf>,
 }
@@ -129,6 +167,7 @@ pub struct PlatformDefaults {
     pub service_tier: Option<String>,
     /// Modules for tenants that list none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(MODULE_PATTERN)))]
     pub modules: Vec<String>,
 }
 
@@ -138,10 +177,13 @@ pub struct PlatformDefaults {
 #[schemars(deny_unknown_fields)]
 pub struct ServiceTierSpec {
     /// Monthly availability target in percent, e.g. 99.9.
+    #[schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 100))]
     pub availability: f64,
     /// Recovery time objective, e.g. `4h`, `30m`.
+    #[schemars(pattern(DURATION_PATTERN))]
     pub rto: String,
     /// Recovery point objective, e.g. `15m`, `24h`.
+    #[schemars(pattern(DURATION_PATTERN))]
     pub rpo: String,
     /// When support answers, e.g. `24x7` or `business-hours`.
     pub support_hours: String,
@@ -157,7 +199,9 @@ pub struct ServiceTierSpec {
 #[schemars(deny_unknown_fields)]
 pub struct BackupPolicySpec {
     /// Cron expression in UTC, e.g. `0 2 * * *`.
+    #[schemars(pattern(r"^\s*\S+(\s+\S+){4}\s*$"))]
     pub schedule: String,
+    /// How many backups to keep; at least one count must be above 0.
     #[serde(default)]
     pub retention: Retention,
 }
@@ -167,10 +211,13 @@ pub struct BackupPolicySpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct Retention {
+    /// Daily backups kept.
     #[serde(default)]
     pub daily: u32,
+    /// Weekly backups kept.
     #[serde(default)]
     pub weekly: u32,
+    /// Monthly backups kept.
     #[serde(default)]
     pub monthly: u32,
 }
@@ -239,9 +286,11 @@ impl EnvironmentKind {
 pub struct Sizing {
     /// Odoo HTTP workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub workers: Option<u32>,
     /// Maximum PostgreSQL connections of the environment's role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub db_connections: Option<u32>,
     /// Memory of one Odoo worker, e.g. `2Gi` (used from M4 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,11 +303,16 @@ pub struct Sizing {
 #[schemars(deny_unknown_fields)]
 pub struct Environment {
     /// DNS-label safe, unique within the tenant.
+    #[schemars(pattern(NAME_PATTERN), length(min = 1, max = 20))]
     pub name: String,
+    /// What the environment is for: dev, test, uat, training, staging,
+    /// production or dr.
     pub kind: EnvironmentKind,
     /// Modules in addition to the tenant's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(MODULE_PATTERN)))]
     pub modules: Vec<String>,
+    /// Overrides the tenant's sizing for this environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sizing: Option<Sizing>,
 }
@@ -268,18 +322,124 @@ pub struct Environment {
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct TenantSpec {
+    /// Human-readable name, e.g. "St Mary's Hospital".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// `shared` (default), `dedicated-db` or `dedicated-env`.
     #[serde(default)]
     pub tenancy: Tenancy,
     /// Name of a `ServiceTier`; default from the platform's `defaults`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_tier: Option<String>,
+    /// Odoo modules installed in every environment; default from the
+    /// platform's `defaults`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(MODULE_PATTERN)))]
     pub modules: Vec<String>,
+    /// Sizing of every environment, unless the environment overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sizing: Option<Sizing>,
+    /// At least one; names unique within the tenant.
+    #[schemars(length(min = 1))]
     pub environments: Vec<Environment>,
+}
+
+/// The document kinds, as written in `kind:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// [`PlatformSpec`]
+    Platform,
+    /// [`ServiceTierSpec`]
+    ServiceTier,
+    /// [`BackupPolicySpec`]
+    BackupPolicy,
+    /// [`TenantSpec`]
+    Tenant,
+}
+
+impl Kind {
+    /// Every kind, in the order messages list them.
+    pub const ALL: [Kind; 4] = [
+        Kind::Platform,
+        Kind::ServiceTier,
+        Kind::BackupPolicy,
+        Kind::Tenant,
+    ];
+
+    /// The name as written in `kind:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Platform => "Platform",
+            Kind::ServiceTier => "ServiceTier",
+            Kind::BackupPolicy => "BackupPolicy",
+            Kind::Tenant => "Tenant",
+        }
+    }
+
+    /// The kind named exactly `name` (case matters, as in Kubernetes).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Longest `metadata.name` of this kind; see [`MAX_TENANT_NAME`].
+    pub fn max_name_len(self) -> usize {
+        match self {
+            Kind::Tenant => MAX_TENANT_NAME,
+            _ => MAX_NAME,
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One document of any kind, as it comes out of a file before the documents
+/// are sorted into a [`SpecSet`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyDocument {
+    /// `kind: Platform`
+    Platform(Document<PlatformSpec>),
+    /// `kind: ServiceTier`
+    ServiceTier(Document<ServiceTierSpec>),
+    /// `kind: BackupPolicy`
+    BackupPolicy(Document<BackupPolicySpec>),
+    /// `kind: Tenant`
+    Tenant(Document<TenantSpec>),
+}
+
+impl AnyDocument {
+    /// Which kind of document this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            AnyDocument::Platform(_) => Kind::Platform,
+            AnyDocument::ServiceTier(_) => Kind::ServiceTier,
+            AnyDocument::BackupPolicy(_) => Kind::BackupPolicy,
+            AnyDocument::Tenant(_) => Kind::Tenant,
+        }
+    }
+
+    /// The document's `metadata`, whatever its kind.
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            AnyDocument::Platform(d) => &d.metadata,
+            AnyDocument::ServiceTier(d) => &d.metadata,
+            AnyDocument::BackupPolicy(d) => &d.metadata,
+            AnyDocument::Tenant(d) => &d.metadata,
+        }
+    }
+
+    /// Where the document is, for messages.
+    pub fn source(&self) -> &Source {
+        match self {
+            AnyDocument::Platform(d) => &d.source,
+            AnyDocument::ServiceTier(d) => &d.source,
+            AnyDocument::BackupPolicy(d) => &d.source,
+            AnyDocument::Tenant(d) => &d.source,
+        }
+    }
 }
 
 /// A parsed document: metadata plus the typed spec of its kind.
@@ -309,6 +469,25 @@ pub struct SpecSet {
 }
 
 impl SpecSet {
+    /// The backup policy named `name`.
+    pub fn backup_policy(&self, name: &str) -> Option<&Document<BackupPolicySpec>> {
+        self.backup_policies
+            .iter()
+            .find(|t| t.metadata.name == name)
+    }
+
+    /// The service tier a tenant is on: its own, else the platform default.
+    /// Validation guarantees one of them names an existing tier.
+    pub fn tier_of(&self, tenant: &TenantSpec) -> Option<&Document<ServiceTierSpec>> {
+        let name = tenant.service_tier.as_deref().or(self
+            .platform
+            .spec
+            .defaults
+            .service_tier
+            .as_deref())?;
+        self.service_tier(name)
+    }
+
     pub fn tenant(&self, name: &str) -> Option<&Document<TenantSpec>> {
         self.tenants.iter().find(|t| t.metadata.name == name)
     }

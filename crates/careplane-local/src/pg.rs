@@ -1,0 +1,1451 @@
+//! PostgreSQL clusters run as child processes, hardened, with tenant
+//! databases and roles provisioned in them.
+//!
+//! Layout of a cluster root (owned by the service user, mode 0700):
+//!
+//! ```text
+//! <root>/data/            PGDATA (initdb --data-checksums)
+//! <root>/conf/            careplane.conf (managed settings), pg_hba.conf, initdb-complete marker
+//! <root>/tls/             ca.crt, server.crt, server.key (all 0600)
+//! <root>/run/             unix socket directory (0700: only the service user and root)
+//! <root>/log/             server logs (logging_collector) and pg_ctl's startup.log
+//! ```
+//!
+//! Isolation model: the server listens on 127.0.0.1 only; tenants may only
+//! connect over TLS (`hostssl` lines, no `host` lines) to their own database
+//! with their own role (one pg_hba line per pair, nothing else), with
+//! SCRAM-SHA-256. The `careplane_admin` superuser is reachable only through
+//! the unix socket in `<root>/run`. `CONNECT` is additionally revoked from
+//! PUBLIC on every database, so a pg_hba mistake alone would not open access.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres::config::{ChannelBinding, SslMode};
+use postgres::{Client, NoTls};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::{LocalError, Result};
+use crate::fsutil;
+use crate::system::{self, ServiceUser};
+
+/// The superuser initdb creates. Its password authenticates careplane over
+/// the unix socket; no TCP pg_hba line ever names it.
+pub const ADMIN_ROLE: &str = "careplane_admin";
+
+/// Oldest supported major version: `DROP DATABASE ... WITH (FORCE)` needs 13.
+pub const MIN_MAJOR_VERSION: u32 = 13;
+
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settings careplane sets for hardening (or that would let a setting escape
+/// the managed configuration); an operator may not override them.
+const PROTECTED_SETTINGS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "unix_socket_permissions",
+    "unix_socket_group",
+    "password_encryption",
+    "ssl",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "ssl_crl_file",
+    "ssl_crl_dir",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "ssl_passphrase_command",
+    "ssl_passphrase_command_supports_reload",
+    "hba_file",
+    "ident_file",
+    "config_file",
+    "data_directory",
+    "external_pid_file",
+    "krb_server_keyfile",
+    "log_connections",
+    "log_disconnections",
+    "log_statement",
+    "logging_collector",
+    "log_directory",
+    "log_filename",
+    "log_file_mode",
+    "log_destination",
+    "include",
+    "include_if_exists",
+    "include_dir",
+    // Data integrity: healthcare data must survive crashes and detect corruption.
+    "fsync",
+    "full_page_writes",
+    "ignore_checksum_failure",
+    "zero_damaged_pages",
+    "allow_system_table_mods",
+];
+
+/// Names with a special meaning in pg_hba.conf or reserved by PostgreSQL or
+/// careplane; a tenant may not use them.
+const RESERVED_NAMES: &[&str] = &[
+    "postgres",
+    "template0",
+    "template1",
+    ADMIN_ROLE,
+    "all",
+    "sameuser",
+    "samerole",
+    "samegroup",
+    "replication",
+    "public",
+    "none",
+    "current_user",
+    "session_user",
+    "current_role",
+];
+
+/// Where the PostgreSQL server programs live and which major version they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgBinaries {
+    /// Directory holding initdb, pg_ctl and postgres.
+    pub dir: PathBuf,
+    /// Major version, e.g. 15; a data directory only works with its own major.
+    pub major_version: u32,
+}
+
+impl PgBinaries {
+    /// Path of one of the server programs.
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Override dir, else `pg_config --bindir`, else newest /usr/lib/postgresql/*/bin. Checks initdb/pg_ctl/postgres exist; reads version from `postgres --version`.
+///
+/// Debian's `/usr/bin` only has wrapper scripts (pg_wrapper) that pick a
+/// cluster by convention, so careplane always runs the real binaries.
+/// `pg_config` may come from a newer libpq-dev than the installed server, so
+/// its answer is used only if it actually holds the server programs.
+pub fn find_binaries(override_dir: Option<&Path>) -> Result<PgBinaries> {
+    let dir = match override_dir {
+        Some(dir) => {
+            if !has_server_programs(dir) {
+                return Err(LocalError::Binaries(format!(
+                    "{} does not contain initdb, pg_ctl and postgres",
+                    dir.display()
+                )));
+            }
+            dir.to_path_buf()
+        }
+        None => match pg_config_bindir().filter(|d| has_server_programs(d)) {
+            Some(dir) => dir,
+            None => newest_debian_bindir().ok_or_else(|| {
+                LocalError::Binaries(
+                    "no PostgreSQL server found: neither `pg_config --bindir` nor \
+                     /usr/lib/postgresql/*/bin holds initdb, pg_ctl and postgres; install the \
+                     server (e.g. `apt-get install postgresql`) or pass the bin directory"
+                        .into(),
+                )
+            })?,
+        },
+    };
+    let postgres = dir.join("postgres");
+    let out = std::process::Command::new(&postgres)
+        .arg("--version")
+        .env_clear()
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| {
+            LocalError::Binaries(format!("running {} --version: {e}", postgres.display()))
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let major = parse_major_version(&text).ok_or_else(|| {
+        LocalError::Binaries(format!(
+            "could not read the version from `{} --version` (got {:?})",
+            postgres.display(),
+            text.trim()
+        ))
+    })?;
+    if major < MIN_MAJOR_VERSION {
+        return Err(LocalError::Binaries(format!(
+            "PostgreSQL {major} in {} is too old; careplane needs {MIN_MAJOR_VERSION} or newer",
+            dir.display()
+        )));
+    }
+    Ok(PgBinaries {
+        dir,
+        major_version: major,
+    })
+}
+
+fn has_server_programs(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    ["initdb", "pg_ctl", "postgres"].iter().all(|p| {
+        std::fs::metadata(dir.join(p))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
+fn pg_config_bindir() -> Option<PathBuf> {
+    let out = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+fn newest_debian_bindir() -> Option<PathBuf> {
+    let mut best: Option<(u32, PathBuf)> = None;
+    for entry in std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten() {
+        let Some(version) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let bin = entry.path().join("bin");
+        if has_server_programs(&bin) && best.as_ref().is_none_or(|(v, _)| version > *v) {
+            best = Some((version, bin));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> 15.
+fn parse_major_version(text: &str) -> Option<u32> {
+    let after = text.split(')').nth(1)?.trim_start();
+    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// One PostgreSQL cluster (a shared one or a tenant's dedicated one).
+#[derive(Debug, Clone)]
+pub struct PgCluster {
+    /// Used in messages, e.g. "shared" or a tenant name.
+    pub name: String,
+    /// Cluster root owned by careplane; PGDATA = root/data, sockets in root/run, logs root/log.
+    pub root: PathBuf,
+    /// TCP port on 127.0.0.1 (and the unix socket's number).
+    pub port: u16,
+    /// Server programs to run.
+    pub bin: PgBinaries,
+    /// Who runs the server; `None` when careplane itself is not root.
+    pub user: Option<ServiceUser>,
+    /// Password of the superuser role "careplane_admin" (set by initdb through a 0600 --pwfile that is removed afterwards).
+    pub admin_password: SecretString,
+    /// Extra postgresql.conf settings from the operator (hardening keys are refused with an error naming the key).
+    pub settings: BTreeMap<String, String>,
+}
+
+/// The TLS material a cluster serves; the CA is also written so the server
+/// could verify client certificates should a later version require them.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM of the CA that signed `cert_pem`.
+    pub ca_cert_pem: String,
+    /// PEM of the server certificate (must cover 127.0.0.1).
+    pub cert_pem: String,
+    /// PEM of the server key; written 0600, owned by the service user.
+    pub key_pem: SecretString,
+}
+
+/// A tenant database and the one role allowed into it.
+#[derive(Debug, Clone)]
+pub struct TenantDb {
+    /// Database name (letters, digits, `_`, `-`, `.`; at most 63 bytes).
+    pub database: String,
+    /// Role name, same rules; owns the database.
+    pub role: String,
+    /// The role's password; only its SCRAM verifier reaches the server.
+    pub password: SecretString,
+    /// Maximum concurrent connections of the role (`None`: unlimited).
+    pub connection_limit: Option<u32>,
+}
+
+impl PgCluster {
+    /// PGDATA.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Directory of the unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// Directory of the server logs.
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.join("log")
+    }
+
+    /// Directory of careplane-managed configuration (careplane.conf, pg_hba.conf).
+    pub fn conf_dir(&self) -> PathBuf {
+        self.root.join("conf")
+    }
+
+    /// The pg_hba.conf the server uses (outside PGDATA, fully managed).
+    pub fn hba_path(&self) -> PathBuf {
+        self.conf_dir().join("pg_hba.conf")
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
+    }
+
+    fn marker_path(&self) -> PathBuf {
+        self.conf_dir().join("initdb-complete")
+    }
+
+    fn pwfile_path(&self) -> PathBuf {
+        self.conf_dir().join(".initdb-pwfile")
+    }
+
+    fn startup_log(&self) -> PathBuf {
+        self.log_dir().join("startup.log")
+    }
+
+    fn subject(&self) -> String {
+        format!("PostgreSQL cluster {}", self.name)
+    }
+
+    fn owner(&self) -> Option<(u32, u32)> {
+        system::switch_ids(self.user.as_ref())
+    }
+
+    /// Whether initdb completed for this cluster (the marker is written only
+    /// after initdb succeeded, so a crash mid-initdb is detected).
+    pub fn is_initialized(&self) -> bool {
+        self.marker_path().exists() && self.data_dir().join("PG_VERSION").exists()
+    }
+
+    /// initdb --data-checksums unless already initialized, then (re)writes careplane's managed config and TLS files, chowned to the service user.
+    ///
+    /// Crash safety: completion is recorded by a marker written only after
+    /// initdb succeeded; a data directory without it (a killed initdb, even
+    /// one that already wrote PG_VERSION) is wiped and initialized again. The
+    /// managed settings live in `conf/careplane.conf`, `include`d as the last
+    /// line of postgresql.conf so they win over everything before them, and
+    /// `postgresql.auto.conf` is reset because `ALTER SYSTEM` would otherwise
+    /// override the hardening (careplane never uses ALTER SYSTEM). pg_hba.conf
+    /// is written (admin-only) only if absent, so re-running init never drops
+    /// tenant access. If the server is running it is reloaded; settings that
+    /// need a restart (port, shared_buffers, ...) apply at the next start.
+    pub fn init(&self, tls: &TlsFiles) -> Result<()> {
+        let config = self.managed_config()?;
+        validate_password("admin password", &self.admin_password)?;
+        system::check_runner(&self.subject(), self.user.as_ref())?;
+        self.check_socket_path()?;
+        let owner = self.owner();
+
+        self.prepare_root()?;
+        for dir in [
+            self.socket_dir(),
+            self.log_dir(),
+            self.conf_dir(),
+            self.tls_dir(),
+        ] {
+            fsutil::ensure_dir(&dir, 0o700, owner)?;
+        }
+
+        // A password file left by a crash during a previous init goes first.
+        fsutil::remove_file_if_exists(&self.pwfile_path())?;
+        if !self.marker_path().exists() {
+            self.initdb()?;
+        } else if !self.data_dir().join("PG_VERSION").exists() {
+            return Err(LocalError::state(
+                self.subject(),
+                format!(
+                    "{} records a completed initdb but {} has no PG_VERSION: the data directory \
+                     was removed or damaged; restore it from backup, or delete the marker to \
+                     initialize an empty cluster",
+                    self.marker_path().display(),
+                    self.data_dir().display()
+                ),
+            ));
+        }
+
+        let tls_dir = self.tls_dir();
+        fsutil::write_file(
+            &tls_dir.join("ca.crt"),
+            tls.ca_cert_pem.as_bytes(),
+            0o600,
+            owner,
+        )?;
+        fsutil::write_file(
+            &tls_dir.join("server.crt"),
+            tls.cert_pem.as_bytes(),
+            0o600,
+            owner,
+        )?;
+        fsutil::write_file(
+            &tls_dir.join("server.key"),
+            tls.key_pem.expose_secret().as_bytes(),
+            0o600,
+            owner,
+        )?;
+
+        let managed = self.conf_dir().join("careplane.conf");
+        fsutil::write_file(&managed, config.as_bytes(), 0o600, owner)?;
+        self.ensure_include(&managed)?;
+        let auto = self.data_dir().join("postgresql.auto.conf");
+        let auto_content = "# Do not edit this file manually!\n\
+                            # It will be overwritten by the ALTER SYSTEM command.\n\
+                            # careplane resets it on every init: managed settings live in conf/careplane.conf.\n";
+        if fsutil::read_optional(&auto)?.as_deref() != Some(auto_content) {
+            fsutil::write_file(&auto, auto_content.as_bytes(), 0o600, owner)?;
+        }
+        if !self.hba_path().exists() {
+            self.write_hba_file(&BTreeSet::new())?;
+        }
+
+        if self.running_pid().is_some() {
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Creates the root (and its parent, as careplane) and hands it to the
+    /// service user after checking the user can reach it.
+    fn prepare_root(&self) -> Result<()> {
+        if let Some(parent) = self.root.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| LocalError::io("creating the platform directory", parent, e))?;
+            }
+        }
+        system::check_traversable(&self.root, self.user.as_ref())?;
+        fsutil::ensure_dir(&self.root, 0o700, self.owner())
+    }
+
+    fn initdb(&self) -> Result<()> {
+        let data = self.data_dir();
+        // initdb never creates postmaster.opts; the postmaster writes it at
+        // every start. A data directory that was ever started holds real data
+        // and is never wiped automatically, marker or not.
+        if data.join("postmaster.opts").exists() {
+            return Err(LocalError::state(
+                self.subject(),
+                format!(
+                    "{} has been used by a running server but careplane's initdb marker {} is \
+                     missing; refusing to wipe it. If it is this cluster's data, recreate the \
+                     marker file; otherwise move the directory away",
+                    data.display(),
+                    self.marker_path().display()
+                ),
+            ));
+        }
+        match std::fs::symlink_metadata(&data) {
+            Ok(_) => std::fs::remove_dir_all(&data)
+                .or_else(|_| std::fs::remove_file(&data))
+                .map_err(|e| {
+                    LocalError::io("removing a half-initialized data directory", &data, e)
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LocalError::io("inspecting the data directory", &data, e)),
+        }
+        let pwfile = self.pwfile_path();
+        fsutil::write_file(
+            &pwfile,
+            format!("{}\n", self.admin_password.expose_secret()).as_bytes(),
+            0o600,
+            self.owner(),
+        )?;
+        let mut cmd = system::command(
+            &self.bin.tool("initdb"),
+            self.user.as_ref(),
+            &self.root,
+            false,
+        );
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("--auth-local=scram-sha-256")
+            .arg("--auth-host=scram-sha-256")
+            .arg("--data-checksums")
+            .arg("--encoding=UTF8")
+            .arg("--locale=C")
+            .arg(format!("--username={ADMIN_ROLE}"))
+            .arg(format!("--pwfile={}", pwfile.display()));
+        let result = system::run(&mut cmd, &format!("{}: initdb", self.subject()), &[]);
+        let removed = fsutil::remove_file_if_exists(&pwfile);
+        result?;
+        removed?;
+        fsutil::write_file(
+            &self.marker_path(),
+            b"initdb completed; careplane wipes PGDATA on init when this file is absent\n",
+            0o600,
+            self.owner(),
+        )
+    }
+
+    /// Puts `include '<managed>'` as the last line of postgresql.conf (moving
+    /// it there if something was appended after it).
+    fn ensure_include(&self, managed: &Path) -> Result<()> {
+        const TAG: &str = "# careplane: managed settings, keep last";
+        let conf = self.data_dir().join("postgresql.conf");
+        let current = fsutil::read_optional(&conf)?.unwrap_or_default();
+        let line = format!(
+            "include = {}\t{TAG}",
+            conf_quote(&managed.display().to_string())
+        );
+        let mut kept: Vec<&str> = current.lines().filter(|l| !l.contains(TAG)).collect();
+        while kept.last().is_some_and(|l| l.trim().is_empty()) {
+            kept.pop();
+        }
+        let mut wanted = kept.join("\n");
+        wanted.push_str("\n\n");
+        wanted.push_str(&line);
+        wanted.push('\n');
+        if wanted != current {
+            fsutil::write_file(&conf, wanted.as_bytes(), 0o600, self.owner())?;
+        }
+        Ok(())
+    }
+
+    /// Unix socket paths are limited to 107 bytes; fail early with a clear
+    /// message rather than letting the server refuse to start.
+    fn check_socket_path(&self) -> Result<()> {
+        let socket = system::absolute(&self.socket_dir())?.join(format!(".s.PGSQL.{}", self.port));
+        let len = socket.as_os_str().len();
+        if len > 107 {
+            return Err(LocalError::invalid(
+                "cluster root",
+                self.root.display().to_string(),
+                format!(
+                    "the unix socket path {} would be {len} bytes, over the 107-byte limit; use a shorter platform directory",
+                    socket.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The content of conf/careplane.conf: small defaults, then the operator's
+    /// settings, then the hardening (last, so it wins even if validation were
+    /// bypassed).
+    fn managed_config(&self) -> Result<String> {
+        if self.name.is_empty() || self.name.contains(['\n', '\r', '\0']) {
+            return Err(LocalError::invalid(
+                "cluster name",
+                &self.name,
+                "must be a non-empty single line",
+            ));
+        }
+        if self.port == 0 {
+            return Err(LocalError::invalid("port", "0", "a fixed port is required"));
+        }
+        let root = system::absolute(&self.root)?;
+        let root_str = root.display().to_string();
+        if root_str.contains(['\n', '\r', '\0']) {
+            return Err(LocalError::invalid(
+                "cluster root",
+                root_str,
+                "contains a line break or NUL",
+            ));
+        }
+        let mut out = String::new();
+        out.push_str("# Managed by careplane: rewritten on every init. Do not edit.\n\n");
+        out.push_str(
+            "# Defaults sized for tests and demos (operator settings below override them).\n",
+        );
+        out.push_str("shared_buffers = '32MB'\n");
+        out.push_str("max_connections = 100\n");
+        out.push_str("log_line_prefix = '%m [%p] %q%u@%d '\n");
+        out.push_str("log_timezone = 'UTC'\n");
+        out.push_str("timezone = 'UTC'\n\n");
+        out.push_str("# Operator settings.\n");
+        for (key, value) in &self.settings {
+            let k = key.trim().to_ascii_lowercase();
+            if k.is_empty()
+                || !k.starts_with(|c: char| c.is_ascii_lowercase())
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+            {
+                return Err(LocalError::invalid(
+                    "PostgreSQL setting name",
+                    key,
+                    "must be letters, digits, `_` and `.`, starting with a letter",
+                ));
+            }
+            if PROTECTED_SETTINGS.contains(&k.as_str()) {
+                return Err(LocalError::ForbiddenSetting {
+                    cluster: self.name.clone(),
+                    key: key.clone(),
+                });
+            }
+            if value.contains(['\n', '\r', '\0']) {
+                return Err(LocalError::invalid(
+                    format!("value of PostgreSQL setting {key}"),
+                    value,
+                    "contains a line break or NUL",
+                ));
+            }
+            out.push_str(&format!("{k} = {}\n", conf_quote(value)));
+        }
+        let path = |p: PathBuf| conf_quote(&p.display().to_string());
+        out.push_str("\n# Hardening (cannot be overridden).\n");
+        out.push_str("listen_addresses = '127.0.0.1'\n");
+        out.push_str(&format!("port = {}\n", self.port));
+        out.push_str(&format!(
+            "unix_socket_directories = {}\n",
+            path(root.join("run"))
+        ));
+        out.push_str("unix_socket_permissions = 0700\n");
+        out.push_str("password_encryption = 'scram-sha-256'\n");
+        out.push_str("ssl = on\n");
+        out.push_str(&format!(
+            "ssl_cert_file = {}\n",
+            path(root.join("tls/server.crt"))
+        ));
+        out.push_str(&format!(
+            "ssl_key_file = {}\n",
+            path(root.join("tls/server.key"))
+        ));
+        out.push_str(&format!(
+            "ssl_ca_file = {}\n",
+            path(root.join("tls/ca.crt"))
+        ));
+        out.push_str("ssl_min_protocol_version = 'TLSv1.2'\n");
+        out.push_str(&format!(
+            "hba_file = {}\n",
+            path(root.join("conf/pg_hba.conf"))
+        ));
+        out.push_str("log_connections = on\n");
+        out.push_str("log_disconnections = on\n");
+        out.push_str("log_statement = 'ddl'\n");
+        out.push_str("logging_collector = on\n");
+        out.push_str("log_destination = 'stderr'\n");
+        out.push_str(&format!("log_directory = {}\n", path(root.join("log"))));
+        out.push_str("log_filename = 'postgresql-%Y-%m-%d.log'\n");
+        out.push_str("log_file_mode = 0600\n");
+        out.push_str("fsync = on\n");
+        out.push_str("full_page_writes = on\n");
+        Ok(out)
+    }
+
+    /// Starts if not running (pg_ctl start -w -l root/log/startup.log), returns the postmaster pid. Idempotent.
+    ///
+    /// The server runs in its own session so it outlives careplane. After a
+    /// crash (postmaster killed) PostgreSQL's own lock-file and shared-memory
+    /// interlocks decide whether starting is safe; careplane never deletes
+    /// postmaster.pid, and retries for a while when orphaned backends of the
+    /// dead postmaster are still exiting.
+    pub fn start(&self) -> Result<u32> {
+        system::check_runner(&self.subject(), self.user.as_ref())?;
+        if !self.is_initialized() {
+            return Err(LocalError::state(
+                self.subject(),
+                "is not initialized; run init first",
+            ));
+        }
+        self.check_data_version()?;
+        if let Some(pid) = self.running_pid() {
+            self.wait_ready(pid)?;
+            return Ok(pid);
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        self.wait_for_crashed_postmaster(deadline);
+        loop {
+            let mut cmd = system::command(
+                &self.bin.tool("pg_ctl"),
+                self.user.as_ref(),
+                &self.root,
+                true,
+            );
+            cmd.arg("start")
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-w")
+                .arg("-t")
+                .arg(START_TIMEOUT.as_secs().to_string())
+                .arg("-s")
+                .arg("-l")
+                .arg(self.startup_log());
+            let startup = self.startup_log();
+            let logged_before = std::fs::metadata(&startup).map(|m| m.len()).unwrap_or(0);
+            match system::run(&mut cmd, &format!("{}: start", self.subject()), &[]) {
+                Ok(_) => break,
+                Err(e) => {
+                    let latest = self.latest_log();
+                    let e = system::with_log_tails(e, &[&startup, &latest]);
+                    // Only this attempt's lines: a crashed postmaster not yet
+                    // reaped, or its backends still attached to shared memory.
+                    let new_lines = system::read_from(&startup, logged_before);
+                    let retryable = new_lines.contains("is still in use")
+                        || new_lines.contains("lock file \"postmaster.pid\" already exists");
+                    if let Some(pid) = self.running_pid() {
+                        // Someone else (a concurrent start) won the race.
+                        self.wait_ready(pid)?;
+                        return Ok(pid);
+                    }
+                    if !retryable || Instant::now() > deadline {
+                        return Err(e);
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+        let pid = self.running_pid().ok_or_else(|| {
+            LocalError::state(
+                self.subject(),
+                "pg_ctl reported success but no postmaster is running",
+            )
+        })?;
+        self.wait_ready(pid)?;
+        Ok(pid)
+    }
+
+    /// A data directory only runs with binaries of its own major version;
+    /// say so plainly instead of letting the postmaster fail.
+    fn check_data_version(&self) -> Result<()> {
+        let path = self.data_dir().join("PG_VERSION");
+        let text = fsutil::read_optional(&path)?.unwrap_or_default();
+        let data_major: Option<u32> = text.trim().parse().ok();
+        match data_major {
+            Some(v) if v == self.bin.major_version => Ok(()),
+            Some(v) => Err(LocalError::state(
+                self.subject(),
+                format!(
+                    "the data directory {} is PostgreSQL {v} but the binaries in {} are {}; use \
+                     PostgreSQL {v} binaries or upgrade the cluster with pg_upgrade",
+                    self.data_dir().display(),
+                    self.bin.dir.display(),
+                    self.bin.major_version
+                ),
+            )),
+            None => Err(LocalError::state(
+                self.subject(),
+                format!("{} is unreadable or malformed", path.display()),
+            )),
+        }
+    }
+
+    /// After a crash, waits (bounded) until the dead postmaster has been
+    /// reaped and its orphaned backends have exited: until then PostgreSQL's
+    /// interlocks refuse to start, correctly, and pg_ctl would just fail.
+    fn wait_for_crashed_postmaster(&self, deadline: Instant) {
+        let Some(stale) = fsutil::read_pid_file(&self.data_dir().join("postmaster.pid")) else {
+            return;
+        };
+        let data = self.data_dir();
+        while Instant::now() < deadline {
+            let zombie = system::is_zombie(stale);
+            let orphans: Vec<u32> = system::processes_in_dir(&data)
+                .into_iter()
+                .filter(|pid| system::process_comm(*pid).is_some_and(|c| c.starts_with("postgres")))
+                .collect();
+            if !zombie && orphans.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until postmaster.pid says "ready" (line 8), failing if the
+    /// postmaster dies meanwhile.
+    fn wait_ready(&self, pid: u32) -> Result<()> {
+        let pidfile = self.data_dir().join("postmaster.pid");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let status = fsutil::read_optional(&pidfile)?
+                .and_then(|t| t.lines().nth(7).map(|s| s.trim().to_string()))
+                .unwrap_or_default();
+            if status == "ready" {
+                return Ok(());
+            }
+            if !system::pid_alive(pid) {
+                return Err(LocalError::state(
+                    self.subject(),
+                    format!(
+                        "the postmaster (pid {pid}) exited while starting; log tail:\n{}",
+                        system::tail_file(&self.latest_log(), 20)
+                    ),
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(LocalError::Timeout {
+                    subject: self.subject(),
+                    what: "the server to accept connections".into(),
+                    secs: START_TIMEOUT.as_secs(),
+                    log_tail: system::tail_file(&self.latest_log(), 20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (pg_ctl stop -m fast: disconnects sessions, checkpoints); Ok if not running.
+    pub fn stop(&self) -> Result<()> {
+        let Some(pid) = self.running_pid() else {
+            return Ok(());
+        };
+        let mut cmd = system::command(
+            &self.bin.tool("pg_ctl"),
+            self.user.as_ref(),
+            &self.root,
+            false,
+        );
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-m")
+            .arg("fast")
+            .arg("-w")
+            .arg("-t")
+            .arg(STOP_TIMEOUT.as_secs().to_string())
+            .arg("-s");
+        let result = system::run(&mut cmd, &format!("{}: stop", self.subject()), &[])
+            .map_err(|e| system::with_log_tails(e, &[&self.latest_log()]));
+        wait_gone(pid, Duration::from_secs(10));
+        match result {
+            Ok(_) => Ok(()),
+            Err(_) if !system::pid_alive(pid) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The postmaster's pid, from postmaster.pid, if that process is alive
+    /// and is a postgres process (guards against pid reuse after a crash).
+    pub fn running_pid(&self) -> Option<u32> {
+        let pid = fsutil::read_pid_file(&self.data_dir().join("postmaster.pid"))?;
+        system::pid_alive_as(pid, "postgres").then_some(pid)
+    }
+
+    /// Superuser connection to the `postgres` database over the unix socket in root/run.
+    pub fn admin(&self) -> Result<Client> {
+        self.admin_connect("postgres")
+    }
+
+    /// Superuser connection to any database over the unix socket (for
+    /// in-database provisioning, e.g. extensions or schema ownership).
+    pub fn admin_connect(&self, database: &str) -> Result<Client> {
+        let mut cfg = postgres::Config::new();
+        cfg.host_path(self.socket_dir())
+            .port(self.port)
+            .user(ADMIN_ROLE)
+            .password(self.admin_password.expose_secret())
+            .dbname(database)
+            .application_name("careplane")
+            .connect_timeout(CONNECT_TIMEOUT);
+        cfg.connect(NoTls).map_err(|e| {
+            LocalError::pg(
+                &self.name,
+                format!(
+                    "connecting as {ADMIN_ROLE} to database {database} via {}",
+                    self.socket_dir().display()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Ensures the tenant's role and database exist with exactly careplane's attributes and privileges.
+    ///
+    /// Role: LOGIN, NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+    /// NOBYPASSRLS, CONNECTION LIMIT, no role memberships, password set as a
+    /// SCRAM-SHA-256 verifier computed here so the plaintext never reaches
+    /// the server; the statement runs with statement logging switched off for
+    /// its transaction so not even the verifier lands in the logs. Database:
+    /// owned by the role, created from template0 in UTF8; CONNECT/TEMP revoked
+    /// from PUBLIC and granted to the role; inside it, `public` is owned by
+    /// the role and PUBLIC may not create there. Existing objects are altered
+    /// to converge, so re-running after a crash or a password change works.
+    pub fn ensure_tenant_database(&self, db: &TenantDb) -> Result<()> {
+        validate_name("database name", &db.database, false)?;
+        validate_name("role name", &db.role, true)?;
+        validate_password("password", &db.password)?;
+        let limit: i64 = match db.connection_limit {
+            Some(n) if n > i32::MAX as u32 => {
+                return Err(LocalError::invalid(
+                    "connection limit",
+                    n.to_string(),
+                    "too large",
+                ))
+            }
+            Some(n) => i64::from(n),
+            None => -1,
+        };
+        let role = quote_ident(&db.role);
+        let database = quote_ident(&db.database);
+        let mut c = self.admin()?;
+        let ctx = |what: &str| {
+            format!(
+                "{what} for tenant database {} / role {}",
+                db.database, db.role
+            )
+        };
+
+        let verifier =
+            postgres_protocol::password::scram_sha_256(db.password.expose_secret().as_bytes());
+        let attributes = format!(
+            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION NOBYPASSRLS \
+             CONNECTION LIMIT {limit} VALID UNTIL 'infinity' PASSWORD {}",
+            quote_literal(&verifier)
+        );
+        let exists = c
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&db.role])
+            .map_err(|e| LocalError::pg(&self.name, ctx("looking up the role"), e))?
+            .is_some();
+        let alter = format!("ALTER ROLE {role} WITH {attributes}");
+        if exists {
+            self.execute_unlogged(&mut c, &alter, &ctx("updating the role"))?;
+        } else {
+            let create = format!("CREATE ROLE {role} WITH {attributes}");
+            match self.execute_unlogged(&mut c, &create, &ctx("creating the role")) {
+                Ok(()) => {}
+                Err(e) if e.sql_state() == Some("42710") => {
+                    self.execute_unlogged(&mut c, &alter, &ctx("updating the role"))?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let memberships = c
+            .query(
+                "SELECT r.rolname FROM pg_auth_members m \
+                 JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member \
+                 WHERE u.rolname = $1",
+                &[&db.role],
+            )
+            .map_err(|e| LocalError::pg(&self.name, ctx("listing role memberships"), e))?;
+        for row in memberships {
+            let granted: String = row.get(0);
+            c.batch_execute(&format!("REVOKE {} FROM {role}", quote_ident(&granted)))
+                .map_err(|e| LocalError::pg(&self.name, ctx("revoking a role membership"), e))?;
+        }
+
+        let owner: Option<String> = c
+            .query_opt(
+                "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+                &[&db.database],
+            )
+            .map_err(|e| LocalError::pg(&self.name, ctx("looking up the database"), e))?
+            .map(|r| r.get(0));
+        let alter_owner = format!("ALTER DATABASE {database} OWNER TO {role}");
+        match owner {
+            None => {
+                let create = format!(
+                    "CREATE DATABASE {database} OWNER {role} TEMPLATE template0 ENCODING 'UTF8'"
+                );
+                if let Err(e) = c.batch_execute(&create) {
+                    let e = LocalError::pg(&self.name, ctx("creating the database"), e);
+                    if e.sql_state() != Some("42P04") {
+                        return Err(e);
+                    }
+                    c.batch_execute(&alter_owner).map_err(|e| {
+                        LocalError::pg(&self.name, ctx("setting the database owner"), e)
+                    })?;
+                }
+            }
+            Some(o) if o != db.role => c
+                .batch_execute(&alter_owner)
+                .map_err(|e| LocalError::pg(&self.name, ctx("setting the database owner"), e))?,
+            Some(_) => {}
+        }
+        c.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {database} FROM PUBLIC; \
+             GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}; \
+             REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; \
+             REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC"
+        ))
+        .map_err(|e| LocalError::pg(&self.name, ctx("setting database privileges"), e))?;
+        drop(c);
+
+        let mut inner = self.admin_connect(&db.database)?;
+        let has_public = inner
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'public'", &[])
+            .map_err(|e| LocalError::pg(&self.name, ctx("looking up schema public"), e))?
+            .is_some();
+        if has_public {
+            inner
+                .batch_execute(&format!(
+                    "REVOKE CREATE ON SCHEMA public FROM PUBLIC; ALTER SCHEMA public OWNER TO {role}"
+                ))
+                .map_err(|e| LocalError::pg(&self.name, ctx("securing schema public"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one statement carrying a password verifier in its own
+    /// transaction with statement logging off, so the verifier is not written
+    /// to the server log (log_statement = ddl would log it otherwise). Each
+    /// SET is its own query: PostgreSQL logs a multi-statement query string
+    /// before executing any part of it.
+    fn execute_unlogged(&self, c: &mut Client, sql: &str, context: &str) -> Result<()> {
+        let mut tx = c
+            .transaction()
+            .map_err(|e| LocalError::pg(&self.name, context, e))?;
+        for set in [
+            "SET LOCAL log_statement = 'none'",
+            "SET LOCAL log_min_duration_statement = -1",
+            "SET LOCAL log_min_error_statement = 'panic'",
+        ] {
+            tx.batch_execute(set)
+                .map_err(|e| LocalError::pg(&self.name, context, e))?;
+        }
+        tx.batch_execute(sql)
+            .map_err(|e| LocalError::pg(&self.name, context, e))?;
+        tx.commit()
+            .map_err(|e| LocalError::pg(&self.name, context, e))
+    }
+
+    /// Terminates its connections, drops database then role; Ok if absent.
+    ///
+    /// The role is dropped only after its database, so a retry after a crash
+    /// between the two finds the database gone and finishes the role.
+    pub fn drop_tenant_database(&self, database: &str, role: &str) -> Result<()> {
+        validate_name("database name", database, false)?;
+        validate_name("role name", role, true)?;
+        let mut c = self.admin()?;
+        c.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(database)
+        ))
+        .map_err(|e| LocalError::pg(&self.name, format!("dropping database {database}"), e))?;
+        c.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))
+            .map_err(|e| LocalError::pg(&self.name, format!("dropping role {role}"), e))?;
+        Ok(())
+    }
+
+    /// True if the database has any user table/relation outside pg_catalog/information_schema.
+    ///
+    /// A database that does not exist has no data (false), so the engine can
+    /// ask before deciding whether a removal would destroy anything.
+    pub fn database_has_data(&self, database: &str) -> Result<bool> {
+        validate_name("database name", database, false)?;
+        let exists = self
+            .admin()?
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+            .map_err(|e| LocalError::pg(&self.name, format!("looking up database {database}"), e))?
+            .is_some();
+        if !exists {
+            return Ok(false);
+        }
+        let row = self
+            .admin_connect(database)?
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+                 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f'))",
+                &[],
+            )
+            .map_err(|e| LocalError::pg(&self.name, format!("inspecting database {database}"), e))?;
+        Ok(row.get(0))
+    }
+
+    /// Tenant databases present (excludes postgres, template0/1).
+    pub fn databases(&self) -> Result<Vec<String>> {
+        let rows = self
+            .admin()?
+            .query(
+                "SELECT datname::text FROM pg_database \
+                 WHERE datname NOT IN ('postgres', 'template0', 'template1') ORDER BY 1",
+                &[],
+            )
+            .map_err(|e| LocalError::pg(&self.name, "listing databases", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Rewrites pg_hba.conf with the admin's socket line and one `hostssl` line per tenant pair (127.0.0.1/32 and ::1/128), nothing else, then reloads if running.
+    ///
+    /// No `host` lines exist, so non-TLS TCP connections match nothing and
+    /// are refused, as is every database/role pair not listed. When the
+    /// server runs, the file is checked through `pg_hba_file_rules` before
+    /// the reload (PostgreSQL keeps the old rules if the new file is broken),
+    /// and the call returns only once the postmaster has reloaded, so a
+    /// connection made right after sees the new rules.
+    pub fn write_hba(&self, tenants: &[(String, String)]) -> Result<()> {
+        let mut pairs = BTreeSet::new();
+        for (database, role) in tenants {
+            validate_name("database name", database, false)?;
+            validate_name("role name", role, true)?;
+            pairs.insert((database.clone(), role.clone()));
+        }
+        fsutil::ensure_dir(&self.conf_dir(), 0o700, self.owner())?;
+        self.write_hba_file(&pairs)?;
+        if self.running_pid().is_some() {
+            let rows = self
+                .admin()?
+                .query(
+                    "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL",
+                    &[],
+                )
+                .map_err(|e| LocalError::pg(&self.name, "checking pg_hba.conf", e))?;
+            if let Some(row) = rows.first() {
+                let line: Option<i32> = row.get(0);
+                let error: String = row.get(1);
+                return Err(LocalError::state(
+                    self.subject(),
+                    format!(
+                        "{} line {line:?} is invalid: {error}",
+                        self.hba_path().display()
+                    ),
+                ));
+            }
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    fn write_hba_file(&self, pairs: &BTreeSet<(String, String)>) -> Result<()> {
+        let mut out = String::new();
+        out.push_str("# Managed by careplane: rewritten on every change. Do not edit.\n");
+        out.push_str("# TYPE   DATABASE  USER  ADDRESS  METHOD\n");
+        out.push_str(&format!("local    all  \"{ADMIN_ROLE}\"  scram-sha-256\n"));
+        for (database, role) in pairs {
+            for address in ["127.0.0.1/32", "::1/128"] {
+                out.push_str(&format!(
+                    "hostssl  \"{database}\"  \"{role}\"  {address}  scram-sha-256\n"
+                ));
+            }
+        }
+        fsutil::write_file(&self.hba_path(), out.as_bytes(), 0o600, self.owner())
+    }
+
+    /// Makes the running server re-read its configuration, waiting until the
+    /// postmaster has done so, and reports settings it rejected.
+    pub fn reload(&self) -> Result<()> {
+        let mut c = self.admin()?;
+        let before: String = c
+            .query_one("SELECT pg_conf_load_time()::text", &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| LocalError::pg(&self.name, "reading the configuration load time", e))?;
+        c.batch_execute("SELECT pg_reload_conf()")
+            .map_err(|e| LocalError::pg(&self.name, "requesting a configuration reload", e))?;
+        drop(c);
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        loop {
+            // A new session inherits the postmaster's load time, so it moves
+            // once the postmaster has processed the reload.
+            let mut c = self.admin()?;
+            let now: String = c
+                .query_one("SELECT pg_conf_load_time()::text", &[])
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| {
+                    LocalError::pg(&self.name, "reading the configuration load time", e)
+                })?;
+            if now != before {
+                let rows = c
+                    .query(
+                        "SELECT coalesce(sourcefile, '?') || ':' || coalesce(sourceline, 0)::text || ' ' \
+                         || coalesce(name, '') || ': ' || error FROM pg_file_settings \
+                         WHERE error IS NOT NULL AND error <> 'setting could not be applied'",
+                        &[],
+                    )
+                    .map_err(|e| LocalError::pg(&self.name, "checking configuration errors", e))?;
+                if !rows.is_empty() {
+                    let errors: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    return Err(LocalError::state(
+                        self.subject(),
+                        format!("the configuration has errors: {}", errors.join("; ")),
+                    ));
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LocalError::Timeout {
+                    subject: self.subject(),
+                    what: "the configuration reload".into(),
+                    secs: RELOAD_TIMEOUT.as_secs(),
+                    log_tail: system::tail_file(&self.latest_log(), 20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The newest server log file (for error messages), or startup.log.
+    pub fn latest_log(&self) -> PathBuf {
+        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+        if let Ok(entries) = std::fs::read_dir(self.log_dir()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") && path != self.startup_log() {
+                    if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                        if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                            newest = Some((modified, path));
+                        }
+                    }
+                }
+            }
+        }
+        newest.map(|(_, p)| p).unwrap_or_else(|| self.startup_log())
+    }
+}
+
+fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while system::pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The rustls connector tenants use: only the platform CA is trusted, and
+/// rustls checks the certificate chain and the host name (or IP) — the
+/// equivalent of libpq's `sslmode=verify-full`. TLS 1.2+ with ring.
+pub fn tenant_tls(ca_cert_pem: &str) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes()) {
+        let cert =
+            cert.map_err(|e| LocalError::Tls(format!("parsing the CA certificate PEM: {e}")))?;
+        roots.add(cert).map_err(|e| {
+            LocalError::Tls(format!("adding the CA certificate to the trust store: {e}"))
+        })?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(LocalError::Tls("the CA PEM contains no certificate".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| LocalError::Tls(format!("configuring TLS versions: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Connects as a tenant over TLS with verification against the CA (sslmode verify-full equivalent; rustls with the ring provider).
+///
+/// SCRAM channel binding is required, so the password exchange is tied to
+/// this very TLS session. Used by status health checks and tests.
+pub fn connect_tenant(
+    port: u16,
+    database: &str,
+    role: &str,
+    password: &SecretString,
+    ca_cert_pem: &str,
+) -> Result<Client> {
+    let tls = tenant_tls(ca_cert_pem)?;
+    let mut cfg = postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user(role)
+        .password(password.expose_secret())
+        .dbname(database)
+        .ssl_mode(SslMode::Require)
+        .channel_binding(ChannelBinding::Require)
+        .application_name("careplane")
+        .connect_timeout(CONNECT_TIMEOUT);
+    cfg.connect(tls).map_err(|e| {
+        LocalError::pg(
+            &format!("127.0.0.1:{port}"),
+            format!("connecting to database {database} as {role} over TLS"),
+            e,
+        )
+    })
+}
+
+/// Health check of a tenant's access path: connects exactly as the tenant's
+/// application would ([`connect_tenant`]: TLS verified against the CA, SCRAM
+/// with channel binding) and runs `SELECT 1`. The error says which step failed.
+pub fn check_tenant(
+    port: u16,
+    database: &str,
+    role: &str,
+    password: &SecretString,
+    ca_cert_pem: &str,
+) -> Result<()> {
+    let mut client = connect_tenant(port, database, role, password, ca_cert_pem)?;
+    client.simple_query("SELECT 1").map_err(|e| {
+        LocalError::pg(
+            &format!("127.0.0.1:{port}"),
+            format!("running SELECT 1 in database {database} as {role}"),
+            e,
+        )
+    })?;
+    Ok(())
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled (standard_conforming_strings is on).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A postgresql.conf string value: quotes doubled, backslashes escaped (the
+/// config lexer treats `\` as an escape character).
+fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Tenant database and role names: 1–63 bytes of ASCII letters, digits, `_`,
+/// `-` and `.`, starting with a letter, digit or `_`, and not a reserved
+/// name. The character set keeps names safe in pg_hba.conf (where `+`, `@`,
+/// commas and spaces mean something) and in messages; every use is still
+/// quoted.
+pub fn validate_name(what: &str, name: &str, is_role: bool) -> Result<()> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(LocalError::invalid(
+            what,
+            name,
+            "must be 1 to 63 bytes long",
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(LocalError::invalid(
+            what,
+            name,
+            "must start with a letter, digit or `_`",
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(LocalError::invalid(
+            what,
+            name,
+            "may only contain ASCII letters, digits, `_`, `-` and `.`",
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_NAMES.contains(&lower.as_str()) {
+        return Err(LocalError::invalid(what, name, "is reserved"));
+    }
+    if is_role && lower.starts_with("pg_") {
+        return Err(LocalError::invalid(
+            what,
+            name,
+            "role names starting with pg_ are reserved",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_password(what: &str, password: &SecretString) -> Result<()> {
+    let p = password.expose_secret();
+    if p.is_empty() {
+        return Err(LocalError::invalid(what, "<redacted>", "must not be empty"));
+    }
+    if p.contains(['\n', '\r', '\0']) {
+        return Err(LocalError::invalid(
+            what,
+            "<redacted>",
+            "must not contain line breaks or NUL",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(settings: &[(&str, &str)]) -> PgCluster {
+        PgCluster {
+            name: "t".into(),
+            root: PathBuf::from("/srv/careplane/pg-t"),
+            port: 5999,
+            bin: PgBinaries {
+                dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+                major_version: 15,
+            },
+            user: None,
+            admin_password: SecretString::from("x"),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn version_parsing() {
+        assert_eq!(
+            parse_major_version("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(
+            parse_major_version("postgres (PostgreSQL) 17beta1"),
+            Some(17)
+        );
+        assert_eq!(parse_major_version("nonsense"), None);
+    }
+
+    #[test]
+    fn hardening_keys_cannot_be_overridden() {
+        for key in [
+            "ssl",
+            "listen_addresses",
+            "Hba_File",
+            "log_statement",
+            "include_dir",
+            "fsync",
+        ] {
+            let err = cluster(&[(key, "off")]).managed_config().unwrap_err();
+            assert!(
+                matches!(err, LocalError::ForbiddenSetting { .. }),
+                "{key}: {err}"
+            );
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let conf = cluster(&[("shared_buffers", "64MB"), ("work_mem", "it's")])
+            .managed_config()
+            .unwrap();
+        assert!(conf.contains("shared_buffers = '64MB'"));
+        assert!(conf.contains("work_mem = 'it''s'"));
+        // Operator override comes after the default, hardening after both.
+        assert!(
+            conf.find("shared_buffers = '32MB'").unwrap()
+                < conf.find("shared_buffers = '64MB'").unwrap()
+        );
+        assert!(conf.find("work_mem").unwrap() < conf.find("listen_addresses").unwrap());
+        assert!(conf.contains("listen_addresses = '127.0.0.1'"));
+        assert!(conf.contains("unix_socket_directories = '/srv/careplane/pg-t/run'"));
+        assert!(cluster(&[("bad key", "1")]).managed_config().is_err());
+        assert!(cluster(&[("work_mem", "1\nssl = off")])
+            .managed_config()
+            .is_err());
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["stmarys-prod", "a", "db_1.x", "_x"] {
+            validate_name("database name", ok, true).unwrap();
+        }
+        for bad in [
+            "",
+            "-x",
+            "a b",
+            "a\"b",
+            "all",
+            "careplane_admin",
+            "x,y",
+            "+grp",
+            "@file",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                validate_name("database name", bad, false).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(validate_name("role name", "pg_monitor", true).is_err());
+        assert!(validate_name("database name", "pg_data", false).is_ok());
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+        assert_eq!(conf_quote("a\\'b"), "'a\\\\''b'");
+    }
+
+    #[test]
+    fn passwords_never_echoed() {
+        let err = validate_password("password", &SecretString::from("sec\nret")).unwrap_err();
+        assert!(!err.to_string().contains("sec"), "{err}");
+    }
+}

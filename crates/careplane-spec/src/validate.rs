@@ -1,0 +1,598 @@
+//! Rules beyond types: names, ranges, formats — checked per document once it
+//! type-checks. Rules that span documents (references, uniqueness) live in
+//! [`crate::load`].
+
+use std::time::Duration;
+
+use crate::decode::{key, quoted, Ctx};
+use crate::model::{
+    BackupPolicySpec, Kind, Metadata, PlatformSpec, ServiceTierSpec, Sizing, TenantSpec,
+    MAX_ENVIRONMENT_NAME, MAX_TENANT_NAME, ODOO_VERSIONS, RESERVED_TENANT_NAMES,
+};
+use crate::yaml::Seg;
+
+/// Parses durations like `30s`, `15m`, `4h`, `1d`, or combinations such as
+/// `1h30m`, as written in RTO/RPO objectives. Units: `s`, `m`, `h`, `d`.
+///
+/// The error is a sentence meant for a diagnostic.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration; write e.g. 30s, 15m, 4h or 1d".into());
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration {}: expected a number, e.g. 30s, 15m, 4h or 1d",
+                quoted(text)
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("duration {} is too large", quoted(text)))?;
+        rest = &rest[digits..];
+        let unit = rest.chars().next();
+        let seconds = match unit {
+            Some('s') => 1,
+            Some('m') => 60,
+            Some('h') => 3600,
+            Some('d') => 86_400,
+            None => {
+                return Err(format!(
+                    "duration {} has no unit; write e.g. {}s, {}m or {}h",
+                    quoted(text),
+                    number,
+                    number,
+                    number
+                ))
+            }
+            Some(u) => {
+                return Err(format!(
+                    "duration {} has unknown unit {}; use s, m, h or d",
+                    quoted(text),
+                    quoted(&u.to_string())
+                ))
+            }
+        };
+        rest = &rest[unit.map_or(0, char::len_utf8)..];
+        total = number
+            .checked_mul(seconds)
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| format!("duration {} is too large", quoted(text)))?;
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Whether `name` is an RFC 1123 DNS label (length aside).
+pub(crate) fn is_dns_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty() && ok(&b[0]) && ok(&b[b.len() - 1]) && b.iter().all(|c| ok(c) || *c == b'-')
+}
+
+/// The closest valid DNS label, for a "try ..." hint.
+fn dns_label_like(name: &str, max: usize) -> Option<String> {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && (out.is_empty() || out.ends_with('-'))) {
+            out.push(c);
+        }
+    }
+    out.truncate(max);
+    let out = out.trim_end_matches('-').to_string();
+    (is_dns_label(&out) && out != name).then_some(out)
+}
+
+/// Checks a name that ends up in database, role and host names.
+fn check_name(cx: &mut Ctx<'_>, path: &[Seg], name: &str, max: usize, why_max: &str) {
+    if name.is_empty() {
+        cx.at_value(path, "name must not be empty", None);
+        return;
+    }
+    if !is_dns_label(name) {
+        let help = dns_label_like(name, max).map(|s| format!("try {}", quoted(&s)));
+        cx.at_value(
+            path,
+            format!(
+                "invalid name {}: use lowercase letters, digits and '-', starting and ending with a letter or digit",
+                quoted(name)
+            ),
+            help.or_else(|| Some("names become database, role and host names, so they must be DNS labels".into())),
+        );
+        return;
+    }
+    let len = name.len();
+    if len > max {
+        cx.at_value(
+            path,
+            format!(
+                "name {} is {len} characters long, more than the {max} allowed",
+                quoted(name)
+            ),
+            Some(why_max.to_string()),
+        );
+    }
+}
+
+// "<tenant>-<environment>" must fit PostgreSQL's 63-byte identifiers.
+const _: () = assert!(MAX_TENANT_NAME + 1 + MAX_ENVIRONMENT_NAME <= 63);
+
+const PG_IDENTIFIER_WHY: &str =
+    "tenant and environment names are joined into PostgreSQL identifiers \
+     \"<tenant>-<environment>\", which are limited to 63 bytes";
+
+/// `kind` is `None` when it is unknown; the name is still checked then.
+pub(crate) fn metadata(cx: &mut Ctx<'_>, kind: Option<Kind>, m: &Metadata) {
+    let path = [key("metadata"), key("name")];
+    let why = match kind {
+        Some(Kind::Tenant) => PG_IDENTIFIER_WHY,
+        _ => "names must be DNS labels, which are limited to 63 characters",
+    };
+    let max = kind.map_or(crate::model::MAX_NAME, Kind::max_name_len);
+    check_name(cx, &path, &m.name, max, why);
+    if kind == Some(Kind::Tenant) && RESERVED_TENANT_NAMES.contains(&m.name.as_str()) {
+        cx.at_value(
+            &path,
+            format!("the tenant name {} is reserved", quoted(&m.name)),
+            Some("it names the platform's shared PostgreSQL cluster and Redis server; pick another name".into()),
+        );
+    }
+}
+
+fn is_module_name(m: &str) -> bool {
+    !m.is_empty()
+        && m.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+}
+
+fn check_modules(cx: &mut Ctx<'_>, path: &[Seg], modules: &[String]) {
+    for (i, m) in modules.iter().enumerate() {
+        if is_module_name(m) {
+            continue;
+        }
+        let mut p = path.to_vec();
+        p.push(Seg::Index(i));
+        let fixed: String = m
+            .trim()
+            .chars()
+            .flat_map(char::to_lowercase)
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let help =
+            (is_module_name(&fixed) && fixed != *m).then(|| format!("try {}", quoted(&fixed)));
+        cx.at_value(
+            &p,
+            format!(
+                "invalid module name {}: Odoo technical names use lowercase letters, digits and '_'",
+                quoted(m)
+            ),
+            help,
+        );
+    }
+}
+
+fn check_sizing(cx: &mut Ctx<'_>, path: &[Seg], sizing: &Sizing) {
+    let at = |cx: &mut Ctx<'_>, field: &str, msg: String, help: Option<String>| {
+        let mut p = path.to_vec();
+        p.push(key(field));
+        cx.at_value(&p, msg, help);
+    };
+    if sizing.workers == Some(0) {
+        at(cx, "workers", "workers must be at least 1".into(), None);
+    }
+    if sizing.db_connections == Some(0) {
+        at(
+            cx,
+            "dbConnections",
+            "dbConnections must be at least 1".into(),
+            None,
+        );
+    }
+    if let Some(mem) = &sizing.worker_memory {
+        if let Err(e) = parse_quantity(mem) {
+            at(
+                cx,
+                "workerMemory",
+                e,
+                Some("write e.g. 512Mi or 2Gi".into()),
+            );
+        }
+    }
+}
+
+/// Kubernetes-style memory quantities: `512Mi`, `2Gi`, `1G`, `1500000`.
+pub(crate) fn parse_quantity(text: &str) -> Result<u64, String> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let factor: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return Err(format!("invalid memory size {}", quoted(text))),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid memory size {}", quoted(text)))?;
+    let bytes = n
+        .checked_mul(factor)
+        .ok_or_else(|| format!("memory size {} is too large", quoted(text)))?;
+    if bytes == 0 {
+        return Err("memory size must be more than 0".into());
+    }
+    Ok(bytes)
+}
+
+/// Redis `maxmemory` units: `256mb`, `1gb`, `100kb`, plain bytes.
+fn check_redis_memory(text: &str) -> Result<(), String> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let unit_ok = matches!(
+        unit.to_ascii_lowercase().as_str(),
+        "" | "b" | "k" | "kb" | "m" | "mb" | "g" | "gb"
+    );
+    match number.parse::<u64>() {
+        Ok(n) if unit_ok && n > 0 => Ok(()),
+        Ok(0) if unit_ok => Err("maxMemory must be more than 0".into()),
+        _ => Err(format!("invalid Redis memory size {}", quoted(text))),
+    }
+}
+
+/// Settings careplane enforces for hardening; overriding them would silently
+/// weaken every cluster.
+const ENFORCED_PG_SETTINGS: &[&str] = &[
+    "listen_addresses",
+    "ssl",
+    "password_encryption",
+    "hba_file",
+    "ident_file",
+    "data_directory",
+    "config_file",
+];
+
+pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
+    let spec_path = [key("spec")];
+    if spec.data_dir.as_os_str().is_empty() {
+        cx.at_value(
+            &[key("spec"), key("dataDir")],
+            "dataDir must not be empty",
+            None,
+        );
+    }
+    if let Some(user) = &spec.run_as {
+        let ok = !user.is_empty()
+            && user.len() <= 32
+            && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && user
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+        if !ok {
+            cx.at_value(
+                &[key("spec"), key("runAs")],
+                format!("invalid user name {}", quoted(user)),
+                Some("a system user such as \"postgres\"".into()),
+            );
+        }
+    }
+    for name in spec.postgres.settings.keys() {
+        let enforced = ENFORCED_PG_SETTINGS.contains(&name.as_str()) || name.starts_with("ssl_");
+        if enforced {
+            cx.at_key(
+                &[key("spec"), key("postgres"), key("settings"), key(name)],
+                format!("{} cannot be set here", quoted(name)),
+                Some("careplane sets it to harden every cluster".into()),
+            );
+        }
+    }
+    if let Some(mem) = &spec.redis.max_memory {
+        if let Err(e) = check_redis_memory(mem) {
+            cx.at_value(
+                &[key("spec"), key("redis"), key("maxMemory")],
+                e,
+                Some("write e.g. 256mb or 1gb".into()),
+            );
+        }
+    }
+    if let Some(odoo) = &spec.odoo {
+        if !ODOO_VERSIONS.contains(&odoo.version) {
+            cx.at_value(
+                &[key("spec"), key("odoo"), key("version")],
+                format!(
+                    "Odoo version {} is not supported, expected {} to {}",
+                    odoo.version,
+                    ODOO_VERSIONS.start(),
+                    ODOO_VERSIONS.end()
+                ),
+                None,
+            );
+        }
+        if odoo.command.as_os_str().is_empty() {
+            cx.at_value(
+                &[key("spec"), key("odoo"), key("command")],
+                "command must not be empty",
+                None,
+            );
+        }
+    }
+    let mut defaults = spec_path.to_vec();
+    defaults.extend([key("defaults"), key("modules")]);
+    check_modules(cx, &defaults, &spec.defaults.modules);
+}
+
+pub(crate) fn service_tier(cx: &mut Ctx<'_>, spec: &ServiceTierSpec) {
+    let a = spec.availability;
+    if !(a > 0.0 && a < 100.0) {
+        cx.at_value(
+            &[key("spec"), key("availability")],
+            format!("availability {a} is out of range: it is a percentage above 0 and below 100"),
+            Some("e.g. 99.9 for \"three nines\"".into()),
+        );
+    }
+    let rto = parse_duration(&spec.rto);
+    if let Err(e) = &rto {
+        cx.at_value(&[key("spec"), key("rto")], e.clone(), None);
+    }
+    if rto == Ok(Duration::ZERO) {
+        cx.at_value(
+            &[key("spec"), key("rto")],
+            "rto must be more than 0: no recovery is instantaneous",
+            None,
+        );
+    }
+    if let Err(e) = parse_duration(&spec.rpo) {
+        cx.at_value(&[key("spec"), key("rpo")], e, None);
+    }
+    if spec.support_hours.trim().is_empty() {
+        cx.at_value(
+            &[key("spec"), key("supportHours")],
+            "supportHours must not be empty",
+            Some("e.g. \"24x7\" or \"business-hours\"".into()),
+        );
+    }
+}
+
+pub(crate) fn backup_policy(cx: &mut Ctx<'_>, spec: &BackupPolicySpec) {
+    if let Err((msg, help)) = check_cron(&spec.schedule) {
+        cx.at_value(&[key("spec"), key("schedule")], msg, help);
+    }
+    let r = &spec.retention;
+    if r.daily == 0 && r.weekly == 0 && r.monthly == 0 {
+        cx.at_value(
+            &[key("spec"), key("retention")],
+            "retention keeps no backups",
+            Some("set at least one of daily, weekly, monthly, e.g. `retention: {daily: 7}`".into()),
+        );
+    }
+}
+
+/// Checks a 5-field cron expression (minute hour day-of-month month
+/// day-of-week), with lists, ranges, steps and month/day names.
+fn check_cron(schedule: &str) -> Result<(), (String, Option<String>)> {
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    if let Some(macro_) = fields.first().filter(|f| f.starts_with('@')) {
+        let equivalent = match *macro_ {
+            "@hourly" => Some("0 * * * *"),
+            "@daily" | "@midnight" => Some("0 0 * * *"),
+            "@weekly" => Some("0 0 * * 0"),
+            "@monthly" => Some("0 0 1 * *"),
+            "@yearly" | "@annually" => Some("0 0 1 1 *"),
+            _ => None,
+        };
+        return Err((
+            format!(
+                "{} is not supported; schedules are 5-field cron expressions",
+                quoted(macro_)
+            ),
+            equivalent.map(|e| format!("write {}", quoted(e))),
+        ));
+    }
+    if fields.len() != 5 {
+        return Err((
+            format!(
+                "schedule {} has {} fields, expected 5 (minute hour day-of-month month day-of-week)",
+                quoted(schedule),
+                fields.len()
+            ),
+            Some("e.g. \"0 2 * * *\" for 02:00 UTC every day".into()),
+        ));
+    }
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+    let specs: [(&str, u32, u32, &[&str], u32); 5] = [
+        ("minute", 0, 59, &[], 0),
+        ("hour", 0, 23, &[], 0),
+        ("day-of-month", 1, 31, &[], 0),
+        ("month", 1, 12, &MONTHS, 1),
+        ("day-of-week", 0, 7, &DAYS, 0),
+    ];
+    for (field, (name, min, max, names, first)) in fields.iter().zip(specs) {
+        let value = |s: &str| -> Option<u32> {
+            if let Ok(n) = s.parse::<u32>() {
+                return (min..=max).contains(&n).then_some(n);
+            }
+            let lower = s.to_ascii_lowercase();
+            names
+                .iter()
+                .position(|n| *n == lower)
+                .map(|i| i as u32 + first)
+        };
+        let bad = || {
+            Err((
+                format!(
+                    "invalid {name} field {} in schedule {}",
+                    quoted(field),
+                    quoted(schedule)
+                ),
+                Some(format!(
+                    "{name} takes *, a value {min}-{max}, a range a-b, a list a,b, or a step */n"
+                )),
+            ))
+        };
+        for item in field.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((r, s)) => (r, Some(s)),
+                None => (item, None),
+            };
+            if let Some(step) = step {
+                if !matches!(step.parse::<u32>(), Ok(n) if n >= 1 && n <= max.max(1)) {
+                    return bad();
+                }
+            }
+            let ok = match range {
+                "*" => true,
+                r => match r.split_once('-') {
+                    Some((a, b)) => matches!((value(a), value(b)), (Some(a), Some(b)) if a <= b),
+                    None => value(r).is_some(),
+                },
+            };
+            if !ok {
+                return bad();
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn tenant(cx: &mut Ctx<'_>, spec: &TenantSpec) {
+    let envs_path = [key("spec"), key("environments")];
+    if spec.environments.is_empty() {
+        cx.at_value(
+            &envs_path,
+            "a tenant needs at least one environment",
+            Some("e.g. `environments: [{name: production, kind: production}]`".into()),
+        );
+    }
+    check_modules(cx, &[key("spec"), key("modules")], &spec.modules);
+    if let Some(s) = &spec.sizing {
+        check_sizing(cx, &[key("spec"), key("sizing")], s);
+    }
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    for (i, env) in spec.environments.iter().enumerate() {
+        let base = [key("spec"), key("environments"), Seg::Index(i)];
+        let mut name_path = base.to_vec();
+        name_path.push(key("name"));
+        check_name(
+            cx,
+            &name_path,
+            &env.name,
+            MAX_ENVIRONMENT_NAME,
+            PG_IDENTIFIER_WHY,
+        );
+        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == env.name) {
+            let mut first_path = base.to_vec();
+            first_path[2] = Seg::Index(*first);
+            first_path.push(key("name"));
+            let line = cx.root.value_pos(&first_path).line;
+            cx.at_value(
+                &name_path,
+                format!("duplicate environment name {}", quoted(&env.name)),
+                Some(format!("environments[{first}] at line {line} has the same name; names are unique within a tenant")),
+            );
+        } else {
+            seen.push((&env.name, i));
+        }
+        let mut p = base.to_vec();
+        p.push(key("modules"));
+        check_modules(cx, &p, &env.modules);
+        if let Some(s) = &env.sizing {
+            let mut p = base.to_vec();
+            p.push(key("sizing"));
+            check_sizing(cx, &p, s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(4 * 3600)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("4w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-1h").is_err());
+        assert!(parse_duration("99999999999999999999d")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_duration("999999999999999d")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("stmarys"));
+        assert!(is_dns_label("a-1"));
+        assert!(is_dns_label("1"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a-"));
+        assert!(!is_dns_label("St_Marys"));
+        assert_eq!(dns_label_like("St_Marys", 40).as_deref(), Some("st-marys"));
+        assert_eq!(dns_label_like("__", 40), None);
+    }
+
+    #[test]
+    fn cron() {
+        assert!(check_cron("0 2 * * *").is_ok());
+        assert!(check_cron("*/15 0-6,22 1 jan-mar MON-FRI").is_ok());
+        assert!(check_cron("0 2 * *")
+            .unwrap_err()
+            .0
+            .contains("has 4 fields"));
+        assert!(check_cron("60 2 * * *")
+            .unwrap_err()
+            .0
+            .contains("invalid minute field"));
+        assert!(check_cron("0 2 * * 8").is_err());
+        assert!(check_cron("0 2 */0 * *").is_err());
+        assert!(check_cron("0 5-2 * * *").is_err());
+        assert_eq!(
+            check_cron("@daily").unwrap_err().1.as_deref(),
+            Some("write \"0 0 * * *\"")
+        );
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_quantity("512Mi"), Ok(512 << 20));
+        assert!(parse_quantity("0Gi").is_err());
+        assert!(parse_quantity("2GB").is_err());
+        assert!(parse_quantity("Gi").is_err());
+        assert!(parse_quantity("99999999999999999Ti").is_err());
+        assert!(check_redis_memory("256mb").is_ok());
+        assert!(check_redis_memory("1GB").is_ok());
+        assert!(check_redis_memory("0mb").is_err());
+        assert!(check_redis_memory("lots").is_err());
+    }
+}

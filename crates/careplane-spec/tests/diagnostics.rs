@@ -1,0 +1,1190 @@
+//! Every class of problem, with the exact place and help it is reported with.
+
+use std::path::{Path, PathBuf};
+
+use careplane_spec::{
+    load, load_sources, load_str, parse_documents, Diagnostic, Diagnostics, Kind, Tenancy,
+};
+
+const PLATFORM: &str = "\
+apiVersion: careplane.dev/v1alpha1
+kind: Platform
+metadata:
+  name: hq
+spec:
+  dataDir: .careplane
+  defaults:
+    serviceTier: standard
+";
+
+const TIERS: &str = "\
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: nightly
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+---
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: standard
+spec:
+  availability: 99.5
+  rto: 8h
+  rpo: 24h
+  supportHours: business-hours
+  backupPolicy: nightly
+---
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: critical
+spec:
+  availability: 99.95
+  rto: 1h
+  rpo: 4h
+  supportHours: 24x7
+";
+
+/// Loads `text` as `t.yaml` next to a valid platform and tiers, and returns
+/// the problems in `t.yaml`.
+fn problems(text: &str) -> Vec<Diagnostic> {
+    let err = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", text),
+    ])
+    .expect_err("expected problems");
+    for d in err.iter() {
+        assert_eq!(
+            d.file,
+            Path::new("t.yaml"),
+            "unexpected problem elsewhere: {d}"
+        );
+    }
+    err.0
+}
+
+/// The one problem of `text`.
+fn problem(text: &str) -> Diagnostic {
+    let mut all = problems(text);
+    assert_eq!(
+        all.len(),
+        1,
+        "expected one problem, got: {}",
+        Diagnostics(all.clone())
+    );
+    all.remove(0)
+}
+
+/// Asserts place, path, message and help of a diagnostic.
+#[track_caller]
+fn check(
+    d: &Diagnostic,
+    line: usize,
+    column: usize,
+    path: &str,
+    message: &str,
+    help: Option<&str>,
+) {
+    assert_eq!(
+        (
+            d.line,
+            d.column,
+            d.path.as_str(),
+            d.message.as_str(),
+            d.help.as_deref()
+        ),
+        (line, column, path, message, help),
+        "\nwhole diagnostic: {d}"
+    );
+}
+
+fn tenant(spec: &str) -> String {
+    format!(
+        "apiVersion: careplane.dev/v1alpha1\nkind: Tenant\nmetadata:\n  name: acme\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn valid_set_loads() {
+    let set = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        (
+            "t.yaml",
+            &tenant("  environments:\n    - {name: production, kind: production}\n"),
+        ),
+    ])
+    .unwrap();
+    assert_eq!(set.platform.metadata.name, "hq");
+    assert_eq!(set.service_tiers.len(), 2);
+    assert_eq!(set.backup_policies.len(), 1);
+    let acme = set.tenant("acme").unwrap();
+    assert_eq!(acme.source.file, Path::new("t.yaml"));
+    assert_eq!(acme.source.line, 1);
+    assert_eq!(acme.spec.tenancy, Tenancy::Shared);
+    assert_eq!(set.tier_of(&acme.spec).unwrap().metadata.name, "standard");
+    assert_eq!(set.service_tiers[1].source.line, 20);
+}
+
+#[test]
+fn unknown_variant_renders_with_did_you_mean() {
+    let d = problem(&tenant(
+        "  environments:\n    - name: production\n      kind: production\n    - name: live\n      kind: prod\n",
+    ));
+    check(
+        &d,
+        10,
+        13,
+        "spec.environments[1].kind",
+        "unknown variant \"prod\", expected one of dev, test, uat, training, staging, production, dr",
+        Some("did you mean \"production\"?"),
+    );
+    assert_eq!(
+        d.to_string(),
+        "t.yaml:10:13: spec.environments[1].kind: unknown variant \"prod\", expected one of dev, test, uat, \
+         training, staging, production, dr\n  help: did you mean \"production\"?"
+    );
+}
+
+#[test]
+fn every_unknown_field_is_reported_with_a_suggestion() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: acme
+  lables: {team: a}
+spec:
+  servicetier: standard
+  enviroments: []
+  environments:
+    - name: production
+      kind: production
+      replicas: 3
+  colour: blue
+";
+    let all = problems(text);
+    assert_eq!(all.len(), 5, "{}", Diagnostics(all.clone()));
+    check(
+        &all[0],
+        5,
+        3,
+        "metadata.lables",
+        "unknown field \"lables\"",
+        Some("did you mean \"labels\"?"),
+    );
+    check(
+        &all[1],
+        7,
+        3,
+        "spec.servicetier",
+        "unknown field \"servicetier\"",
+        Some("did you mean \"serviceTier\"?"),
+    );
+    check(
+        &all[2],
+        8,
+        3,
+        "spec.enviroments",
+        "unknown field \"enviroments\"",
+        Some("did you mean \"environments\"?"),
+    );
+    check(
+        &all[3],
+        12,
+        7,
+        "spec.environments[0].replicas",
+        "unknown field \"replicas\"",
+        Some("known fields: kind, modules, name, sizing"),
+    );
+    check(
+        &all[4],
+        13,
+        3,
+        "spec.colour",
+        "unknown field \"colour\"",
+        Some("known fields: displayName, environments, modules, serviceTier, sizing, tenancy"),
+    );
+}
+
+#[test]
+fn unknown_top_level_fields() {
+    let text = "apiVersion: careplane.dev/v1alpha1\nkind: Tenant\nmetdata: {name: a}\nmetadata: {name: a}\nspec:\n  environments: [{name: p, kind: dev}]\nstatus: {}\n";
+    let all = problems(text);
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    check(
+        &all[0],
+        3,
+        1,
+        "metdata",
+        "unknown field \"metdata\"",
+        Some("did you mean \"metadata\"?"),
+    );
+    check(
+        &all[1],
+        7,
+        1,
+        "status",
+        "unknown field \"status\"",
+        Some("known fields: apiVersion, kind, metadata, spec"),
+    );
+}
+
+#[test]
+fn anchors_work_and_merge_keys_are_explained() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: acme
+spec:
+  sizing: &small {workers: 1}
+  environments:
+    - {name: production, kind: production, sizing: *small}
+    - name: dev
+      kind: dev
+      <<: {modules: [base]}
+";
+    let d = problem(text);
+    check(
+        &d,
+        11,
+        7,
+        "spec.environments[1][\"<<\"]",
+        "unknown field \"<<\"",
+        Some(
+            "YAML merge keys (`<<`) are not supported; repeat the fields, or use an alias (`*name`) for a whole value",
+        ),
+    );
+    let ok = text.replace("      <<: {modules: [base]}\n", "");
+    let set = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", &ok),
+    ])
+    .unwrap();
+    let env = &set.tenants[0].spec.environments[0];
+    assert_eq!(env.sizing.as_ref().and_then(|s| s.workers), Some(1));
+}
+
+#[test]
+fn several_type_errors_in_one_document_are_all_reported() {
+    let text = tenant(
+        "  tenancy: dedicated
+  sizing:
+    workers: \"2\"
+  environments:
+    - name: production
+      kind: production
+      sizing: {dbConnections: -1}
+    - name: test
+",
+    );
+    let all = problems(&text);
+    assert_eq!(all.len(), 4, "{}", Diagnostics(all.clone()));
+    check(
+        &all[0],
+        6,
+        12,
+        "spec.tenancy",
+        "unknown variant \"dedicated\", expected one of shared, dedicated-db, dedicated-env",
+        Some("did you mean \"dedicated-db\"?"),
+    );
+    check(
+        &all[1],
+        8,
+        14,
+        "spec.sizing.workers",
+        "expected a whole number from 0 to 4294967295, found string \"2\"",
+        Some("remove the quotes"),
+    );
+    check(
+        &all[2],
+        12,
+        31,
+        "spec.environments[0].sizing.dbConnections",
+        "expected a whole number from 0 to 4294967295, found integer -1",
+        None,
+    );
+    check(
+        &all[3],
+        13,
+        7,
+        "spec.environments[1].kind",
+        "missing required field \"kind\"",
+        Some("one of dev, test, uat, training, staging, production, dr"),
+    );
+}
+
+#[test]
+fn type_errors_get_conversion_hints() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: gold
+spec:
+  availability: high
+  rto: 4
+  rpo: 1h
+  supportHours: 24x7
+";
+    let all = problems(text);
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    check(
+        &all[0],
+        6,
+        17,
+        "spec.availability",
+        "expected a number, found string \"high\"",
+        None,
+    );
+    check(
+        &all[1],
+        7,
+        8,
+        "spec.rto",
+        "expected a string, found integer 4",
+        Some("quote it to make it a string: \"4\""),
+    );
+}
+
+#[test]
+fn wrong_shapes() {
+    let d = problem("apiVersion: careplane.dev/v1alpha1\nkind: Tenant\nmetadata: {name: a}\nspec:\n  environments: production\n");
+    check(
+        &d,
+        5,
+        17,
+        "spec.environments",
+        "expected a list, found string \"production\"",
+        Some("write a list: [production]"),
+    );
+    let d = problem("- a\n- b\n");
+    check(
+        &d,
+        1,
+        1,
+        "",
+        "a spec document must be a mapping with apiVersion, kind, metadata and spec; found a list",
+        None,
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_point_at_the_place_and_later_documents_are_checked() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata: {name: a}
+spec:
+  environments: [{name: p, kind: dev}
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata: {name: b}
+spec:
+  environments: [{name: p, kind: production}]
+  tenancy: shard
+";
+    let all = problems(text);
+    assert_eq!(all.len(), 2, "{}", Diagnostics(all.clone()));
+    assert_eq!(
+        (all[0].line, all[0].column, all[0].path.as_str()),
+        (6, 1, "")
+    );
+    assert!(
+        all[0].message.starts_with("YAML syntax error: "),
+        "{}",
+        all[0].message
+    );
+    check(
+        &all[1],
+        12,
+        12,
+        "spec.tenancy",
+        "unknown variant \"shard\", expected one of shared, dedicated-db, dedicated-env",
+        Some("did you mean \"shared\"?"),
+    );
+
+    let d = problem("apiVersion: careplane.dev/v1alpha1\nkind: 'Tenant\n");
+    assert_eq!((d.line, d.column, d.path.as_str()), (2, 7, ""));
+    assert!(d.message.contains("quoted scalar"), "{}", d.message);
+}
+
+#[test]
+fn duplicate_keys_are_errors() {
+    let text = tenant(
+        "  environments: [{name: p, kind: dev}]\n  tenancy: shared\n  tenancy: dedicated-db\n",
+    );
+    let d = problem(&text);
+    check(
+        &d,
+        8,
+        3,
+        "spec.tenancy",
+        "duplicate key \"tenancy\"",
+        Some("first defined at line 7; remove one of them"),
+    );
+}
+
+#[test]
+fn non_string_keys_are_errors() {
+    let text = "apiVersion: careplane.dev/v1alpha1\nkind: Platform\nmetadata:\n  name: p2\n  labels:\n    1: one\n    [a]: b\nspec: {dataDir: x}\n";
+    let err = load_str(Path::new("p.yaml"), text).unwrap_err();
+    assert_eq!(err.len(), 2, "{err}");
+    check(
+        &err[0],
+        6,
+        5,
+        "metadata.labels",
+        "mapping keys must be strings, found integer 1",
+        Some("quote it to make it a string: \"1\""),
+    );
+    check(
+        &err[1],
+        7,
+        5,
+        "metadata.labels",
+        "mapping keys must be strings, found a list",
+        None,
+    );
+}
+
+#[test]
+fn api_version_problems() {
+    let d = problem(
+        "kind: Tenant\nmetadata: {name: a}\nspec: {environments: [{name: p, kind: dev}]}\n",
+    );
+    check(
+        &d,
+        1,
+        1,
+        "apiVersion",
+        "missing required field \"apiVersion\"",
+        Some("add `apiVersion: careplane.dev/v1alpha1`"),
+    );
+    let d = problem("apiVersion: careplane.dev/v1\nkind: Tenant\nmetadata: {name: a}\nspec: {environments: [{name: p, kind: dev}]}\n");
+    check(
+        &d,
+        1,
+        13,
+        "apiVersion",
+        "unsupported apiVersion \"careplane.dev/v1\", expected \"careplane.dev/v1alpha1\"",
+        Some("did you mean \"careplane.dev/v1alpha1\"?"),
+    );
+    let d = problem("apiVersion: apps/v1\nkind: Tenant\nmetadata: {name: a}\nspec: {environments: [{name: p, kind: dev}]}\n");
+    check(
+        &d,
+        1,
+        13,
+        "apiVersion",
+        "unsupported apiVersion \"apps/v1\", expected \"careplane.dev/v1alpha1\"",
+        Some("this version of careplane understands \"careplane.dev/v1alpha1\""),
+    );
+}
+
+#[test]
+fn kind_problems() {
+    let d = problem(
+        "apiVersion: careplane.dev/v1alpha1\nkind: tenant\nmetadata: {name: a}\nspec: {}\n",
+    );
+    check(
+        &d,
+        2,
+        7,
+        "kind",
+        "unknown kind \"tenant\", expected one of Platform, ServiceTier, BackupPolicy, Tenant",
+        Some("did you mean \"Tenant\"?"),
+    );
+    let d = problem(
+        "apiVersion: careplane.dev/v1alpha1\nkind: Deployment\nmetadata: {name: a}\nspec: {}\n",
+    );
+    check(
+        &d,
+        2,
+        7,
+        "kind",
+        "unknown kind \"Deployment\", expected one of Platform, ServiceTier, BackupPolicy, Tenant",
+        None,
+    );
+    let d = problem("apiVersion: careplane.dev/v1alpha1\nmetadata: {name: a}\nspec: {}\n");
+    check(
+        &d,
+        1,
+        1,
+        "kind",
+        "missing required field \"kind\"",
+        Some("add `kind:` with one of Platform, ServiceTier, BackupPolicy, Tenant"),
+    );
+}
+
+#[test]
+fn missing_metadata_name_and_spec() {
+    let d = problem("apiVersion: careplane.dev/v1alpha1\nkind: Tenant\nmetadata:\n  labels: {a: b}\nspec: {environments: [{name: p, kind: dev}]}\n");
+    check(
+        &d,
+        4,
+        3,
+        "metadata.name",
+        "missing required field \"name\"",
+        None,
+    );
+    let d = problem("apiVersion: careplane.dev/v1alpha1\nkind: Tenant\nmetadata: {name: a}\n");
+    check(&d, 1, 1, "spec", "missing required field \"spec\"", None);
+    let d = problem("apiVersion: careplane.dev/v1alpha1\nkind: Tenant\nspec: {environments: [{name: p, kind: dev}]}\n");
+    check(
+        &d,
+        1,
+        1,
+        "metadata",
+        "missing required field \"metadata\"",
+        Some("add `metadata:` with at least `name:`"),
+    );
+}
+
+#[test]
+fn names_must_be_dns_labels_of_bounded_length() {
+    let long_tenant = "a".repeat(41);
+    let text = format!(
+        "apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: {long_tenant}
+spec:
+  modules: [sale, Stock-Mgmt]
+  environments:
+    - name: Prod_1
+      kind: production
+    - name: {}
+      kind: dev
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: shared
+spec:
+  environments: [{{name: p, kind: dev}}]
+",
+        "e".repeat(21)
+    );
+    let all = problems(&text);
+    assert_eq!(all.len(), 5, "{}", Diagnostics(all.clone()));
+    check(
+        &all[0],
+        4,
+        9,
+        "metadata.name",
+        &format!("name \"{long_tenant}\" is 41 characters long, more than the 40 allowed"),
+        Some(
+            "tenant and environment names are joined into PostgreSQL identifiers \"<tenant>-<environment>\", \
+             which are limited to 63 bytes",
+        ),
+    );
+    check(
+        &all[1],
+        6,
+        19,
+        "spec.modules[1]",
+        "invalid module name \"Stock-Mgmt\": Odoo technical names use lowercase letters, digits and '_'",
+        Some("try \"stock_mgmt\""),
+    );
+    check(
+        &all[2],
+        8,
+        13,
+        "spec.environments[0].name",
+        "invalid name \"Prod_1\": use lowercase letters, digits and '-', starting and ending with a letter or digit",
+        Some("try \"prod-1\""),
+    );
+    assert_eq!(
+        (all[3].line, all[3].column, all[3].path.as_str()),
+        (10, 13, "spec.environments[1].name")
+    );
+    assert!(
+        all[3]
+            .message
+            .ends_with("is 21 characters long, more than the 20 allowed"),
+        "{}",
+        all[3]
+    );
+    check(
+        &all[4],
+        16,
+        9,
+        "metadata.name",
+        "the tenant name \"shared\" is reserved",
+        Some(
+            "it names the platform's shared PostgreSQL cluster and Redis server; pick another name",
+        ),
+    );
+}
+
+#[test]
+fn other_kinds_allow_63_character_names() {
+    let ok = "b".repeat(63);
+    let too_long = "b".repeat(64);
+    let policy = |name: &str| {
+        format!("apiVersion: careplane.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {{name: {name}}}\nspec: {{schedule: 0 1 * * *, retention: {{daily: 1}}}}\n")
+    };
+    load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", &policy(&ok)),
+    ])
+    .unwrap();
+    let d = problem(&policy(&too_long));
+    check(
+        &d,
+        3,
+        18,
+        "metadata.name",
+        &format!("name \"{too_long}\" is 64 characters long, more than the 63 allowed"),
+        Some("names must be DNS labels, which are limited to 63 characters"),
+    );
+}
+
+#[test]
+fn tenant_rules() {
+    let text = tenant(
+        "  sizing: {workers: 0}
+  environments:
+    - name: production
+      kind: production
+      sizing: {dbConnections: 0, workerMemory: 2GB}
+    - name: production
+      kind: dr
+",
+    );
+    let all = problems(&text);
+    assert_eq!(all.len(), 4, "{}", Diagnostics(all.clone()));
+    check(
+        &all[0],
+        6,
+        21,
+        "spec.sizing.workers",
+        "workers must be at least 1",
+        None,
+    );
+    check(
+        &all[1],
+        10,
+        31,
+        "spec.environments[0].sizing.dbConnections",
+        "dbConnections must be at least 1",
+        None,
+    );
+    check(
+        &all[2],
+        10,
+        48,
+        "spec.environments[0].sizing.workerMemory",
+        "invalid memory size \"2GB\"",
+        Some("write e.g. 512Mi or 2Gi"),
+    );
+    check(
+        &all[3],
+        11,
+        13,
+        "spec.environments[1].name",
+        "duplicate environment name \"production\"",
+        Some("environments[0] at line 8 has the same name; names are unique within a tenant"),
+    );
+
+    let d = problem(&tenant("  environments: []\n"));
+    check(
+        &d,
+        6,
+        17,
+        "spec.environments",
+        "a tenant needs at least one environment",
+        Some("e.g. `environments: [{name: production, kind: production}]`"),
+    );
+}
+
+#[test]
+fn service_tier_rules() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: gold
+spec:
+  availability: 100
+  rto: 0s
+  rpo: 15
+  supportHours: 24x7
+---
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: silver
+spec:
+  availability: 0
+  rto: 1w
+  rpo: 2h
+  supportHours: ''
+";
+    let all = problems(text);
+    assert_eq!(all.len(), 6, "{}", Diagnostics(all.clone()));
+    check(
+        &all[0],
+        6,
+        17,
+        "spec.availability",
+        "availability 100 is out of range: it is a percentage above 0 and below 100",
+        Some("e.g. 99.9 for \"three nines\""),
+    );
+    check(
+        &all[1],
+        7,
+        8,
+        "spec.rto",
+        "rto must be more than 0: no recovery is instantaneous",
+        None,
+    );
+    check(
+        &all[2],
+        8,
+        8,
+        "spec.rpo",
+        "expected a string, found integer 15",
+        Some("quote it to make it a string: \"15\""),
+    );
+    assert_eq!(
+        (all[3].line, all[3].path.as_str()),
+        (16, "spec.availability")
+    );
+    check(
+        &all[4],
+        17,
+        8,
+        "spec.rto",
+        "duration \"1w\" has unknown unit \"w\"; use s, m, h or d",
+        None,
+    );
+    check(
+        &all[5],
+        19,
+        17,
+        "spec.supportHours",
+        "supportHours must not be empty",
+        Some("e.g. \"24x7\" or \"business-hours\""),
+    );
+}
+
+#[test]
+fn backup_policy_rules() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: weekly
+spec:
+  schedule: 0 2 * *
+---
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: odd
+spec:
+  schedule: 0 25 * * *
+  retention: {weekly: 2}
+";
+    let all = problems(text);
+    assert_eq!(all.len(), 3, "{}", Diagnostics(all.clone()));
+    check(
+        &all[0],
+        6,
+        3,
+        "spec.retention",
+        "retention keeps no backups",
+        Some("set at least one of daily, weekly, monthly, e.g. `retention: {daily: 7}`"),
+    );
+    check(
+        &all[1],
+        6,
+        13,
+        "spec.schedule",
+        "schedule \"0 2 * *\" has 4 fields, expected 5 (minute hour day-of-month month day-of-week)",
+        Some("e.g. \"0 2 * * *\" for 02:00 UTC every day"),
+    );
+    check(
+        &all[2],
+        13,
+        13,
+        "spec.schedule",
+        "invalid hour field \"25\" in schedule \"0 25 * * *\"",
+        Some("hour takes *, a value 0-23, a range a-b, a list a,b, or a step */n"),
+    );
+}
+
+#[test]
+fn platform_rules() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: Platform
+metadata:
+  name: hq
+spec:
+  dataDir: .careplane
+  odoo:
+    command: /opt/odoo/odoo-bin
+    version: 15
+  postgres:
+    settings:
+      ssl: 'off'
+      work_mem: 4MB
+  redis:
+    maxMemory: lots
+  defaults:
+    serviceTier: standard
+";
+    let err = load_sources([("p.yaml", text), ("tiers.yaml", TIERS)]).unwrap_err();
+    assert_eq!(err.len(), 3, "{err}");
+    check(
+        &err[0],
+        9,
+        14,
+        "spec.odoo.version",
+        "Odoo version 15 is not supported, expected 16 to 19",
+        None,
+    );
+    check(
+        &err[1],
+        12,
+        7,
+        "spec.postgres.settings.ssl",
+        "\"ssl\" cannot be set here",
+        Some("careplane sets it to harden every cluster"),
+    );
+    check(
+        &err[2],
+        15,
+        16,
+        "spec.redis.maxMemory",
+        "invalid Redis memory size \"lots\"",
+        Some("write e.g. 256mb or 1gb"),
+    );
+}
+
+#[test]
+fn a_file_with_three_problems_reports_three() {
+    let text = tenant(
+        "  tenancy: dedicated-env
+  servceTier: critical
+  environments:
+    - name: production
+      kind: prodution
+    - name: Training
+      kind: training
+",
+    );
+    let all = problems(&text);
+    assert_eq!(all.len(), 3, "{}", Diagnostics(all.clone()));
+    assert_eq!(
+        all.iter()
+            .map(|d| (d.line, d.path.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (7, "spec.servceTier"),
+            (10, "spec.environments[0].kind"),
+            (11, "spec.environments[1].name")
+        ]
+    );
+}
+
+#[test]
+fn set_needs_exactly_one_platform() {
+    let err = load_sources([("tiers.yaml", TIERS)]).unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    check(
+        &err[0],
+        0,
+        0,
+        "",
+        "no Platform document in tiers.yaml",
+        Some("a spec set needs exactly one document with `kind: Platform`"),
+    );
+    assert_eq!(err[0].file, PathBuf::new());
+    assert_eq!(
+        err.to_string(),
+        "error: no Platform document in tiers.yaml\n  help: a spec set needs exactly one document with \
+         `kind: Platform`\nerror: 1 problem"
+    );
+
+    let second = PLATFORM.replace("name: hq", "name: branch");
+    let err = load_sources([
+        ("a.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("b.yaml", &second),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(err[0].file, Path::new("b.yaml"));
+    check(
+        &err[0],
+        2,
+        7,
+        "kind",
+        "a second Platform (\"branch\"); a spec set has exactly one",
+        Some("the first is \"hq\" at a.yaml:2"),
+    );
+}
+
+#[test]
+fn names_are_unique_per_kind() {
+    let text = tenant("  environments: [{name: p, kind: dev}]\n");
+    // A tenant may share a name with a tier; two tenants may not.
+    let same_as_tier = text.replace("name: acme", "name: standard");
+    let err = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("a.yaml", text.as_str()),
+        ("b.yaml", &format!("{same_as_tier}---\n{text}")),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(err[0].file, Path::new("b.yaml"));
+    check(
+        &err[0],
+        11,
+        9,
+        "metadata.name",
+        "duplicate Tenant name \"acme\"",
+        Some("first defined at a.yaml:4"),
+    );
+}
+
+#[test]
+fn references_resolve_with_suggestions() {
+    let platform = PLATFORM.replace("serviceTier: standard", "serviceTier: standrad");
+    let tiers = TIERS.replace("backupPolicy: nightly", "backupPolicy: daily");
+    let text = tenant("  serviceTier: critcal\n  environments: [{name: p, kind: dev}]\n");
+    let err = load_sources([
+        ("platform.yaml", platform.as_str()),
+        ("tiers.yaml", &tiers),
+        ("t.yaml", &text),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 3, "{err}");
+    assert_eq!(err[0].file, Path::new("platform.yaml"));
+    check(
+        &err[0],
+        8,
+        18,
+        "spec.defaults.serviceTier",
+        "unknown ServiceTier \"standrad\"",
+        Some("did you mean \"standard\"? defined: standard, critical"),
+    );
+    assert_eq!(err[1].file, Path::new("tiers.yaml"));
+    check(
+        &err[1],
+        18,
+        17,
+        "spec.backupPolicy",
+        "unknown BackupPolicy \"daily\"",
+        Some("defined: nightly"),
+    );
+    assert_eq!(err[2].file, Path::new("t.yaml"));
+    check(
+        &err[2],
+        6,
+        16,
+        "spec.serviceTier",
+        "unknown ServiceTier \"critcal\"",
+        Some("did you mean \"critical\"? defined: standard, critical"),
+    );
+}
+
+#[test]
+fn reference_to_nothing_says_so() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata: {name: standard}
+spec: {availability: 99, rto: 1h, rpo: 1h, supportHours: x, backupPolicy: nightly}
+";
+    let err = load_sources([("platform.yaml", PLATFORM), ("t.yaml", text)]).unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(
+        err[0].help.as_deref(),
+        Some("no BackupPolicy is defined in these files")
+    );
+}
+
+#[test]
+fn tenant_without_any_service_tier() {
+    let platform = PLATFORM.replace("  defaults:\n    serviceTier: standard\n", "");
+    let text = tenant("  environments: [{name: p, kind: dev}]\n");
+    let err = load_sources([
+        ("platform.yaml", platform.as_str()),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", &text),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    check(
+        &err[0],
+        6,
+        3,
+        "spec.serviceTier",
+        "tenant has no service tier, and the platform sets no default",
+        Some("set spec.serviceTier here, or spec.defaults.serviceTier in the Platform at platform.yaml:1"),
+    );
+}
+
+#[test]
+fn a_broken_document_does_not_cascade() {
+    // The tier has a type error; references to it must not be reported as
+    // unresolved, and the platform is still found.
+    let tiers = TIERS.replace("availability: 99.95", "availability: lots");
+    let text = tenant("  serviceTier: critical\n  environments: [{name: p, kind: dev}]\n");
+    let err = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", tiers.as_str()),
+        ("t.yaml", &text),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(
+        (err[0].file.as_path(), err[0].path.as_str()),
+        (Path::new("tiers.yaml"), "spec.availability")
+    );
+}
+
+#[test]
+fn problems_in_several_files_are_all_reported_and_counted() {
+    let bad_tier = TIERS.replace("rto: 8h", "rto: 8 hours");
+    let text = tenant("  environments: [{name: p, kind: dve}]\n  modules: [Sales]\n");
+    let err = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", bad_tier.as_str()),
+        ("t.yaml", &text),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 3, "{err}");
+    assert_eq!(err.file_count(), 2);
+    let rendered = err.to_string();
+    assert!(
+        rendered.ends_with("\nerror: 3 problems in 2 files"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.starts_with("tiers.yaml:15:8: spec.rto: duration \"8 hours\" has unknown unit \" \"; use s, m, h or d\n"),
+        "{rendered}"
+    );
+
+    let json = serde_json::to_value(&err).unwrap();
+    assert_eq!(json["errors"], 3);
+    assert_eq!(json["files"], 2);
+    assert_eq!(
+        json["diagnostics"][1],
+        serde_json::json!({
+            "file": "t.yaml",
+            "line": 6,
+            "column": 34,
+            "path": "spec.environments[0].kind",
+            "message": "unknown variant \"dve\", expected one of dev, test, uat, training, staging, production, dr",
+            "help": "did you mean \"dev\"?"
+        })
+    );
+}
+
+#[test]
+fn parse_documents_keeps_valid_documents_and_problems_apart() {
+    let text = format!("{TIERS}---\n{}", tenant("  environments: []\n"));
+    let parsed = parse_documents(Path::new("x.yaml"), &text);
+    let kinds: Vec<Kind> = parsed.documents.iter().map(|d| d.document.kind()).collect();
+    assert_eq!(
+        kinds,
+        [Kind::BackupPolicy, Kind::ServiceTier, Kind::ServiceTier]
+    );
+    assert_eq!(parsed.diagnostics.len(), 1);
+    assert_eq!(parsed.diagnostics[0].path, "spec.environments");
+}
+
+#[test]
+fn empty_documents_and_comments_are_skipped() {
+    let text = format!("# just a comment\n---\n---\n{PLATFORM}---\n# trailing\n");
+    let set = load_sources([("p.yaml", text.as_str()), ("tiers.yaml", TIERS)]).unwrap();
+    assert_eq!(set.platform.source.line, 4);
+    let err = load_sources::<[(&str, &str); 0], _, _>([]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "error: no spec files given\nerror: 1 problem"
+    );
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("careplane-spec-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn directories_are_read_in_name_order() {
+    let dir = TempDir::new("dirs");
+    let d = &dir.0;
+    std::fs::write(
+        d.join("b-tenants.yml"),
+        tenant("  environments: [{name: p, kind: dev}]\n"),
+    )
+    .unwrap();
+    std::fs::write(d.join("a-platform.yaml"), PLATFORM).unwrap();
+    std::fs::write(d.join("c-tiers.yaml"), TIERS).unwrap();
+    std::fs::write(d.join("notes.txt"), "not: [yaml").unwrap();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::write(d.join("sub/ignored.yaml"), "not: [yaml").unwrap();
+
+    let set = load(std::slice::from_ref(d)).unwrap();
+    assert_eq!(set.platform.source.file, d.join("a-platform.yaml"));
+    assert_eq!(set.tenants[0].source.file, d.join("b-tenants.yml"));
+    assert_eq!(set.data_dir(), d.join(".careplane"));
+
+    // A file named both directly and through its directory is read once.
+    load(&[d.join("a-platform.yaml"), d.clone()]).unwrap();
+
+    std::fs::write(d.join("d-bad.yaml"), "kind: Tenant\nkind: Tenant\n\u{0}").unwrap();
+    std::fs::write(d.join("e-latin1.yaml"), b"a: 1\nb: caf\xe9\n").unwrap();
+    let missing = d.join("missing.yaml");
+    let empty = d.join("sub/empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = load(&[d.clone(), missing.clone(), empty.clone()]).unwrap_err();
+    let places: Vec<(PathBuf, usize, usize)> = err
+        .iter()
+        .map(|e| (e.file.clone(), e.line, e.column))
+        .collect();
+    assert_eq!(err.len(), 5, "{err}");
+    assert_eq!(places[0], (d.join("d-bad.yaml"), 2, 1));
+    assert_eq!(err[0].message, "duplicate key \"kind\"");
+    assert_eq!(places[1], (d.join("d-bad.yaml"), 3, 1));
+    assert_eq!(
+        err[1].message,
+        "YAML syntax error: found unprintable character"
+    );
+    assert_eq!(places[2], (d.join("e-latin1.yaml"), 2, 7));
+    assert_eq!(err[2].message, "file is not valid UTF-8");
+    assert_eq!((places[3].0.clone(), places[3].1), (missing, 0));
+    assert!(err[3].message.starts_with("cannot read: "), "{}", err[3]);
+    assert_eq!(places[4].0, empty);
+    assert_eq!(err[4].message, "no .yaml or .yml files in this directory");
+    assert!(err.to_string().ends_with("error: 5 problems in 4 files"));
+}
