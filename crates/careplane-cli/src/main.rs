@@ -97,12 +97,16 @@ enum Command {
         #[command(flatten)]
         files: Files,
     },
-    /// Print the password of a tenant environment's database role.
+    /// Print how to connect to a tenant environment, passwords included.
+    ///
+    /// The only command that shows a secret; use it deliberately.
     Credentials {
         #[command(flatten)]
         files: Files,
         tenant: String,
         environment: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Recent operations and their steps, from the journal.
     Journal {
@@ -174,7 +178,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         specs.platform.metadata.name,
                         specs.service_tiers.len(),
                         specs.tenants.len(),
-                        specs.tenants.iter().map(|t| t.spec.environments.len()).sum::<usize>()
+                        specs
+                            .tenants
+                            .iter()
+                            .map(|t| t.spec.environments.len())
+                            .sum::<usize>()
                     );
                 }
             }
@@ -208,7 +216,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     if report.applied.is_empty() {
                         println!("No changes: the platform matches the specs.");
                     } else {
-                        println!("Applied {} actions (operation {}).", report.applied.len(), report.operation);
+                        println!(
+                            "Applied {} actions (operation {}).",
+                            report.applied.len(),
+                            report.operation
+                        );
                         println!("Run `careplane status -f ...` to see every environment and its health.");
                     }
                 }
@@ -238,9 +250,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Output::Json => print_json(&status)?,
                 Output::Text => print_status(&status),
             }
-            let healthy = status.environments.iter().all(|e| {
-                e.pg_health.ok && e.redis_health.as_ref().map(|h| h.ok).unwrap_or(true)
-            });
+            let healthy = status
+                .environments
+                .iter()
+                .all(|e| e.pg_health.ok && e.redis_health.as_ref().map(|h| h.ok).unwrap_or(true));
             if !healthy {
                 return Ok(ExitCode::from(3));
             }
@@ -257,12 +270,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             tenant,
             environment,
+            output,
         } => {
             let mut engine = load(&files)?;
-            let secret = engine
+            let c = engine
                 .credentials(&tenant, &environment)
                 .with_context(|| format!("credentials of {tenant}/{environment}"))?;
-            println!("{}", secret.expose_secret());
+            let pg = &c.postgres;
+            let port = pg.port.map(|p| p.to_string()).unwrap_or_default();
+            let json = serde_json::json!({
+                "postgres": {
+                    "host": pg.host, "port": pg.port, "database": pg.database, "role": pg.role,
+                    "sslmode": pg.sslmode, "sslrootcert": pg.sslrootcert,
+                    "password": pg.password.expose_secret(),
+                    "url": format!(
+                        "postgresql://{}@{}:{port}/{}?sslmode={}&sslrootcert={}",
+                        pg.role, pg.host, pg.database, pg.sslmode, pg.sslrootcert
+                    ),
+                },
+                "redis": c.redis.as_ref().map(|r| serde_json::json!({
+                    "host": r.host, "port": r.port, "user": r.user, "keyPrefix": r.key_prefix,
+                    "password": r.password.expose_secret(),
+                })),
+            });
+            match output {
+                Output::Json => print_json(&json)?,
+                Output::Text => {
+                    println!(
+                        "postgres  {}",
+                        json["postgres"]["url"].as_str().unwrap_or_default()
+                    );
+                    println!("password  {}", pg.password.expose_secret());
+                    if let Some(r) = &c.redis {
+                        let port = r.port.map(|p| p.to_string()).unwrap_or_default();
+                        println!(
+                            "redis     {}:{port} user {} keys {}*",
+                            r.host, r.user, r.key_prefix
+                        );
+                        println!("password  {}", r.password.expose_secret());
+                    }
+                }
+            }
         }
         Command::Journal {
             files,
@@ -281,7 +329,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             (Some(_), None) => "done".to_string(),
                             (None, None) => "interrupted".to_string(),
                         };
-                        println!("{}  op {:>4}  {:<50} {}", s.started_at, s.op, s.action, outcome);
+                        println!(
+                            "{}  op {:>4}  {:<50} {}",
+                            s.started_at, s.op, s.action, outcome
+                        );
                     }
                 }
             }
@@ -316,7 +367,11 @@ fn with_progress<T>(
                 eprintln!("{msg}");
             }
         }
-        Event::Started { index, total, action } => {
+        Event::Started {
+            index,
+            total,
+            action,
+        } => {
             let msg = format!("{:?} {}", action.op, action.id).to_lowercase();
             if tty {
                 bar.set_length(total as u64);
@@ -342,7 +397,10 @@ fn with_progress<T>(
 fn print_status(s: &Status) {
     println!("platform {}  (data: {})", s.platform, s.data_dir);
     println!();
-    println!("{:<28} {:<10} {:>6} {:>8} {}", "SERVER", "STATE", "PORT", "PID", "RUNNING");
+    println!(
+        "{:<28} {:<10} {:>6} {:>8} RUNNING",
+        "SERVER", "STATE", "PORT", "PID"
+    );
     for sv in &s.servers {
         println!(
             "{:<28} {:<10} {:>6} {:>8} {}",
@@ -379,10 +437,16 @@ fn print_status(s: &Status) {
         .flat_map(|e| {
             let mut v = Vec::new();
             if !e.pg_health.ok {
-                v.push(format!("{}/{} postgres: {}", e.tenant, e.environment, e.pg_health.detail));
+                v.push(format!(
+                    "{}/{} postgres: {}",
+                    e.tenant, e.environment, e.pg_health.detail
+                ));
             }
             if let Some(h) = e.redis_health.as_ref().filter(|h| !h.ok) {
-                v.push(format!("{}/{} redis: {}", e.tenant, e.environment, h.detail));
+                v.push(format!(
+                    "{}/{} redis: {}",
+                    e.tenant, e.environment, h.detail
+                ));
             }
             v
         })

@@ -40,7 +40,11 @@ fn crash(p: &Platform, args: &[&str], at: &str) {
 /// Everything the specs ask for exists exactly once, and nothing else does.
 fn assert_converged(p: &Platform) {
     let plan = p.plan();
-    assert_eq!(plan["actions"], Value::Array(vec![]), "plan not empty after convergence");
+    assert_eq!(
+        plan["actions"],
+        Value::Array(vec![]),
+        "plan not empty after convergence"
+    );
     let status = p.json(&["status"]);
     let data = p.data_dir();
 
@@ -69,14 +73,26 @@ fn assert_converged(p: &Platform) {
         v.sort();
         v
     };
-    assert_eq!(dirs("pg"), scopes("pg-cluster/"), "cluster directories vs state");
-    assert_eq!(dirs("redis"), scopes("redis-server/"), "redis directories vs state");
+    assert_eq!(
+        dirs("pg"),
+        scopes("pg-cluster/"),
+        "cluster directories vs state"
+    );
+    assert_eq!(
+        dirs("redis"),
+        scopes("redis-server/"),
+        "redis directories vs state"
+    );
 
     // One postmaster per cluster, one redis-server per server.
     for scope in scopes("pg-cluster/") {
         let pgdata = data.join("pg").join(&scope).join("data");
         let postmasters = processes_mentioning(&format!("-D {}", pgdata.display()));
-        assert_eq!(postmasters.len(), 1, "postmasters of {scope}: {postmasters:?}");
+        assert_eq!(
+            postmasters.len(),
+            1,
+            "postmasters of {scope}: {postmasters:?}"
+        );
     }
     for scope in scopes("redis-server/") {
         let n = processes_in(&data.join("redis").join(&scope)).len();
@@ -172,9 +188,17 @@ fn apply_killed_from_outside_converges() {
             }
         }
         let status = child.wait().unwrap();
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "apply finished before the kill");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "apply finished before the kill"
+        );
     }
     let out = p.run(&["apply"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_converged(&p);
 }

@@ -67,7 +67,10 @@ fn platform_lifecycle() {
         "redis-user/beta/test",
         "redis-user/gamma/uat",
     ] {
-        assert!(actions.contains(&("create".into(), want.into())), "{want} missing from {actions:?}");
+        assert!(
+            actions.contains(&("create".into(), want.into())),
+            "{want} missing from {actions:?}"
+        );
     }
     // beta is dedicated-db: its Redis user lives on the shared server.
     assert!(!actions.iter().any(|(_, id)| id == "redis-server/beta"));
@@ -97,11 +100,19 @@ fn platform_lifecycle() {
     ports.dedup();
     assert_eq!(ports.len(), n, "every server has its own port");
     let text = p.ok(&["status"]);
-    assert!(text.contains("alpha") && text.contains("pg-cluster/beta"), "{text}");
+    assert!(
+        text.contains("alpha") && text.contains("pg-cluster/beta"),
+        "{text}"
+    );
 
     // Secrets appear nowhere but in `credentials`.
     let mut secrets = Vec::new();
-    for (t, e) in [("alpha", "production"), ("alpha", "dev"), ("beta", "test"), ("gamma", "uat")] {
+    for (t, e) in [
+        ("alpha", "production"),
+        ("alpha", "dev"),
+        ("beta", "test"),
+        ("gamma", "uat"),
+    ] {
         secrets.extend(secrets_of(&p, t, e));
     }
     let mut outputs = vec![
@@ -114,7 +125,10 @@ fn platform_lifecycle() {
     ];
     let mut files = Vec::new();
     walk(&p.data_dir(), &mut files);
-    assert!(files.len() > 50, "expected cluster files under the data dir");
+    assert!(
+        files.len() > 50,
+        "expected cluster files under the data dir"
+    );
     for f in &files {
         if let Ok(bytes) = std::fs::read(f) {
             outputs.push(String::from_utf8_lossy(&bytes).into_owned());
@@ -122,7 +136,10 @@ fn platform_lifecycle() {
     }
     for s in &secrets {
         for (i, o) in outputs.iter().enumerate() {
-            assert!(!o.contains(s.as_str()), "a secret leaked into output/file #{i}");
+            assert!(
+                !o.contains(s.as_str()),
+                "a secret leaked into output/file #{i}"
+            );
         }
     }
 
@@ -135,7 +152,10 @@ fn platform_lifecycle() {
     assert_eq!(
         ids(&p.plan()),
         vec![
-            ("create".to_string(), "pg-database/alpha/staging".to_string()),
+            (
+                "create".to_string(),
+                "pg-database/alpha/staging".to_string()
+            ),
             ("create".to_string(), "redis-user/alpha/staging".to_string()),
         ]
     );
@@ -145,10 +165,13 @@ fn platform_lifecycle() {
     // --delete-data, and the refusal changes nothing.
     let c = p.json(&["credentials", "alpha", "dev"]);
     let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
-    let password = careplane_local::SecretString::from(c["postgres"]["password"].as_str().unwrap().to_string());
+    let password = careplane_local::SecretString::from(
+        c["postgres"]["password"].as_str().unwrap().to_string(),
+    );
     let port = c["postgres"]["port"].as_u64().unwrap() as u16;
     let mut client =
-        careplane_local::pg::connect_tenant(port, "alpha-dev", "alpha-dev", &password, &ca).unwrap();
+        careplane_local::pg::connect_tenant(port, "alpha-dev", "alpha-dev", &password, &ca)
+            .unwrap();
     client
         .batch_execute("CREATE TABLE patients_demo (id int); INSERT INTO patients_demo VALUES (1);")
         .unwrap();
@@ -159,17 +182,32 @@ fn platform_lifecycle() {
     let out = p.run(&["apply"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pg-database/alpha/dev still holds data") && err.contains("--delete-data"), "{err}");
+    assert!(
+        err.contains("pg-database/alpha/dev still holds data") && err.contains("--delete-data"),
+        "{err}"
+    );
     assert_eq!(p.plan(), before, "a refused apply must change nothing");
     let st = p.json(&["status"]);
-    assert!(st["environments"].as_array().unwrap().iter().any(|e| e["database"] == "alpha-dev" && e["pgHealth"]["ok"] == true));
+    assert!(st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["database"] == "alpha-dev" && e["pgHealth"]["ok"] == true));
     p.ok(&["apply", "--delete-data"]);
     let st = p.json(&["status"]);
-    assert!(!st["environments"].as_array().unwrap().iter().any(|e| e["database"] == "alpha-dev"));
+    assert!(!st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["database"] == "alpha-dev"));
 
     // Removing a whole dedicated-env tenant (no data, not production) stops and
     // removes its own servers.
-    let without_gamma = without_dev.split("---").take(2).collect::<Vec<_>>().join("---");
+    let without_gamma = without_dev
+        .split("---")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("---");
     p.write_tenants(&without_gamma);
     p.ok(&["apply"]);
     assert!(!p.data_dir().join("pg/gamma").exists());
@@ -187,12 +225,24 @@ fn platform_lifecycle() {
 
     // stop: no server process left; start: everything healthy again, data kept.
     p.ok(&["stop"]);
-    assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new(), "servers left after stop");
+    assert_eq!(
+        processes_in(&p.data_dir()),
+        Vec::<u32>::new(),
+        "servers left after stop"
+    );
     let st = p.json_allow_fail(&["status"]);
-    assert!(st["environments"].as_array().unwrap().iter().all(|e| e["pgHealth"]["ok"] == false));
+    assert!(st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["pgHealth"]["ok"] == false));
     p.ok(&["start"]);
     let st = p.json(&["status"]);
-    assert!(st["environments"].as_array().unwrap().iter().all(|e| e["pgHealth"]["ok"] == true && e["redisHealth"]["ok"] == true));
+    assert!(st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["pgHealth"]["ok"] == true && e["redisHealth"]["ok"] == true));
 
     // destroy: production needs --confirm; then nothing is left.
     let out = p.run(&["destroy"]);

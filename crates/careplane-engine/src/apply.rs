@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use careplane_local::pg::{PgBinaries, TlsFiles};
-use careplane_local::system::{self, ServiceUser};
 use careplane_local::pki;
+use careplane_local::system::{self, ServiceUser};
 use careplane_state::{ResourceRecord, ResourceStatus, SecretString, Store};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -28,8 +28,16 @@ pub struct ApplyOptions {
 pub enum Event<'a> {
     /// Steps of an earlier apply that never finished; this run completes them.
     Interrupted { actions: Vec<String> },
-    Started { index: usize, total: usize, action: &'a Action },
-    Finished { index: usize, total: usize, action: &'a Action },
+    Started {
+        index: usize,
+        total: usize,
+        action: &'a Action,
+    },
+    Finished {
+        index: usize,
+        total: usize,
+        action: &'a Action,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,7 +117,11 @@ impl Engine {
         let total = plan.actions.len();
         let mut applied = Vec::new();
         for (index, action) in plan.actions.iter().enumerate() {
-            progress(Event::Started { index, total, action });
+            progress(Event::Started {
+                index,
+                total,
+                action,
+            });
             let label = format!("{} {}", op_name(action.op), action.id);
             let step = self
                 .store()?
@@ -126,7 +138,11 @@ impl Engine {
             }
             self.store()?.step_finished(step, None)?;
             crash_point(&action.id, "finished");
-            progress(Event::Finished { index, total, action });
+            progress(Event::Finished {
+                index,
+                total,
+                action,
+            });
             applied.push(label);
         }
         self.store()?.finish_operation(op, "succeeded", None)?;
@@ -138,7 +154,12 @@ impl Engine {
 
     /// Everything that can refuse the plan is checked before the first action,
     /// so a refused plan changes nothing.
-    fn preflight(&mut self, plan: &Plan, opts: &ApplyOptions, host: &mut Host) -> Result<(), EngineError> {
+    fn preflight(
+        &mut self,
+        plan: &Plan,
+        opts: &ApplyOptions,
+        host: &mut Host,
+    ) -> Result<(), EngineError> {
         let mut problems = Vec::new();
         let mut unconfirmed = std::collections::BTreeSet::new();
         for a in plan.actions.iter().filter(|a| a.op == Op::Delete) {
@@ -155,8 +176,14 @@ impl Engine {
                 "tenant {t} has a production or DR environment that would be deleted: pass --confirm {t}"
             ));
         }
-        let needs_pg = plan.actions.iter().any(|a| matches!(a.kind, Kind::PgCluster | Kind::PgDatabase));
-        let needs_redis = plan.actions.iter().any(|a| matches!(a.kind, Kind::RedisServer | Kind::RedisUser));
+        let needs_pg = plan
+            .actions
+            .iter()
+            .any(|a| matches!(a.kind, Kind::PgCluster | Kind::PgDatabase));
+        let needs_redis = plan
+            .actions
+            .iter()
+            .any(|a| matches!(a.kind, Kind::RedisServer | Kind::RedisUser));
         if needs_pg {
             if let Err(e) = self.pg_bin(host) {
                 problems.push(e.to_string());
@@ -174,7 +201,11 @@ impl Engine {
         }
         if !opts.delete_data && problems.is_empty() {
             let all = self.store()?.resources()?;
-            for a in plan.actions.iter().filter(|a| a.op == Op::Delete && a.kind == Kind::PgDatabase) {
+            for a in plan
+                .actions
+                .iter()
+                .filter(|a| a.op == Op::Delete && a.kind == Kind::PgDatabase)
+            {
                 match self.database_has_data(a, &all, host) {
                     Ok(false) => {}
                     Ok(true) => problems.push(format!(
@@ -196,15 +227,30 @@ impl Engine {
         }
     }
 
-    fn database_has_data(&mut self, a: &Action, all: &[ResourceRecord], host: &mut Host) -> Result<bool, EngineError> {
-        let cluster_id = a.props.get("cluster").and_then(Value::as_str).unwrap_or_default();
+    fn database_has_data(
+        &mut self,
+        a: &Action,
+        all: &[ResourceRecord],
+        host: &mut Host,
+    ) -> Result<bool, EngineError> {
+        let cluster_id = a
+            .props
+            .get("cluster")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let Some(crec) = all.iter().find(|r| r.id == cluster_id) else {
             return Ok(false);
         };
-        let database = a.props.get("database").and_then(Value::as_str).unwrap_or_default();
+        let database = a
+            .props
+            .get("database")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let cluster = self.cluster_handle(crec, host)?;
         if cluster.running_pid().is_none() {
-            return Err(EngineError::inconsistent(format!("{cluster_id} is not running")));
+            return Err(EngineError::inconsistent(format!(
+                "{cluster_id} is not running"
+            )));
         }
         if !cluster.databases()?.iter().any(|d| d == database) {
             return Ok(false);
@@ -229,18 +275,28 @@ impl Engine {
 
     fn user(&self, host: &mut Host) -> Result<Option<ServiceUser>, EngineError> {
         if host.user.is_none() {
-            host.user = Some(system::service_user(self.specs.platform.spec.run_as.as_deref())?);
+            host.user = Some(system::service_user(
+                self.specs.platform.spec.run_as.as_deref(),
+            )?);
         }
         Ok(host.user.clone().expect("set above"))
     }
 
-    pub(crate) fn cluster_handle(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<careplane_local::pg::PgCluster, EngineError> {
+    pub(crate) fn cluster_handle(
+        &mut self,
+        rec: &ResourceRecord,
+        host: &mut Host,
+    ) -> Result<careplane_local::pg::PgCluster, EngineError> {
         let bin = self.pg_bin(host)?;
         let user = self.user(host)?;
         runtime::pg_cluster(self.store()?, rec, bin, user)
     }
 
-    pub(crate) fn redis_handle(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<careplane_local::redis::RedisServer, EngineError> {
+    pub(crate) fn redis_handle(
+        &mut self,
+        rec: &ResourceRecord,
+        host: &mut Host,
+    ) -> Result<careplane_local::redis::RedisServer, EngineError> {
         let bin = self.redis_bin(host)?;
         let user = self.user(host)?;
         runtime::redis_server(self.store()?, rec, bin, user)
@@ -263,7 +319,11 @@ impl Engine {
 
     /// Records intent: the existing record's allocations, or new ones, saved as
     /// `pending` before anything uses them.
-    fn prepare(&mut self, a: &Action, allocate: impl FnOnce(&Path) -> Result<Value, EngineError>) -> Result<ResourceRecord, EngineError> {
+    fn prepare(
+        &mut self,
+        a: &Action,
+        allocate: impl FnOnce(&Path) -> Result<Value, EngineError>,
+    ) -> Result<ResourceRecord, EngineError> {
         let data_dir = self.data_dir.clone();
         let store = self.store()?;
         let mut rec = match store.resource(&a.id)? {
@@ -309,7 +369,11 @@ impl Engine {
         Ok(Some(rec))
     }
 
-    fn delete_plain(&mut self, a: &Action, undo: impl FnOnce(&mut Engine, &ResourceRecord) -> Result<(), EngineError>) -> Result<(), EngineError> {
+    fn delete_plain(
+        &mut self,
+        a: &Action,
+        undo: impl FnOnce(&mut Engine, &ResourceRecord) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
         if let Some(rec) = self.mark_deleting(a)? {
             undo(self, &rec)?;
             crash_point(&a.id, "executed");
@@ -323,7 +387,10 @@ impl Engine {
         let store = self.store()?;
         let have_key = store.secret(&a.id, CA_KEY)?.is_some();
         if !have_key || rec.observed.get("certPem").is_none() {
-            let ca = pki::generate_ca(&format!("careplane {} CA", self.specs.platform.metadata.name))?;
+            let ca = pki::generate_ca(&format!(
+                "careplane {} CA",
+                self.specs.platform.metadata.name
+            ))?;
             let store = self.store()?;
             store.put_secret(&a.id, CA_KEY, &ca.key_pem)?;
             rec.observed = json!({ "certPem": ca.cert_pem });
@@ -355,7 +422,11 @@ impl Engine {
         let ca = self.ca()?;
         let store = self.store()?;
         let key = store.secret(&rec.id, TLS_KEY)?;
-        let cert = rec.observed.get("tlsCert").and_then(Value::as_str).map(str::to_string);
+        let cert = rec
+            .observed
+            .get("tlsCert")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let (cert, key) = match (cert, key) {
             (Some(c), Some(k)) => (c, k),
             _ => {
@@ -404,7 +475,9 @@ impl Engine {
         let Some(rec) = self.mark_deleting(a)? else {
             return Ok(());
         };
-        if rec.observed.get("root").is_some() && self.store()?.secret(&a.id, ADMIN_PASSWORD)?.is_some() {
+        if rec.observed.get("root").is_some()
+            && self.store()?.secret(&a.id, ADMIN_PASSWORD)?.is_some()
+        {
             let cluster = self.cluster_handle(&rec, host)?;
             cluster.stop()?;
             remove_dir(&cluster.root)?;
@@ -479,7 +552,9 @@ impl Engine {
         let Some(rec) = self.mark_deleting(a)? else {
             return Ok(());
         };
-        if self.store()?.secret(&a.id, ADMIN_PASSWORD)?.is_some() && rec.observed.get("root").is_some() {
+        if self.store()?.secret(&a.id, ADMIN_PASSWORD)?.is_some()
+            && rec.observed.get("root").is_some()
+        {
             let server = self.redis_handle(&rec, host)?;
             server.stop()?;
             remove_dir(&server.root)?;
@@ -531,7 +606,12 @@ impl Engine {
         self.lifecycle("stop", progress, false)
     }
 
-    fn lifecycle(&mut self, command: &str, progress: &mut dyn FnMut(&str), start: bool) -> Result<(), EngineError> {
+    fn lifecycle(
+        &mut self,
+        command: &str,
+        progress: &mut dyn FnMut(&str),
+        start: bool,
+    ) -> Result<(), EngineError> {
         if !self.state_exists() {
             return Err(EngineError::inconsistent(format!(
                 "nothing to {command}: no state in {} (run `careplane apply` first)",
@@ -544,19 +624,32 @@ impl Engine {
         let op = self.store()?.begin_operation(command)?;
         let mut servers: Vec<&ResourceRecord> = all
             .iter()
-            .filter(|r| r.status == ResourceStatus::Ready && (r.kind == "pg-cluster" || r.kind == "redis-server"))
+            .filter(|r| {
+                r.status == ResourceStatus::Ready
+                    && (r.kind == "pg-cluster" || r.kind == "redis-server")
+            })
             .collect();
         if !start {
             servers.reverse();
         }
         for rec in servers {
-            let step = self.store()?.step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
+            let step =
+                self.store()?
+                    .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
             let result = if rec.kind == "pg-cluster" {
                 let c = self.cluster_handle(rec, &mut host)?;
-                if start { c.start().map(Some) } else { c.stop().map(|_| None) }
+                if start {
+                    c.start().map(Some)
+                } else {
+                    c.stop().map(|_| None)
+                }
             } else {
                 let s = self.redis_handle(rec, &mut host)?;
-                if start { s.start().map(Some) } else { s.stop().map(|_| None) }
+                if start {
+                    s.start().map(Some)
+                } else {
+                    s.stop().map(|_| None)
+                }
             };
             match result {
                 Ok(pid) => {
@@ -591,8 +684,15 @@ impl Engine {
                 "careplane holds no environment {tenant}/{env} (see `careplane status`)"
             ))
         })?;
-        let cluster = all.iter().find(|r| Some(r.id.as_str()) == db.props.get("cluster").and_then(Value::as_str));
-        let ca_file = self.data_dir.join("pki").join("ca.crt").display().to_string();
+        let cluster = all
+            .iter()
+            .find(|r| Some(r.id.as_str()) == db.props.get("cluster").and_then(Value::as_str));
+        let ca_file = self
+            .data_dir
+            .join("pki")
+            .join("ca.crt")
+            .display()
+            .to_string();
         let store = self.store()?;
         let postgres = DbCredentials {
             host: "127.0.0.1".into(),
@@ -605,7 +705,9 @@ impl Engine {
         };
         let redis = match all.iter().find(|r| r.id == user_id) {
             Some(u) => {
-                let server = all.iter().find(|r| Some(r.id.as_str()) == u.props.get("server").and_then(Value::as_str));
+                let server = all
+                    .iter()
+                    .find(|r| Some(r.id.as_str()) == u.props.get("server").and_then(Value::as_str));
                 Some(RedisCredentials {
                     host: "127.0.0.1".into(),
                     port: server.and_then(|c| observed_port(c).ok()),
@@ -663,7 +765,9 @@ fn ready(all: &[ResourceRecord], id: &str) -> Result<ResourceRecord, EngineError
     all.iter()
         .find(|r| r.id == id && r.status == ResourceStatus::Ready)
         .cloned()
-        .ok_or_else(|| EngineError::inconsistent(format!("{id} is not ready; it must be created first")))
+        .ok_or_else(|| {
+            EngineError::inconsistent(format!("{id} is not ready; it must be created first"))
+        })
 }
 
 fn write_public(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {

@@ -120,7 +120,11 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
         out.insert(id.clone(), Resource { id, kind, props });
     };
 
-    add(ca_id(), Kind::Ca, json!({ "platform": specs.platform.metadata.name }));
+    add(
+        ca_id(),
+        Kind::Ca,
+        json!({ "platform": specs.platform.metadata.name }),
+    );
 
     let pg_settings = json!(platform.postgres.settings);
     let redis_role = match platform.redis.role {

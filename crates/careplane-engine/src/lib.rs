@@ -14,9 +14,9 @@
 //! So an apply killed at any instant — including `kill -9` — is finished by
 //! the next apply, with nothing duplicated or orphaned.
 
+pub(crate) mod apply;
 pub mod desired;
 pub mod plan;
-pub(crate) mod apply;
 mod runtime;
 mod status;
 

@@ -83,9 +83,15 @@ impl Action {
                 p("database"),
                 p("cluster")
             ),
-            (Kind::PgDatabase, Op::Update) => format!("converge role and database {}", p("database")),
+            (Kind::PgDatabase, Op::Update) => {
+                format!("converge role and database {}", p("database"))
+            }
             (Kind::PgDatabase, Op::Delete) => {
-                format!("DROP database and role {} on {}", p("database"), p("cluster"))
+                format!(
+                    "DROP database and role {} on {}",
+                    p("database"),
+                    p("cluster")
+                )
             }
             (Kind::RedisServer, Op::Create) => format!(
                 "start Redis ({}, {}, maxmemory {})",
@@ -153,7 +159,11 @@ impl Plan {
                 Op::Update => ('~', "change"),
                 Op::Delete => ('-', "delete"),
             };
-            let resume = if a.resume { " (resume interrupted)" } else { "" };
+            let resume = if a.resume {
+                " (resume interrupted)"
+            } else {
+                ""
+            };
             let _ = writeln!(s, "  {sign} {verb} {}{resume}", a.id);
             let _ = writeln!(s, "      {}", a.summary());
             for c in &a.changes {
@@ -327,14 +337,41 @@ mod tests {
     #[test]
     fn create_update_delete_and_resume() {
         let desired = vec![
-            res("pg-cluster/shared", Kind::PgCluster, json!({"scope": "shared", "settings": {"a": "1"}})),
-            res("pg-database/t/dev", Kind::PgDatabase, json!({"cluster": "pg-cluster/shared"})),
-            res("pg-database/t/prod", Kind::PgDatabase, json!({"cluster": "pg-cluster/shared"})),
+            res(
+                "pg-cluster/shared",
+                Kind::PgCluster,
+                json!({"scope": "shared", "settings": {"a": "1"}}),
+            ),
+            res(
+                "pg-database/t/dev",
+                Kind::PgDatabase,
+                json!({"cluster": "pg-cluster/shared"}),
+            ),
+            res(
+                "pg-database/t/prod",
+                Kind::PgDatabase,
+                json!({"cluster": "pg-cluster/shared"}),
+            ),
         ];
         let recorded = vec![
-            rec("pg-cluster/shared", "pg-cluster", ResourceStatus::Ready, json!({"scope": "shared", "settings": {"a": "2"}})),
-            rec("pg-database/t/dev", "pg-database", ResourceStatus::Pending, json!({"cluster": "pg-cluster/shared"})),
-            rec("pg-database/old/dev", "pg-database", ResourceStatus::Ready, json!({"cluster": "pg-cluster/shared"})),
+            rec(
+                "pg-cluster/shared",
+                "pg-cluster",
+                ResourceStatus::Ready,
+                json!({"scope": "shared", "settings": {"a": "2"}}),
+            ),
+            rec(
+                "pg-database/t/dev",
+                "pg-database",
+                ResourceStatus::Pending,
+                json!({"cluster": "pg-cluster/shared"}),
+            ),
+            rec(
+                "pg-database/old/dev",
+                "pg-database",
+                ResourceStatus::Ready,
+                json!({"cluster": "pg-cluster/shared"}),
+            ),
         ];
         let p = plan(&desired, &recorded).unwrap();
         let ops: Vec<(Op, &str, bool)> = p
@@ -352,21 +389,42 @@ mod tests {
             ]
         );
         assert_eq!(p.actions[1].changes[0].field, "settings.a");
-        assert_eq!(p.counts(), Counts { create: 2, update: 1, delete: 1 });
+        assert_eq!(
+            p.counts(),
+            Counts {
+                create: 2,
+                update: 1,
+                delete: 1
+            }
+        );
     }
 
     #[test]
     fn nothing_to_do_when_recorded_matches() {
         let desired = vec![res("ca/platform", Kind::Ca, json!({"platform": "x"}))];
-        let recorded = vec![rec("ca/platform", "ca", ResourceStatus::Ready, json!({"platform": "x"}))];
+        let recorded = vec![rec(
+            "ca/platform",
+            "ca",
+            ResourceStatus::Ready,
+            json!({"platform": "x"}),
+        )];
         let p = plan(&desired, &recorded).unwrap();
         assert!(p.is_empty(), "{}", p.render());
     }
 
     #[test]
     fn moving_between_clusters_is_refused() {
-        let desired = vec![res("pg-database/t/dev", Kind::PgDatabase, json!({"cluster": "pg-cluster/t"}))];
-        let recorded = vec![rec("pg-database/t/dev", "pg-database", ResourceStatus::Ready, json!({"cluster": "pg-cluster/shared"}))];
+        let desired = vec![res(
+            "pg-database/t/dev",
+            Kind::PgDatabase,
+            json!({"cluster": "pg-cluster/t"}),
+        )];
+        let recorded = vec![rec(
+            "pg-database/t/dev",
+            "pg-database",
+            ResourceStatus::Ready,
+            json!({"cluster": "pg-cluster/shared"}),
+        )];
         let err = plan(&desired, &recorded).unwrap_err().to_string();
         assert!(err.contains("pg-database/t/dev would move"), "{err}");
     }

@@ -33,7 +33,9 @@ pub fn observed_str<'a>(rec: &'a ResourceRecord, key: &str) -> Result<&'a str, E
     rec.observed
         .get(key)
         .and_then(Value::as_str)
-        .ok_or_else(|| EngineError::inconsistent(format!("state: {} has no observed {key:?}", rec.id)))
+        .ok_or_else(|| {
+            EngineError::inconsistent(format!("state: {} has no observed {key:?}", rec.id))
+        })
 }
 
 pub fn observed_port(rec: &ResourceRecord) -> Result<u16, EngineError> {
@@ -125,13 +127,25 @@ pub fn children<'a>(
     })
 }
 
-pub fn hba_entries(all: &[ResourceRecord], cluster_id: &str) -> Result<Vec<(String, String)>, EngineError> {
+pub fn hba_entries(
+    all: &[ResourceRecord],
+    cluster_id: &str,
+) -> Result<Vec<(String, String)>, EngineError> {
     children(all, "pg-database", "cluster", cluster_id)
-        .map(|r| Ok((str_prop(r, "database")?.to_string(), str_prop(r, "role")?.to_string())))
+        .map(|r| {
+            Ok((
+                str_prop(r, "database")?.to_string(),
+                str_prop(r, "role")?.to_string(),
+            ))
+        })
         .collect()
 }
 
-pub fn acl_users(store: &Store, all: &[ResourceRecord], server_id: &str) -> Result<Vec<AclUser>, EngineError> {
+pub fn acl_users(
+    store: &Store,
+    all: &[ResourceRecord],
+    server_id: &str,
+) -> Result<Vec<AclUser>, EngineError> {
     children(all, "redis-user", "server", server_id)
         .filter_map(|r| {
             // A user whose password was never generated cannot log in yet; it is

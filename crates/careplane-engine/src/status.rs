@@ -151,7 +151,11 @@ impl Engine {
             .unwrap_or(false)
             && match r.kind.as_str() {
                 "pg-cluster" => runtime::observed_str(r, "root")
-                    .map(|root| std::path::Path::new(root).join("data/postmaster.pid").exists())
+                    .map(|root| {
+                        std::path::Path::new(root)
+                            .join("data/postmaster.pid")
+                            .exists()
+                    })
                     .unwrap_or(false),
                 _ => true,
             }
