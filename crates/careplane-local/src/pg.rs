@@ -953,6 +953,7 @@ impl PgCluster {
             "REVOKE ALL ON DATABASE {database} FROM PUBLIC; \
              GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}; \
              REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; \
+             GRANT CONNECT ON DATABASE postgres TO {role}; \
              REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC"
         ))
         .map_err(|e| LocalError::pg(&self.name, ctx("setting database privileges"), e))?;
@@ -1009,8 +1010,19 @@ impl PgCluster {
             quote_ident(database)
         ))
         .map_err(|e| LocalError::pg(&self.name, format!("dropping database {database}"), e))?;
-        c.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))
+        let exists = c
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+            .map_err(|e| LocalError::pg(&self.name, format!("looking up role {role}"), e))?
+            .is_some();
+        if exists {
+            // DROP OWNED also revokes the role's grants on shared objects
+            // (its CONNECT on `postgres`), which would otherwise block DROP ROLE.
+            c.batch_execute(&format!(
+                "DROP OWNED BY {0}; DROP ROLE IF EXISTS {0}",
+                quote_ident(role)
+            ))
             .map_err(|e| LocalError::pg(&self.name, format!("dropping role {role}"), e))?;
+        }
         Ok(())
     }
 
@@ -1039,6 +1051,119 @@ impl PgCluster {
             )
             .map_err(|e| LocalError::pg(&self.name, format!("inspecting database {database}"), e))?;
         Ok(row.get(0))
+    }
+
+    /// Turns an initialized database into a template that clones are made
+    /// from: owned by the admin (so `REASSIGN OWNED` in a clone never moves
+    /// the template itself), marked `IS_TEMPLATE`, and closed to new
+    /// connections (a connected template cannot be copied). Idempotent.
+    pub fn seal_template(&self, template: &str) -> Result<()> {
+        validate_name("database name", template, false)?;
+        let t = quote_ident(template);
+        let mut c = self.admin()?;
+        c.batch_execute(&format!(
+            "ALTER DATABASE {t} OWNER TO {ADMIN_ROLE}; \
+             ALTER DATABASE {t} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+        ))
+        .map_err(|e| LocalError::pg(&self.name, format!("sealing template {template}"), e))?;
+        c.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&template],
+        )
+        .map_err(|e| LocalError::pg(&self.name, format!("closing connections to {template}"), e))?;
+        Ok(())
+    }
+
+    /// Reopens a sealed template (to re-initialize it), the inverse of
+    /// [`PgCluster::seal_template`] for connections only.
+    pub fn unseal_template(&self, template: &str) -> Result<()> {
+        validate_name("database name", template, false)?;
+        self.admin()?
+            .batch_execute(&format!(
+                "ALTER DATABASE {} WITH IS_TEMPLATE false ALLOW_CONNECTIONS true",
+                quote_ident(template)
+            ))
+            .map_err(|e| LocalError::pg(&self.name, format!("unsealing template {template}"), e))
+    }
+
+    /// Makes `database` a copy of `template` (`CREATE DATABASE … TEMPLATE`),
+    /// owned by `owner`. An existing `database` is replaced only if it holds no
+    /// data (it was just created empty for the environment); one with data is
+    /// refused, never overwritten. Idempotent across crashes: a missing
+    /// database is simply created.
+    pub fn clone_database(&self, template: &str, database: &str, owner: &str) -> Result<()> {
+        validate_name("database name", template, false)?;
+        validate_name("database name", database, false)?;
+        validate_name("role name", owner, true)?;
+        let exists = self
+            .admin()?
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+            .map_err(|e| LocalError::pg(&self.name, format!("looking up database {database}"), e))?
+            .is_some();
+        if exists {
+            if self.database_has_data(database)? {
+                return Err(LocalError::invalid(
+                    "clone target",
+                    database,
+                    "the database already holds data; refusing to replace it with a template copy",
+                ));
+            }
+            self.admin()?
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(database)
+                ))
+                .map_err(|e| {
+                    LocalError::pg(&self.name, format!("dropping empty database {database}"), e)
+                })?;
+        }
+        let mut c = self.admin()?;
+        c.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&template],
+        )
+        .map_err(|e| LocalError::pg(&self.name, format!("closing connections to {template}"), e))?;
+        c.batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE {} OWNER {}",
+            quote_ident(database),
+            quote_ident(template),
+            quote_ident(owner)
+        ))
+        .map_err(|e| {
+            LocalError::pg(
+                &self.name,
+                format!("creating {database} from template {template}"),
+                e,
+            )
+        })
+    }
+
+    /// Inside `database`, gives everything `from` owns to `to` (a clone's
+    /// tables still belong to the template's role). No-op when nothing is
+    /// owned by `from` or the role does not exist.
+    pub fn reassign_owned(&self, database: &str, from: &str, to: &str) -> Result<()> {
+        validate_name("role name", from, true)?;
+        validate_name("role name", to, true)?;
+        let mut c = self.admin_connect(database)?;
+        let from_exists = c
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&from])
+            .map_err(|e| LocalError::pg(&self.name, format!("looking up role {from}"), e))?
+            .is_some();
+        if !from_exists {
+            return Ok(());
+        }
+        c.batch_execute(&format!(
+            "REASSIGN OWNED BY {} TO {}",
+            quote_ident(from),
+            quote_ident(to)
+        ))
+        .map_err(|e| {
+            LocalError::pg(
+                &self.name,
+                format!("reassigning objects of {from} to {to} in {database}"),
+                e,
+            )
+        })
     }
 
     /// Tenant databases present (excludes postgres, template0/1).
@@ -1104,6 +1229,19 @@ impl PgCluster {
             for address in ["127.0.0.1/32", "::1/128"] {
                 out.push_str(&format!(
                     "hostssl  \"{database}\"  \"{role}\"  {address}  scram-sha-256\n"
+                ));
+            }
+        }
+        // Odoo connects to the maintenance database `postgres` at every start
+        // (to check that its database exists) and its cron process LISTENs
+        // there; without this line a real odoo-bin exits 1. `postgres` holds
+        // no tenant data, only what every session can read from the shared
+        // catalogs anyway.
+        let roles: BTreeSet<&String> = pairs.iter().map(|(_, r)| r).collect();
+        for role in roles {
+            for address in ["127.0.0.1/32", "::1/128"] {
+                out.push_str(&format!(
+                    "hostssl  postgres  \"{role}\"  {address}  scram-sha-256\n"
                 ));
             }
         }

@@ -442,12 +442,16 @@ impl RedisServer {
                 .arg("COUNT")
                 .arg(1000)
                 .query(&mut conn)
-                .map_err(|e| LocalError::redis(&self.name, "SCAN for a removed tenant's keys", e))?;
+                .map_err(|e| {
+                    LocalError::redis(&self.name, "SCAN for a removed tenant's keys", e)
+                })?;
             if !keys.is_empty() {
                 removed += ::redis::cmd("UNLINK")
                     .arg(&keys)
                     .query::<u64>(&mut conn)
-                    .map_err(|e| LocalError::redis(&self.name, "UNLINK of a removed tenant's keys", e))?;
+                    .map_err(|e| {
+                        LocalError::redis(&self.name, "UNLINK of a removed tenant's keys", e)
+                    })?;
             }
             if next == 0 {
                 return Ok(removed);

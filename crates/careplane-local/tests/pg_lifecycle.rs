@@ -51,8 +51,8 @@ fn provisioning_is_idempotent_and_keeps_secrets_off_disk() {
     let hba = std::fs::read_to_string(pg.hba_path()).unwrap();
     assert_eq!(
         hba.matches("hostssl").count(),
-        2,
-        "one line per address: {hba}"
+        4,
+        "one line per address to the database and to `postgres`: {hba}"
     );
     assert!(!hba.lines().any(|l| l.starts_with("host ")), "{hba}");
 

@@ -58,8 +58,13 @@ fn shared_cluster_isolates_tenants_and_is_hardened() {
     );
     assert!(err.contains("pg_hba.conf"), "rejected by pg_hba: {err}");
 
-    // Nor the maintenance database.
-    assert!(pg::connect_tenant(pg.port, "postgres", &a.role, &a.password, ca).is_err());
+    // The maintenance database is reachable (Odoo checks its database
+    // there at start), but creating anything in it is not.
+    let mut maint = pg::connect_tenant(pg.port, "postgres", &a.role, &a.password, ca).unwrap();
+    assert!(maint
+        .batch_execute("CREATE TABLE public.leak (x int)")
+        .is_err());
+    drop(maint);
 
     // Plain-text TCP is refused even with the right password.
     let err = testing::refused(
@@ -177,13 +182,14 @@ fn shared_cluster_isolates_tenants_and_is_hardened() {
         pg.hba_path().display().to_string()
     );
 
-    // The hba file holds exactly the admin socket line and one hostssl line per tenant and address.
+    // The hba file holds exactly the admin socket line and, per tenant and
+    // address, one hostssl line to its database and one to `postgres`.
     let hba = std::fs::read_to_string(pg.hba_path()).unwrap();
     let rules: Vec<&str> = hba
         .lines()
         .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
         .collect();
-    assert_eq!(rules.len(), 5, "{hba}");
+    assert_eq!(rules.len(), 9, "{hba}");
     assert!(
         rules
             .iter()
