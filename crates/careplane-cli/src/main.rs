@@ -117,8 +117,30 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Install or upgrade Odoo modules in one environment (stop web, run
+    /// `-i`/`-u --stop-after-init`, start, health check), journaled.
+    Modules {
+        #[command(flatten)]
+        files: Files,
+        #[arg(value_enum)]
+        action: ModulesAction,
+        tenant: String,
+        environment: String,
+        #[arg(required = true, value_name = "MODULE")]
+        modules: Vec<String>,
+    },
     /// Print the JSON Schema of every spec kind (for editor completion).
     Schema,
+    /// Run an environment's Odoo processes in the foreground (started by
+    /// `apply`/`start`, detached; not for interactive use).
+    #[command(hide = true)]
+    Supervise { spec: PathBuf },
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum ModulesAction {
+    Install,
+    Upgrade,
 }
 
 #[derive(Args, Clone, Default)]
@@ -165,6 +187,26 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Supervise { spec } => {
+            careplane_odoo::supervise_file(&spec)?;
+        }
+        Command::Modules {
+            files,
+            action,
+            tenant,
+            environment,
+            modules,
+        } => {
+            let mut engine = load(&files)?;
+            let install = action == ModulesAction::Install;
+            eprintln!(
+                "{} {} in {tenant}/{environment}: stopping web, running Odoo, starting again ...",
+                if install { "installing" } else { "upgrading" },
+                modules.join(",")
+            );
+            engine.modules(&tenant, &environment, install, &modules)?;
+            println!("done: {tenant}/{environment} is up with {}", modules.join(","));
+        }
         Command::Schema => {
             print_json(&careplane_spec::json_schema())?;
         }
@@ -288,6 +330,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         pg.role, pg.host, pg.database, pg.sslmode, pg.sslrootcert
                     ),
                 },
+                "odoo": c.odoo.as_ref().map(|o| serde_json::json!({
+                    "url": o.url, "login": o.login,
+                    "password": o.password.expose_secret(),
+                    "masterPassword": o.master_password.expose_secret(),
+                })),
                 "redis": c.redis.as_ref().map(|r| serde_json::json!({
                     "host": r.host, "port": r.port, "user": r.user, "keyPrefix": r.key_prefix,
                     "password": r.password.expose_secret(),

@@ -53,7 +53,7 @@ pub struct ApplyReport {
 /// converges. Points: `started` (journaled, nothing done), `prepared` (intent
 /// and secrets recorded), `executed` (runtime work done, not yet recorded),
 /// `finished` (recorded, journal closed).
-fn crash_point(id: &str, point: &str) {
+pub(crate) fn crash_point(id: &str, point: &str) {
     if let Ok(spec) = std::env::var("CAREPLANE_CRASH_AT") {
         if spec.split(',').any(|s| s == format!("{id}@{point}")) {
             // SAFETY: kill(2) on our own pid; no memory is touched.
@@ -194,6 +194,15 @@ impl Engine {
                 problems.push(e.to_string());
             }
         }
+        if let Some(a) = plan
+            .actions
+            .iter()
+            .find(|a| a.op != Op::Delete && matches!(a.kind, Kind::OdooEnv | Kind::OdooTemplate))
+        {
+            if let Err(e) = self.check_odoo(a) {
+                problems.push(e.to_string());
+            }
+        }
         if needs_pg || needs_redis {
             if let Err(e) = self.user(host) {
                 problems.push(e.to_string());
@@ -273,7 +282,7 @@ impl Engine {
         Ok(host.redis_bin.clone().expect("set above"))
     }
 
-    fn user(&self, host: &mut Host) -> Result<Option<ServiceUser>, EngineError> {
+    pub(crate) fn user(&self, host: &mut Host) -> Result<Option<ServiceUser>, EngineError> {
         if host.user.is_none() {
             host.user = Some(system::service_user(
                 self.specs.platform.spec.run_as.as_deref(),
@@ -314,12 +323,16 @@ impl Engine {
             (Kind::RedisServer, Op::Delete) => self.delete_redis_server(a, host),
             (Kind::RedisUser, Op::Create | Op::Update) => self.ensure_redis_user(a, host),
             (Kind::RedisUser, Op::Delete) => self.delete_redis_user(a, host),
+            (Kind::OdooTemplate, Op::Create | Op::Update) => self.ensure_odoo_template(a, host),
+            (Kind::OdooTemplate, Op::Delete) => self.delete_odoo_template(a, host),
+            (Kind::OdooEnv, Op::Create | Op::Update) => self.ensure_odoo_env(a, host),
+            (Kind::OdooEnv, Op::Delete) => self.delete_odoo_env(a, host),
         }
     }
 
     /// Records intent: the existing record's allocations, or new ones, saved as
     /// `pending` before anything uses them.
-    fn prepare(
+    pub(crate) fn prepare(
         &mut self,
         a: &Action,
         allocate: impl FnOnce(&Path) -> Result<Value, EngineError>,
@@ -350,7 +363,7 @@ impl Engine {
         Ok(rec)
     }
 
-    fn finish(&mut self, a: &Action, mut rec: ResourceRecord) -> Result<(), EngineError> {
+    pub(crate) fn finish(&mut self, a: &Action, mut rec: ResourceRecord) -> Result<(), EngineError> {
         crash_point(&a.id, "executed");
         rec.status = ResourceStatus::Ready;
         rec.props = a.props.clone();
@@ -358,7 +371,7 @@ impl Engine {
         Ok(())
     }
 
-    fn mark_deleting(&mut self, a: &Action) -> Result<Option<ResourceRecord>, EngineError> {
+    pub(crate) fn mark_deleting(&mut self, a: &Action) -> Result<Option<ResourceRecord>, EngineError> {
         let store = self.store()?;
         let Some(mut rec) = store.resource(&a.id)? else {
             return Ok(None);
@@ -622,50 +635,51 @@ impl Engine {
         let mut host = Host::default();
         let all = self.store()?.resources()?;
         let op = self.store()?.begin_operation(command)?;
+        // Servers first on start, Odoo first on stop.
+        let rank = |r: &ResourceRecord| match r.kind.as_str() {
+            "pg-cluster" | "redis-server" => 0,
+            _ => 1,
+        };
         let mut servers: Vec<&ResourceRecord> = all
             .iter()
             .filter(|r| {
                 r.status == ResourceStatus::Ready
-                    && (r.kind == "pg-cluster" || r.kind == "redis-server")
+                    && matches!(r.kind.as_str(), "pg-cluster" | "redis-server" | "odoo-env")
             })
             .collect();
+        servers.sort_by_key(|r| rank(r));
         if !start {
             servers.reverse();
         }
         for rec in servers {
-            let step =
-                self.store()?
-                    .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
-            let result = if rec.kind == "pg-cluster" {
-                let c = self.cluster_handle(rec, &mut host)?;
-                if start {
-                    c.start().map(Some)
-                } else {
-                    c.stop().map(|_| None)
-                }
-            } else {
-                let s = self.redis_handle(rec, &mut host)?;
-                if start {
-                    s.start().map(Some)
-                } else {
-                    s.stop().map(|_| None)
-                }
+            let step = self
+                .store()?
+                .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
+            let result: Result<Option<u32>, EngineError> = match (rec.kind.as_str(), start) {
+                ("pg-cluster", true) => self.cluster_handle(rec, &mut host)?.start().map(Some).map_err(Into::into),
+                ("pg-cluster", false) => self.cluster_handle(rec, &mut host)?.stop().map(|_| None).map_err(Into::into),
+                ("redis-server", true) => self.redis_handle(rec, &mut host)?.start().map(Some).map_err(Into::into),
+                ("redis-server", false) => self.redis_handle(rec, &mut host)?.stop().map(|_| None).map_err(Into::into),
+                (_, true) => self.start_odoo_env(rec, &mut host).map(Some),
+                (_, false) => self.stop_odoo_env(rec).map(|_| None),
             };
             match result {
                 Ok(pid) => {
                     if let Some(pid) = pid {
                         let mut r = rec.clone();
-                        r.observed["pid"] = json!(pid);
+                        let key = if r.kind == "odoo-env" { "supervisorPid" } else { "pid" };
+                        r.observed[key] = json!(pid);
                         self.store()?.put_resource(&r)?;
                     }
                     self.store()?.step_finished(step, None)?;
-                    progress(&format!("{command}ed {}", rec.id).replace("stoped", "stopped"));
+                    let verb = if start { "started" } else { "stopped" };
+                    progress(&format!("{verb} {}", rec.id));
                 }
                 Err(e) => {
                     let msg = e.to_string();
                     self.store()?.step_finished(step, Some(&msg))?;
                     self.store()?.finish_operation(op, "failed", Some(&msg))?;
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
@@ -718,7 +732,26 @@ impl Engine {
             }
             None => None,
         };
-        Ok(Credentials { postgres, redis })
+        let odoo_id = crate::desired::odoo_env_id(tenant, env);
+        let odoo = match all.iter().find(|r| r.id == odoo_id) {
+            Some(o) => Some(OdooCredentials {
+                url: o
+                    .observed
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                login: "admin".into(),
+                password: secret(store, &odoo_id, crate::odoo::ADMIN_LOGIN_PASSWORD)?,
+                master_password: secret(store, &odoo_id, crate::odoo::MASTER_PASSWORD)?,
+            }),
+            None => None,
+        };
+        Ok(Credentials {
+            postgres,
+            redis,
+            odoo,
+        })
     }
 
     pub(crate) fn store_ref(&mut self) -> Result<&Store, EngineError> {
@@ -731,6 +764,16 @@ impl Engine {
 pub struct Credentials {
     pub postgres: DbCredentials,
     pub redis: Option<RedisCredentials>,
+    pub odoo: Option<OdooCredentials>,
+}
+
+/// The Odoo `admin` user's login and the master password (`admin_passwd`).
+#[derive(Debug)]
+pub struct OdooCredentials {
+    pub url: String,
+    pub login: String,
+    pub password: SecretString,
+    pub master_password: SecretString,
 }
 
 #[derive(Debug)]
@@ -761,7 +804,7 @@ fn op_name(op: Op) -> &'static str {
     }
 }
 
-fn ready(all: &[ResourceRecord], id: &str) -> Result<ResourceRecord, EngineError> {
+pub(crate) fn ready(all: &[ResourceRecord], id: &str) -> Result<ResourceRecord, EngineError> {
     all.iter()
         .find(|r| r.id == id && r.status == ResourceStatus::Ready)
         .cloned()
@@ -783,7 +826,7 @@ fn write_public(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     std::fs::rename(&tmp, path).map_err(|e| io(e, "renaming into place"))
 }
 
-fn remove_dir(path: &Path) -> Result<(), EngineError> {
+pub(crate) fn remove_dir(path: &Path) -> Result<(), EngineError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use careplane_spec::{SpecSet, Tenancy, TenantSpec};
+use careplane_spec::{EnvironmentKind, SpecSet, Tenancy, TenantSpec};
 use serde_json::{json, Value};
 
 /// What kind of thing a resource is; decides which runtime calls apply it.
@@ -19,15 +19,23 @@ pub enum Kind {
     PgDatabase,
     RedisServer,
     RedisUser,
+    /// A database initialized once per (cluster, Odoo, modules) that
+    /// environments are cloned from.
+    OdooTemplate,
+    /// An environment's Odoo: configuration, database content, supervised
+    /// web and cron processes.
+    OdooEnv,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Ca,
         Kind::PgCluster,
         Kind::PgDatabase,
         Kind::RedisServer,
         Kind::RedisUser,
+        Kind::OdooTemplate,
+        Kind::OdooEnv,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +45,8 @@ impl Kind {
             Kind::PgDatabase => "pg-database",
             Kind::RedisServer => "redis-server",
             Kind::RedisUser => "redis-user",
+            Kind::OdooTemplate => "odoo-template",
+            Kind::OdooEnv => "odoo-env",
         }
     }
 
@@ -51,6 +61,8 @@ impl Kind {
             Kind::Ca => 0,
             Kind::PgCluster | Kind::RedisServer => 1,
             Kind::PgDatabase | Kind::RedisUser => 2,
+            Kind::OdooTemplate => 3,
+            Kind::OdooEnv => 4,
         }
     }
 }
@@ -111,6 +123,62 @@ pub fn pg_database_id(tenant: &str, env: &str) -> String {
 pub fn redis_user_id(tenant: &str, env: &str) -> String {
     format!("redis-user/{tenant}/{env}")
 }
+pub fn odoo_env_id(tenant: &str, env: &str) -> String {
+    format!("odoo-env/{tenant}/{env}")
+}
+
+/// Defaults an environment kind sets: production gets more workers and
+/// stricter time limits, dev a single worker and generous limits for debugging.
+pub fn kind_defaults(kind: EnvironmentKind) -> (u32, u32, Value) {
+    const MIB: u64 = 1024 * 1024;
+    let (workers, cron, soft, hard, cpu, real) = match kind {
+        EnvironmentKind::Production | EnvironmentKind::Dr => (2, 2, 2048, 2560, 60, 120),
+        EnvironmentKind::Staging | EnvironmentKind::Uat | EnvironmentKind::Training => {
+            (1, 1, 1536, 2048, 120, 240)
+        }
+        EnvironmentKind::Test | EnvironmentKind::Dev => (1, 1, 1024, 1536, 600, 1200),
+    };
+    (
+        workers,
+        cron,
+        json!({
+            "memorySoft": soft * MIB,
+            "memoryHard": hard * MIB,
+            "timeCpu": cpu,
+            "timeReal": real,
+            "request": 65536,
+        }),
+    )
+}
+
+/// Parses `512Mi`, `2Gi`, `1G`, `256mb` into bytes (validated by the spec crate).
+fn memory_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    let mult: u64 = match s[split..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "ki" | "kib" => 1024,
+        "m" | "mb" | "mi" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gi" | "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A short, stable fingerprint of what makes two templates interchangeable.
+fn fingerprint(parts: &[String]) -> String {
+    // FNV-1a, 64 bit: identity, not security; collisions would only make two
+    // module sets share a template name, and the props comparison catches that.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{:08x}", (h >> 32) ^ (h & 0xffff_ffff))
+}
 
 /// Everything the specs ask for, ordered by creation rank then id.
 pub fn desired(specs: &SpecSet) -> Vec<Resource> {
@@ -168,6 +236,79 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
                     "connectionLimit": connection_limit,
                 }),
             );
+            if let Some(odoo) = &platform.odoo {
+                let mut modules: Vec<String> = ["base".to_string()]
+                    .into_iter()
+                    .chain(platform.defaults.modules.iter().cloned())
+                    .chain(t.modules.iter().cloned())
+                    .chain(env.modules.iter().cloned())
+                    .collect();
+                modules.sort();
+                modules.dedup();
+                let addons: Vec<String> = odoo
+                    .addons_paths
+                    .iter()
+                    .chain(&t.addons_paths)
+                    .chain(&env.addons_paths)
+                    .map(|p| p.display().to_string())
+                    .collect();
+                let command = odoo.command.display().to_string();
+                let python = odoo.python.as_ref().map(|p| p.display().to_string());
+                let mut key = vec![odoo.version.to_string(), command.clone()];
+                key.extend(python.clone());
+                key.push("modules".into());
+                key.extend(modules.iter().cloned());
+                key.push("addons".into());
+                key.extend(addons.iter().cloned());
+                let tpl_db = format!("tpl-odoo{}-{}", odoo.version, fingerprint(&key));
+                let tpl_id = format!("odoo-template/{pg}/{tpl_db}");
+                add(
+                    tpl_id.clone(),
+                    Kind::OdooTemplate,
+                    json!({
+                        "cluster": pg_cluster_id(&pg),
+                        "scope": pg,
+                        "database": tpl_db,
+                        "role": tpl_db,
+                        "version": odoo.version,
+                        "command": command,
+                        "python": python,
+                        "modules": modules,
+                        "addonsPaths": addons,
+                    }),
+                );
+                let (mut workers, cron, mut limits) = kind_defaults(env.kind);
+                if let Some(w) = sizing.and_then(|s| s.workers) {
+                    workers = w;
+                }
+                if let Some(mem) = sizing.and_then(|s| s.worker_memory.as_deref()).and_then(memory_bytes) {
+                    limits["memorySoft"] = json!(mem);
+                    limits["memoryHard"] = json!(mem + mem / 4);
+                }
+                add(
+                    odoo_env_id(tname, &env.name),
+                    Kind::OdooEnv,
+                    json!({
+                        "cluster": pg_cluster_id(&pg),
+                        "server": redis_server_id(&rs),
+                        "tenant": tname,
+                        "environment": env.name,
+                        "environmentKind": env.kind.as_str(),
+                        "database": env_db_name(tname, &env.name),
+                        "role": env_db_name(tname, &env.name),
+                        "redisUser": redis_user_id(tname, &env.name),
+                        "template": tpl_id,
+                        "version": odoo.version,
+                        "command": command,
+                        "python": python,
+                        "modules": modules,
+                        "addonsPaths": addons,
+                        "workers": workers,
+                        "cronThreads": cron,
+                        "limits": limits,
+                    }),
+                );
+            }
             add(
                 redis_user_id(tname, &env.name),
                 Kind::RedisUser,

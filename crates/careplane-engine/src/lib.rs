@@ -17,6 +17,7 @@
 pub(crate) mod apply;
 pub mod desired;
 pub mod plan;
+mod odoo;
 mod runtime;
 mod status;
 
@@ -25,7 +26,9 @@ use std::path::{Path, PathBuf};
 use careplane_spec::SpecSet;
 use careplane_state::{ResourceRecord, Store};
 
-pub use apply::{ApplyOptions, ApplyReport, Credentials, DbCredentials, Event, RedisCredentials};
+pub use apply::{
+    ApplyOptions, ApplyReport, Credentials, DbCredentials, Event, OdooCredentials, RedisCredentials,
+};
 pub use plan::{Action, Op, Plan};
 pub use status::{EnvStatus, ServerStatus, Status};
 
@@ -35,6 +38,8 @@ pub enum EngineError {
     State(#[from] careplane_state::StateError),
     #[error(transparent)]
     Local(#[from] careplane_local::LocalError),
+    #[error(transparent)]
+    Odoo(#[from] careplane_odoo::OdooError),
     #[error("{what}")]
     Unsupported { what: String },
     #[error("{what}")]

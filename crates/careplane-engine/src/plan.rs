@@ -113,6 +113,27 @@ impl Action {
                 p("user"),
                 p("keyPrefix")
             ),
+            (Kind::OdooTemplate, Op::Create) => format!(
+                "template database {} on {}: odoo -i {} --stop-after-init, once",
+                p("database"),
+                p("cluster"),
+                self.props["modules"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            ),
+            (Kind::OdooTemplate, Op::Update) => format!("re-initialize template {}", p("database")),
+            (Kind::OdooTemplate, Op::Delete) => format!("drop template database {}", p("database")),
+            (Kind::OdooEnv, Op::Create) => format!(
+                "clone {} into {}, fresh secrets, hardened odoo.conf, start web ({} workers) + cron",
+                p("template").rsplit('/').next().unwrap_or("?"),
+                p("database"),
+                self.props["workers"]
+            ),
+            (Kind::OdooEnv, Op::Update) => "rewrite odoo.conf, install new modules, restart Odoo".into(),
+            (Kind::OdooEnv, Op::Delete) => {
+                "stop Odoo and remove its configuration and filestore".into()
+            }
         }
     }
 }

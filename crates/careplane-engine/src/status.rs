@@ -48,6 +48,12 @@ pub struct EnvStatus {
     pub redis_port: Option<u16>,
     pub key_prefix: Option<String>,
     pub redis_health: Option<Health>,
+    /// Where to log in, when careplane runs Odoo for the environment.
+    pub odoo_url: Option<String>,
+    /// `/web/health` and `/web/login` both answering 200.
+    pub odoo_health: Option<Health>,
+    /// Per supervised process: name, pid, restarts.
+    pub odoo_processes: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -211,7 +217,36 @@ impl Engine {
             redis_port = port;
             key_prefix = Some(str_prop(u, "keyPrefix")?.to_string());
         }
+        let odoo_id = crate::desired::odoo_env_id(&tenant, &environment);
+        let (mut odoo_url, mut odoo_health, mut odoo_processes) = (None, None, None);
+        if let Some(o) = all.iter().find(|r| r.id == odoo_id) {
+            odoo_url = o.observed.get("url").and_then(Value::as_str).map(str::to_string);
+            let port = o.observed.get("httpPort").and_then(Value::as_u64).map(|p| p as u16);
+            odoo_health = Some(match (port, o.status) {
+                (Some(port), ResourceStatus::Ready) => {
+                    let t = std::time::Duration::from_secs(10);
+                    let check = |path: &str| match careplane_odoo::http_get(port, path, t) {
+                        Ok(200) => Ok(()),
+                        Ok(code) => Err(format!("GET {path} answered {code}")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    Health::from(check("/web/health").and_then(|_| check("/web/login")))
+                }
+                _ => Health {
+                    ok: false,
+                    detail: format!("not provisioned ({})", state_name(o.status)),
+                },
+            });
+            if let Some(root) = o.observed.get("root").and_then(Value::as_str) {
+                if let Ok(Some(st)) = careplane_odoo::read_status(std::path::Path::new(root)) {
+                    odoo_processes = serde_json::to_value(st).ok();
+                }
+            }
+        }
         Ok(EnvStatus {
+            odoo_url,
+            odoo_health,
+            odoo_processes,
             kind: db
                 .props
                 .get("environmentKind")

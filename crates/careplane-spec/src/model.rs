@@ -315,6 +315,9 @@ pub struct Environment {
     /// Overrides the tenant's sizing for this environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sizing: Option<Sizing>,
+    /// Addons directories in addition to the platform's and the tenant's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addons_paths: Vec<PathBuf>,
 }
 
 /// `kind: Tenant` — an organization and its environments.
@@ -341,6 +344,10 @@ pub struct TenantSpec {
     pub sizing: Option<Sizing>,
     /// At least one; names unique within the tenant.
     #[schemars(length(min = 1))]
+    /// Addons directories for every environment of the tenant, in addition
+    /// to the platform's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addons_paths: Vec<PathBuf>,
     pub environments: Vec<Environment>,
 }
 

@@ -1,0 +1,577 @@
+//! Odoo on the local target: template databases and environments.
+//!
+//! A template (`odoo-template/<scope>/<db>`) is initialized once per cluster,
+//! Odoo version and module set with `odoo-bin -i <modules> --stop-after-init`,
+//! then sealed. An environment (`odoo-env/<tenant>/<env>`) is its database
+//! cloned from the template (`CREATE DATABASE … TEMPLATE`), its filestore
+//! copied, the clone's identity regenerated, a hardened `odoo.conf` and a
+//! supervisor that keeps web and cron running. Every step is an "ensure", so
+//! a killed apply resumes cleanly (see `apply.rs`).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use careplane_local::pg::TenantDb;
+use careplane_odoo as odoo;
+use careplane_state::{ExposeSecret, ResourceRecord, ResourceStatus, SecretString};
+use serde_json::{json, Value};
+
+use crate::apply::{crash_point, ready, remove_dir, Host};
+use crate::plan::{Action, Op};
+use crate::runtime::{self, observed_port, observed_str, secret, str_prop, PASSWORD};
+use crate::{Engine, EngineError};
+
+/// Secrets of an `odoo-env`: the master password (`admin_passwd`, kept as
+/// Odoo's pbkdf2 hash in odoo.conf) and the `admin` user's login password.
+pub const MASTER_PASSWORD: &str = "master-password";
+pub const ADMIN_LOGIN_PASSWORD: &str = "admin-password";
+const MASTER_HASH: &str = "master-password-hash";
+
+/// How long a freshly started Odoo may take to answer `/web/login` (a real
+/// Odoo loads its registry on the first request).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+impl Engine {
+    /// The Odoo installation a resource names. A bare command is looked up on
+    /// PATH, a relative path is relative to the platform's spec file.
+    fn odoo_install(&self, props: &Value) -> Result<odoo::OdooInstall, EngineError> {
+        let base = self
+            .specs
+            .platform
+            .source
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let resolve = |s: &str, what: &str| -> Result<PathBuf, EngineError> {
+            let p = PathBuf::from(s);
+            let found = if p.is_absolute() {
+                Some(p)
+            } else if s.contains('/') {
+                Some(std::path::absolute(base.join(&p)).unwrap_or_else(|_| base.join(&p)))
+            } else {
+                runtime::find_on_path(s)
+            };
+            match found {
+                Some(p) if p.is_file() => Ok(p),
+                _ => Err(EngineError::Refused {
+                    problems: vec![format!(
+                        "Platform spec.odoo.{what}: {s:?} not found (give an absolute path, a path \
+                         relative to {}, or a command on PATH)",
+                        self.specs.platform.source.file.display()
+                    )],
+                }),
+            }
+        };
+        let command = resolve(props["command"].as_str().unwrap_or_default(), "command")?;
+        let python = match props["python"].as_str() {
+            Some(p) => Some(resolve(p, "python")?),
+            None => None,
+        };
+        Ok(odoo::OdooInstall {
+            command,
+            python,
+            version: props["version"].as_u64().unwrap_or(0) as u32,
+            addons_paths: strings(&props["addonsPaths"])
+                .into_iter()
+                .map(|p| {
+                    let p = PathBuf::from(p);
+                    if p.is_absolute() {
+                        p
+                    } else {
+                        base.join(p)
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    fn redis_settings(
+        &self,
+        all: &[ResourceRecord],
+        urec: &ResourceRecord,
+    ) -> Result<odoo::RedisSettings, EngineError> {
+        let srec = ready(all, str_prop(urec, "server")?)?;
+        Ok(odoo::RedisSettings {
+            host: "127.0.0.1".into(),
+            port: observed_port(&srec)?,
+            user: str_prop(urec, "user")?.to_string(),
+            key_prefix: str_prop(urec, "keyPrefix")?.to_string(),
+        })
+    }
+
+    pub(crate) fn check_odoo(&self, a: &Action) -> Result<(), EngineError> {
+        self.odoo_install(&a.props).map(|_| ())
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("pki").join("ca.crt")
+    }
+
+    fn owner(&self, host: &mut Host) -> Result<Option<(u32, u32)>, EngineError> {
+        Ok(self.user(host)?.map(|u| (u.uid, u.gid)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn env_config(
+        &self,
+        root: &Path,
+        database: &str,
+        role: &str,
+        pg_port: u16,
+        http_port: u16,
+        gevent_port: u16,
+        props: &Value,
+        master_hash: String,
+        redis: Option<odoo::RedisSettings>,
+    ) -> Result<odoo::EnvConfig, EngineError> {
+        let limits = &props["limits"];
+        let n = |k: &str, d: u64| limits[k].as_u64().unwrap_or(d);
+        Ok(odoo::EnvConfig {
+            database: database.to_string(),
+            db_host: "127.0.0.1".into(),
+            db_port: pg_port,
+            db_user: role.to_string(),
+            db_sslmode: odoo::DEFAULT_SSLMODE.into(),
+            data_dir: root.join("data"),
+            http_interface: "127.0.0.1".into(),
+            http_port,
+            gevent_port,
+            workers: props["workers"].as_u64().unwrap_or(0) as u32,
+            cron_threads: props["cronThreads"].as_u64().unwrap_or(1).max(1) as u32,
+            limits: odoo::Limits {
+                memory_soft: n("memorySoft", 2048 << 20),
+                memory_hard: n("memoryHard", 2560 << 20),
+                time_cpu: n("timeCpu", 60) as u32,
+                time_real: n("timeReal", 120) as u32,
+                request: n("request", 65536) as u32,
+            },
+            admin_passwd_hash: master_hash,
+            server_wide_modules: vec!["base".into(), "web".into()],
+            addons_paths: self.odoo_install(props)?.addons_paths,
+            redis,
+            base_url: format!("http://127.0.0.1:{http_port}"),
+        })
+    }
+
+    /// Database password, CA and Redis credentials for Odoo's process
+    /// environment: the only place its secrets go.
+    fn process_env(
+        &self,
+        root: &Path,
+        db_password: &SecretString,
+        redis: Option<(&odoo::RedisSettings, &SecretString)>,
+    ) -> odoo::ProcessEnv {
+        odoo::ProcessEnv::for_odoo(root, db_password, Some(&self.ca_file()), redis)
+    }
+
+    pub(crate) fn ensure_odoo_template(
+        &mut self,
+        a: &Action,
+        host: &mut Host,
+    ) -> Result<(), EngineError> {
+        let database = a.props["database"].as_str().unwrap_or_default().to_string();
+        let mut rec = self.prepare(a, |dir| {
+            Ok(json!({
+                "root": dir.join("odoo").join("templates").join(&database).display().to_string(),
+            }))
+        })?;
+        self.store()?.get_or_create_secret(&a.id, PASSWORD)?;
+        if a.op == Op::Create {
+            crash_point(&a.id, "prepared");
+        }
+        let install = self.odoo_install(&a.props)?;
+        let cluster_id = str_prop(&rec, "cluster")?.to_string();
+        let all = self.store()?.resources()?;
+        let crec = ready(&all, &cluster_id)?;
+        let cluster = self.cluster_handle(&crec, host)?;
+        let mut target = rec.clone();
+        target.props = a.props.clone();
+        let tdb = runtime::tenant_db(self.store()?, &target)?;
+        let already = rec.observed.get("sealed").and_then(Value::as_bool) == Some(true)
+            && rec.status == ResourceStatus::Ready
+            && a.op == Op::Create;
+        if !already {
+            if cluster.databases()?.contains(&tdb.database) {
+                // Resuming: a sealed template refuses connections.
+                cluster.unseal_template(&tdb.database)?;
+            }
+            cluster.ensure_tenant_database(&tdb)?;
+            cluster.write_hba(&runtime::hba_entries(&all, &cluster_id)?)?;
+            let root = PathBuf::from(observed_str(&rec, "root")?);
+            let owner = self.owner(host)?;
+            let master = odoo::hash_admin_password(&SecretString::from(
+                careplane_local::system::generate_password()?.expose_secret().to_string(),
+            ));
+            let cfg = self.env_config(
+                &root,
+                &tdb.database,
+                &tdb.role,
+                observed_port(&crec)?,
+                careplane_local::system::free_port()?,
+                careplane_local::system::free_port()?,
+                &json!({"workers": 0, "cronThreads": 1, "command": a.props["command"], "python": a.props["python"], "addonsPaths": a.props["addonsPaths"], "version": a.props["version"]}),
+                master,
+                None,
+            )?;
+            let (web_conf, _) = odoo::write_configs(&root, &cfg, owner)?;
+            let env = self.process_env(&root, &tdb.password, None);
+            let modules = strings(&a.props["modules"]);
+            odoo::run_once(
+                &install,
+                &web_conf,
+                &tdb.database,
+                odoo::ModuleOp::Install(modules),
+                &env,
+                &root.join("logs").join("init.log"),
+                owner,
+            )?;
+            cluster.seal_template(&tdb.database)?;
+            rec.observed["sealed"] = json!(true);
+        }
+        self.finish(a, rec)
+    }
+
+    pub(crate) fn delete_odoo_template(
+        &mut self,
+        a: &Action,
+        host: &mut Host,
+    ) -> Result<(), EngineError> {
+        let Some(rec) = self.mark_deleting(a)? else {
+            return Ok(());
+        };
+        let cluster_id = str_prop(&rec, "cluster")?.to_string();
+        let all = self.store()?.resources()?;
+        if let Some(crec) = all.iter().find(|r| r.id == cluster_id) {
+            let cluster = self.cluster_handle(crec, host)?;
+            let database = str_prop(&rec, "database")?;
+            if cluster.databases()?.iter().any(|d| d == database) {
+                cluster.unseal_template(database)?;
+            }
+            cluster.write_hba(&runtime::hba_entries(&all, &cluster_id)?)?;
+            cluster.drop_tenant_database(database, str_prop(&rec, "role")?)?;
+        }
+        if let Some(root) = rec.observed.get("root").and_then(Value::as_str) {
+            remove_dir(Path::new(root))?;
+        }
+        crash_point(&a.id, "executed");
+        self.store()?.delete_resource(&a.id)?;
+        Ok(())
+    }
+
+    pub(crate) fn ensure_odoo_env(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        let tenant = a.props["tenant"].as_str().unwrap_or_default().to_string();
+        let envname = a.props["environment"].as_str().unwrap_or_default().to_string();
+        let mut rec = self.prepare(a, |dir| {
+            Ok(json!({
+                "httpPort": careplane_local::system::free_port()?,
+                "geventPort": careplane_local::system::free_port()?,
+                "root": dir.join("odoo").join("envs").join(&tenant).join(&envname).display().to_string(),
+            }))
+        })?;
+        let store = self.store()?;
+        let master = store.get_or_create_secret(&a.id, MASTER_PASSWORD)?;
+        let admin_login = store.get_or_create_secret(&a.id, ADMIN_LOGIN_PASSWORD)?;
+        let master_hash = match store.secret(&a.id, MASTER_HASH)? {
+            Some(h) => h,
+            None => {
+                let h = SecretString::from(odoo::hash_admin_password(&master));
+                store.put_secret(&a.id, MASTER_HASH, &h)?;
+                h
+            }
+        };
+        if a.op == Op::Create {
+            crash_point(&a.id, "prepared");
+        }
+        let all = self.store()?.resources()?;
+        let cluster_id = a.props["cluster"].as_str().unwrap_or_default().to_string();
+        let crec = ready(&all, &cluster_id)?;
+        let tpl = ready(&all, a.props["template"].as_str().unwrap_or_default())?;
+        let dbrec = ready(
+            &all,
+            &crate::desired::pg_database_id(&tenant, &envname),
+        )?;
+        let urec = ready(&all, a.props["redisUser"].as_str().unwrap_or_default())?;
+        let cluster = self.cluster_handle(&crec, host)?;
+        let tdb: TenantDb = runtime::tenant_db(self.store()?, &dbrec)?;
+        let root = PathBuf::from(observed_str(&rec, "root")?);
+        let owner = self.owner(host)?;
+        let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
+        let gevent_port = rec.observed["geventPort"].as_u64().unwrap_or_default() as u16;
+        let base_url = format!("http://127.0.0.1:{http_port}");
+
+        // Stop what runs before touching its database or configuration.
+        odoo::stop_supervisor(&root, STOP_TIMEOUT)?;
+
+        // 1. Database content: a clone of the template, unless it already
+        //    holds an Odoo database (a resumed or repeated apply).
+        let tpl_db = str_prop(&tpl, "database")?.to_string();
+        let tpl_role = str_prop(&tpl, "role")?.to_string();
+        let initialized = {
+            let mut c = cluster.admin_connect(&tdb.database)?;
+            odoo::db::is_initialized(&mut c)?
+        };
+        let data = root.join("data");
+        let filestore = data.join("filestore").join(&tdb.database);
+        if !initialized {
+            cluster.clone_database(&tpl_db, &tdb.database, &tdb.role)?;
+            let tpl_root = PathBuf::from(observed_str(&tpl, "root")?);
+            copy_filestore(
+                &tpl_root.join("data").join("filestore").join(&tpl_db),
+                &filestore,
+            )?;
+        }
+        cluster.ensure_tenant_database(&tdb)?;
+        cluster.reassign_owned(&tdb.database, &tpl_role, &tdb.role)?;
+        {
+            let mut c = cluster.admin_connect(&tdb.database)?;
+            odoo::db::make_unique(
+                &mut c,
+                &a.id,
+                &base_url,
+                &odoo::hash_admin_password(&admin_login),
+            )?;
+        }
+
+        // 2. Configuration (no secret in it) and the process environment.
+        let redis = self.redis_settings(&all, &urec)?;
+        let cfg = self.env_config(
+            &root,
+            &tdb.database,
+            &tdb.role,
+            observed_port(&crec)?,
+            http_port,
+            gevent_port,
+            &a.props,
+            master_hash.expose_secret().to_string(),
+            Some(redis.clone()),
+        )?;
+        let (web_conf, cron_conf) = odoo::write_configs(&root, &cfg, owner)?;
+        let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
+        let env = self.process_env(&root, &tdb.password, Some((&redis, &redis_password)));
+
+        // 3. Modules added since the clone (an update of the module list).
+        if a.op == Op::Update {
+            let old = self.store()?.resource(&a.id)?.map(|r| strings(&r.props["modules"]));
+            let new: Vec<String> = strings(&a.props["modules"])
+                .into_iter()
+                .filter(|m| !old.as_ref().is_some_and(|o| o.contains(m)))
+                .collect();
+            if !new.is_empty() {
+                odoo::run_once(
+                    &self.odoo_install(&a.props)?,
+                    &web_conf,
+                    &tdb.database,
+                    odoo::ModuleOp::Install(new),
+                    &env,
+                    &root.join("logs").join("modules.log"),
+                    owner,
+                )?;
+            }
+        }
+
+        // 4. Supervised processes.
+        let pid = self.start_odoo(&a.props, &root, &web_conf, &cron_conf, http_port, env, owner)?;
+        rec.observed["supervisorPid"] = json!(pid);
+        rec.observed["url"] = json!(format!("{base_url}/web/login"));
+        self.finish(a, rec)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_odoo(
+        &self,
+        props: &Value,
+        root: &Path,
+        web_conf: &Path,
+        cron_conf: &Path,
+        http_port: u16,
+        env: odoo::ProcessEnv,
+        owner: Option<(u32, u32)>,
+    ) -> Result<u32, EngineError> {
+        let install = self.odoo_install(props)?;
+        let env_file = root.join("process.env");
+        env.write_file(&env_file)?;
+        let spec = odoo::SupervisorSpec {
+            name: format!(
+                "{}/{}",
+                props["tenant"].as_str().unwrap_or_default(),
+                props["environment"].as_str().unwrap_or_default()
+            ),
+            dir: root.to_path_buf(),
+            processes: vec![
+                odoo::process_spec(&install, web_conf, odoo::Role::Web, Some(env_file.clone()), http_port),
+                odoo::process_spec(&install, cron_conf, odoo::Role::Cron, Some(env_file), http_port),
+            ],
+            user: owner,
+            settings: odoo::SupervisorSettings::default(),
+        };
+        let spec_file = root.join("supervisor.json");
+        spec.save(&spec_file)?;
+        let exe = std::env::current_exe().map_err(|source| EngineError::Io {
+            what: "finding careplane's own executable to run the supervisor".into(),
+            source,
+        })?;
+        let pid = odoo::spawn_supervisor(
+            &exe,
+            &[OsString::from("supervise"), spec_file.into_os_string()],
+            root,
+        )?;
+        odoo::wait_healthy(http_port, "/web/health", READY_TIMEOUT)?;
+        odoo::wait_healthy(http_port, "/web/login", READY_TIMEOUT)?;
+        Ok(pid)
+    }
+
+    pub(crate) fn delete_odoo_env(&mut self, a: &Action, _host: &mut Host) -> Result<(), EngineError> {
+        let Some(rec) = self.mark_deleting(a)? else {
+            return Ok(());
+        };
+        if let Some(root) = rec.observed.get("root").and_then(Value::as_str) {
+            odoo::stop_supervisor(Path::new(root), STOP_TIMEOUT)?;
+            remove_dir(Path::new(root))?;
+        }
+        crash_point(&a.id, "executed");
+        self.store()?.delete_resource(&a.id)?;
+        Ok(())
+    }
+
+    /// Starts a recorded environment's supervisor again (`careplane start`).
+    pub(crate) fn start_odoo_env(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<u32, EngineError> {
+        let root = PathBuf::from(observed_str(rec, "root")?);
+        if let Some(pid) = odoo::supervisor_pid(&root) {
+            return Ok(pid);
+        }
+        let all = self.store()?.resources()?;
+        let dbrec = ready(&all, &crate::desired::pg_database_id(str_prop(rec, "tenant")?, str_prop(rec, "environment")?))?;
+        let urec = ready(&all, str_prop(rec, "redisUser")?)?;
+        let tdb = runtime::tenant_db(self.store()?, &dbrec)?;
+        let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
+        let redis = self.redis_settings(&all, &urec)?;
+        let env = self.process_env(&root, &tdb.password, Some((&redis, &redis_password)));
+        let owner = self.owner(host)?;
+        let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
+        self.start_odoo(
+            &rec.props,
+            &root,
+            &root.join(odoo::Role::Web.config_file_name()),
+            &root.join(odoo::Role::Cron.config_file_name()),
+            http_port,
+            env,
+            owner,
+        )
+    }
+
+    pub(crate) fn stop_odoo_env(&mut self, rec: &ResourceRecord) -> Result<(), EngineError> {
+        let root = PathBuf::from(observed_str(rec, "root")?);
+        Ok(odoo::stop_supervisor(&root, STOP_TIMEOUT)?)
+    }
+
+    /// `careplane modules install|upgrade`: stop web, run Odoo's `-i`/`-u`,
+    /// start again, check health; journaled like an apply.
+    pub fn modules(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        install: bool,
+        modules: &[String],
+    ) -> Result<(), EngineError> {
+        let _lock = careplane_state::lock(&self.data_dir, "modules")?;
+        let id = crate::desired::odoo_env_id(tenant, env);
+        let rec = self
+            .store()?
+            .resource(&id)?
+            .filter(|r| r.status == ResourceStatus::Ready)
+            .ok_or_else(|| EngineError::Inconsistent {
+                what: format!("careplane runs no Odoo for {tenant}/{env} (see `careplane status`)"),
+            })?;
+        let verb = if install { "install" } else { "upgrade" };
+        let op = self.store()?.begin_operation(&format!("modules {verb}"))?;
+        let label = format!("modules {verb} {id} {}", modules.join(","));
+        let step = self.store()?.step_started(op, &label, &json!({ "modules": modules }))?;
+        let result = self.run_modules(&rec, install, modules);
+        let err = result.as_ref().err().map(|e| e.to_string());
+        self.store()?.step_finished(step, err.as_deref())?;
+        self.store()?.finish_operation(op, if err.is_some() { "failed" } else { "succeeded" }, err.as_deref())?;
+        result
+    }
+
+    fn run_modules(&mut self, rec: &ResourceRecord, install: bool, modules: &[String]) -> Result<(), EngineError> {
+        let mut host = Host::default();
+        let root = PathBuf::from(observed_str(rec, "root")?);
+        self.stop_odoo_env(rec)?;
+        let all = self.store()?.resources()?;
+        let dbrec = ready(&all, &crate::desired::pg_database_id(str_prop(rec, "tenant")?, str_prop(rec, "environment")?))?;
+        let urec = ready(&all, str_prop(rec, "redisUser")?)?;
+        let tdb = runtime::tenant_db(self.store()?, &dbrec)?;
+        let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
+        let redis = self.redis_settings(&all, &urec)?;
+        let env = self.process_env(&root, &tdb.password, Some((&redis, &redis_password)));
+        let owner = self.owner(&mut host)?;
+        let op = if install {
+            odoo::ModuleOp::Install(modules.to_vec())
+        } else {
+            odoo::ModuleOp::Update(modules.to_vec())
+        };
+        let run = odoo::run_once(
+            &self.odoo_install(&rec.props)?,
+            &root.join(odoo::Role::Web.config_file_name()),
+            &tdb.database,
+            op,
+            &env,
+            &root.join("logs").join("modules.log"),
+            owner,
+        );
+        // Whatever happened, bring the environment back up.
+        let started = self.start_odoo_env(rec, &mut host);
+        run?;
+        started.map(|_| ())
+    }
+}
+
+/// Copies a template's filestore into place atomically: to a temp name, then
+/// renamed, so a crash never leaves a half copy under the real name.
+fn copy_filestore(from: &Path, to: &Path) -> Result<(), EngineError> {
+    if to.exists() {
+        return Ok(());
+    }
+    let parent = to.parent().expect("filestore has a parent");
+    std::fs::create_dir_all(parent).map_err(|source| EngineError::Io {
+        what: format!("creating {}", parent.display()),
+        source,
+    })?;
+    if !from.exists() {
+        return Ok(());
+    }
+    let tmp = to.with_extension("copying");
+    remove_dir(&tmp)?;
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(&tmp)
+        .output()
+        .map_err(|source| EngineError::Io {
+            what: "running cp -a for the filestore".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(EngineError::Inconsistent {
+            what: format!(
+                "copying filestore {} to {}: {}",
+                from.display(),
+                tmp.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    std::fs::rename(&tmp, to).map_err(|source| EngineError::Io {
+        what: format!("renaming {} into place", tmp.display()),
+        source,
+    })
+}
