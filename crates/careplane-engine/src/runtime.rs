@@ -127,11 +127,15 @@ pub fn children<'a>(
     })
 }
 
+/// Who may connect to a cluster: environments' roles to their databases, and
+/// Odoo templates' roles to theirs (a sealed template refuses connections
+/// anyway).
 pub fn hba_entries(
     all: &[ResourceRecord],
     cluster_id: &str,
 ) -> Result<Vec<(String, String)>, EngineError> {
     children(all, "pg-database", "cluster", cluster_id)
+        .chain(children(all, "odoo-template", "cluster", cluster_id))
         .map(|r| {
             Ok((
                 str_prop(r, "database")?.to_string(),

@@ -1,0 +1,289 @@
+//! Odoo for every tenant environment, with the stand-in playing odoo-bin:
+//! hardened config, template clones with their own identity, isolated
+//! filestores, supervision (kill → restart), modules, stop/start, destroy.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const TENANTS_ODOO: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: alpha
+spec:
+  tenancy: shared
+  modules: [sale]
+  environments:
+    - name: production
+      kind: production
+    - name: dev
+      kind: dev
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: beta
+spec:
+  tenancy: dedicated-env
+  environments:
+    - name: staging
+      kind: staging
+"#;
+
+/// The stand-in binary, next to careplane's (built by `cargo test --workspace`;
+/// built here when a single package is tested).
+fn standin() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_careplane"));
+    let path = exe.with_file_name("odoo-standin");
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "careplane-odoo-standin"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building odoo-standin");
+    }
+    path
+}
+
+fn odoo_platform() -> Platform {
+    let p = Platform::new(TENANTS_ODOO);
+    let file = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replacen(
+        "  defaults:",
+        &format!(
+            "  odoo:\n    command: {}\n    version: 18\n  defaults:",
+            standin().display()
+        ),
+        1,
+    );
+    std::fs::write(file, text).unwrap();
+    p
+}
+
+fn conf(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn get<'a>(c: &'a [(String, String)], k: &str) -> &'a str {
+    c.iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("{k} missing from odoo.conf"))
+}
+
+fn env_root(p: &Platform, tenant: &str, env: &str) -> PathBuf {
+    p.data_dir().join("odoo/envs").join(tenant).join(env)
+}
+
+fn tenant_client(p: &Platform, tenant: &str, env: &str) -> careplane_local::postgres::Client {
+    let c = p.json(&["credentials", tenant, env]);
+    let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
+    let pw = careplane_local::SecretString::from(c["postgres"]["password"].as_str().unwrap().to_string());
+    let db = c["postgres"]["database"].as_str().unwrap();
+    careplane_local::pg::connect_tenant(
+        c["postgres"]["port"].as_u64().unwrap() as u16,
+        db,
+        c["postgres"]["role"].as_str().unwrap(),
+        &pw,
+        &ca,
+    )
+    .unwrap()
+}
+
+fn param(c: &mut careplane_local::postgres::Client, key: &str) -> String {
+    c.query_one("SELECT value FROM ir_config_parameter WHERE key = $1", &[&key])
+        .unwrap()
+        .get(0)
+}
+
+fn web_pid(p: &Platform, tenant: &str, env: &str) -> Option<u32> {
+    let st = p.json_allow_fail(&["status"]);
+    let e = st["environments"]
+        .as_array()?
+        .iter()
+        .find(|e| e["tenant"] == tenant && e["environment"] == env)?
+        .clone();
+    let procs = e["odooProcesses"]["processes"].as_array()?.clone();
+    procs
+        .iter()
+        .find(|x| x["name"] == "web")
+        .and_then(|x| x["pid"].as_u64())
+        .map(|p| p as u32)
+}
+
+#[test]
+fn odoo_environments() {
+    let p = odoo_platform();
+    let plan = p.plan();
+    let ids: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    // One template per cluster and module set: alpha's two environments share one.
+    let templates: Vec<&&str> = ids.iter().filter(|i| i.starts_with("odoo-template/")).collect();
+    assert_eq!(templates.len(), 2, "{ids:?}");
+    assert!(ids.contains(&"odoo-env/alpha/production") && ids.contains(&"odoo-env/beta/staging"));
+
+    p.ok(&["apply"]);
+    assert_eq!(p.plan()["actions"], Value::Array(vec![]), "second apply plans nothing");
+
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+        assert!(e["odooUrl"].as_str().unwrap().ends_with("/web/login"), "{e}");
+    }
+
+    // Hardened configuration, read back from the generated files.
+    let root = env_root(&p, "alpha", "production");
+    let web = conf(&root.join("odoo-web.conf"));
+    let cron = conf(&root.join("odoo-cron.conf"));
+    for c in [&web, &cron] {
+        assert_eq!(get(c, "list_db"), "False");
+        assert_eq!(get(c, "proxy_mode"), "True");
+        assert_eq!(get(c, "http_interface"), "127.0.0.1");
+        assert_eq!(get(c, "db_name"), "alpha-production");
+        assert_eq!(get(c, "db_user"), "alpha-production");
+        assert_eq!(get(c, "db_password"), "False");
+        assert_eq!(get(c, "db_sslmode"), "verify-full");
+        assert!(get(c, "admin_passwd").starts_with("$pbkdf2-sha512$"));
+        assert!(get(c, "without_demo") == "all" || get(c, "without_demo") == "True");
+        assert_eq!(get(c, "server_wide_modules"), "base,web");
+        let filter = regex_lite(get(c, "dbfilter"));
+        assert!(filter.0 && filter.1, "dbfilter {} must be anchored", get(c, "dbfilter"));
+        assert!(get(c, "data_dir").starts_with(&root.display().to_string()));
+        for k in ["limit_memory_soft", "limit_memory_hard", "limit_time_cpu", "limit_time_real", "limit_request"] {
+            assert!(get(c, k).parse::<u64>().unwrap() > 0, "{k}");
+        }
+        assert!(get(c, "redis_user").starts_with("alpha-production"));
+    }
+    assert_eq!(get(&web, "max_cron_threads"), "0");
+    assert_eq!(get(&web, "workers"), "2", "production defaults to 2 workers");
+    assert!(get(&web, "gevent_port").parse::<u16>().unwrap() > 0);
+    assert!(get(&cron, "max_cron_threads").parse::<u32>().unwrap() >= 1);
+    assert_eq!(get(&cron, "workers"), "0");
+    let dev = conf(&env_root(&p, "alpha", "dev").join("odoo-web.conf"));
+    assert_eq!(get(&dev, "workers"), "1", "dev has one worker");
+
+    // Secrets: none in any config, supervisor spec or log.
+    let creds = p.json(&["credentials", "alpha", "production"]);
+    let secrets: Vec<String> = [
+        &creds["postgres"]["password"],
+        &creds["redis"]["password"],
+        &creds["odoo"]["password"],
+        &creds["odoo"]["masterPassword"],
+    ]
+    .iter()
+    .map(|v| v.as_str().unwrap().to_string())
+    .collect();
+    for f in ["odoo-web.conf", "odoo-cron.conf", "supervisor.json", "logs/web.log", "logs/cron.log"] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap_or_default();
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "secret in {f}");
+        }
+    }
+
+    // Clones never share identity; each knows its own URL; admin password reset.
+    let mut seen = BTreeSet::new();
+    for (t, e) in [("alpha", "production"), ("alpha", "dev"), ("beta", "staging")] {
+        let mut c = tenant_client(&p, t, e);
+        let uuid = param(&mut c, "database.uuid");
+        let secret = param(&mut c, "database.secret");
+        assert!(seen.insert(uuid), "{t}/{e} shares database.uuid");
+        assert!(seen.insert(secret), "{t}/{e} shares database.secret");
+        let url = p.json(&["credentials", t, e])["odoo"]["url"].as_str().unwrap().to_string();
+        assert!(url.starts_with(&param(&mut c, "web.base.url")), "{url}");
+        let hash: String = c
+            .query_one("SELECT password FROM res_users WHERE login = 'admin'", &[])
+            .unwrap()
+            .get(0);
+        let pw = p.json(&["credentials", t, e])["odoo"]["password"].as_str().unwrap().to_string();
+        assert!(careplane_odoo::verify_admin_password(&careplane_odoo::SecretString::from(pw), &hash));
+        // The clone's tables belong to the environment's role.
+        let owner: String = c
+            .query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'ir_module_module'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(owner, format!("{t}-{e}"));
+        // Filestore: its own, private, holding the template's files.
+        let fs = env_root(&p, t, e).join("data/filestore").join(format!("{t}-{e}"));
+        assert!(fs.is_dir(), "{}", fs.display());
+        let data = env_root(&p, t, e).join("data");
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    // Supervision: kill -9 the web process, the supervisor starts a new one.
+    let before = web_pid(&p, "alpha", "dev").expect("web pid in status");
+    unsafe {
+        libc::kill(before as i32, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = web_pid(&p, "alpha", "dev");
+        let healthy = p.json_allow_fail(&["status"])["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["tenant"] == "alpha" && e["environment"] == "dev" && e["odooHealth"]["ok"] == true);
+        if now.is_some() && now != Some(before) && healthy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web process was not restarted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Modules as a managed, journaled operation.
+    p.ok(&["modules", "install", "alpha", "dev", "stock"]);
+    let mut c = tenant_client(&p, "alpha", "dev");
+    let state: String = c
+        .query_one("SELECT state FROM ir_module_module WHERE name = 'stock'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "installed");
+    let journal = serde_json::to_string(&p.json(&["journal"])).unwrap();
+    assert!(journal.contains("modules install odoo-env/alpha/dev stock"), "{journal}");
+
+    // stop: no supervisor or Odoo process left; start: healthy again.
+    let pids: Vec<u32> = ["production", "dev"]
+        .iter()
+        .filter_map(|e| web_pid(&p, "alpha", e))
+        .collect();
+    p.ok(&["stop"]);
+    for pid in &pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(*pid), "odoo {pid} survived stop");
+    }
+    assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new(), "processes left after stop");
+    p.ok(&["start"]);
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
+
+    p.ok(&["destroy", "--confirm", "alpha"]);
+    assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new());
+    assert!(!p.data_dir().join("odoo/envs/alpha").exists());
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+/// (starts with ^, ends with $) — anchored on both sides.
+fn regex_lite(f: &str) -> (bool, bool) {
+    (f.starts_with('^'), f.ends_with('$'))
+}
