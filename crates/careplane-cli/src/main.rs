@@ -205,7 +205,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 modules.join(",")
             );
             engine.modules(&tenant, &environment, install, &modules)?;
-            println!("done: {tenant}/{environment} is up with {}", modules.join(","));
+            println!(
+                "done: {tenant}/{environment} is up with {}",
+                modules.join(",")
+            );
         }
         Command::Schema => {
             print_json(&careplane_spec::json_schema())?;
@@ -476,6 +479,38 @@ fn print_status(s: &Status) {
             h(e.pg_health.ok),
             e.redis_port.map(|p| p.to_string()).unwrap_or_default(),
             e.redis_health.as_ref().map(|x| h(x.ok)).unwrap_or("-"),
+        );
+    }
+    let odoo: Vec<_> = s
+        .environments
+        .iter()
+        .filter(|e| e.odoo_url.is_some())
+        .collect();
+    if !odoo.is_empty() {
+        println!();
+        println!("{:<26} {:<6} {:<9} LOGIN", "ODOO", "HEALTH", "RESTARTS");
+        for e in odoo {
+            let restarts: u64 = e
+                .odoo_processes
+                .as_ref()
+                .and_then(|p| p["processes"].as_array())
+                .map(|ps| ps.iter().filter_map(|p| p["restarts"].as_u64()).sum())
+                .unwrap_or(0);
+            println!(
+                "{:<26} {:<6} {:<9} {}",
+                format!("{}/{}", e.tenant, e.environment),
+                if e.odoo_health.as_ref().is_some_and(|h| h.ok) {
+                    "ok"
+                } else {
+                    "DOWN"
+                },
+                restarts,
+                e.odoo_url.as_deref().unwrap_or_default()
+            );
+        }
+        println!();
+        println!(
+            "Admin login and passwords: careplane credentials -f <specs> <tenant> <environment>"
         );
     }
     let down: Vec<_> = s

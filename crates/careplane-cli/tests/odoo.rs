@@ -37,19 +37,17 @@ spec:
       kind: staging
 "#;
 
-/// The stand-in binary, next to careplane's (built by `cargo test --workspace`;
-/// built here when a single package is tested).
+/// The stand-in binary, next to careplane's. Always (re)built: a stale
+/// stand-in from an earlier build would test old behaviour (a no-op when
+/// `cargo test --workspace` already built it).
 fn standin() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_careplane"));
-    let path = exe.with_file_name("odoo-standin");
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "careplane-odoo-standin"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building odoo-standin");
-    }
-    path
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "careplane-odoo-standin"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building odoo-standin");
+    exe.with_file_name("odoo-standin")
 }
 
 fn odoo_platform() -> Platform {
@@ -90,7 +88,9 @@ fn env_root(p: &Platform, tenant: &str, env: &str) -> PathBuf {
 fn tenant_client(p: &Platform, tenant: &str, env: &str) -> careplane_local::postgres::Client {
     let c = p.json(&["credentials", tenant, env]);
     let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
-    let pw = careplane_local::SecretString::from(c["postgres"]["password"].as_str().unwrap().to_string());
+    let pw = careplane_local::SecretString::from(
+        c["postgres"]["password"].as_str().unwrap().to_string(),
+    );
     let db = c["postgres"]["database"].as_str().unwrap();
     careplane_local::pg::connect_tenant(
         c["postgres"]["port"].as_u64().unwrap() as u16,
@@ -103,9 +103,12 @@ fn tenant_client(p: &Platform, tenant: &str, env: &str) -> careplane_local::post
 }
 
 fn param(c: &mut careplane_local::postgres::Client, key: &str) -> String {
-    c.query_one("SELECT value FROM ir_config_parameter WHERE key = $1", &[&key])
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT value FROM ir_config_parameter WHERE key = $1",
+        &[&key],
+    )
+    .unwrap()
+    .get(0)
 }
 
 fn web_pid(p: &Platform, tenant: &str, env: &str) -> Option<u32> {
@@ -134,17 +137,27 @@ fn odoo_environments() {
         .map(|a| a["id"].as_str().unwrap())
         .collect();
     // One template per cluster and module set: alpha's two environments share one.
-    let templates: Vec<&&str> = ids.iter().filter(|i| i.starts_with("odoo-template/")).collect();
+    let templates: Vec<&&str> = ids
+        .iter()
+        .filter(|i| i.starts_with("odoo-template/"))
+        .collect();
     assert_eq!(templates.len(), 2, "{ids:?}");
     assert!(ids.contains(&"odoo-env/alpha/production") && ids.contains(&"odoo-env/beta/staging"));
 
     p.ok(&["apply"]);
-    assert_eq!(p.plan()["actions"], Value::Array(vec![]), "second apply plans nothing");
+    assert_eq!(
+        p.plan()["actions"],
+        Value::Array(vec![]),
+        "second apply plans nothing"
+    );
 
     let st = p.json(&["status"]);
     for e in st["environments"].as_array().unwrap() {
         assert_eq!(e["odooHealth"]["ok"], true, "{e}");
-        assert!(e["odooUrl"].as_str().unwrap().ends_with("/web/login"), "{e}");
+        assert!(
+            e["odooUrl"].as_str().unwrap().ends_with("/web/login"),
+            "{e}"
+        );
     }
 
     // Hardened configuration, read back from the generated files.
@@ -163,15 +176,29 @@ fn odoo_environments() {
         assert!(get(c, "without_demo") == "all" || get(c, "without_demo") == "True");
         assert_eq!(get(c, "server_wide_modules"), "base,web");
         let filter = regex_lite(get(c, "dbfilter"));
-        assert!(filter.0 && filter.1, "dbfilter {} must be anchored", get(c, "dbfilter"));
+        assert!(
+            filter.0 && filter.1,
+            "dbfilter {} must be anchored",
+            get(c, "dbfilter")
+        );
         assert!(get(c, "data_dir").starts_with(&root.display().to_string()));
-        for k in ["limit_memory_soft", "limit_memory_hard", "limit_time_cpu", "limit_time_real", "limit_request"] {
+        for k in [
+            "limit_memory_soft",
+            "limit_memory_hard",
+            "limit_time_cpu",
+            "limit_time_real",
+            "limit_request",
+        ] {
             assert!(get(c, k).parse::<u64>().unwrap() > 0, "{k}");
         }
         assert!(get(c, "redis_user").starts_with("alpha-production"));
     }
     assert_eq!(get(&web, "max_cron_threads"), "0");
-    assert_eq!(get(&web, "workers"), "2", "production defaults to 2 workers");
+    assert_eq!(
+        get(&web, "workers"),
+        "2",
+        "production defaults to 2 workers"
+    );
     assert!(get(&web, "gevent_port").parse::<u16>().unwrap() > 0);
     assert!(get(&cron, "max_cron_threads").parse::<u32>().unwrap() >= 1);
     assert_eq!(get(&cron, "workers"), "0");
@@ -189,7 +216,13 @@ fn odoo_environments() {
     .iter()
     .map(|v| v.as_str().unwrap().to_string())
     .collect();
-    for f in ["odoo-web.conf", "odoo-cron.conf", "supervisor.json", "logs/web.log", "logs/cron.log"] {
+    for f in [
+        "odoo-web.conf",
+        "odoo-cron.conf",
+        "supervisor.json",
+        "logs/web.log",
+        "logs/cron.log",
+    ] {
         let text = std::fs::read_to_string(root.join(f)).unwrap_or_default();
         for s in &secrets {
             assert!(!text.contains(s.as_str()), "secret in {f}");
@@ -198,31 +231,52 @@ fn odoo_environments() {
 
     // Clones never share identity; each knows its own URL; admin password reset.
     let mut seen = BTreeSet::new();
-    for (t, e) in [("alpha", "production"), ("alpha", "dev"), ("beta", "staging")] {
+    for (t, e) in [
+        ("alpha", "production"),
+        ("alpha", "dev"),
+        ("beta", "staging"),
+    ] {
         let mut c = tenant_client(&p, t, e);
         let uuid = param(&mut c, "database.uuid");
         let secret = param(&mut c, "database.secret");
         assert!(seen.insert(uuid), "{t}/{e} shares database.uuid");
         assert!(seen.insert(secret), "{t}/{e} shares database.secret");
-        let url = p.json(&["credentials", t, e])["odoo"]["url"].as_str().unwrap().to_string();
+        let url = p.json(&["credentials", t, e])["odoo"]["url"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(url.starts_with(&param(&mut c, "web.base.url")), "{url}");
         let hash: String = c
             .query_one("SELECT password FROM res_users WHERE login = 'admin'", &[])
             .unwrap()
             .get(0);
-        let pw = p.json(&["credentials", t, e])["odoo"]["password"].as_str().unwrap().to_string();
-        assert!(careplane_odoo::verify_admin_password(&careplane_odoo::SecretString::from(pw), &hash));
+        let pw = p.json(&["credentials", t, e])["odoo"]["password"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(careplane_odoo::verify_admin_password(
+            &careplane_odoo::SecretString::from(pw),
+            &hash
+        ));
         // The clone's tables belong to the environment's role.
         let owner: String = c
-            .query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'ir_module_module'", &[])
+            .query_one(
+                "SELECT tableowner::text FROM pg_tables WHERE tablename = 'ir_module_module'",
+                &[],
+            )
             .unwrap()
             .get(0);
         assert_eq!(owner, format!("{t}-{e}"));
         // Filestore: its own, private, holding the template's files.
-        let fs = env_root(&p, t, e).join("data/filestore").join(format!("{t}-{e}"));
+        let fs = env_root(&p, t, e)
+            .join("data/filestore")
+            .join(format!("{t}-{e}"));
         assert!(fs.is_dir(), "{}", fs.display());
         let data = env_root(&p, t, e).join("data");
-        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     // Supervision: kill -9 the web process, the supervisor starts a new one.
@@ -237,7 +291,9 @@ fn odoo_environments() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["tenant"] == "alpha" && e["environment"] == "dev" && e["odooHealth"]["ok"] == true);
+            .any(|e| {
+                e["tenant"] == "alpha" && e["environment"] == "dev" && e["odooHealth"]["ok"] == true
+            });
         if now.is_some() && now != Some(before) && healthy {
             break;
         }
@@ -249,12 +305,18 @@ fn odoo_environments() {
     p.ok(&["modules", "install", "alpha", "dev", "stock"]);
     let mut c = tenant_client(&p, "alpha", "dev");
     let state: String = c
-        .query_one("SELECT state FROM ir_module_module WHERE name = 'stock'", &[])
+        .query_one(
+            "SELECT state FROM ir_module_module WHERE name = 'stock'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(state, "installed");
     let journal = serde_json::to_string(&p.json(&["journal"])).unwrap();
-    assert!(journal.contains("modules install odoo-env/alpha/dev stock"), "{journal}");
+    assert!(
+        journal.contains("modules install odoo-env/alpha/dev stock"),
+        "{journal}"
+    );
 
     // stop: no supervisor or Odoo process left; start: healthy again.
     let pids: Vec<u32> = ["production", "dev"]
@@ -263,9 +325,16 @@ fn odoo_environments() {
         .collect();
     p.ok(&["stop"]);
     for pid in &pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(*pid), "odoo {pid} survived stop");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(*pid),
+            "odoo {pid} survived stop"
+        );
     }
-    assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new(), "processes left after stop");
+    assert_eq!(
+        processes_in(&p.data_dir()),
+        Vec::<u32>::new(),
+        "processes left after stop"
+    );
     p.ok(&["start"]);
     let st = p.json(&["status"]);
     for e in st["environments"].as_array().unwrap() {

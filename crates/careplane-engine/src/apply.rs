@@ -363,7 +363,11 @@ impl Engine {
         Ok(rec)
     }
 
-    pub(crate) fn finish(&mut self, a: &Action, mut rec: ResourceRecord) -> Result<(), EngineError> {
+    pub(crate) fn finish(
+        &mut self,
+        a: &Action,
+        mut rec: ResourceRecord,
+    ) -> Result<(), EngineError> {
         crash_point(&a.id, "executed");
         rec.status = ResourceStatus::Ready;
         rec.props = a.props.clone();
@@ -371,7 +375,10 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn mark_deleting(&mut self, a: &Action) -> Result<Option<ResourceRecord>, EngineError> {
+    pub(crate) fn mark_deleting(
+        &mut self,
+        a: &Action,
+    ) -> Result<Option<ResourceRecord>, EngineError> {
         let store = self.store()?;
         let Some(mut rec) = store.resource(&a.id)? else {
             return Ok(None);
@@ -652,14 +659,30 @@ impl Engine {
             servers.reverse();
         }
         for rec in servers {
-            let step = self
-                .store()?
-                .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
+            let step =
+                self.store()?
+                    .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
             let result: Result<Option<u32>, EngineError> = match (rec.kind.as_str(), start) {
-                ("pg-cluster", true) => self.cluster_handle(rec, &mut host)?.start().map(Some).map_err(Into::into),
-                ("pg-cluster", false) => self.cluster_handle(rec, &mut host)?.stop().map(|_| None).map_err(Into::into),
-                ("redis-server", true) => self.redis_handle(rec, &mut host)?.start().map(Some).map_err(Into::into),
-                ("redis-server", false) => self.redis_handle(rec, &mut host)?.stop().map(|_| None).map_err(Into::into),
+                ("pg-cluster", true) => self
+                    .cluster_handle(rec, &mut host)?
+                    .start()
+                    .map(Some)
+                    .map_err(Into::into),
+                ("pg-cluster", false) => self
+                    .cluster_handle(rec, &mut host)?
+                    .stop()
+                    .map(|_| None)
+                    .map_err(Into::into),
+                ("redis-server", true) => self
+                    .redis_handle(rec, &mut host)?
+                    .start()
+                    .map(Some)
+                    .map_err(Into::into),
+                ("redis-server", false) => self
+                    .redis_handle(rec, &mut host)?
+                    .stop()
+                    .map(|_| None)
+                    .map_err(Into::into),
                 (_, true) => self.start_odoo_env(rec, &mut host).map(Some),
                 (_, false) => self.stop_odoo_env(rec).map(|_| None),
             };
@@ -667,7 +690,11 @@ impl Engine {
                 Ok(pid) => {
                     if let Some(pid) = pid {
                         let mut r = rec.clone();
-                        let key = if r.kind == "odoo-env" { "supervisorPid" } else { "pid" };
+                        let key = if r.kind == "odoo-env" {
+                            "supervisorPid"
+                        } else {
+                            "pid"
+                        };
                         r.observed[key] = json!(pid);
                         self.store()?.put_resource(&r)?;
                     }

@@ -281,7 +281,10 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
                 if let Some(w) = sizing.and_then(|s| s.workers) {
                     workers = w;
                 }
-                if let Some(mem) = sizing.and_then(|s| s.worker_memory.as_deref()).and_then(memory_bytes) {
+                if let Some(mem) = sizing
+                    .and_then(|s| s.worker_memory.as_deref())
+                    .and_then(memory_bytes)
+                {
                     limits["memorySoft"] = json!(mem);
                     limits["memoryHard"] = json!(mem + mem / 4);
                 }

@@ -16,8 +16,8 @@
 
 pub(crate) mod apply;
 pub mod desired;
-pub mod plan;
 mod odoo;
+pub mod plan;
 mod runtime;
 mod status;
 

@@ -30,12 +30,17 @@ const MASTER_HASH: &str = "master-password-hash";
 
 /// How long a freshly started Odoo may take to answer `/web/login` (a real
 /// Odoo loads its registry on the first request).
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -209,7 +214,9 @@ impl Engine {
             let root = PathBuf::from(observed_str(&rec, "root")?);
             let owner = self.owner(host)?;
             let master = odoo::hash_admin_password(&SecretString::from(
-                careplane_local::system::generate_password()?.expose_secret().to_string(),
+                careplane_local::system::generate_password()?
+                    .expose_secret()
+                    .to_string(),
             ));
             let cfg = self.env_config(
                 &root,
@@ -267,9 +274,16 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn ensure_odoo_env(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+    pub(crate) fn ensure_odoo_env(
+        &mut self,
+        a: &Action,
+        host: &mut Host,
+    ) -> Result<(), EngineError> {
         let tenant = a.props["tenant"].as_str().unwrap_or_default().to_string();
-        let envname = a.props["environment"].as_str().unwrap_or_default().to_string();
+        let envname = a.props["environment"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "httpPort": careplane_local::system::free_port()?,
@@ -295,10 +309,7 @@ impl Engine {
         let cluster_id = a.props["cluster"].as_str().unwrap_or_default().to_string();
         let crec = ready(&all, &cluster_id)?;
         let tpl = ready(&all, a.props["template"].as_str().unwrap_or_default())?;
-        let dbrec = ready(
-            &all,
-            &crate::desired::pg_database_id(&tenant, &envname),
-        )?;
+        let dbrec = ready(&all, &crate::desired::pg_database_id(&tenant, &envname))?;
         let urec = ready(&all, a.props["redisUser"].as_str().unwrap_or_default())?;
         let cluster = self.cluster_handle(&crec, host)?;
         let tdb: TenantDb = runtime::tenant_db(self.store()?, &dbrec)?;
@@ -360,7 +371,10 @@ impl Engine {
 
         // 3. Modules added since the clone (an update of the module list).
         if a.op == Op::Update {
-            let old = self.store()?.resource(&a.id)?.map(|r| strings(&r.props["modules"]));
+            let old = self
+                .store()?
+                .resource(&a.id)?
+                .map(|r| strings(&r.props["modules"]));
             let new: Vec<String> = strings(&a.props["modules"])
                 .into_iter()
                 .filter(|m| !old.as_ref().is_some_and(|o| o.contains(m)))
@@ -379,7 +393,9 @@ impl Engine {
         }
 
         // 4. Supervised processes.
-        let pid = self.start_odoo(&a.props, &root, &web_conf, &cron_conf, http_port, env, owner)?;
+        let pid = self.start_odoo(
+            &a.props, &root, &web_conf, &cron_conf, http_port, env, owner,
+        )?;
         rec.observed["supervisorPid"] = json!(pid);
         rec.observed["url"] = json!(format!("{base_url}/web/login"));
         self.finish(a, rec)
@@ -407,8 +423,20 @@ impl Engine {
             ),
             dir: root.to_path_buf(),
             processes: vec![
-                odoo::process_spec(&install, web_conf, odoo::Role::Web, Some(env_file.clone()), http_port),
-                odoo::process_spec(&install, cron_conf, odoo::Role::Cron, Some(env_file), http_port),
+                odoo::process_spec(
+                    &install,
+                    web_conf,
+                    odoo::Role::Web,
+                    Some(env_file.clone()),
+                    http_port,
+                ),
+                odoo::process_spec(
+                    &install,
+                    cron_conf,
+                    odoo::Role::Cron,
+                    Some(env_file),
+                    http_port,
+                ),
             ],
             user: owner,
             settings: odoo::SupervisorSettings::default(),
@@ -424,18 +452,41 @@ impl Engine {
             &[OsString::from("supervise"), spec_file.into_os_string()],
             root,
         )?;
-        odoo::wait_healthy(http_port, "/web/health", READY_TIMEOUT)?;
-        odoo::wait_healthy(http_port, "/web/login", READY_TIMEOUT)?;
+        let ready = odoo::wait_healthy(http_port, "/web/health", READY_TIMEOUT)
+            .and_then(|_| odoo::wait_healthy(http_port, "/web/login", READY_TIMEOUT));
+        if let Err(e) = ready {
+            // What Odoo itself said is what the operator needs next.
+            let log = root.join("logs").join("web.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains(" ERROR ") || l.contains(" CRITICAL ") || l.contains("Error")
+                })
+                .collect();
+            let tail = lines[lines.len().saturating_sub(6)..].join("\n  ");
+            return Err(EngineError::Inconsistent {
+                what: format!("{e}\n  last errors in {}:\n  {tail}", log.display()),
+            });
+        }
         Ok(pid)
     }
 
-    pub(crate) fn delete_odoo_env(&mut self, a: &Action, _host: &mut Host) -> Result<(), EngineError> {
+    pub(crate) fn delete_odoo_env(
+        &mut self,
+        a: &Action,
+        _host: &mut Host,
+    ) -> Result<(), EngineError> {
         let Some(rec) = self.mark_deleting(a)? else {
             return Ok(());
         };
         if let Some(root) = rec.observed.get("root").and_then(Value::as_str) {
             odoo::stop_supervisor(Path::new(root), STOP_TIMEOUT)?;
             remove_dir(Path::new(root))?;
+            // The tenant's directory goes with its last environment.
+            if let Some(parent) = Path::new(root).parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
         crash_point(&a.id, "executed");
         self.store()?.delete_resource(&a.id)?;
@@ -443,13 +494,23 @@ impl Engine {
     }
 
     /// Starts a recorded environment's supervisor again (`careplane start`).
-    pub(crate) fn start_odoo_env(&mut self, rec: &ResourceRecord, host: &mut Host) -> Result<u32, EngineError> {
+    pub(crate) fn start_odoo_env(
+        &mut self,
+        rec: &ResourceRecord,
+        host: &mut Host,
+    ) -> Result<u32, EngineError> {
         let root = PathBuf::from(observed_str(rec, "root")?);
         if let Some(pid) = odoo::supervisor_pid(&root) {
             return Ok(pid);
         }
         let all = self.store()?.resources()?;
-        let dbrec = ready(&all, &crate::desired::pg_database_id(str_prop(rec, "tenant")?, str_prop(rec, "environment")?))?;
+        let dbrec = ready(
+            &all,
+            &crate::desired::pg_database_id(
+                str_prop(rec, "tenant")?,
+                str_prop(rec, "environment")?,
+            ),
+        )?;
         let urec = ready(&all, str_prop(rec, "redisUser")?)?;
         let tdb = runtime::tenant_db(self.store()?, &dbrec)?;
         let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
@@ -494,20 +555,37 @@ impl Engine {
         let verb = if install { "install" } else { "upgrade" };
         let op = self.store()?.begin_operation(&format!("modules {verb}"))?;
         let label = format!("modules {verb} {id} {}", modules.join(","));
-        let step = self.store()?.step_started(op, &label, &json!({ "modules": modules }))?;
+        let step = self
+            .store()?
+            .step_started(op, &label, &json!({ "modules": modules }))?;
         let result = self.run_modules(&rec, install, modules);
         let err = result.as_ref().err().map(|e| e.to_string());
         self.store()?.step_finished(step, err.as_deref())?;
-        self.store()?.finish_operation(op, if err.is_some() { "failed" } else { "succeeded" }, err.as_deref())?;
+        self.store()?.finish_operation(
+            op,
+            if err.is_some() { "failed" } else { "succeeded" },
+            err.as_deref(),
+        )?;
         result
     }
 
-    fn run_modules(&mut self, rec: &ResourceRecord, install: bool, modules: &[String]) -> Result<(), EngineError> {
+    fn run_modules(
+        &mut self,
+        rec: &ResourceRecord,
+        install: bool,
+        modules: &[String],
+    ) -> Result<(), EngineError> {
         let mut host = Host::default();
         let root = PathBuf::from(observed_str(rec, "root")?);
         self.stop_odoo_env(rec)?;
         let all = self.store()?.resources()?;
-        let dbrec = ready(&all, &crate::desired::pg_database_id(str_prop(rec, "tenant")?, str_prop(rec, "environment")?))?;
+        let dbrec = ready(
+            &all,
+            &crate::desired::pg_database_id(
+                str_prop(rec, "tenant")?,
+                str_prop(rec, "environment")?,
+            ),
+        )?;
         let urec = ready(&all, str_prop(rec, "redisUser")?)?;
         let tdb = runtime::tenant_db(self.store()?, &dbrec)?;
         let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;

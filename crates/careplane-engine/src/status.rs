@@ -220,8 +220,16 @@ impl Engine {
         let odoo_id = crate::desired::odoo_env_id(&tenant, &environment);
         let (mut odoo_url, mut odoo_health, mut odoo_processes) = (None, None, None);
         if let Some(o) = all.iter().find(|r| r.id == odoo_id) {
-            odoo_url = o.observed.get("url").and_then(Value::as_str).map(str::to_string);
-            let port = o.observed.get("httpPort").and_then(Value::as_u64).map(|p| p as u16);
+            odoo_url = o
+                .observed
+                .get("url")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let port = o
+                .observed
+                .get("httpPort")
+                .and_then(Value::as_u64)
+                .map(|p| p as u16);
             odoo_health = Some(match (port, o.status) {
                 (Some(port), ResourceStatus::Ready) => {
                     let t = std::time::Duration::from_secs(10);

@@ -574,7 +574,9 @@ fn heartbeat(
             return Ok(false);
         }
         c.batch_execute(
-            "CREATE TABLE IF NOT EXISTS standin_cron (ts timestamptz NOT NULL DEFAULT now(), pid integer NOT NULL)",
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('standin_cron'));
+             CREATE TABLE IF NOT EXISTS standin_cron (ts timestamptz NOT NULL DEFAULT now(), pid integer NOT NULL);
+             COMMIT",
         )
         .map_err(|e| DbError::query(&e).to_string())?;
         conns.insert(db.to_string(), c);

@@ -64,7 +64,12 @@ fn store_file(data_dir: &Path, db: &str, content: &[u8]) -> Result<String, Strin
     let path = filestore(data_dir, db).join(&fname);
     let dir = path.parent().expect("has a parent");
     util::make_dirs(dir, 0o700).map_err(|e| format!("OSError: {}: {e}", dir.display()))?;
-    std::fs::write(&path, content).map_err(|e| format!("OSError: {}: {e}", path.display()))?;
+    // Like Odoo: write to a temporary name and rename, so a concurrent
+    // writer of the same content (web and cron start together) never
+    // exposes a half-written file.
+    let tmp = dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, content).map_err(|e| format!("OSError: {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("OSError: {}: {e}", path.display()))?;
     Ok(fname)
 }
 
@@ -290,9 +295,13 @@ pub fn load(c: &mut Client, db: &str, req: &Request) -> Result<Outcome, String> 
 /// write a row and read it back; write a file into the filestore and read
 /// it back (directories 0700).
 pub fn probe(c: &mut Client, db: &str, data_dir: &Path) -> Result<(), String> {
+    // Web and cron start together: CREATE TABLE IF NOT EXISTS is not safe
+    // against a concurrent twin (unique violation in pg_class), so serialize.
     c.batch_execute(
-        "CREATE TABLE IF NOT EXISTS standin_probe (
-             id serial PRIMARY KEY, pid integer NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('standin_probe'));
+         CREATE TABLE IF NOT EXISTS standin_probe (
+             id serial PRIMARY KEY, pid integer NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+         COMMIT",
     )
     .map_err(q)?;
     let pid = std::process::id() as i32;
