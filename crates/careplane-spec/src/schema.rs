@@ -325,7 +325,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             nav.closed_fields(env).unwrap(),
-            ["kind", "modules", "name", "sizing"]
+            ["addonsPaths", "kind", "modules", "name", "sizing"]
         );
         let kind = nav.child(env, &Seg::Key("kind".into())).unwrap();
         assert_eq!(

@@ -199,7 +199,7 @@ spec:
         7,
         "spec.environments[0].replicas",
         "unknown field \"replicas\"",
-        Some("known fields: kind, modules, name, sizing"),
+        Some("known fields: addonsPaths, kind, modules, name, sizing"),
     );
     check(
         &all[4],
