@@ -207,7 +207,7 @@ spec:
         3,
         "spec.colour",
         "unknown field \"colour\"",
-        Some("known fields: displayName, environments, modules, serviceTier, sizing, tenancy"),
+        Some("known fields: addonsPaths, displayName, environments, modules, serviceTier, sizing, tenancy"),
     );
 }
 
