@@ -342,12 +342,12 @@ pub struct TenantSpec {
     /// Sizing of every environment, unless the environment overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sizing: Option<Sizing>,
-    /// At least one; names unique within the tenant.
-    #[schemars(length(min = 1))]
     /// Addons directories for every environment of the tenant, in addition
     /// to the platform's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addons_paths: Vec<PathBuf>,
+    /// At least one; names unique within the tenant.
+    #[schemars(length(min = 1))]
     pub environments: Vec<Environment>,
 }
 
