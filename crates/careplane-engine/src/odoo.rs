@@ -503,6 +503,27 @@ impl Engine {
         if let Some(pid) = odoo::supervisor_pid(&root) {
             return Ok(pid);
         }
+        let (_, env) = self.recorded_process_env(rec, &root)?;
+        let owner = self.owner(host)?;
+        let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
+        self.start_odoo(
+            &rec.props,
+            &root,
+            &root.join(odoo::Role::Web.config_file_name()),
+            &root.join(odoo::Role::Cron.config_file_name()),
+            http_port,
+            env,
+            owner,
+        )
+    }
+
+    /// The database handle and process environment of a recorded
+    /// environment, from its database and Redis user records.
+    fn recorded_process_env(
+        &mut self,
+        rec: &ResourceRecord,
+        root: &Path,
+    ) -> Result<(TenantDb, odoo::ProcessEnv), EngineError> {
         let all = self.store()?.resources()?;
         let dbrec = ready(
             &all,
@@ -515,18 +536,8 @@ impl Engine {
         let tdb = runtime::tenant_db(self.store()?, &dbrec)?;
         let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
         let redis = self.redis_settings(&all, &urec)?;
-        let env = self.process_env(&root, &tdb.password, Some((&redis, &redis_password)));
-        let owner = self.owner(host)?;
-        let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
-        self.start_odoo(
-            &rec.props,
-            &root,
-            &root.join(odoo::Role::Web.config_file_name()),
-            &root.join(odoo::Role::Cron.config_file_name()),
-            http_port,
-            env,
-            owner,
-        )
+        let env = self.process_env(root, &tdb.password, Some((&redis, &redis_password)));
+        Ok((tdb, env))
     }
 
     pub(crate) fn stop_odoo_env(&mut self, rec: &ResourceRecord) -> Result<(), EngineError> {
@@ -578,19 +589,7 @@ impl Engine {
         let mut host = Host::default();
         let root = PathBuf::from(observed_str(rec, "root")?);
         self.stop_odoo_env(rec)?;
-        let all = self.store()?.resources()?;
-        let dbrec = ready(
-            &all,
-            &crate::desired::pg_database_id(
-                str_prop(rec, "tenant")?,
-                str_prop(rec, "environment")?,
-            ),
-        )?;
-        let urec = ready(&all, str_prop(rec, "redisUser")?)?;
-        let tdb = runtime::tenant_db(self.store()?, &dbrec)?;
-        let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
-        let redis = self.redis_settings(&all, &urec)?;
-        let env = self.process_env(&root, &tdb.password, Some((&redis, &redis_password)));
+        let (tdb, env) = self.recorded_process_env(rec, &root)?;
         let owner = self.owner(&mut host)?;
         let op = if install {
             odoo::ModuleOp::Install(modules.to_vec())
