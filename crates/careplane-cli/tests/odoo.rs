@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,17 +37,25 @@ spec:
       kind: staging
 "#;
 
-/// The stand-in binary, next to careplane's. Always (re)built: a stale
-/// stand-in from an earlier build would test old behaviour (a no-op when
-/// `cargo test --workspace` already built it).
-fn standin() -> PathBuf {
+/// The stand-in binary, copied into the platform's directory. Always
+/// (re)built: a stale stand-in from an earlier build would test old behaviour
+/// (a no-op when `cargo test --workspace` already built it). Copied because
+/// the Odoo service user (when the tests run as root) may not reach the
+/// target directory, e.g. under a 0700 `/root`.
+fn standin(p: &Platform) -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_careplane"));
     let status = std::process::Command::new(env!("CARGO"))
         .args(["build", "-q", "-p", "careplane-odoo-standin"])
         .status()
         .expect("cargo build");
     assert!(status.success(), "building odoo-standin");
-    exe.with_file_name("odoo-standin")
+    let bin = p.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    set_mode(&bin, 0o755);
+    let copy = bin.join("odoo-standin");
+    std::fs::copy(exe.with_file_name("odoo-standin"), &copy).unwrap();
+    set_mode(&copy, 0o755);
+    copy
 }
 
 fn odoo_platform() -> Platform {
@@ -57,7 +65,7 @@ fn odoo_platform() -> Platform {
         "  defaults:",
         &format!(
             "  odoo:\n    command: {}\n    version: 18\n  defaults:",
-            standin().display()
+            standin(&p).display()
         ),
         1,
     );
@@ -301,6 +309,22 @@ fn odoo_environments() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // As root, Odoo runs as its own unprivileged user, not as the user that
+    // owns the database files, and owns its environment's files.
+    if unsafe { libc::geteuid() } == 0 {
+        let odoo = careplane_local::system::lookup_user("careplane-odoo")
+            .unwrap()
+            .expect("careplane-odoo user (scripts/install-deps creates it)");
+        let pg = careplane_local::system::lookup_user("postgres")
+            .unwrap()
+            .unwrap();
+        let pid = web_pid(&p, "alpha", "dev").unwrap();
+        assert_eq!(proc_uid(pid), odoo.uid, "web process uid");
+        assert_ne!(odoo.uid, pg.uid);
+        let data = env_root(&p, "alpha", "dev").join("data");
+        assert_eq!(std::fs::metadata(&data).unwrap().uid(), odoo.uid);
+    }
+
     // Modules as a managed, journaled operation.
     p.ok(&["modules", "install", "alpha", "dev", "stock"]);
     let mut c = tenant_client(&p, "alpha", "dev");
@@ -344,6 +368,45 @@ fn odoo_environments() {
     p.ok(&["destroy", "--confirm", "alpha"]);
     assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new());
     assert!(!p.data_dir().join("odoo/envs/alpha").exists());
+}
+
+/// The real uid of a process, from /proc.
+fn proc_uid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .expect("Uid line")
+}
+
+/// When careplane runs as root, an Odoo command the Odoo user cannot execute
+/// (here: 0700 in a root-owned directory) is refused before anything is
+/// created, naming the file.
+#[test]
+fn odoo_command_the_service_user_cannot_run_is_refused() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only meaningful when careplane runs as root");
+        return;
+    }
+    let p = odoo_platform();
+    let exe = p.dir.path().join("bin/odoo-standin");
+    set_mode(&exe, 0o700);
+    let out = p.run(&["apply"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot execute") && err.contains(&exe.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        !p.data_dir().join("pg").exists() && processes_in(&p.data_dir()).is_empty(),
+        "a refused apply created something"
+    );
+    set_mode(&exe, 0o755);
+    p.ok(&["apply"]);
+    p.ok(&["destroy", "--confirm", "alpha"]);
 }
 
 fn is_zombie(pid: u32) -> bool {

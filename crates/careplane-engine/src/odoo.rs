@@ -113,16 +113,41 @@ impl Engine {
         })
     }
 
-    pub(crate) fn check_odoo(&self, a: &Action) -> Result<(), EngineError> {
-        self.odoo_install(&a.props).map(|_| ())
+    /// Preflight: the installation exists and the Odoo user can run it and
+    /// read its addons and the platform CA.
+    pub(crate) fn check_odoo(&self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+        use careplane_local::system::{check_access, Access};
+        let install = self.odoo_install(&a.props)?;
+        let user = self.odoo_user(host)?;
+        let user = user.as_ref();
+        match &install.python {
+            Some(py) => {
+                check_access(py, user, Access::Execute)?;
+                check_access(&install.command, user, Access::Read)?;
+            }
+            None => check_access(&install.command, user, Access::Execute)?,
+        }
+        for dir in &install.addons_paths {
+            if !dir.is_dir() {
+                return Err(EngineError::Refused {
+                    problems: vec![format!(
+                        "Platform spec.odoo.addonsPaths: {} is not a directory",
+                        dir.display()
+                    )],
+                });
+            }
+            check_access(dir, user, Access::ReadDir)?;
+        }
+        Ok(())
     }
 
     fn ca_file(&self) -> PathBuf {
         self.data_dir.join("pki").join("ca.crt")
     }
 
+    /// Who owns an environment's files and runs its processes.
     fn owner(&self, host: &mut Host) -> Result<Option<(u32, u32)>, EngineError> {
-        Ok(self.user(host)?.map(|u| (u.uid, u.gid)))
+        Ok(self.odoo_user(host)?.map(|u| (u.uid, u.gid)))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -56,19 +56,58 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// None when not running as root (servers then run as the current user). When root: `run_as` or default "postgres"; error if the user doesn't exist, saying how to create one (useradd --system ...).
+/// The user Odoo processes run as by default when careplane is root. Not
+/// the PostgreSQL user: Odoo runs tenant code, and the database service user
+/// owns every cluster's files. `scripts/install-deps` creates it.
+pub const DEFAULT_ODOO_USER: &str = "careplane-odoo";
+
+/// None when not running as root (servers then run as the current user).
+/// When root: `run_as`, or `postgres` by default; an error names how to create
+/// the user when it does not exist.
 pub fn service_user(run_as: Option<&str>) -> Result<Option<ServiceUser>> {
+    named_service_user(
+        run_as.unwrap_or(DEFAULT_SERVICE_USER),
+        "PostgreSQL refuses to run as root",
+        "(installing Debian's postgresql package creates `postgres`), or choose an existing \
+         user with the Platform's spec.runAs",
+    )
+}
+
+/// The user Odoo runs as: None when not running as root, else `run_as` or
+/// [`DEFAULT_ODOO_USER`]. Refused when it is the PostgreSQL service user.
+pub fn odoo_user(
+    run_as: Option<&str>,
+    pg_user: Option<&ServiceUser>,
+) -> Result<Option<ServiceUser>> {
+    let user = named_service_user(
+        run_as.unwrap_or(DEFAULT_ODOO_USER),
+        "Odoo runs tenant code and must not run as root",
+        "(`scripts/install-deps` creates `careplane-odoo`), or choose an existing user with \
+         the Platform's spec.odoo.runAs",
+    )?;
+    if let (Some(u), Some(pg)) = (&user, pg_user) {
+        if u.uid == pg.uid {
+            return Err(LocalError::ServiceUser(format!(
+                "Odoo would run as `{}`, the same uid as the PostgreSQL service user `{}`: Odoo \
+                 runs tenant code and would reach every database's files; give it a user of its \
+                 own (spec.odoo.runAs)",
+                u.name, pg.name
+            )));
+        }
+    }
+    Ok(user)
+}
+
+fn named_service_user(name: &str, why: &str, hint: &str) -> Result<Option<ServiceUser>> {
     if !is_root() {
         return Ok(None);
     }
-    let name = run_as.unwrap_or(DEFAULT_SERVICE_USER);
     let user = lookup_user(name)?.ok_or_else(|| {
         LocalError::ServiceUser(format!(
-            "careplane runs as root but the service user `{name}` does not exist; PostgreSQL \
-             refuses to run as root, so create an unprivileged user first, e.g. \
+            "careplane runs as root but the service user `{name}` does not exist; {why}, so \
+             create an unprivileged user first, e.g. \
              `useradd --system --user-group --home-dir /nonexistent --shell /usr/sbin/nologin {name}` \
-             (installing Debian's postgresql package creates `postgres`), or choose an existing \
-             user with run_as"
+             {hint}"
         ))
     })?;
     if user.uid == 0 {
@@ -452,25 +491,14 @@ pub(crate) fn tail_file(path: &Path, lines: usize) -> String {
 /// the server can reach its root. careplane does not chmod directories it
 /// doesn't own: it names the one to fix instead.
 pub(crate) fn check_traversable(target: &Path, user: Option<&ServiceUser>) -> Result<()> {
-    let Some(user) = user else {
+    let Some(user) = user.filter(|_| is_root()) else {
         return Ok(());
     };
-    if !is_root() {
-        return Ok(());
-    }
     let absolute = absolute(target)?;
     for dir in absolute.ancestors().skip(1) {
         let meta = std::fs::metadata(dir)
             .map_err(|e| LocalError::io("checking a parent directory's permissions", dir, e))?;
-        let mode = meta.mode();
-        let bit = if meta.uid() == user.uid {
-            0o100
-        } else if meta.gid() == user.gid {
-            0o010
-        } else {
-            0o001
-        };
-        if mode & bit == 0 {
+        if !permits(&meta, user, 0o1) {
             return Err(LocalError::NotTraversable {
                 dir: dir.to_path_buf(),
                 target: absolute.clone(),
@@ -479,6 +507,71 @@ pub(crate) fn check_traversable(target: &Path, user: Option<&ServiceUser>) -> Re
         }
     }
     Ok(())
+}
+
+/// What a service user needs on a file it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Run it (a program such as `odoo-bin` or `python`).
+    Execute,
+    /// Read it (a script run by an interpreter, a certificate).
+    Read,
+    /// List and read a directory (an addons path).
+    ReadDir,
+}
+
+/// Checks, before anything is started, that `user` can reach `path` through
+/// every ancestor and use it as `access` says, so a permission problem is a
+/// clear refusal naming the path instead of `Permission denied` from a child
+/// process. Mode bits only (owner, group, other): POSIX ACLs and
+/// supplementary groups are not consulted, so a setup that relies on them may
+/// be refused. No check when careplane is not root (the user is then
+/// careplane's own).
+pub fn check_access(path: &Path, user: Option<&ServiceUser>, access: Access) -> Result<()> {
+    let Some(user) = user.filter(|_| is_root()) else {
+        return Ok(());
+    };
+    check_traversable(path, Some(user))?;
+    // The kernel follows symlinks with the user's rights; check the target.
+    let meta = std::fs::metadata(path)
+        .map_err(|e| LocalError::io("checking a file's permissions", path, e))?;
+    let (bits, what) = match access {
+        Access::Execute => (0o1, "execute"),
+        Access::Read => (0o4, "read"),
+        Access::ReadDir => (0o5, "read and list"),
+    };
+    if !permits(&meta, user, bits) {
+        return Err(LocalError::ServiceUser(format!(
+            "service user `{}` cannot {what} {} (mode {:o}, owner uid {}): make it readable{} by \
+             others, e.g. `chmod o+{}`, or install it under a path the user can reach",
+            user.name,
+            path.display(),
+            meta.mode() & 0o7777,
+            meta.uid(),
+            if bits & 1 == 1 { " and executable" } else { "" },
+            if bits == 0o1 {
+                "x"
+            } else if bits == 0o4 {
+                "r"
+            } else {
+                "rx"
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the permission class of `user` (owner, group or other) has all of
+/// `bits` (a combination of 4 = r, 2 = w, 1 = x).
+fn permits(meta: &std::fs::Metadata, user: &ServiceUser, bits: u32) -> bool {
+    let shift = if meta.uid() == user.uid {
+        6
+    } else if meta.gid() == user.gid {
+        3
+    } else {
+        0
+    };
+    (meta.mode() >> shift) & bits == bits
 }
 
 /// `path` made absolute against the current directory (without resolving
@@ -490,6 +583,43 @@ pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permission_class_follows_owner_then_group_then_other() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("prog");
+        std::fs::write(&f, "x").unwrap();
+        let meta = |mode| {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::metadata(&f).unwrap()
+        };
+        let owner = std::fs::metadata(&f).unwrap();
+        let me = ServiceUser {
+            name: "me".into(),
+            uid: owner.uid(),
+            gid: owner.gid(),
+        };
+        let other = ServiceUser {
+            name: "other".into(),
+            uid: owner.uid() + 12345,
+            gid: owner.gid() + 12345,
+        };
+        let group = ServiceUser {
+            name: "group".into(),
+            uid: owner.uid() + 12345,
+            gid: owner.gid(),
+        };
+        let m = meta(0o700);
+        assert!(permits(&m, &me, 0o5) && !permits(&m, &group, 0o1) && !permits(&m, &other, 0o1));
+        let m = meta(0o750);
+        assert!(permits(&m, &group, 0o5) && !permits(&m, &other, 0o1));
+        let m = meta(0o704);
+        assert!(permits(&m, &other, 0o4) && !permits(&m, &other, 0o5));
+        // The owner's class decides even when "other" would allow it.
+        let m = meta(0o077);
+        assert!(!permits(&m, &me, 0o1));
+    }
 
     #[test]
     fn free_port_is_bindable() {

@@ -156,6 +156,12 @@ pub struct OdooSettings {
     /// Directories with extra addons, searched before Odoo's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addons_paths: Vec<PathBuf>,
+    /// Unprivileged system user that runs the Odoo processes when careplane
+    /// runs as root. It must not be the PostgreSQL service user (`runAs`):
+    /// Odoo runs tenant code and must not reach the database files. Default:
+    /// `careplane-odoo` when running as root, ignored otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]

@@ -279,19 +279,7 @@ pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
         );
     }
     if let Some(user) = &spec.run_as {
-        let ok = !user.is_empty()
-            && user.len() <= 32
-            && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && user
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
-        if !ok {
-            cx.at_value(
-                &[key("spec"), key("runAs")],
-                format!("invalid user name {}", quoted(user)),
-                Some("a system user such as \"postgres\"".into()),
-            );
-        }
+        check_user_name(cx, &[key("spec"), key("runAs")], user, "postgres");
     }
     for name in spec.postgres.settings.keys() {
         let enforced = ENFORCED_PG_SETTINGS.contains(&name.as_str()) || name.starts_with("ssl_");
@@ -325,6 +313,24 @@ pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
                 None,
             );
         }
+        if let Some(user) = &odoo.run_as {
+            check_user_name(
+                cx,
+                &[key("spec"), key("odoo"), key("runAs")],
+                user,
+                "careplane-odoo",
+            );
+            if spec.run_as.as_deref().unwrap_or("postgres") == user {
+                cx.at_value(
+                    &[key("spec"), key("odoo"), key("runAs")],
+                    format!(
+                        "Odoo must not run as {}, the PostgreSQL service user: Odoo runs tenant code and would reach every database's files",
+                        quoted(user)
+                    ),
+                    Some("a user of its own such as \"careplane-odoo\"".into()),
+                );
+            }
+        }
         if odoo.command.as_os_str().is_empty() {
             cx.at_value(
                 &[key("spec"), key("odoo"), key("command")],
@@ -336,6 +342,23 @@ pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
     let mut defaults = spec_path.to_vec();
     defaults.extend([key("defaults"), key("modules")]);
     check_modules(cx, &defaults, &spec.defaults.modules);
+}
+
+/// A system user name as `useradd` accepts it.
+fn check_user_name(cx: &mut Ctx<'_>, path: &[Seg], user: &str, example: &str) {
+    let ok = !user.is_empty()
+        && user.len() <= 32
+        && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && user
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if !ok {
+        cx.at_value(
+            path,
+            format!("invalid user name {}", quoted(user)),
+            Some(format!("a system user such as \"{example}\"")),
+        );
+    }
 }
 
 pub(crate) fn service_tier(cx: &mut Ctx<'_>, spec: &ServiceTierSpec) {

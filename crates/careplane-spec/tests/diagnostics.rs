@@ -873,6 +873,40 @@ spec:
 }
 
 #[test]
+fn odoo_must_not_run_as_the_database_user() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: Platform
+metadata:
+  name: hq
+spec:
+  dataDir: .careplane
+  runAs: pgsvc
+  odoo:
+    command: /opt/odoo/odoo-bin
+    version: 18
+    runAs: pgsvc
+  defaults:
+    serviceTier: standard
+";
+    let err = load_sources([("p.yaml", text), ("tiers.yaml", TIERS)]).unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    check(
+        &err[0],
+        11,
+        12,
+        "spec.odoo.runAs",
+        "Odoo must not run as \"pgsvc\", the PostgreSQL service user: Odoo runs tenant code and would reach every database's files",
+        Some("a user of its own such as \"careplane-odoo\""),
+    );
+    let ok = text.replace(
+        "    runAs: pgsvc\n  defaults",
+        "    runAs: odoo\n  defaults",
+    );
+    load_sources([("p.yaml", ok.as_str()), ("tiers.yaml", TIERS)]).expect("distinct users load");
+}
+
+#[test]
 fn a_file_with_three_problems_reports_three() {
     let text = tenant(
         "  tenancy: dedicated-env
