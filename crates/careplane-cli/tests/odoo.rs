@@ -321,8 +321,21 @@ fn odoo_environments() {
         let pid = web_pid(&p, "alpha", "dev").unwrap();
         assert_eq!(proc_uid(pid), odoo.uid, "web process uid");
         assert_ne!(odoo.uid, pg.uid);
+        // Everything Odoo writes to (data dir, filestore, sessions) is its own.
         let data = env_root(&p, "alpha", "dev").join("data");
-        assert_eq!(std::fs::metadata(&data).unwrap().uid(), odoo.uid);
+        let mut stack = vec![data];
+        while let Some(path) = stack.pop() {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(
+                meta.uid(),
+                odoo.uid,
+                "{} not owned by the Odoo user",
+                path.display()
+            );
+            if meta.is_dir() {
+                stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
     }
 
     // Modules as a managed, journaled operation.

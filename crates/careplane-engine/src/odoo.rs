@@ -9,6 +9,7 @@
 //! a killed apply resumes cleanly (see `apply.rs`).
 
 use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -363,6 +364,7 @@ impl Engine {
             copy_filestore(
                 &tpl_root.join("data").join("filestore").join(&tpl_db),
                 &filestore,
+                owner,
             )?;
         }
         cluster.ensure_tenant_database(&tdb)?;
@@ -639,15 +641,22 @@ impl Engine {
 
 /// Copies a template's filestore into place atomically: to a temp name, then
 /// renamed, so a crash never leaves a half copy under the real name.
-fn copy_filestore(from: &Path, to: &Path) -> Result<(), EngineError> {
+/// Copies the template's filestore to `to` (atomically, via a temporary
+/// name). The `filestore` directory above it belongs to the Odoo user: Odoo
+/// creates its database's directory there when the template had none.
+fn copy_filestore(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> Result<(), EngineError> {
     if to.exists() {
         return Ok(());
     }
     let parent = to.parent().expect("filestore has a parent");
-    std::fs::create_dir_all(parent).map_err(|source| EngineError::Io {
-        what: format!("creating {}", parent.display()),
-        source,
-    })?;
+    let io = |what: String| move |source| EngineError::Io { what, source };
+    std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("setting the mode of {}", parent.display())))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(parent, Some(uid), Some(gid))
+            .map_err(io(format!("handing {} to the Odoo user", parent.display())))?;
+    }
     if !from.exists() {
         return Ok(());
     }
