@@ -267,6 +267,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             report.operation
                         );
                         println!("Run `careplane status -f ...` to see every environment and its health.");
+                        print_new_odoo_envs(&mut engine, &report.applied)?;
                     }
                 }
             }
@@ -539,4 +540,46 @@ fn print_status(s: &Status) {
             println!("  {d}");
         }
     }
+}
+
+/// Where to log in to each Odoo environment this apply created. The admin
+/// password is shown here once, and only on a terminal: piped or captured
+/// output (CI logs, files) never gets it; `careplane credentials` always can.
+fn print_new_odoo_envs(engine: &mut Engine, applied: &[String]) -> anyhow::Result<()> {
+    let created: Vec<(&str, &str)> = applied
+        .iter()
+        .filter_map(|l| l.strip_prefix("create odoo-env/")?.split_once('/'))
+        .collect();
+    if created.is_empty() {
+        return Ok(());
+    }
+    let show = std::io::stdout().is_terminal();
+    println!("\nNew Odoo environments:");
+    for (tenant, env) in created {
+        let Some(odoo) = engine.credentials(tenant, env)?.odoo else {
+            continue;
+        };
+        if show {
+            println!(
+                "  {tenant}/{env}  {}  login {}  password {}",
+                odoo.url,
+                odoo.login,
+                odoo.password.expose_secret()
+            );
+        } else {
+            println!("  {tenant}/{env}  {}  login {}", odoo.url, odoo.login);
+        }
+    }
+    if show {
+        println!(
+            "These admin passwords are shown once; later only \
+             `careplane credentials <tenant> <env>` shows them."
+        );
+    } else {
+        println!(
+            "Admin passwords: `careplane credentials -f <specs> <tenant> <env>` \
+             (not printed because the output is not a terminal)."
+        );
+    }
+    Ok(())
 }

@@ -120,6 +120,9 @@ fn assert_converged(p: &Platform) {
                 }
             })
             .collect();
+        if let Some(t) = s.get("templates").and_then(Value::as_array) {
+            recorded.extend(t.iter().map(|x| x.as_str().unwrap().to_string()));
+        }
         recorded.sort();
         assert_eq!(live, recorded, "live members of {id} vs state");
     }
@@ -201,4 +204,165 @@ fn apply_killed_from_outside_converges() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_converged(&p);
+}
+
+const TENANTS_ODOO: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: omega
+spec:
+  tenancy: shared
+  environments:
+    - name: dev
+      kind: dev
+    - name: test
+      kind: test
+"#;
+
+fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// [`assert_converged`], plus Odoo: every environment healthy under exactly
+/// one supervisor, environment and template directories exactly the recorded
+/// ones, and no Odoo or supervisor process that belongs to nothing recorded.
+fn assert_odoo_converged(p: &Platform) {
+    assert_converged(p);
+    let status = p.json(&["status"]);
+    let odoo = p.data_dir().join("odoo");
+    let mut roots = Vec::new();
+    let mut expected_envs = Vec::new();
+    for e in status["environments"].as_array().unwrap() {
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+        let (t, n) = (
+            e["tenant"].as_str().unwrap(),
+            e["environment"].as_str().unwrap(),
+        );
+        let root = odoo.join("envs").join(t).join(n);
+        let sup = processes_mentioning(&format!(
+            "supervise {}",
+            root.join("supervisor.json").display()
+        ));
+        assert_eq!(sup.len(), 1, "supervisors of {t}/{n}: {sup:?}");
+        expected_envs.push(format!("{t}/{n}"));
+        roots.push(root);
+    }
+    let mut on_disk = Vec::new();
+    for t in dir_names(&odoo.join("envs")) {
+        for n in dir_names(&odoo.join("envs").join(&t)) {
+            on_disk.push(format!("{t}/{n}"));
+        }
+    }
+    expected_envs.sort();
+    assert_eq!(on_disk, expected_envs, "environment directories vs state");
+    let mut templates: Vec<String> = status["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.get("templates").and_then(Value::as_array))
+        .flatten()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    templates.sort();
+    templates.dedup();
+    assert_eq!(
+        dir_names(&odoo.join("templates")),
+        templates,
+        "template directories vs state"
+    );
+    for pid in processes_mentioning(&format!("{}/", odoo.display())) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.is_empty() {
+            continue; // exited meanwhile
+        }
+        assert!(
+            roots
+                .iter()
+                .any(|r| cmdline.contains(&format!("{}/", r.display()))),
+            "process {pid} belongs to no recorded environment: {cmdline}"
+        );
+    }
+}
+
+/// The Odoo steps (template initialization, clone + start, and their
+/// deletion) killed at every point: the next apply converges with no orphan
+/// process, database, template or directory.
+#[test]
+fn odoo_apply_killed_at_every_odoo_step_converges() {
+    let p = Platform::with_odoo(TENANTS_ODOO);
+    let ids: Vec<String> = action_ids(&p.plan())
+        .into_iter()
+        .filter(|i| i.starts_with("odoo-"))
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for id in &ids {
+        for point in POINTS {
+            crash(&p, &["apply"], &format!("{id}@{point}"));
+            p.plan();
+        }
+    }
+    p.ok(&["apply"]);
+    assert_odoo_converged(&p);
+
+    // Kill a real apply from outside while the dev environment is set up,
+    // then change nothing and converge.
+    p.write_tenants(&TENANTS_ODOO.replace("    - name: test\n      kind: test\n", ""));
+    p.ok(&["apply", "--delete-data"]);
+    p.write_tenants(TENANTS_ODOO);
+    let mut child = p
+        .cmd(&["apply"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if line.unwrap().contains("create odoo-env/omega/test") {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    p.ok(&["apply"]);
+    assert_odoo_converged(&p);
+
+    // Deleting: every Odoo delete step killed at every point.
+    p.write_tenants("");
+    let ids: Vec<String> = action_ids(&p.plan())
+        .into_iter()
+        .filter(|i| i.starts_with("odoo-"))
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for id in &ids {
+        for point in POINTS {
+            crash(&p, &["apply", "--delete-data"], &format!("{id}@{point}"));
+            p.plan();
+        }
+    }
+    p.ok(&["apply", "--delete-data"]);
+    assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+    assert_eq!(
+        dir_names(&p.data_dir().join("odoo/envs")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        dir_names(&p.data_dir().join("odoo/templates")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        processes_mentioning(&format!("{}/", p.data_dir().join("odoo").display())),
+        Vec::<u32>::new(),
+        "Odoo processes left after deleting every environment"
+    );
 }

@@ -37,40 +37,8 @@ spec:
       kind: staging
 "#;
 
-/// The stand-in binary, copied into the platform's directory. Always
-/// (re)built: a stale stand-in from an earlier build would test old behaviour
-/// (a no-op when `cargo test --workspace` already built it). Copied because
-/// the Odoo service user (when the tests run as root) may not reach the
-/// target directory, e.g. under a 0700 `/root`.
-fn standin(p: &Platform) -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_careplane"));
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "careplane-odoo-standin"])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building odoo-standin");
-    let bin = p.dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    set_mode(&bin, 0o755);
-    let copy = bin.join("odoo-standin");
-    std::fs::copy(exe.with_file_name("odoo-standin"), &copy).unwrap();
-    set_mode(&copy, 0o755);
-    copy
-}
-
 fn odoo_platform() -> Platform {
-    let p = Platform::new(TENANTS_ODOO);
-    let file = p.specs.join("platform.yaml");
-    let text = std::fs::read_to_string(&file).unwrap().replacen(
-        "  defaults:",
-        &format!(
-            "  odoo:\n    command: {}\n    version: 18\n  defaults:",
-            standin(&p).display()
-        ),
-        1,
-    );
-    std::fs::write(file, text).unwrap();
-    p
+    Platform::with_odoo(TENANTS_ODOO)
 }
 
 fn conf(path: &Path) -> Vec<(String, String)> {
@@ -152,12 +120,19 @@ fn odoo_environments() {
     assert_eq!(templates.len(), 2, "{ids:?}");
     assert!(ids.contains(&"odoo-env/alpha/production") && ids.contains(&"odoo-env/beta/staging"));
 
-    p.ok(&["apply"]);
+    let first = p.ok(&["apply"]);
     assert_eq!(
         p.plan()["actions"],
         Value::Array(vec![]),
         "second apply plans nothing"
     );
+    // Captured output gets each new environment's URL, never its password.
+    let creds = p.json(&["credentials", "alpha", "dev"]);
+    assert!(
+        first.contains(creds["odoo"]["url"].as_str().unwrap()),
+        "{first}"
+    );
+    assert!(!first.contains(creds["odoo"]["password"].as_str().unwrap()));
 
     let st = p.json(&["status"]);
     for e in st["environments"].as_array().unwrap() {
@@ -377,6 +352,45 @@ fn odoo_environments() {
     for e in st["environments"].as_array().unwrap() {
         assert_eq!(e["odooHealth"]["ok"], true, "{e}");
     }
+
+    // On a terminal, a new environment's admin password is shown once: by the
+    // apply that creates it, not by the next.
+    p.write_tenants(&TENANTS_ODOO.replace(
+        "    - name: dev\n      kind: dev\n",
+        "    - name: dev\n      kind: dev\n    - name: training\n      kind: training\n",
+    ));
+    let on_tty = |p: &Platform| {
+        let cmd = format!(
+            "{} apply -f {}",
+            env!("CARGO_BIN_EXE_careplane"),
+            p.specs.display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .expect("script(1) from util-linux");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_tty(&p);
+    let pw = p.json(&["credentials", "alpha", "training"])["odoo"]["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(shown.matches(pw.as_str()).count(), 1, "{shown}");
+    let other = p.json(&["credentials", "alpha", "dev"])["odoo"]["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !shown.contains(other.as_str()),
+        "only new environments are shown"
+    );
+    assert!(!on_tty(&p).contains(pw.as_str()), "shown twice");
 
     p.ok(&["destroy", "--confirm", "alpha"]);
     assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new());

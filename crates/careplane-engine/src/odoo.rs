@@ -231,13 +231,17 @@ impl Engine {
             && rec.status == ResourceStatus::Ready
             && a.op == Op::Create;
         if !already {
+            let root = PathBuf::from(observed_str(&rec, "root")?);
             if cluster.databases()?.contains(&tdb.database) {
-                // Resuming: a sealed template refuses connections.
+                // An interrupted or repeated initialization starts over from an
+                // empty database: `-i` is not guaranteed to finish a half-done
+                // install, and a template holds nothing but what `-i` put there.
                 cluster.unseal_template(&tdb.database)?;
+                cluster.drop_tenant_database(&tdb.database, &tdb.role)?;
             }
+            remove_dir(&root.join("data"))?;
             cluster.ensure_tenant_database(&tdb)?;
             cluster.write_hba(&runtime::hba_entries(&all, &cluster_id)?)?;
-            let root = PathBuf::from(observed_str(&rec, "root")?);
             let owner = self.owner(host)?;
             let master = odoo::hash_admin_password(&SecretString::from(
                 careplane_local::system::generate_password()?

@@ -68,6 +68,10 @@ pub struct ServerStatus {
     /// Redis server), read with careplane's admin credentials: a member here
     /// that no environment records is an orphan. `None` when not running.
     pub members: Option<Vec<String>>,
+    /// Odoo template databases careplane recorded on this cluster (they are
+    /// members too, but belong to no environment).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,8 +112,15 @@ impl Engine {
             } else {
                 None
             };
+            let mut templates: Vec<String> = all
+                .iter()
+                .filter(|t| t.kind == "odoo-template" && t.props["cluster"] == r.id.as_str())
+                .filter_map(|t| t.props["database"].as_str().map(str::to_string))
+                .collect();
+            templates.sort();
             servers.push(ServerStatus {
                 members,
+                templates,
                 id: r.id.clone(),
                 state: state_name(r.status),
                 port: observed_port(r).ok(),

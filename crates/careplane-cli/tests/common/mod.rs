@@ -57,6 +57,46 @@ impl Platform {
         p
     }
 
+    /// Like [`Platform::new`], with the Odoo stand-in as the platform's
+    /// `odoo.command`.
+    pub fn with_odoo(tenants_yaml: &str) -> Platform {
+        let p = Platform::new(tenants_yaml);
+        let file = p.specs.join("platform.yaml");
+        let text = std::fs::read_to_string(&file).unwrap().replacen(
+            "  defaults:",
+            &format!(
+                "  odoo:\n    command: {}\n    version: 18\n  defaults:",
+                p.standin().display()
+            ),
+            1,
+        );
+        std::fs::write(file, text).unwrap();
+        p
+    }
+
+    /// The stand-in binary, copied into the platform's directory. Always
+    /// (re)built: a stale stand-in from an earlier build would test old
+    /// behaviour (a no-op when `cargo test --workspace` already built it).
+    /// Copied because the Odoo service user (when the tests run as root) may
+    /// not reach the target directory, e.g. under a 0700 `/root`.
+    pub fn standin(&self) -> PathBuf {
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_careplane"));
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "careplane-odoo-standin"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building odoo-standin");
+        let bin = self.dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        set_mode(&bin, 0o755);
+        let copy = bin.join("odoo-standin");
+        if !copy.exists() {
+            std::fs::copy(exe.with_file_name("odoo-standin"), &copy).unwrap();
+        }
+        set_mode(&copy, 0o755);
+        copy
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
