@@ -445,70 +445,129 @@ fn with_progress<T>(
     Ok(r?)
 }
 
+/// Prints rows under headers, each column as wide as its widest cell;
+/// columns whose header is in `right` are right-aligned (numbers).
+fn print_table(headers: &[&str], right: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            let last = i + 1 == cells.len();
+            if right.contains(&headers[i]) {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                if !last {
+                    out.push_str(&" ".repeat(pad));
+                }
+            }
+            if !last {
+                out.push_str("  ");
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
 fn print_status(s: &Status) {
     println!("platform {}  (data: {})", s.platform, s.data_dir);
     println!();
-    println!(
-        "{:<28} {:<10} {:>6} {:>8} RUNNING",
-        "SERVER", "STATE", "PORT", "PID"
+    let num = |n: Option<u16>| n.map(|p| p.to_string()).unwrap_or_default();
+    let servers: Vec<Vec<String>> = s
+        .servers
+        .iter()
+        .map(|sv| {
+            vec![
+                sv.id.clone(),
+                sv.state.clone(),
+                num(sv.port),
+                sv.pid.map(|p| p.to_string()).unwrap_or_default(),
+                if sv.running { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["SERVER", "STATE", "PORT", "PID", "RUNNING"],
+        &["PORT", "PID"],
+        &servers,
     );
-    for sv in &s.servers {
-        println!(
-            "{:<28} {:<10} {:>6} {:>8} {}",
-            sv.id,
-            sv.state,
-            sv.port.map(|p| p.to_string()).unwrap_or_default(),
-            sv.pid.map(|p| p.to_string()).unwrap_or_default(),
-            if sv.running { "yes" } else { "no" }
-        );
-    }
     println!();
-    println!(
-        "{:<14} {:<10} {:<11} {:<20} {:<26} {:>6} {:<6} {:>6} {:<6}",
-        "TENANT", "ENV", "KIND", "CLUSTER", "DATABASE", "PG", "HEALTH", "REDIS", "HEALTH"
+    let h = |ok: bool| if ok { "ok" } else { "DOWN" }.to_string();
+    let envs: Vec<Vec<String>> = s
+        .environments
+        .iter()
+        .map(|e| {
+            vec![
+                e.tenant.clone(),
+                e.environment.clone(),
+                e.kind.clone(),
+                e.cluster.clone(),
+                e.database.clone(),
+                num(e.pg_port),
+                h(e.pg_health.ok),
+                num(e.redis_port),
+                e.redis_health
+                    .as_ref()
+                    .map(|x| h(x.ok))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "TENANT",
+            "ENV",
+            "KIND",
+            "CLUSTER",
+            "DATABASE",
+            "PG PORT",
+            "PG",
+            "REDIS PORT",
+            "REDIS",
+        ],
+        &["PG PORT", "REDIS PORT"],
+        &envs,
     );
-    for e in &s.environments {
-        let h = |ok: bool| if ok { "ok" } else { "DOWN" };
-        println!(
-            "{:<14} {:<10} {:<11} {:<20} {:<26} {:>6} {:<6} {:>6} {:<6}",
-            e.tenant,
-            e.environment,
-            e.kind,
-            e.cluster,
-            e.database,
-            e.pg_port.map(|p| p.to_string()).unwrap_or_default(),
-            h(e.pg_health.ok),
-            e.redis_port.map(|p| p.to_string()).unwrap_or_default(),
-            e.redis_health.as_ref().map(|x| h(x.ok)).unwrap_or("-"),
-        );
-    }
-    let odoo: Vec<_> = s
+    let odoo: Vec<Vec<String>> = s
         .environments
         .iter()
         .filter(|e| e.odoo_url.is_some())
-        .collect();
-    if !odoo.is_empty() {
-        println!();
-        println!("{:<26} {:<6} {:<9} LOGIN", "ODOO", "HEALTH", "RESTARTS");
-        for e in odoo {
+        .map(|e| {
             let restarts: u64 = e
                 .odoo_processes
                 .as_ref()
                 .and_then(|p| p["processes"].as_array())
                 .map(|ps| ps.iter().filter_map(|p| p["restarts"].as_u64()).sum())
                 .unwrap_or(0);
-            println!(
-                "{:<26} {:<6} {:<9} {}",
+            vec![
                 format!("{}/{}", e.tenant, e.environment),
-                if e.odoo_health.as_ref().is_some_and(|h| h.ok) {
-                    "ok"
-                } else {
-                    "DOWN"
-                },
-                restarts,
-                e.odoo_url.as_deref().unwrap_or_default()
-            );
-        }
+                h(e.odoo_health.as_ref().is_some_and(|h| h.ok)),
+                restarts.to_string(),
+                e.odoo_url.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    if !odoo.is_empty() {
+        println!();
+        print_table(
+            &["ODOO", "HEALTH", "RESTARTS", "LOGIN"],
+            &["RESTARTS"],
+            &odoo,
+        );
         println!();
         println!(
             "Admin login and passwords: careplane credentials -f <specs> <tenant> <environment>"
@@ -554,22 +613,23 @@ fn print_new_odoo_envs(engine: &mut Engine, applied: &[String]) -> anyhow::Resul
         return Ok(());
     }
     let show = std::io::stdout().is_terminal();
-    println!("\nNew Odoo environments:");
+    let mut rows = Vec::new();
     for (tenant, env) in created {
         let Some(odoo) = engine.credentials(tenant, env)?.odoo else {
             continue;
         };
+        let mut row = vec![format!("{tenant}/{env}"), odoo.url, odoo.login];
         if show {
-            println!(
-                "  {tenant}/{env}  {}  login {}  password {}",
-                odoo.url,
-                odoo.login,
-                odoo.password.expose_secret()
-            );
-        } else {
-            println!("  {tenant}/{env}  {}  login {}", odoo.url, odoo.login);
+            row.push(odoo.password.expose_secret().to_string());
         }
+        rows.push(row);
     }
+    println!();
+    let mut headers = vec!["NEW ODOO ENVIRONMENT", "LOGIN URL", "USER"];
+    if show {
+        headers.push("PASSWORD");
+    }
+    print_table(&headers, &[], &rows);
     if show {
         println!(
             "These admin passwords are shown once; later only \

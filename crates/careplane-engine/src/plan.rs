@@ -125,10 +125,11 @@ impl Action {
             (Kind::OdooTemplate, Op::Update) => format!("re-initialize template {}", p("database")),
             (Kind::OdooTemplate, Op::Delete) => format!("drop template database {}", p("database")),
             (Kind::OdooEnv, Op::Create) => format!(
-                "clone {} into {}, fresh secrets, hardened odoo.conf, start web ({} workers) + cron",
+                "clone {} into {}, fresh secrets, hardened odoo.conf, start web ({} worker{}) + cron",
                 p("template").rsplit('/').next().unwrap_or("?"),
                 p("database"),
-                self.props["workers"]
+                self.props["workers"],
+                if self.props["workers"] == 1 { "" } else { "s" }
             ),
             (Kind::OdooEnv, Op::Update) => "rewrite odoo.conf, install new modules, restart Odoo".into(),
             (Kind::OdooEnv, Op::Delete) => {
