@@ -353,6 +353,67 @@ fn odoo_environments() {
         assert_eq!(e["odooHealth"]["ok"], true, "{e}");
     }
 
+    // A multi-worker environment whose evented (websocket) server cannot run
+    // is not healthy: here its port is taken by something that closes every
+    // connection, so the stand-in's evented server fails to bind, as Odoo's
+    // would. `start` says so and names the port; `status` shows it DOWN.
+    p.ok(&["stop"]);
+    let gport: u16 = get(&web, "gevent_port").parse().unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", gport)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let accept = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for conn in squatter.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                drop(conn);
+            }
+        })
+    };
+    let out = p.run(&["start"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "start succeeded with a dead evented server"
+    );
+    assert!(
+        err.contains("evented") && err.contains(&gport.to_string()),
+        "{err}"
+    );
+    let st = p.json_allow_fail(&["status"]);
+    // The failure did not keep the other environments down.
+    for e in st["environments"].as_array().unwrap() {
+        if e["environment"] != "production" {
+            assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+        }
+    }
+    let prod = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tenant"] == "alpha" && e["environment"] == "production")
+        .unwrap()
+        .clone();
+    assert_eq!(prod["odooHealth"]["ok"], false, "{prod}");
+    assert!(
+        prod["odooHealth"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("evented server"),
+        "{prod}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", gport));
+    accept.join().unwrap();
+    p.ok(&["stop"]);
+    p.ok(&["start"]);
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
+
     // On a terminal, a new environment's admin password is shown once: by the
     // apply that creates it, not by the next.
     p.write_tenants(&TENANTS_ODOO.replace(

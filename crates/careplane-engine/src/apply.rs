@@ -675,6 +675,7 @@ impl Engine {
         if !start {
             servers.reverse();
         }
+        let mut failed = Vec::new();
         for rec in servers {
             let step =
                 self.store()?
@@ -722,10 +723,26 @@ impl Engine {
                 Err(e) => {
                     let msg = e.to_string();
                     self.store()?.step_finished(step, Some(&msg))?;
+                    // One Odoo environment that does not come up must not keep
+                    // the others down: go on and report every failure at the
+                    // end. A server failing stops everything after it.
+                    if rec.kind == "odoo-env" {
+                        progress(&format!("FAILED {}", rec.id));
+                        failed.push(format!("{}: {msg}", rec.id));
+                        continue;
+                    }
                     self.store()?.finish_operation(op, "failed", Some(&msg))?;
                     return Err(e);
                 }
             }
+        }
+        if !failed.is_empty() {
+            let msg = failed.join("\n");
+            self.store()?.finish_operation(op, "failed", Some(&msg))?;
+            return Err(EngineError::inconsistent(format!(
+                "{} of the Odoo environments did not {command}:\n{msg}",
+                failed.len()
+            )));
         }
         self.store()?.finish_operation(op, "succeeded", None)?;
         Ok(())

@@ -32,6 +32,18 @@ const MASTER_HASH: &str = "master-password-hash";
 /// How long a freshly started Odoo may take to answer `/web/login` (a real
 /// Odoo loads its registry on the first request).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the evented (websocket/longpolling) server of a multi-worker Odoo
+/// may lag behind the web server: Odoo's prefork master spawns it together
+/// with the workers, so once `/web/login` answers it is normally up.
+const EVENTED_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The evented server's port when the environment runs one (workers > 0).
+pub(crate) fn evented_port(props: &Value, observed: &Value) -> Option<u16> {
+    (props["workers"].as_u64().unwrap_or(0) > 0)
+        .then(|| observed["geventPort"].as_u64())
+        .flatten()
+        .map(|p| p as u16)
+}
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn strings(v: &Value) -> Vec<String> {
@@ -425,7 +437,13 @@ impl Engine {
 
         // 4. Supervised processes.
         let pid = self.start_odoo(
-            &a.props, &root, &web_conf, &cron_conf, http_port, env, owner,
+            &a.props,
+            &root,
+            &web_conf,
+            &cron_conf,
+            (http_port, evented_port(&a.props, &rec.observed)),
+            env,
+            owner,
         )?;
         rec.observed["supervisorPid"] = json!(pid);
         rec.observed["url"] = json!(format!("{base_url}/web/login"));
@@ -439,7 +457,7 @@ impl Engine {
         root: &Path,
         web_conf: &Path,
         cron_conf: &Path,
-        http_port: u16,
+        (http_port, evented): (u16, Option<u16>),
         env: odoo::ProcessEnv,
         owner: Option<(u32, u32)>,
     ) -> Result<u32, EngineError> {
@@ -484,7 +502,19 @@ impl Engine {
             root,
         )?;
         let ready = odoo::wait_healthy(http_port, "/web/health", READY_TIMEOUT)
-            .and_then(|_| odoo::wait_healthy(http_port, "/web/login", READY_TIMEOUT));
+            .and_then(|_| odoo::wait_healthy(http_port, "/web/login", READY_TIMEOUT))
+            .map_err(|e| e.to_string())
+            .and_then(|_| match evented {
+                Some(port) => {
+                    odoo::wait_healthy(port, "/web/health", EVENTED_TIMEOUT).map_err(|e| {
+                        format!(
+                        "the web server answers but the evented (websocket/longpolling) server \
+                         on port {port} does not: {e}"
+                    )
+                    })
+                }
+                None => Ok(()),
+            });
         if let Err(e) = ready {
             // What Odoo itself said is what the operator needs next.
             let log = root.join("logs").join("web.log");
@@ -542,7 +572,7 @@ impl Engine {
             &root,
             &root.join(odoo::Role::Web.config_file_name()),
             &root.join(odoo::Role::Cron.config_file_name()),
-            http_port,
+            (http_port, evented_port(&rec.props, &rec.observed)),
             env,
             owner,
         )
@@ -643,8 +673,6 @@ impl Engine {
     }
 }
 
-/// Copies a template's filestore into place atomically: to a temp name, then
-/// renamed, so a crash never leaves a half copy under the real name.
 /// Copies the template's filestore to `to` (atomically, via a temporary
 /// name). The `filestore` directory above it belongs to the Odoo user: Odoo
 /// creates its database's directory there when the template had none.

@@ -249,7 +249,21 @@ impl Engine {
                         Ok(code) => Err(format!("GET {path} answered {code}")),
                         Err(e) => Err(e.to_string()),
                     };
-                    Health::from(check("/web/health").and_then(|_| check("/web/login")))
+                    let evented = crate::odoo::evented_port(&o.props, &o.observed);
+                    Health::from(
+                        check("/web/health")
+                            .and_then(|_| check("/web/login"))
+                            .and_then(|_| match evented {
+                                Some(g) => match careplane_odoo::http_get(g, "/web/health", t) {
+                                    Ok(200) => Ok(()),
+                                    Ok(code) => Err(format!(
+                                        "evented server (port {g}): GET /web/health answered {code}"
+                                    )),
+                                    Err(e) => Err(format!("evented server (port {g}): {e}")),
+                                },
+                                None => Ok(()),
+                            }),
+                    )
                 }
                 _ => Health {
                     ok: false,
