@@ -262,6 +262,55 @@ fn odoo_environments() {
         );
     }
 
+    // Environments of one tenant are isolated like tenants: alpha/dev's role
+    // cannot open alpha/production's database, nor its Redis user touch
+    // production's keys, and the two filestores are different directories.
+    let dev = p.json(&["credentials", "alpha", "dev"]);
+    let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
+    let refused = careplane_local::pg::connect_tenant(
+        dev["postgres"]["port"].as_u64().unwrap() as u16,
+        "alpha-production",
+        dev["postgres"]["role"].as_str().unwrap(),
+        &careplane_local::SecretString::from(
+            dev["postgres"]["password"].as_str().unwrap().to_string(),
+        ),
+        &ca,
+    );
+    assert!(
+        refused.is_err(),
+        "alpha/dev opened alpha/production's database"
+    );
+    let redis_cli = |key: &str| {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "--no-auth-warning",
+                "-p",
+                &dev["redis"]["port"].to_string(),
+                "--user",
+                dev["redis"]["user"].as_str().unwrap(),
+                "--pass",
+                dev["redis"]["password"].as_str().unwrap(),
+                "SET",
+                key,
+                "x",
+            ])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    assert!(redis_cli("alpha:dev:k").contains("OK"), "own prefix");
+    assert!(
+        redis_cli("alpha:production:k").contains("NOPERM"),
+        "other environment's prefix"
+    );
+    assert_ne!(
+        get(
+            &conf(&env_root(&p, "alpha", "dev").join("odoo-web.conf")),
+            "data_dir"
+        ),
+        get(&web, "data_dir")
+    );
+
     // Supervision: kill -9 the web process, the supervisor starts a new one.
     let before = web_pid(&p, "alpha", "dev").expect("web pid in status");
     unsafe {
