@@ -333,33 +333,95 @@ fn odoo_environments() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // As root, Odoo runs as its own unprivileged user, not as the user that
-    // owns the database files, and owns its environment's files.
+    // As root, each environment's Odoo runs as a uid of its own, without an
+    // account (so neither the database user nor another environment), and
+    // that uid owns everything under its data directory.
     if unsafe { libc::geteuid() } == 0 {
-        let odoo = careplane_local::system::lookup_user("careplane-odoo")
-            .unwrap()
-            .expect("careplane-odoo user (scripts/install-deps creates it)");
+        let st = p.json(&["status"]);
+        let mut uids = BTreeSet::new();
+        for e in st["environments"].as_array().unwrap() {
+            let uid = e["odooUid"].as_u64().expect("odooUid as root") as u32;
+            assert!(uids.insert(uid), "two environments share uid {uid}");
+            assert!(!careplane_local::system::uid_has_account(uid).unwrap());
+            let (t, n) = (
+                e["tenant"].as_str().unwrap(),
+                e["environment"].as_str().unwrap(),
+            );
+            let pid = web_pid(&p, t, n).unwrap();
+            assert_eq!(proc_uid(pid), uid, "{t}/{n} web process uid");
+            let mut stack = vec![env_root(&p, t, n).join("data")];
+            while let Some(path) = stack.pop() {
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                assert_eq!(
+                    meta.uid(),
+                    uid,
+                    "{} not owned by {t}/{n}'s uid",
+                    path.display()
+                );
+                if meta.is_dir() {
+                    stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                }
+            }
+            for f in ["odoo-web.conf", "odoo-cron.conf"] {
+                let meta = std::fs::metadata(env_root(&p, t, n).join(f)).unwrap();
+                assert_eq!(
+                    (meta.uid(), meta.mode() & 0o777),
+                    (uid, 0o600),
+                    "{t}/{n} {f}"
+                );
+            }
+        }
         let pg = careplane_local::system::lookup_user("postgres")
             .unwrap()
             .unwrap();
-        let pid = web_pid(&p, "alpha", "dev").unwrap();
-        assert_eq!(proc_uid(pid), odoo.uid, "web process uid");
-        assert_ne!(odoo.uid, pg.uid);
-        // Everything Odoo writes to (data dir, filestore, sessions) is its own.
-        let data = env_root(&p, "alpha", "dev").join("data");
-        let mut stack = vec![data];
+        assert!(!uids.contains(&pg.uid));
+
+        // The kernel enforces it: as alpha/dev's uid, alpha/production's
+        // filestore cannot be read; as production's own uid it can.
+        let uid_of = |env: &str| {
+            st["environments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["tenant"] == "alpha" && e["environment"] == env)
+                .unwrap()["odooUid"]
+                .as_u64()
+                .unwrap()
+                .to_string()
+        };
+        let mut stack = vec![env_root(&p, "alpha", "production").join("data/filestore")];
+        let mut file = None;
         while let Some(path) = stack.pop() {
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            assert_eq!(
-                meta.uid(),
-                odoo.uid,
-                "{} not owned by the Odoo user",
-                path.display()
-            );
-            if meta.is_dir() {
+            if path.is_dir() {
                 stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                file = Some(path);
             }
         }
+        let file = file.expect("a file in production's filestore");
+        let cat_as = |uid: String| {
+            std::process::Command::new("setpriv")
+                .args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "cat",
+                ])
+                .arg(&file)
+                .output()
+                .expect("setpriv (util-linux)")
+        };
+        let denied = cat_as(uid_of("dev"));
+        assert!(
+            !denied.status.success(),
+            "alpha/dev read production's filestore"
+        );
+        assert!(
+            String::from_utf8_lossy(&denied.stderr).contains("Permission denied"),
+            "{}",
+            String::from_utf8_lossy(&denied.stderr)
+        );
+        assert!(cat_as(uid_of("production")).status.success());
     }
 
     // Modules as a managed, journaled operation.

@@ -70,7 +70,6 @@ pub(crate) struct Host {
     pg_bin: Option<PgBinaries>,
     redis_bin: Option<PathBuf>,
     user: Option<Option<ServiceUser>>,
-    odoo_user: Option<Option<ServiceUser>>,
 }
 
 impl Engine {
@@ -200,7 +199,7 @@ impl Engine {
             .iter()
             .find(|a| a.op != Op::Delete && matches!(a.kind, Kind::OdooEnv | Kind::OdooTemplate))
         {
-            if let Err(e) = self.check_odoo(a, host) {
+            if let Err(e) = self.check_odoo(a) {
                 problems.push(e.to_string());
             }
         }
@@ -290,22 +289,6 @@ impl Engine {
             )?);
         }
         Ok(host.user.clone().expect("set above"))
-    }
-
-    /// The user Odoo processes run as (None unless careplane is root).
-    pub(crate) fn odoo_user(&self, host: &mut Host) -> Result<Option<ServiceUser>, EngineError> {
-        if host.odoo_user.is_none() {
-            let pg = self.user(host)?;
-            let run_as = self
-                .specs
-                .platform
-                .spec
-                .odoo
-                .as_ref()
-                .and_then(|o| o.run_as.as_deref());
-            host.odoo_user = Some(system::odoo_user(run_as, pg.as_ref())?);
-        }
-        Ok(host.odoo_user.clone().expect("set above"))
     }
 
     pub(crate) fn cluster_handle(

@@ -128,10 +128,12 @@ impl Engine {
 
     /// Preflight: the installation exists and the Odoo user can run it and
     /// read its addons and the platform CA.
-    pub(crate) fn check_odoo(&self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
+    pub(crate) fn check_odoo(&self, a: &Action) -> Result<(), EngineError> {
         use careplane_local::system::{check_access, Access};
         let install = self.odoo_install(&a.props)?;
-        let user = self.odoo_user(host)?;
+        // Any uid of the range stands for all: none owns the installation.
+        let user = careplane_local::system::is_root()
+            .then(|| careplane_local::system::numeric_user(self.odoo_uids().first));
         let user = user.as_ref();
         match &install.python {
             Some(py) => {
@@ -158,9 +160,63 @@ impl Engine {
         self.data_dir.join("pki").join("ca.crt")
     }
 
-    /// Who owns an environment's files and runs its processes.
-    fn owner(&self, host: &mut Host) -> Result<Option<(u32, u32)>, EngineError> {
-        Ok(self.odoo_user(host)?.map(|u| (u.uid, u.gid)))
+    fn odoo_uids(&self) -> careplane_spec::UidRange {
+        self.specs
+            .platform
+            .spec
+            .odoo
+            .as_ref()
+            .and_then(|o| o.uids)
+            .unwrap_or(careplane_spec::UidRange::DEFAULT)
+    }
+
+    /// A uid for a new Odoo environment or template (None unless careplane is
+    /// root): the first of the range that no recorded resource holds and no
+    /// account has.
+    fn allocate_uid(&self, all: &[ResourceRecord]) -> Result<Option<u32>, EngineError> {
+        if !careplane_local::system::is_root() {
+            return Ok(None);
+        }
+        let taken: std::collections::BTreeSet<u64> = all
+            .iter()
+            .filter_map(|r| r.observed.get("uid").and_then(Value::as_u64))
+            .collect();
+        let range = self.odoo_uids();
+        for uid in range.first..range.first.saturating_add(range.count) {
+            if !taken.contains(&u64::from(uid)) && !careplane_local::system::uid_has_account(uid)? {
+                return Ok(Some(uid));
+            }
+        }
+        Err(EngineError::Refused {
+            problems: vec![format!(
+                "no free uid left for Odoo in {}..{} (Platform spec.odoo.uids): widen the range",
+                range.first,
+                u64::from(range.first) + u64::from(range.count)
+            )],
+        })
+    }
+
+    /// The resource's recorded uid, allocating (and recording) one for a
+    /// record that has none yet.
+    fn ensure_uid(&mut self, rec: &mut ResourceRecord) -> Result<(), EngineError> {
+        if rec.observed.get("uid").is_none() {
+            let all = self.store()?.resources()?;
+            if let Some(uid) = self.allocate_uid(&all)? {
+                rec.observed["uid"] = json!(uid);
+                self.store()?.put_resource(rec)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Who owns an environment's (or template's) files and runs its
+    /// processes: its own uid and gid when careplane is root.
+    fn owner(rec: &ResourceRecord) -> Option<(u32, u32)> {
+        rec.observed
+            .get("uid")
+            .and_then(Value::as_u64)
+            .filter(|_| careplane_local::system::is_root())
+            .map(|u| (u as u32, u as u32))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -207,13 +263,21 @@ impl Engine {
 
     /// Database password, CA and Redis credentials for Odoo's process
     /// environment: the only place its secrets go.
+    /// The environment Odoo runs with for `database`. `USER`/`LOGNAME` name
+    /// it because its uid has no passwd entry, and `odoo-bin` asks
+    /// `getpass.getuser()` at start, which reads them before the passwd database.
     fn process_env(
         &self,
         root: &Path,
+        database: &str,
         db_password: &SecretString,
         redis: Option<(&odoo::RedisSettings, &SecretString)>,
     ) -> odoo::ProcessEnv {
-        odoo::ProcessEnv::for_odoo(root, db_password, Some(&self.ca_file()), redis)
+        let mut env = odoo::ProcessEnv::for_odoo(root, db_password, Some(&self.ca_file()), redis);
+        let login = format!("odoo-{database}");
+        env.set("USER", &login);
+        env.set("LOGNAME", &login);
+        env
     }
 
     pub(crate) fn ensure_odoo_template(
@@ -222,11 +286,15 @@ impl Engine {
         host: &mut Host,
     ) -> Result<(), EngineError> {
         let database = a.props["database"].as_str().unwrap_or_default().to_string();
+        let recorded = self.store()?.resources()?;
+        let uid = self.allocate_uid(&recorded)?;
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "root": dir.join("odoo").join("templates").join(&database).display().to_string(),
+                "uid": uid,
             }))
         })?;
+        self.ensure_uid(&mut rec)?;
         self.store()?.get_or_create_secret(&a.id, PASSWORD)?;
         if a.op == Op::Create {
             crash_point(&a.id, "prepared");
@@ -254,7 +322,7 @@ impl Engine {
             remove_dir(&root.join("data"))?;
             cluster.ensure_tenant_database(&tdb)?;
             cluster.write_hba(&runtime::hba_entries(&all, &cluster_id)?)?;
-            let owner = self.owner(host)?;
+            let owner = Self::owner(&rec);
             let master = odoo::hash_admin_password(&SecretString::from(
                 careplane_local::system::generate_password()?
                     .expose_secret()
@@ -272,7 +340,7 @@ impl Engine {
                 None,
             )?;
             let (web_conf, _) = odoo::write_configs(&root, &cfg, owner)?;
-            let env = self.process_env(&root, &tdb.password, None);
+            let env = self.process_env(&root, &tdb.database, &tdb.password, None);
             let modules = strings(&a.props["modules"]);
             odoo::run_once(
                 &install,
@@ -326,13 +394,17 @@ impl Engine {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let recorded = self.store()?.resources()?;
+        let uid = self.allocate_uid(&recorded)?;
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "httpPort": careplane_local::system::free_port()?,
                 "geventPort": careplane_local::system::free_port()?,
                 "root": dir.join("odoo").join("envs").join(&tenant).join(&envname).display().to_string(),
+                "uid": uid,
             }))
         })?;
+        self.ensure_uid(&mut rec)?;
         let store = self.store()?;
         let master = store.get_or_create_secret(&a.id, MASTER_PASSWORD)?;
         let admin_login = store.get_or_create_secret(&a.id, ADMIN_LOGIN_PASSWORD)?;
@@ -356,7 +428,7 @@ impl Engine {
         let cluster = self.cluster_handle(&crec, host)?;
         let tdb: TenantDb = runtime::tenant_db(self.store()?, &dbrec)?;
         let root = PathBuf::from(observed_str(&rec, "root")?);
-        let owner = self.owner(host)?;
+        let owner = Self::owner(&rec);
         let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
         let gevent_port = rec.observed["geventPort"].as_u64().unwrap_or_default() as u16;
         let base_url = format!("http://127.0.0.1:{http_port}");
@@ -410,7 +482,12 @@ impl Engine {
         )?;
         let (web_conf, cron_conf) = odoo::write_configs(&root, &cfg, owner)?;
         let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
-        let env = self.process_env(&root, &tdb.password, Some((&redis, &redis_password)));
+        let env = self.process_env(
+            &root,
+            &tdb.database,
+            &tdb.password,
+            Some((&redis, &redis_password)),
+        );
 
         // 3. Modules added since the clone (an update of the module list).
         if a.op == Op::Update {
@@ -558,14 +635,14 @@ impl Engine {
     pub(crate) fn start_odoo_env(
         &mut self,
         rec: &ResourceRecord,
-        host: &mut Host,
+        _host: &mut Host,
     ) -> Result<u32, EngineError> {
         let root = PathBuf::from(observed_str(rec, "root")?);
         if let Some(pid) = odoo::supervisor_pid(&root) {
             return Ok(pid);
         }
         let (_, env) = self.recorded_process_env(rec, &root)?;
-        let owner = self.owner(host)?;
+        let owner = Self::owner(rec);
         let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
         self.start_odoo(
             &rec.props,
@@ -597,7 +674,12 @@ impl Engine {
         let tdb = runtime::tenant_db(self.store()?, &dbrec)?;
         let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
         let redis = self.redis_settings(&all, &urec)?;
-        let env = self.process_env(root, &tdb.password, Some((&redis, &redis_password)));
+        let env = self.process_env(
+            root,
+            &tdb.database,
+            &tdb.password,
+            Some((&redis, &redis_password)),
+        );
         Ok((tdb, env))
     }
 
@@ -651,7 +733,7 @@ impl Engine {
         let root = PathBuf::from(observed_str(rec, "root")?);
         self.stop_odoo_env(rec)?;
         let (tdb, env) = self.recorded_process_env(rec, &root)?;
-        let owner = self.owner(&mut host)?;
+        let owner = Self::owner(rec);
         let op = if install {
             odoo::ModuleOp::Install(modules.to_vec())
         } else {
@@ -678,7 +760,7 @@ impl Engine {
 /// creates its database's directory there when the template had none.
 fn copy_filestore(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> Result<(), EngineError> {
     if to.exists() {
-        return Ok(());
+        return chown_tree(to, owner);
     }
     let parent = to.parent().expect("filestore has a parent");
     let io = |what: String| move |source| EngineError::Io { what, source };
@@ -716,5 +798,25 @@ fn copy_filestore(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> Result<(
     std::fs::rename(&tmp, to).map_err(|source| EngineError::Io {
         what: format!("renaming {} into place", tmp.display()),
         source,
-    })
+    })?;
+    chown_tree(to, owner)
+}
+
+/// Hands a copied tree (owned by the template's uid) to the environment's
+/// uid. Symlinks are changed themselves, never followed.
+fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> Result<(), EngineError> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    let io = |source| EngineError::Io {
+        what: format!("handing {} to uid {uid}", path.display()),
+        source,
+    };
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io)?;
+    if std::fs::symlink_metadata(path).map_err(io)?.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io)? {
+            chown_tree(&entry.map_err(io)?.path(), owner)?;
+        }
+    }
+    Ok(())
 }

@@ -54,6 +54,8 @@ pub struct EnvStatus {
     pub odoo_health: Option<Health>,
     /// Per supervised process: name, pid, restarts.
     pub odoo_processes: Option<Value>,
+    /// The uid (and gid) the environment's Odoo runs as, when careplane is root.
+    pub odoo_uid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -230,7 +232,13 @@ impl Engine {
         }
         let odoo_id = crate::desired::odoo_env_id(&tenant, &environment);
         let (mut odoo_url, mut odoo_health, mut odoo_processes) = (None, None, None);
+        let mut odoo_uid = None;
         if let Some(o) = all.iter().find(|r| r.id == odoo_id) {
+            odoo_uid = o
+                .observed
+                .get("uid")
+                .and_then(Value::as_u64)
+                .map(|u| u as u32);
             odoo_url = o
                 .observed
                 .get("url")
@@ -277,6 +285,7 @@ impl Engine {
             }
         }
         Ok(EnvStatus {
+            odoo_uid,
             odoo_url,
             odoo_health,
             odoo_processes,

@@ -56,11 +56,6 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The user Odoo processes run as by default when careplane is root. Not
-/// the PostgreSQL user: Odoo runs tenant code, and the database service user
-/// owns every cluster's files. `scripts/install-deps` creates it.
-pub const DEFAULT_ODOO_USER: &str = "careplane-odoo";
-
 /// None when not running as root (servers then run as the current user).
 /// When root: `run_as`, or `postgres` by default; an error names how to create
 /// the user when it does not exist.
@@ -73,29 +68,46 @@ pub fn service_user(run_as: Option<&str>) -> Result<Option<ServiceUser>> {
     )
 }
 
-/// The user Odoo runs as: None when not running as root, else `run_as` or
-/// [`DEFAULT_ODOO_USER`]. Refused when it is the PostgreSQL service user.
-pub fn odoo_user(
-    run_as: Option<&str>,
-    pg_user: Option<&ServiceUser>,
-) -> Result<Option<ServiceUser>> {
-    let user = named_service_user(
-        run_as.unwrap_or(DEFAULT_ODOO_USER),
-        "Odoo runs tenant code and must not run as root",
-        "(`scripts/install-deps` creates `careplane-odoo`), or choose an existing user with \
-         the Platform's spec.odoo.runAs",
-    )?;
-    if let (Some(u), Some(pg)) = (&user, pg_user) {
-        if u.uid == pg.uid {
+/// Whether `uid` belongs to an account in the passwd database
+/// (`getpwuid_r`): careplane hands out only uids that do not, so a process it
+/// starts under such a uid shares files with nobody.
+pub fn uid_has_account(uid: u32) -> Result<bool> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    loop {
+        // SAFETY: as in lookup_user; `pwd` and `buf` outlive the call.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid as libc::uid_t,
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1024 * 1024 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
             return Err(LocalError::ServiceUser(format!(
-                "Odoo would run as `{}`, the same uid as the PostgreSQL service user `{}`: Odoo \
-                 runs tenant code and would reach every database's files; give it a user of its \
-                 own (spec.odoo.runAs)",
-                u.name, pg.name
+                "looking up uid {uid} failed: {}",
+                io::Error::from_raw_os_error(rc)
             )));
         }
+        return Ok(!result.is_null());
     }
-    Ok(user)
+}
+
+/// A uid without an account, as the [`ServiceUser`] that processes run as
+/// (gid = uid; named `uid <n>` in messages).
+pub fn numeric_user(uid: u32) -> ServiceUser {
+    ServiceUser {
+        name: format!("uid {uid}"),
+        uid,
+        gid: uid,
+    }
 }
 
 fn named_service_user(name: &str, why: &str, hint: &str) -> Result<Option<ServiceUser>> {
@@ -619,6 +631,15 @@ mod tests {
         // The owner's class decides even when "other" would allow it.
         let m = meta(0o077);
         assert!(!permits(&m, &me, 0o1));
+    }
+
+    #[test]
+    fn uid_accounts_are_looked_up() {
+        assert!(uid_has_account(0).unwrap(), "root has an account");
+        let me = unsafe { libc::geteuid() };
+        assert!(uid_has_account(me).unwrap());
+        assert!(!uid_has_account(4_000_000_123).unwrap());
+        assert_eq!(numeric_user(7).gid, 7);
     }
 
     #[test]

@@ -156,12 +156,35 @@ pub struct OdooSettings {
     /// Directories with extra addons, searched before Odoo's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addons_paths: Vec<PathBuf>,
-    /// Unprivileged system user that runs the Odoo processes when careplane
-    /// runs as root. It must not be the PostgreSQL service user (`runAs`):
-    /// Odoo runs tenant code and must not reach the database files. Default:
-    /// `careplane-odoo` when running as root, ignored otherwise.
+    /// Numeric uids for Odoo processes when careplane runs as root: each
+    /// environment and template gets one of its own (gid = uid), without a
+    /// passwd entry, so one environment's Odoo cannot read another's files.
+    /// Default: 100000 uids from 1900000000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_as: Option<String>,
+    pub uids: Option<UidRange>,
+}
+
+/// A range of numeric uids careplane may hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct UidRange {
+    /// The first uid (at least 1000: below are system accounts).
+    #[schemars(range(min = 1000))]
+    pub first: u32,
+    /// How many uids from `first` on.
+    #[schemars(range(min = 1))]
+    pub count: u32,
+}
+
+impl UidRange {
+    /// Far from Debian's system (0–999), user (1000–59999) and reserved
+    /// (60000–65535) ranges, systemd's dynamic users (61184–65519) and the
+    /// usual subuid blocks (100000 and up, 65536 each).
+    pub const DEFAULT: UidRange = UidRange {
+        first: 1_900_000_000,
+        count: 100_000,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]

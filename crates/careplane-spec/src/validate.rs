@@ -313,21 +313,27 @@ pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
                 None,
             );
         }
-        if let Some(user) = &odoo.run_as {
-            check_user_name(
-                cx,
-                &[key("spec"), key("odoo"), key("runAs")],
-                user,
-                "careplane-odoo",
-            );
-            if spec.run_as.as_deref().unwrap_or("postgres") == user {
+        if let Some(r) = &odoo.uids {
+            let path = [key("spec"), key("odoo"), key("uids")];
+            if r.first < 1000 {
                 cx.at_value(
-                    &[key("spec"), key("odoo"), key("runAs")],
+                    &[key("spec"), key("odoo"), key("uids"), key("first")],
                     format!(
-                        "Odoo must not run as {}, the PostgreSQL service user: Odoo runs tenant code and would reach every database's files",
-                        quoted(user)
+                        "uid {} is a system account's; Odoo needs uids of its own",
+                        r.first
                     ),
-                    Some("a user of its own such as \"careplane-odoo\"".into()),
+                    Some("use a range no account uses, e.g. first: 1900000000".into()),
+                );
+            } else if r.count == 0
+                || u64::from(r.first) + u64::from(r.count) > u64::from(u32::MAX - 1)
+            {
+                cx.at_value(
+                    &path,
+                    format!(
+                        "uid range {}+{} is empty or runs past the largest uid",
+                        r.first, r.count
+                    ),
+                    None,
                 );
             }
         }

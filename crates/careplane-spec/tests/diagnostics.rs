@@ -873,7 +873,7 @@ spec:
 }
 
 #[test]
-fn odoo_must_not_run_as_the_database_user() {
+fn odoo_uid_range_must_avoid_system_accounts() {
     let text = "\
 apiVersion: careplane.dev/v1alpha1
 kind: Platform
@@ -881,11 +881,12 @@ metadata:
   name: hq
 spec:
   dataDir: .careplane
-  runAs: pgsvc
   odoo:
     command: /opt/odoo/odoo-bin
     version: 18
-    runAs: pgsvc
+    uids:
+      first: 100
+      count: 10
   defaults:
     serviceTier: standard
 ";
@@ -894,16 +895,23 @@ spec:
     check(
         &err[0],
         11,
-        12,
-        "spec.odoo.runAs",
-        "Odoo must not run as \"pgsvc\", the PostgreSQL service user: Odoo runs tenant code and would reach every database's files",
-        Some("a user of its own such as \"careplane-odoo\""),
+        14,
+        "spec.odoo.uids.first",
+        "uid 100 is a system account's; Odoo needs uids of its own",
+        Some("use a range no account uses, e.g. first: 1900000000"),
     );
-    let ok = text.replace(
-        "    runAs: pgsvc\n  defaults",
-        "    runAs: odoo\n  defaults",
+    let wide = text.replace(
+        "first: 100\n      count: 10",
+        "first: 4294967000\n      count: 1000",
     );
-    load_sources([("p.yaml", ok.as_str()), ("tiers.yaml", TIERS)]).expect("distinct users load");
+    let err = load_sources([("p.yaml", wide.as_str()), ("tiers.yaml", TIERS)]).unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert!(
+        err[0].message.contains("runs past the largest uid"),
+        "{err}"
+    );
+    let ok = text.replace("first: 100\n", "first: 70000\n");
+    load_sources([("p.yaml", ok.as_str()), ("tiers.yaml", TIERS)]).expect("a valid range loads");
 }
 
 #[test]
