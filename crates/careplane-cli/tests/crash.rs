@@ -37,6 +37,40 @@ fn crash(p: &Platform, args: &[&str], at: &str) {
     );
 }
 
+/// Kills `careplane <args>` at every point of every step in `ids`; the state
+/// stays readable and plannable after each crash.
+fn crash_everywhere(p: &Platform, ids: &[String], args: &[&str]) {
+    for id in ids {
+        for point in POINTS {
+            crash(p, args, &format!("{id}@{point}"));
+            p.plan();
+        }
+    }
+}
+
+/// Starts `careplane apply` and SIGKILLs it from outside as soon as its
+/// progress output has a line `at` accepts; insists it died by the kill.
+fn kill_apply_at(p: &Platform, at: impl Fn(&str) -> bool) {
+    let mut child = p
+        .cmd(&["apply"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if at(&line.unwrap()) {
+            child.kill().unwrap(); // SIGKILL
+            break;
+        }
+    }
+    assert_eq!(
+        child.wait().unwrap().signal(),
+        Some(libc::SIGKILL),
+        "apply finished before the kill"
+    );
+}
+
 /// Everything the specs ask for exists exactly once, and nothing else does.
 fn assert_converged(p: &Platform) {
     let plan = p.plan();
@@ -62,17 +96,7 @@ fn assert_converged(p: &Platform) {
         v.sort();
         v
     };
-    let dirs = |sub: &str| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(data.join(sub))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
+    let dirs = |sub: &str| dir_names(&data.join(sub));
     assert_eq!(
         dirs("pg"),
         scopes("pg-cluster/"),
@@ -146,13 +170,7 @@ fn apply_killed_at_every_step_converges() {
     let p = Platform::new(TENANTS);
     let ids = action_ids(&p.plan());
     assert!(ids.len() >= 10, "{ids:?}");
-    for id in &ids {
-        for point in POINTS {
-            crash(&p, &["apply"], &format!("{id}@{point}"));
-            // The state stays readable and plannable after every crash.
-            p.plan();
-        }
-    }
+    crash_everywhere(&p, &ids, &["apply"]);
     p.ok(&["apply"]);
     assert_converged(&p);
 
@@ -161,12 +179,7 @@ fn apply_killed_at_every_step_converges() {
     p.write_tenants(&only_alpha);
     let ids = action_ids(&p.plan());
     assert!(ids.iter().any(|i| i == "pg-cluster/gamma"), "{ids:?}");
-    for id in &ids {
-        for point in POINTS {
-            crash(&p, &["apply"], &format!("{id}@{point}"));
-            p.plan();
-        }
-    }
+    crash_everywhere(&p, &ids, &["apply"]);
     p.ok(&["apply"]);
     assert_converged(&p);
 }
@@ -177,25 +190,7 @@ fn apply_killed_from_outside_converges() {
     // Kill a real apply with SIGKILL from another process while it works: once
     // right after it reports its 4th step, and again in the resumed run.
     for marker in ["[4/", "[2/"] {
-        let mut child = p
-            .cmd(&["apply"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        for line in stderr.lines() {
-            if line.unwrap().starts_with(marker) {
-                child.kill().unwrap(); // SIGKILL
-                break;
-            }
-        }
-        let status = child.wait().unwrap();
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "apply finished before the kill"
-        );
+        kill_apply_at(&p, |line| line.starts_with(marker));
     }
     let out = p.run(&["apply"]);
     assert!(
@@ -306,12 +301,7 @@ fn odoo_apply_killed_at_every_odoo_step_converges() {
         .filter(|i| i.starts_with("odoo-"))
         .collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
-    for id in &ids {
-        for point in POINTS {
-            crash(&p, &["apply"], &format!("{id}@{point}"));
-            p.plan();
-        }
-    }
+    crash_everywhere(&p, &ids, &["apply"]);
     p.ok(&["apply"]);
     assert_odoo_converged(&p);
 
@@ -320,20 +310,7 @@ fn odoo_apply_killed_at_every_odoo_step_converges() {
     p.write_tenants(&TENANTS_ODOO.replace("    - name: test\n      kind: test\n", ""));
     p.ok(&["apply", "--delete-data"]);
     p.write_tenants(TENANTS_ODOO);
-    let mut child = p
-        .cmd(&["apply"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        if line.unwrap().contains("create odoo-env/omega/test") {
-            child.kill().unwrap();
-            break;
-        }
-    }
-    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    kill_apply_at(&p, |line| line.contains("create odoo-env/omega/test"));
     p.ok(&["apply"]);
     assert_odoo_converged(&p);
 
@@ -344,12 +321,7 @@ fn odoo_apply_killed_at_every_odoo_step_converges() {
         .filter(|i| i.starts_with("odoo-"))
         .collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
-    for id in &ids {
-        for point in POINTS {
-            crash(&p, &["apply", "--delete-data"], &format!("{id}@{point}"));
-            p.plan();
-        }
-    }
+    crash_everywhere(&p, &ids, &["apply", "--delete-data"]);
     p.ok(&["apply", "--delete-data"]);
     assert!(p.plan()["actions"].as_array().unwrap().is_empty());
     assert_eq!(

@@ -72,32 +72,11 @@ pub fn service_user(run_as: Option<&str>) -> Result<Option<ServiceUser>> {
 /// (`getpwuid_r`): careplane hands out only uids that do not, so a process it
 /// starts under such a uid shares files with nobody.
 pub fn uid_has_account(uid: u32) -> Result<bool> {
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    loop {
-        // SAFETY: as in lookup_user; `pwd` and `buf` outlive the call.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid as libc::uid_t,
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1024 * 1024 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(LocalError::ServiceUser(format!(
-                "looking up uid {uid} failed: {}",
-                io::Error::from_raw_os_error(rc)
-            )));
-        }
-        return Ok(!result.is_null());
-    }
+    let found = passwd_entry(&format!("uid {uid}"), |pwd, buf, len, result| {
+        // SAFETY: the pointers come from passwd_entry, valid for the call.
+        unsafe { libc::getpwuid_r(uid as libc::uid_t, pwd, buf, len, result) }
+    })?;
+    Ok(found.is_some())
 }
 
 /// A uid without an account, as the [`ServiceUser`] that processes run as
@@ -134,28 +113,31 @@ fn named_service_user(name: &str, why: &str, hint: &str) -> Result<Option<Servic
 pub fn lookup_user(name: &str) -> Result<Option<ServiceUser>> {
     let cname = CString::new(name)
         .map_err(|_| LocalError::invalid("user name", name, "contains a NUL byte"))?;
+    passwd_entry(&format!("user `{name}`"), |pwd, buf, len, result| {
+        // SAFETY: the pointers come from passwd_entry, valid for the call.
+        unsafe { libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result) }
+    })
+}
+
+/// Runs a `getpw*_r` lookup with a buffer that grows on `ERANGE`.
+fn passwd_entry(
+    what: &str,
+    lookup: impl Fn(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> libc::c_int,
+) -> Result<Option<ServiceUser>> {
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     loop {
-        // SAFETY: passwd is plain old data; getpwnam_r fills it and points its
+        // SAFETY: passwd is plain old data; the lookup fills it and points its
         // strings into `buf`, which outlives every use below.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        let rc = lookup(&mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
         if rc == libc::ERANGE && buf.len() < 1024 * 1024 {
             buf.resize(buf.len() * 4, 0);
             continue;
         }
         if rc != 0 {
             return Err(LocalError::ServiceUser(format!(
-                "looking up user `{name}` failed: {}",
+                "looking up {what} failed: {}",
                 io::Error::from_raw_os_error(rc)
             )));
         }
