@@ -580,6 +580,31 @@ fn proc_uid(pid: u32) -> u32 {
         .expect("Uid line")
 }
 
+/// A platform that names Odoo 17 but points at an 18 (`odoo-bin --version`)
+/// is refused before anything is created.
+#[test]
+fn odoo_version_mismatch_is_refused() {
+    let p = odoo_platform();
+    let file = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("    version: 18\n", "    version: 17\n"),
+    )
+    .unwrap();
+    let out = p.run(&["apply"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.odoo.version is 17 but") && err.contains("is Odoo 18"),
+        "{err}"
+    );
+    assert!(
+        !p.data_dir().join("pg").exists(),
+        "a refused apply created something"
+    );
+}
+
 /// When careplane runs as root, an Odoo command the Odoo user cannot execute
 /// (here: 0700 in a root-owned directory) is refused before anything is
 /// created, naming the file.

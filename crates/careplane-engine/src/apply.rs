@@ -199,8 +199,10 @@ impl Engine {
             .iter()
             .find(|a| a.op != Op::Delete && matches!(a.kind, Kind::OdooEnv | Kind::OdooTemplate))
         {
-            if let Err(e) = self.check_odoo(a) {
-                problems.push(e.to_string());
+            match self.check_odoo(a) {
+                Ok(()) => {}
+                Err(EngineError::Refused { problems: p }) => problems.extend(p),
+                Err(e) => problems.push(e.to_string()),
             }
         }
         if needs_pg || needs_redis {

@@ -153,6 +153,21 @@ impl Engine {
             }
             check_access(dir, user, Access::ReadDir)?;
         }
+        // The configuration careplane writes depends on the version: refuse
+        // an installation that is not the one the platform names.
+        let mut env = odoo::ProcessEnv::base(Path::new("/"));
+        env.set("USER", "odoo-version-check");
+        env.set("LOGNAME", "odoo-version-check");
+        let found = odoo::installed_version(&install, &env, user.map(|u| (u.uid, u.gid)))?;
+        if found != install.version {
+            return Err(EngineError::Refused {
+                problems: vec![format!(
+                    "Platform spec.odoo.version is {} but {} is Odoo {found}",
+                    install.version,
+                    install.argv_prefix().join(" ")
+                )],
+            });
+        }
         Ok(())
     }
 

@@ -38,6 +38,11 @@ pub enum OdooError {
     #[error("invalid Odoo configuration: {0}")]
     InvalidConfig(String),
 
+    /// The Odoo installation the platform names does not run, or is not the
+    /// version the platform says.
+    #[error("Odoo installation: {0}")]
+    Installation(String),
+
     /// A one-off Odoo command (`-i`/`-u … --stop-after-init`) failed.
     #[error("{what}: `{command}` {status}; log {}{}", .log.display(), tail_suffix(.log_tail))]
     Command {

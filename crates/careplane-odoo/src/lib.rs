@@ -46,8 +46,8 @@ pub use passwd::{
     ADMIN_PASSWORD_SALT_LEN,
 };
 pub use process::{
-    process_argv, process_spec, run_once, ModuleOp, OdooInstall, ProcessEnv, DEFAULT_LANG,
-    ENV_REDIS_PASSWORD, ENV_REDIS_URL,
+    installed_version, process_argv, process_spec, run_once, ModuleOp, OdooInstall, ProcessEnv,
+    DEFAULT_LANG, ENV_REDIS_PASSWORD, ENV_REDIS_URL,
 };
 pub use secrecy::{ExposeSecret, SecretString};
 pub use supervisor::{

@@ -465,3 +465,65 @@ mod tests {
         );
     }
 }
+
+/// Runs `[python] odoo-bin --version` (as `user` when given, with exactly
+/// `env`) and returns the major version it prints (`Odoo Server 18.0…` → 18),
+/// so a platform that names one version but points at another is refused
+/// before anything is created.
+pub fn installed_version(
+    install: &OdooInstall,
+    env: &ProcessEnv,
+    user: Option<(u32, u32)>,
+) -> Result<u32> {
+    let mut argv = install.argv_prefix();
+    argv.push("--version".into());
+    let command_line = argv.join(" ");
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::null());
+    env.apply(&mut cmd);
+    cmd.current_dir("/");
+    sys::install_child_hook(&mut cmd, user, true, 0o077);
+    let out = cmd.output().map_err(|e| {
+        OdooError::Installation(format!("`{command_line}` could not be started: {e}"))
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        return Err(OdooError::Installation(format!(
+            "`{command_line}` {}:\n{}",
+            describe_exit(out.status),
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        )));
+    }
+    parse_version(&stdout).ok_or_else(|| {
+        OdooError::Installation(format!(
+            "`{command_line}` printed {:?}, not `Odoo Server <major>.<minor>…`",
+            stdout.trim()
+        ))
+    })
+}
+
+/// The major version in `Odoo Server 18.0+e-20241005` (or `saas~17.2`).
+fn parse_version(text: &str) -> Option<u32> {
+    let rest = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Odoo Server "))?;
+    let rest = rest.strip_prefix("saas~").unwrap_or(rest);
+    rest.split('.').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::parse_version;
+
+    #[test]
+    fn versions_as_odoo_prints_them() {
+        assert_eq!(parse_version("Odoo Server 18.0+e-20241005\n"), Some(18));
+        assert_eq!(parse_version("Odoo Server 17.0\n"), Some(17));
+        assert_eq!(parse_version("Odoo Server saas~17.2\n"), Some(17));
+        assert_eq!(parse_version("warning: x\nOdoo Server 16.0\n"), Some(16));
+        assert_eq!(parse_version("odoo 18"), None);
+        assert_eq!(parse_version("Odoo Server master"), None);
+    }
+}
