@@ -441,6 +441,107 @@ fn odoo_environments() {
         "{journal}"
     );
 
+    // Adding a module in the spec: a template for the new module set, the
+    // running environments get the module installed in place (their data
+    // kept, their identity unchanged), and the old template is dropped.
+    let mut c = tenant_client(&p, "alpha", "production");
+    c.batch_execute(
+        "CREATE TABLE patient_note (body text); INSERT INTO patient_note VALUES ('kept')",
+    )
+    .unwrap();
+    let uuid_before = param(&mut c, "database.uuid");
+    drop(c);
+    let templates_before = p.json(&["status"])["servers"].clone();
+    p.write_tenants(&TENANTS_ODOO.replace("modules: [sale]", "modules: [sale, purchase]"));
+    let plan = p.plan();
+    let ops: Vec<String> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["op"].as_str().unwrap(),
+                a["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        ops.iter().any(|o| o == "update odoo-env/alpha/production"),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|o| o.starts_with("create odoo-template/shared/")),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|o| o.starts_with("delete odoo-template/shared/")),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.iter().any(|o| o.contains("beta")),
+        "beta is unchanged: {ops:?}"
+    );
+    p.ok(&["apply"]);
+    let mut c = tenant_client(&p, "alpha", "production");
+    let state: String = c
+        .query_one(
+            "SELECT state FROM ir_module_module WHERE name = 'purchase'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "installed");
+    let kept: String = c
+        .query_one("SELECT body FROM patient_note", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, "kept");
+    assert_eq!(param(&mut c, "database.uuid"), uuid_before, "identity kept");
+    drop(c);
+    let shared = |servers: &Value| -> Vec<String> {
+        servers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "pg-cluster/shared")
+            .map(|s| {
+                let mut t: Vec<String> = s["templates"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect();
+                t.sort();
+                t
+            })
+            .unwrap()
+    };
+    let st = p.json(&["status"]);
+    let (old, new) = (shared(&templates_before), shared(&st["servers"]));
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(old, new, "a new template for the new module set");
+    let members = st["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "pg-cluster/shared")
+        .unwrap()["members"]
+        .clone();
+    assert!(
+        !members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == old[0].as_str()),
+        "old template still on the cluster: {members}"
+    );
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
+
     // stop: no supervisor or Odoo process left; start: healthy again.
     let pids: Vec<u32> = ["production", "dev"]
         .iter()
