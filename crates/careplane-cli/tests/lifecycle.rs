@@ -244,6 +244,72 @@ fn platform_lifecycle() {
         .iter()
         .all(|e| e["pgHealth"]["ok"] == true && e["redisHealth"]["ok"] == true));
 
+    // Cluster settings: a reloadable one is applied without a restart (the
+    // postmaster keeps its pid, tenants keep their connections); one that
+    // needs a restart restarts the cluster.
+    let pid_of = |id: &str| -> u64 {
+        p.json(&["status"])["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()["pid"]
+            .as_u64()
+            .unwrap()
+    };
+    let show = |setting: &str| -> String {
+        let c = p.json(&["credentials", "alpha", "production"]);
+        let mut client = careplane_local::pg::connect_tenant(
+            c["postgres"]["port"].as_u64().unwrap() as u16,
+            "alpha-production",
+            "alpha-production",
+            &careplane_local::SecretString::from(
+                c["postgres"]["password"].as_str().unwrap().to_string(),
+            ),
+            &ca,
+        )
+        .unwrap();
+        client
+            .query_one(&format!("SHOW {setting}"), &[])
+            .unwrap()
+            .get(0)
+    };
+    let platform_file = p.specs.join("platform.yaml");
+    let original = std::fs::read_to_string(&platform_file).unwrap();
+    let with_settings = |settings: &str| {
+        original.replacen(
+            "  defaults:",
+            &format!("  postgres:\n    settings:\n{settings}  defaults:"),
+            1,
+        )
+    };
+    let before = pid_of("pg-cluster/shared");
+    std::fs::write(&platform_file, with_settings("      work_mem: 8MB\n")).unwrap();
+    let plan = p.plan();
+    assert!(
+        ids(&plan).contains(&("update".to_string(), "pg-cluster/shared".to_string())),
+        "{plan}"
+    );
+    p.ok(&["apply"]);
+    assert_eq!(show("work_mem"), "8MB");
+    assert_eq!(
+        pid_of("pg-cluster/shared"),
+        before,
+        "work_mem reloads, no restart"
+    );
+    std::fs::write(
+        &platform_file,
+        with_settings("      work_mem: 8MB\n      shared_buffers: 48MB\n"),
+    )
+    .unwrap();
+    p.ok(&["apply"]);
+    assert_eq!(show("shared_buffers"), "48MB");
+    assert_ne!(
+        pid_of("pg-cluster/shared"),
+        before,
+        "shared_buffers needs a restart"
+    );
+
     // destroy: production needs --confirm; then nothing is left.
     let out = p.run(&["destroy"]);
     assert!(!out.status.success());

@@ -483,8 +483,14 @@ impl Engine {
         let mut target = rec.clone();
         target.props = a.props.clone();
         let cluster = self.cluster_handle(&target, host)?;
+        // init rewrites the configuration and reloads a running server; a
+        // restart (every tenant's connections dropped) only when a changed
+        // setting needs one, as PostgreSQL itself reports.
         cluster.init(&tls)?;
-        if a.op == Op::Update {
+        if a.op == Op::Update
+            && cluster.running_pid().is_some()
+            && !cluster.pending_restart()?.is_empty()
+        {
             cluster.stop()?;
         }
         let pid = cluster.start()?;

@@ -74,7 +74,7 @@ impl Action {
                 "initdb --data-checksums, TLS, loopback only; start PostgreSQL ({})",
                 p("scope")
             ),
-            (Kind::PgCluster, Op::Update) => "rewrite configuration and restart PostgreSQL".into(),
+            (Kind::PgCluster, Op::Update) => "rewrite configuration and reload PostgreSQL (restart only for settings that need one)".into(),
             (Kind::PgCluster, Op::Delete) => {
                 "stop PostgreSQL and remove the cluster's directory".into()
             }

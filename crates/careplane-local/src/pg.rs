@@ -1248,6 +1248,20 @@ impl PgCluster {
         fsutil::write_file(&self.hba_path(), out.as_bytes(), 0o600, self.owner())
     }
 
+    /// Settings the running server has read but can only apply at a restart
+    /// (`pg_settings.pending_restart`, e.g. `shared_buffers`), after a
+    /// [`PgCluster::reload`]. Empty when a reload was enough.
+    pub fn pending_restart(&self) -> Result<Vec<String>> {
+        let rows = self
+            .admin()?
+            .query(
+                "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
+                &[],
+            )
+            .map_err(|e| LocalError::pg(&self.name, "reading settings pending a restart", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Makes the running server re-read its configuration, waiting until the
     /// postmaster has done so, and reports settings it rejected.
     pub fn reload(&self) -> Result<()> {
