@@ -667,6 +667,7 @@ impl Engine {
             servers.reverse();
         }
         let mut failed = Vec::new();
+        let mut waiting = Vec::new();
         for rec in servers {
             let step =
                 self.store()?
@@ -692,7 +693,16 @@ impl Engine {
                     .stop()
                     .map(|_| None)
                     .map_err(Into::into),
-                (_, true) => self.start_odoo_env(rec, &mut host).map(Some),
+                // Odoo environments are spawned here and waited for below,
+                // all at once: each takes seconds to load its registry.
+                (_, true) => match self.spawn_odoo_env(rec, &mut host) {
+                    Ok((pid, Some(ready))) => {
+                        waiting.push((rec, step, pid, ready));
+                        continue;
+                    }
+                    Ok((pid, None)) => Ok(Some(pid)),
+                    Err(e) => Err(e),
+                },
                 (_, false) => self.stop_odoo_env(rec).map(|_| None),
             };
             match result {
@@ -724,6 +734,39 @@ impl Engine {
                     }
                     self.store()?.finish_operation(op, "failed", Some(&msg))?;
                     return Err(e);
+                }
+            }
+        }
+        let outcomes: Vec<Result<(), EngineError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = waiting
+                .iter()
+                .map(|(_, _, _, ready)| scope.spawn(move || ready.wait()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EngineError::inconsistent(
+                            "waiting for Odoo to be ready panicked",
+                        ))
+                    })
+                })
+                .collect()
+        });
+        for ((rec, step, pid, _), outcome) in waiting.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    let mut r = (*rec).clone();
+                    r.observed["supervisorPid"] = json!(pid);
+                    self.store()?.put_resource(&r)?;
+                    self.store()?.step_finished(*step, None)?;
+                    progress(&format!("started {}", rec.id));
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.store()?.step_finished(*step, Some(&msg))?;
+                    progress(&format!("FAILED {}", rec.id));
+                    failed.push(format!("{}: {msg}", rec.id));
                 }
             }
         }

@@ -542,8 +542,27 @@ impl Engine {
         self.finish(a, rec)
     }
 
+    /// Starts an environment's supervisor and waits until it is ready.
     #[allow(clippy::too_many_arguments)]
     fn start_odoo(
+        &self,
+        props: &Value,
+        root: &Path,
+        web_conf: &Path,
+        cron_conf: &Path,
+        ports: (u16, Option<u16>),
+        env: odoo::ProcessEnv,
+        owner: Option<(u32, u32)>,
+    ) -> Result<u32, EngineError> {
+        let (pid, ready) = self.spawn_odoo(props, root, web_conf, cron_conf, ports, env, owner)?;
+        ready.wait()?;
+        Ok(pid)
+    }
+
+    /// Writes the supervisor's spec and environment file and spawns it;
+    /// returns its pid and what to wait for before calling it ready.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_odoo(
         &self,
         props: &Value,
         root: &Path,
@@ -552,7 +571,7 @@ impl Engine {
         (http_port, evented): (u16, Option<u16>),
         env: odoo::ProcessEnv,
         owner: Option<(u32, u32)>,
-    ) -> Result<u32, EngineError> {
+    ) -> Result<(u32, Readiness), EngineError> {
         let install = self.odoo_install(props)?;
         let env_file = root.join("process.env");
         env.write_file(&env_file)?;
@@ -593,36 +612,14 @@ impl Engine {
             &[OsString::from("supervise"), spec_file.into_os_string()],
             root,
         )?;
-        let ready = odoo::wait_healthy(http_port, "/web/health", READY_TIMEOUT)
-            .and_then(|_| odoo::wait_healthy(http_port, "/web/login", READY_TIMEOUT))
-            .map_err(|e| e.to_string())
-            .and_then(|_| match evented {
-                Some(port) => {
-                    odoo::wait_healthy(port, "/web/health", EVENTED_TIMEOUT).map_err(|e| {
-                        format!(
-                        "the web server answers but the evented (websocket/longpolling) server \
-                         on port {port} does not: {e}"
-                    )
-                    })
-                }
-                None => Ok(()),
-            });
-        if let Err(e) = ready {
-            // What Odoo itself said is what the operator needs next.
-            let log = root.join("logs").join("web.log");
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    l.contains(" ERROR ") || l.contains(" CRITICAL ") || l.contains("Error")
-                })
-                .collect();
-            let tail = lines[lines.len().saturating_sub(6)..].join("\n  ");
-            return Err(EngineError::Inconsistent {
-                what: format!("{e}\n  last errors in {}:\n  {tail}", log.display()),
-            });
-        }
-        Ok(pid)
+        Ok((
+            pid,
+            Readiness {
+                root: root.to_path_buf(),
+                http_port,
+                evented,
+            },
+        ))
     }
 
     pub(crate) fn delete_odoo_env(
@@ -647,19 +644,35 @@ impl Engine {
     }
 
     /// Starts a recorded environment's supervisor again (`careplane start`).
+    /// Starts a recorded environment's supervisor again (`careplane start`)
+    /// and waits until it is ready.
     pub(crate) fn start_odoo_env(
         &mut self,
         rec: &ResourceRecord,
-        _host: &mut Host,
+        host: &mut Host,
     ) -> Result<u32, EngineError> {
+        let (pid, ready) = self.spawn_odoo_env(rec, host)?;
+        if let Some(ready) = ready {
+            ready.wait()?;
+        }
+        Ok(pid)
+    }
+
+    /// Spawns a recorded environment's supervisor unless one runs; the
+    /// readiness to wait for, when it was spawned now.
+    pub(crate) fn spawn_odoo_env(
+        &mut self,
+        rec: &ResourceRecord,
+        _host: &mut Host,
+    ) -> Result<(u32, Option<Readiness>), EngineError> {
         let root = PathBuf::from(observed_str(rec, "root")?);
         if let Some(pid) = odoo::supervisor_pid(&root) {
-            return Ok(pid);
+            return Ok((pid, None));
         }
         let (_, env) = self.recorded_process_env(rec, &root)?;
         let owner = Self::owner(rec);
         let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
-        self.start_odoo(
+        let (pid, ready) = self.spawn_odoo(
             &rec.props,
             &root,
             &root.join(odoo::Role::Web.config_file_name()),
@@ -667,7 +680,8 @@ impl Engine {
             (http_port, evented_port(&rec.props, &rec.observed)),
             env,
             owner,
-        )
+        )?;
+        Ok((pid, Some(ready)))
     }
 
     /// The database handle and process environment of a recorded
@@ -834,4 +848,48 @@ fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> Result<(), EngineError>
         }
     }
     Ok(())
+}
+
+/// What makes a started environment ready: `/web/health` and `/web/login` on
+/// its HTTP port, and `/web/health` on its evented port when it has workers.
+/// Plain data, so several environments can be waited for at once.
+pub(crate) struct Readiness {
+    root: PathBuf,
+    http_port: u16,
+    evented: Option<u16>,
+}
+
+impl Readiness {
+    pub(crate) fn wait(&self) -> Result<(), EngineError> {
+        let http_port = self.http_port;
+        let ready = odoo::wait_healthy(http_port, "/web/health", READY_TIMEOUT)
+            .and_then(|_| odoo::wait_healthy(http_port, "/web/login", READY_TIMEOUT))
+            .map_err(|e| e.to_string())
+            .and_then(|_| match self.evented {
+                Some(port) => {
+                    odoo::wait_healthy(port, "/web/health", EVENTED_TIMEOUT).map_err(|e| {
+                        format!(
+                            "the web server answers but the evented (websocket/longpolling) \
+                             server on port {port} does not: {e}"
+                        )
+                    })
+                }
+                None => Ok(()),
+            });
+        ready.map_err(|e| {
+            // What Odoo itself said is what the operator needs next.
+            let log = self.root.join("logs").join("web.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains(" ERROR ") || l.contains(" CRITICAL ") || l.contains("Error")
+                })
+                .collect();
+            let tail = lines[lines.len().saturating_sub(6)..].join("\n  ");
+            EngineError::Inconsistent {
+                what: format!("{e}\n  last errors in {}:\n  {tail}", log.display()),
+            }
+        })
+    }
 }
