@@ -667,6 +667,37 @@ impl Engine {
             servers.reverse();
         }
         let mut failed = Vec::new();
+        if !start {
+            // Odoo environments stop all at once (each takes seconds to shut
+            // its workers down gracefully), and before any server they use.
+            let (envs, rest): (Vec<_>, Vec<_>) =
+                servers.into_iter().partition(|r| r.kind == "odoo-env");
+            servers = rest;
+            let mut stopping = Vec::new();
+            for rec in envs {
+                let step =
+                    self.store()?
+                        .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
+                let root = PathBuf::from(observed_str(rec, "root")?);
+                stopping.push((rec, step, root));
+            }
+            let outcomes = run_all(
+                stopping
+                    .iter()
+                    .map(|(_, _, root)| move || crate::odoo::stop_env_at(root)),
+            );
+            for ((rec, step, _), outcome) in stopping.iter().zip(outcomes) {
+                let err = outcome.err().map(|e| e.to_string());
+                self.store()?.step_finished(*step, err.as_deref())?;
+                match err {
+                    None => progress(&format!("stopped {}", rec.id)),
+                    Some(msg) => {
+                        progress(&format!("FAILED {}", rec.id));
+                        failed.push(format!("{}: {msg}", rec.id));
+                    }
+                }
+            }
+        }
         let mut waiting = Vec::new();
         for rec in servers {
             let step =
@@ -737,22 +768,7 @@ impl Engine {
                 }
             }
         }
-        let outcomes: Vec<Result<(), EngineError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = waiting
-                .iter()
-                .map(|(_, _, _, ready)| scope.spawn(move || ready.wait()))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(EngineError::inconsistent(
-                            "waiting for Odoo to be ready panicked",
-                        ))
-                    })
-                })
-                .collect()
-        });
+        let outcomes = run_all(waiting.iter().map(|(_, _, _, ready)| move || ready.wait()));
         for ((rec, step, pid, _), outcome) in waiting.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {
@@ -930,4 +946,23 @@ pub(crate) fn remove_dir(path: &Path) -> Result<(), EngineError> {
             source,
         }),
     }
+}
+
+/// Runs every job on a thread of its own and returns their results in order.
+/// For waits that are mostly sleeping on another process (Odoo loading its
+/// registry, shutting its workers down), so one thread each is cheap.
+fn run_all<F>(jobs: impl Iterator<Item = F>) -> Vec<Result<(), EngineError>>
+where
+    F: FnOnce() -> Result<(), EngineError> + Send,
+{
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs.map(|job| scope.spawn(job)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(EngineError::inconsistent("a parallel job panicked")))
+            })
+            .collect()
+    })
 }

@@ -713,8 +713,7 @@ impl Engine {
     }
 
     pub(crate) fn stop_odoo_env(&mut self, rec: &ResourceRecord) -> Result<(), EngineError> {
-        let root = PathBuf::from(observed_str(rec, "root")?);
-        Ok(odoo::stop_supervisor(&root, STOP_TIMEOUT)?)
+        stop_env_at(Path::new(observed_str(rec, "root")?))
     }
 
     /// `careplane modules install|upgrade`: stop web, run Odoo's `-i`/`-u`,
@@ -892,4 +891,10 @@ impl Readiness {
             }
         })
     }
+}
+
+/// Stops the supervisor of the environment kept in `root` and every process
+/// it ran. Needs no engine, so `stop` can run it for all environments at once.
+pub(crate) fn stop_env_at(root: &Path) -> Result<(), EngineError> {
+    Ok(odoo::stop_supervisor(root, STOP_TIMEOUT)?)
 }
