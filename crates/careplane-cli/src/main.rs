@@ -425,8 +425,9 @@ fn with_progress<T>(
         } => {
             let msg = format!("{:?} {}", action.op, action.id).to_lowercase();
             if tty {
+                // The position counts finished steps: Odoo environments
+                // finish after later steps have started.
                 bar.set_length(total as u64);
-                bar.set_position(index as u64);
                 bar.set_message(msg);
             } else {
                 eprintln!("[{}/{}] {msg} ...", index + 1, total);
@@ -434,9 +435,20 @@ fn with_progress<T>(
         }
         Event::Finished { index, total, .. } => {
             if tty {
-                bar.set_position(index as u64 + 1);
+                bar.inc(1);
             } else if index + 1 == total {
                 eprintln!("[{total}/{total}] done");
+            }
+        }
+        Event::Waiting { environments } => {
+            let msg = format!(
+                "waiting for {environments} Odoo environment{} to answer on /web/health and /web/login",
+                if environments == 1 { "" } else { "s" }
+            );
+            if tty {
+                bar.set_message(msg);
+            } else {
+                eprintln!("{msg} ...");
             }
         }
     };

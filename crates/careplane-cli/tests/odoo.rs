@@ -571,19 +571,7 @@ fn odoo_environments() {
     // would. `start` says so and names the port; `status` shows it DOWN.
     p.ok(&["stop"]);
     let gport: u16 = get(&web, "gevent_port").parse().unwrap();
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", gport)).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let accept = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            for conn in squatter.incoming() {
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                drop(conn);
-            }
-        })
-    };
+    let squatter = Squatter::on(gport);
     let out = p.run(&["start"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -616,9 +604,7 @@ fn odoo_environments() {
             .contains("evented server"),
         "{prod}"
     );
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = std::net::TcpStream::connect(("127.0.0.1", gport));
-    accept.join().unwrap();
+    drop(squatter);
     p.ok(&["stop"]);
     p.ok(&["start"]);
     let st = p.json(&["status"]);
@@ -732,6 +718,132 @@ fn odoo_command_the_service_user_cannot_run_is_refused() {
     set_mode(&exe, 0o755);
     p.ok(&["apply"]);
     p.ok(&["destroy", "--confirm", "alpha"]);
+}
+
+/// Something on a port that accepts and closes every connection, as a
+/// process that is not Odoo would; the port is freed on drop.
+struct Squatter {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Squatter {
+    fn on(port: u16) -> Squatter {
+        // A process just killed may hold the port for a moment longer.
+        let mut tries = 0;
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    eprintln!("port {port}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("port {port} stays taken: {e}"),
+            }
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accept = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    drop(conn);
+                }
+            })
+        };
+        Squatter {
+            port,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `apply` spawns every new environment and waits for them together: one
+/// that does not come up fails the apply, naming it, while the others are
+/// recorded ready, so the next apply redoes only the failed one.
+#[test]
+fn apply_records_every_environment_that_came_up_when_one_did_not() {
+    let p = odoo_platform();
+    // A first apply killed once everything has been spawned and answered,
+    // before alpha/production is recorded: its odoo.conf now names the
+    // evented port the next apply will use again.
+    let out = p
+        .cmd(&["apply"])
+        .env("CAREPLANE_CRASH_AT", "odoo-env/alpha/production@executed")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let web = conf(&env_root(&p, "alpha", "production").join("odoo-web.conf"));
+    let gport: u16 = get(&web, "gevent_port").parse().unwrap();
+    // The killed apply left its processes running; take the port from them.
+    for pid in processes_in(&env_root(&p, "alpha", "production")) {
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let squatter = Squatter::on(gport);
+
+    let out = p.run(&["apply"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "apply succeeded: {err}");
+    assert!(
+        err.contains("odoo-env/alpha/production")
+            && err.contains("evented")
+            && err.contains(&gport.to_string()),
+        "{err}"
+    );
+    // Every other environment came up and is recorded: only the failed one
+    // is left to do.
+    let left: Vec<String> = p.plan()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec!["odoo-env/alpha/production".to_string()]);
+    let st = p.json_allow_fail(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        if e["environment"] != "production" {
+            assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+        }
+    }
+    let journal = p.json(&["journal"]);
+    let failed: Vec<&Value> = journal
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["error"].is_string())
+        .collect();
+    assert_eq!(failed.len(), 1, "{journal}");
+    assert_eq!(failed[0]["action"], "create odoo-env/alpha/production");
+
+    drop(squatter);
+    p.ok(&["apply"]);
+    assert_eq!(p.plan()["actions"], Value::Array(vec![]));
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
 }
 
 fn is_zombie(pid: u32) -> bool {

@@ -38,6 +38,8 @@ pub enum Event<'a> {
         total: usize,
         action: &'a Action,
     },
+    /// Odoo environments were spawned and are being waited for together.
+    Waiting { environments: usize },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +64,15 @@ pub(crate) fn crash_point(id: &str, point: &str) {
             }
         }
     }
+}
+
+/// An action whose step stays open while its Odoo environment loads.
+struct Deferred<'a> {
+    index: usize,
+    action: &'a Action,
+    step: i64,
+    label: String,
+    starting: crate::odoo::Starting,
 }
 
 /// Lazily resolved host facts: found once per run, and only when a step needs them.
@@ -116,7 +127,15 @@ impl Engine {
         self.store()?.mark_interrupted_resumed(op)?;
         let total = plan.actions.len();
         let mut applied = Vec::new();
+        // Odoo environments spawned and still loading their registry (seconds
+        // each): the next environments are cloned meanwhile, and all of them
+        // are waited for together before any other kind of action.
+        let mut starting: Vec<Deferred<'_>> = Vec::new();
         for (index, action) in plan.actions.iter().enumerate() {
+            let deferrable = action.kind == Kind::OdooEnv && action.op != Op::Delete;
+            if !deferrable {
+                self.settle(total, &mut starting, &mut applied, progress)?;
+            }
             progress(Event::Started {
                 index,
                 total,
@@ -127,29 +146,120 @@ impl Engine {
                 .store()?
                 .step_started(op, &label, &json!({ "props": action.props }))?;
             crash_point(&action.id, "started");
-            if let Err(e) = self.execute(action, &mut host) {
-                let msg = e.to_string();
-                self.store()?.step_finished(step, Some(&msg))?;
-                self.store()?.finish_operation(op, "failed", Some(&msg))?;
-                return Err(EngineError::ActionFailed {
-                    action: label,
-                    source: Box::new(e),
-                });
+            let result = if deferrable {
+                self.ensure_odoo_env(action, &mut host).map(Some)
+            } else {
+                self.execute(action, &mut host).map(|()| None)
+            };
+            match result {
+                Ok(Some(s)) => starting.push(Deferred {
+                    index,
+                    action,
+                    step,
+                    label,
+                    starting: s,
+                }),
+                Ok(None) => {
+                    self.store()?.step_finished(step, None)?;
+                    crash_point(&action.id, "finished");
+                    progress(Event::Finished {
+                        index,
+                        total,
+                        action,
+                    });
+                    applied.push(label);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.store()?.step_finished(step, Some(&msg))?;
+                    // Environments already spawned are still seen through,
+                    // so that they are recorded ready or failed, not left
+                    // for the next apply to redo.
+                    let settled = self.settle(total, &mut starting, &mut applied, progress);
+                    let e = match settled {
+                        Ok(()) => EngineError::ActionFailed {
+                            action: label,
+                            source: Box::new(e),
+                        },
+                        Err(other) => {
+                            EngineError::inconsistent(format!("{label} failed: {e}\n{other}"))
+                        }
+                    };
+                    self.store()?
+                        .finish_operation(op, "failed", Some(&e.to_string()))?;
+                    return Err(e);
+                }
             }
-            self.store()?.step_finished(step, None)?;
-            crash_point(&action.id, "finished");
-            progress(Event::Finished {
-                index,
-                total,
-                action,
-            });
-            applied.push(label);
+        }
+        if let Err(e) = self.settle(total, &mut starting, &mut applied, progress) {
+            self.store()?
+                .finish_operation(op, "failed", Some(&e.to_string()))?;
+            return Err(e);
         }
         self.store()?.finish_operation(op, "succeeded", None)?;
         Ok(ApplyReport {
             operation: op,
             applied,
         })
+    }
+
+    /// Waits for every spawned Odoo environment at once and records each as
+    /// finished or failed. Every failure is reported, the first as the
+    /// error's action.
+    fn settle<'a>(
+        &mut self,
+        total: usize,
+        starting: &mut Vec<Deferred<'a>>,
+        applied: &mut Vec<String>,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), EngineError> {
+        if starting.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(starting);
+        progress(Event::Waiting {
+            environments: batch.len(),
+        });
+        let outcomes = run_all(batch.iter().map(|d| move || d.starting.ready.wait()));
+        let mut failed: Vec<(String, EngineError)> = Vec::new();
+        for (d, outcome) in batch.into_iter().zip(outcomes) {
+            let (index, action, step, label) = (d.index, d.action, d.step, d.label.clone());
+            let outcome = outcome.and_then(|()| self.finish_odoo_env(action, d.starting));
+            match outcome {
+                Ok(()) => {
+                    self.store()?.step_finished(step, None)?;
+                    crash_point(&action.id, "finished");
+                    progress(Event::Finished {
+                        index,
+                        total,
+                        action,
+                    });
+                    applied.push(label);
+                }
+                Err(e) => {
+                    self.store()?.step_finished(step, Some(&e.to_string()))?;
+                    failed.push((label, e));
+                }
+            }
+        }
+        match failed.len() {
+            0 => Ok(()),
+            1 => {
+                let (action, e) = failed.remove(0);
+                Err(EngineError::ActionFailed {
+                    action,
+                    source: Box::new(e),
+                })
+            }
+            n => Err(EngineError::inconsistent(format!(
+                "{n} Odoo environments did not come up:\n{}",
+                failed
+                    .iter()
+                    .map(|(l, e)| format!("{l}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))),
+        }
     }
 
     /// Everything that can refuse the plan is checked before the first action,
@@ -327,7 +437,11 @@ impl Engine {
             (Kind::RedisUser, Op::Delete) => self.delete_redis_user(a, host),
             (Kind::OdooTemplate, Op::Create | Op::Update) => self.ensure_odoo_template(a, host),
             (Kind::OdooTemplate, Op::Delete) => self.delete_odoo_template(a, host),
-            (Kind::OdooEnv, Op::Create | Op::Update) => self.ensure_odoo_env(a, host),
+            (Kind::OdooEnv, Op::Create | Op::Update) => {
+                let s = self.ensure_odoo_env(a, host)?;
+                s.ready.wait()?;
+                self.finish_odoo_env(a, s)
+            }
             (Kind::OdooEnv, Op::Delete) => self.delete_odoo_env(a, host),
         }
     }

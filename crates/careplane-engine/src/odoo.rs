@@ -399,11 +399,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Brings an environment to its spec and spawns its processes; the
+    /// caller waits for them (see [`Starting`]) and then calls
+    /// [`Engine::finish_odoo_env`]. Until then the record is not ready, so an
+    /// apply killed while Odoo loads does the environment again.
     pub(crate) fn ensure_odoo_env(
         &mut self,
         a: &Action,
         host: &mut Host,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Starting, EngineError> {
         let tenant = a.props["tenant"].as_str().unwrap_or_default().to_string();
         let envname = a.props["environment"]
             .as_str()
@@ -528,7 +532,7 @@ impl Engine {
         }
 
         // 4. Supervised processes.
-        let pid = self.start_odoo(
+        let (pid, ready) = self.spawn_odoo(
             &a.props,
             &root,
             &web_conf,
@@ -539,24 +543,13 @@ impl Engine {
         )?;
         rec.observed["supervisorPid"] = json!(pid);
         rec.observed["url"] = json!(format!("{base_url}/web/login"));
-        self.finish(a, rec)
+        Ok(Starting { rec, ready })
     }
 
-    /// Starts an environment's supervisor and waits until it is ready.
-    #[allow(clippy::too_many_arguments)]
-    fn start_odoo(
-        &self,
-        props: &Value,
-        root: &Path,
-        web_conf: &Path,
-        cron_conf: &Path,
-        ports: (u16, Option<u16>),
-        env: odoo::ProcessEnv,
-        owner: Option<(u32, u32)>,
-    ) -> Result<u32, EngineError> {
-        let (pid, ready) = self.spawn_odoo(props, root, web_conf, cron_conf, ports, env, owner)?;
-        ready.wait()?;
-        Ok(pid)
+    /// Records an environment started by [`Engine::ensure_odoo_env`] as
+    /// ready, once its processes answer.
+    pub(crate) fn finish_odoo_env(&mut self, a: &Action, s: Starting) -> Result<(), EngineError> {
+        self.finish(a, s.rec)
     }
 
     /// Writes the supervisor's spec and environment file and spawns it;
@@ -643,7 +636,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Starts a recorded environment's supervisor again (`careplane start`).
     /// Starts a recorded environment's supervisor again (`careplane start`)
     /// and waits until it is ready.
     pub(crate) fn start_odoo_env(
@@ -852,6 +844,13 @@ fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> Result<(), EngineError>
 /// What makes a started environment ready: `/web/health` and `/web/login` on
 /// its HTTP port, and `/web/health` on its evented port when it has workers.
 /// Plain data, so several environments can be waited for at once.
+/// An environment whose processes apply has spawned and that is still
+/// loading: what to wait for, and the record to finish when it answers.
+pub(crate) struct Starting {
+    rec: ResourceRecord,
+    pub(crate) ready: Readiness,
+}
+
 pub(crate) struct Readiness {
     root: PathBuf,
     http_port: u16,
