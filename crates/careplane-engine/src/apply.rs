@@ -160,13 +160,7 @@ impl Engine {
                     starting: s,
                 }),
                 Ok(None) => {
-                    self.store()?.step_finished(step, None)?;
-                    crash_point(&action.id, "finished");
-                    progress(Event::Finished {
-                        index,
-                        total,
-                        action,
-                    });
+                    self.step_succeeded(step, index, total, action, progress)?;
                     applied.push(label);
                 }
                 Err(e) => {
@@ -203,6 +197,24 @@ impl Engine {
         })
     }
 
+    fn step_succeeded(
+        &mut self,
+        step: i64,
+        index: usize,
+        total: usize,
+        action: &Action,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), EngineError> {
+        self.store()?.step_finished(step, None)?;
+        crash_point(&action.id, "finished");
+        progress(Event::Finished {
+            index,
+            total,
+            action,
+        });
+        Ok(())
+    }
+
     /// Waits for every spawned Odoo environment at once and records each as
     /// finished or failed. Every failure is reported, the first as the
     /// error's action.
@@ -227,13 +239,7 @@ impl Engine {
             let outcome = outcome.and_then(|()| self.finish_odoo_env(action, d.starting));
             match outcome {
                 Ok(()) => {
-                    self.store()?.step_finished(step, None)?;
-                    crash_point(&action.id, "finished");
-                    progress(Event::Finished {
-                        index,
-                        total,
-                        action,
-                    });
+                    self.step_succeeded(step, index, total, action, progress)?;
                     applied.push(label);
                 }
                 Err(e) => {
