@@ -128,13 +128,29 @@ impl Engine {
         let total = plan.actions.len();
         let mut applied = Vec::new();
         // Odoo environments spawned and still loading their registry (seconds
-        // each): the next environments are cloned meanwhile, and all of them
-        // are waited for together before any other kind of action.
+        // each): the next environments are cloned meanwhile. All of them are
+        // waited for before any other kind of action, and the oldest whenever
+        // the window is full: loading is CPU-bound, so more loads at once than
+        // cores only adds memory.
         let mut starting: Vec<Deferred<'_>> = Vec::new();
+        let window = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2);
+        let mut failure = None;
         for (index, action) in plan.actions.iter().enumerate() {
             let deferrable = action.kind == Kind::OdooEnv && action.op != Op::Delete;
-            if !deferrable {
-                self.settle(total, &mut starting, &mut applied, progress)?;
+            let waited = if !deferrable {
+                self.settle(total, &mut starting, &mut applied, progress)
+            } else if starting.len() >= window {
+                let mut oldest = vec![starting.remove(0)];
+                self.settle(total, &mut oldest, &mut applied, progress)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = waited {
+                failure = Some(e);
+                break;
             }
             progress(Event::Started {
                 index,
@@ -164,28 +180,24 @@ impl Engine {
                     applied.push(label);
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    self.store()?.step_finished(step, Some(&msg))?;
-                    // Environments already spawned are still seen through,
-                    // so that they are recorded ready or failed, not left
-                    // for the next apply to redo.
-                    let settled = self.settle(total, &mut starting, &mut applied, progress);
-                    let e = match settled {
-                        Ok(()) => EngineError::ActionFailed {
-                            action: label,
-                            source: Box::new(e),
-                        },
-                        Err(other) => {
-                            EngineError::inconsistent(format!("{label} failed: {e}\n{other}"))
-                        }
-                    };
-                    self.store()?
-                        .finish_operation(op, "failed", Some(&e.to_string()))?;
-                    return Err(e);
+                    self.store()?.step_finished(step, Some(&e.to_string()))?;
+                    failure = Some(EngineError::ActionFailed {
+                        action: label,
+                        source: Box::new(e),
+                    });
+                    break;
                 }
             }
         }
-        if let Err(e) = self.settle(total, &mut starting, &mut applied, progress) {
+        // Environments already spawned are seen through whatever happened, so
+        // that they are recorded ready or failed, not left for the next apply.
+        let settled = self.settle(total, &mut starting, &mut applied, progress);
+        let failure = match (failure, settled) {
+            (None, Ok(())) => None,
+            (Some(e), Ok(())) | (None, Err(e)) => Some(e),
+            (Some(e), Err(other)) => Some(EngineError::inconsistent(format!("{e}\n{other}"))),
+        };
+        if let Some(e) = failure {
             self.store()?
                 .finish_operation(op, "failed", Some(&e.to_string()))?;
             return Err(e);
