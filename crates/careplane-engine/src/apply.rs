@@ -141,10 +141,11 @@ impl Engine {
         for (index, action) in plan.actions.iter().enumerate() {
             let deferrable = action.kind == Kind::OdooEnv && action.op != Op::Delete;
             let waited = if !deferrable {
-                self.settle(total, &mut starting, &mut applied, progress)
+                self.settle(total, &mut starting, true, &mut applied, progress)
             } else if starting.len() >= window {
                 let mut oldest = vec![starting.remove(0)];
-                self.settle(total, &mut oldest, &mut applied, progress)
+                // Quietly: the next environment's step line follows.
+                self.settle(total, &mut oldest, false, &mut applied, progress)
             } else {
                 Ok(())
             };
@@ -191,7 +192,7 @@ impl Engine {
         }
         // Environments already spawned are seen through whatever happened, so
         // that they are recorded ready or failed, not left for the next apply.
-        let settled = self.settle(total, &mut starting, &mut applied, progress);
+        let settled = self.settle(total, &mut starting, true, &mut applied, progress);
         let failure = match (failure, settled) {
             (None, Ok(())) => None,
             (Some(e), Ok(())) | (None, Err(e)) => Some(e),
@@ -234,6 +235,7 @@ impl Engine {
         &mut self,
         total: usize,
         starting: &mut Vec<Deferred<'a>>,
+        announce: bool,
         applied: &mut Vec<String>,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), EngineError> {
@@ -241,9 +243,11 @@ impl Engine {
             return Ok(());
         }
         let batch = std::mem::take(starting);
-        progress(Event::Waiting {
-            environments: batch.len(),
-        });
+        if announce {
+            progress(Event::Waiting {
+                environments: batch.len(),
+            });
+        }
         let outcomes = run_all(batch.iter().map(|d| move || d.starting.ready.wait()));
         let mut failed: Vec<(String, EngineError)> = Vec::new();
         for (d, outcome) in batch.into_iter().zip(outcomes) {
