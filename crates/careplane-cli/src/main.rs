@@ -498,7 +498,9 @@ fn print_table(headers: &[&str], right: &[&str], rows: &[Vec<String>]) {
 fn print_status(s: &Status) {
     println!("platform {}  (data: {})", s.platform, s.data_dir);
     println!();
-    let num = |n: Option<u16>| n.map(|p| p.to_string()).unwrap_or_default();
+    fn num(n: Option<impl ToString>) -> String {
+        n.map(|p| p.to_string()).unwrap_or_default()
+    }
     let servers: Vec<Vec<String>> = s
         .servers
         .iter()
@@ -507,7 +509,7 @@ fn print_status(s: &Status) {
                 sv.id.clone(),
                 sv.state.clone(),
                 num(sv.port),
-                sv.pid.map(|p| p.to_string()).unwrap_or_default(),
+                num(sv.pid),
                 if sv.running { "yes" } else { "no" }.to_string(),
             ]
         })

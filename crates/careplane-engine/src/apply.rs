@@ -862,7 +862,7 @@ impl Engine {
                     .map_err(Into::into),
                 // Odoo environments are spawned here and waited for below,
                 // all at once: each takes seconds to load its registry.
-                (_, true) => match self.spawn_odoo_env(rec, &mut host) {
+                (_, true) => match self.spawn_odoo_env(rec) {
                     Ok((pid, Some(ready))) => {
                         waiting.push((rec, step, pid, ready));
                         continue;

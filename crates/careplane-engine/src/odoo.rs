@@ -212,9 +212,10 @@ impl Engine {
     }
 
     /// The resource's recorded uid, allocating (and recording) one for a
-    /// record that has none yet.
+    /// record that has none yet: right after its intent, before anything
+    /// uses it, so a kill in between leaves nothing owned by it.
     fn ensure_uid(&mut self, rec: &mut ResourceRecord) -> Result<(), EngineError> {
-        if rec.observed.get("uid").is_none() {
+        if careplane_local::system::is_root() && rec.observed.get("uid").is_none() {
             let all = self.store()?.resources()?;
             if let Some(uid) = self.allocate_uid(&all)? {
                 rec.observed["uid"] = json!(uid);
@@ -276,11 +277,10 @@ impl Engine {
         })
     }
 
-    /// Database password, CA and Redis credentials for Odoo's process
-    /// environment: the only place its secrets go.
-    /// The environment Odoo runs with for `database`. `USER`/`LOGNAME` name
-    /// it because its uid has no passwd entry, and `odoo-bin` asks
-    /// `getpass.getuser()` at start, which reads them before the passwd database.
+    /// The environment Odoo runs with for `database`: database password, CA
+    /// and Redis credentials (the only place its secrets go), and
+    /// `USER`/`LOGNAME`, because its uid has no passwd entry and `odoo-bin`
+    /// asks `getpass.getuser()` at start, which reads them first.
     fn process_env(
         &self,
         root: &Path,
@@ -301,12 +301,9 @@ impl Engine {
         host: &mut Host,
     ) -> Result<(), EngineError> {
         let database = a.props["database"].as_str().unwrap_or_default().to_string();
-        let recorded = self.store()?.resources()?;
-        let uid = self.allocate_uid(&recorded)?;
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "root": dir.join("odoo").join("templates").join(&database).display().to_string(),
-                "uid": uid,
             }))
         })?;
         self.ensure_uid(&mut rec)?;
@@ -413,14 +410,11 @@ impl Engine {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let recorded = self.store()?.resources()?;
-        let uid = self.allocate_uid(&recorded)?;
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "httpPort": careplane_local::system::free_port()?,
                 "geventPort": careplane_local::system::free_port()?,
                 "root": dir.join("odoo").join("envs").join(&tenant).join(&envname).display().to_string(),
-                "uid": uid,
             }))
         })?;
         self.ensure_uid(&mut rec)?;
@@ -638,12 +632,8 @@ impl Engine {
 
     /// Starts a recorded environment's supervisor again (`careplane start`)
     /// and waits until it is ready.
-    pub(crate) fn start_odoo_env(
-        &mut self,
-        rec: &ResourceRecord,
-        host: &mut Host,
-    ) -> Result<u32, EngineError> {
-        let (pid, ready) = self.spawn_odoo_env(rec, host)?;
+    pub(crate) fn start_odoo_env(&mut self, rec: &ResourceRecord) -> Result<u32, EngineError> {
+        let (pid, ready) = self.spawn_odoo_env(rec)?;
         if let Some(ready) = ready {
             ready.wait()?;
         }
@@ -655,7 +645,6 @@ impl Engine {
     pub(crate) fn spawn_odoo_env(
         &mut self,
         rec: &ResourceRecord,
-        _host: &mut Host,
     ) -> Result<(u32, Option<Readiness>), EngineError> {
         let root = PathBuf::from(observed_str(rec, "root")?);
         if let Some(pid) = odoo::supervisor_pid(&root) {
@@ -749,7 +738,6 @@ impl Engine {
         install: bool,
         modules: &[String],
     ) -> Result<(), EngineError> {
-        let mut host = Host::default();
         let root = PathBuf::from(observed_str(rec, "root")?);
         self.stop_odoo_env(rec)?;
         let (tdb, env) = self.recorded_process_env(rec, &root)?;
@@ -769,7 +757,7 @@ impl Engine {
             owner,
         );
         // Whatever happened, bring the environment back up.
-        let started = self.start_odoo_env(rec, &mut host);
+        let started = self.start_odoo_env(rec);
         run?;
         started.map(|_| ())
     }

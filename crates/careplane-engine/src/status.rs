@@ -252,23 +252,19 @@ impl Engine {
             odoo_health = Some(match (port, o.status) {
                 (Some(port), ResourceStatus::Ready) => {
                     let t = std::time::Duration::from_secs(10);
-                    let check = |path: &str| match careplane_odoo::http_get(port, path, t) {
-                        Ok(200) => Ok(()),
-                        Ok(code) => Err(format!("GET {path} answered {code}")),
-                        Err(e) => Err(e.to_string()),
-                    };
+                    let check =
+                        |port: u16, path: &str| match careplane_odoo::http_get(port, path, t) {
+                            Ok(200) => Ok(()),
+                            Ok(code) => Err(format!("GET {path} answered {code}")),
+                            Err(e) => Err(e.to_string()),
+                        };
                     let evented = crate::odoo::evented_port(&o.props, &o.observed);
                     Health::from(
-                        check("/web/health")
-                            .and_then(|_| check("/web/login"))
+                        check(port, "/web/health")
+                            .and_then(|_| check(port, "/web/login"))
                             .and_then(|_| match evented {
-                                Some(g) => match careplane_odoo::http_get(g, "/web/health", t) {
-                                    Ok(200) => Ok(()),
-                                    Ok(code) => Err(format!(
-                                        "evented server (port {g}): GET /web/health answered {code}"
-                                    )),
-                                    Err(e) => Err(format!("evented server (port {g}): {e}")),
-                                },
+                                Some(g) => check(g, "/web/health")
+                                    .map_err(|e| format!("evented server (port {g}): {e}")),
                                 None => Ok(()),
                             }),
                     )

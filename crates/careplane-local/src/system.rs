@@ -529,10 +529,10 @@ pub fn check_access(path: &Path, user: Option<&ServiceUser>, access: Access) -> 
     // The kernel follows symlinks with the user's rights; check the target.
     let meta = std::fs::metadata(path)
         .map_err(|e| LocalError::io("checking a file's permissions", path, e))?;
-    let (bits, what) = match access {
-        Access::Execute => (0o1, "execute"),
-        Access::Read => (0o4, "read"),
-        Access::ReadDir => (0o5, "read and list"),
+    let (bits, what, chmod) = match access {
+        Access::Execute => (0o1, "execute", "x"),
+        Access::Read => (0o4, "read", "r"),
+        Access::ReadDir => (0o5, "read and list", "rx"),
     };
     if !permits(&meta, user, bits) {
         return Err(LocalError::ServiceUser(format!(
@@ -543,13 +543,7 @@ pub fn check_access(path: &Path, user: Option<&ServiceUser>, access: Access) -> 
             meta.mode() & 0o7777,
             meta.uid(),
             if bits & 1 == 1 { " and executable" } else { "" },
-            if bits == 0o1 {
-                "x"
-            } else if bits == 0o4 {
-                "r"
-            } else {
-                "rx"
-            }
+            chmod
         )));
     }
     Ok(())
