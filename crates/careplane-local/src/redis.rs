@@ -12,8 +12,9 @@
 //!
 //! Isolation model: loopback only, the `default` user is off (so
 //! unauthenticated clients get NOAUTH), each tenant user reaches only keys and
-//! channels under its own prefix and only data commands. Redis traffic is not
-//! TLS: it never leaves 127.0.0.1.
+//! channels under its own prefix and only the commands of an explicit allow
+//! list ([`TENANT_COMMAND_RULES`]). Redis traffic is not TLS: it never leaves
+//! 127.0.0.1.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,30 +33,66 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The ACL rules every tenant user gets after its key/channel patterns.
+/// The ACL rules every tenant user gets after its key/channel patterns: an
+/// explicit allow list, everything else refused.
 ///
-/// Granted: the data-type categories, keyspace, pub/sub, transactions and
-/// connection commands an application cache or session store uses (Odoo's
-/// included). Then removed, in this order so the removals win:
+/// Key patterns (`~<prefix>*`) and channel patterns (`&<prefix>*`) only
+/// guard commands that *name* a key or channel. Commands that list, count,
+/// watch or log the keyspace, other connections or the server are not
+/// filtered by them and would hand one tenant another tenant's key names
+/// (session ids are credentials), so only commands that act on named keys
+/// and channels, or on the tenant's own connection, are granted. Checked on
+/// Redis 7.0: SCAN, KEYS and RANDOMKEY return every tenant's keys;
+/// `CLIENT TRACKING ON BCAST` pushes invalidations naming every key written
+/// by anyone; SLOWLOG, MONITOR, CLIENT LIST, PUBSUB CHANNELS/NUMSUB, INFO
+/// keyspace, DBSIZE and MEMORY STATS reveal other tenants' keys, channels,
+/// commands or counts.
 ///
-/// * `-@dangerous -@admin`: server-wide commands (FLUSHALL, CONFIG, DEBUG,
-///   SHUTDOWN, MONITOR, ACL, MODULE, CLIENT LIST/KILL, SWAPDB, ...).
-/// * `-@scripting`: Lua scripts and functions are server-global state shared
-///   by all tenants (FUNCTION LOAD/FLUSH, SCRIPT FLUSH), and a busy script
-///   blocks the whole server for every tenant; session stores don't need them.
-/// * the explicit list repeats the dangerous commands by name (defence in
-///   depth should a category change between Redis versions) and adds
-///   commands that leak *other tenants'* key or channel names or counts,
-///   which key patterns don't filter: KEYS, SCAN, RANDOMKEY, DBSIZE, PUBSUB.
-///   Tenants address their own keys by name; SCAN over a shared keyspace
-///   would list everyone's keys.
-pub const TENANT_COMMAND_RULES: &str =
-    "-@all +@read +@write +@keyspace +@string +@hash +@list +@set \
-+@sortedset +@stream +@bitmap +@hyperloglog +@geo +@pubsub +@transaction +@connection \
--@dangerous -@admin -@scripting \
--keys -scan -randomkey -dbsize -pubsub -flushall -flushdb -swapdb -config -debug -shutdown -save \
--bgsave -bgrewriteaof -monitor -acl -module -cluster -replicaof -slaveof -sync -psync -migrate \
--restore -sort -client|list -client|kill -client|pause -client|unpause -client|no-evict";
+/// Granted (what a Redis session or cache store for Odoo and its client
+/// library use; OCA's `session_redis` needs SET, EXPIRE, GET and DEL):
+///
+/// * connection: AUTH, HELLO, PING, ECHO, QUIT, RESET and the
+///   own-connection CLIENT ID / INFO / SETNAME / GETNAME (redis-py's
+///   `CLIENT SETINFO` is refused and ignored by it; the subcommand does not
+///   exist before Redis 7.2, and naming it would make ACL LOAD fail there);
+/// * transactions: MULTI, EXEC, DISCARD, WATCH, UNWATCH;
+/// * generic, string, hash, list, set and sorted-set commands that take
+///   their keys by name (each key is checked against the prefix);
+/// * PUBLISH, SUBSCRIBE, PSUBSCRIBE (Redis only accepts the literal
+///   `<prefix>*` pattern) and their UNSUBSCRIBEs, on the tenant's channels.
+///
+/// Refused, among others: every other CLIENT subcommand (LIST, KILL,
+/// TRACKING, CACHING, PAUSE, NO-EVICT, UNBLOCK, REPLY, ...), MONITOR, PUBSUB,
+/// KEYS, SCAN, RANDOMKEY, DBSIZE, INFO, SLOWLOG, MEMORY, LATENCY, COMMAND,
+/// CONFIG, ACL, DEBUG, scripts and functions (EVAL*, SCRIPT, FUNCTION,
+/// FCALL*: server-global state, and a busy script blocks every tenant),
+/// WAIT, SELECT, MOVE, COPY, SWAPDB (tenant data stays in database 0, where
+/// [`RedisServer::delete_keys_with_prefix`] looks), SORT (its BY/GET
+/// patterns name keys), OBJECT, DUMP/RESTORE, MIGRATE, FLUSH*, persistence
+/// and replication commands, sharded pub/sub, streams and blocking pops.
+///
+/// Only commands that exist since Redis 7.0 may be named here: an unknown
+/// name makes the whole ACL file fail to load.
+pub const TENANT_COMMAND_RULES: &str = concat!(
+    "-@all",
+    " +auth +hello +ping +echo +quit +reset",
+    " +client|id +client|info +client|setname +client|getname",
+    " +multi +exec +discard +watch +unwatch",
+    " +del +unlink +exists +type +touch +rename +renamenx",
+    " +expire +pexpire +expireat +pexpireat +expiretime +pexpiretime +ttl +pttl +persist",
+    " +get +set +setex +psetex +setnx +getex +getdel +getset +mget +mset +msetnx",
+    " +incr +incrby +incrbyfloat +decr +decrby +append +strlen +getrange +setrange",
+    " +hget +hset +hsetnx +hmget +hmset +hdel +hexists +hgetall +hkeys +hvals +hlen",
+    " +hincrby +hincrbyfloat +hstrlen +hscan",
+    " +lpush +rpush +lpushx +rpushx +lpop +rpop +lrange +llen +lindex +lset +lrem +ltrim",
+    " +linsert +lpos +lmove",
+    " +sadd +srem +smembers +sismember +smismember +scard +spop +srandmember",
+    " +sinter +sunion +sdiff +sinterstore +sunionstore +sdiffstore +smove +sscan",
+    " +zadd +zrem +zrange +zrangebyscore +zrevrange +zrevrangebyscore +zrank +zrevrank",
+    " +zscore +zmscore +zcard +zcount +zincrby +zremrangebyscore +zremrangebyrank",
+    " +zpopmin +zpopmax +zscan",
+    " +publish +subscribe +unsubscribe +psubscribe +punsubscribe",
+);
 
 /// What a Redis server keeps across restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -635,6 +672,30 @@ mod tests {
         assert!(acl.contains(&format!("#{}", sha256_hex("tenant-secret-value"))));
         assert!(acl.contains("~stmarys:production:* resetchannels &stmarys:production:*"));
         assert!(acl.starts_with("user default off"));
+    }
+
+    #[test]
+    fn tenant_rules_are_an_explicit_allow_list() {
+        let rules: Vec<&str> = TENANT_COMMAND_RULES.split(' ').collect();
+        assert_eq!(rules[0], "-@all");
+        for rule in &rules[1..] {
+            // Only named commands: a category would grant whatever a later
+            // Redis version adds to it.
+            assert!(rule.starts_with('+') && !rule.contains('@'), "{rule}");
+            if let Some((command, _)) = rule.split_once('|') {
+                assert_eq!(command, "+client", "{rule}");
+            }
+        }
+        for refused in [
+            "+keys",
+            "+scan",
+            "+pubsub",
+            "+monitor",
+            "+client|tracking",
+            "+select",
+        ] {
+            assert!(!rules.contains(&refused), "{refused}");
+        }
     }
 
     #[test]
