@@ -364,9 +364,11 @@ fn odoo_environments() {
             }
             for f in ["odoo-web.conf", "odoo-cron.conf"] {
                 let meta = std::fs::metadata(env_root(&p, t, n).join(f)).unwrap();
+                // Readable by the environment's uid (its group), written
+                // only by root: Odoo cannot rewrite its own hardening.
                 assert_eq!(
-                    (meta.uid(), meta.mode() & 0o777),
-                    (uid, 0o600),
+                    (meta.uid(), meta.gid(), meta.mode() & 0o777),
+                    (0, uid, 0o640),
                     "{t}/{n} {f}"
                 );
             }

@@ -384,21 +384,20 @@ impl Engine {
         let Some(crec) = all.iter().find(|r| r.id == cluster_id) else {
             return Ok(false);
         };
-        let database = a
-            .props
-            .get("database")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let Some(rec) = all.iter().find(|r| r.id == a.id) else {
+            return Ok(false);
+        };
         let cluster = self.cluster_handle(crec, host)?;
         if cluster.running_pid().is_none() {
             return Err(EngineError::inconsistent(format!(
                 "{cluster_id} is not running"
             )));
         }
-        if !cluster.databases()?.iter().any(|d| d == database) {
-            return Ok(false);
-        }
-        Ok(cluster.database_has_data(database)?)
+        // Asked as the tenant's own role: the superuser never enters a
+        // database a tenant controls.
+        let tdb = runtime::tenant_db(self.store()?, rec)?;
+        let ca = self.ca_pem()?;
+        Ok(cluster.tenant_database_has_data(&tdb, &ca)?)
     }
 
     fn pg_bin(&self, host: &mut Host) -> Result<PgBinaries, EngineError> {

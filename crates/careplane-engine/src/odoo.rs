@@ -9,11 +9,10 @@
 //! a killed apply resumes cleanly (see `apply.rs`).
 
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use careplane_local::pg::TenantDb;
+use careplane_local::pg::{DatabaseState, TenantDb};
 use careplane_odoo as odoo;
 use careplane_state::{ExposeSecret, ResourceRecord, ResourceStatus, SecretString};
 use serde_json::{json, Value};
@@ -175,6 +174,16 @@ impl Engine {
         self.data_dir.join("pki").join("ca.crt")
     }
 
+    /// The platform CA's certificate, to verify clusters when careplane
+    /// connects as a tenant.
+    pub(crate) fn ca_pem(&self) -> Result<String, EngineError> {
+        let path = self.ca_file();
+        std::fs::read_to_string(&path).map_err(|source| EngineError::Io {
+            what: format!("reading the platform CA {}", path.display()),
+            source,
+        })
+    }
+
     fn odoo_uids(&self) -> careplane_spec::UidRange {
         self.specs
             .platform
@@ -301,9 +310,13 @@ impl Engine {
         host: &mut Host,
     ) -> Result<(), EngineError> {
         let database = a.props["database"].as_str().unwrap_or_default().to_string();
+        // One directory per cluster and template: templates of the same name
+        // on two clusters are two databases with two filestores. (Templates
+        // recorded before this keep the root they were given.)
+        let scope = a.props["scope"].as_str().unwrap_or_default().to_string();
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
-                "root": dir.join("odoo").join("templates").join(&database).display().to_string(),
+                "root": dir.join("odoo").join("templates").join(&scope).join(&database).display().to_string(),
             }))
         })?;
         self.ensure_uid(&mut rec)?;
@@ -331,7 +344,7 @@ impl Engine {
                 cluster.unseal_template(&tdb.database)?;
                 cluster.drop_tenant_database(&tdb.database, &tdb.role)?;
             }
-            remove_dir(&root.join("data"))?;
+            odoo::tree::remove_tree(&root.join("data"))?;
             cluster.ensure_tenant_database(&tdb)?;
             cluster.write_hba(&runtime::hba_entries(&all, &cluster_id)?)?;
             let owner = Self::owner(&rec);
@@ -389,7 +402,14 @@ impl Engine {
             cluster.drop_tenant_database(database, str_prop(&rec, "role")?)?;
         }
         if let Some(root) = rec.observed.get("root").and_then(Value::as_str) {
-            remove_dir(Path::new(root))?;
+            // Before templates had a directory per cluster, two clusters'
+            // templates of one name shared it: the other keeps it then.
+            let shared = all.iter().any(|r| {
+                r.id != rec.id && r.observed.get("root").and_then(Value::as_str) == Some(root)
+            });
+            if !shared {
+                remove_dir(Path::new(root))?;
+            }
         }
         crash_point(&a.id, "executed");
         self.store()?.delete_resource(&a.id)?;
@@ -450,28 +470,45 @@ impl Engine {
         odoo::stop_supervisor(&root, STOP_TIMEOUT)?;
 
         // 1. Database content: a clone of the template, unless it already
-        //    holds an Odoo database (a resumed or repeated apply).
+        //    holds an Odoo database (a resumed or repeated apply). Inside the
+        //    tenant's database careplane works only as the tenant's own role
+        //    (its tables and settings are the tenant's); the superuser works
+        //    from the maintenance database, or in a clone no tenant has
+        //    entered yet (see careplane_local::pg::DatabaseState::Pristine).
         let tpl_db = str_prop(&tpl, "database")?.to_string();
         let tpl_role = str_prop(&tpl, "role")?.to_string();
-        let initialized = {
-            let mut c = cluster.admin_connect(&tdb.database)?;
-            odoo::db::is_initialized(&mut c)?
+        let ca = self.ca_pem()?;
+        cluster.ensure_tenant_role(&tdb)?;
+        let initialized = match cluster.database_state(&tdb.database)? {
+            DatabaseState::Open { .. } => {
+                let mut c = cluster.tenant_connect(&tdb, &ca)?;
+                odoo::db::is_initialized(&mut c)?
+            }
+            _ => false,
         };
-        let data = root.join("data");
-        let filestore = data.join("filestore").join(&tdb.database);
         if !initialized {
-            cluster.clone_database(&tpl_db, &tdb.database, &tdb.role)?;
+            if cluster.tenant_database_has_data(&tdb, &ca)? {
+                return Err(EngineError::inconsistent(format!(
+                    "database {} holds tables but no Odoo: refusing to replace it with a copy \
+                     of template {tpl_db}",
+                    tdb.database
+                )));
+            }
+            // Files first, then the database: a database that answers as
+            // initialized always has its template's files beside it.
             let tpl_root = PathBuf::from(observed_str(&tpl, "root")?);
-            copy_filestore(
+            odoo::tree::install_filestore(
+                &root,
+                &tdb.database,
                 &tpl_root.join("data").join("filestore").join(&tpl_db),
-                &filestore,
                 owner,
             )?;
+            crash_point(&a.id, "filestore");
+            cluster.clone_database(&tpl_db, &tpl_role, &tdb, true)?;
         }
         cluster.ensure_tenant_database(&tdb)?;
-        cluster.reassign_owned(&tdb.database, &tpl_role, &tdb.role)?;
         {
-            let mut c = cluster.admin_connect(&tdb.database)?;
+            let mut c = cluster.tenant_connect(&tdb, &ca)?;
             odoo::db::make_unique(
                 &mut c,
                 &a.id,
@@ -761,72 +798,6 @@ impl Engine {
         run?;
         started.map(|_| ())
     }
-}
-
-/// Copies the template's filestore to `to` (atomically, via a temporary
-/// name). The `filestore` directory above it belongs to the Odoo user: Odoo
-/// creates its database's directory there when the template had none.
-fn copy_filestore(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> Result<(), EngineError> {
-    if to.exists() {
-        return chown_tree(to, owner);
-    }
-    let parent = to.parent().expect("filestore has a parent");
-    let io = |what: String| move |source| EngineError::Io { what, source };
-    std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
-    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
-        .map_err(io(format!("setting the mode of {}", parent.display())))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(parent, Some(uid), Some(gid))
-            .map_err(io(format!("handing {} to the Odoo user", parent.display())))?;
-    }
-    if !from.exists() {
-        return Ok(());
-    }
-    let tmp = to.with_extension("copying");
-    remove_dir(&tmp)?;
-    let out = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(&tmp)
-        .output()
-        .map_err(|source| EngineError::Io {
-            what: "running cp -a for the filestore".into(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(EngineError::Inconsistent {
-            what: format!(
-                "copying filestore {} to {}: {}",
-                from.display(),
-                tmp.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    std::fs::rename(&tmp, to).map_err(|source| EngineError::Io {
-        what: format!("renaming {} into place", tmp.display()),
-        source,
-    })?;
-    chown_tree(to, owner)
-}
-
-/// Hands a copied tree (owned by the template's uid) to the environment's
-/// uid. Symlinks are changed themselves, never followed.
-fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> Result<(), EngineError> {
-    let Some((uid, gid)) = owner else {
-        return Ok(());
-    };
-    let io = |source| EngineError::Io {
-        what: format!("handing {} to uid {uid}", path.display()),
-        source,
-    };
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io)?;
-    if std::fs::symlink_metadata(path).map_err(io)?.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(io)? {
-            chown_tree(&entry.map_err(io)?.path(), owner)?;
-        }
-    }
-    Ok(())
 }
 
 /// What makes a started environment ready: `/web/health` and `/web/login` on

@@ -41,6 +41,47 @@ pub const MIN_MAJOR_VERSION: u32 = 13;
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Startup options of every connection careplane makes: a client-side
+/// `search_path` overrides whatever the database or role was given with
+/// `ALTER ... SET`, so unqualified names cannot resolve to tenant objects.
+const PINNED_OPTIONS: &str = "-c search_path=pg_catalog";
+
+/// `pg_database.datconnlimit` of a database PostgreSQL marked invalid.
+const INVALID_CONNLIMIT: i32 = -2;
+
+/// Where a database stands, as the maintenance database sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseState {
+    /// No such database.
+    Absent,
+    /// A `CREATE` or `DROP DATABASE` was cut short; it can only be dropped.
+    Invalid,
+    /// Made by careplane and not yet handed over: owned by the admin with
+    /// `CONNECTION LIMIT 0` (which binds every role but superusers), so no
+    /// tenant has been inside and it holds nothing a tenant wrote.
+    Pristine,
+    /// Anything else: owned by a tenant (or sealed as a template).
+    Open {
+        /// The owning role.
+        owner: String,
+    },
+}
+
+/// Whether the connected database has any user table, view, sequence or
+/// foreign table outside pg_catalog/information_schema. Only catalog
+/// relations, schema-qualified, under the pinned `search_path`.
+pub fn database_has_data(c: &mut Client) -> std::result::Result<bool, postgres::Error> {
+    let row = c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+         AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f'))",
+        &[],
+    )?;
+    Ok(row.get(0))
+}
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Settings careplane sets for hardening (or that would let a setting escape
@@ -819,14 +860,20 @@ impl PgCluster {
         system::pid_alive_as(pid, "postgres").then_some(pid)
     }
 
-    /// Superuser connection to the `postgres` database over the unix socket in root/run.
+    /// Superuser connection to the maintenance database `postgres` over the
+    /// unix socket in root/run. Superuser work happens here only: no tenant
+    /// can create objects in `postgres` or set its settings.
     pub fn admin(&self) -> Result<Client> {
         self.admin_connect("postgres")
     }
 
-    /// Superuser connection to any database over the unix socket (for
-    /// in-database provisioning, e.g. extensions or schema ownership).
-    pub fn admin_connect(&self, database: &str) -> Result<Client> {
+    /// Superuser connection to `database`. Private on purpose: careplane
+    /// never runs SQL as a superuser in a database a tenant owns or can
+    /// reach (its tables, views, functions and `search_path` could make the
+    /// superuser run tenant code). The only other callers are the steps on a
+    /// *pristine* database (see [`DatabaseState::Pristine`]): owned by the admin, closed to every
+    /// other role, holding nothing a tenant wrote.
+    fn admin_connect(&self, database: &str) -> Result<Client> {
         let mut cfg = postgres::Config::new();
         cfg.host_path(self.socket_dir())
             .port(self.port)
@@ -834,6 +881,7 @@ impl PgCluster {
             .password(self.admin_password.expose_secret())
             .dbname(database)
             .application_name("careplane")
+            .options(PINNED_OPTIONS)
             .connect_timeout(CONNECT_TIMEOUT);
         cfg.connect(NoTls).map_err(|e| {
             LocalError::pg(
@@ -844,6 +892,43 @@ impl PgCluster {
                 ),
                 e,
             )
+        })
+    }
+
+    /// A connection into a tenant's database as the tenant's own role (TLS
+    /// verified against `ca_cert_pem`, SCRAM with channel binding, a pinned
+    /// `search_path`): how careplane reads and writes inside a database the
+    /// tenant controls. Whatever the tenant planted there runs with the
+    /// tenant's own rights, never careplane's.
+    pub fn tenant_connect(&self, db: &TenantDb, ca_cert_pem: &str) -> Result<Client> {
+        connect_tenant_with(
+            self.port,
+            &db.database,
+            &db.role,
+            &db.password,
+            ca_cert_pem,
+            Some(PINNED_OPTIONS),
+        )
+    }
+
+    /// What the maintenance database says of `database`, without entering it.
+    pub fn database_state(&self, database: &str) -> Result<DatabaseState> {
+        let row = self
+            .admin()?
+            .query_opt(
+                "SELECT pg_catalog.pg_get_userbyid(datdba)::text, datconnlimit, datistemplate                  FROM pg_catalog.pg_database WHERE datname = $1",
+                &[&database],
+            )
+            .map_err(|e| LocalError::pg(&self.name, format!("looking up database {database}"), e))?;
+        Ok(match row {
+            None => DatabaseState::Absent,
+            // PostgreSQL marks a database whose DROP or CREATE was cut short
+            // with datconnlimit -2; it can only be dropped.
+            Some(r) if r.get::<_, i32>(1) == INVALID_CONNLIMIT => DatabaseState::Invalid,
+            Some(r) if r.get::<_, String>(0) == ADMIN_ROLE && r.get::<_, i32>(1) == 0 => {
+                DatabaseState::Pristine
+            }
+            Some(r) => DatabaseState::Open { owner: r.get(0) },
         })
     }
 
@@ -858,8 +943,93 @@ impl PgCluster {
     /// from PUBLIC and granted to the role; inside it, `public` is owned by
     /// the role and PUBLIC may not create there. Existing objects are altered
     /// to converge, so re-running after a crash or a password change works.
+    ///
+    /// Every statement runs in the maintenance database. The one step inside
+    /// the new database (securing `public`) happens while it is
+    /// [`DatabaseState::Pristine`]: created owned by the admin with
+    /// `CONNECTION LIMIT 0`, so no tenant has been inside; only then is it
+    /// handed to the role. A database that was cut short (invalid) is dropped
+    /// and made again: PostgreSQL allows nothing else on it.
     pub fn ensure_tenant_database(&self, db: &TenantDb) -> Result<()> {
         validate_name("database name", &db.database, false)?;
+        validate_name("role name", &db.role, true)?;
+        validate_password("password", &db.password)?;
+        self.ensure_tenant_role(db)?;
+        let ctx = |what: &str| {
+            format!(
+                "{what} for tenant database {} / role {}",
+                db.database, db.role
+            )
+        };
+        let database = quote_ident(&db.database);
+        let role = quote_ident(&db.role);
+        let mut state = self.database_state(&db.database)?;
+        if state == DatabaseState::Invalid {
+            self.drop_database(&db.database)?;
+            state = DatabaseState::Absent;
+        }
+        if state == DatabaseState::Absent {
+            let create = format!(
+                "CREATE DATABASE {database} OWNER {ADMIN_ROLE} TEMPLATE template0 ENCODING 'UTF8' \
+                 CONNECTION LIMIT 0"
+            );
+            if let Err(e) = self.admin()?.batch_execute(&create) {
+                let e = LocalError::pg(&self.name, ctx("creating the database"), e);
+                if e.sql_state() != Some("42P04") {
+                    return Err(e);
+                }
+            }
+            state = self.database_state(&db.database)?;
+        }
+        if state == DatabaseState::Pristine && self.clone_in_progress(&db.database, &db.role)? {
+            // A template copy whose hand-over was cut short: the clone
+            // finishes it (its objects still belong to the template's role).
+            return Ok(());
+        }
+        if state == DatabaseState::Pristine {
+            let mut inner = self.admin_connect(&db.database)?;
+            let has_public = inner
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'public'",
+                    &[],
+                )
+                .map_err(|e| LocalError::pg(&self.name, ctx("looking up schema public"), e))?
+                .is_some();
+            if has_public {
+                inner
+                    .batch_execute(&format!(
+                        "REVOKE CREATE ON SCHEMA public FROM PUBLIC; \
+                         ALTER SCHEMA public OWNER TO {role}"
+                    ))
+                    .map_err(|e| LocalError::pg(&self.name, ctx("securing schema public"), e))?;
+            }
+            drop(inner);
+            self.open_database(&db.database, &db.role)?;
+        } else if let DatabaseState::Open { owner, .. } = &state {
+            if owner != &db.role {
+                self.admin()?
+                    .batch_execute(&format!("ALTER DATABASE {database} OWNER TO {role}"))
+                    .map_err(|e| {
+                        LocalError::pg(&self.name, ctx("setting the database owner"), e)
+                    })?;
+            }
+        }
+        self.admin()?
+            .batch_execute(&format!(
+                "REVOKE ALL ON DATABASE {database} FROM PUBLIC; \
+                 GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}; \
+                 REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; \
+                 GRANT CONNECT ON DATABASE postgres TO {role}; \
+                 REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC"
+            ))
+            .map_err(|e| LocalError::pg(&self.name, ctx("setting database privileges"), e))?;
+        Ok(())
+    }
+
+    /// The role half of [`Self::ensure_tenant_database`]: the role exists
+    /// with exactly careplane's attributes, password, no settings and no
+    /// memberships. Runs in the maintenance database only.
+    pub fn ensure_tenant_role(&self, db: &TenantDb) -> Result<()> {
         validate_name("role name", &db.role, true)?;
         validate_password("password", &db.password)?;
         let limit: i64 = match db.connection_limit {
@@ -874,15 +1044,8 @@ impl PgCluster {
             None => -1,
         };
         let role = quote_ident(&db.role);
-        let database = quote_ident(&db.database);
         let mut c = self.admin()?;
-        let ctx = |what: &str| {
-            format!(
-                "{what} for tenant database {} / role {}",
-                db.database, db.role
-            )
-        };
-
+        let ctx = |what: &str| format!("{what} for role {}", db.role);
         let verifier =
             postgres_protocol::password::scram_sha_256(db.password.expose_secret().as_bytes());
         let attributes = format!(
@@ -891,7 +1054,10 @@ impl PgCluster {
             quote_literal(&verifier)
         );
         let exists = c
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&db.role])
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&db.role],
+            )
             .map_err(|e| LocalError::pg(&self.name, ctx("looking up the role"), e))?
             .is_some();
         let alter = format!("ALTER ROLE {role} WITH {attributes}");
@@ -907,10 +1073,16 @@ impl PgCluster {
                 Err(e) => return Err(e),
             }
         }
+        // A tenant cannot change its own per-role settings to anything that
+        // binds careplane (careplane pins its own), but settings set behind
+        // careplane's back are dropped here so the role is exactly as specified.
+        c.batch_execute(&format!("ALTER ROLE {role} RESET ALL"))
+            .map_err(|e| LocalError::pg(&self.name, ctx("resetting role settings"), e))?;
         let memberships = c
             .query(
-                "SELECT r.rolname FROM pg_auth_members m \
-                 JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member \
+                "SELECT r.rolname::text FROM pg_catalog.pg_auth_members m \
+                 JOIN pg_catalog.pg_roles r ON r.oid = m.roleid \
+                 JOIN pg_catalog.pg_roles u ON u.oid = m.member \
                  WHERE u.rolname = $1",
                 &[&db.role],
             )
@@ -920,58 +1092,34 @@ impl PgCluster {
             c.batch_execute(&format!("REVOKE {} FROM {role}", quote_ident(&granted)))
                 .map_err(|e| LocalError::pg(&self.name, ctx("revoking a role membership"), e))?;
         }
-
-        let owner: Option<String> = c
-            .query_opt(
-                "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
-                &[&db.database],
-            )
-            .map_err(|e| LocalError::pg(&self.name, ctx("looking up the database"), e))?
-            .map(|r| r.get(0));
-        let alter_owner = format!("ALTER DATABASE {database} OWNER TO {role}");
-        match owner {
-            None => {
-                let create = format!(
-                    "CREATE DATABASE {database} OWNER {role} TEMPLATE template0 ENCODING 'UTF8'"
-                );
-                if let Err(e) = c.batch_execute(&create) {
-                    let e = LocalError::pg(&self.name, ctx("creating the database"), e);
-                    if e.sql_state() != Some("42P04") {
-                        return Err(e);
-                    }
-                    c.batch_execute(&alter_owner).map_err(|e| {
-                        LocalError::pg(&self.name, ctx("setting the database owner"), e)
-                    })?;
-                }
-            }
-            Some(o) if o != db.role => c
-                .batch_execute(&alter_owner)
-                .map_err(|e| LocalError::pg(&self.name, ctx("setting the database owner"), e))?,
-            Some(_) => {}
-        }
-        c.batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {database} FROM PUBLIC; \
-             GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}; \
-             REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; \
-             GRANT CONNECT ON DATABASE postgres TO {role}; \
-             REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC"
-        ))
-        .map_err(|e| LocalError::pg(&self.name, ctx("setting database privileges"), e))?;
-        drop(c);
-
-        let mut inner = self.admin_connect(&db.database)?;
-        let has_public = inner
-            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'public'", &[])
-            .map_err(|e| LocalError::pg(&self.name, ctx("looking up schema public"), e))?
-            .is_some();
-        if has_public {
-            inner
-                .batch_execute(&format!(
-                    "REVOKE CREATE ON SCHEMA public FROM PUBLIC; ALTER SCHEMA public OWNER TO {role}"
-                ))
-                .map_err(|e| LocalError::pg(&self.name, ctx("securing schema public"), e))?;
-        }
         Ok(())
+    }
+
+    /// Hands a [`DatabaseState::Pristine`] database to `role` and lifts its
+    /// `CONNECTION LIMIT 0`: from here on careplane's superuser never enters it.
+    fn open_database(&self, database: &str, role: &str) -> Result<()> {
+        self.admin()?
+            .batch_execute(&format!(
+                "ALTER DATABASE {0} OWNER TO {1}; ALTER DATABASE {0} CONNECTION LIMIT -1",
+                quote_ident(database),
+                quote_ident(role)
+            ))
+            .map_err(|e| {
+                LocalError::pg(
+                    &self.name,
+                    format!("handing database {database} to role {role}"),
+                    e,
+                )
+            })
+    }
+
+    fn drop_database(&self, database: &str) -> Result<()> {
+        self.admin()?
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(database)
+            ))
+            .map_err(|e| LocalError::pg(&self.name, format!("dropping database {database}"), e))
     }
 
     /// Runs one statement carrying a password verifier in its own
@@ -1011,12 +1159,17 @@ impl PgCluster {
         ))
         .map_err(|e| LocalError::pg(&self.name, format!("dropping database {database}"), e))?;
         let exists = c
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&role],
+            )
             .map_err(|e| LocalError::pg(&self.name, format!("looking up role {role}"), e))?
             .is_some();
         if exists {
             // DROP OWNED also revokes the role's grants on shared objects
-            // (its CONNECT on `postgres`), which would otherwise block DROP ROLE.
+            // (its CONNECT on `postgres`), which would otherwise block DROP
+            // ROLE. It runs in the maintenance database, where the role owns
+            // nothing: its database is gone already.
             c.batch_execute(&format!(
                 "DROP OWNED BY {0}; DROP ROLE IF EXISTS {0}",
                 quote_ident(role)
@@ -1026,37 +1179,32 @@ impl PgCluster {
         Ok(())
     }
 
-    /// True if the database has any user table/relation outside pg_catalog/information_schema.
-    ///
-    /// A database that does not exist has no data (false), so the engine can
-    /// ask before deciding whether a removal would destroy anything.
-    pub fn database_has_data(&self, database: &str) -> Result<bool> {
-        validate_name("database name", database, false)?;
-        let exists = self
-            .admin()?
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
-            .map_err(|e| LocalError::pg(&self.name, format!("looking up database {database}"), e))?
-            .is_some();
-        if !exists {
-            return Ok(false);
+    /// True if the tenant's database has any user table/relation outside
+    /// pg_catalog/information_schema, as seen by the tenant's own role (see
+    /// [`database_has_data`]). A database that does not exist, or one that
+    /// no tenant has entered yet ([`DatabaseState::Pristine`]), has no data.
+    pub fn tenant_database_has_data(&self, db: &TenantDb, ca_cert_pem: &str) -> Result<bool> {
+        validate_name("database name", &db.database, false)?;
+        match self.database_state(&db.database)? {
+            DatabaseState::Absent | DatabaseState::Pristine => Ok(false),
+            DatabaseState::Invalid => Err(LocalError::invalid(
+                "database",
+                &db.database,
+                "PostgreSQL marks it invalid (a DROP or CREATE was cut short); it can only be dropped",
+            )),
+            DatabaseState::Open { .. } => {
+                let mut c = self.tenant_connect(db, ca_cert_pem)?;
+                database_has_data(&mut c).map_err(|e| {
+                    LocalError::pg(&self.name, format!("inspecting database {}", db.database), e)
+                })
+            }
         }
-        let row = self
-            .admin_connect(database)?
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
-                 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f'))",
-                &[],
-            )
-            .map_err(|e| LocalError::pg(&self.name, format!("inspecting database {database}"), e))?;
-        Ok(row.get(0))
     }
 
     /// Turns an initialized database into a template that clones are made
-    /// from: owned by the admin (so `REASSIGN OWNED` in a clone never moves
-    /// the template itself), marked `IS_TEMPLATE`, and closed to new
-    /// connections (a connected template cannot be copied). Idempotent.
+    /// from: owned by the admin (so it never follows a tenant role around),
+    /// marked `IS_TEMPLATE`, and closed to new connections (a connected
+    /// template cannot be copied). Idempotent.
     pub fn seal_template(&self, template: &str) -> Result<()> {
         validate_name("database name", template, false)?;
         let t = quote_ident(template);
@@ -1067,17 +1215,22 @@ impl PgCluster {
         ))
         .map_err(|e| LocalError::pg(&self.name, format!("sealing template {template}"), e))?;
         c.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+             WHERE datname = $1",
             &[&template],
         )
         .map_err(|e| LocalError::pg(&self.name, format!("closing connections to {template}"), e))?;
         Ok(())
     }
 
-    /// Reopens a sealed template (to re-initialize it), the inverse of
-    /// [`PgCluster::seal_template`] for connections only.
+    /// Reopens a sealed template (to re-initialize or drop it), the inverse
+    /// of [`PgCluster::seal_template`] for connections only. An invalid
+    /// template (a drop cut short) is left for the drop to finish.
     pub fn unseal_template(&self, template: &str) -> Result<()> {
         validate_name("database name", template, false)?;
+        if self.database_state(template)? == DatabaseState::Invalid {
+            return Ok(());
+        }
         self.admin()?
             .batch_execute(&format!(
                 "ALTER DATABASE {} WITH IS_TEMPLATE false ALLOW_CONNECTIONS true",
@@ -1086,84 +1239,148 @@ impl PgCluster {
             .map_err(|e| LocalError::pg(&self.name, format!("unsealing template {template}"), e))
     }
 
-    /// Makes `database` a copy of `template` (`CREATE DATABASE … TEMPLATE`),
-    /// owned by `owner`. An existing `database` is replaced only if it holds no
-    /// data (it was just created empty for the environment); one with data is
-    /// refused, never overwritten. Idempotent across crashes: a missing
-    /// database is simply created.
-    pub fn clone_database(&self, template: &str, database: &str, owner: &str) -> Result<()> {
+    /// Makes `db.database` a copy of `template` owned by `db.role`, whose
+    /// objects (owned by `template_role` in the template) are reassigned to
+    /// `db.role`. Idempotent across crashes.
+    ///
+    /// The copy is made [`DatabaseState::Pristine`] (owned by the admin,
+    /// `CONNECTION LIMIT 0`), so when the superuser enters it to run
+    /// `REASSIGN OWNED` it holds nothing but the template's content; only
+    /// then is it handed to the role. An existing database is replaced only
+    /// when `replace` (the caller found it empty, as its tenant) or when it
+    /// is still pristine or invalid (a clone cut short).
+    pub fn clone_database(
+        &self,
+        template: &str,
+        template_role: &str,
+        db: &TenantDb,
+        replace: bool,
+    ) -> Result<()> {
         validate_name("database name", template, false)?;
-        validate_name("database name", database, false)?;
-        validate_name("role name", owner, true)?;
-        let exists = self
-            .admin()?
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
-            .map_err(|e| LocalError::pg(&self.name, format!("looking up database {database}"), e))?
-            .is_some();
-        if exists {
-            if self.database_has_data(database)? {
-                return Err(LocalError::invalid(
+        validate_name("database name", &db.database, false)?;
+        validate_name("role name", &db.role, true)?;
+        validate_name("role name", template_role, true)?;
+        let database = &db.database;
+        let state = self.database_state(database)?;
+        let pristine_copy =
+            match &state {
+                DatabaseState::Absent => false,
+                DatabaseState::Invalid => {
+                    self.drop_database(database)?;
+                    false
+                }
+                DatabaseState::Pristine => {
+                    // Either an empty database (ensure_tenant_database cut short)
+                    // or a copy whose reassignment was cut short: both are ours.
+                    let copied = self.owns_objects(database, template_role)?;
+                    if !copied {
+                        self.drop_database(database)?;
+                    }
+                    copied
+                }
+                DatabaseState::Open { .. } if replace => {
+                    self.drop_database(database)?;
+                    false
+                }
+                DatabaseState::Open { .. } => return Err(LocalError::invalid(
                     "clone target",
                     database,
                     "the database already holds data; refusing to replace it with a template copy",
-                ));
-            }
-            self.admin()?
+                )),
+            };
+        if !pristine_copy {
+            let mut c = self.admin()?;
+            c.query(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+                 WHERE datname = $1",
+                &[&template],
+            )
+            .map_err(|e| {
+                LocalError::pg(&self.name, format!("closing connections to {template}"), e)
+            })?;
+            c.batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE {} OWNER {ADMIN_ROLE} CONNECTION LIMIT 0",
+                quote_ident(database),
+                quote_ident(template),
+            ))
+            .map_err(|e| {
+                LocalError::pg(
+                    &self.name,
+                    format!("creating {database} from template {template}"),
+                    e,
+                )
+            })?;
+        }
+        if self.role_exists(template_role)? {
+            self.admin_connect(database)?
                 .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident(database)
+                    "REASSIGN OWNED BY {} TO {}",
+                    quote_ident(template_role),
+                    quote_ident(&db.role)
                 ))
                 .map_err(|e| {
-                    LocalError::pg(&self.name, format!("dropping empty database {database}"), e)
+                    LocalError::pg(
+                        &self.name,
+                        format!(
+                            "reassigning objects of {template_role} to {} in {database}",
+                            db.role
+                        ),
+                        e,
+                    )
                 })?;
         }
-        let mut c = self.admin()?;
-        c.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&template],
-        )
-        .map_err(|e| LocalError::pg(&self.name, format!("closing connections to {template}"), e))?;
-        c.batch_execute(&format!(
-            "CREATE DATABASE {} TEMPLATE {} OWNER {}",
-            quote_ident(database),
-            quote_ident(template),
-            quote_ident(owner)
-        ))
-        .map_err(|e| {
-            LocalError::pg(
-                &self.name,
-                format!("creating {database} from template {template}"),
-                e,
-            )
-        })
+        self.open_database(database, &db.role)
     }
 
-    /// Inside `database`, gives everything `from` owns to `to` (a clone's
-    /// tables still belong to the template's role). No-op when nothing is
-    /// owned by `from` or the role does not exist.
-    pub fn reassign_owned(&self, database: &str, from: &str, to: &str) -> Result<()> {
-        validate_name("role name", from, true)?;
-        validate_name("role name", to, true)?;
-        let mut c = self.admin_connect(database)?;
-        let from_exists = c
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&from])
-            .map_err(|e| LocalError::pg(&self.name, format!("looking up role {from}"), e))?
-            .is_some();
-        if !from_exists {
-            return Ok(());
-        }
-        c.batch_execute(&format!(
-            "REASSIGN OWNED BY {} TO {}",
-            quote_ident(from),
-            quote_ident(to)
-        ))
-        .map_err(|e| {
-            LocalError::pg(
-                &self.name,
-                format!("reassigning objects of {from} to {to} in {database}"),
-                e,
+    fn role_exists(&self, role: &str) -> Result<bool> {
+        Ok(self
+            .admin()?
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&role],
             )
-        })
+            .map_err(|e| LocalError::pg(&self.name, format!("looking up role {role}"), e))?
+            .is_some())
+    }
+
+    /// Whether a pristine `database` holds objects of a role other than the
+    /// admin and `role`: a template's copy, not an empty database.
+    fn clone_in_progress(&self, database: &str, role: &str) -> Result<bool> {
+        let row = self
+            .admin()?
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s \
+                 JOIN pg_catalog.pg_database d ON d.oid = s.dbid \
+                 JOIN pg_catalog.pg_roles r ON r.oid = s.refobjid \
+                 WHERE d.datname = $1 AND s.deptype = 'o' AND r.rolname NOT IN ($2, $3))",
+                &[&database, &ADMIN_ROLE, &role],
+            )
+            .map_err(|e| {
+                LocalError::pg(&self.name, format!("looking up owners in {database}"), e)
+            })?;
+        Ok(row.get(0))
+    }
+
+    /// Whether `role` owns anything inside `database`, read from the shared
+    /// catalog `pg_shdepend` in the maintenance database (no need to enter).
+    fn owns_objects(&self, database: &str, role: &str) -> Result<bool> {
+        let row = self
+            .admin()?
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s \
+                 JOIN pg_catalog.pg_database d ON d.oid = s.dbid \
+                 JOIN pg_catalog.pg_roles r ON r.oid = s.refobjid \
+                 WHERE d.datname = $1 AND r.rolname = $2 AND s.deptype = 'o')",
+                &[&database, &role],
+            )
+            .map_err(|e| {
+                LocalError::pg(
+                    &self.name,
+                    format!("looking up objects of {role} in {database}"),
+                    e,
+                )
+            })?;
+        Ok(row.get(0))
     }
 
     /// Tenant databases present (excludes postgres, template0/1).
@@ -1379,6 +1596,17 @@ pub fn connect_tenant(
     password: &SecretString,
     ca_cert_pem: &str,
 ) -> Result<Client> {
+    connect_tenant_with(port, database, role, password, ca_cert_pem, None)
+}
+
+fn connect_tenant_with(
+    port: u16,
+    database: &str,
+    role: &str,
+    password: &SecretString,
+    ca_cert_pem: &str,
+    options: Option<&str>,
+) -> Result<Client> {
     let tls = tenant_tls(ca_cert_pem)?;
     let mut cfg = postgres::Config::new();
     cfg.host("127.0.0.1")
@@ -1390,6 +1618,9 @@ pub fn connect_tenant(
         .channel_binding(ChannelBinding::Require)
         .application_name("careplane")
         .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(options) = options {
+        cfg.options(options);
+    }
     cfg.connect(tls).map_err(|e| {
         LocalError::pg(
             &format!("127.0.0.1:{port}"),

@@ -58,7 +58,7 @@ fn provisioning_is_idempotent_and_keeps_secrets_off_disk() {
 
     let ca = &platform.ca.cert_pem;
     assert!(
-        !pg.database_has_data(&t.database).unwrap(),
+        !pg.tenant_database_has_data(&t, ca).unwrap(),
         "fresh database has no data"
     );
     {
@@ -69,8 +69,10 @@ fn provisioning_is_idempotent_and_keeps_secrets_off_disk() {
         )
         .unwrap();
     }
-    assert!(pg.database_has_data(&t.database).unwrap());
-    assert!(!pg.database_has_data("no-such-db").unwrap());
+    assert!(pg.tenant_database_has_data(&t, ca).unwrap());
+    let mut absent = t.clone();
+    absent.database = "no-such-db".into();
+    assert!(!pg.tenant_database_has_data(&absent, ca).unwrap());
     pg::check_tenant(pg.port, &t.database, &t.role, &t.password, ca).unwrap();
     let wrong = testing::password();
     let err = pg::check_tenant(pg.port, &t.database, &t.role, &wrong, ca)

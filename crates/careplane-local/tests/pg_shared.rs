@@ -136,8 +136,9 @@ fn shared_cluster_isolates_tenants_and_is_hardened() {
         .batch_execute("CREATE TABLE public.patients (id serial primary key, name text)")
         .unwrap();
 
-    // Privileges as seen by the admin: nobody else may create in or connect to A's database.
-    let mut admin_a = pg.admin_connect(&a.database).unwrap();
+    // Privileges as the catalog states them (careplane's superuser never
+    // enters a tenant's database): nobody else may create in or connect to it.
+    let mut admin_a = pg::connect_tenant(pg.port, &a.database, &a.role, &a.password, ca).unwrap();
     let row = admin_a
         .query_one(
             "SELECT has_schema_privilege('public', 'public', 'CREATE'), \

@@ -455,8 +455,9 @@ pub fn try_render_config(cfg: &EnvConfig, role: Role) -> Result<String> {
     Ok(out)
 }
 
-/// Writes `<dir>/odoo-web.conf` and `<dir>/odoo-cron.conf` (atomically,
-/// mode 0600, owned by `owner` — the service user — when given) and creates
+/// Writes `<dir>/odoo-web.conf` and `<dir>/odoo-cron.conf` (atomically;
+/// with an `owner`, root's files of mode 0640 in the owner's group, which
+/// Odoo can read and not write; without, 0600) and creates
 /// `data_dir` with mode 0700 owned by `owner`. Returns the two file paths
 /// (web, cron).
 ///
@@ -477,8 +478,15 @@ pub fn write_configs(
     ensure_private_dir(&cfg.data_dir, owner)?;
     let web_path = dir.join(Role::Web.config_file_name());
     let cron_path = dir.join(Role::Cron.config_file_name());
-    sys::atomic_write(&web_path, web.as_bytes(), 0o600, owner)?;
-    sys::atomic_write(&cron_path, cron.as_bytes(), 0o600, owner)?;
+    // Root's files that the Odoo user may read but not change: tenant code
+    // runs as that user and must not turn its own hardening off (the
+    // database manager, say) for its next restart.
+    let (mode, file_owner) = match owner {
+        Some((_, gid)) => (0o640, Some((0, gid))),
+        None => (0o600, None),
+    };
+    sys::atomic_write(&web_path, web.as_bytes(), mode, file_owner)?;
+    sys::atomic_write(&cron_path, cron.as_bytes(), mode, file_owner)?;
     Ok((web_path, cron_path))
 }
 

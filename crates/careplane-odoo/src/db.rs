@@ -1,5 +1,9 @@
-//! What careplane does inside an Odoo database, through a superuser
-//! connection the caller opens (careplane-local's admin socket).
+//! What careplane does inside an Odoo database, through a connection the
+//! caller opens **as the database's own tenant role** (never a superuser:
+//! the tenant owns every table here and could swap one for a view that runs
+//! its own functions). Names are schema-qualified, and the caller pins
+//! `search_path`, so the statements mean what they say; whatever a tenant
+//! planted can at worst run with its own rights.
 //!
 //! Only tables and keys that every Odoo since 9 has are touched:
 //! `ir_module_module`, `ir_config_parameter` and `res_users`.
@@ -19,8 +23,8 @@ fn db_err(what: &str, e: postgres::Error) -> OdooError {
 pub fn is_initialized(c: &mut Client) -> Result<bool> {
     let row = c
         .query_one(
-            "SELECT to_regclass('public.ir_module_module') IS NOT NULL \
-             AND to_regclass('public.ir_config_parameter') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass('public.ir_module_module') IS NOT NULL \
+             AND pg_catalog.to_regclass('public.ir_config_parameter') IS NOT NULL",
             &[],
         )
         .map_err(|e| db_err("checking whether the database holds Odoo", e))?;
@@ -49,7 +53,7 @@ pub fn make_unique(
         .map_err(|e| db_err("starting the identity transaction", e))?;
     let current: Option<String> = tx
         .query_opt(
-            "SELECT value FROM ir_config_parameter WHERE key = $1",
+            "SELECT value FROM public.ir_config_parameter WHERE key = $1",
             &[&IDENTITY_KEY],
         )
         .map_err(|e| db_err("reading careplane.identity", e))?
@@ -59,11 +63,15 @@ pub fn make_unique(
     }
     // Values computed by PostgreSQL: gen_random_uuid() is built in since 13.
     let params: [(&str, &str, Option<&str>); 5] = [
-        ("database.uuid", "gen_random_uuid()::text", None),
-        ("database.secret", "gen_random_uuid()::text", None),
+        ("database.uuid", "pg_catalog.gen_random_uuid()::text", None),
+        (
+            "database.secret",
+            "pg_catalog.gen_random_uuid()::text",
+            None,
+        ),
         (
             "database.create_date",
-            "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')",
+            "pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')",
             None,
         ),
         ("web.base.url", "$2", Some(base_url)),
@@ -73,11 +81,11 @@ pub fn make_unique(
         let what = format!("setting {key}");
         let updated = match arg {
             Some(v) => tx.execute(
-                &format!("UPDATE ir_config_parameter SET value = {expr} WHERE key = $1"),
+                &format!("UPDATE public.ir_config_parameter SET value = {expr} WHERE key = $1"),
                 &[&key, &v],
             ),
             None => tx.execute(
-                &format!("UPDATE ir_config_parameter SET value = {expr} WHERE key = $1"),
+                &format!("UPDATE public.ir_config_parameter SET value = {expr} WHERE key = $1"),
                 &[&key],
             ),
         }
@@ -85,11 +93,15 @@ pub fn make_unique(
         if updated == 0 {
             match arg {
                 Some(v) => tx.execute(
-                    &format!("INSERT INTO ir_config_parameter (key, value) VALUES ($1, {expr})"),
+                    &format!(
+                        "INSERT INTO public.ir_config_parameter (key, value) VALUES ($1, {expr})"
+                    ),
                     &[&key, &v],
                 ),
                 None => tx.execute(
-                    &format!("INSERT INTO ir_config_parameter (key, value) VALUES ($1, {expr})"),
+                    &format!(
+                        "INSERT INTO public.ir_config_parameter (key, value) VALUES ($1, {expr})"
+                    ),
                     &[&key],
                 ),
             }
@@ -97,7 +109,7 @@ pub fn make_unique(
         }
     }
     tx.execute(
-        "UPDATE res_users SET password = $1 WHERE login = 'admin'",
+        "UPDATE public.res_users SET password = $1 WHERE login = 'admin'",
         &[&admin_password_hash],
     )
     .map_err(|e| db_err("resetting the admin user's password", e))?;
@@ -111,7 +123,7 @@ pub fn make_unique(
 pub fn identity(c: &mut Client) -> Result<(String, String)> {
     let get = |c: &mut Client, key: &str| -> Result<String> {
         c.query_opt(
-            "SELECT value FROM ir_config_parameter WHERE key = $1",
+            "SELECT value FROM public.ir_config_parameter WHERE key = $1",
             &[&key],
         )
         .map_err(|e| db_err("reading the database identity", e))?

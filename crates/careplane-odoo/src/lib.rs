@@ -34,6 +34,7 @@ mod process;
 mod rotate;
 mod supervisor;
 mod sys;
+pub mod tree;
 
 pub use config::{
     dbfilter_for, render_config, try_render_config, valid_database_name, valid_module_name,

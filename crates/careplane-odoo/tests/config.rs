@@ -271,9 +271,12 @@ fn write_configs_sets_modes_and_owner() {
     assert_eq!(cron, tmp.path().join("odoo-cron.conf"));
     for p in [&web, &cron] {
         let m = fs::metadata(p).unwrap();
-        assert_eq!(m.mode() & 0o777, 0o600, "{}", p.display());
+        // Odoo (the owner's group) reads its configuration; only root writes it.
         if root {
-            assert_eq!((m.uid(), m.gid()), (65534, 65534));
+            assert_eq!(m.mode() & 0o777, 0o640, "{}", p.display());
+            assert_eq!((m.uid(), m.gid()), (0, 65534));
+        } else {
+            assert_eq!(m.mode() & 0o777, 0o600, "{}", p.display());
         }
     }
     let m = fs::metadata(&data).unwrap();
