@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use careplane_spec::{EnvironmentKind, SpecSet, Tenancy, TenantSpec};
+use careplane_spec::{EnvironmentKind, SpecSet};
 use serde_json::{json, Value};
 
 /// What kind of thing a resource is; decides which runtime calls apply it.
@@ -76,37 +76,9 @@ pub struct Resource {
     pub props: Value,
 }
 
-/// Names of a tenant environment's database objects. Kept in one place because
-/// they become identifiers in PostgreSQL, Redis ACLs and (later) Odoo's dbfilter.
-pub fn env_db_name(tenant: &str, env: &str) -> String {
-    format!("{tenant}-{env}")
-}
-
-/// Redis key prefix of a tenant environment; its ACL user may touch only these keys.
-pub fn env_key_prefix(tenant: &str, env: &str) -> String {
-    format!("{tenant}:{env}:")
-}
-
-/// The PostgreSQL cluster scope a tenant lives on: `shared` or its own.
-pub fn pg_scope(tenant_name: &str, tenant: &TenantSpec) -> String {
-    match tenant.tenancy {
-        Tenancy::Shared => SHARED.to_string(),
-        Tenancy::DedicatedDb | Tenancy::DedicatedEnv => tenant_name.to_string(),
-    }
-}
-
-/// The Redis server scope: only `dedicated-env` tenants get their own.
-pub fn redis_scope(tenant_name: &str, tenant: &TenantSpec) -> String {
-    match tenant.tenancy {
-        Tenancy::Shared | Tenancy::DedicatedDb => SHARED.to_string(),
-        Tenancy::DedicatedEnv => tenant_name.to_string(),
-    }
-}
-
-/// Scope name of the shared cluster and server. Tenant names cannot collide with
-/// it: validation reserves it (see `careplane_spec`), and a collision is caught
-/// here again because ids must be unique.
-pub const SHARED: &str = "shared";
+// The naming rules live in the spec crate, whose validation refuses specs
+// that would make two environments share a name (see `careplane_spec::names`).
+pub use careplane_spec::names::{env_db_name, env_key_prefix, pg_scope, redis_scope, SHARED};
 
 pub fn ca_id() -> String {
     "ca/platform".to_string()
@@ -164,20 +136,6 @@ fn memory_bytes(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
-}
-
-/// A short, stable fingerprint of what makes two templates interchangeable.
-fn fingerprint(parts: &[String]) -> String {
-    // FNV-1a, 64 bit: identity, not security; collisions would only make two
-    // module sets share a template name, and the props comparison catches that.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for p in parts {
-        for b in p.bytes().chain([0u8]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
-    format!("{:08x}", (h >> 32) ^ (h & 0xffff_ffff))
 }
 
 /// Everything the specs ask for, ordered by creation rank then id.
@@ -260,7 +218,7 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
                 key.extend(modules.iter().cloned());
                 key.push("addons".into());
                 key.extend(addons.iter().cloned());
-                let tpl_db = format!("tpl-odoo{}-{}", odoo.version, fingerprint(&key));
+                let tpl_db = careplane_spec::names::template_db_name(odoo.version, &key);
                 let tpl_id = format!("odoo-template/{pg}/{tpl_db}");
                 add(
                     tpl_id.clone(),
@@ -329,4 +287,45 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
     let mut v: Vec<Resource> = out.into_values().collect();
     v.sort_by(|a, b| (a.kind.rank(), &a.id).cmp(&(b.kind.rank(), &b.id)));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Vec<Resource> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hospital-group");
+        desired(&careplane_spec::load(&[dir]).expect("the example validates"))
+    }
+
+    fn props<'a>(all: &'a [Resource], id: &str) -> &'a Value {
+        &all.iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("{id}"))
+            .props
+    }
+
+    #[test]
+    fn names_are_those_existing_platforms_hold() {
+        let all = example();
+        let db = props(&all, "pg-database/stmarys/production");
+        assert_eq!(db["database"], "stmarys-production");
+        assert_eq!(db["role"], "stmarys-production");
+        assert_eq!(db["cluster"], "pg-cluster/shared");
+        let user = props(&all, "redis-user/regional/dr");
+        assert_eq!(user["user"], "regional-dr");
+        assert_eq!(user["keyPrefix"], "regional:dr:");
+        assert_eq!(user["server"], "redis-server/regional");
+        assert_eq!(
+            props(&all, "pg-database/citylab/uat")["cluster"],
+            "pg-cluster/citylab"
+        );
+        // base + contacts (the platform defaults), stand-in, Odoo 18, no addons.
+        let env = props(&all, "odoo-env/northclinic/dev");
+        assert_eq!(env["template"], "odoo-template/shared/tpl-odoo18-d266fec6");
+        assert!(all
+            .iter()
+            .any(|r| r.id == "odoo-template/shared/tpl-odoo18-d266fec6"));
+    }
 }

@@ -20,9 +20,11 @@
 //! ```
 
 mod decode;
+mod derived;
 mod diagnostic;
 mod load;
 pub mod model;
+pub mod names;
 mod schema;
 mod suggest;
 mod validate;

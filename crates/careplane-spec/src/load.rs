@@ -1,5 +1,6 @@
 //! Files to a validated [`SpecSet`]: reading, per-document decoding, and the
-//! rules that span documents (one platform, unique names, references).
+//! rules that span documents (one platform, unique names, references,
+//! derived names).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ pub struct ParsedFile {
 pub struct ParsedDocument {
     /// The typed document.
     pub document: AnyDocument,
-    tree: Node,
+    pub(crate) tree: Node,
 }
 
 /// Kind and name of every document whose kind and name are readable, valid
@@ -417,6 +418,9 @@ fn check_set(
             },
         }
     }
+
+    // What careplane derives from the documents.
+    crate::derived::check_names(&docs, &mut diags);
 
     if !diags.is_empty() {
         return Err(finish(diags, order));

@@ -33,8 +33,18 @@ pub const MODULE_PATTERN: &str = "^[a-z0-9_]+$";
 /// Durations such as `30s`, `15m`, `4h`, `1d` or `1h30m` (see [`crate::parse_duration`]).
 pub const DURATION_PATTERN: &str = "^([0-9]+[smhd])+$";
 
-/// Tenant name taken by the shared PostgreSQL cluster and Redis server.
-pub const RESERVED_TENANT_NAMES: &[&str] = &["shared"];
+/// Tenant names nobody may take: the shared cluster and server's scope, and
+/// names PostgreSQL or careplane use (see [`crate::names::reserved_tenant_name`]).
+pub const RESERVED_TENANT_NAMES: &[&str] = &["shared", "tpl", "careplane", "postgres"];
+
+/// Tenant name prefixes nobody may take: Odoo templates (`tpl-`), careplane's
+/// own users (`careplane-`) and PostgreSQL's template databases (`template`).
+pub const RESERVED_TENANT_PREFIXES: &[&str] = &["tpl-", "careplane-", "template"];
+
+/// [`RESERVED_TENANT_NAMES`] and [`RESERVED_TENANT_PREFIXES`] as one regular
+/// expression, for the JSON Schema.
+pub const RESERVED_TENANT_PATTERN: &str =
+    "^(shared|tpl|careplane|postgres)$|^(tpl-|careplane-|template)";
 
 /// Odoo major versions careplane knows how to run.
 pub const ODOO_VERSIONS: std::ops::RangeInclusive<u32> = 16..=19;

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use crate::model::{
     BackupPolicySpec, Kind, Metadata, PlatformSpec, ServiceTierSpec, TenantSpec, API_VERSION,
-    MAX_TENANT_NAME, RESERVED_TENANT_NAMES,
+    MAX_TENANT_NAME, RESERVED_TENANT_PATTERN,
 };
 use crate::yaml::Seg;
 
@@ -71,7 +71,7 @@ fn build() -> Value {
                             "properties": {
                                 "name": {
                                     "maxLength": MAX_TENANT_NAME,
-                                    "not": { "enum": RESERVED_TENANT_NAMES }
+                                    "not": { "pattern": RESERVED_TENANT_PATTERN }
                                 }
                             }
                         }

@@ -1,13 +1,13 @@
 //! Rules beyond types: names, ranges, formats — checked per document once it
-//! type-checks. Rules that span documents (references, uniqueness) live in
-//! [`crate::load`].
+//! type-checks. Rules that span documents (references, uniqueness, derived
+//! names) live in [`crate::load`] and `crate::derived`.
 
 use std::time::Duration;
 
 use crate::decode::{key, quoted, Ctx};
 use crate::model::{
     BackupPolicySpec, Kind, Metadata, PlatformSpec, ServiceTierSpec, Sizing, TenantSpec,
-    MAX_ENVIRONMENT_NAME, MAX_TENANT_NAME, ODOO_VERSIONS, RESERVED_TENANT_NAMES,
+    MAX_ENVIRONMENT_NAME, MAX_TENANT_NAME, ODOO_VERSIONS,
 };
 use crate::yaml::Seg;
 
@@ -138,12 +138,14 @@ pub(crate) fn metadata(cx: &mut Ctx<'_>, kind: Option<Kind>, m: &Metadata) {
     };
     let max = kind.map_or(crate::model::MAX_NAME, Kind::max_name_len);
     check_name(cx, &path, &m.name, max, why);
-    if kind == Some(Kind::Tenant) && RESERVED_TENANT_NAMES.contains(&m.name.as_str()) {
-        cx.at_value(
-            &path,
-            format!("the tenant name {} is reserved", quoted(&m.name)),
-            Some("it names the platform's shared PostgreSQL cluster and Redis server; pick another name".into()),
-        );
+    if kind == Some(Kind::Tenant) {
+        if let Some(why) = crate::names::reserved_tenant_name(&m.name) {
+            cx.at_value(
+                &path,
+                format!("the tenant name {} is reserved", quoted(&m.name)),
+                Some(why),
+            );
+        }
     }
 }
 

@@ -1230,3 +1230,126 @@ fn directories_are_read_in_name_order() {
     assert_eq!(err[4].message, "no .yaml or .yml files in this directory");
     assert!(err.to_string().ends_with("error: 5 problems in 4 files"));
 }
+
+/// A tenant document named `name` with `envs` as its environments list.
+fn tenant_named(name: &str, rest: &str) -> String {
+    format!("apiVersion: careplane.dev/v1alpha1\nkind: Tenant\nmetadata:\n  name: {name}\nspec:\n{rest}")
+}
+
+#[test]
+fn derived_database_names_must_not_collide() {
+    // Tenant a-b environment c and tenant a environment b-c are both `a-b-c`.
+    let x = tenant_named(
+        "a-b",
+        "  environments:\n    - name: c\n      kind: production\n",
+    );
+    let y = format!(
+        "{}---\n{}",
+        tenant_named(
+            "a",
+            "  environments:\n    - {name: prod, kind: production}\n    - {name: b-c, kind: dev}\n"
+        ),
+        tenant_named("a-b-c", "  environments: [{name: d, kind: dev}]\n"),
+    );
+    let err = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("x.yaml", x.as_str()),
+        ("y.yaml", y.as_str()),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(err[0].file, Path::new("y.yaml"));
+    check(
+        &err[0],
+        8,
+        14,
+        "spec.environments[1].name",
+        "tenant \"a-b\" environment \"c\" at x.yaml:7:13 and tenant \"a\" environment \"b-c\" at \
+         y.yaml:8:14 both become database, role and Redis user \"a-b-c\"",
+        Some(
+            "\"<tenant>-<environment>\" names must be unique on a platform; rename one of the \
+             environments or tenants",
+        ),
+    );
+
+    // Across tenancies too: the Redis user is on the shared server either way.
+    let dedicated = x.replace("spec:\n", "spec:\n  tenancy: dedicated-db\n");
+    let err = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("x.yaml", dedicated.as_str()),
+        ("y.yaml", y.as_str()),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert!(
+        err[0].message.contains("at x.yaml:8:13 and tenant \"a\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn tenant_names_careplane_and_postgresql_use_are_reserved() {
+    let envs = "  environments: [{name: admin, kind: dev}]\n";
+    let names = [
+        "tpl",
+        "tpl-odoo18",
+        "careplane",
+        "careplane-ops",
+        "postgres",
+        "template1",
+        "templates",
+    ];
+    let text = names
+        .iter()
+        .map(|n| tenant_named(n, envs))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let all = problems(&text);
+    assert_eq!(all.len(), names.len(), "{}", Diagnostics(all.clone()));
+    for (d, name) in all.iter().zip(names) {
+        assert_eq!(d.path, "metadata.name", "{d}");
+        assert_eq!(
+            d.message,
+            format!("the tenant name \"{name}\" is reserved"),
+            "{d}"
+        );
+    }
+    // The template namespace: tenant tpl's environment odoo18-<hash> would
+    // take over the shared template tpl-odoo18-<hash>.
+    let d = problem(&tenant_named(
+        "tpl",
+        "  environments: [{name: odoo18-d266fec6, kind: dev}]\n",
+    ));
+    check(
+        &d,
+        4,
+        9,
+        "metadata.name",
+        "the tenant name \"tpl\" is reserved",
+        Some(
+            "databases and roles starting with \"tpl-\" are careplane's Odoo templates \
+             (\"tpl-odoo<version>-<hash>\"), which a tenant's \"<tenant>-<environment>\" names \
+             must not collide with; pick another name",
+        ),
+    );
+    // careplane + admin would be the Redis admin user careplane-admin.
+    let d = problem(&tenant_named("careplane", envs));
+    assert_eq!(
+        d.help.as_deref(),
+        Some(
+            "names starting with \"careplane\" are careplane's own (Redis user \"careplane-admin\", \
+             PostgreSQL role \"careplane_admin\"); pick another name"
+        )
+    );
+    // Near misses are fine.
+    for name in ["tplx", "careplanes", "postgresql", "temp"] {
+        load_sources([
+            ("platform.yaml", PLATFORM),
+            ("tiers.yaml", TIERS),
+            ("t.yaml", &tenant_named(name, envs)),
+        ])
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

@@ -125,6 +125,15 @@ fn schema_rejects_what_careplane_rejects() {
         "acme",
     );
     assert!(v.is_valid(&good), "{:?}", schema_errors(&v, &good));
+    let near_miss = tenant(
+        json!({"environments": [{"name": "production", "kind": "production"}]}),
+        "tplx",
+    );
+    assert!(
+        v.is_valid(&near_miss),
+        "{:?}",
+        schema_errors(&v, &near_miss)
+    );
     let bad = [
         tenant(
             json!({"environments": [{"name": "production", "kind": "prod"}]}),
@@ -154,6 +163,22 @@ fn schema_rejects_what_careplane_rejects() {
         tenant(
             json!({"environments": [{"name": "p", "kind": "dev"}]}),
             "shared",
+        ),
+        tenant(
+            json!({"environments": [{"name": "p", "kind": "dev"}]}),
+            "tpl",
+        ),
+        tenant(
+            json!({"environments": [{"name": "p", "kind": "dev"}]}),
+            "tpl-odoo18",
+        ),
+        tenant(
+            json!({"environments": [{"name": "admin", "kind": "dev"}]}),
+            "careplane",
+        ),
+        tenant(
+            json!({"environments": [{"name": "p", "kind": "dev"}]}),
+            "template1",
         ),
         json!({"apiVersion": "careplane.dev/v1", "kind": "Tenant", "metadata": {"name": "a"},
                "spec": {"environments": [{"name": "p", "kind": "dev"}]}}),
