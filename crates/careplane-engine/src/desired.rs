@@ -103,12 +103,13 @@ pub fn odoo_env_id(tenant: &str, env: &str) -> String {
 /// stricter time limits, dev a single worker and generous limits for debugging.
 pub fn kind_defaults(kind: EnvironmentKind) -> (u32, u32, Value) {
     const MIB: u64 = 1024 * 1024;
-    let (workers, cron, soft, hard, cpu, real) = match kind {
-        EnvironmentKind::Production | EnvironmentKind::Dr => (2, 2, 2048, 2560, 60, 120),
+    let (workers, cron) = careplane_spec::connections::default_processes(kind);
+    let (soft, hard, cpu, real) = match kind {
+        EnvironmentKind::Production | EnvironmentKind::Dr => (2048, 2560, 60, 120),
         EnvironmentKind::Staging | EnvironmentKind::Uat | EnvironmentKind::Training => {
-            (1, 1, 1536, 2048, 120, 240)
+            (1536, 2048, 120, 240)
         }
-        EnvironmentKind::Test | EnvironmentKind::Dev => (1, 1, 1024, 1536, 600, 1200),
+        EnvironmentKind::Test | EnvironmentKind::Dev => (1024, 1536, 600, 1200),
     };
     (
         workers,
@@ -179,8 +180,11 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
             json!({ "scope": rs, "role": redis_role, "maxMemory": max_memory }),
         );
         for env in &t.environments {
-            let sizing = env.sizing.as_ref().or(t.sizing.as_ref());
-            let connection_limit = sizing.and_then(|s| s.db_connections);
+            // Each field from the environment, else the tenant, else the
+            // kind; every role gets a connection limit (validation checks
+            // that each cluster can serve the sum).
+            let sizing = careplane_spec::connections::effective_sizing(t, env);
+            let connection_limit = sizing.db_connections;
             add(
                 pg_database_id(tname, &env.name),
                 Kind::PgDatabase,
@@ -235,14 +239,9 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
                         "addonsPaths": addons,
                     }),
                 );
-                let (mut workers, cron, mut limits) = kind_defaults(env.kind);
-                if let Some(w) = sizing.and_then(|s| s.workers) {
-                    workers = w;
-                }
-                if let Some(mem) = sizing
-                    .and_then(|s| s.worker_memory.as_deref())
-                    .and_then(memory_bytes)
-                {
+                let (_, _, mut limits) = kind_defaults(env.kind);
+                let (workers, cron) = (sizing.workers, sizing.cron_threads);
+                if let Some(mem) = sizing.worker_memory.and_then(memory_bytes) {
                     limits["memorySoft"] = json!(mem);
                     limits["memoryHard"] = json!(mem + mem / 4);
                 }
@@ -327,5 +326,27 @@ mod tests {
         assert!(all
             .iter()
             .any(|r| r.id == "odoo-template/shared/tpl-odoo18-d266fec6"));
+    }
+
+    #[test]
+    fn every_role_gets_a_connection_limit() {
+        let all = example();
+        let limit = |id: &str| props(&all, id)["connectionLimit"].as_u64();
+        // Set on the environment, on the tenant.
+        assert_eq!(limit("pg-database/stmarys/production"), Some(20));
+        assert_eq!(limit("pg-database/stmarys/staging"), Some(10));
+        // Unset: from workers and cron threads (2·2 + 3·2 + 6, 2·1 + 3·1 + 6).
+        assert_eq!(limit("pg-database/northclinic/production"), Some(16));
+        assert_eq!(limit("pg-database/northclinic/dev"), Some(11));
+        // An environment's sizing overrides the tenant's field by field:
+        // regional production sets workers only.
+        assert_eq!(limit("pg-database/regional/production"), Some(10));
+        let env = props(&all, "odoo-env/regional/production");
+        assert_eq!(env["workers"], 2);
+        assert_eq!(env["limits"]["memorySoft"], 512 * 1024 * 1024);
+        assert!(all
+            .iter()
+            .filter(|r| r.kind == Kind::PgDatabase)
+            .all(|r| r.props["connectionLimit"].is_u64()));
     }
 }

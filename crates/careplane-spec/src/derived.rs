@@ -1,14 +1,17 @@
 //! Set-level rules about what careplane derives from the specs: names that
-//! two spec locations would share. See [`crate::names`].
+//! two spec locations would share, clusters whose roles may open more
+//! connections than they can serve. See [`crate::names`] and
+//! [`crate::connections`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
+use crate::connections::{budget, effective_sizing};
 use crate::decode::{key, quoted};
 use crate::diagnostic::Diagnostic;
 use crate::load::ParsedDocument;
-use crate::model::{AnyDocument, Document, TenantSpec};
-use crate::names::env_db_name;
+use crate::model::{AnyDocument, Document, PlatformSpec, TenantSpec};
+use crate::names::{env_db_name, pg_scope};
 use crate::validate::is_dns_label;
 use crate::yaml::{path_string, Pos, Seg};
 
@@ -101,5 +104,94 @@ pub(crate) fn check_names(docs: &[(&Path, &ParsedDocument)], diags: &mut Vec<Dia
                 first.insert(name, e);
             }
         }
+    }
+}
+
+/// The connection limits of each cluster's roles must add up to no more than
+/// the cluster can serve.
+pub(crate) fn check_connection_budget(
+    docs: &[(&Path, &ParsedDocument)],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut platforms = docs.iter().filter_map(|(file, d)| match &d.document {
+        AnyDocument::Platform(p) => Some((*file, *d, p)),
+        _ => None,
+    });
+    let (Some((pfile, pdoc, platform)), None) = (platforms.next(), platforms.next()) else {
+        return;
+    };
+    let platform: &Document<PlatformSpec> = platform;
+    // A setting that is not a number is reported with the platform.
+    let Ok(budget) = budget(&platform.spec.postgres.settings) else {
+        return;
+    };
+    let usable = budget.usable();
+    let mut clusters: BTreeMap<String, Vec<(EnvAt<'_>, u32)>> = BTreeMap::new();
+    for (e, t, i) in environments(docs) {
+        let limit = effective_sizing(&t.spec, &t.spec.environments[i]).db_connections;
+        clusters
+            .entry(pg_scope(e.tenant, &t.spec))
+            .or_default()
+            .push((e, limit));
+    }
+    for (scope, mut roles) in clusters {
+        let total: u64 = roles.iter().map(|(_, n)| u64::from(*n)).sum();
+        if total <= u64::from(usable) {
+            continue;
+        }
+        roles.sort_by_key(|r| std::cmp::Reverse(r.1));
+        const SHOWN: usize = 5;
+        let mut list: Vec<String> = roles
+            .iter()
+            .take(SHOWN)
+            .map(|(e, n)| {
+                format!(
+                    "{} {n} ({})",
+                    env_db_name(e.tenant, e.env),
+                    at(e.file, e.pos)
+                )
+            })
+            .collect();
+        if roles.len() > SHOWN {
+            list.push(format!("and {} more", roles.len() - SHOWN));
+        }
+        // Point at max_connections when it is set, else at the nearest parent.
+        let setting = platform
+            .spec
+            .postgres
+            .settings
+            .keys()
+            .rev()
+            .find(|k| k.trim().eq_ignore_ascii_case("max_connections"))
+            .cloned()
+            .unwrap_or_else(|| "max_connections".into());
+        let path = [key("spec"), key("postgres"), key("settings"), key(&setting)];
+        let (node, found) = pdoc.tree.find(&path);
+        let shown_path = if found {
+            path_string(&path)
+        } else {
+            "spec.postgres.settings.max_connections".to_string()
+        };
+        diags.push(
+            Diagnostic::new(
+                pfile,
+                node.pos.line,
+                node.pos.column,
+                shown_path,
+                format!(
+                    "PostgreSQL cluster {} is over-committed: the connection limits of its {} \
+                     roles add up to {total}, more than the {usable} it can serve",
+                    quoted(&scope),
+                    roles.len()
+                ),
+            )
+            .with_help(format!(
+                "{}; largest limits: {}; raise max_connections here, or lower \
+                 sizing.dbConnections or workers (a role without dbConnections gets \
+                 2 per worker + 3 per cron thread + 6)",
+                budget.explain(),
+                list.join(", ")
+            )),
+        );
     }
 }

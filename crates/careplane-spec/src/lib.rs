@@ -19,6 +19,7 @@
 //! assert!(err.to_string().contains("t.yaml:4:8: spec.environmets: unknown field \"environmets\""));
 //! ```
 
+pub mod connections;
 mod decode;
 mod derived;
 mod diagnostic;

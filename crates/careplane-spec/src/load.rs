@@ -1,6 +1,6 @@
 //! Files to a validated [`SpecSet`]: reading, per-document decoding, and the
 //! rules that span documents (one platform, unique names, references,
-//! derived names).
+//! derived names and connection budgets).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -421,6 +421,7 @@ fn check_set(
 
     // What careplane derives from the documents.
     crate::derived::check_names(&docs, &mut diags);
+    crate::derived::check_connection_budget(&docs, &mut diags);
 
     if !diags.is_empty() {
         return Err(finish(diags, order));

@@ -12,7 +12,7 @@
 //! * the key prefix `<tenant>:<env>:`: names hold no `:`, so the pair can be
 //!   read back, and no prefix is a prefix of another;
 //! * directories (`pg/<scope>`, `redis/<scope>`, `odoo/envs/<tenant>/<env>`,
-//!   `odoo/templates/<template>`): one path component per name;
+//!   `odoo/templates/<scope>/<template>`): one path component per name;
 //! * cluster and server scopes: tenant names are unique, and [`SHARED`] is
 //!   reserved;
 //! * template databases `tpl-odoo<version>-<hash>`: tenant names starting

@@ -1,6 +1,6 @@
 //! Rules beyond types: names, ranges, formats — checked per document once it
 //! type-checks. Rules that span documents (references, uniqueness, derived
-//! names) live in [`crate::load`] and `crate::derived`.
+//! names, connection budgets) live in [`crate::load`] and `crate::derived`.
 
 use std::time::Duration;
 

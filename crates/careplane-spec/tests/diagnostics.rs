@@ -1353,3 +1353,88 @@ fn tenant_names_careplane_and_postgresql_use_are_reserved() {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// `PLATFORM` with `spec` lines added before `defaults:`.
+fn platform_with(spec: &str) -> String {
+    PLATFORM.replace("  defaults:\n", &format!("{spec}  defaults:\n"))
+}
+
+#[test]
+fn a_cluster_cannot_promise_more_connections_than_it_serves() {
+    // 8 production environments without dbConnections: 16 each, 128 in all,
+    // on a shared cluster that serves 100 - 3 - 10 = 87.
+    let envs: String = (0..8)
+        .map(|i| format!("    - {{name: p{i}, kind: production}}\n"))
+        .collect();
+    let tenants = format!("  environments:\n{envs}");
+    let err = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", &tenant(&tenants)),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(err[0].file, Path::new("platform.yaml"));
+    check(
+        &err[0],
+        6,
+        3,
+        "spec.postgres.settings.max_connections",
+        "PostgreSQL cluster \"shared\" is over-committed: the connection limits of its 8 roles add \
+         up to 128, more than the 87 it can serve",
+        Some(
+            "max_connections 100 minus 3 superuser_reserved_connections and 10 for careplane leaves \
+             87; largest limits: acme-p0 16 (t.yaml:7:14), acme-p1 16 (t.yaml:8:14), acme-p2 16 \
+             (t.yaml:9:14), acme-p3 16 (t.yaml:10:14), acme-p4 16 (t.yaml:11:14), and 3 more; raise \
+             max_connections here, or lower sizing.dbConnections or workers (a role without \
+             dbConnections gets 2 per worker + 3 per cron thread + 6)",
+        ),
+    );
+
+    // Raising max_connections fixes it; the error then points at the setting.
+    let raised = |n: u32| {
+        platform_with(&format!(
+            "  postgres:\n    settings: {{max_connections: \"{n}\"}}\n"
+        ))
+    };
+    load_sources([
+        ("platform.yaml", raised(141).as_str()),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", &tenant(&tenants)),
+    ])
+    .unwrap();
+    let err = load_sources([
+        ("platform.yaml", raised(140).as_str()),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", &tenant(&tenants)),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(
+        (err[0].line, err[0].column, err[0].path.as_str()),
+        (8, 33, "spec.postgres.settings.max_connections")
+    );
+    assert!(
+        err[0].message.contains("add up to 128, more than the 127"),
+        "{err}"
+    );
+
+    // Each dedicated cluster has a budget of its own, and dbConnections counts.
+    let big = tenant_named(
+        "big",
+        "  tenancy: dedicated-db\n  sizing: {dbConnections: 50}\n  environments:\n    - {name: a, kind: dev}\n    - {name: b, kind: dev}\n",
+    );
+    let err = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", big.as_str()),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    assert!(
+        err[0]
+            .message
+            .starts_with("PostgreSQL cluster \"big\" is over-committed: the connection limits of its 2 roles add up to 100"),
+        "{err}"
+    );
+}
