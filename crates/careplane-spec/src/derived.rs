@@ -1,7 +1,7 @@
 //! Set-level rules about what careplane derives from the specs: names that
 //! two spec locations would share, clusters whose roles may open more
-//! connections than they can serve. See [`crate::names`] and
-//! [`crate::connections`].
+//! connections than they can serve, and socket paths too long to use. See
+//! [`crate::names`] and [`crate::connections`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -12,7 +12,7 @@ use crate::diagnostic::Diagnostic;
 use crate::load::ParsedDocument;
 use crate::model::{AnyDocument, Document, PlatformSpec, TenantSpec};
 use crate::names::{env_db_name, pg_scope};
-use crate::validate::is_dns_label;
+use crate::validate::{absolute_data_dir, is_dns_label};
 use crate::yaml::{path_string, Pos, Seg};
 
 /// `file:line:column`.
@@ -194,4 +194,70 @@ pub(crate) fn check_connection_budget(
             )),
         );
     }
+}
+
+/// Longest unix socket path (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Each cluster's unix socket, `<dataDir>/pg/<scope>/run/.s.PGSQL.<port>`,
+/// must fit a unix socket path, or PostgreSQL cannot start.
+pub(crate) fn check_socket_paths(docs: &[(&Path, &ParsedDocument)], diags: &mut Vec<Diagnostic>) {
+    let mut platforms = docs.iter().filter_map(|(file, d)| match &d.document {
+        AnyDocument::Platform(p) => Some((*file, p)),
+        _ => None,
+    });
+    let (Some((pfile, platform)), None) = (platforms.next(), platforms.next()) else {
+        return;
+    };
+    if platform.spec.data_dir.as_os_str().is_empty() {
+        return;
+    }
+    let dir = absolute_data_dir(pfile, &platform.spec.data_dir);
+    let longest = docs
+        .iter()
+        .filter_map(|(_, d)| match &d.document {
+            AnyDocument::Tenant(t) if is_dns_label(&t.metadata.name) => {
+                Some(pg_scope(&t.metadata.name, &t.spec))
+            }
+            _ => None,
+        })
+        .max_by_key(String::len);
+    let Some(scope) = longest else { return };
+    // Ports careplane allocates have at most 5 digits.
+    let socket = dir
+        .join("pg")
+        .join(&scope)
+        .join("run")
+        .join(".s.PGSQL.65535");
+    let len = socket.as_os_str().len();
+    if len <= MAX_SOCKET_PATH {
+        return;
+    }
+    let path = [key("spec"), key("dataDir")];
+    let Some(pdoc) = docs
+        .iter()
+        .find(|(_, d)| matches!(d.document, AnyDocument::Platform(_)))
+    else {
+        return;
+    };
+    let pos = pdoc.1.tree.value_pos(&path);
+    diags.push(
+        Diagnostic::new(
+            pfile,
+            pos.line,
+            pos.column,
+            path_string(&path),
+            format!(
+                "dataDir {} is too long: the socket of PostgreSQL cluster {} would be {} \
+                 ({len} bytes), over the {MAX_SOCKET_PATH}-byte limit of unix socket paths",
+                quoted(&dir.display().to_string()),
+                quoted(&scope),
+                socket.display()
+            ),
+        )
+        .with_help(format!(
+            "use a dataDir of at most {} bytes",
+            dir.as_os_str().len() - (len - MAX_SOCKET_PATH)
+        )),
+    );
 }

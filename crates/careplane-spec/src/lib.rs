@@ -38,4 +38,4 @@ pub use load::{
 };
 pub use model::*;
 pub use schema::json_schema;
-pub use validate::parse_duration;
+pub use validate::{is_protected_pg_setting, parse_duration};

@@ -422,6 +422,7 @@ fn check_set(
     // What careplane derives from the documents.
     crate::derived::check_names(&docs, &mut diags);
     crate::derived::check_connection_budget(&docs, &mut diags);
+    crate::derived::check_socket_paths(&docs, &mut diags);
 
     if !diags.is_empty() {
         return Err(finish(diags, order));

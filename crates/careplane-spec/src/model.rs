@@ -46,6 +46,53 @@ pub const RESERVED_TENANT_PREFIXES: &[&str] = &["tpl-", "careplane-", "template"
 pub const RESERVED_TENANT_PATTERN: &str =
     "^(shared|tpl|careplane|postgres)$|^(tpl-|careplane-|template)";
 
+/// PostgreSQL settings careplane sets to harden every cluster (or that would
+/// let a setting escape its managed configuration); `postgres.settings` may
+/// not set them, nor any `ssl_*` (see [`crate::is_protected_pg_setting`]).
+/// The same list as `careplane-local`'s `pg::PROTECTED_SETTINGS`, which
+/// refuses them again when writing the configuration.
+pub const PROTECTED_PG_SETTINGS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "unix_socket_permissions",
+    "unix_socket_group",
+    "password_encryption",
+    "ssl",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "ssl_crl_file",
+    "ssl_crl_dir",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "ssl_passphrase_command",
+    "ssl_passphrase_command_supports_reload",
+    "hba_file",
+    "ident_file",
+    "config_file",
+    "data_directory",
+    "external_pid_file",
+    "krb_server_keyfile",
+    "log_connections",
+    "log_disconnections",
+    "log_statement",
+    "logging_collector",
+    "log_directory",
+    "log_filename",
+    "log_file_mode",
+    "log_destination",
+    "include",
+    "include_if_exists",
+    "include_dir",
+    // Data integrity: healthcare data must survive crashes and detect corruption.
+    "fsync",
+    "full_page_writes",
+    "ignore_checksum_failure",
+    "zero_damaged_pages",
+    "allow_system_table_mods",
+];
+
 /// Odoo major versions careplane knows how to run.
 pub const ODOO_VERSIONS: std::ops::RangeInclusive<u32> = 16..=19;
 

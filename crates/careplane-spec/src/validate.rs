@@ -2,12 +2,14 @@
 //! type-checks. Rules that span documents (references, uniqueness, derived
 //! names, connection budgets) live in [`crate::load`] and `crate::derived`.
 
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use crate::connections::BUDGET_SETTINGS;
 use crate::decode::{key, quoted, Ctx};
 use crate::model::{
     BackupPolicySpec, Kind, Metadata, PlatformSpec, ServiceTierSpec, Sizing, TenantSpec,
-    MAX_ENVIRONMENT_NAME, MAX_TENANT_NAME, ODOO_VERSIONS,
+    MAX_ENVIRONMENT_NAME, MAX_TENANT_NAME, ODOO_VERSIONS, PROTECTED_PG_SETTINGS,
 };
 use crate::yaml::Seg;
 
@@ -259,39 +261,210 @@ fn check_redis_memory(text: &str) -> Result<(), String> {
     }
 }
 
-/// Settings careplane enforces for hardening; overriding them would silently
-/// weaken every cluster.
-const ENFORCED_PG_SETTINGS: &[&str] = &[
-    "listen_addresses",
-    "ssl",
-    "password_encryption",
-    "hba_file",
-    "ident_file",
-    "data_directory",
-    "config_file",
+/// Whether `key` (trimmed and lowercased, as careplane writes it) is a
+/// setting careplane enforces: [`PROTECTED_PG_SETTINGS`] and every `ssl_*`.
+pub fn is_protected_pg_setting(key: &str) -> bool {
+    let k = key.trim().to_ascii_lowercase();
+    PROTECTED_PG_SETTINGS.contains(&k.as_str()) || k.starts_with("ssl_")
+}
+
+/// Settings that keep data intact; the rest of [`PROTECTED_PG_SETTINGS`]
+/// harden access, TLS, logging and where configuration comes from.
+const INTEGRITY_PG_SETTINGS: &[&str] = &[
+    "fsync",
+    "full_page_writes",
+    "ignore_checksum_failure",
+    "zero_damaged_pages",
+    "allow_system_table_mods",
 ];
+
+fn check_pg_settings(cx: &mut Ctx<'_>, settings: &std::collections::BTreeMap<String, String>) {
+    let at = |name: &str| [key("spec"), key("postgres"), key("settings"), key(name)];
+    for (name, value) in settings {
+        let k = name.trim().to_ascii_lowercase();
+        let well_formed = k.starts_with(|c: char| c.is_ascii_lowercase())
+            && k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+        if !well_formed {
+            cx.at_key(
+                &at(name),
+                format!("invalid PostgreSQL setting name {}", quoted(name)),
+                Some(
+                    "setting names are letters, digits, '_' and '.', starting with a letter".into(),
+                ),
+            );
+            continue;
+        }
+        if is_protected_pg_setting(&k) {
+            let help = if INTEGRITY_PG_SETTINGS.contains(&k.as_str()) {
+                "careplane enforces it so that data survives crashes and corruption is detected"
+            } else {
+                "careplane sets it to harden every cluster"
+            };
+            cx.at_key(
+                &at(name),
+                format!("{} cannot be set here", quoted(name)),
+                Some(help.into()),
+            );
+            continue;
+        }
+        if value.contains(['\n', '\r', '\0']) {
+            cx.at_value(
+                &at(name),
+                format!("the value of {} contains a line break or NUL", quoted(name)),
+                Some("it would start another line of postgresql.conf".into()),
+            );
+            continue;
+        }
+        if BUDGET_SETTINGS.contains(&k.as_str()) && value.trim().parse::<u32>().is_err() {
+            cx.at_value(
+                &at(name),
+                format!("{name} {} is not a whole number", quoted(value)),
+                None,
+            );
+        }
+    }
+}
+
+/// Directories careplane must never use as its data directory, nor anything
+/// under them: the system's programs, libraries, configuration and kernel
+/// interfaces.
+const SYSTEM_TREES: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+    "/sys", "/usr",
+];
+
+/// Shared directories careplane must not take over as a whole (a directory
+/// of its own below them is fine).
+const SHARED_DIRS: &[&str] = &[
+    "/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/var", "/var/lib",
+    "/var/log", "/var/run", "/var/tmp",
+];
+
+/// `p` made absolute against the directory of `file`, then the current
+/// directory: the path `careplane` uses.
+pub(crate) fn absolute_data_dir(file: &Path, p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        file.parent().unwrap_or(Path::new("")).join(p)
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+/// An absolute `p` with `.` and `..` resolved lexically: the directory it
+/// names (symbolic links aside).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Why the resolved data directory `dir` cannot be used, if it cannot.
+fn data_dir_problem(dir: &Path) -> Option<(String, Option<String>)> {
+    let shown = quoted(&dir.display().to_string());
+    let own = "careplane keeps its state, keys, clusters and logs there and sets its mode; \
+               use a directory of its own, e.g. /var/lib/careplane";
+    if let Some(sys) = SYSTEM_TREES.iter().find(|s| dir.starts_with(s)) {
+        return Some((
+            format!("dataDir {shown} is in the system directory {sys}"),
+            Some(own.into()),
+        ));
+    }
+    if SHARED_DIRS.iter().any(|s| dir == Path::new(s)) {
+        return Some((
+            format!("dataDir {shown} is a shared system directory"),
+            Some(own.into()),
+        ));
+    }
+    // The one look outside the spec files: a file in the way fails every apply.
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Some((
+            format!("dataDir {shown} exists and is not a directory"),
+            Some("point dataDir at a directory, or at a path that does not exist yet".into()),
+        )),
+        _ => None,
+    }
+}
+
+/// A path that goes into a configuration file or a command line.
+fn check_path(cx: &mut Ctx<'_>, path: &[Seg], p: &Path, in_list: bool) {
+    let s = p.to_string_lossy();
+    let shown = quoted(&s);
+    if s.is_empty() {
+        cx.at_value(path, "path must not be empty", None);
+    } else if s.chars().any(char::is_control) {
+        cx.at_value(
+            path,
+            format!("path {shown} contains a control character"),
+            Some("paths are written into configuration files, where a line break would start another option".into()),
+        );
+    } else if s.trim() != s {
+        cx.at_value(
+            path,
+            format!("path {shown} starts or ends with whitespace"),
+            None,
+        );
+    } else if in_list && s.contains(',') {
+        cx.at_value(
+            path,
+            format!("path {shown} contains a comma"),
+            Some("Odoo's addons_path is a comma-separated list: the comma would split this path in two".into()),
+        );
+    }
+}
+
+fn check_paths(cx: &mut Ctx<'_>, path: &[Seg], paths: &[PathBuf]) {
+    for (i, p) in paths.iter().enumerate() {
+        let mut at = path.to_vec();
+        at.push(Seg::Index(i));
+        check_path(cx, &at, p, true);
+    }
+}
 
 pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
     let spec_path = [key("spec")];
+    let data_dir_path = [key("spec"), key("dataDir")];
     if spec.data_dir.as_os_str().is_empty() {
-        cx.at_value(
-            &[key("spec"), key("dataDir")],
-            "dataDir must not be empty",
-            None,
-        );
+        cx.at_value(&data_dir_path, "dataDir must not be empty", None);
+    } else {
+        let before = cx.diags.len();
+        check_path(cx, &data_dir_path, &spec.data_dir, false);
+        if cx.diags.len() == before {
+            if let Some((msg, help)) =
+                data_dir_problem(&normalize(&absolute_data_dir(cx.file, &spec.data_dir)))
+            {
+                cx.at_value(&data_dir_path, msg, help);
+            }
+        }
     }
     if let Some(user) = &spec.run_as {
         check_user_name(cx, &[key("spec"), key("runAs")], user, "postgres");
     }
-    for name in spec.postgres.settings.keys() {
-        let enforced = ENFORCED_PG_SETTINGS.contains(&name.as_str()) || name.starts_with("ssl_");
-        if enforced {
-            cx.at_key(
-                &[key("spec"), key("postgres"), key("settings"), key(name)],
-                format!("{} cannot be set here", quoted(name)),
-                Some("careplane sets it to harden every cluster".into()),
-            );
-        }
+    if let Some(dir) = &spec.postgres.bin_dir {
+        check_path(
+            cx,
+            &[key("spec"), key("postgres"), key("binDir")],
+            dir,
+            false,
+        );
+    }
+    check_pg_settings(cx, &spec.postgres.settings);
+    if let Some(server) = &spec.redis.server {
+        check_path(
+            cx,
+            &[key("spec"), key("redis"), key("server")],
+            server,
+            false,
+        );
     }
     if let Some(mem) = &spec.redis.max_memory {
         if let Err(e) = check_redis_memory(mem) {
@@ -345,7 +518,27 @@ pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
                 "command must not be empty",
                 None,
             );
+        } else {
+            check_path(
+                cx,
+                &[key("spec"), key("odoo"), key("command")],
+                &odoo.command,
+                false,
+            );
         }
+        if let Some(python) = &odoo.python {
+            check_path(
+                cx,
+                &[key("spec"), key("odoo"), key("python")],
+                python,
+                false,
+            );
+        }
+        check_paths(
+            cx,
+            &[key("spec"), key("odoo"), key("addonsPaths")],
+            &odoo.addons_paths,
+        );
     }
     let mut defaults = spec_path.to_vec();
     defaults.extend([key("defaults"), key("modules")]);
@@ -515,6 +708,7 @@ pub(crate) fn tenant(cx: &mut Ctx<'_>, spec: &TenantSpec) {
         );
     }
     check_modules(cx, &[key("spec"), key("modules")], &spec.modules);
+    check_paths(cx, &[key("spec"), key("addonsPaths")], &spec.addons_paths);
     if let Some(s) = &spec.sizing {
         check_sizing(cx, &[key("spec"), key("sizing")], s);
     }
@@ -546,6 +740,9 @@ pub(crate) fn tenant(cx: &mut Ctx<'_>, spec: &TenantSpec) {
         let mut p = base.to_vec();
         p.push(key("modules"));
         check_modules(cx, &p, &env.modules);
+        let mut p = base.to_vec();
+        p.push(key("addonsPaths"));
+        check_paths(cx, &p, &env.addons_paths);
         if let Some(s) = &env.sizing {
             let mut p = base.to_vec();
             p.push(key("sizing"));

@@ -1359,6 +1359,241 @@ fn platform_with(spec: &str) -> String {
     PLATFORM.replace("  defaults:\n", &format!("{spec}  defaults:\n"))
 }
 
+/// The problems of a platform document alone (with the tiers).
+fn platform_problems(text: &str) -> Diagnostics {
+    load_sources([("p.yaml", text), ("tiers.yaml", TIERS)]).unwrap_err()
+}
+
+#[test]
+fn postgres_settings_careplane_enforces_are_refused() {
+    let text = platform_with(
+        "  postgres:\n    settings:\n      fsync: 'off'\n      Full_Page_Writes: 'off'\n      port: '5433'\n      \
+         include_dir: /tmp\n      ssl_ciphers: ALL\n      bad key: x\n      work_mem: \"4MB\\nssl = off\"\n      \
+         max_connections: lots\n      shared_buffers: 64MB\n",
+    );
+    let err = platform_problems(&text);
+    let got: Vec<(usize, &str, &str)> = err
+        .iter()
+        .map(|d| (d.line, d.path.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                9,
+                "spec.postgres.settings.fsync",
+                "\"fsync\" cannot be set here"
+            ),
+            (
+                10,
+                "spec.postgres.settings.Full_Page_Writes",
+                "\"Full_Page_Writes\" cannot be set here"
+            ),
+            (
+                11,
+                "spec.postgres.settings.port",
+                "\"port\" cannot be set here"
+            ),
+            (
+                12,
+                "spec.postgres.settings.include_dir",
+                "\"include_dir\" cannot be set here"
+            ),
+            (
+                13,
+                "spec.postgres.settings.ssl_ciphers",
+                "\"ssl_ciphers\" cannot be set here"
+            ),
+            (
+                14,
+                "spec.postgres.settings[\"bad key\"]",
+                "invalid PostgreSQL setting name \"bad key\""
+            ),
+            (
+                15,
+                "spec.postgres.settings.work_mem",
+                "the value of \"work_mem\" contains a line break or NUL"
+            ),
+            (
+                16,
+                "spec.postgres.settings.max_connections",
+                "max_connections \"lots\" is not a whole number"
+            ),
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        err[0].help.as_deref(),
+        Some("careplane enforces it so that data survives crashes and corruption is detected")
+    );
+    assert_eq!(
+        err[2].help.as_deref(),
+        Some("careplane sets it to harden every cluster")
+    );
+    for key in careplane_spec::PROTECTED_PG_SETTINGS {
+        assert!(careplane_spec::is_protected_pg_setting(key), "{key}");
+    }
+    assert!(careplane_spec::is_protected_pg_setting(" FSYNC "));
+    assert!(!careplane_spec::is_protected_pg_setting("work_mem"));
+}
+
+#[test]
+fn data_dir_must_be_a_directory_of_its_own() {
+    let dir = TempDir::new("datadir");
+    let file = dir.0.join("state");
+    std::fs::write(&file, "").unwrap();
+    let refused = [
+        ("/", "dataDir \"/\" is a shared system directory"),
+        ("/etc", "dataDir \"/etc\" is in the system directory /etc"),
+        (
+            "/dev/null",
+            "dataDir \"/dev/null\" is in the system directory /dev",
+        ),
+        (
+            "/usr/lib/careplane",
+            "dataDir \"/usr/lib/careplane\" is in the system directory /usr",
+        ),
+        ("/var", "dataDir \"/var\" is a shared system directory"),
+        (
+            "/var/lib/../../etc/x",
+            "dataDir \"/etc/x\" is in the system directory /etc",
+        ),
+        ("/tmp/.", "dataDir \"/tmp\" is a shared system directory"),
+    ];
+    for (data_dir, message) in refused {
+        let err = platform_problems(&PLATFORM.replace(".careplane", data_dir));
+        assert_eq!(err.len(), 1, "{err}");
+        check(
+            &err[0],
+            6,
+            12,
+            "spec.dataDir",
+            message,
+            Some(
+                "careplane keeps its state, keys, clusters and logs there and sets its mode; use a \
+                 directory of its own, e.g. /var/lib/careplane",
+            ),
+        );
+    }
+    let err = platform_problems(&PLATFORM.replace(".careplane", &file.display().to_string()));
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(
+        err[0].message,
+        format!(
+            "dataDir \"{}\" exists and is not a directory",
+            file.display()
+        )
+    );
+    let err = platform_problems(&PLATFORM.replace(".careplane", "\"/srv/care\\nplane\""));
+    assert_eq!(err.len(), 1, "{err}");
+    assert_eq!(
+        err[0].message,
+        "path \"/srv/care\\nplane\" contains a control character"
+    );
+    for ok in [
+        "/var/lib/careplane",
+        "/tmp/careplane-x",
+        ".careplane",
+        "../data",
+    ] {
+        load_sources([
+            ("p.yaml", PLATFORM.replace(".careplane", ok).as_str()),
+            ("tiers.yaml", TIERS),
+        ])
+        .unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
+fn data_dir_must_leave_room_for_the_postgresql_socket() {
+    let long = format!("/srv/{}", "d".repeat(76));
+    let text = PLATFORM.replace(".careplane", &long);
+    let err = load_sources([
+        ("p.yaml", text.as_str()),
+        ("tiers.yaml", TIERS),
+        (
+            "t.yaml",
+            &tenant("  tenancy: dedicated-db\n  environments: [{name: p, kind: dev}]\n"),
+        ),
+    ])
+    .unwrap_err();
+    assert_eq!(err.len(), 1, "{err}");
+    check(
+        &err[0],
+        6,
+        12,
+        "spec.dataDir",
+        &format!(
+            "dataDir \"{long}\" is too long: the socket of PostgreSQL cluster \"acme\" would be \
+             {long}/pg/acme/run/.s.PGSQL.65535 (108 bytes), over the 107-byte limit of unix socket paths"
+        ),
+        Some("use a dataDir of at most 80 bytes"),
+    );
+}
+
+#[test]
+fn odoo_paths_cannot_break_configuration_files() {
+    let text = platform_with(
+        "  odoo:\n    command: \"/opt/odoo/odoo-bin\\n--dev=all\"\n    python: '/opt/venv/bin/python '\n    \
+         version: 18\n    addonsPaths: [/opt/addons, '/opt/a,b', \"/opt/x\\ny\", '']\n",
+    );
+    let err = platform_problems(&text);
+    let got: Vec<(&str, &str)> = err
+        .iter()
+        .map(|d| (d.path.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "spec.odoo.command",
+                "path \"/opt/odoo/odoo-bin\\n--dev=all\" contains a control character"
+            ),
+            (
+                "spec.odoo.python",
+                "path \"/opt/venv/bin/python \" starts or ends with whitespace"
+            ),
+            (
+                "spec.odoo.addonsPaths[1]",
+                "path \"/opt/a,b\" contains a comma"
+            ),
+            (
+                "spec.odoo.addonsPaths[2]",
+                "path \"/opt/x\\ny\" contains a control character"
+            ),
+            ("spec.odoo.addonsPaths[3]", "path must not be empty"),
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        err[2].help.as_deref(),
+        Some(
+            "Odoo's addons_path is a comma-separated list: the comma would split this path in two"
+        )
+    );
+    let all = problems(&tenant(
+        "  addonsPaths: [\"/srv/addons\\n\"]\n  environments:\n    - name: p\n      kind: dev\n      \
+         addonsPaths: ['/srv/a,b']\n",
+    ));
+    let got: Vec<(&str, &str)> = all
+        .iter()
+        .map(|d| (d.path.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "spec.addonsPaths[0]",
+                "path \"/srv/addons\\n\" contains a control character"
+            ),
+            (
+                "spec.environments[0].addonsPaths[0]",
+                "path \"/srv/a,b\" contains a comma"
+            ),
+        ]
+    );
+}
+
 #[test]
 fn a_cluster_cannot_promise_more_connections_than_it_serves() {
     // 8 production environments without dbConnections: 16 each, 128 in all,
