@@ -11,6 +11,15 @@ use common::*;
 use serde_json::Value;
 
 const POINTS: [&str; 4] = ["started", "prepared", "executed", "finished"];
+/// Points inside an environment's clone: after its filestore is in place,
+/// after the old database is dropped, after `CREATE DATABASE ... TEMPLATE`,
+/// after `REASSIGN OWNED`.
+const CLONE_POINTS: [&str; 4] = [
+    "filestore",
+    "clone-dropped",
+    "clone-created",
+    "clone-reassigned",
+];
 
 fn action_ids(plan: &Value) -> Vec<String> {
     plan["actions"]
@@ -269,11 +278,43 @@ fn assert_odoo_converged(p: &Platform) {
         .collect();
     templates.sort();
     templates.dedup();
-    assert_eq!(
-        dir_names(&odoo.join("templates")),
-        templates,
-        "template directories vs state"
-    );
+    let mut on_disk: Vec<String> = dir_names(&odoo.join("templates"))
+        .iter()
+        .flat_map(|scope| dir_names(&odoo.join("templates").join(scope)))
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, templates, "template directories vs state");
+    // A database and its files agree: every attachment a database refers to
+    // is in its environment's filestore.
+    for root in &roots {
+        let (t, n) = (
+            root.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            root.file_name().unwrap().to_str().unwrap(),
+        );
+        let files: Vec<String> = tenant_client(p, t, n)
+            .query(
+                "SELECT store_fname FROM ir_attachment WHERE store_fname IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(!files.is_empty(), "{t}/{n} has no attachment to check");
+        let store = root.join("data/filestore").join(format!("{t}-{n}"));
+        for f in files {
+            assert!(
+                store.join(&f).is_file(),
+                "{t}/{n}: {f} missing from {}",
+                store.display()
+            );
+        }
+    }
     for pid in processes_mentioning(&format!("{}/", odoo.display())) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
@@ -304,6 +345,17 @@ fn odoo_apply_killed_at_every_odoo_step_converges() {
     crash_everywhere(&p, &ids, &["apply"]);
     p.ok(&["apply"]);
     assert_odoo_converged(&p);
+
+    // Every statement of a clone, and the filestore before it: remove the
+    // test environment, then kill its re-creation at each point in turn.
+    for point in CLONE_POINTS {
+        p.write_tenants(&TENANTS_ODOO.replace("    - name: test\n      kind: test\n", ""));
+        p.ok(&["apply", "--delete-data"]);
+        p.write_tenants(TENANTS_ODOO);
+        crash(&p, &["apply"], &format!("odoo-env/omega/test@{point}"));
+        p.ok(&["apply"]);
+        assert_odoo_converged(&p);
+    }
 
     // Kill a real apply from outside while the dev environment is set up,
     // then change nothing and converge.

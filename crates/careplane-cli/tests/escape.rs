@@ -33,22 +33,6 @@ fn env_root(p: &Platform) -> PathBuf {
     p.data_dir().join("odoo/envs/mallory/production")
 }
 
-fn tenant_client(p: &Platform) -> careplane_local::postgres::Client {
-    let c = p.json(&["credentials", "mallory", "production"]);
-    let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
-    let pw = careplane_local::SecretString::from(
-        c["postgres"]["password"].as_str().unwrap().to_string(),
-    );
-    careplane_local::pg::connect_tenant(
-        c["postgres"]["port"].as_u64().unwrap() as u16,
-        c["postgres"]["database"].as_str().unwrap(),
-        c["postgres"]["role"].as_str().unwrap(),
-        &pw,
-        &ca,
-    )
-    .unwrap()
-}
-
 /// The tenant's trap: a function that, whenever it is called, records who
 /// called it and, if that is a superuser, makes the tenant a superuser and
 /// runs a shell command as the PostgreSQL server's OS user.
@@ -98,7 +82,7 @@ fn a_routine_apply_runs_no_tenant_code_as_superuser() {
     p.ok(&["apply"]);
     let marker = p.dir.path().join("pwned");
     {
-        let mut c = tenant_client(&p);
+        let mut c = tenant_client(&p, "mallory", "production");
         plant_trap(&mut c, &marker);
         assert!(!is_superuser(&mut c));
     }
@@ -112,7 +96,7 @@ fn a_routine_apply_runs_no_tenant_code_as_superuser() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut c = tenant_client(&p);
+    let mut c = tenant_client(&p, "mallory", "production");
     let calls: Vec<(String, bool)> = c
         .query("SELECT who, superuser FROM public.trap_calls", &[])
         .unwrap()
@@ -160,7 +144,7 @@ fn assert_untouched(v: &Path, uid: u32, mode: u32, text: &str) {
 fn empty_database(p: &Platform) {
     // The tenant empties its database, so the next apply clones again and
     // copies the template's filestore.
-    tenant_client(&p)
+    tenant_client(&p, "mallory", "production")
         .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
         .unwrap();
 }

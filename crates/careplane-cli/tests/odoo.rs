@@ -61,23 +61,6 @@ fn env_root(p: &Platform, tenant: &str, env: &str) -> PathBuf {
     p.data_dir().join("odoo/envs").join(tenant).join(env)
 }
 
-fn tenant_client(p: &Platform, tenant: &str, env: &str) -> careplane_local::postgres::Client {
-    let c = p.json(&["credentials", tenant, env]);
-    let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
-    let pw = careplane_local::SecretString::from(
-        c["postgres"]["password"].as_str().unwrap().to_string(),
-    );
-    let db = c["postgres"]["database"].as_str().unwrap();
-    careplane_local::pg::connect_tenant(
-        c["postgres"]["port"].as_u64().unwrap() as u16,
-        db,
-        c["postgres"]["role"].as_str().unwrap(),
-        &pw,
-        &ca,
-    )
-    .unwrap()
-}
-
 fn param(c: &mut careplane_local::postgres::Client, key: &str) -> String {
     c.query_one(
         "SELECT value FROM ir_config_parameter WHERE key = $1",

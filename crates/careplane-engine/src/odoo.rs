@@ -409,6 +409,10 @@ impl Engine {
             });
             if !shared {
                 remove_dir(Path::new(root))?;
+                // The cluster's template directory goes with its last template.
+                if let Some(parent) = Path::new(root).parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
             }
         }
         crash_point(&a.id, "executed");
@@ -479,15 +483,16 @@ impl Engine {
         let tpl_role = str_prop(&tpl, "role")?.to_string();
         let ca = self.ca_pem()?;
         cluster.ensure_tenant_role(&tdb)?;
-        let initialized = match cluster.database_state(&tdb.database)? {
-            DatabaseState::Open { .. } => {
-                let mut c = cluster.tenant_connect(&tdb, &ca)?;
-                odoo::db::is_initialized(&mut c)?
-            }
-            _ => false,
+        // Absent, pristine (a clone cut short) or invalid (a CREATE or DROP
+        // cut short): no tenant has anything there, it is simply made again.
+        let state = cluster.database_state(&tdb.database)?;
+        let open = matches!(state, DatabaseState::Open { .. });
+        let initialized = open && {
+            let mut c = cluster.tenant_connect(&tdb, &ca)?;
+            odoo::db::is_initialized(&mut c)?
         };
         if !initialized {
-            if cluster.tenant_database_has_data(&tdb, &ca)? {
+            if open && cluster.tenant_database_has_data(&tdb, &ca)? {
                 return Err(EngineError::inconsistent(format!(
                     "database {} holds tables but no Odoo: refusing to replace it with a copy \
                      of template {tpl_db}",
@@ -504,7 +509,9 @@ impl Engine {
                 owner,
             )?;
             crash_point(&a.id, "filestore");
-            cluster.clone_database(&tpl_db, &tpl_role, &tdb, true)?;
+            cluster.clone_database(&tpl_db, &tpl_role, &tdb, true, &|point| {
+                crash_point(&a.id, point)
+            })?;
         }
         cluster.ensure_tenant_database(&tdb)?;
         {

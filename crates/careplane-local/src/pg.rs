@@ -1249,12 +1249,17 @@ impl PgCluster {
     /// then is it handed to the role. An existing database is replaced only
     /// when `replace` (the caller found it empty, as its tenant) or when it
     /// is still pristine or invalid (a clone cut short).
+    ///
+    /// `step` is called after each statement that changes something
+    /// (`clone-dropped`, `clone-created`, `clone-reassigned`): the engine's
+    /// fault injection kills careplane there in tests.
     pub fn clone_database(
         &self,
         template: &str,
         template_role: &str,
         db: &TenantDb,
         replace: bool,
+        step: &dyn Fn(&str),
     ) -> Result<()> {
         validate_name("database name", template, false)?;
         validate_name("database name", &db.database, false)?;
@@ -1262,32 +1267,27 @@ impl PgCluster {
         validate_name("role name", template_role, true)?;
         let database = &db.database;
         let state = self.database_state(database)?;
-        let pristine_copy =
+        let (drop_first, pristine_copy) =
             match &state {
-                DatabaseState::Absent => false,
-                DatabaseState::Invalid => {
-                    self.drop_database(database)?;
-                    false
-                }
+                DatabaseState::Absent => (false, false),
+                DatabaseState::Invalid => (true, false),
+                // Either an empty database (ensure_tenant_database cut short) or
+                // a copy whose reassignment was cut short: both are ours.
                 DatabaseState::Pristine => {
-                    // Either an empty database (ensure_tenant_database cut short)
-                    // or a copy whose reassignment was cut short: both are ours.
                     let copied = self.owns_objects(database, template_role)?;
-                    if !copied {
-                        self.drop_database(database)?;
-                    }
-                    copied
+                    (!copied, copied)
                 }
-                DatabaseState::Open { .. } if replace => {
-                    self.drop_database(database)?;
-                    false
-                }
+                DatabaseState::Open { .. } if replace => (true, false),
                 DatabaseState::Open { .. } => return Err(LocalError::invalid(
                     "clone target",
                     database,
                     "the database already holds data; refusing to replace it with a template copy",
                 )),
             };
+        if drop_first {
+            self.drop_database(database)?;
+            step("clone-dropped");
+        }
         if !pristine_copy {
             let mut c = self.admin()?;
             c.query(
@@ -1311,6 +1311,7 @@ impl PgCluster {
                 )
             })?;
         }
+        step("clone-created");
         if self.role_exists(template_role)? {
             self.admin_connect(database)?
                 .batch_execute(&format!(
@@ -1328,6 +1329,7 @@ impl PgCluster {
                         e,
                     )
                 })?;
+            step("clone-reassigned");
         }
         self.open_database(database, &db.role)
     }

@@ -247,3 +247,22 @@ spec:
     - name: uat
       kind: uat
 "#;
+
+/// A connection into `tenant`/`env`'s database exactly as its Odoo makes
+/// one: its own role and password (from `careplane credentials`), TLS
+/// verified against the platform CA.
+pub fn tenant_client(p: &Platform, tenant: &str, env: &str) -> careplane_local::postgres::Client {
+    let c = p.json(&["credentials", tenant, env]);
+    let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
+    let pw = careplane_local::SecretString::from(
+        c["postgres"]["password"].as_str().unwrap().to_string(),
+    );
+    careplane_local::pg::connect_tenant(
+        c["postgres"]["port"].as_u64().unwrap() as u16,
+        c["postgres"]["database"].as_str().unwrap(),
+        c["postgres"]["role"].as_str().unwrap(),
+        &pw,
+        &ca,
+    )
+    .unwrap()
+}
