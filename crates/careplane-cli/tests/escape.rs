@@ -233,3 +233,42 @@ fn odoo_cannot_rewrite_its_own_configuration() {
     assert_eq!(m.mode() & 0o022, 0, "{} writable by others", root.display());
     let _ = PermissionsExt::mode(&m.permissions());
 }
+
+/// Item 12: no secret in clear on disk. The database and Redis passwords
+/// reach Odoo through its supervisor's memory, not an environment file.
+#[test]
+fn no_plaintext_secret_under_the_data_directory() {
+    let p = platform(1);
+    p.ok(&["apply"]);
+    let c = p.json(&["credentials", "mallory", "production"]);
+    let mut secrets = vec![c["postgres"]["password"].as_str().unwrap().to_string()];
+    let redis = &c["redis"];
+    secrets.extend(redis["password"].as_str().map(str::to_string));
+    assert_eq!(secrets.len(), 2, "{c}");
+    assert!(!env_root(&p).join("process.env").exists());
+    let mut stack = vec![p.data_dir()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                files += 1;
+                let bytes = std::fs::read(e.path()).unwrap_or_default();
+                for s in &secrets {
+                    assert!(
+                        !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                        "a password in clear in {}",
+                        e.path().display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(files > 100, "walked only {files} files");
+    // And Odoo still got them: it is healthy, which needs the database.
+    let st = p.json(&["status"]);
+    assert_eq!(st["environments"][0]["odooHealth"]["ok"], true, "{st}");
+}

@@ -604,8 +604,15 @@ impl Engine {
         owner: Option<(u32, u32)>,
     ) -> Result<(u32, Readiness), EngineError> {
         let install = self.odoo_install(props)?;
-        let env_file = root.join("process.env");
-        env.write_file(&env_file)?;
+        // Secrets reach the supervisor on its stdin and live in memory only;
+        // an environment file an earlier version wrote goes.
+        let old_env_file = root.join("process.env");
+        if old_env_file.exists() {
+            std::fs::remove_file(&old_env_file).map_err(|source| EngineError::Io {
+                what: format!("removing {}", old_env_file.display()),
+                source,
+            })?;
+        }
         let spec = odoo::SupervisorSpec {
             name: format!(
                 "{}/{}",
@@ -614,34 +621,24 @@ impl Engine {
             ),
             dir: root.to_path_buf(),
             processes: vec![
-                odoo::process_spec(
-                    &install,
-                    web_conf,
-                    odoo::Role::Web,
-                    Some(env_file.clone()),
-                    http_port,
-                ),
-                odoo::process_spec(
-                    &install,
-                    cron_conf,
-                    odoo::Role::Cron,
-                    Some(env_file),
-                    http_port,
-                ),
+                odoo::process_spec(&install, web_conf, odoo::Role::Web, None, http_port),
+                odoo::process_spec(&install, cron_conf, odoo::Role::Cron, None, http_port),
             ],
             user: owner,
             settings: odoo::SupervisorSettings::default(),
+            env_on_stdin: true,
         };
         let spec_file = root.join("supervisor.json");
         spec.save(&spec_file)?;
-        let exe = std::env::current_exe().map_err(|source| EngineError::Io {
-            what: "finding careplane's own executable to run the supervisor".into(),
-            source,
-        })?;
-        let pid = odoo::spawn_supervisor(
+        // The running binary itself, through /proc: a careplane binary
+        // replaced on disk during an apply (an upgrade) is still the one
+        // that runs here, rather than a "careplane (deleted)" path.
+        let exe = PathBuf::from("/proc/self/exe");
+        let pid = odoo::spawn_supervisor_with_env(
             &exe,
             &[OsString::from("supervise"), spec_file.into_os_string()],
             root,
+            &env,
         )?;
         Ok((
             pid,

@@ -52,8 +52,8 @@ pub use process::{
 };
 pub use secrecy::{ExposeSecret, SecretString};
 pub use supervisor::{
-    read_status, spawn_supervisor, stop_supervisor, supervise, supervise_file, supervisor_pid,
-    ExitInfo, HealthCheck, ProcessSpec, ProcessState, ProcessStatus, SupervisorSettings,
-    SupervisorSpec, SupervisorState, SupervisorStatus, LOGS_DIR, PID_FILE, STATUS_FILE,
-    SUPERVISOR_LOG,
+    read_status, spawn_supervisor, spawn_supervisor_with_env, stop_supervisor, supervise,
+    supervise_file, supervisor_pid, ExitInfo, HealthCheck, ProcessSpec, ProcessState,
+    ProcessStatus, SupervisorSettings, SupervisorSpec, SupervisorState, SupervisorStatus, LOGS_DIR,
+    PID_FILE, STATUS_FILE, SUPERVISOR_LOG,
 };

@@ -189,6 +189,13 @@ impl ProcessEnv {
     /// The supervisor reads the file each time it spawns the process, so
     /// secrets never sit in its spec, its command line or its status.
     pub fn write_file(&self, path: &Path) -> Result<()> {
+        let text = self.serialize(path)?;
+        sys::atomic_write(path, text.expose_secret().as_bytes(), 0o600, None)
+    }
+
+    /// The `KEY=VALUE` text [`ProcessEnv::write_file`] writes and
+    /// [`ProcessEnv::parse`] reads; `path` names it in errors.
+    pub fn serialize(&self, path: &Path) -> Result<SecretString> {
         self.check(path)?;
         const HEADER: &str =
             "# Environment of an Odoo process, written by careplane (secrets: keep 0600).\n";
@@ -204,9 +211,8 @@ impl ProcessEnv {
         for (k, v) in &self.vars {
             let _ = writeln!(s, "{k}={}", v.expose_secret());
         }
-        // Moved, not copied: the buffer is zeroized when `text` drops.
-        let text = SecretString::from(s);
-        sys::atomic_write(path, text.expose_secret().as_bytes(), 0o600, None)
+        // Moved, not copied: the buffer is zeroized when the secret drops.
+        Ok(SecretString::from(s))
     }
 
     /// Reads a file written by [`ProcessEnv::write_file`]. Refuses a file
@@ -235,6 +241,12 @@ impl ProcessEnv {
         let raw = SecretString::from(
             fs::read_to_string(path).map_err(io_err("reading environment file", path))?,
         );
+        ProcessEnv::parse(raw, path)
+    }
+
+    /// Parses `KEY=VALUE` lines (blank lines and `#` comments skipped);
+    /// `path` names the source in errors.
+    pub fn parse(raw: SecretString, path: &Path) -> Result<ProcessEnv> {
         let mut env = ProcessEnv::default();
         for (n, line) in raw.expose_secret().lines().enumerate() {
             if line.trim().is_empty() || line.starts_with('#') {

@@ -78,6 +78,7 @@ use crate::http::http_get;
 use crate::process::{describe_exit, ProcessEnv, DEFAULT_LANG};
 use crate::rotate::RotatingLog;
 use crate::sys;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Name of the pid (and lock) file in the run directory.
 pub const PID_FILE: &str = "supervisor.pid";
@@ -102,6 +103,11 @@ pub struct SupervisorSpec {
     /// Timings and log sizes; defaults suit production.
     #[serde(default)]
     pub settings: SupervisorSettings,
+    /// The processes' environment (secrets included) arrives on the
+    /// supervisor's stdin ([`spawn_supervisor_with_env`]) and is kept in its
+    /// memory only, instead of a file on disk.
+    #[serde(default)]
+    pub env_on_stdin: bool,
 }
 
 /// One supervised process.
@@ -501,6 +507,8 @@ pub(crate) fn timestamp(ms: u64) -> String {
 
 struct Supervisor<'a> {
     spec: &'a SupervisorSpec,
+    /// What arrived on stdin ([`SupervisorSpec::env_on_stdin`]).
+    env: ProcessEnv,
     procs: Vec<Proc>,
     status_path: PathBuf,
     pid: u32,
@@ -550,11 +558,12 @@ impl Supervisor<'_> {
 
     fn child_env(&self, p: &ProcessSpec) -> Result<ProcessEnv> {
         let mut env = ProcessEnv::base(&self.spec.dir);
-        if let Some(file) = &p.env_file {
-            for (k, v) in ProcessEnv::read_file(file)?.vars {
-                env.vars.retain(|(existing, _)| existing != &k);
-                env.vars.push((k, v));
-            }
+        let from_file = match &p.env_file {
+            Some(file) => ProcessEnv::read_file(file)?.vars,
+            None => Vec::new(),
+        };
+        for (k, v) in from_file.iter().chain(&self.env.vars) {
+            env.set_secret(k, v.expose_secret());
         }
         Ok(env)
     }
@@ -846,6 +855,15 @@ fn probe_loop(
 /// `supervise` may run per process.
 pub fn supervise(spec: &SupervisorSpec) -> Result<()> {
     spec.validate()?;
+    let env = if spec.env_on_stdin {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .map_err(io_err("reading the environment from stdin", &spec.dir))?;
+        ProcessEnv::parse(SecretString::from(text), Path::new("<stdin>"))?
+    } else {
+        ProcessEnv::default()
+    };
     if ACTIVE.swap(true, Ordering::SeqCst) {
         return Err(OdooError::InvalidConfig(
             "supervise is already running in this process".into(),
@@ -935,6 +953,7 @@ pub fn supervise(spec: &SupervisorSpec) -> Result<()> {
     }
     let mut sup = Supervisor {
         spec,
+        env,
         procs,
         status_path: dir.join(STATUS_FILE),
         pid,
@@ -1060,6 +1079,22 @@ pub fn read_status(dir: &Path) -> Result<Option<SupervisorStatus>> {
 /// the error carries the tail of its log. A thread of the calling process
 /// reaps it when it exits, so a long-lived caller does not collect zombies.
 pub fn spawn_supervisor(exe: &Path, args: &[OsString], dir: &Path) -> Result<u32> {
+    spawn(exe, args, dir, None)
+}
+
+/// [`spawn_supervisor`] for a spec with [`SupervisorSpec::env_on_stdin`]:
+/// `env` goes down a pipe to the supervisor's stdin, which is closed after
+/// it, so the secrets exist only in the two processes' memory.
+pub fn spawn_supervisor_with_env(
+    exe: &Path,
+    args: &[OsString],
+    dir: &Path,
+    env: &ProcessEnv,
+) -> Result<u32> {
+    spawn(exe, args, dir, Some(env))
+}
+
+fn spawn(exe: &Path, args: &[OsString], dir: &Path, env: Option<&ProcessEnv>) -> Result<u32> {
     const START_TIMEOUT: Duration = Duration::from_secs(30);
     if let Some(pid) = supervisor_pid(dir) {
         return Err(OdooError::AlreadyRunning {
@@ -1087,7 +1122,11 @@ pub fn spawn_supervisor(exe: &Path, args: &[OsString], dir: &Path) -> Result<u32
         .env("HOME", dir)
         .env("LANG", DEFAULT_LANG)
         .current_dir(dir)
-        .stdin(Stdio::null())
+        .stdin(if env.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(log)
         .stderr(log2);
     // SAFETY: setsid is async-signal-safe and the hook allocates nothing.
@@ -1108,6 +1147,12 @@ pub fn spawn_supervisor(exe: &Path, args: &[OsString], dir: &Path) -> Result<u32
         .spawn()
         .map_err(|e| fail(format!("`{}` could not be started: {e}", exe.display())))?;
     drop(cmd);
+    if let (Some(env), Some(mut stdin)) = (env, child.stdin.take()) {
+        use std::io::Write;
+        let text = env.serialize(dir)?;
+        // A supervisor that died at once shows up below with its log.
+        let _ = stdin.write_all(text.expose_secret().as_bytes());
+    }
     let pid = child.id();
     let deadline = Instant::now() + START_TIMEOUT;
     loop {

@@ -54,6 +54,7 @@ fn spec(dir: &Path, processes: Vec<ProcessSpec>) -> SupervisorSpec {
         processes,
         user: None,
         settings: settings(),
+        env_on_stdin: false,
     }
 }
 
