@@ -279,11 +279,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => {
             let mut engine = load(&files)?;
-            let mut opts = guards.options();
-            // Destroying is the explicit request to delete data; production
-            // still needs --confirm.
-            opts.delete_data = true;
-            let report = with_progress(|p| engine.destroy(&tenants, &opts, p))?;
+            // The same guards as apply: a database that holds data is
+            // dropped only with --delete-data, production/DR only with
+            // --confirm <tenant>.
+            let report = with_progress(|p| engine.destroy(&tenants, &guards.options(), p))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => println!("Destroyed: {} actions.", report.applied.len()),

@@ -636,7 +636,7 @@ fn odoo_environments() {
     );
     assert!(!on_tty(&p).contains(pw.as_str()), "shown twice");
 
-    p.ok(&["destroy", "--confirm", "alpha"]);
+    p.ok(&["destroy", "--confirm", "alpha", "--delete-data"]);
     assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new());
     assert!(!p.data_dir().join("odoo/envs/alpha").exists());
 }
@@ -702,7 +702,7 @@ fn odoo_command_the_service_user_cannot_run_is_refused() {
     );
     set_mode(&exe, 0o755);
     p.ok(&["apply"]);
-    p.ok(&["destroy", "--confirm", "alpha"]);
+    p.ok(&["destroy", "--confirm", "alpha", "--delete-data"]);
 }
 
 /// Something on a port that accepts and closes every connection, as a
