@@ -295,10 +295,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Output::Json => print_json(&status)?,
                 Output::Text => print_status(&status),
             }
-            let healthy = status
-                .environments
-                .iter()
-                .all(|e| e.pg_health.ok && e.redis_health.as_ref().map(|h| h.ok).unwrap_or(true));
+            let healthy = status.environments.iter().all(|e| {
+                e.pg_health.ok
+                    && e.redis_health.as_ref().is_none_or(|h| h.ok)
+                    && e.odoo_health.as_ref().is_none_or(|h| h.ok)
+            });
             if !healthy {
                 return Ok(ExitCode::from(3));
             }
@@ -358,6 +359,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             r.host, r.user, r.key_prefix
                         );
                         println!("password  {}", r.password.expose_secret());
+                    }
+                    if let Some(o) = &c.odoo {
+                        println!("odoo      {} login {}", o.url, o.login);
+                        println!("password  {}", o.password.expose_secret());
+                        println!(
+                            "master    {}  (database manager)",
+                            o.master_password.expose_secret()
+                        );
                     }
                 }
             }
@@ -602,6 +611,9 @@ fn print_status(s: &Status) {
                     "{}/{} redis: {}",
                     e.tenant, e.environment, h.detail
                 ));
+            }
+            if let Some(h) = e.odoo_health.as_ref().filter(|h| !h.ok) {
+                v.push(format!("{}/{} odoo: {}", e.tenant, e.environment, h.detail));
             }
             v
         })

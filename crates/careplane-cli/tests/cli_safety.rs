@@ -1,7 +1,12 @@
 //! What the CLI promises an operator, through the real binary: data is
-//! dropped only with `--delete-data` (destroy and apply alike).
+//! dropped only with `--delete-data` (destroy and apply alike), `status`
+//! exits non-zero and tells the truth when an Odoo supervisor is dead,
+//! `credentials` shows the Odoo login in text too.
 
 mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -117,4 +122,115 @@ fn data_is_dropped_only_with_delete_data() {
     p.ok(&["destroy", "--confirm", "alpha", "--delete-data"]);
     assert_eq!(p.json(&["status"])["servers"], Value::Array(vec![]));
     assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new());
+}
+
+const TENANT_ODOO: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: alpha
+spec:
+  tenancy: shared
+  environments:
+    - name: dev
+      kind: dev
+    - name: test
+      kind: test
+"#;
+
+fn env<'a>(st: &'a Value, name: &str) -> &'a Value {
+    st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tenant"] == "alpha" && e["environment"] == name)
+        .unwrap_or_else(|| panic!("alpha/{name} missing from {st}"))
+}
+
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+#[test]
+fn odoo_status_and_credentials_tell_the_truth() {
+    let p = Platform::with_odoo(TENANT_ODOO);
+    p.ok(&["apply"]);
+    let st = p.json(&["status"]);
+    for e in ["dev", "test"] {
+        assert_eq!(env(&st, e)["odooHealth"]["ok"], true, "{st}");
+        assert_eq!(env(&st, e)["odooProcesses"]["supervisorRunning"], true);
+    }
+
+    // credentials in text: the Odoo URL, login and password of the JSON.
+    let json = p.json(&["credentials", "alpha", "dev"]);
+    let text = p.ok(&["credentials", "alpha", "dev"]);
+    let odoo = &json["odoo"];
+    for want in [&odoo["url"], &odoo["password"], &odoo["masterPassword"]] {
+        let want = want.as_str().unwrap();
+        assert!(
+            !want.is_empty() && text.contains(want),
+            "{want} not in\n{text}"
+        );
+    }
+    assert_eq!(odoo["login"], "admin");
+    assert!(text.contains("login admin"), "{text}");
+
+    // kill -9 alpha/dev's supervisor and its processes.
+    let root = p.data_dir().join("odoo/envs/alpha/dev");
+    let supervisor: u32 = std::fs::read_to_string(root.join("supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut pids = vec![supervisor];
+    for proc in env(&st, "dev")["odooProcesses"]["processes"]
+        .as_array()
+        .unwrap()
+    {
+        pids.push(proc["pid"].as_u64().expect("running process pid") as u32);
+    }
+    unsafe {
+        libc::kill(supervisor as i32, libc::SIGKILL);
+        for pid in &pids[1..] {
+            // Each process leads its own group (its workers).
+            libc::kill(-(*pid as i32), libc::SIGKILL);
+            libc::kill(*pid as i32, libc::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pids.iter().all(|p| gone(*p)) {
+        assert!(Instant::now() < deadline, "{pids:?} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Path::new(&root.join("status.json")).exists());
+
+    let out = p.run(&["status", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(3), "status must exit 3");
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dev = env(&st, "dev");
+    assert_eq!(dev["odooHealth"]["ok"], false, "{dev}");
+    let procs = &dev["odooProcesses"];
+    assert_eq!(procs["supervisorRunning"], false, "{procs}");
+    assert_ne!(procs["state"], "running", "{procs}");
+    for proc in procs["processes"].as_array().unwrap() {
+        assert_ne!(proc["state"], "running", "{proc}");
+        assert_eq!(proc["pid"], Value::Null, "{proc}");
+        assert_ne!(proc["healthy"], true, "{proc}");
+    }
+    let test = env(&st, "test");
+    assert_eq!(test["odooHealth"]["ok"], true, "{test}");
+    assert_eq!(test["odooProcesses"]["supervisorRunning"], true);
+
+    let out = p.run(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("alpha/dev odoo:"), "{text}");
+
+    // start brings it back; status is clean again.
+    p.ok(&["start"]);
+    let st = p.json(&["status"]);
+    assert_eq!(env(&st, "dev")["odooHealth"]["ok"], true, "{st}");
+    assert_eq!(env(&st, "dev")["odooProcesses"]["supervisorRunning"], true);
 }

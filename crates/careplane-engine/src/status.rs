@@ -52,7 +52,9 @@ pub struct EnvStatus {
     pub odoo_url: Option<String>,
     /// `/web/health` and `/web/login` both answering 200.
     pub odoo_health: Option<Health>,
-    /// Per supervised process: name, pid, restarts.
+    /// The supervisor's `status.json` (per process: name, state, pid,
+    /// restarts), with `supervisorRunning`; a dead supervisor's processes
+    /// read as stopped.
     pub odoo_processes: Option<Value>,
     /// The uid (and gid) the environment's Odoo runs as, when careplane is root.
     pub odoo_uid: Option<u32>,
@@ -83,6 +85,35 @@ pub struct Status {
     pub data_dir: String,
     pub servers: Vec<ServerStatus>,
     pub environments: Vec<EnvStatus>,
+}
+
+/// The supervisor's `status.json` as it stands now, with
+/// `supervisorRunning`. A supervisor that died without stopping (SIGKILL,
+/// OOM) left a file that still says `running`: its processes are then
+/// reported stopped, without pid, and not healthy.
+fn supervised_processes(root: &std::path::Path) -> Option<Value> {
+    let mut st = careplane_odoo::read_status(root).ok()??;
+    let alive = careplane_odoo::supervisor_pid(root) == Some(st.supervisor_pid);
+    if !alive {
+        use careplane_odoo::{ProcessState, SupervisorState};
+        st.state = SupervisorState::Stopped;
+        for p in st
+            .processes
+            .iter_mut()
+            .filter(|p| p.state != ProcessState::Stopped || p.pid.is_some())
+        {
+            p.state = ProcessState::Stopped;
+            p.pid = None;
+            p.pid_start_time = None;
+            p.next_start_at = None;
+            p.backoff_ms = None;
+            p.healthy = p.healthy.map(|_| false);
+            p.health_error = Some("its supervisor is not running".into());
+        }
+    }
+    let mut v = serde_json::to_value(st).ok()?;
+    v["supervisorRunning"] = Value::Bool(alive);
+    Some(v)
 }
 
 fn state_name(s: ResourceStatus) -> String {
@@ -275,9 +306,18 @@ impl Engine {
                 },
             });
             if let Some(root) = o.observed.get("root").and_then(Value::as_str) {
-                if let Ok(Some(st)) = careplane_odoo::read_status(std::path::Path::new(root)) {
-                    odoo_processes = serde_json::to_value(st).ok();
-                }
+                odoo_processes = supervised_processes(std::path::Path::new(root));
+            }
+            // Answering without a supervisor is not healthy: nothing
+            // restarts the next process to die.
+            let unsupervised = odoo_processes
+                .as_ref()
+                .is_some_and(|p| p["supervisorRunning"] == false);
+            if let Some(h) = odoo_health.as_mut().filter(|h| h.ok && unsupervised) {
+                *h = Health {
+                    ok: false,
+                    detail: "its supervisor is not running (`careplane start` starts it)".into(),
+                };
             }
         }
         Ok(EnvStatus {
