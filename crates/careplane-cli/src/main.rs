@@ -162,15 +162,70 @@ impl Guards {
     }
 }
 
+/// `println!` to stdout; a closed stdout (`careplane journal | head`) ends
+/// the process quietly, as it would a C tool killed by SIGPIPE.
+macro_rules! outln {
+    () => { write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` to stdout, with [`outln!`]'s handling of a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that never panics: progress and errors are not worth
+/// aborting for (an apply goes on when its stderr was closed).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Writes to stdout. SIGPIPE stays ignored (Rust's default) so that a peer
+/// closing a socket is an error careplane handles, not its death; only a
+/// broken stdout ends the process, with the shell's exit status for SIGPIPE.
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        errln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line. Most of careplane's errors already
+/// end with their source's message (`{what}: {source}`), so anyhow's `{:#}`
+/// would print each such cause twice: a cause whose message is already part
+/// of the line is left out.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn load(files: &Files) -> Result<Engine, anyhow::Error> {
@@ -181,7 +236,7 @@ fn load(files: &Files) -> Result<Engine, anyhow::Error> {
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -199,13 +254,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let mut engine = load(&files)?;
             let install = action == ModulesAction::Install;
-            eprintln!(
+            errln!(
                 "{} {} in {tenant}/{environment}: stopping web, running Odoo, starting again ...",
                 if install { "installing" } else { "upgrading" },
                 modules.join(",")
             );
             engine.modules(&tenant, &environment, install, &modules)?;
-            println!(
+            outln!(
                 "done: {tenant}/{environment} is up with {}",
                 modules.join(",")
             );
@@ -218,7 +273,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if output == Output::Json {
                     print_json(&serde_json::json!({ "valid": true, "diagnostics": [] }))?;
                 } else {
-                    println!(
+                    outln!(
                         "ok: platform {}, {} service tiers, {} tenants, {} environments",
                         specs.platform.metadata.name,
                         specs.service_tiers.len(),
@@ -235,7 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if output == Output::Json {
                     print_json(&serde_json::json!({ "valid": false, "diagnostics": diags }))?;
                 } else {
-                    eprintln!("{diags}");
+                    errln!("{diags}");
                 }
                 return Ok(ExitCode::FAILURE);
             }
@@ -245,7 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let plan = engine.plan()?;
             match output {
                 Output::Json => print_json(&plan.to_json())?,
-                Output::Text => print!("{}", plan.render()),
+                Output::Text => out!("{}", plan.render()),
             }
         }
         Command::Apply {
@@ -259,14 +314,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
                     if report.applied.is_empty() {
-                        println!("No changes: the platform matches the specs.");
+                        outln!("No changes: the platform matches the specs.");
                     } else {
-                        println!(
+                        outln!(
                             "Applied {} actions (operation {}).",
                             report.applied.len(),
                             report.operation
                         );
-                        println!("Run `careplane status -f ...` to see every environment and its health.");
+                        outln!("Run `careplane status -f ...` to see every environment and its health.");
                         print_new_odoo_envs(&mut engine, &report.applied)?;
                     }
                 }
@@ -285,7 +340,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let report = with_progress(|p| engine.destroy(&tenants, &guards.options(), p))?;
             match output {
                 Output::Json => print_json(&report)?,
-                Output::Text => println!("Destroyed: {} actions.", report.applied.len()),
+                Output::Text => outln!("Destroyed: {} actions.", report.applied.len()),
             }
         }
         Command::Status { files, output } => {
@@ -306,11 +361,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Start { files } => {
             let mut engine = load(&files)?;
-            engine.start_all(&mut |m| eprintln!("{m}"))?;
+            engine.start_all(&mut |m| errln!("{m}"))?;
         }
         Command::Stop { files } => {
             let mut engine = load(&files)?;
-            engine.stop_all(&mut |m| eprintln!("{m}"))?;
+            engine.stop_all(&mut |m| errln!("{m}"))?;
         }
         Command::Credentials {
             files,
@@ -347,23 +402,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match output {
                 Output::Json => print_json(&json)?,
                 Output::Text => {
-                    println!(
+                    outln!(
                         "postgres  {}",
                         json["postgres"]["url"].as_str().unwrap_or_default()
                     );
-                    println!("password  {}", pg.password.expose_secret());
+                    outln!("password  {}", pg.password.expose_secret());
                     if let Some(r) = &c.redis {
                         let port = r.port.map(|p| p.to_string()).unwrap_or_default();
-                        println!(
+                        outln!(
                             "redis     {}:{port} user {} keys {}*",
-                            r.host, r.user, r.key_prefix
+                            r.host,
+                            r.user,
+                            r.key_prefix
                         );
-                        println!("password  {}", r.password.expose_secret());
+                        outln!("password  {}", r.password.expose_secret());
                     }
                     if let Some(o) = &c.odoo {
-                        println!("odoo      {} login {}", o.url, o.login);
-                        println!("password  {}", o.password.expose_secret());
-                        println!(
+                        outln!("odoo      {} login {}", o.url, o.login);
+                        outln!("password  {}", o.password.expose_secret());
+                        outln!(
                             "master    {}  (database manager)",
                             o.master_password.expose_secret()
                         );
@@ -388,9 +445,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             (Some(_), None) => "done".to_string(),
                             (None, None) => "interrupted".to_string(),
                         };
-                        println!(
+                        outln!(
                             "{}  op {:>4}  {:<50} {}",
-                            s.started_at, s.op, s.action, outcome
+                            s.started_at,
+                            s.op,
+                            s.action,
+                            outcome
                         );
                     }
                 }
@@ -423,7 +483,7 @@ fn with_progress<T>(
             if tty {
                 bar.println(msg);
             } else {
-                eprintln!("{msg}");
+                errln!("{msg}");
             }
         }
         Event::Started {
@@ -438,14 +498,14 @@ fn with_progress<T>(
                 bar.set_length(total as u64);
                 bar.set_message(msg);
             } else {
-                eprintln!("[{}/{}] {msg} ...", index + 1, total);
+                errln!("[{}/{}] {msg} ...", index + 1, total);
             }
         }
         Event::Finished { index, total, .. } => {
             if tty {
                 bar.inc(1);
             } else if index + 1 == total {
-                eprintln!("[{total}/{total}] done");
+                errln!("[{total}/{total}] done");
             }
         }
         Event::Waiting { environments } => {
@@ -456,7 +516,7 @@ fn with_progress<T>(
             if tty {
                 bar.set_message(msg);
             } else {
-                eprintln!("{msg} ...");
+                errln!("{msg} ...");
             }
         }
     };
@@ -495,7 +555,7 @@ fn print_table(headers: &[&str], right: &[&str], rows: &[Vec<String>]) {
                 out.push_str("  ");
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(headers.to_vec());
     for r in rows {
@@ -504,8 +564,8 @@ fn print_table(headers: &[&str], right: &[&str], rows: &[Vec<String>]) {
 }
 
 fn print_status(s: &Status) {
-    println!("platform {}  (data: {})", s.platform, s.data_dir);
-    println!();
+    outln!("platform {}  (data: {})", s.platform, s.data_dir);
+    outln!();
     fn num(n: Option<impl ToString>) -> String {
         n.map(|p| p.to_string()).unwrap_or_default()
     }
@@ -527,7 +587,7 @@ fn print_status(s: &Status) {
         &["PORT", "PID"],
         &servers,
     );
-    println!();
+    outln!();
     let h = |ok: bool| if ok { "ok" } else { "DOWN" }.to_string();
     let envs: Vec<Vec<String>> = s
         .environments
@@ -584,14 +644,14 @@ fn print_status(s: &Status) {
         })
         .collect();
     if !odoo.is_empty() {
-        println!();
+        outln!();
         print_table(
             &["ODOO", "HEALTH", "RESTARTS", "LOGIN"],
             &["RESTARTS"],
             &odoo,
         );
-        println!();
-        println!(
+        outln!();
+        outln!(
             "Admin login and passwords: careplane credentials -f <specs> <tenant> <environment>"
         );
     }
@@ -619,9 +679,9 @@ fn print_status(s: &Status) {
         })
         .collect();
     if !down.is_empty() {
-        println!();
+        outln!();
         for d in down {
-            println!("  {d}");
+            outln!("  {d}");
         }
     }
 }
@@ -649,19 +709,19 @@ fn print_new_odoo_envs(engine: &mut Engine, applied: &[String]) -> anyhow::Resul
         }
         rows.push(row);
     }
-    println!();
+    outln!();
     let mut headers = vec!["NEW ODOO ENVIRONMENT", "LOGIN URL", "USER"];
     if show {
         headers.push("PASSWORD");
     }
     print_table(&headers, &[], &rows);
     if show {
-        println!(
+        outln!(
             "These admin passwords are shown once; later only \
              `careplane credentials <tenant> <env>` shows them."
         );
     } else {
-        println!(
+        outln!(
             "Admin passwords: `careplane credentials -f <specs> <tenant> <env>` \
              (not printed because the output is not a terminal)."
         );

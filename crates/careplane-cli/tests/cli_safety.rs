@@ -1,11 +1,14 @@
 //! What the CLI promises an operator, through the real binary: data is
 //! dropped only with `--delete-data` (destroy and apply alike), `status`
 //! exits non-zero and tells the truth when an Odoo supervisor is dead,
-//! `credentials` shows the Odoo login in text too.
+//! `credentials` shows the Odoo login in text too, a closed stdout ends a
+//! command quietly, and an error names its cause once.
 
 mod common;
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -71,6 +74,33 @@ fn databases(p: &Platform) -> Vec<String> {
     v
 }
 
+/// Runs careplane with its stdout a pipe whose reading end is closed before
+/// careplane starts (as `careplane journal | head` once head has exited).
+fn with_closed_stdout(p: &Platform, args: &[&str]) -> std::process::Output {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds`; the reading end is closed at once and the
+    // writing end is owned by `write` alone.
+    let write = unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        libc::close(fds[0]);
+        OwnedFd::from_raw_fd(fds[1])
+    };
+    p.cmd(args)
+        .stdout(Stdio::from(write))
+        .output()
+        .expect("spawn careplane")
+}
+
+fn assert_quiet_on_closed_stdout(p: &Platform, args: &[&str]) {
+    let out = with_closed_stdout(p, args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "careplane {args:?}:\n{err}");
+    assert!(err.is_empty(), "careplane {args:?} said:\n{err}");
+    // 141 = 128 + SIGPIPE, what a shell shows for `cat | head`; it also
+    // proves the write did hit the closed pipe.
+    assert_eq!(out.status.code(), Some(141), "careplane {args:?}");
+}
+
 #[test]
 fn data_is_dropped_only_with_delete_data() {
     let p = Platform::new(TENANTS);
@@ -109,6 +139,10 @@ fn data_is_dropped_only_with_delete_data() {
     p.write_tenants(TENANTS);
     assert_eq!(p.plan()["actions"], Value::Array(vec![]));
 
+    // A closed stdout ends a command quietly (`careplane journal | head`).
+    assert_quiet_on_closed_stdout(&p, &["journal"]);
+    assert_quiet_on_closed_stdout(&p, &["status"]);
+
     // A tenant whose databases hold nothing goes without --delete-data.
     p.ok(&["destroy", "--tenant", "gamma"]);
     assert!(!databases(&p).contains(&"gamma-uat".to_string()));
@@ -122,6 +156,33 @@ fn data_is_dropped_only_with_delete_data() {
     p.ok(&["destroy", "--confirm", "alpha", "--delete-data"]);
     assert_eq!(p.json(&["status"])["servers"], Value::Array(vec![]));
     assert_eq!(processes_in(&p.data_dir()), Vec::<u32>::new());
+}
+
+/// Commands that print without any server: a closed stdout, and an error
+/// whose cause is part of its message.
+#[test]
+fn closed_stdout_and_error_causes() {
+    let p = Platform::new(TENANTS);
+    assert_quiet_on_closed_stdout(&p, &["plan"]);
+    assert_quiet_on_closed_stdout(&p, &["validate"]);
+
+    // A data directory that cannot exist: the OS error is said once.
+    let file = p.dir.path().join("specs/platform.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let blocker = p.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            &p.data_dir().display().to_string(),
+            &blocker.join("data").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = p.run(&["journal"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
 }
 
 const TENANT_ODOO: &str = r#"
