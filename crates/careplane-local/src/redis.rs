@@ -472,7 +472,8 @@ impl RedisServer {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+            // Key names are the tenant's bytes, not necessarily UTF-8.
+            let (next, keys): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(format!("{prefix}*"))

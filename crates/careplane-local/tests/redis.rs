@@ -728,3 +728,21 @@ fn tenant_acl_allows_what_a_session_store_uses() {
         .collect();
     assert_eq!(granted, tested, "every granted command is tested above");
 }
+
+/// Removing an environment removes its keys whatever bytes a tenant chose
+/// for their names (not only UTF-8), and nobody else's.
+#[test]
+fn removed_prefix_takes_binary_key_names_and_only_its_own() {
+    let platform = TestPlatform::new();
+    let a = user("stmarys-prod", "a:prod:");
+    let b = user("northside-prod", "b:prod:");
+    let server = platform.start_redis("cache", Persistence::None, &[a.clone(), b.clone()]);
+    let mut ca = redis::connect_user(server.port, &a.name, &a.password).unwrap();
+    let _: () = ca.set(&b"a:prod:\xff\xfe"[..], "binary").unwrap();
+    let _: () = ca.set("a:prod:text", "text").unwrap();
+    let mut cb = redis::connect_user(server.port, &b.name, &b.password).unwrap();
+    let _: () = cb.set("b:prod:keep", "b").unwrap();
+    assert_eq!(server.delete_keys_with_prefix("a:prod:").unwrap(), 2);
+    let left: Option<String> = cb.get("b:prod:keep").unwrap();
+    assert_eq!(left.as_deref(), Some("b"));
+}
