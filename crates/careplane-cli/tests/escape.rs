@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -242,7 +242,22 @@ fn odoo_cannot_rewrite_its_own_configuration() {
     }
     let m = std::fs::metadata(&root).unwrap();
     assert_eq!(m.mode() & 0o022, 0, "{} writable by others", root.display());
-    let _ = PermissionsExt::mode(&m.permissions());
+    // Changed behind careplane's back anyway (here by root): status says so
+    // and exits non-zero.
+    let conf = root.join("odoo-web.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{text}list_db = True\n")).unwrap();
+    let out = p.run(&["status"]);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("differ from what careplane wrote"),
+        "{shown}"
+    );
 }
 
 /// Item 12: no secret in clear on disk. The database and Redis passwords

@@ -371,10 +371,17 @@ impl Engine {
                 &install,
                 &web_conf,
                 &tdb.database,
-                odoo::ModuleOp::Install(modules),
+                odoo::ModuleOp::Install(modules.clone()),
                 &env,
                 &root.join("logs").join("init.log"),
                 owner,
+            )?;
+            self.check_installed(
+                &rec,
+                host,
+                &tdb,
+                &modules,
+                &root.join("logs").join("init.log"),
             )?;
             cluster.seal_template(&tdb.database)?;
             rec.observed["sealed"] = json!(true);
@@ -538,6 +545,8 @@ impl Engine {
             Some(redis.clone()),
         )?;
         let (web_conf, cron_conf) = odoo::write_configs(&root, &cfg, owner)?;
+        // What careplane wrote, so `status` can tell a file changed since.
+        rec.observed["configDigest"] = json!(odoo::config_digest(&root));
         let redis_password = secret(self.store()?, &urec.id, PASSWORD)?;
         let env = self.process_env(
             &root,
@@ -561,11 +570,13 @@ impl Engine {
                     &self.odoo_install(&a.props)?,
                     &web_conf,
                     &tdb.database,
-                    odoo::ModuleOp::Install(new),
+                    odoo::ModuleOp::Install(new.clone()),
                     &env,
                     &root.join("logs").join("modules.log"),
                     owner,
                 )?;
+                let log = root.join("logs").join("modules.log");
+                self.check_installed(&rec, host, &tdb, &new, &log)?;
             }
         }
 
@@ -800,7 +811,44 @@ impl Engine {
         // Whatever happened, bring the environment back up.
         let started = self.start_odoo_env(rec);
         run?;
+        let mut host = Host::default();
+        self.check_installed(
+            rec,
+            &mut host,
+            &tdb,
+            modules,
+            &root.join("logs/modules.log"),
+        )?;
         started.map(|_| ())
+    }
+
+    /// Errs naming the modules of `modules` that the database of `rec`
+    /// (an environment or template record) does not have installed: Odoo
+    /// ignores unknown names with a warning and exits 0.
+    fn check_installed(
+        &mut self,
+        rec: &ResourceRecord,
+        host: &mut Host,
+        tdb: &TenantDb,
+        modules: &[String],
+        log: &Path,
+    ) -> Result<(), EngineError> {
+        let all = self.store()?.resources()?;
+        let crec = ready(&all, str_prop(rec, "cluster")?)?;
+        let cluster = self.cluster_handle(&crec, host)?;
+        let ca = self.ca_pem()?;
+        let missing = odoo::db::missing_modules(&mut cluster.tenant_connect(tdb, &ca)?, modules)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(EngineError::inconsistent(format!(
+            "Odoo did not install {} into database {}: it has no module of that name \
+             (Odoo logs \"invalid module names, ignored\" in {}); check the spelling and \
+             the addons paths",
+            missing.join(", "),
+            tdb.database,
+            log.display()
+        )))
     }
 }
 

@@ -319,6 +319,24 @@ impl Engine {
                     detail: "its supervisor is not running (`careplane start` starts it)".into(),
                 };
             }
+            // Configuration that is no longer what careplane wrote (its
+            // hardening may be off at the next restart).
+            let root = o.observed.get("root").and_then(Value::as_str);
+            let written = o.observed.get("configDigest").and_then(Value::as_str);
+            if let (Some(root), Some(written)) = (root, written) {
+                let now = careplane_odoo::config_digest(std::path::Path::new(root));
+                if now.as_deref() != Some(written) {
+                    if let Some(h) = odoo_health.as_mut() {
+                        *h = Health {
+                            ok: false,
+                            detail: format!(
+                                "odoo-web.conf / odoo-cron.conf in {root} differ from what \
+                                 careplane wrote: changed behind its back"
+                            ),
+                        };
+                    }
+                }
+            }
         }
         Ok(EnvStatus {
             odoo_uid,

@@ -135,3 +135,24 @@ pub fn identity(c: &mut Client) -> Result<(String, String)> {
     };
     Ok((get(c, "database.uuid")?, get(c, "database.secret")?))
 }
+
+/// Which of `modules` are not `installed` in the connected database. Odoo's
+/// `-i`/`-u` of an unknown name only logs `invalid module names, ignored`
+/// and exits 0, so careplane asks the database afterwards.
+pub fn missing_modules(c: &mut Client, modules: &[String]) -> Result<Vec<String>> {
+    let installed: Vec<String> = c
+        .query(
+            "SELECT name::text FROM public.ir_module_module \
+             WHERE state = 'installed' AND name = ANY($1)",
+            &[&modules],
+        )
+        .map_err(|e| db_err("listing installed modules", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(modules
+        .iter()
+        .filter(|m| !installed.contains(m))
+        .cloned()
+        .collect())
+}

@@ -27,6 +27,7 @@
 
 mod config;
 pub mod db;
+mod digest;
 mod error;
 mod http;
 mod passwd;
@@ -40,6 +41,7 @@ pub use config::{
     dbfilter_for, render_config, try_render_config, valid_database_name, valid_module_name,
     write_configs, EnvConfig, Limits, RedisSettings, Role, ALLOWED_SSLMODES, DEFAULT_SSLMODE,
 };
+pub use digest::config_digest;
 pub use error::{OdooError, Result};
 pub use http::{http_get, wait_healthy};
 pub use passwd::{

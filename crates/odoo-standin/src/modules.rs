@@ -84,6 +84,47 @@ CREATE TABLE IF NOT EXISTS ir_attachment (
     id serial PRIMARY KEY, name text NOT NULL, res_model text, store_fname text, checksum text, file_size integer);
 ";
 
+/// Odoo 18 Community modules the stand-in "ships", like the addons paths
+/// of a real installation: `-i` of any other name is Odoo's `invalid module
+/// names, ignored` warning, and nothing is installed for it.
+const AVAILABLE: &[&str] = &[
+    "account",
+    "base",
+    "base_setup",
+    "board",
+    "calendar",
+    "contacts",
+    "crm",
+    "event",
+    "fleet",
+    "hr",
+    "hr_expense",
+    "hr_holidays",
+    "hr_timesheet",
+    "im_livechat",
+    "lunch",
+    "mail",
+    "maintenance",
+    "mass_mailing",
+    "mrp",
+    "note",
+    "point_of_sale",
+    "product",
+    "project",
+    "purchase",
+    "repair",
+    "sale",
+    "sale_management",
+    "stock",
+    "survey",
+    "web",
+    "website",
+];
+
+fn available(name: &str) -> bool {
+    AVAILABLE.contains(&name)
+}
+
 fn valid_module_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 50
@@ -189,7 +230,7 @@ pub fn load(c: &mut Client, db: &str, req: &Request) -> Result<Outcome, String> 
             wanted.push("base".into());
         }
         for m in req.init.iter().filter(|m| *m != "all") {
-            if !valid_module_name(m) {
+            if !valid_module_name(m) || !available(m) {
                 invalid.push(m.clone());
             } else if !wanted.contains(m) {
                 wanted.push(m.clone());
