@@ -14,23 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// A tenant client on `<tenant>-<env>`, with the tenant's own credentials.
-fn tenant_client(p: &Platform, tenant: &str, env: &str) -> careplane_local::postgres::Client {
-    let c = p.json(&["credentials", tenant, env]);
-    let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
-    let password = careplane_local::SecretString::from(
-        c["postgres"]["password"].as_str().unwrap().to_string(),
-    );
-    careplane_local::pg::connect_tenant(
-        c["postgres"]["port"].as_u64().unwrap() as u16,
-        c["postgres"]["database"].as_str().unwrap(),
-        c["postgres"]["role"].as_str().unwrap(),
-        &password,
-        &ca,
-    )
-    .unwrap()
-}
-
 fn put_row(p: &Platform, tenant: &str, env: &str) {
     tenant_client(p, tenant, env)
         .batch_execute("CREATE TABLE patients_demo (id int); INSERT INTO patients_demo VALUES (1);")
