@@ -17,6 +17,8 @@
 //! SCRAM-SHA-256. The `careplane_admin` superuser is reachable only through
 //! the unix socket in `<root>/run`. `CONNECT` is additionally revoked from
 //! PUBLIC on every database, so a pg_hba mistake alone would not open access.
+//! The catalog views that name other databases are closed to PUBLIC in every
+//! database careplane makes and in `postgres` ([`PgCluster::hide_catalog`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -50,6 +52,38 @@ const PINNED_OPTIONS: &str = "-c search_path=pg_catalog";
 /// `pg_database.datconnlimit` of a database PostgreSQL marked invalid.
 const INVALID_CONNLIMIT: i32 = -2;
 
+/// Catalog tables and views that PostgreSQL lets every role read and that
+/// name other databases (or carry what their owners wrote about them:
+/// comments, per-database settings, security labels). On a shared cluster
+/// they would show each tenant the other hospitals' database names, so
+/// SELECT is revoked from PUBLIC on them (see [`PgCluster::hide_catalog`]).
+/// Relations missing from older servers are skipped.
+pub const HIDDEN_CATALOG_RELATIONS: &[&str] = &[
+    "pg_database",
+    "pg_db_role_setting",
+    "pg_shdescription",
+    "pg_seclabels",
+    "pg_stat_activity",
+    "pg_stat_database",
+    "pg_stat_database_conflicts",
+    "pg_stat_progress_analyze",
+    "pg_stat_progress_cluster",
+    "pg_stat_progress_copy",
+    "pg_stat_progress_create_index",
+    "pg_stat_progress_vacuum",
+    "pg_prepared_xacts",
+    "pg_replication_slots",
+];
+
+/// Functions that turn a database's oid (which `pg_shdepend` or
+/// `pg_stat_get_activity` still show) into its name; EXECUTE is revoked
+/// from PUBLIC alongside [`HIDDEN_CATALOG_RELATIONS`].
+pub const HIDDEN_CATALOG_FUNCTIONS: &[&str] = &[
+    "pg_describe_object(oid, oid, integer)",
+    "pg_identify_object(oid, oid, integer)",
+    "pg_identify_object_as_address(oid, oid, integer)",
+];
+
 /// Where a database stands, as the maintenance database sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseState {
@@ -82,6 +116,48 @@ pub fn database_has_data(c: &mut Client) -> std::result::Result<bool, postgres::
     )?;
     Ok(row.get(0))
 }
+
+/// Revokes PUBLIC's SELECT on [`HIDDEN_CATALOG_RELATIONS`] and EXECUTE on
+/// [`HIDDEN_CATALOG_FUNCTIONS`] in the connected database, as its superuser.
+/// Catalog privileges live in each database's own `pg_class` and `pg_proc`,
+/// shared catalogs included, so this is per database; `CREATE DATABASE ...
+/// TEMPLATE` copies them. Only what PUBLIC still holds is revoked: a repeat
+/// changes nothing. Every name is schema-qualified (pinned `search_path`).
+fn hide_catalog_in(c: &mut Client) -> std::result::Result<(), postgres::Error> {
+    let relations: Vec<&str> = HIDDEN_CATALOG_RELATIONS.to_vec();
+    let functions: Vec<&str> = HIDDEN_CATALOG_FUNCTIONS.to_vec();
+    let open_relations = c.query(
+        "SELECT r FROM pg_catalog.unnest($1::text[]) r WHERE pg_catalog.has_table_privilege(\
+         'public', pg_catalog.to_regclass('pg_catalog.' OPERATOR(pg_catalog.||) r), 'SELECT')",
+        &[&relations],
+    )?;
+    let open_functions = c.query(
+        "SELECT f FROM pg_catalog.unnest($1::text[]) f WHERE pg_catalog.has_function_privilege(\
+         'public', pg_catalog.to_regprocedure('pg_catalog.' OPERATOR(pg_catalog.||) f), 'EXECUTE')",
+        &[&functions],
+    )?;
+    let mut sql = String::new();
+    for row in open_relations {
+        let r: &str = row.get(0);
+        sql.push_str(&format!(
+            "REVOKE SELECT ON pg_catalog.{} FROM PUBLIC;",
+            quote_ident(r)
+        ));
+    }
+    for row in open_functions {
+        let f: &str = row.get(0);
+        // A signature from HIDDEN_CATALOG_FUNCTIONS, which PostgreSQL just
+        // resolved: not tenant input.
+        sql.push_str(&format!(
+            "REVOKE EXECUTE ON FUNCTION pg_catalog.{f} FROM PUBLIC;"
+        ));
+    }
+    if !sql.is_empty() {
+        c.batch_execute(&sql)?;
+    }
+    Ok(())
+}
+
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Settings careplane sets for hardening (or that would let a setting escape
@@ -944,12 +1020,14 @@ impl PgCluster {
     /// the role and PUBLIC may not create there. Existing objects are altered
     /// to converge, so re-running after a crash or a password change works.
     ///
-    /// Every statement runs in the maintenance database. The one step inside
-    /// the new database (securing `public`) happens while it is
+    /// Every statement runs in the maintenance database. The steps inside
+    /// the new database (securing `public`, hiding the catalog's database
+    /// names, see [`PgCluster::hide_catalog`]) happen while it is
     /// [`DatabaseState::Pristine`]: created owned by the admin with
     /// `CONNECTION LIMIT 0`, so no tenant has been inside; only then is it
-    /// handed to the role. A database that was cut short (invalid) is dropped
-    /// and made again: PostgreSQL allows nothing else on it.
+    /// handed to the role. `postgres` and `template1` are hidden too. A
+    /// database that was cut short (invalid) is dropped and made again:
+    /// PostgreSQL allows nothing else on it.
     pub fn ensure_tenant_database(&self, db: &TenantDb) -> Result<()> {
         validate_name("database name", &db.database, false)?;
         validate_name("role name", &db.role, true)?;
@@ -1003,6 +1081,8 @@ impl PgCluster {
                     ))
                     .map_err(|e| LocalError::pg(&self.name, ctx("securing schema public"), e))?;
             }
+            hide_catalog_in(&mut inner)
+                .map_err(|e| LocalError::pg(&self.name, ctx("hiding the catalog"), e))?;
             drop(inner);
             self.open_database(&db.database, &db.role)?;
         } else if let DatabaseState::Open { owner, .. } = &state {
@@ -1023,6 +1103,42 @@ impl PgCluster {
                  REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC"
             ))
             .map_err(|e| LocalError::pg(&self.name, ctx("setting database privileges"), e))?;
+        self.hide_catalog()
+    }
+
+    /// Hides the cluster's database names from tenants in the databases
+    /// careplane's superuser may enter at any time: `postgres`, where every
+    /// tenant role may connect (Odoo checks its database and listens there),
+    /// and `template1`, which no tenant may enter (so a database someone
+    /// makes from it starts hidden too). Tenant databases are hidden while
+    /// pristine ([`PgCluster::ensure_tenant_database`],
+    /// [`PgCluster::clone_database`]); a database a tenant already owns is
+    /// never entered as superuser, so one made by an earlier careplane keeps
+    /// the readable catalog until it is made again.
+    ///
+    /// Odoo needs none of these names when its configuration gives `db_name`
+    /// and no `dbfilter` (see careplane-odoo's `config` module): its start-up
+    /// check of `pg_database` is allowed to fail. Role names cannot be hidden
+    /// this way: PostgreSQL prints any role's name for a `::regrole` cast of
+    /// its oid, without a privilege check.
+    pub fn hide_catalog(&self) -> Result<()> {
+        let mut c = self.admin()?;
+        hide_catalog_in(&mut c).map_err(|e| {
+            LocalError::pg(&self.name, "hiding the catalog in database postgres", e)
+        })?;
+        let template1_open = c
+            .query_opt(
+                "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = 'template1'",
+                &[],
+            )
+            .map_err(|e| LocalError::pg(&self.name, "looking up database template1", e))?
+            .is_some_and(|r| r.get::<_, bool>(0));
+        drop(c);
+        if template1_open {
+            hide_catalog_in(&mut self.admin_connect("template1")?).map_err(|e| {
+                LocalError::pg(&self.name, "hiding the catalog in database template1", e)
+            })?;
+        }
         Ok(())
     }
 
@@ -1312,8 +1428,9 @@ impl PgCluster {
             })?;
         }
         step("clone-created");
+        let mut inner = self.admin_connect(database)?;
         if self.role_exists(template_role)? {
-            self.admin_connect(database)?
+            inner
                 .batch_execute(&format!(
                     "REASSIGN OWNED BY {} TO {}",
                     quote_ident(template_role),
@@ -1331,6 +1448,12 @@ impl PgCluster {
                 })?;
             step("clone-reassigned");
         }
+        // Templates hide their catalog already (they are made with
+        // ensure_tenant_database); one made by an earlier careplane does not.
+        hide_catalog_in(&mut inner).map_err(|e| {
+            LocalError::pg(&self.name, format!("hiding the catalog in {database}"), e)
+        })?;
+        drop(inner);
         self.open_database(database, &db.role)
     }
 

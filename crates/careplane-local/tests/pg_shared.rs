@@ -219,3 +219,158 @@ fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
     let ip = sock.local_addr().ok()?.ip();
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
+
+/// A superuser connection into `database` over the cluster's socket: test
+/// code reading (and, for the old-template case, planting) catalog state.
+/// careplane itself never does this in a database a tenant owns.
+fn admin_in(pg: &pg::PgCluster, database: &str) -> postgres::Client {
+    postgres::Config::new()
+        .host_path(pg.socket_dir())
+        .port(pg.port)
+        .user(pg::ADMIN_ROLE)
+        .password(pg.admin_password.expose_secret())
+        .dbname(database)
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("admin into {database}: {e}"))
+}
+
+/// The hidden relations and functions PUBLIC can still use in the connected
+/// database (empty when the catalog is hidden there).
+fn still_public(c: &mut postgres::Client) -> Vec<String> {
+    let relations: Vec<&str> = pg::HIDDEN_CATALOG_RELATIONS.to_vec();
+    let functions: Vec<&str> = pg::HIDDEN_CATALOG_FUNCTIONS.to_vec();
+    let mut open: Vec<String> = c
+        .query(
+            "SELECT r FROM unnest($1::text[]) r \
+             WHERE has_table_privilege('public', to_regclass('pg_catalog.' || r), 'SELECT')",
+            &[&relations],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    open.extend(
+        c.query(
+            "SELECT f FROM unnest($1::text[]) f \
+             WHERE has_function_privilege('public', to_regprocedure('pg_catalog.' || f), 'EXECUTE')",
+            &[&functions],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0)),
+    );
+    open
+}
+
+/// Issue 14.8: on a shared cluster no tenant reads the other databases'
+/// names from the catalog, in its own database (new, cloned from a template
+/// made by this or an earlier careplane) or in `postgres`; `template1` and
+/// copies made with `CREATE DATABASE ... TEMPLATE` are hidden too. What a
+/// tenant's Odoo reads of its own database still works.
+#[test]
+fn tenants_cannot_read_other_databases_names() {
+    let platform = TestPlatform::new();
+    let pg = platform.start_pg("shared");
+    let ca = &platform.ca.cert_pem;
+    let a = tenant("stmarys-prod", "stmarys-prod");
+    // A role name differing from its database: role names cannot be hidden
+    // (any role's oid casts to `regrole`, printed without a privilege
+    // check), database names can.
+    let b = tenant("northside-prod", "ns-role");
+    pg.ensure_tenant_database(&a).unwrap();
+    pg.ensure_tenant_database(&b).unwrap();
+
+    // A template as an earlier careplane left it: catalog readable inside.
+    let tpl = tenant("tpl-odoo18-x", "tpl-odoo18-x");
+    pg.ensure_tenant_database(&tpl).unwrap();
+    admin_in(&pg, &tpl.database)
+        .batch_execute(
+            "GRANT SELECT ON pg_catalog.pg_database, pg_catalog.pg_stat_activity TO PUBLIC; \
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_describe_object(oid, oid, integer) TO PUBLIC",
+        )
+        .unwrap();
+    let open = still_public(&mut admin_in(&pg, &tpl.database));
+    assert!(open.iter().any(|r| r == "pg_database"), "{open:?}");
+    pg.seal_template(&tpl.database).unwrap();
+    let clone = tenant("northside-dev", "northside-dev");
+    pg.ensure_tenant_role(&clone).unwrap();
+    pg.clone_database(&tpl.database, &tpl.role, &clone, false, &|_| {})
+        .unwrap();
+    pg.ensure_tenant_database(&clone).unwrap();
+    pg.write_hba(&[
+        (a.database.clone(), a.role.clone()),
+        (b.database.clone(), b.role.clone()),
+        (clone.database.clone(), clone.role.clone()),
+    ])
+    .unwrap();
+
+    // B is connected and has written about itself where its owner may.
+    let mut conn_b = pg::connect_tenant(pg.port, &b.database, &b.role, &b.password, ca).unwrap();
+    conn_b
+        .batch_execute(
+            "COMMENT ON DATABASE \"northside-prod\" IS 'northside-prod hospital'; \
+             ALTER DATABASE \"northside-prod\" SET application_name = 'northside-prod'",
+        )
+        .unwrap();
+    let _b_in_postgres = pg::connect_tenant(pg.port, "postgres", &b.role, &b.password, ca).unwrap();
+
+    for (who, database) in [
+        (&a, a.database.as_str()),
+        (&a, "postgres"),
+        (&clone, clone.database.as_str()),
+    ] {
+        let mut c = pg::connect_tenant(pg.port, database, &who.role, &who.password, ca)
+            .unwrap_or_else(|e| panic!("{} into {database}: {e}", who.role));
+        for probe in [
+            "SELECT datname::text FROM pg_catalog.pg_database",
+            "SELECT datname::text FROM pg_catalog.pg_stat_activity",
+            "SELECT datname::text FROM pg_catalog.pg_stat_database",
+            "SELECT description FROM pg_catalog.pg_shdescription",
+            "SELECT setconfig::text FROM pg_catalog.pg_db_role_setting",
+            "SELECT pg_catalog.pg_describe_object(1262, d, 0) \
+             FROM pg_catalog.generate_series(1, 70000) d",
+        ] {
+            let err = c
+                .query(probe, &[])
+                .map(|rows| format!("{} rows", rows.len()))
+                .expect_err(&format!("{} in {database}: {probe}", who.role));
+            assert_eq!(
+                err.code().map(|c| c.code()),
+                Some("42501"),
+                "{} in {database}: {probe}: {err}",
+                who.role
+            );
+        }
+        // What Odoo reads of its own database still answers.
+        let row = c
+            .query_one(
+                "SELECT current_database()::text, \
+                 (SELECT count(*) FROM information_schema.tables), \
+                 (SELECT count(*) FROM pg_catalog.pg_indexes)",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), database);
+    }
+    drop(conn_b);
+
+    // Catalog privileges are per database: every one careplane made or may
+    // enter is hidden, and a template copy takes its template's.
+    admin_in(&pg, "postgres")
+        .batch_execute("CREATE DATABASE rawcopy TEMPLATE \"stmarys-prod\"")
+        .unwrap();
+    for database in [
+        "postgres",
+        "template1",
+        "stmarys-prod",
+        "northside-prod",
+        "northside-dev",
+        "rawcopy",
+    ] {
+        let open = still_public(&mut admin_in(&pg, database));
+        assert!(open.is_empty(), "{database}: PUBLIC still reads {open:?}");
+    }
+    // Converging again changes nothing.
+    pg.ensure_tenant_database(&a).unwrap();
+    pg.hide_catalog().unwrap();
+}

@@ -8,12 +8,18 @@
 //!
 //! # Hardening, and why
 //!
-//! * `list_db = False`, `db_name = <db>` and `dbfilter = ^<db>$` (anchored,
-//!   regex-escaped): an environment sees exactly its own database. Odoo
-//!   applies `dbfilter` with Python's `re.match`, which anchors only the
-//!   start, so the `$` matters: without it `stmarys` would also serve
-//!   `stmarys_old`. Disabling the list also disables the database manager
-//!   (create/drop/backup/restore over HTTP).
+//! * `list_db = False`, `db_name = <db>` and an empty `dbfilter`: an
+//!   environment sees exactly its own database, and Odoo never reads the
+//!   catalog's list of databases. With `db_name` (one name: validated names
+//!   hold no comma) and no `dbfilter`, Odoo 16–18's `list_dbs` returns
+//!   `db_name` without a query (`odoo/service/db.py`, `list_dbs`) and
+//!   `http.db_filter` keeps only that name, for a session's database, a
+//!   `?db=` parameter and `/web/session/authenticate` alike. A `dbfilter`
+//!   would make Odoo list the databases its role owns from `pg_database`,
+//!   which careplane hides from tenants on a shared cluster (the other
+//!   hospitals' names are there): Odoo would then find no database and send
+//!   every visitor to the database selector. Disabling the list also
+//!   disables the database manager (create/drop/backup/restore over HTTP).
 //! * `admin_passwd` is always a passlib `pbkdf2_sha512` hash
 //!   ([`crate::hash_admin_password`]); Odoo would accept plaintext, which
 //!   [`EnvConfig::validate`] refuses.
@@ -342,9 +348,13 @@ fn absolute_path(what: &str, p: &Path) -> Result<()> {
 }
 
 /// `^<database>$` with every character that is special to Python's `re`
-/// escaped. `%` is written `[%]` rather than `\%` because Odoo substitutes
-/// `%h`/`%d` (host, domain) in the filter *before* compiling it, and `\%d`
-/// would still contain `%d`. (Validated names contain neither, but the
+/// escaped: the `dbfilter` that would select exactly `database`.
+/// careplane does not write it (see this module's docs: a `dbfilter`
+/// makes Odoo read `pg_database`, which shared clusters hide); it is kept
+/// for callers that run Odoo against a cluster whose catalog is readable.
+/// `%` is written `[%]` rather than `\%` because Odoo substitutes `%h`/`%d`
+/// (host, domain) in the filter *before* compiling it, and `\%d` would
+/// still contain `%d`. (Validated names contain neither, but the
 /// escaping must not depend on that.)
 pub fn dbfilter_for(database: &str) -> String {
     let mut out = String::with_capacity(database.len() + 8);
@@ -391,7 +401,12 @@ pub fn try_render_config(cfg: &EnvConfig, role: Role) -> Result<String> {
     cfg.validate()?;
     let mut s = String::new();
     let mut kv = |k: &str, v: &dyn std::fmt::Display| {
-        let _ = writeln!(s, "{k} = {v}");
+        let v = v.to_string();
+        let _ = if v.is_empty() {
+            writeln!(s, "{k} =")
+        } else {
+            writeln!(s, "{k} = {v}")
+        };
     };
     let (workers, cron_threads) = match role {
         Role::Web => (cfg.workers, 0),
@@ -406,7 +421,10 @@ pub fn try_render_config(cfg: &EnvConfig, role: Role) -> Result<String> {
 
     kv("admin_passwd", &cfg.admin_passwd_hash);
     kv("db_name", &cfg.database);
-    kv("dbfilter", &dbfilter_for(&cfg.database));
+    // Explicitly empty (not left to Odoo's default): with `db_name` set, no
+    // filter means Odoo serves that one database without listing the
+    // catalog's databases (see the module docs).
+    kv("dbfilter", &"");
     kv("list_db", &"False");
     kv("db_host", &cfg.db_host);
     kv("db_port", &cfg.db_port);

@@ -93,7 +93,10 @@ fn parse_ini(text: &str) -> BTreeMap<String, String> {
 fn check_common(o: &BTreeMap<String, String>, cfg: &EnvConfig) {
     assert_eq!(o["list_db"], "False");
     assert_eq!(o["db_name"], cfg.database);
-    assert_eq!(o["dbfilter"], dbfilter_for(&cfg.database));
+    // Empty: with db_name alone Odoo selects the database without reading
+    // pg_database, which shared clusters hide from tenants.
+    assert_eq!(o["dbfilter"], "");
+    assert!(!o["db_name"].contains(','), "db_name is one database");
     assert_eq!(o["proxy_mode"], "True");
     assert_eq!(o["http_interface"], "127.0.0.1");
     assert_eq!(o["http_port"], "18069");
@@ -208,6 +211,66 @@ fn dbfilter_behaves_in_pythons_re_like_odoo_uses_it() {
             )
         }
         _ => eprintln!("note: python3 not available, Python re check skipped"),
+    }
+}
+
+/// The rendered file read the way Odoo 16–18 read it (`RawConfigParser`,
+/// then `odoo/tools/config.py`'s `True`/`False` conversion), and Odoo's
+/// database selection replayed: `list_dbs` (odoo/service/db.py) must
+/// answer from `db_name` without a query (a query would read pg_database,
+/// hidden on shared clusters), and `db_filter` (odoo/http.py) must keep
+/// exactly the environment's database, whatever a client asks for.
+#[test]
+fn odoo_selects_its_one_database_without_listing_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sample(dir.path());
+    let conf = dir.path().join("odoo.conf");
+    fs::write(&conf, render_config(&cfg, Role::Web)).unwrap();
+    let script = format!(
+        r#"
+import configparser, re, sys
+p = configparser.RawConfigParser()
+p.read({conf:?})
+config = {{}}
+for name, value in p.items('options'):
+    if value in ('True', 'true'): value = True
+    if value in ('False', 'false'): value = False
+    config[name] = value
+queried = []
+def list_dbs(force=False):
+    if not config['list_db'] and not force:
+        return 'AccessDenied'
+    if not config['dbfilter'] and config['db_name']:
+        return sorted(db.strip() for db in config['db_name'].split(','))
+    queried.append('pg_database')
+    return []
+def db_filter(dbs):
+    if config['dbfilter']:
+        return [db for db in dbs if re.match(config['dbfilter'], db)]
+    if config['db_name']:
+        exposed = {{db.strip() for db in config['db_name'].split(',')}}
+        return sorted(exposed.intersection(dbs))
+    return list(dbs)
+db = {db:?}
+ok = list_dbs() == 'AccessDenied'
+ok &= db_filter(list_dbs(force=True)) == [db]
+for other in ['postgres', 'template1', db + 'x', 'x' + db, 'other-production']:
+    ok &= db_filter([other]) == []
+ok &= db_filter([db]) == [db]
+ok &= not queried
+print('OK' if ok else 'MISMATCH %r' % (config,))
+"#,
+        conf = conf.display().to_string(),
+        db = cfg.database,
+    );
+    match Command::new("python3").arg("-c").arg(&script).output() {
+        Ok(out) if out.status.success() => assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "OK",
+            "{script}"
+        ),
+        Ok(out) => panic!("{}", String::from_utf8_lossy(&out.stderr)),
+        Err(_) => eprintln!("note: python3 not available, Odoo's selection not replayed"),
     }
 }
 
