@@ -37,19 +37,7 @@ const OTHER: &str = "northside";
 /// `tenant`/`env`'s role connected to `database` (its own, or `postgres`)
 /// with its own credentials over verified TLS, as its Odoo connects.
 fn client_in(p: &Platform, tenant: &str, env: &str, database: &str) -> Client {
-    let c = p.json(&["credentials", tenant, env]);
-    let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
-    let pw = careplane_local::SecretString::from(
-        c["postgres"]["password"].as_str().unwrap().to_string(),
-    );
-    careplane_local::pg::connect_tenant(
-        c["postgres"]["port"].as_u64().unwrap() as u16,
-        database,
-        c["postgres"]["role"].as_str().unwrap(),
-        &pw,
-        &ca,
-    )
-    .unwrap_or_else(|e| panic!("{tenant}/{env} into {database}: {e}"))
+    tenant_client_in(p, tenant, env, Some(database))
 }
 
 /// Every way we know to read database names (or what an owner wrote about

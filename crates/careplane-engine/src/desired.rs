@@ -139,6 +139,9 @@ fn memory_bytes(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
+/// See the `configFormat` property of `odoo-env`.
+const ODOO_CONFIG_FORMAT: u32 = 2;
+
 /// Everything the specs ask for, ordered by creation rank then id.
 pub fn desired(specs: &SpecSet) -> Vec<Resource> {
     let platform = &specs.platform.spec;
@@ -266,6 +269,11 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
                         "workers": workers,
                         "cronThreads": cron,
                         "limits": limits,
+                        // The generation of odoo.conf careplane writes. 2:
+                        // `db_name` with an empty `dbfilter`, so Odoo never
+                        // lists pg_database (hidden from tenants). Platforms
+                        // applied before see an update that rewrites it.
+                        "configFormat": ODOO_CONFIG_FORMAT,
                     }),
                 );
             }

@@ -345,12 +345,30 @@ pub fn quote_ident(name: &str) -> String {
 /// Errors are fatal in Odoo (uncaught exception, exit 1).
 pub fn create_empty_database(pg: &PgSettings, name: &str, template: &str) -> Result<bool, DbError> {
     let mut c = pg.connect("postgres")?;
-    let rows = c
-        .query(
-            "SELECT datname FROM pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .map_err(|e| DbError::query(&e))?;
+    // Odoo runs this check inside the same `except InsufficientPrivilege`
+    // as the CREATE (odoo/cli/server.py): a role that may not read
+    // pg_database gets the same INFO line and Odoo goes on.
+    let rows = match c.query(
+        "SELECT datname FROM pg_database WHERE datname = $1",
+        &[&name],
+    ) {
+        Ok(rows) => rows,
+        Err(e) => {
+            let err = DbError::query(&e);
+            if err.code == Some(SqlState::INSUFFICIENT_PRIVILEGE) {
+                log::info(
+                    None,
+                    "odoo",
+                    &format!(
+                        "Could not determine if database {name} exists, skipping auto-creation: {}",
+                        err.message
+                    ),
+                );
+                return Ok(false);
+            }
+            return Err(err);
+        }
+    };
     if !rows.is_empty() {
         return Ok(false);
     }

@@ -252,6 +252,16 @@ spec:
 /// one: its own role and password (from `careplane credentials`), TLS
 /// verified against the platform CA.
 pub fn tenant_client(p: &Platform, tenant: &str, env: &str) -> careplane_local::postgres::Client {
+    tenant_client_in(p, tenant, env, None)
+}
+
+/// [`tenant_client`] into `database` (its own when `None`), e.g. `postgres`.
+pub fn tenant_client_in(
+    p: &Platform,
+    tenant: &str,
+    env: &str,
+    database: Option<&str>,
+) -> careplane_local::postgres::Client {
     let c = p.json(&["credentials", tenant, env]);
     let ca = std::fs::read_to_string(p.data_dir().join("pki/ca.crt")).unwrap();
     let pw = careplane_local::SecretString::from(
@@ -259,7 +269,7 @@ pub fn tenant_client(p: &Platform, tenant: &str, env: &str) -> careplane_local::
     );
     careplane_local::pg::connect_tenant(
         c["postgres"]["port"].as_u64().unwrap() as u16,
-        c["postgres"]["database"].as_str().unwrap(),
+        database.unwrap_or_else(|| c["postgres"]["database"].as_str().unwrap()),
         c["postgres"]["role"].as_str().unwrap(),
         &pw,
         &ca,
