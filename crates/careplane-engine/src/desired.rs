@@ -298,6 +298,15 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
 
 #[cfg(test)]
 mod tests {
+    /// `validate` refuses exactly the settings the runtime refuses.
+    #[test]
+    fn protected_postgres_settings_agree() {
+        assert_eq!(
+            careplane_spec::PROTECTED_PG_SETTINGS,
+            careplane_local::pg::PROTECTED_SETTINGS
+        );
+    }
+
     use super::*;
 
     fn example() -> Vec<Resource> {

@@ -161,8 +161,11 @@ fn hide_catalog_in(c: &mut Client) -> std::result::Result<(), postgres::Error> {
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Settings careplane sets for hardening (or that would let a setting escape
-/// the managed configuration); an operator may not override them.
-const PROTECTED_SETTINGS: &[&str] = &[
+/// the managed configuration); an operator may not override them. The spec
+/// crate refuses the same list at `validate` time
+/// (`careplane_spec::PROTECTED_PG_SETTINGS`; this crate may not depend on
+/// it); an engine test keeps the two equal.
+pub const PROTECTED_SETTINGS: &[&str] = &[
     "listen_addresses",
     "port",
     "unix_socket_directories",
