@@ -9,10 +9,8 @@
 //! leaves either the old or the new file, never a torn one.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{LocalError, Result};
 
@@ -39,8 +37,6 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
     }
 }
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Atomically (re)writes `path` with `contents`, permissions `mode` and, when
 /// `owner` is given, that uid/gid.
 pub(crate) fn write_file(
@@ -49,57 +45,8 @@ pub(crate) fn write_file(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| LocalError::state(path.display().to_string(), "has no parent directory"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| LocalError::state(path.display().to_string(), "has no file name"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.careplane-tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(|e| LocalError::io("creating file", &tmp, e))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                .map_err(|e| LocalError::io("changing file owner", &tmp, e))?;
-        }
-        // The mode given to open() is filtered by the umask; set it exactly.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| LocalError::io("setting file permissions", &tmp, e))?;
-        file.write_all(contents)
-            .map_err(|e| LocalError::io("writing file", &tmp, e))?;
-        file.sync_all()
-            .map_err(|e| LocalError::io("syncing file", &tmp, e))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| LocalError::io("renaming file into place", path, e))?;
-        sync_dir(dir);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Best-effort fsync of a directory so a rename survives a power loss.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(d) = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)
-    {
-        let _ = d.sync_all();
-    }
+    careplane_sys::atomic_write(path, contents, mode, owner)
+        .map_err(|e| LocalError::io("writing file atomically", path, e))
 }
 
 /// Creates `path` if missing (not following a symlink in its place) and sets

@@ -140,18 +140,9 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
     params.not_after = rcgen::date_time_ymd(y2, m2, d2);
 }
 
-/// Days since 1970-01-01 to a (year, month, day) civil date (H. Hinnant's algorithm).
+/// Days since 1970-01-01 to a (year, month, day) civil date.
 fn civil_from_days(z: i64) -> (i32, u8, u8) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let (y, m, d) = careplane_sys::civil_from_days(z);
     (y as i32, m as u8, d as u8)
 }
 

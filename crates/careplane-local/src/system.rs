@@ -182,29 +182,7 @@ pub fn free_port() -> Result<u16> {
 /// no port or lock any more, and treating it as alive would make `stop` wait
 /// forever.
 pub fn pid_alive(pid: u32) -> bool {
-    let Ok(raw) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if raw <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks existence/permission.
-    let rc = unsafe { libc::kill(raw, 0) };
-    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !exists {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Format: "pid (comm) S ...": the state follows the last ')'.
-        Ok(stat) => match stat.rfind(')') {
-            Some(i) => !matches!(
-                stat[i + 1..].trim_start().chars().next(),
-                Some('Z') | Some('X')
-            ),
-            None => true,
-        },
-        Err(_) => true,
-    }
+    careplane_sys::pid_alive(pid)
 }
 
 /// Whether `pid` exists but is a zombie (exited, not yet reaped by its
@@ -346,16 +324,7 @@ pub(crate) fn command(
             }
             libc::umask(0o077);
             if let Some((uid, gid)) = ids {
-                let groups = [gid as libc::gid_t];
-                if libc::setgroups(1, groups.as_ptr()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::setgid(gid as libc::gid_t) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::setuid(uid as libc::uid_t) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                careplane_sys::drop_privileges(uid, gid)?;
             }
             Ok(())
         });

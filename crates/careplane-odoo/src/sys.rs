@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -61,16 +61,7 @@ pub(crate) fn install_child_hook(
             libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::umask(umask);
             if let Some((uid, gid)) = ids {
-                let groups = [gid as libc::gid_t];
-                if libc::setgroups(1, groups.as_ptr()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::setgid(gid as libc::gid_t) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::setuid(uid as libc::uid_t) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                careplane_sys::drop_privileges(uid, gid)?;
             }
             if pdeathsig {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
@@ -127,13 +118,7 @@ pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
 /// Whether `pid` is a live process (a zombie is dead: it only waits for its
 /// parent to collect the exit status).
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 only checks existence and permission.
-    let exists = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
-        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    exists && proc_stat(pid).is_some_and(|s| s.state != b'Z' && s.state != b'X')
+    careplane_sys::pid_alive(pid)
 }
 
 /// Pids of live processes in process group `pgrp` (scans `/proc`).
@@ -191,36 +176,8 @@ pub(crate) fn atomic_write(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The mode passed to open is filtered by the umask; set it exactly.
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-        }
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err("writing file atomically", path)(e)
-    })
+    careplane_sys::atomic_write(path, contents, mode, owner)
+        .map_err(io_err("writing file atomically", path))
 }
 
 /// The last `lines` lines of `path` from byte `from` on (at most the last
