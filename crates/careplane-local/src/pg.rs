@@ -1474,41 +1474,33 @@ impl PgCluster {
     /// Whether a pristine `database` holds objects of a role other than the
     /// admin and `role`: a template's copy, not an empty database.
     fn clone_in_progress(&self, database: &str, role: &str) -> Result<bool> {
-        let row = self
+        Ok(self
+            .object_owners(database)?
+            .iter()
+            .any(|o| o != ADMIN_ROLE && o != role))
+    }
+
+    /// Whether `role` owns anything inside `database`.
+    fn owns_objects(&self, database: &str, role: &str) -> Result<bool> {
+        Ok(self.object_owners(database)?.iter().any(|o| o == role))
+    }
+
+    /// The roles that own objects inside `database`, read from the shared
+    /// catalog `pg_shdepend` in the maintenance database (no need to enter).
+    fn object_owners(&self, database: &str) -> Result<Vec<String>> {
+        let rows = self
             .admin()?
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s \
+            .query(
+                "SELECT DISTINCT r.rolname::text FROM pg_catalog.pg_shdepend s \
                  JOIN pg_catalog.pg_database d ON d.oid = s.dbid \
                  JOIN pg_catalog.pg_roles r ON r.oid = s.refobjid \
-                 WHERE d.datname = $1 AND s.deptype = 'o' AND r.rolname NOT IN ($2, $3))",
-                &[&database, &ADMIN_ROLE, &role],
+                 WHERE d.datname = $1 AND s.deptype = 'o'",
+                &[&database],
             )
             .map_err(|e| {
                 LocalError::pg(&self.name, format!("looking up owners in {database}"), e)
             })?;
-        Ok(row.get(0))
-    }
-
-    /// Whether `role` owns anything inside `database`, read from the shared
-    /// catalog `pg_shdepend` in the maintenance database (no need to enter).
-    fn owns_objects(&self, database: &str, role: &str) -> Result<bool> {
-        let row = self
-            .admin()?
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend s \
-                 JOIN pg_catalog.pg_database d ON d.oid = s.dbid \
-                 JOIN pg_catalog.pg_roles r ON r.oid = s.refobjid \
-                 WHERE d.datname = $1 AND r.rolname = $2 AND s.deptype = 'o')",
-                &[&database, &role],
-            )
-            .map_err(|e| {
-                LocalError::pg(
-                    &self.name,
-                    format!("looking up objects of {role} in {database}"),
-                    e,
-                )
-            })?;
-        Ok(row.get(0))
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Tenant databases present (excludes postgres, template0/1).

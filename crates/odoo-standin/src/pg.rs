@@ -345,29 +345,30 @@ pub fn quote_ident(name: &str) -> String {
 /// Errors are fatal in Odoo (uncaught exception, exit 1).
 pub fn create_empty_database(pg: &PgSettings, name: &str, template: &str) -> Result<bool, DbError> {
     let mut c = pg.connect("postgres")?;
-    // Odoo runs this check inside the same `except InsufficientPrivilege`
-    // as the CREATE (odoo/cli/server.py): a role that may not read
-    // pg_database gets the same INFO line and Odoo goes on.
+    // Odoo runs the check and the CREATE inside one `except
+    // InsufficientPrivilege` (odoo/cli/server.py): a role that may not read
+    // pg_database or create databases gets an INFO line and Odoo goes on.
+    let skip = |e: postgres::Error| -> Result<bool, DbError> {
+        let err = DbError::query(&e);
+        if err.code != Some(SqlState::INSUFFICIENT_PRIVILEGE) {
+            return Err(err);
+        }
+        log::info(
+            None,
+            "odoo",
+            &format!(
+                "Could not determine if database {name} exists, skipping auto-creation: {}",
+                err.message
+            ),
+        );
+        Ok(false)
+    };
     let rows = match c.query(
         "SELECT datname FROM pg_database WHERE datname = $1",
         &[&name],
     ) {
         Ok(rows) => rows,
-        Err(e) => {
-            let err = DbError::query(&e);
-            if err.code == Some(SqlState::INSUFFICIENT_PRIVILEGE) {
-                log::info(
-                    None,
-                    "odoo",
-                    &format!(
-                        "Could not determine if database {name} exists, skipping auto-creation: {}",
-                        err.message
-                    ),
-                );
-                return Ok(false);
-            }
-            return Err(err);
-        }
+        Err(e) => return skip(e),
     };
     if !rows.is_empty() {
         return Ok(false);
@@ -383,19 +384,7 @@ pub fn create_empty_database(pg: &PgSettings, name: &str, template: &str) -> Res
         quote_ident(template)
     );
     if let Err(e) = c.batch_execute(&sql) {
-        let err = DbError::query(&e);
-        if err.code == Some(SqlState::INSUFFICIENT_PRIVILEGE) {
-            log::info(
-                None,
-                "odoo",
-                &format!(
-                    "Could not determine if database {name} exists, skipping auto-creation: {}",
-                    err.message
-                ),
-            );
-            return Ok(false);
-        }
-        return Err(err);
+        return skip(e);
     }
     drop(c);
     let mut c = pg.connect(name)?;
