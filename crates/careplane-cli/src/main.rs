@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use careplane_engine::ExposeSecret;
 use careplane_engine::{ApplyOptions, Engine, Event, Status};
-use careplane_state::ExposeSecret;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -243,7 +243,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Supervise { spec } => {
-            careplane_odoo::supervise_file(&spec)?;
+            careplane_engine::supervise(&spec)?;
         }
         Command::Modules {
             files,
@@ -322,7 +322,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             report.operation
                         );
                         outln!("Run `careplane status -f ...` to see every environment and its health.");
-                        print_new_odoo_envs(&mut engine, &report.applied)?;
+                        print_new_odoo_envs(&mut engine, &report.created_odoo_envs)?;
                     }
                 }
             }
@@ -433,9 +433,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             output,
         } => {
-            let engine = load(&files)?;
-            let store = careplane_state::Store::open(engine.data_dir())?;
-            let steps = store.journal(limit)?;
+            let mut engine = load(&files)?;
+            let steps = engine.journal(limit)?;
             match output {
                 Output::Json => print_json(&steps)?,
                 Output::Text => {
@@ -689,11 +688,7 @@ fn print_status(s: &Status) {
 /// Where to log in to each Odoo environment this apply created. The admin
 /// password is shown here once, and only on a terminal: piped or captured
 /// output (CI logs, files) never gets it; `careplane credentials` always can.
-fn print_new_odoo_envs(engine: &mut Engine, applied: &[String]) -> anyhow::Result<()> {
-    let created: Vec<(&str, &str)> = applied
-        .iter()
-        .filter_map(|l| l.strip_prefix("create odoo-env/")?.split_once('/'))
-        .collect();
+fn print_new_odoo_envs(engine: &mut Engine, created: &[(String, String)]) -> anyhow::Result<()> {
     if created.is_empty() {
         return Ok(());
     }

@@ -46,6 +46,10 @@ pub enum Event<'a> {
 pub struct ApplyReport {
     pub operation: i64,
     pub applied: Vec<String>,
+    /// `(tenant, environment)` of each Odoo environment this run created,
+    /// for a caller to show where to log in.
+    #[serde(skip)]
+    pub created_odoo_envs: Vec<(String, String)>,
 }
 
 /// Names a point inside an action where a test may kill the process.
@@ -204,9 +208,20 @@ impl Engine {
             return Err(e);
         }
         self.store()?.finish_operation(op, "succeeded", None)?;
+        let created_odoo_envs = plan
+            .actions
+            .iter()
+            .filter(|a| a.kind == Kind::OdooEnv && a.op == Op::Create)
+            .filter(|a| applied.contains(&format!("{} {}", op_name(a.op), a.id)))
+            .filter_map(|a| {
+                let prop = |k: &str| a.props.get(k)?.as_str().map(str::to_string);
+                Some((prop("tenant")?, prop("environment")?))
+            })
+            .collect();
         Ok(ApplyReport {
             operation: op,
             applied,
+            created_odoo_envs,
         })
     }
 

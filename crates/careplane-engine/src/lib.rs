@@ -29,6 +29,7 @@ use careplane_state::{ResourceRecord, Store};
 pub use apply::{
     ApplyOptions, ApplyReport, Credentials, DbCredentials, Event, OdooCredentials, RedisCredentials,
 };
+pub use careplane_state::{ExposeSecret, StepRecord};
 pub use plan::{Action, Op, Plan};
 pub use status::{EnvStatus, ServerStatus, Status};
 
@@ -112,6 +113,11 @@ impl Engine {
 
     /// What careplane holds now. Empty — and nothing created — when the
     /// platform was never applied, so `plan` changes nothing on disk.
+    /// The newest `limit` steps of the operation journal, newest first.
+    pub fn journal(&mut self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
+        Ok(self.store()?.journal(limit)?)
+    }
+
     pub fn recorded(&mut self) -> Result<Vec<ResourceRecord>, EngineError> {
         if self.store.is_none() && !self.state_exists() {
             return Ok(Vec::new());
@@ -156,4 +162,10 @@ impl Engine {
 fn belongs_to(r: &ResourceRecord, tenant: &str) -> bool {
     r.props.get("tenant").and_then(|v| v.as_str()) == Some(tenant)
         || r.props.get("scope").and_then(|v| v.as_str()) == Some(tenant)
+}
+
+/// The body of `careplane supervise <spec>`: keeps an Odoo environment's
+/// processes running (see `careplane_odoo::supervise`).
+pub fn supervise(spec: &Path) -> Result<(), EngineError> {
+    Ok(careplane_odoo::supervise_file(spec)?)
 }
