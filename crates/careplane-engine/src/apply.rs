@@ -797,6 +797,21 @@ impl Engine {
             )));
         }
         let _lock = careplane_state::lock(&self.data_dir, command)?;
+        // Stopped on purpose: `plan` does not report the stopped servers as
+        // drift (and `apply` does not start them) until `start`.
+        let marker = self.data_dir.join(crate::STOPPED_MARKER);
+        let marked = if start {
+            std::fs::remove_file(&marker).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+        } else {
+            std::fs::write(&marker, "careplane stop\n")
+        };
+        marked.map_err(|source| EngineError::Io {
+            what: format!("recording `careplane {command}` in {}", marker.display()),
+            source,
+        })?;
         let mut host = Host::default();
         let all = self.store()?.resources()?;
         let op = self.store()?.begin_operation(command)?;

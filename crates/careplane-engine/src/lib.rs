@@ -113,6 +113,46 @@ impl Engine {
 
     /// What careplane holds now. Empty — and nothing created — when the
     /// platform was never applied, so `plan` changes nothing on disk.
+    /// What careplane observes of its ready resources that differs from
+    /// what it recorded: a PostgreSQL or Redis server, or an Odoo
+    /// environment's supervisor, that is not running. Cheap (a pid file and
+    /// a `kill(0)` each), so every plan can afford it. Nothing while the
+    /// platform is stopped on purpose (`careplane stop`, until `start`).
+    pub fn observe_drift(
+        &self,
+        recorded: &[ResourceRecord],
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut drift = std::collections::BTreeMap::new();
+        if self.data_dir.join(STOPPED_MARKER).exists() {
+            return drift;
+        }
+        for r in recorded {
+            if r.status != careplane_state::ResourceStatus::Ready {
+                continue;
+            }
+            let Some(root) = r.observed.get("root").and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let root = Path::new(root);
+            let down = match r.kind.as_str() {
+                "pg-cluster" => careplane_local::pg::running_pid_at(root)
+                    .is_none()
+                    .then_some("PostgreSQL is not running"),
+                "redis-server" => careplane_local::redis::running_pid_at(root)
+                    .is_none()
+                    .then_some("Redis is not running"),
+                "odoo-env" => careplane_odoo::supervisor_pid(root)
+                    .is_none()
+                    .then_some("its supervisor is not running (Odoo is not kept up)"),
+                _ => None,
+            };
+            if let Some(d) = down {
+                drift.insert(r.id.clone(), d.to_string());
+            }
+        }
+        drift
+    }
+
     /// The newest `limit` steps of the operation journal, newest first.
     pub fn journal(&mut self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
         Ok(self.store()?.journal(limit)?)
@@ -129,7 +169,8 @@ impl Engine {
     pub fn plan(&mut self) -> Result<Plan, EngineError> {
         let desired = desired::desired(&self.specs);
         let recorded = self.recorded()?;
-        plan::plan(&desired, &recorded)
+        let drift = self.observe_drift(&recorded);
+        plan::plan(&desired, &recorded, &drift)
     }
 
     /// The plan that removes everything careplane holds for `tenants` (all of
@@ -137,7 +178,7 @@ impl Engine {
     pub fn destroy_plan(&mut self, tenants: &[String]) -> Result<Plan, EngineError> {
         let recorded = self.recorded()?;
         if tenants.is_empty() {
-            return plan::plan(&[], &recorded);
+            return plan::plan(&[], &recorded, &Default::default());
         }
         for t in tenants {
             let known = recorded.iter().any(|r| belongs_to(r, t));
@@ -153,7 +194,7 @@ impl Engine {
             .into_iter()
             .filter(|r| tenants.iter().any(|t| belongs_to(r, t)))
             .collect();
-        plan::plan(&[], &mine)
+        plan::plan(&[], &mine, &Default::default())
     }
 }
 
@@ -163,6 +204,10 @@ fn belongs_to(r: &ResourceRecord, tenant: &str) -> bool {
     r.props.get("tenant").and_then(|v| v.as_str()) == Some(tenant)
         || r.props.get("scope").and_then(|v| v.as_str()) == Some(tenant)
 }
+
+/// `<dataDir>/stopped`: `careplane stop` stopped the platform on purpose,
+/// so a stopped server is not drift (`careplane start` removes it).
+pub(crate) const STOPPED_MARKER: &str = "stopped";
 
 /// The body of `careplane supervise <spec>`: keeps an Odoo environment's
 /// processes running (see `careplane_odoo::supervise`).

@@ -44,6 +44,10 @@ pub struct Action {
     pub changes: Vec<Change>,
     /// An earlier apply started this action and died before finishing it.
     pub resume: bool,
+    /// What careplane observed that differs from what it recorded (a server
+    /// or supervisor not running), when that is why the action is planned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
 }
 
 fn ser_kind<S: serde::Serializer>(k: &Kind, s: S) -> Result<S::Ok, S::Error> {
@@ -188,6 +192,9 @@ impl Plan {
             };
             let _ = writeln!(s, "  {sign} {verb} {}{resume}", a.id);
             let _ = writeln!(s, "      {}", a.summary());
+            if let Some(d) = &a.drift {
+                let _ = writeln!(s, "      observed: {d}");
+            }
             for c in &a.changes {
                 let _ = writeln!(s, "      {}: {} -> {}", c.field, c.from, c.to);
             }
@@ -210,8 +217,15 @@ impl Plan {
 /// that is a migration, not an update.
 const MOVE_FIELDS: [&str; 2] = ["cluster", "server"];
 
-/// Diff desired resources against recorded ones.
-pub fn plan(desired: &[Resource], recorded: &[ResourceRecord]) -> Result<Plan, EngineError> {
+/// Diff desired resources against recorded ones. `drift` holds, by id, what
+/// careplane observed of a recorded resource that differs from the record
+/// (see `Engine::observe_drift`); such a resource is updated even when its
+/// properties did not change.
+pub fn plan(
+    desired: &[Resource],
+    recorded: &[ResourceRecord],
+    drift: &BTreeMap<String, String>,
+) -> Result<Plan, EngineError> {
     let by_id: BTreeMap<&str, &ResourceRecord> =
         recorded.iter().map(|r| (r.id.as_str(), r)).collect();
     let wanted: BTreeMap<&str, &Resource> = desired.iter().map(|r| (r.id.as_str(), r)).collect();
@@ -234,6 +248,7 @@ pub fn plan(desired: &[Resource], recorded: &[ResourceRecord]) -> Result<Plan, E
             props: rec.props.clone(),
             changes: vec![],
             resume: rec.status == ResourceStatus::Deleting,
+            drift: None,
         });
     }
     // Dependents go first.
@@ -249,6 +264,7 @@ pub fn plan(desired: &[Resource], recorded: &[ResourceRecord]) -> Result<Plan, E
                 props: want.props.clone(),
                 changes: vec![],
                 resume: false,
+                drift: None,
             }),
             Some(rec) if rec.status == ResourceStatus::Pending => rest.push(Action {
                 op: Op::Create,
@@ -257,6 +273,7 @@ pub fn plan(desired: &[Resource], recorded: &[ResourceRecord]) -> Result<Plan, E
                 props: want.props.clone(),
                 changes: vec![],
                 resume: true,
+                drift: None,
             }),
             Some(rec) if rec.status == ResourceStatus::Deleting => {
                 // Finish the interrupted delete first (above), then create anew.
@@ -267,12 +284,14 @@ pub fn plan(desired: &[Resource], recorded: &[ResourceRecord]) -> Result<Plan, E
                     props: want.props.clone(),
                     changes: vec![],
                     resume: false,
+                    drift: None,
                 })
             }
             Some(rec) => {
                 let mut changes = Vec::new();
                 diff_values("", &rec.props, &want.props, &mut changes);
-                if changes.is_empty() {
+                let drift = drift.get(&want.id).cloned();
+                if changes.is_empty() && drift.is_none() {
                     continue;
                 }
                 if let Some(c) = changes
@@ -295,6 +314,7 @@ pub fn plan(desired: &[Resource], recorded: &[ResourceRecord]) -> Result<Plan, E
                     props: want.props.clone(),
                     changes,
                     resume: false,
+                    drift,
                 });
             }
         }
@@ -395,7 +415,7 @@ mod tests {
                 json!({"cluster": "pg-cluster/shared"}),
             ),
         ];
-        let p = plan(&desired, &recorded).unwrap();
+        let p = plan(&desired, &recorded, &BTreeMap::new()).unwrap();
         let ops: Vec<(Op, &str, bool)> = p
             .actions
             .iter()
@@ -430,7 +450,7 @@ mod tests {
             ResourceStatus::Ready,
             json!({"platform": "x"}),
         )];
-        let p = plan(&desired, &recorded).unwrap();
+        let p = plan(&desired, &recorded, &BTreeMap::new()).unwrap();
         assert!(p.is_empty(), "{}", p.render());
     }
 
@@ -447,7 +467,9 @@ mod tests {
             ResourceStatus::Ready,
             json!({"cluster": "pg-cluster/shared"}),
         )];
-        let err = plan(&desired, &recorded).unwrap_err().to_string();
+        let err = plan(&desired, &recorded, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pg-database/t/dev would move"), "{err}");
     }
 }

@@ -102,6 +102,12 @@ pub enum DatabaseState {
     },
 }
 
+/// The postmaster's pid of the cluster kept in `root`, when it runs.
+pub fn running_pid_at(root: &Path) -> Option<u32> {
+    let pid = fsutil::read_pid_file(&root.join("data").join("postmaster.pid"))?;
+    system::pid_alive_as(pid, "postgres").then_some(pid)
+}
+
 /// Whether the connected database has any user table, view, sequence or
 /// foreign table outside pg_catalog/information_schema. Only catalog
 /// relations, schema-qualified, under the pinned `search_path`.
@@ -935,8 +941,7 @@ impl PgCluster {
     /// The postmaster's pid, from postmaster.pid, if that process is alive
     /// and is a postgres process (guards against pid reuse after a crash).
     pub fn running_pid(&self) -> Option<u32> {
-        let pid = fsutil::read_pid_file(&self.data_dir().join("postmaster.pid"))?;
-        system::pid_alive_as(pid, "postgres").then_some(pid)
+        running_pid_at(&self.root)
     }
 
     /// Superuser connection to the maintenance database `postgres` over the

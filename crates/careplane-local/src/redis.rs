@@ -196,10 +196,6 @@ impl RedisServer {
         self.root.join("redis.log")
     }
 
-    fn pid_path(&self) -> PathBuf {
-        self.root.join("redis.pid")
-    }
-
     /// Writes root/redis.conf and root/users.acl (0600); the ACL file holds only SHA-256 password hashes, `default` is off, `careplane-admin` has all commands and each tenant only its prefix (see [`TENANT_COMMAND_RULES`]).
     ///
     /// Both files are rewritten atomically, so this is safe to re-run at any
@@ -423,8 +419,7 @@ impl RedisServer {
     /// The server's pid from its pid file, if alive and a redis-server
     /// (guards against pid reuse after a crash).
     pub fn running_pid(&self) -> Option<u32> {
-        let pid = fsutil::read_pid_file(&self.pid_path())?;
-        system::pid_alive_as(pid, "redis-server").then_some(pid)
+        running_pid_at(&self.root)
     }
 
     /// ACL LOAD as admin (after write_config) so user changes apply without restart.
@@ -552,6 +547,12 @@ pub fn connect_user(port: u16, user: &str, password: &SecretString) -> Result<::
         .and_then(|_| conn.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|e| LocalError::redis(&server, "setting timeouts", e))?;
     Ok(conn)
+}
+
+/// The pid of the Redis server kept in `root`, when it runs.
+pub fn running_pid_at(root: &Path) -> Option<u32> {
+    let pid = fsutil::read_pid_file(&root.join("redis.pid"))?;
+    system::pid_alive_as(pid, "redis-server").then_some(pid)
 }
 
 /// Lowercase hex SHA-256, the form Redis ACL `#<hash>` rules take.

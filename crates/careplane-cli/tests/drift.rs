@@ -1,0 +1,136 @@
+//! Plans from what is observed, not only from what was recorded (issue 15,
+//! first drift slice; issue 14 item 11): a PostgreSQL server or an Odoo
+//! supervisor that died shows in `plan` as a change, and `apply` repairs it.
+//! A platform stopped on purpose (`careplane stop`) is not drift.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const TENANTS: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: delta
+spec:
+  tenancy: shared
+  environments:
+    - name: dev
+      kind: dev
+    - name: test
+      kind: test
+"#;
+
+fn changed(plan: &Value) -> Vec<(String, String)> {
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_string(),
+                a["drift"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn kill(pid: u64, sig: libc::c_int) {
+    // SAFETY: kill(2) on a pid the test read from careplane's status.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+fn wait_gone(pid: u64) {
+    for _ in 0..600 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{pid} did not go");
+}
+
+#[test]
+fn dead_servers_and_supervisors_are_drift_that_apply_repairs() {
+    let p = Platform::with_odoo(TENANTS);
+    p.ok(&["apply"]);
+    assert_eq!(changed(&p.plan()), vec![]);
+
+    // An Odoo supervisor and its processes die (OOM killer, kill -9).
+    let st = p.json(&["status"]);
+    let env = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == "dev")
+        .unwrap()
+        .clone();
+    let sup = env["odooProcesses"]["supervisor_pid"].as_u64().unwrap();
+    let children: Vec<u64> = env["odooProcesses"]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["pid"].as_u64())
+        .collect();
+    kill(sup, libc::SIGKILL);
+    for c in &children {
+        let _ = unsafe { libc::kill(*c as libc::pid_t, libc::SIGKILL) };
+    }
+    wait_gone(sup);
+    let plan = p.plan();
+    assert_eq!(
+        changed(&plan),
+        vec![(
+            "odoo-env/delta/dev".to_string(),
+            "its supervisor is not running (Odoo is not kept up)".to_string()
+        )],
+        "{plan}"
+    );
+    let text = p.ok(&["plan"]);
+    assert!(
+        text.contains("observed: its supervisor is not running"),
+        "{text}"
+    );
+    p.ok(&["apply"]);
+    assert_eq!(changed(&p.plan()), vec![]);
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
+
+    // The shared cluster's postmaster goes (fast shutdown).
+    let pg = st["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "pg-cluster/shared")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    kill(pg, libc::SIGINT);
+    wait_gone(pg);
+    let plan = p.plan();
+    let ids = changed(&plan);
+    assert!(
+        ids.contains(&(
+            "pg-cluster/shared".to_string(),
+            "PostgreSQL is not running".to_string()
+        )),
+        "{plan}"
+    );
+    p.ok(&["apply"]);
+    assert_eq!(changed(&p.plan()), vec![]);
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["pgHealth"]["ok"], true, "{e}");
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
+
+    // Stopped on purpose: nothing to repair until `start`.
+    p.ok(&["stop"]);
+    assert_eq!(changed(&p.plan()), vec![]);
+    p.ok(&["start"]);
+    assert_eq!(changed(&p.plan()), vec![]);
+}
