@@ -210,6 +210,54 @@ fn apply_killed_from_outside_converges() {
     assert_converged(&p);
 }
 
+/// A careplane killed while initdb runs leaves no initdb behind, and the
+/// next apply converges at once (an initdb left writing into the data
+/// directory used to fight the next apply's wipe: "Is a directory (os error
+/// 21)"). initdb gets PR_SET_PDEATHSIG, and the wipe kills leftovers first;
+/// here an orphaned initdb also dies of SIGPIPE on its next write to the
+/// closed output pipe, so this test alone does not single out the former.
+#[test]
+fn initdb_dies_with_a_killed_apply() {
+    let p = Platform::new(TENANTS);
+    let root = p.data_dir().join("pg");
+    let mut child = p
+        .cmd(&["apply"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut saw_initdb = false;
+    for line in stderr.lines() {
+        if !line.unwrap().contains("create pg-cluster/") {
+            continue;
+        }
+        // Kill as soon as an initdb of this platform runs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if !processes_mentioning(&format!("initdb -D {}", root.display())).is_empty() {
+                saw_initdb = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        break;
+    }
+    child.wait().unwrap();
+    assert!(saw_initdb, "no initdb seen running");
+    // The kernel kills it at once; initdb itself takes seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    let mut left = processes_mentioning(&format!("initdb -D {}", root.display()));
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = processes_mentioning(&format!("initdb -D {}", root.display()));
+    }
+    assert_eq!(left, Vec::<u32>::new(), "initdb outlived careplane");
+    p.ok(&["apply"]);
+    assert_converged(&p);
+}
+
 const TENANTS_ODOO: &str = r#"
 apiVersion: careplane.dev/v1alpha1
 kind: Tenant

@@ -568,15 +568,28 @@ impl PgCluster {
                 ),
             ));
         }
-        match std::fs::symlink_metadata(&data) {
-            Ok(_) => std::fs::remove_dir_all(&data)
-                .or_else(|_| std::fs::remove_file(&data))
-                .map_err(|e| {
-                    LocalError::io("removing a half-initialized data directory", &data, e)
-                })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(LocalError::io("inspecting the data directory", &data, e)),
+        // An initdb of a killed earlier careplane may still be writing here
+        // (it runs in the cluster root): it goes first, or the two fight.
+        let leftovers = system::processes_in_dir(&self.root)
+            .into_iter()
+            .filter(|&pid| {
+                matches!(
+                    system::process_comm(pid).as_deref(),
+                    Some("initdb" | "postgres")
+                )
+            });
+        for pid in leftovers {
+            system::signal(pid, libc::SIGKILL);
+            wait_gone(pid, STOP_TIMEOUT);
         }
+        let removed = match std::fs::symlink_metadata(&data) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&data),
+            Ok(_) => std::fs::remove_file(&data),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => return Err(LocalError::io("inspecting the data directory", &data, e)),
+        };
+        removed
+            .map_err(|e| LocalError::io("removing a half-initialized data directory", &data, e))?;
         let pwfile = self.pwfile_path();
         fsutil::write_file(
             &pwfile,

@@ -314,9 +314,11 @@ pub(crate) fn command(
         .current_dir(home)
         .stdin(Stdio::null());
     let ids = switch_ids(user);
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: the hook runs in the forked child before exec and only calls
-    // async-signal-safe functions (setsid, umask, setgroups, setgid, setuid);
-    // it allocates nothing and touches no locks.
+    // async-signal-safe functions (setsid, umask, setgroups, setgid, setuid,
+    // prctl, getppid); it allocates nothing and touches no locks.
     unsafe {
         cmd.pre_exec(move || {
             if detach && libc::setsid() == -1 {
@@ -325,6 +327,17 @@ pub(crate) fn command(
             libc::umask(0o077);
             if let Some((uid, gid)) = ids {
                 careplane_sys::drop_privileges(uid, gid)?;
+            }
+            // A tool careplane waits for (initdb, pg_ctl stop...) dies with
+            // careplane: an initdb left writing into a data directory would
+            // fight the next apply's. After the uid change, which clears it.
+            if !detach {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
             }
             Ok(())
         });
