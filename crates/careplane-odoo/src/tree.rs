@@ -183,12 +183,13 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         .output()
         .map_err(crate::error::io_err("running cp -a", to))?;
     if !out.status.success() {
-        return Err(OdooError::InvalidConfig(format!(
-            "copying {} to {}: {}",
-            from.display(),
-            to.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        // cp's own words name the file and the errno (e.g. "No space left
+        // on device"); keep them as the cause.
+        return Err(OdooError::Io {
+            context: format!("copying the template's filestore {}", from.display()),
+            path: to.to_path_buf(),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
     }
     Ok(())
 }
