@@ -129,7 +129,18 @@ pub fn database_has_data(c: &mut Client) -> std::result::Result<bool, postgres::
 /// shared catalogs included, so this is per database; `CREATE DATABASE ...
 /// TEMPLATE` copies them. Only what PUBLIC still holds is revoked: a repeat
 /// changes nothing. Every name is schema-qualified (pinned `search_path`).
-fn hide_catalog_in(c: &mut Client) -> std::result::Result<(), postgres::Error> {
+/// Whether PUBLIC still holds any of the privileges [`hide_catalog_in`]
+/// revokes in the connected database.
+fn catalog_open_in(c: &mut Client) -> std::result::Result<bool, postgres::Error> {
+    let (relations, functions) = open_catalog(c)?;
+    Ok(!relations.is_empty() || !functions.is_empty())
+}
+
+/// The relations and functions of the hidden catalog that PUBLIC can still
+/// read or run in the connected database.
+fn open_catalog(
+    c: &mut Client,
+) -> std::result::Result<(Vec<String>, Vec<String>), postgres::Error> {
     let relations: Vec<&str> = HIDDEN_CATALOG_RELATIONS.to_vec();
     let functions: Vec<&str> = HIDDEN_CATALOG_FUNCTIONS.to_vec();
     let open_relations = c.query(
@@ -142,16 +153,22 @@ fn hide_catalog_in(c: &mut Client) -> std::result::Result<(), postgres::Error> {
          'public', pg_catalog.to_regprocedure('pg_catalog.' OPERATOR(pg_catalog.||) f), 'EXECUTE')",
         &[&functions],
     )?;
+    Ok((
+        open_relations.iter().map(|r| r.get(0)).collect(),
+        open_functions.iter().map(|r| r.get(0)).collect(),
+    ))
+}
+
+fn hide_catalog_in(c: &mut Client) -> std::result::Result<(), postgres::Error> {
+    let (relations, functions) = open_catalog(c)?;
     let mut sql = String::new();
-    for row in open_relations {
-        let r: &str = row.get(0);
+    for r in relations {
         sql.push_str(&format!(
             "REVOKE SELECT ON pg_catalog.{} FROM PUBLIC;",
-            quote_ident(r)
+            quote_ident(&r)
         ));
     }
-    for row in open_functions {
-        let f: &str = row.get(0);
+    for f in functions {
         // A signature from HIDDEN_CATALOG_FUNCTIONS, which PostgreSQL just
         // resolved: not tenant input.
         sql.push_str(&format!(
@@ -1010,13 +1027,20 @@ impl PgCluster {
 
     /// What the maintenance database says of `database`, without entering it.
     pub fn database_state(&self, database: &str) -> Result<DatabaseState> {
-        let row = self
-            .admin()?
+        self.state_on(&mut self.admin()?, database)
+    }
+
+    /// [`Self::database_state`] over an open admin connection.
+    fn state_on(&self, c: &mut Client, database: &str) -> Result<DatabaseState> {
+        let row = c
             .query_opt(
-                "SELECT pg_catalog.pg_get_userbyid(datdba)::text, datconnlimit, datistemplate                  FROM pg_catalog.pg_database WHERE datname = $1",
+                "SELECT pg_catalog.pg_get_userbyid(datdba)::text, datconnlimit \
+                 FROM pg_catalog.pg_database WHERE datname = $1",
                 &[&database],
             )
-            .map_err(|e| LocalError::pg(&self.name, format!("looking up database {database}"), e))?;
+            .map_err(|e| {
+                LocalError::pg(&self.name, format!("looking up database {database}"), e)
+            })?;
         Ok(match row {
             None => DatabaseState::Absent,
             // PostgreSQL marks a database whose DROP or CREATE was cut short
@@ -1053,7 +1077,10 @@ impl PgCluster {
         validate_name("database name", &db.database, false)?;
         validate_name("role name", &db.role, true)?;
         validate_password("password", &db.password)?;
-        self.ensure_tenant_role(db)?;
+        // One admin connection for all of it: each new one costs a backend
+        // fork and a SCRAM exchange.
+        let mut c = self.admin()?;
+        self.ensure_role_on(&mut c, db)?;
         let ctx = |what: &str| {
             format!(
                 "{what} for tenant database {} / role {}",
@@ -1062,7 +1089,7 @@ impl PgCluster {
         };
         let database = quote_ident(&db.database);
         let role = quote_ident(&db.role);
-        let mut state = self.database_state(&db.database)?;
+        let mut state = self.state_on(&mut c, &db.database)?;
         if state == DatabaseState::Invalid {
             self.drop_database(&db.database)?;
             state = DatabaseState::Absent;
@@ -1072,13 +1099,13 @@ impl PgCluster {
                 "CREATE DATABASE {database} OWNER {ADMIN_ROLE} TEMPLATE template0 ENCODING 'UTF8' \
                  CONNECTION LIMIT 0"
             );
-            if let Err(e) = self.admin()?.batch_execute(&create) {
+            if let Err(e) = c.batch_execute(&create) {
                 let e = LocalError::pg(&self.name, ctx("creating the database"), e);
                 if e.sql_state() != Some("42P04") {
                     return Err(e);
                 }
             }
-            state = self.database_state(&db.database)?;
+            state = self.state_on(&mut c, &db.database)?;
         }
         if state == DatabaseState::Pristine && self.clone_in_progress(&db.database, &db.role)? {
             // A template copy whose hand-over was cut short: the clone
@@ -1105,26 +1132,24 @@ impl PgCluster {
             hide_catalog_in(&mut inner)
                 .map_err(|e| LocalError::pg(&self.name, ctx("hiding the catalog"), e))?;
             drop(inner);
-            self.open_database(&db.database, &db.role)?;
+            self.open_database_on(&mut c, &db.database, &db.role)?;
         } else if let DatabaseState::Open { owner, .. } = &state {
             if owner != &db.role {
-                self.admin()?
-                    .batch_execute(&format!("ALTER DATABASE {database} OWNER TO {role}"))
+                c.batch_execute(&format!("ALTER DATABASE {database} OWNER TO {role}"))
                     .map_err(|e| {
                         LocalError::pg(&self.name, ctx("setting the database owner"), e)
                     })?;
             }
         }
-        self.admin()?
-            .batch_execute(&format!(
-                "REVOKE ALL ON DATABASE {database} FROM PUBLIC; \
+        c.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {database} FROM PUBLIC; \
                  GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role}; \
                  REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; \
                  GRANT CONNECT ON DATABASE postgres TO {role}; \
                  REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC"
-            ))
-            .map_err(|e| LocalError::pg(&self.name, ctx("setting database privileges"), e))?;
-        self.hide_catalog()
+        ))
+        .map_err(|e| LocalError::pg(&self.name, ctx("setting database privileges"), e))?;
+        self.hide_catalog_on(&mut c)
     }
 
     /// Hides the cluster's database names from tenants in the databases
@@ -1143,10 +1168,19 @@ impl PgCluster {
     /// this way: PostgreSQL prints any role's name for a `::regrole` cast of
     /// its oid, without a privilege check.
     pub fn hide_catalog(&self) -> Result<()> {
-        let mut c = self.admin()?;
-        hide_catalog_in(&mut c).map_err(|e| {
-            LocalError::pg(&self.name, "hiding the catalog in database postgres", e)
-        })?;
+        self.hide_catalog_on(&mut self.admin()?)
+    }
+
+    /// [`Self::hide_catalog`] over an open admin connection to `postgres`.
+    /// `template1` goes first and `postgres` last, so a `postgres` with
+    /// nothing left to revoke means both are done: the usual call (every
+    /// tenant database ensure) then costs one query, no extra connection.
+    fn hide_catalog_on(&self, c: &mut Client) -> Result<()> {
+        if !catalog_open_in(c)
+            .map_err(|e| LocalError::pg(&self.name, "looking at the catalog of postgres", e))?
+        {
+            return Ok(());
+        }
         let template1_open = c
             .query_opt(
                 "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = 'template1'",
@@ -1154,19 +1188,24 @@ impl PgCluster {
             )
             .map_err(|e| LocalError::pg(&self.name, "looking up database template1", e))?
             .is_some_and(|r| r.get::<_, bool>(0));
-        drop(c);
         if template1_open {
             hide_catalog_in(&mut self.admin_connect("template1")?).map_err(|e| {
                 LocalError::pg(&self.name, "hiding the catalog in database template1", e)
             })?;
         }
-        Ok(())
+        hide_catalog_in(c)
+            .map_err(|e| LocalError::pg(&self.name, "hiding the catalog in database postgres", e))
     }
 
     /// The role half of [`Self::ensure_tenant_database`]: the role exists
     /// with exactly careplane's attributes, password, no settings and no
     /// memberships. Runs in the maintenance database only.
     pub fn ensure_tenant_role(&self, db: &TenantDb) -> Result<()> {
+        self.ensure_role_on(&mut self.admin()?, db)
+    }
+
+    /// [`Self::ensure_tenant_role`] over an open admin connection.
+    fn ensure_role_on(&self, c: &mut Client, db: &TenantDb) -> Result<()> {
         validate_name("role name", &db.role, true)?;
         validate_password("password", &db.password)?;
         let limit: i64 = match db.connection_limit {
@@ -1181,7 +1220,6 @@ impl PgCluster {
             None => -1,
         };
         let role = quote_ident(&db.role);
-        let mut c = self.admin()?;
         let ctx = |what: &str| format!("{what} for role {}", db.role);
         let verifier =
             postgres_protocol::password::scram_sha_256(db.password.expose_secret().as_bytes());
@@ -1199,13 +1237,13 @@ impl PgCluster {
             .is_some();
         let alter = format!("ALTER ROLE {role} WITH {attributes}");
         if exists {
-            self.execute_unlogged(&mut c, &alter, &ctx("updating the role"))?;
+            self.execute_unlogged(c, &alter, &ctx("updating the role"))?;
         } else {
             let create = format!("CREATE ROLE {role} WITH {attributes}");
-            match self.execute_unlogged(&mut c, &create, &ctx("creating the role")) {
+            match self.execute_unlogged(c, &create, &ctx("creating the role")) {
                 Ok(()) => {}
                 Err(e) if e.sql_state() == Some("42710") => {
-                    self.execute_unlogged(&mut c, &alter, &ctx("updating the role"))?
+                    self.execute_unlogged(c, &alter, &ctx("updating the role"))?
                 }
                 Err(e) => return Err(e),
             }
@@ -1235,19 +1273,23 @@ impl PgCluster {
     /// Hands a [`DatabaseState::Pristine`] database to `role` and lifts its
     /// `CONNECTION LIMIT 0`: from here on careplane's superuser never enters it.
     fn open_database(&self, database: &str, role: &str) -> Result<()> {
-        self.admin()?
-            .batch_execute(&format!(
-                "ALTER DATABASE {0} OWNER TO {1}; ALTER DATABASE {0} CONNECTION LIMIT -1",
-                quote_ident(database),
-                quote_ident(role)
-            ))
-            .map_err(|e| {
-                LocalError::pg(
-                    &self.name,
-                    format!("handing database {database} to role {role}"),
-                    e,
-                )
-            })
+        self.open_database_on(&mut self.admin()?, database, role)
+    }
+
+    /// [`Self::open_database`] over an open admin connection.
+    fn open_database_on(&self, c: &mut Client, database: &str, role: &str) -> Result<()> {
+        c.batch_execute(&format!(
+            "ALTER DATABASE {0} OWNER TO {1}; ALTER DATABASE {0} CONNECTION LIMIT -1",
+            quote_ident(database),
+            quote_ident(role)
+        ))
+        .map_err(|e| {
+            LocalError::pg(
+                &self.name,
+                format!("handing database {database} to role {role}"),
+                e,
+            )
+        })
     }
 
     fn drop_database(&self, database: &str) -> Result<()> {
