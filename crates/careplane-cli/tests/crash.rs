@@ -21,31 +21,6 @@ const CLONE_POINTS: [&str; 4] = [
     "clone-reassigned",
 ];
 
-fn action_ids(plan: &Value) -> Vec<String> {
-    plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Runs `args` with a crash injected at `at`, and insists the process died by SIGKILL.
-fn crash(p: &Platform, args: &[&str], at: &str) {
-    let out = p
-        .cmd(args)
-        .env("CAREPLANE_CRASH_AT", at)
-        .output()
-        .expect("spawn");
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "expected careplane {args:?} to be killed at {at}, got {}:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Kills `careplane <args>` at every point of every step in `ids`; the state
 /// stays readable and plannable after each crash.
 fn crash_everywhere(p: &Platform, ids: &[String], args: &[&str]) {
@@ -271,18 +246,6 @@ spec:
     - name: test
       kind: test
 "#;
-
-fn dir_names(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 /// [`assert_converged`], plus Odoo: every environment healthy under exactly
 /// one supervisor, environment and template directories exactly the recorded

@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -163,43 +162,6 @@ fn unfill(dir: &Path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => panic!("removing the ballast: {e}"),
     }
-}
-
-fn action_ids(plan: &Value) -> Vec<String> {
-    plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Runs `args` with a crash injected at `at`, and insists the process died by SIGKILL.
-fn crash(p: &Platform, args: &[&str], at: &str) {
-    let out = p
-        .cmd(args)
-        .env("CAREPLANE_CRASH_AT", at)
-        .output()
-        .expect("spawn");
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGKILL),
-        "expected careplane {args:?} to be killed at {at}, got {}:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Everything the specs ask for exists exactly once, and nothing else does

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -275,4 +276,43 @@ pub fn tenant_client_in(
         &ca,
     )
     .unwrap()
+}
+
+/// The ids of a plan's actions, in order.
+pub fn action_ids(plan: &Value) -> Vec<String> {
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Runs `args` with a crash injected at `at`, and insists the process died by SIGKILL.
+pub fn crash(p: &Platform, args: &[&str], at: &str) {
+    let out = p
+        .cmd(args)
+        .env("CAREPLANE_CRASH_AT", at)
+        .output()
+        .expect("spawn");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "expected careplane {args:?} to be killed at {at}, got {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sorted entry names of `dir` (none when it is missing).
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
