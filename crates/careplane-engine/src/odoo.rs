@@ -493,13 +493,26 @@ impl Engine {
         // Absent, pristine (a clone cut short) or invalid (a CREATE or DROP
         // cut short): no tenant has anything there, it is simply made again.
         let state = cluster.database_state(&tdb.database)?;
-        let open = matches!(state, DatabaseState::Open { .. });
-        let initialized = open && {
-            let mut c = cluster.tenant_connect(&tdb, &ca)?;
-            odoo::db::is_initialized(&mut c)?
+        // One connection as the tenant answers both questions.
+        let mut tenant = match state {
+            DatabaseState::Open { .. } => Some(cluster.tenant_connect(&tdb, &ca)?),
+            _ => None,
+        };
+        let initialized = match tenant.as_mut() {
+            Some(c) => odoo::db::is_initialized(c)?,
+            None => false,
         };
         if !initialized {
-            if open && cluster.tenant_database_has_data(&tdb, &ca)? {
+            let has_data = match tenant.take() {
+                Some(mut c) => careplane_local::pg::database_has_data(&mut c).map_err(|e| {
+                    EngineError::inconsistent(format!(
+                        "inspecting database {} as its role: {e}",
+                        tdb.database
+                    ))
+                })?,
+                None => false,
+            };
+            if has_data {
                 return Err(EngineError::inconsistent(format!(
                     "database {} holds tables but no Odoo: refusing to replace it with a copy \
                      of template {tpl_db}",
@@ -522,7 +535,10 @@ impl Engine {
         }
         cluster.ensure_tenant_database(&tdb)?;
         {
-            let mut c = cluster.tenant_connect(&tdb, &ca)?;
+            let mut c = match tenant {
+                Some(c) => c,
+                None => cluster.tenant_connect(&tdb, &ca)?,
+            };
             odoo::db::make_unique(
                 &mut c,
                 &a.id,
