@@ -591,17 +591,6 @@ impl SpecSet {
 
     /// The platform's data directory, resolved against its spec file.
     pub fn data_dir(&self) -> PathBuf {
-        let dir = &self.platform.spec.data_dir;
-        if dir.is_absolute() {
-            return dir.clone();
-        }
-        let base = self
-            .platform
-            .source
-            .file
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default();
-        base.join(dir)
+        crate::validate::absolute_data_dir(&self.platform.source.file, &self.platform.spec.data_dir)
     }
 }

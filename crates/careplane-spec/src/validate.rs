@@ -341,15 +341,24 @@ const SHARED_DIRS: &[&str] = &[
     "/var/log", "/var/run", "/var/tmp",
 ];
 
-/// `p` made absolute against the directory of `file`, then the current
-/// directory: the path `careplane` uses.
+/// `p` made absolute against the directory of `file` (its canonical path,
+/// so that a spec reached through `../..` or a symlink does not lengthen
+/// the socket paths below it), then with `.` and `..` resolved: the path
+/// `careplane` uses.
 pub(crate) fn absolute_data_dir(file: &Path, p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() {
-        p.to_path_buf()
+    if p.is_absolute() {
+        return normalize(p);
+    }
+    let parent = file.parent().unwrap_or(Path::new(""));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
     } else {
-        file.parent().unwrap_or(Path::new("")).join(p)
+        parent
     };
-    std::path::absolute(&joined).unwrap_or(joined)
+    let base = std::fs::canonicalize(parent)
+        .or_else(|_| std::path::absolute(parent))
+        .unwrap_or_else(|_| parent.to_path_buf());
+    normalize(&base.join(p))
 }
 
 /// An absolute `p` with `.` and `..` resolved lexically: the directory it
@@ -439,8 +448,7 @@ pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
         let before = cx.diags.len();
         check_path(cx, &data_dir_path, &spec.data_dir, false);
         if cx.diags.len() == before {
-            if let Some((msg, help)) =
-                data_dir_problem(&normalize(&absolute_data_dir(cx.file, &spec.data_dir)))
+            if let Some((msg, help)) = data_dir_problem(&absolute_data_dir(cx.file, &spec.data_dir))
             {
                 cx.at_value(&data_dir_path, msg, help);
             }
@@ -754,6 +762,24 @@ pub(crate) fn tenant(cx: &mut Ctx<'_>, spec: &TenantSpec) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spec reached through `..` resolves its relative dataDir to the
+    /// directory itself: CI's checkout under a longer path pushed the
+    /// unresolved `crates/x/../../examples/...` over the socket-path limit.
+    #[test]
+    fn relative_data_dir_is_resolved_not_just_joined() {
+        let here = std::env::current_dir().unwrap();
+        let file = here.join("src/../src/../Cargo.toml");
+        let dir = absolute_data_dir(&file, Path::new("./state/../.careplane"));
+        assert_eq!(
+            dir,
+            std::fs::canonicalize(&here).unwrap().join(".careplane")
+        );
+        assert_eq!(
+            absolute_data_dir(&file, Path::new("/var/lib/x/../careplane")),
+            PathBuf::from("/var/lib/careplane")
+        );
+    }
 
     #[test]
     fn durations() {
