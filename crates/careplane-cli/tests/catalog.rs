@@ -177,12 +177,10 @@ fn a_tenant_reads_no_other_database_names() {
     }
 }
 
-/// Role names are readable by every role (see [`ROLE_PROBES`]); today they
-/// are `<tenant>-<env>`, so they name the other hospitals. This passes only
-/// once role names on shared clusters are opaque (mapped in state by the
-/// engine).
+/// Role names are readable by every role (see [`ROLE_PROBES`]), so
+/// careplane gives each environment's role an opaque name (recorded in
+/// state, reported by `credentials`): none names another hospital.
 #[test]
-#[ignore = "role names cannot be hidden in PostgreSQL (oid::regrole); needs opaque role names from careplane-engine (issue 14.8)"]
 fn role_names_reveal_no_tenant() {
     let p = Platform::with_odoo(TENANTS);
     p.ok(&["apply"]);
@@ -196,4 +194,94 @@ fn role_names_reveal_no_tenant() {
             found.join("\n")
         );
     }
+}
+
+/// A platform made before role names were opaque has roles named
+/// `<tenant>-<env>`, recorded in its records' props. Made here from a
+/// current platform: its roles renamed back (as the superuser) and its
+/// records rewritten as the previous version wrote them. The next plan
+/// updates each database and environment; the apply renames the roles in
+/// place, Odoo comes back on the new names, and nothing names a tenant.
+#[test]
+fn an_older_platforms_named_roles_are_renamed_by_the_next_apply() {
+    let p = Platform::with_odoo(TENANTS);
+    p.ok(&["apply"]);
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let records = store.resources().unwrap();
+    let cluster = records
+        .iter()
+        .find(|r| r.id == "pg-cluster/shared")
+        .unwrap();
+    let admin_password = store
+        .secret(&cluster.id, "admin-password")
+        .unwrap()
+        .expect("the cluster's admin password");
+    let mut admin = careplane_local::postgres::Config::new()
+        .host_path(cluster.observed["root"].as_str().unwrap().to_string() + "/run")
+        .port(cluster.observed["port"].as_u64().unwrap() as u16)
+        .user("careplane_admin")
+        .password(careplane_local::ExposeSecret::expose_secret(
+            &admin_password,
+        ))
+        .dbname("postgres")
+        .connect(careplane_local::postgres::NoTls)
+        .unwrap();
+    let mut legacy = Vec::new();
+    for mut rec in records.clone() {
+        let named = rec.props["database"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match rec.kind.as_str() {
+            "pg-database" => {
+                let opaque = rec.observed["role"].as_str().unwrap().to_string();
+                assert!(
+                    opaque.starts_with('r') && opaque.len() == 25 && !opaque.contains('-'),
+                    "{opaque}"
+                );
+                admin
+                    .batch_execute(&format!("ALTER ROLE \"{opaque}\" RENAME TO \"{named}\""))
+                    .unwrap();
+                rec.observed.as_object_mut().unwrap().remove("role");
+                rec.props["role"] = named.clone().into();
+                legacy.push(named);
+            }
+            "odoo-env" => rec.props["role"] = named.into(),
+            _ => continue,
+        }
+        store.put_resource(&rec).unwrap();
+    }
+    drop(store);
+    assert_eq!(legacy.len(), 2);
+
+    let mut updates = action_ids(&p.plan());
+    updates.sort();
+    assert_eq!(
+        updates,
+        [
+            "odoo-env/northside/dev",
+            "odoo-env/stmarys/dev",
+            "pg-database/northside/dev",
+            "pg-database/stmarys/dev",
+        ]
+    );
+    p.ok(&["apply"]);
+    assert_eq!(action_ids(&p.plan()), Vec::<String>::new());
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = ANY($1)",
+            &[&legacy],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "roles still named {legacy:?}");
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["pgHealth"]["ok"], true, "{e}");
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
+    let _b = client_in(&p, OTHER, "dev", "northside-dev");
+    let mut a = client_in(&p, "stmarys", "dev", "postgres");
+    let found = leaks(&mut a, ROLE_PROBES, OTHER);
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }

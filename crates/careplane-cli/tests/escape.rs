@@ -37,6 +37,10 @@ fn env_root(p: &Platform) -> PathBuf {
 /// called it and, if that is a superuser, makes the tenant a superuser and
 /// runs a shell command as the PostgreSQL server's OS user.
 fn plant_trap(c: &mut careplane_local::postgres::Client, marker: &Path) {
+    let role: String = c
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
     c.batch_execute(&format!(
         r#"
         CREATE TABLE public.trap_calls (who text, superuser boolean);
@@ -45,7 +49,7 @@ fn plant_trap(c: &mut careplane_local::postgres::Client, marker: &Path) {
             INSERT INTO public.trap_calls
                 VALUES (current_user, current_setting('is_superuser') = 'on');
             IF current_setting('is_superuser') = 'on' THEN
-                EXECUTE 'ALTER ROLE "mallory-production" SUPERUSER';
+                EXECUTE 'ALTER ROLE "{role}" SUPERUSER';
                 BEGIN
                     EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {marker}''';
                 EXCEPTION WHEN OTHERS THEN NULL;
@@ -63,9 +67,10 @@ fn plant_trap(c: &mut careplane_local::postgres::Client, marker: &Path) {
         CREATE FUNCTION public.gen_random_uuid() RETURNS uuid LANGUAGE plpgsql AS $f$
         BEGIN PERFORM public.trap(); RETURN pg_catalog.gen_random_uuid(); END $f$;
         ALTER DATABASE "mallory-production" SET search_path = public, pg_catalog;
-        ALTER ROLE "mallory-production" SET search_path = public, pg_catalog;
+        ALTER ROLE CURRENT_USER SET search_path = public, pg_catalog;
         "#,
-        marker = marker.display()
+        marker = marker.display(),
+        role = role,
     ))
     .unwrap();
 }

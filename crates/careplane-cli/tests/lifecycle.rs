@@ -169,9 +169,14 @@ fn platform_lifecycle() {
         c["postgres"]["password"].as_str().unwrap().to_string(),
     );
     let port = c["postgres"]["port"].as_u64().unwrap() as u16;
-    let mut client =
-        careplane_local::pg::connect_tenant(port, "alpha-dev", "alpha-dev", &password, &ca)
-            .unwrap();
+    let mut client = careplane_local::pg::connect_tenant(
+        port,
+        "alpha-dev",
+        c["postgres"]["role"].as_str().unwrap(),
+        &password,
+        &ca,
+    )
+    .unwrap();
     client
         .batch_execute("CREATE TABLE patients_demo (id int); INSERT INTO patients_demo VALUES (1);")
         .unwrap();
@@ -262,7 +267,7 @@ fn platform_lifecycle() {
         let mut client = careplane_local::pg::connect_tenant(
             c["postgres"]["port"].as_u64().unwrap() as u16,
             "alpha-production",
-            "alpha-production",
+            c["postgres"]["role"].as_str().unwrap(),
             &careplane_local::SecretString::from(
                 c["postgres"]["password"].as_str().unwrap().to_string(),
             ),

@@ -668,7 +668,13 @@ impl Engine {
     }
 
     fn ensure_pg_database(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
-        let rec = self.prepare(a, |_| Ok(json!({})))?;
+        let mut rec = self.prepare(a, |_| Ok(json!({ "role": runtime::opaque_role_name()? })))?;
+        if rec.observed.get("role").is_none() {
+            // Made before role names were opaque: the name to rename it to
+            // is recorded before the rename, so a kill in between resumes it.
+            rec.observed["role"] = json!(runtime::opaque_role_name()?);
+            self.store()?.put_resource(&rec)?;
+        }
         self.store()?.get_or_create_secret(&a.id, PASSWORD)?;
         if a.op == Op::Create {
             crash_point(&a.id, "prepared");
@@ -679,7 +685,13 @@ impl Engine {
         let cluster = self.cluster_handle(&crec, host)?;
         let mut target = rec.clone();
         target.props = a.props.clone();
-        cluster.ensure_tenant_database(&runtime::tenant_db(self.store()?, &target)?)?;
+        let mut tdb = runtime::tenant_db(self.store()?, &target)?;
+        // The name it had is in what was recorded, not in the new props.
+        tdb.former_roles = runtime::former_role(&rec)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        cluster.ensure_tenant_database(&tdb)?;
         cluster.write_hba(&hba_entries(&all, &cluster_id)?)?;
         self.finish(a, rec)
     }
@@ -694,7 +706,10 @@ impl Engine {
             let cluster = self.cluster_handle(crec, host)?;
             // Close the door first, then drop.
             cluster.write_hba(&hba_entries(&all, &cluster_id)?)?;
-            cluster.drop_tenant_database(str_prop(&rec, "database")?, str_prop(&rec, "role")?)?;
+            let roles: Vec<&str> = std::iter::once(runtime::db_role(&rec)?)
+                .chain(runtime::former_role(&rec))
+                .collect();
+            cluster.drop_tenant_database_and_roles(str_prop(&rec, "database")?, &roles)?;
         }
         crash_point(&a.id, "executed");
         self.store()?.delete_resource(&a.id)?;
@@ -988,7 +1003,7 @@ impl Engine {
             host: "127.0.0.1".into(),
             port: cluster.and_then(|c| observed_port(c).ok()),
             database: str_prop(db, "database")?.to_string(),
-            role: str_prop(db, "role")?.to_string(),
+            role: runtime::db_role(db)?.to_string(),
             sslmode: "verify-full".into(),
             sslrootcert: ca_file,
             password: secret(store, &db_id, PASSWORD)?,

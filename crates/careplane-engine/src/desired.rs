@@ -197,7 +197,8 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
                     "environment": env.name,
                     "environmentKind": env.kind.as_str(),
                     "database": env_db_name(tname, &env.name),
-                    "role": env_db_name(tname, &env.name),
+                    // No `role`: its name is opaque, allocated at apply
+                    // (see runtime::db_role).
                     "connectionLimit": connection_limit,
                 }),
             );
@@ -258,7 +259,6 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
                         "environment": env.name,
                         "environmentKind": env.kind.as_str(),
                         "database": env_db_name(tname, &env.name),
-                        "role": env_db_name(tname, &env.name),
                         "redisUser": redis_user_id(tname, &env.name),
                         "template": tpl_id,
                         "version": odoo.version,
@@ -327,7 +327,7 @@ mod tests {
         let all = example();
         let db = props(&all, "pg-database/stmarys/production");
         assert_eq!(db["database"], "stmarys-production");
-        assert_eq!(db["role"], "stmarys-production");
+        assert!(db.get("role").is_none(), "role names are allocated, opaque");
         assert_eq!(db["cluster"], "pg-cluster/shared");
         let user = props(&all, "redis-user/regional/dr");
         assert_eq!(user["user"], "regional-dr");

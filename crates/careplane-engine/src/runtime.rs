@@ -102,14 +102,47 @@ pub fn redis_server(
 pub fn tenant_db(store: &Store, rec: &ResourceRecord) -> Result<TenantDb, EngineError> {
     Ok(TenantDb {
         database: str_prop(rec, "database")?.to_string(),
-        role: str_prop(rec, "role")?.to_string(),
+        role: db_role(rec)?.to_string(),
         password: secret(store, &rec.id, PASSWORD)?,
         connection_limit: rec
             .props
             .get("connectionLimit")
             .and_then(Value::as_u64)
             .map(|n| n as u32),
+        former_roles: former_role(rec).into_iter().map(str::to_string).collect(),
     })
+}
+
+/// The PostgreSQL role of a `pg-database` (or `odoo-template`) record.
+///
+/// An environment's role has an opaque name allocated with its intent
+/// (`observed.role`, see [`opaque_role_name`]): every tenant of a shared
+/// cluster can read every role name (`oid::regrole` is never
+/// privilege-checked), so names must not say whose they are. Records from
+/// before carry `props.role` (`<tenant>-<env>`) until their update renames
+/// the role; a template's role (`tpl-…`) names no tenant and stays in props.
+pub fn db_role(rec: &ResourceRecord) -> Result<&str, EngineError> {
+    match rec.observed.get("role").and_then(Value::as_str) {
+        Some(role) => Ok(role),
+        None => str_prop(rec, "role"),
+    }
+}
+
+/// The name a record's role had before it got its opaque one, while the
+/// rename may not have happened yet (or a delete must drop either).
+pub fn former_role(rec: &ResourceRecord) -> Option<&str> {
+    let now = rec.observed.get("role").and_then(Value::as_str)?;
+    rec.props
+        .get("role")
+        .and_then(Value::as_str)
+        .filter(|old| *old != now)
+}
+
+/// A new role name that says nothing about its tenant: `r` and 24 hex
+/// digits (96 random bits). Never a name of the old form, which always has a
+/// `-`, nor a template's (`tpl-…`).
+pub fn opaque_role_name() -> Result<String, EngineError> {
+    Ok(format!("r{}", careplane_local::system::random_hex(12)?))
 }
 
 /// Records of `kind` that hang off `parent` (a cluster or server) and are not
@@ -139,7 +172,7 @@ pub fn hba_entries(
         .map(|r| {
             Ok((
                 str_prop(r, "database")?.to_string(),
-                str_prop(r, "role")?.to_string(),
+                db_role(r)?.to_string(),
             ))
         })
         .collect()

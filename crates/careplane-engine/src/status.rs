@@ -221,7 +221,7 @@ impl Engine {
         let environment = str_prop(db, "environment")?.to_string();
         let cluster_id = str_prop(db, "cluster")?.to_string();
         let database = str_prop(db, "database")?.to_string();
-        let role = str_prop(db, "role")?.to_string();
+        let role = crate::runtime::db_role(db)?.to_string();
         let crec = all.iter().find(|r| r.id == cluster_id);
         let pg_port = crec.and_then(|r| observed_port(r).ok());
         let store = self.store_ref()?;

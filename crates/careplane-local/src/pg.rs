@@ -411,6 +411,10 @@ pub struct TenantDb {
     pub password: SecretString,
     /// Maximum concurrent connections of the role (`None`: unlimited).
     pub connection_limit: Option<u32>,
+    /// Names the role may still have from before (a platform made when
+    /// role names were `<tenant>-<env>`): the first that exists is renamed
+    /// to `role` when `role` does not exist yet, and all are dropped with it.
+    pub former_roles: Vec<String>,
 }
 
 impl PgCluster {
@@ -1228,13 +1232,32 @@ impl PgCluster {
              CONNECTION LIMIT {limit} VALID UNTIL 'infinity' PASSWORD {}",
             quote_literal(&verifier)
         );
-        let exists = c
-            .query_opt(
+        let role_exists = |c: &mut Client, name: &str| -> Result<bool> {
+            Ok(c.query_opt(
                 "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
-                &[&db.role],
+                &[&name],
             )
             .map_err(|e| LocalError::pg(&self.name, ctx("looking up the role"), e))?
-            .is_some();
+            .is_some())
+        };
+        let mut exists = role_exists(c, &db.role)?;
+        if !exists {
+            for former in &db.former_roles {
+                validate_name("former role name", former, true)?;
+                if role_exists(c, former)? {
+                    // Keeps the oid, so the database, its objects and the
+                    // SCRAM verifier (which does not depend on the name) stay
+                    // the role's; its open sessions go on until they end.
+                    c.batch_execute(&format!(
+                        "ALTER ROLE {} RENAME TO {role}",
+                        quote_ident(former)
+                    ))
+                    .map_err(|e| LocalError::pg(&self.name, ctx("renaming the role"), e))?;
+                    exists = true;
+                    break;
+                }
+            }
+        }
         let alter = format!("ALTER ROLE {role} WITH {attributes}");
         if exists {
             self.execute_unlogged(c, &alter, &ctx("updating the role"))?;
@@ -1329,14 +1352,29 @@ impl PgCluster {
     /// The role is dropped only after its database, so a retry after a crash
     /// between the two finds the database gone and finishes the role.
     pub fn drop_tenant_database(&self, database: &str, role: &str) -> Result<()> {
+        self.drop_tenant_database_and_roles(database, &[role])
+    }
+
+    /// [`Self::drop_tenant_database`], dropping each of `roles` that exists
+    /// (a role and the names it had before, see [`TenantDb::former_roles`]).
+    pub fn drop_tenant_database_and_roles(&self, database: &str, roles: &[&str]) -> Result<()> {
         validate_name("database name", database, false)?;
-        validate_name("role name", role, true)?;
+        for role in roles {
+            validate_name("role name", role, true)?;
+        }
         let mut c = self.admin()?;
         c.batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             quote_ident(database)
         ))
         .map_err(|e| LocalError::pg(&self.name, format!("dropping database {database}"), e))?;
+        for role in roles {
+            self.drop_role_on(&mut c, role)?;
+        }
+        Ok(())
+    }
+
+    fn drop_role_on(&self, c: &mut Client, role: &str) -> Result<()> {
         let exists = c
             .query_opt(
                 "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",

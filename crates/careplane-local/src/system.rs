@@ -255,13 +255,17 @@ pub(crate) fn signal(pid: u32, sig: libc::c_int) {
 /// Redis stores unsalted SHA-256 hashes of passwords, so passwords must be
 /// high-entropy; this is the generator careplane uses for every secret.
 pub fn generate_password() -> Result<SecretString> {
+    Ok(SecretString::from(random_hex(24)?))
+}
+
+/// `bytes` bytes from the OS CSPRNG, as lowercase hex.
+pub fn random_hex(bytes: usize) -> Result<String> {
     use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 24];
+    let mut buf = vec![0u8; bytes];
     ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
+        .fill(&mut buf)
         .map_err(|_| LocalError::state("random number generator", "the OS CSPRNG failed"))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(SecretString::from(hex))
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The uid/gid a child must switch to: only when careplane is root (a

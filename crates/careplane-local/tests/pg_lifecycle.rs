@@ -11,6 +11,7 @@ fn tenant(db: &str) -> TenantDb {
         role: db.into(),
         password: testing::password(),
         connection_limit: None,
+        former_roles: Vec::new(),
     }
 }
 
@@ -306,4 +307,62 @@ fn explains_untraversable_parents_and_startup_failures() {
         "{err}"
     );
     assert!(!err.contains(pg.admin_password.expose_secret()));
+}
+
+/// A role made under an older name (`<tenant>-<env>`) is renamed, not
+/// duplicated: the database stays its, its password still works under the
+/// new name, the old name is gone, and dropping removes whichever exists.
+#[test]
+fn a_former_role_name_is_renamed_in_place() {
+    let platform = TestPlatform::new();
+    let pg = platform.start_pg("rename");
+    let ca = &platform.ca.cert_pem;
+    let old = tenant("clinic-b");
+    pg.ensure_tenant_database(&old).unwrap();
+    let new = TenantDb {
+        role: "r0123456789abcdef01234567".into(),
+        password: old.password.clone(),
+        former_roles: vec![old.role.clone()],
+        ..tenant("clinic-b")
+    };
+    for _ in 0..2 {
+        pg.ensure_tenant_database(&new).unwrap();
+    }
+    pg.write_hba(&[(new.database.clone(), new.role.clone())])
+        .unwrap();
+    let mut admin = pg.admin().unwrap();
+    let names: Vec<String> = admin
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname IN ($1, $2)",
+            &[&old.role, &new.role],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, vec![new.role.clone()]);
+    assert_eq!(
+        pg.database_state(&new.database).unwrap(),
+        pg::DatabaseState::Open {
+            owner: new.role.clone()
+        }
+    );
+    let mut c = pg::connect_tenant(pg.port, &new.database, &new.role, &new.password, ca)
+        .expect("the renamed role logs in with its password");
+    let me: String = c
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(me, new.role);
+    drop(c);
+    pg.drop_tenant_database_and_roles(&new.database, &[&new.role, &old.role])
+        .unwrap();
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ($1, $2)",
+            &[&old.role, &new.role],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }

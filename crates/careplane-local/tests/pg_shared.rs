@@ -12,6 +12,7 @@ fn tenant(db: &str, role: &str) -> TenantDb {
         role: role.into(),
         password: testing::password(),
         connection_limit: Some(20),
+        former_roles: Vec::new(),
     }
 }
 
