@@ -1,7 +1,8 @@
 //! The names careplane derives from specs, in one place.
 //!
-//! Tenant and environment names become PostgreSQL database and role names,
-//! Redis ACL users and key prefixes, cluster scopes, directories and Odoo
+//! Tenant and environment names become PostgreSQL database names (an
+//! environment's *role* name is opaque, allocated by the engine, because every
+//! role of a cluster can read every role name), Redis ACL users and key prefixes, cluster scopes, directories and Odoo
 //! template names. Existing platforms hold these names, so they never change;
 //! instead, validation makes sure that two spec locations never derive the
 //! same name (see the set-level checks of [`crate::load`]) and that no tenant
@@ -19,7 +20,7 @@
 //!   with [`TEMPLATE_PREFIX`] are reserved, and every other derived database
 //!   name starts with its tenant's name.
 //!
-//! The one that is not is `<tenant>-<env>` (database, role and Redis user):
+//! The one that is not is `<tenant>-<env>` (database and Redis user):
 //! tenant `a-b` environment `c` and tenant `a` environment `b-c` both make
 //! `a-b-c`, so validation refuses such pairs.
 
