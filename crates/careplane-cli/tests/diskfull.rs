@@ -146,12 +146,27 @@ fn used(dir: &Path) -> u64 {
 fn fill(dir: &Path, slack: u64) {
     use std::os::fd::AsRawFd;
     unfill(dir);
-    let size = available(dir).saturating_sub(slack);
-    let f = std::fs::File::create(dir.join(BALLAST)).unwrap();
-    if size > 0 {
+    // A server still running on the filesystem (a checkpoint, a log line)
+    // may take space between measuring and allocating: measure again and
+    // retry rather than fail on a moving target.
+    let mut attempts = 0;
+    loop {
+        let size = available(dir).saturating_sub(slack);
+        let f = std::fs::File::create(dir.join(BALLAST)).unwrap();
+        if size == 0 {
+            break;
+        }
         // SAFETY: fallocate on a file descriptor we own.
         let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
-        assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+        let err = std::io::Error::last_os_error();
+        if rc == 0 {
+            break;
+        }
+        attempts += 1;
+        assert!(
+            err.raw_os_error() == Some(libc::ENOSPC) && attempts < 20,
+            "fallocate: {err}"
+        );
     }
     eprintln!("{}: {} bytes free", dir.display(), available(dir));
 }
