@@ -41,6 +41,9 @@ pub enum EngineError {
     Local(#[from] careplane_local::LocalError),
     #[error(transparent)]
     Odoo(#[from] careplane_odoo::OdooError),
+    /// A resource (planned or recorded) that does not have its kind's shape.
+    #[error(transparent)]
+    Model(#[from] careplane_model::ModelError),
     #[error("{what}")]
     Unsupported { what: String },
     #[error("{what}")]

@@ -251,8 +251,6 @@ pub fn plan(
             drift: None,
         });
     }
-    // Dependents go first.
-    deletes.sort_by(|a, b| (b.kind.rank(), &a.id).cmp(&(a.kind.rank(), &b.id)));
 
     let mut rest = Vec::new();
     for want in desired {
@@ -319,9 +317,75 @@ pub fn plan(
             }
         }
     }
-    // `desired` is already in creation order; keep it.
+    // Creates and updates after what they need; deletes before it, in
+    // reverse. What a resource needs comes from its typed properties (the
+    // desired ones, or for a delete the recorded ones), so a record that
+    // does not decode is refused here, naming resource and field.
+    let mut needs: BTreeMap<String, (u8, Vec<String>)> = BTreeMap::new();
+    for r in desired {
+        needs.insert(r.id.clone(), (r.kind.rank(), r.typed()?.needs()));
+    }
+    for a in &deletes {
+        let typed = careplane_model::Props::decode(a.kind, &a.id, &a.props)?;
+        needs
+            .entry(a.id.clone())
+            .or_insert_with(|| (a.kind.rank(), typed.needs()));
+    }
+    let position = topological(&needs);
+    deletes.sort_by_key(|a| std::cmp::Reverse(position[a.id.as_str()]));
+    rest.sort_by_key(|a| position[a.id.as_str()]);
     deletes.extend(rest);
     Ok(Plan { actions: deletes })
+}
+
+/// Each id's position in an order where everything comes after what it
+/// needs (needs outside `graph` are already there). Among ids free to go,
+/// the lowest (kind rank, id) first, so that plans read servers first,
+/// then what lives on them, in a stable order.
+fn topological(graph: &BTreeMap<String, (u8, Vec<String>)>) -> BTreeMap<&str, usize> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, (_, needs)) in graph {
+        let id = id.as_str();
+        let inside: Vec<&str> = needs
+            .iter()
+            .filter_map(|n| graph.get_key_value(n.as_str()).map(|(k, _)| k.as_str()))
+            .collect();
+        waiting.insert(id, inside.len());
+        for n in inside {
+            dependents.entry(n).or_default().push(id);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<(u8, &str)>> = waiting
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(id, _)| Reverse((graph[*id].0, *id)))
+        .collect();
+    let mut position = BTreeMap::new();
+    while let Some(Reverse((_, id))) = ready.pop() {
+        position.insert(id, position.len());
+        for d in dependents.get(id).into_iter().flatten() {
+            let n = waiting.get_mut(d).expect("every dependent is in the graph");
+            *n -= 1;
+            if *n == 0 {
+                ready.push(Reverse((graph[*d].0, d)));
+            }
+        }
+    }
+    // A cycle cannot be built from specs (needs point at lower ranks); were
+    // one recorded, its members keep rank order after everything else.
+    let mut rest: Vec<(u8, &str)> = graph
+        .iter()
+        .filter(|(id, _)| !position.contains_key(id.as_str()))
+        .map(|(id, (rank, _))| (*rank, id.as_str()))
+        .collect();
+    rest.sort();
+    for (_, id) in rest {
+        position.insert(id, position.len());
+    }
+    position
 }
 
 fn diff_values(path: &str, old: &Value, new: &Value, out: &mut Vec<Change>) {
@@ -368,6 +432,12 @@ mod tests {
         }
     }
 
+    /// A database's properties on `cluster` (the rest does not matter here).
+    fn db(cluster: &str) -> Value {
+        json!({"cluster": cluster, "tenant": "t", "environment": "dev",
+               "environmentKind": "dev", "database": "t-dev", "connectionLimit": 5})
+    }
+
     fn res(id: &str, kind: Kind, props: Value) -> Resource {
         Resource {
             id: id.into(),
@@ -387,12 +457,12 @@ mod tests {
             res(
                 "pg-database/t/dev",
                 Kind::PgDatabase,
-                json!({"cluster": "pg-cluster/shared"}),
+                db("pg-cluster/shared"),
             ),
             res(
                 "pg-database/t/prod",
                 Kind::PgDatabase,
-                json!({"cluster": "pg-cluster/shared"}),
+                db("pg-cluster/shared"),
             ),
         ];
         let recorded = vec![
@@ -406,13 +476,13 @@ mod tests {
                 "pg-database/t/dev",
                 "pg-database",
                 ResourceStatus::Pending,
-                json!({"cluster": "pg-cluster/shared"}),
+                db("pg-cluster/shared"),
             ),
             rec(
                 "pg-database/old/dev",
                 "pg-database",
                 ResourceStatus::Ready,
-                json!({"cluster": "pg-cluster/shared"}),
+                db("pg-cluster/shared"),
             ),
         ];
         let p = plan(&desired, &recorded, &BTreeMap::new()).unwrap();
@@ -459,17 +529,58 @@ mod tests {
         let desired = vec![res(
             "pg-database/t/dev",
             Kind::PgDatabase,
-            json!({"cluster": "pg-cluster/t"}),
+            db("pg-cluster/t"),
         )];
         let recorded = vec![rec(
             "pg-database/t/dev",
             "pg-database",
             ResourceStatus::Ready,
-            json!({"cluster": "pg-cluster/shared"}),
+            db("pg-cluster/shared"),
         )];
         let err = plan(&desired, &recorded, &BTreeMap::new())
             .unwrap_err()
             .to_string();
         assert!(err.contains("pg-database/t/dev would move"), "{err}");
+    }
+
+    /// Deletes run dependents first, by what each record needs, whatever
+    /// order the store lists them in; a record that does not decode is
+    /// refused, naming it and the field.
+    #[test]
+    fn deletes_follow_needs_in_reverse_and_broken_records_are_named() {
+        let recorded = vec![
+            rec(
+                "ca/platform",
+                "ca",
+                ResourceStatus::Ready,
+                json!({"platform": "x"}),
+            ),
+            rec(
+                "pg-database/t/dev",
+                "pg-database",
+                ResourceStatus::Ready,
+                db("pg-cluster/shared"),
+            ),
+            rec(
+                "pg-cluster/shared",
+                "pg-cluster",
+                ResourceStatus::Ready,
+                json!({"scope": "shared", "settings": {}}),
+            ),
+        ];
+        let p = plan(&[], &recorded, &BTreeMap::new()).unwrap();
+        let ids: Vec<&str> = p.actions.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["pg-database/t/dev", "pg-cluster/shared", "ca/platform"]
+        );
+
+        let mut broken = recorded.clone();
+        broken[1].props.as_object_mut().unwrap().remove("cluster");
+        let err = plan(&[], &broken, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pg-database/t/dev"), "{err}");
+        assert!(err.contains("`cluster`"), "{err}");
     }
 }
