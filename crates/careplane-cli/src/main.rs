@@ -230,7 +230,7 @@ fn error_line(e: &anyhow::Error) -> String {
 
 fn load(files: &Files) -> Result<Engine, anyhow::Error> {
     match careplane_spec::load(&files.files) {
-        Ok(specs) => Ok(Engine::new(specs)),
+        Ok(specs) => Ok(careplane_target_local::engine(specs)),
         Err(diags) => Err(anyhow::anyhow!("{diags}")),
     }
 }
@@ -243,7 +243,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Supervise { spec } => {
-            careplane_engine::supervise(&spec)?;
+            careplane_target_local::supervise(&spec)?;
         }
         Command::Modules {
             files,

@@ -16,9 +16,8 @@
 
 pub(crate) mod apply;
 pub mod desired;
-mod odoo;
+pub mod driver;
 pub mod plan;
-mod runtime;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -27,20 +26,21 @@ use careplane_spec::SpecSet;
 use careplane_state::{ResourceRecord, Store};
 
 pub use apply::{
-    ApplyOptions, ApplyReport, Credentials, DbCredentials, Event, OdooCredentials, RedisCredentials,
+    crash_point, finish, mark_deleting, prepare, run_all, ApplyOptions, ApplyReport, Credentials,
+    DbCredentials, Event, OdooCredentials, RedisCredentials,
 };
 pub use careplane_state::{ExposeSecret, StepRecord};
+pub use driver::{Driver, Ensured, Started};
 pub use plan::{Action, Op, Plan};
-pub use status::{EnvStatus, ServerStatus, Status};
+pub use status::{EnvStatus, Health, ServerStatus, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     State(#[from] careplane_state::StateError),
+    /// A target's own error (see [`Driver`]), kept whole for its causes.
     #[error(transparent)]
-    Local(#[from] careplane_local::LocalError),
-    #[error(transparent)]
-    Odoo(#[from] careplane_odoo::OdooError),
+    Target(Box<dyn std::error::Error + Send + Sync>),
     /// A resource (planned or recorded) that does not have its kind's shape.
     #[error(transparent)]
     Model(#[from] careplane_model::ModelError),
@@ -68,30 +68,37 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    fn inconsistent(what: impl Into<String>) -> EngineError {
+    pub fn inconsistent(what: impl Into<String>) -> EngineError {
         EngineError::Inconsistent { what: what.into() }
     }
 }
 
-/// A spec set bound to its data directory.
+/// A spec set bound to its data directory and the driver of its target.
 pub struct Engine {
     specs: SpecSet,
     data_dir: PathBuf,
     store: Option<Store>,
+    driver: Box<dyn Driver>,
 }
 
 impl Engine {
-    /// Binds specs to their platform's data directory without touching disk.
-    pub fn new(specs: SpecSet) -> Engine {
-        // Servers run with their own working directory: every path handed
-        // to them must be absolute.
-        let data_dir = specs.data_dir();
-        let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+    /// Binds specs to their platform's data directory and `driver` without
+    /// touching disk.
+    pub fn new(specs: SpecSet, driver: Box<dyn Driver>) -> Engine {
+        let data_dir = Engine::data_dir_of(&specs);
         Engine {
             specs,
             data_dir,
             store: None,
+            driver,
         }
+    }
+
+    /// The absolute data directory of `specs` (servers run with their own
+    /// working directory: every path handed to them must be absolute).
+    pub fn data_dir_of(specs: &SpecSet) -> PathBuf {
+        let data_dir = specs.data_dir();
+        std::path::absolute(&data_dir).unwrap_or(data_dir)
     }
 
     pub fn specs(&self) -> &SpecSet {
@@ -114,53 +121,13 @@ impl Engine {
         Ok(self.store.as_ref().expect("just opened"))
     }
 
-    /// What careplane holds now. Empty — and nothing created — when the
-    /// platform was never applied, so `plan` changes nothing on disk.
-    /// What careplane observes of its ready resources that differs from
-    /// what it recorded: a PostgreSQL or Redis server, or an Odoo
-    /// environment's supervisor, that is not running. Cheap (a pid file and
-    /// a `kill(0)` each), so every plan can afford it. Nothing while the
-    /// platform is stopped on purpose (`careplane stop`, until `start`).
-    pub fn observe_drift(
-        &self,
-        recorded: &[ResourceRecord],
-    ) -> std::collections::BTreeMap<String, String> {
-        let mut drift = std::collections::BTreeMap::new();
-        if self.data_dir.join(STOPPED_MARKER).exists() {
-            return drift;
-        }
-        for r in recorded {
-            if r.status != careplane_state::ResourceStatus::Ready {
-                continue;
-            }
-            let Some(root) = r.observed.get("root").and_then(serde_json::Value::as_str) else {
-                continue;
-            };
-            let root = Path::new(root);
-            let down = match r.kind.as_str() {
-                "pg-cluster" => careplane_local::pg::running_pid_at(root)
-                    .is_none()
-                    .then_some("PostgreSQL is not running"),
-                "redis-server" => careplane_local::redis::running_pid_at(root)
-                    .is_none()
-                    .then_some("Redis is not running"),
-                "odoo-env" => careplane_odoo::supervisor_pid(root)
-                    .is_none()
-                    .then_some("its supervisor is not running (Odoo is not kept up)"),
-                _ => None,
-            };
-            if let Some(d) = down {
-                drift.insert(r.id.clone(), d.to_string());
-            }
-        }
-        drift
-    }
-
     /// The newest `limit` steps of the operation journal, newest first.
     pub fn journal(&mut self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
         Ok(self.store()?.journal(limit)?)
     }
 
+    /// What careplane holds now. Empty — and nothing created — when the
+    /// platform was never applied, so `plan` changes nothing on disk.
     pub fn recorded(&mut self) -> Result<Vec<ResourceRecord>, EngineError> {
         if self.store.is_none() && !self.state_exists() {
             return Ok(Vec::new());
@@ -172,7 +139,9 @@ impl Engine {
     pub fn plan(&mut self) -> Result<Plan, EngineError> {
         let desired = desired::desired(&self.specs);
         let recorded = self.recorded()?;
-        let drift = self.observe_drift(&recorded);
+        // What runs is observed, not only what was recorded: a server that
+        // died shows up as a change.
+        let drift = self.driver.observe(&recorded);
         plan::plan(&desired, &recorded, &drift)
     }
 
@@ -206,14 +175,4 @@ impl Engine {
 fn belongs_to(r: &ResourceRecord, tenant: &str) -> bool {
     r.props.get("tenant").and_then(|v| v.as_str()) == Some(tenant)
         || r.props.get("scope").and_then(|v| v.as_str()) == Some(tenant)
-}
-
-/// `<dataDir>/stopped`: `careplane stop` stopped the platform on purpose,
-/// so a stopped server is not drift (`careplane start` removes it).
-pub(crate) const STOPPED_MARKER: &str = "stopped";
-
-/// The body of `careplane supervise <spec>`: keeps an Odoo environment's
-/// processes running (see `careplane_odoo::supervise`).
-pub fn supervise(spec: &Path) -> Result<(), EngineError> {
-    Ok(careplane_odoo::supervise_file(spec)?)
 }

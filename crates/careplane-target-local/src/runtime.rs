@@ -14,7 +14,7 @@ use careplane_spec::PlatformSpec;
 use careplane_state::{ResourceRecord, ResourceStatus, SecretString, Store};
 use serde_json::Value;
 
-use crate::EngineError;
+use crate::Error as EngineError;
 
 /// Names of secrets in the state store, per resource.
 pub const ADMIN_PASSWORD: &str = "admin-password";

@@ -17,10 +17,11 @@ use careplane_odoo as odoo;
 use careplane_state::{ExposeSecret, ResourceRecord, ResourceStatus, SecretString};
 use serde_json::{json, Value};
 
-use crate::apply::{crash_point, ready, remove_dir, Host};
-use crate::plan::{Action, Op};
+use careplane_engine::{crash_point, Action, Op};
+
+use crate::resources::{ready, remove_dir, Host};
 use crate::runtime::{self, observed_port, observed_str, secret, str_prop, PASSWORD};
-use crate::{Engine, EngineError};
+use crate::{Error as EngineError, LocalDriver};
 
 /// Secrets of an `odoo-env`: the master password (`admin_passwd`, kept as
 /// Odoo's pbkdf2 hash in odoo.conf) and the `admin` user's login password.
@@ -56,7 +57,7 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-impl Engine {
+impl LocalDriver {
     /// The Odoo installation a resource names. A bare command is looked up on
     /// PATH, a relative path is relative to the platform's spec file.
     fn odoo_install(&self, props: &Value) -> Result<odoo::OdooInstall, EngineError> {
@@ -467,7 +468,7 @@ impl Engine {
         let cluster_id = a.props["cluster"].as_str().unwrap_or_default().to_string();
         let crec = ready(&all, &cluster_id)?;
         let tpl = ready(&all, a.props["template"].as_str().unwrap_or_default())?;
-        let dbrec = ready(&all, &crate::desired::pg_database_id(&tenant, &envname))?;
+        let dbrec = ready(&all, &careplane_model::pg_database_id(&tenant, &envname))?;
         let urec = ready(&all, a.props["redisUser"].as_str().unwrap_or_default())?;
         let cluster = self.cluster_handle(&crec, host)?;
         let tdb: TenantDb = runtime::tenant_db(self.store()?, &dbrec)?;
@@ -743,7 +744,7 @@ impl Engine {
         let all = self.store()?.resources()?;
         let dbrec = ready(
             &all,
-            &crate::desired::pg_database_id(
+            &careplane_model::pg_database_id(
                 str_prop(rec, "tenant")?,
                 str_prop(rec, "environment")?,
             ),
@@ -767,7 +768,7 @@ impl Engine {
 
     /// `careplane modules install|upgrade`: stop web, run Odoo's `-i`/`-u`,
     /// start again, check health; journaled like an apply.
-    pub fn modules(
+    pub(crate) fn modules_command(
         &mut self,
         tenant: &str,
         env: &str,
@@ -775,7 +776,7 @@ impl Engine {
         modules: &[String],
     ) -> Result<(), EngineError> {
         let _lock = careplane_state::lock(&self.data_dir, "modules")?;
-        let id = crate::desired::odoo_env_id(tenant, env);
+        let id = careplane_model::odoo_env_id(tenant, env);
         let rec = self
             .store()?
             .resource(&id)?
@@ -878,6 +879,7 @@ pub(crate) struct Starting {
     pub(crate) ready: Readiness,
 }
 
+#[derive(Clone)]
 pub(crate) struct Readiness {
     root: PathBuf,
     http_port: u16,

@@ -1,0 +1,87 @@
+//! The boundary between the executor and a target.
+//!
+//! A [`Driver`] is the only code that touches a target (processes, files,
+//! servers, a Kubernetes API). The executor ([`crate::Engine::apply`]) owns
+//! the lock, the journal, the order of actions and the concurrency of
+//! readiness waits, and never looks at a resource's kind to decide what to
+//! do: it asks the driver. Adding a kind means a struct in
+//! `careplane-model` and arms in each driver, not a change here (see
+//! docs/design/0004).
+
+use std::any::Any;
+use std::collections::BTreeMap;
+
+use careplane_model::Kind;
+use careplane_state::ResourceRecord;
+
+use crate::apply::{ApplyOptions, Credentials};
+use crate::plan::{Action, Plan};
+use crate::status::Status;
+use crate::EngineError;
+
+/// What [`Driver::ensure`] left behind.
+pub enum Ensured {
+    /// Done: the executor records the step finished.
+    Ready,
+    /// Started, not yet answering (an Odoo loading its registry). The
+    /// executor runs `wait` on a thread of its own, keeps the step open
+    /// meanwhile, and hands `token` back to [`Driver::finish_started`] on
+    /// its own thread when `wait` returned.
+    Started(Started),
+}
+
+/// See [`Ensured::Started`].
+pub struct Started {
+    pub wait: Box<dyn FnOnce() -> Result<(), EngineError> + Send>,
+    pub token: Box<dyn Any + Send>,
+}
+
+/// A target: how each kind of resource is made, removed, started, stopped,
+/// observed and checked there. Methods take `&mut self`: a driver caches
+/// what it found on the host (binaries, the service user) for one run.
+pub trait Driver {
+    /// Problems that refuse `plan` before anything runs: missing binaries,
+    /// a database that still holds data without `--delete-data`, …
+    fn preflight(&mut self, plan: &Plan, opts: &ApplyOptions) -> Result<Vec<String>, EngineError>;
+
+    /// What differs, by resource id, between the records and what runs:
+    /// cheap enough for every plan (a pid file, a `stat`), never a
+    /// connection per tenant.
+    fn observe(&mut self, recorded: &[ResourceRecord]) -> BTreeMap<String, String>;
+
+    /// Creates or updates `action`'s resource, recording its intent first.
+    fn ensure(&mut self, action: &Action) -> Result<Ensured, EngineError>;
+
+    /// Finishes what [`Ensured::Started`] began, once its wait returned.
+    fn finish_started(
+        &mut self,
+        action: &Action,
+        token: Box<dyn Any + Send>,
+    ) -> Result<(), EngineError>;
+
+    /// Removes `action`'s resource (its record included).
+    fn delete(&mut self, action: &Action) -> Result<(), EngineError>;
+
+    /// How many [`Ensured::Started`] resources of `kind` may be waited for
+    /// at once (0: ensure never returns `Started` for it).
+    fn window(&self, kind: Kind) -> usize;
+
+    /// Starts (`start`) or stops everything recorded, reporting each
+    /// resource on `progress`.
+    fn lifecycle(&mut self, start: bool, progress: &mut dyn FnMut(&str))
+        -> Result<(), EngineError>;
+
+    fn status(&mut self) -> Result<Status, EngineError>;
+
+    /// How to reach `tenant`/`env`, with its passwords.
+    fn credentials(&mut self, tenant: &str, env: &str) -> Result<Credentials, EngineError>;
+
+    /// `careplane modules install|upgrade` for one environment.
+    fn modules(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        install: bool,
+        modules: &[String],
+    ) -> Result<(), EngineError>;
+}

@@ -1,0 +1,269 @@
+//! careplane's local target: the [`Driver`] that runs the platform on this
+//! machine. PostgreSQL clusters and Redis servers as processes started by
+//! careplane (as their service user when careplane is root), Odoo
+//! environments under `careplane supervise`, files below the platform's
+//! data directory. It turns the engine's actions into `careplane-local` and
+//! `careplane-odoo` calls, reading what each resource was given (ports,
+//! directories, passwords) from its state record.
+//!
+//! The engine never calls this crate: the CLI builds an [`Engine`] with
+//! [`engine`], and the executor reaches the target only through [`Driver`].
+
+mod odoo;
+mod resources;
+mod runtime;
+mod status;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use careplane_engine::{
+    Action, ApplyOptions, Credentials, Driver, Engine, EngineError, Ensured, Plan, Started, Status,
+};
+use careplane_model::Kind;
+use careplane_spec::SpecSet;
+use careplane_state::{ResourceRecord, Store};
+
+use resources::Host;
+
+/// What can go wrong on the local target. Converted into
+/// [`EngineError`] at the driver boundary, keeping refusals as refusals.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    State(#[from] careplane_state::StateError),
+    #[error(transparent)]
+    Local(#[from] careplane_local::LocalError),
+    #[error(transparent)]
+    Odoo(#[from] careplane_odoo::OdooError),
+    #[error(transparent)]
+    Model(#[from] careplane_model::ModelError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{what}")]
+    Inconsistent { what: String },
+    /// Checks that refuse before anything changes; one line each.
+    #[error("nothing was changed:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Refused { problems: Vec<String> },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn inconsistent(what: impl Into<String>) -> Error {
+        Error::Inconsistent { what: what.into() }
+    }
+}
+
+impl From<Error> for EngineError {
+    fn from(e: Error) -> EngineError {
+        match e {
+            Error::Engine(e) => e,
+            Error::Inconsistent { what } => EngineError::Inconsistent { what },
+            Error::Refused { problems } => EngineError::Refused { problems },
+            Error::Io { what, source } => EngineError::Io { what, source },
+            Error::State(e) => EngineError::State(e),
+            Error::Model(e) => EngineError::Model(e),
+            e => EngineError::Target(Box::new(e)),
+        }
+    }
+}
+
+/// `<dataDir>/stopped`: `careplane stop` stopped the platform on purpose,
+/// so a stopped server is not drift (`careplane start` removes it).
+pub(crate) const STOPPED_MARKER: &str = "stopped";
+
+/// The local target's driver for one platform.
+pub struct LocalDriver {
+    specs: SpecSet,
+    data_dir: PathBuf,
+    /// Its own connection to the state store (SQLite, WAL): the executor
+    /// holds the apply lock and writes the journal on another.
+    store: Option<Store>,
+    /// Binaries and the service user, found once per run.
+    host: Host,
+}
+
+/// An engine for `specs` on the local target.
+pub fn engine(specs: SpecSet) -> Engine {
+    let driver = LocalDriver::new(specs.clone());
+    Engine::new(specs, Box::new(driver))
+}
+
+/// The body of `careplane supervise <spec>`: keeps an Odoo environment's
+/// processes running (see `careplane_odoo::supervise`).
+pub fn supervise(spec: &Path) -> Result<(), EngineError> {
+    careplane_odoo::supervise_file(spec).map_err(|e| Error::from(e).into())
+}
+
+impl LocalDriver {
+    pub fn new(specs: SpecSet) -> LocalDriver {
+        let data_dir = Engine::data_dir_of(&specs);
+        LocalDriver {
+            specs,
+            data_dir,
+            store: None,
+            host: Host::default(),
+        }
+    }
+
+    fn state_exists(&self) -> bool {
+        self.data_dir.join("state.db").exists()
+    }
+
+    /// Opens (creating on first use) the state store.
+    fn store(&mut self) -> Result<&Store, Error> {
+        if self.store.is_none() {
+            self.store = Some(Store::open(&self.data_dir)?);
+        }
+        Ok(self.store.as_ref().expect("just opened"))
+    }
+
+    pub(crate) fn store_ref(&mut self) -> Result<&Store, Error> {
+        self.store()
+    }
+
+    /// What careplane holds now; empty, and nothing created, when the
+    /// platform was never applied.
+    fn recorded(&mut self) -> Result<Vec<ResourceRecord>, Error> {
+        if self.store.is_none() && !self.state_exists() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store()?.resources()?)
+    }
+
+    fn with_host<T>(
+        &mut self,
+        f: impl FnOnce(&mut LocalDriver, &mut Host) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut host = std::mem::take(&mut self.host);
+        let result = f(self, &mut host);
+        self.host = host;
+        result
+    }
+}
+
+impl Driver for LocalDriver {
+    fn preflight(&mut self, plan: &Plan, opts: &ApplyOptions) -> Result<Vec<String>, EngineError> {
+        Ok(self.check_plan(plan, opts)?)
+    }
+
+    /// A PostgreSQL or Redis server, or an Odoo environment's supervisor,
+    /// that is not running: a pid file and a `kill(0)` each. Nothing while
+    /// the platform is stopped on purpose (`careplane stop`, until `start`).
+    fn observe(&mut self, recorded: &[ResourceRecord]) -> BTreeMap<String, String> {
+        let mut drift = BTreeMap::new();
+        if self.data_dir.join(STOPPED_MARKER).exists() {
+            return drift;
+        }
+        for r in recorded {
+            if r.status != careplane_state::ResourceStatus::Ready {
+                continue;
+            }
+            let Some(root) = r.observed.get("root").and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let root = Path::new(root);
+            let down = match Kind::parse(&r.kind) {
+                Some(Kind::PgCluster) => careplane_local::pg::running_pid_at(root)
+                    .is_none()
+                    .then_some("PostgreSQL is not running"),
+                Some(Kind::RedisServer) => careplane_local::redis::running_pid_at(root)
+                    .is_none()
+                    .then_some("Redis is not running"),
+                Some(Kind::OdooEnv) => careplane_odoo::supervisor_pid(root)
+                    .is_none()
+                    .then_some("its supervisor is not running (Odoo is not kept up)"),
+                _ => None,
+            };
+            if let Some(d) = down {
+                drift.insert(r.id.clone(), d.to_string());
+            }
+        }
+        drift
+    }
+
+    fn ensure(&mut self, action: &Action) -> Result<Ensured, EngineError> {
+        if action.kind == Kind::OdooEnv {
+            let starting = self.with_host(|d, host| d.ensure_odoo_env(action, host))?;
+            let ready = starting.ready.clone();
+            return Ok(Ensured::Started(Started {
+                wait: Box::new(move || ready.wait().map_err(EngineError::from)),
+                token: Box::new(starting),
+            }));
+        }
+        self.with_host(|d, host| d.execute(action, host))?;
+        Ok(Ensured::Ready)
+    }
+
+    fn finish_started(
+        &mut self,
+        action: &Action,
+        token: Box<dyn Any + Send>,
+    ) -> Result<(), EngineError> {
+        let starting = token.downcast::<odoo::Starting>().map_err(|_| {
+            Error::inconsistent(format!("{}: not started by this driver", action.id))
+        })?;
+        Ok(self.finish_odoo_env(action, *starting)?)
+    }
+
+    fn delete(&mut self, action: &Action) -> Result<(), EngineError> {
+        Ok(self.with_host(|d, host| d.execute(action, host))?)
+    }
+
+    /// Odoo environments load their registry for seconds, CPU-bound: one
+    /// per core (at least 2) at once; nothing else is waited for.
+    fn window(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::OdooEnv => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2),
+            _ => 0,
+        }
+    }
+
+    fn lifecycle(
+        &mut self,
+        start: bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), EngineError> {
+        let command = if start { "start" } else { "stop" };
+        Ok(self.run_lifecycle(command, progress, start)?)
+    }
+
+    fn status(&mut self) -> Result<Status, EngineError> {
+        Ok(self.collect_status()?)
+    }
+
+    fn credentials(&mut self, tenant: &str, env: &str) -> Result<Credentials, EngineError> {
+        Ok(self.find_credentials(tenant, env)?)
+    }
+
+    fn modules(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        install: bool,
+        modules: &[String],
+    ) -> Result<(), EngineError> {
+        Ok(self.modules_command(tenant, env, install, modules)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `validate` refuses exactly the settings the runtime refuses.
+    #[test]
+    fn protected_postgres_settings_agree() {
+        assert_eq!(
+            careplane_spec::PROTECTED_PG_SETTINGS,
+            careplane_local::pg::PROTECTED_SETTINGS
+        );
+    }
+}
