@@ -1,0 +1,382 @@
+//! The executor against a fake target: an in-memory [`Driver`] that records
+//! what it was asked to do, can fail any action or any readiness wait, and
+//! keeps "started" resources pending until they are finished. These prove
+//! the executor's own rules — order by needs, refusals before any change,
+//! resuming after an interruption, a failed wait of one of many, the
+//! driver's concurrency window — in milliseconds, without servers; the CLI
+//! tests prove the same on real ones.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use careplane_engine::{
+    Action, ApplyOptions, Credentials, Driver, Engine, EngineError, Ensured, Plan, Started, Status,
+};
+use careplane_model::Kind;
+use careplane_state::{ResourceRecord, ResourceStatus, Store};
+
+const SPECS: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Platform
+metadata:
+  name: fakegroup
+spec:
+  target: local
+  dataDir: DATA_DIR
+  odoo:
+    command: odoo-standin
+    version: 18
+  defaults:
+    serviceTier: standard
+---
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: standard
+spec:
+  availability: 99.5
+  rto: 4h
+  rpo: 1h
+  supportHours: business-hours
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: alpha
+spec:
+  tenancy: shared
+  environments:
+    - {name: dev, kind: dev}
+    - {name: test, kind: test}
+    - {name: uat, kind: uat}
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: beta
+spec:
+  tenancy: dedicated-db
+  environments:
+    - {name: dev, kind: dev}
+"#;
+
+/// What the fake was asked, and how it should misbehave.
+#[derive(Default)]
+struct Script {
+    log: Vec<String>,
+    fail_ensure: Option<String>,
+    fail_wait: Option<String>,
+    refuse: Vec<String>,
+    /// Started and not yet finished, now and at most.
+    started: usize,
+    most_started: usize,
+}
+
+struct Fake {
+    data_dir: std::path::PathBuf,
+    script: Arc<Mutex<Script>>,
+    window: usize,
+}
+
+impl Fake {
+    fn store(&self) -> Store {
+        Store::open(&self.data_dir).expect("state store")
+    }
+}
+
+impl Driver for Fake {
+    fn preflight(&mut self, _: &Plan, _: &ApplyOptions) -> Result<Vec<String>, EngineError> {
+        Ok(self.script.lock().unwrap().refuse.clone())
+    }
+
+    fn observe(&mut self, _: &[ResourceRecord]) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn ensure(&mut self, a: &Action) -> Result<Ensured, EngineError> {
+        let mut s = self.script.lock().unwrap();
+        s.log.push(format!("ensure {}", a.id));
+        let store = self.store();
+        let rec =
+            careplane_engine::prepare(&store, &self.data_dir, a, |_| Ok(serde_json::json!({})))?;
+        if s.fail_ensure.as_deref() == Some(&a.id) {
+            return Err(EngineError::inconsistent(format!("{} broke", a.id)));
+        }
+        if a.kind != Kind::OdooEnv {
+            careplane_engine::finish(&store, a, rec)?;
+            return Ok(Ensured::Ready);
+        }
+        s.started += 1;
+        s.most_started = s.most_started.max(s.started);
+        let fails = s.fail_wait.as_deref() == Some(&a.id);
+        let id = a.id.clone();
+        Ok(Ensured::Started(Started {
+            wait: Box::new(move || match fails {
+                true => Err(EngineError::inconsistent(format!("{id} never answered"))),
+                false => Ok(()),
+            }),
+            token: Box::new(rec),
+        }))
+    }
+
+    fn finish_started(
+        &mut self,
+        a: &Action,
+        token: Box<dyn Any + Send>,
+    ) -> Result<(), EngineError> {
+        let mut s = self.script.lock().unwrap();
+        s.started -= 1;
+        s.log.push(format!("ready {}", a.id));
+        let rec = token.downcast::<ResourceRecord>().expect("our token");
+        careplane_engine::finish(&self.store(), a, *rec)
+    }
+
+    fn delete(&mut self, a: &Action) -> Result<(), EngineError> {
+        self.script
+            .lock()
+            .unwrap()
+            .log
+            .push(format!("delete {}", a.id));
+        let store = self.store();
+        if careplane_engine::mark_deleting(&store, a)?.is_some() {
+            store.delete_resource(&a.id)?;
+        }
+        Ok(())
+    }
+
+    fn window(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::OdooEnv => self.window,
+            _ => 0,
+        }
+    }
+
+    fn lifecycle(&mut self, _: bool, _: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+        Err(unsupported())
+    }
+    fn status(&mut self) -> Result<Status, EngineError> {
+        Err(unsupported())
+    }
+    fn credentials(&mut self, _: &str, _: &str) -> Result<Credentials, EngineError> {
+        Err(unsupported())
+    }
+    fn modules(&mut self, _: &str, _: &str, _: bool, _: &[String]) -> Result<(), EngineError> {
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> EngineError {
+    EngineError::Unsupported {
+        what: "not in the fake target".into(),
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    script: Arc<Mutex<Script>>,
+    engine: Engine,
+}
+
+fn setup(window: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let specs_dir = dir.path().join("specs");
+    std::fs::create_dir(&specs_dir).unwrap();
+    std::fs::write(
+        specs_dir.join("platform.yaml"),
+        SPECS.replace("DATA_DIR", &data_dir.display().to_string()),
+    )
+    .unwrap();
+    let specs = careplane_spec::load(&[specs_dir]).expect("specs validate");
+    let script = Arc::new(Mutex::new(Script::default()));
+    let fake = Fake {
+        data_dir: data_dir.clone(),
+        script: script.clone(),
+        window,
+    };
+    let engine = Engine::new(specs, Box::new(fake));
+    Setup {
+        _dir: dir,
+        data_dir,
+        script,
+        engine,
+    }
+}
+
+fn apply(s: &mut Setup) -> Result<Vec<String>, EngineError> {
+    s.engine
+        .apply(&ApplyOptions::default(), &mut |_| {})
+        .map(|r| r.applied)
+}
+
+fn records(s: &Setup) -> BTreeMap<String, ResourceStatus> {
+    Store::open(&s.data_dir)
+        .unwrap()
+        .resources()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.status))
+        .collect()
+}
+
+fn take_log(s: &Setup) -> Vec<String> {
+    std::mem::take(&mut s.script.lock().unwrap().log)
+}
+
+/// Every resource is ensured after everything it needs is ready, and a
+/// second apply has nothing to do.
+#[test]
+fn actions_run_after_what_they_need() {
+    let mut s = setup(2);
+    let desired = careplane_model::desired(s.engine.specs());
+    apply(&mut s).unwrap();
+    let log = take_log(&s);
+    let done_at = |id: &str| {
+        log.iter()
+            .position(|l| *l == format!("ready {id}") || *l == format!("ensure {id}"))
+            .unwrap_or_else(|| panic!("{id} never ensured: {log:?}"))
+    };
+    for r in &desired {
+        let started = log
+            .iter()
+            .position(|l| *l == format!("ensure {}", r.id))
+            .unwrap();
+        for need in r.typed().unwrap().needs() {
+            // Ready before the dependent starts: for a started kind, its
+            // `ready` line; otherwise its `ensure`.
+            let ready = log
+                .iter()
+                .position(|l| *l == format!("ready {need}"))
+                .unwrap_or_else(|| done_at(&need));
+            assert!(
+                ready < started,
+                "{} started before {need} was ready: {log:?}",
+                r.id
+            );
+        }
+    }
+    assert_eq!(records(&s).len(), desired.len());
+    assert!(records(&s).values().all(|st| *st == ResourceStatus::Ready));
+    assert!(s.engine.plan().unwrap().is_empty());
+}
+
+/// A refusal comes before the first action: nothing recorded, nothing asked.
+#[test]
+fn a_refused_plan_changes_nothing() {
+    let mut s = setup(2);
+    s.script.lock().unwrap().refuse = vec!["no PostgreSQL here".into()];
+    let err = apply(&mut s).unwrap_err();
+    assert!(matches!(err, EngineError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("no PostgreSQL here"), "{err}");
+    assert!(take_log(&s).is_empty());
+    assert!(records(&s).is_empty());
+}
+
+/// An apply that stops at any action (an error here; a kill in the CLI's
+/// crash tests) is finished by the next one, which redoes only what was
+/// not recorded ready.
+#[test]
+fn an_interrupted_apply_is_finished_by_the_next() {
+    let all: Vec<String> = {
+        let s = setup(2);
+        careplane_model::desired(s.engine.specs())
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    for broken in &all {
+        let mut s = setup(2);
+        s.script.lock().unwrap().fail_ensure = Some(broken.clone());
+        let err = apply(&mut s).unwrap_err();
+        assert!(err.to_string().contains(broken.as_str()), "{err}");
+        let before = records(&s);
+        assert_eq!(before.get(broken), Some(&ResourceStatus::Pending));
+        take_log(&s);
+
+        s.script.lock().unwrap().fail_ensure = None;
+        apply(&mut s).unwrap();
+        let redone: Vec<String> = take_log(&s)
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("ensure ").map(str::to_string))
+            .collect();
+        for id in &redone {
+            assert_ne!(before.get(id), Some(&ResourceStatus::Ready), "{id} redone");
+        }
+        assert!(redone.contains(broken));
+        assert!(records(&s).values().all(|st| *st == ResourceStatus::Ready));
+        assert_eq!(records(&s).len(), all.len());
+    }
+}
+
+/// One environment that never answers fails the apply, the others that
+/// were started are still recorded ready, and the next apply redoes only
+/// it.
+#[test]
+fn a_failed_wait_fails_one_and_keeps_the_others() {
+    let mut s = setup(8);
+    s.script.lock().unwrap().fail_wait = Some("odoo-env/alpha/test".into());
+    let err = apply(&mut s).unwrap_err().to_string();
+    assert!(err.contains("odoo-env/alpha/test"), "{err}");
+    assert!(err.contains("never answered"), "{err}");
+    let rec = records(&s);
+    assert_eq!(rec["odoo-env/alpha/test"], ResourceStatus::Pending);
+    for ok in [
+        "odoo-env/alpha/dev",
+        "odoo-env/alpha/uat",
+        "odoo-env/beta/dev",
+    ] {
+        assert_eq!(rec[ok], ResourceStatus::Ready, "{ok}");
+    }
+    take_log(&s);
+    s.script.lock().unwrap().fail_wait = None;
+    apply(&mut s).unwrap();
+    assert_eq!(
+        take_log(&s),
+        ["ensure odoo-env/alpha/test", "ready odoo-env/alpha/test"]
+    );
+}
+
+/// Never more started-and-unfinished resources than the driver's window,
+/// and the window is used.
+#[test]
+fn started_resources_stay_within_the_window() {
+    for window in [1, 2, 3] {
+        let mut s = setup(window);
+        apply(&mut s).unwrap();
+        assert_eq!(
+            s.script.lock().unwrap().most_started,
+            window,
+            "window {window}"
+        );
+    }
+}
+
+/// Deletes run dependents first.
+#[test]
+fn destroy_removes_dependents_first() {
+    let mut s = setup(2);
+    apply(&mut s).unwrap();
+    take_log(&s);
+    s.engine
+        .destroy(
+            &[],
+            &ApplyOptions {
+                delete_data: true,
+                confirm: vec![],
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+    let log = take_log(&s);
+    let at = |id: &str| {
+        log.iter()
+            .position(|l| *l == format!("delete {id}"))
+            .unwrap()
+    };
+    assert!(at("odoo-env/alpha/dev") < at("pg-database/alpha/dev"));
+    assert!(at("pg-database/alpha/dev") < at("pg-cluster/shared"));
+    assert!(at("pg-cluster/shared") < at("ca/platform"));
+    assert!(records(&s).is_empty());
+}
