@@ -16,50 +16,9 @@ use careplane_engine::{
 use careplane_model::Kind;
 use careplane_state::{ResourceRecord, ResourceStatus, Store};
 
-const SPECS: &str = r#"
-apiVersion: careplane.dev/v1alpha1
-kind: Platform
-metadata:
-  name: fakegroup
-spec:
-  target: local
-  dataDir: DATA_DIR
-  odoo:
-    command: odoo-standin
-    version: 18
-  defaults:
-    serviceTier: standard
----
-apiVersion: careplane.dev/v1alpha1
-kind: ServiceTier
-metadata:
-  name: standard
-spec:
-  availability: 99.5
-  rto: 4h
-  rpo: 1h
-  supportHours: business-hours
----
-apiVersion: careplane.dev/v1alpha1
-kind: Tenant
-metadata:
-  name: alpha
-spec:
-  tenancy: shared
-  environments:
-    - {name: dev, kind: dev}
-    - {name: test, kind: test}
-    - {name: uat, kind: uat}
----
-apiVersion: careplane.dev/v1alpha1
-kind: Tenant
-metadata:
-  name: beta
-spec:
-  tenancy: dedicated-db
-  environments:
-    - {name: dev, kind: dev}
-"#;
+/// Two tenants, one shared with three environments, one on a cluster of
+/// its own; `DATA_DIR` is replaced.
+const SPECS: &str = include_str!("fixtures/platform.yaml");
 
 /// What the fake was asked, and how it should misbehave.
 #[derive(Default)]
