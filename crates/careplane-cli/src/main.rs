@@ -252,7 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             environment,
             modules,
         } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             let install = action == ModulesAction::Install;
             errln!(
                 "{} {} in {tenant}/{environment}: stopping web, running Odoo, starting again ...",
@@ -296,7 +296,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
         Command::Plan { files, output } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             let plan = engine.plan()?;
             match output {
                 Output::Json => print_json(&plan.to_json())?,
@@ -308,7 +308,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             guards,
             output,
         } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             let report = with_progress(|p| engine.apply(&guards.options(), p))?;
             match output {
                 Output::Json => print_json(&report)?,
@@ -322,7 +322,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             report.operation
                         );
                         outln!("Run `careplane status -f ...` to see every environment and its health.");
-                        print_new_odoo_envs(&mut engine, &report.created_odoo_envs)?;
+                        print_new_odoo_envs(&engine, &report.created_odoo_envs)?;
                     }
                 }
             }
@@ -333,7 +333,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             guards,
             output,
         } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             // The same guards as apply: a database that holds data is
             // dropped only with --delete-data, production/DR only with
             // --confirm <tenant>.
@@ -344,7 +344,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Status { files, output } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             let status = engine.status()?;
             match output {
                 Output::Json => print_json(&status)?,
@@ -360,11 +360,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Start { files } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             engine.start_all(&mut |m| errln!("{m}"))?;
         }
         Command::Stop { files } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             engine.stop_all(&mut |m| errln!("{m}"))?;
         }
         Command::Credentials {
@@ -373,7 +373,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             environment,
             output,
         } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             let c = engine
                 .credentials(&tenant, &environment)
                 .with_context(|| format!("credentials of {tenant}/{environment}"))?;
@@ -433,7 +433,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             output,
         } => {
-            let mut engine = load(&files)?;
+            let engine = load(&files)?;
             let steps = engine.journal(limit)?;
             match output {
                 Output::Json => print_json(&steps)?,
@@ -688,7 +688,7 @@ fn print_status(s: &Status) {
 /// Where to log in to each Odoo environment this apply created. The admin
 /// password is shown here once, and only on a terminal: piped or captured
 /// output (CI logs, files) never gets it; `careplane credentials` always can.
-fn print_new_odoo_envs(engine: &mut Engine, created: &[(String, String)]) -> anyhow::Result<()> {
+fn print_new_odoo_envs(engine: &Engine, created: &[(String, String)]) -> anyhow::Result<()> {
     if created.is_empty() {
         return Ok(());
     }

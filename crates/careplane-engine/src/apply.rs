@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::desired::Kind;
 use crate::driver::{Ensured, Started};
 use crate::plan::{Action, Op, Plan};
-use crate::{Engine, EngineError};
+use crate::{Core, EngineError};
 
 /// What the operator allowed for this run.
 #[derive(Debug, Clone, Default)]
@@ -77,9 +77,9 @@ struct Deferred<'a> {
     wait: Option<Box<dyn FnOnce() -> Result<(), EngineError> + Send>>,
 }
 
-impl Engine {
+impl Core {
     /// Runs the current plan under the apply lock.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         opts: &ApplyOptions,
         progress: &mut dyn FnMut(Event<'_>),
@@ -88,7 +88,7 @@ impl Engine {
     }
 
     /// Removes what careplane holds for `tenants` (everything when empty).
-    pub fn destroy(
+    pub(crate) fn destroy(
         &mut self,
         tenants: &[String],
         opts: &ApplyOptions,
@@ -103,7 +103,7 @@ impl Engine {
         command: &str,
         opts: &ApplyOptions,
         progress: &mut dyn FnMut(Event<'_>),
-        make_plan: impl FnOnce(&mut Engine) -> Result<Plan, EngineError>,
+        make_plan: impl FnOnce(&mut Core) -> Result<Plan, EngineError>,
     ) -> Result<ApplyReport, EngineError> {
         self.store()?;
         let _lock = careplane_state::lock(&self.data_dir, command)?;
@@ -343,24 +343,28 @@ impl Engine {
     }
 
     /// Starts every recorded server (after `stop` or a reboot).
-    pub fn start_all(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+    pub(crate) fn start_all(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
         self.driver.lifecycle(true, progress)
     }
 
     /// Stops every recorded server, PostgreSQL with a fast shutdown.
-    pub fn stop_all(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+    pub(crate) fn stop_all(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
         self.driver.lifecycle(false, progress)
     }
 
     /// How to reach a tenant environment's database and Redis, with the
     /// generated passwords: only for the operator who asks explicitly.
-    pub fn credentials(&mut self, tenant: &str, env: &str) -> Result<Credentials, EngineError> {
+    pub(crate) fn credentials(
+        &mut self,
+        tenant: &str,
+        env: &str,
+    ) -> Result<Credentials, EngineError> {
         self.driver.credentials(tenant, env)
     }
 
     /// `careplane modules install|upgrade`: stop web, run Odoo's `-i`/`-u`,
     /// start again, check health; journaled like an apply.
-    pub fn modules(
+    pub(crate) fn modules(
         &mut self,
         tenant: &str,
         env: &str,
@@ -370,7 +374,7 @@ impl Engine {
         self.driver.modules(tenant, env, install, modules)
     }
 
-    pub fn status(&mut self) -> Result<crate::Status, EngineError> {
+    pub(crate) fn status(&mut self) -> Result<crate::Status, EngineError> {
         self.driver.status()
     }
 }
@@ -430,7 +434,7 @@ pub fn mark_deleting(store: &Store, a: &Action) -> Result<Option<ResourceRecord>
     Ok(Some(rec))
 }
 
-/// See [`Engine::credentials`]. `Debug` redacts the passwords.
+/// See [`crate::Engine::credentials`]. `Debug` redacts the passwords.
 #[derive(Debug)]
 pub struct Credentials {
     pub postgres: DbCredentials,

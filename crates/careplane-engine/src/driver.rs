@@ -37,9 +37,10 @@ pub struct Started {
 }
 
 /// A target: how each kind of resource is made, removed, started, stopped,
-/// observed and checked there. Methods take `&mut self`: a driver caches
+/// observed and checked there. Methods take `&mut self` (the engine calls
+/// one at a time, under its lock): a driver caches
 /// what it found on the host (binaries, the service user) for one run.
-pub trait Driver {
+pub trait Driver: Send {
     /// Problems that refuse `plan` before anything runs: missing binaries,
     /// a database that still holds data without `--delete-data`, …
     fn preflight(&mut self, plan: &Plan, opts: &ApplyOptions) -> Result<Vec<String>, EngineError>;

@@ -21,6 +21,7 @@ pub mod plan;
 mod status;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use careplane_spec::SpecSet;
 use careplane_state::{ResourceRecord, Store};
@@ -74,7 +75,19 @@ impl EngineError {
 }
 
 /// A spec set bound to its data directory and the driver of its target.
+///
+/// Every method takes `&self` and may be called from several threads (a
+/// server's request handlers): calls are serialized on one lock, and
+/// `apply`, `destroy`, `start`, `stop` and `modules` also take the data
+/// directory's apply lock, which other processes respect.
 pub struct Engine {
+    specs: SpecSet,
+    data_dir: PathBuf,
+    core: Mutex<Core>,
+}
+
+/// What the lock of [`Engine`] guards.
+pub(crate) struct Core {
     specs: SpecSet,
     data_dir: PathBuf,
     store: Option<Store>,
@@ -87,10 +100,14 @@ impl Engine {
     pub fn new(specs: SpecSet, driver: Box<dyn Driver>) -> Engine {
         let data_dir = Engine::data_dir_of(&specs);
         Engine {
+            core: Mutex::new(Core {
+                specs: specs.clone(),
+                data_dir: data_dir.clone(),
+                store: None,
+                driver,
+            }),
             specs,
             data_dir,
-            store: None,
-            driver,
         }
     }
 
@@ -109,6 +126,89 @@ impl Engine {
         &self.data_dir
     }
 
+    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves nothing half-written that
+        // the state store's own transactions and the journal do not cover.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest `limit` steps of the operation journal, newest first.
+    pub fn journal(&self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
+        self.core().journal(limit)
+    }
+
+    /// What careplane holds now. Empty — and nothing created — when the
+    /// platform was never applied, so `plan` changes nothing on disk.
+    pub fn recorded(&self) -> Result<Vec<ResourceRecord>, EngineError> {
+        self.core().recorded()
+    }
+
+    /// The plan that `apply` would run now.
+    pub fn plan(&self) -> Result<Plan, EngineError> {
+        self.core().plan()
+    }
+
+    /// The plan that removes everything careplane holds for `tenants` (all of
+    /// it, including shared servers and the CA, when `tenants` is empty).
+    pub fn destroy_plan(&self, tenants: &[String]) -> Result<Plan, EngineError> {
+        self.core().destroy_plan(tenants)
+    }
+
+    /// Runs the current plan under the apply lock; returns what ran and the
+    /// journal's operation id.
+    pub fn apply(
+        &self,
+        opts: &ApplyOptions,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<ApplyReport, EngineError> {
+        self.core().apply(opts, progress)
+    }
+
+    /// Removes what careplane holds for `tenants` (everything when empty).
+    pub fn destroy(
+        &self,
+        tenants: &[String],
+        opts: &ApplyOptions,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<ApplyReport, EngineError> {
+        self.core().destroy(tenants, opts, progress)
+    }
+
+    /// Starts every recorded server (after `stop` or a reboot).
+    pub fn start_all(&self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+        self.core().start_all(progress)
+    }
+
+    /// Stops every recorded server, PostgreSQL with a fast shutdown.
+    pub fn stop_all(&self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+        self.core().stop_all(progress)
+    }
+
+    /// How to reach a tenant environment's database and Redis, with the
+    /// generated passwords: only for the operator who asks explicitly.
+    pub fn credentials(&self, tenant: &str, env: &str) -> Result<Credentials, EngineError> {
+        self.core().credentials(tenant, env)
+    }
+
+    /// `careplane modules install|upgrade`: stop web, run Odoo's `-i`/`-u`,
+    /// start again, check health; journaled like an apply.
+    pub fn modules(
+        &self,
+        tenant: &str,
+        env: &str,
+        install: bool,
+        modules: &[String],
+    ) -> Result<(), EngineError> {
+        self.core().modules(tenant, env, install, modules)
+    }
+
+    /// Every environment and server, and whether each answers.
+    pub fn status(&self) -> Result<Status, EngineError> {
+        self.core().status()
+    }
+}
+
+impl Core {
     fn state_exists(&self) -> bool {
         self.data_dir.join("state.db").exists()
     }
@@ -121,22 +221,18 @@ impl Engine {
         Ok(self.store.as_ref().expect("just opened"))
     }
 
-    /// The newest `limit` steps of the operation journal, newest first.
-    pub fn journal(&mut self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
+    fn journal(&mut self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
         Ok(self.store()?.journal(limit)?)
     }
 
-    /// What careplane holds now. Empty — and nothing created — when the
-    /// platform was never applied, so `plan` changes nothing on disk.
-    pub fn recorded(&mut self) -> Result<Vec<ResourceRecord>, EngineError> {
+    fn recorded(&mut self) -> Result<Vec<ResourceRecord>, EngineError> {
         if self.store.is_none() && !self.state_exists() {
             return Ok(Vec::new());
         }
         Ok(self.store()?.resources()?)
     }
 
-    /// The plan that `apply` would run now.
-    pub fn plan(&mut self) -> Result<Plan, EngineError> {
+    fn plan(&mut self) -> Result<Plan, EngineError> {
         let desired = desired::desired(&self.specs);
         let recorded = self.recorded()?;
         // What runs is observed, not only what was recorded: a server that
@@ -145,9 +241,7 @@ impl Engine {
         plan::plan(&desired, &recorded, &drift)
     }
 
-    /// The plan that removes everything careplane holds for `tenants` (all of
-    /// it, including shared servers and the CA, when `tenants` is empty).
-    pub fn destroy_plan(&mut self, tenants: &[String]) -> Result<Plan, EngineError> {
+    fn destroy_plan(&mut self, tenants: &[String]) -> Result<Plan, EngineError> {
         let recorded = self.recorded()?;
         if tenants.is_empty() {
             return plan::plan(&[], &recorded, &Default::default());

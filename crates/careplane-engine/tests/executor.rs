@@ -339,3 +339,28 @@ fn destroy_removes_dependents_first() {
     assert!(at("pg-cluster/shared") < at("ca/platform"));
     assert!(records(&s).is_empty());
 }
+
+/// The engine is shared by reference across threads (a server's handlers):
+/// `plan` from several threads at once, while an apply holds the lock,
+/// gives the same answer.
+#[test]
+fn one_engine_serves_several_threads() {
+    fn shared<T: Send + Sync>(_: &T) {}
+    let s = setup(2);
+    shared(&s.engine);
+    let engine = &s.engine;
+    let all = careplane_model::desired(engine.specs()).len();
+    std::thread::scope(|scope| {
+        let applying = scope.spawn(|| engine.apply(&ApplyOptions::default(), &mut |_| {}));
+        let planners: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| engine.plan().map(|p| p.counts())))
+            .collect();
+        applying.join().unwrap().unwrap();
+        for p in planners {
+            // Before the apply, everything to create; after it, nothing.
+            let c = p.join().unwrap().unwrap();
+            assert!(c.create == 0 || c.create == all, "{c:?}");
+        }
+    });
+    assert!(engine.plan().unwrap().is_empty());
+}
