@@ -63,6 +63,9 @@ impl SignedCheckpoint {
     }
 }
 
+/// A checkpoint as read from a file: parsed, or why it does not parse.
+pub type Loaded = Result<SignedCheckpoint, String>;
+
 /// Where checkpoints are published beyond the log's own directory, so that
 /// someone who can rewrite the log cannot also hide a truncation. Each
 /// checkpoint is a new object, never overwritten. An object-store variant
@@ -125,7 +128,7 @@ impl Witness {
     }
 
     /// Every checkpoint the witness holds, in increasing size.
-    pub fn checkpoints(&self) -> Result<Vec<(String, Result<SignedCheckpoint, String>)>, Error> {
+    pub fn checkpoints(&self) -> Result<Vec<(String, Loaded)>, Error> {
         match self {
             Witness::Directory(dir) => {
                 let werr = |e: std::io::Error| Error::Witness {
@@ -162,9 +165,7 @@ impl Witness {
     }
 }
 
-pub(crate) fn read_checkpoints(
-    path: &Path,
-) -> Result<Vec<(usize, Result<SignedCheckpoint, String>)>, Error> {
+pub(crate) fn read_checkpoints(path: &Path) -> Result<Vec<(usize, Loaded)>, Error> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -93,7 +93,7 @@ impl Tree {
     pub fn push(&mut self, leaf: Hash) {
         self.levels[0].push(leaf);
         let mut h = 0;
-        while self.levels[h].len() % 2 == 0 {
+        while self.levels[h].len().is_multiple_of(2) {
             let l = &self.levels[h];
             let node = node_hash(&l[l.len() - 2], &l[l.len() - 1]);
             if self.levels.len() == h + 1 {
