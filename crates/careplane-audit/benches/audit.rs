@@ -31,7 +31,10 @@ fn event(i: u64) -> Event {
         target: format!("odoo-env/tenant{}/production", i % 50),
         tenant: Some(format!("tenant{}", i % 50)),
         parameters: json!({"modules": ["base", "contacts", "stock"], "force": false, "attempt": i % 3}),
-        result: Outcome { status: Status::Succeeded, message: None },
+        result: Outcome {
+            status: Status::Succeeded,
+            message: None,
+        },
         operation: Some(format!("op-{i:016x}")),
     }
 }
@@ -65,7 +68,10 @@ fn run(threads: usize, secs: f64, f: impl Fn(u64) + Send + Sync + 'static) -> (u
 }
 
 fn careplane(dir: &Path, threads: usize, secs: f64) -> (u64, f64) {
-    let opts = Options { checkpoint_every: 100_000, ..Options::default() };
+    let opts = Options {
+        checkpoint_every: 100_000,
+        ..Options::default()
+    };
     let log = Arc::new(AuditLog::open_with(dir, SigningKey::from_bytes(&[1; 32]), opts).unwrap());
     let l = log.clone();
     let r = run(threads, secs, move |i| {
@@ -115,9 +121,14 @@ fn sqlite_wal(dir: &Path, threads: usize, secs: f64) -> (u64, f64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let secs: f64 = args.first().map_or(3.0, |s| s.parse().expect("SECONDS"));
-    let verify_n: u64 = args.get(1).map_or(1_000_000, |s| s.parse().expect("ENTRIES"));
+    let verify_n: u64 = args
+        .get(1)
+        .map_or(1_000_000, |s| s.parse().expect("ENTRIES"));
     let base = std::env::var_os("AUDIT_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
 
     println!("durable appends/s, {secs} s per run, {}", base.display());
@@ -141,7 +152,10 @@ fn main() {
     let d = tempfile::tempdir_in(&base).unwrap();
     let dir = d.path().join("audit");
     let key = SigningKey::from_bytes(&[1; 32]);
-    let opts = Options { checkpoint_every: 100_000, ..Options::default() };
+    let opts = Options {
+        checkpoint_every: 100_000,
+        ..Options::default()
+    };
     let log = Arc::new(AuditLog::open_with(&dir, key.clone(), opts).unwrap());
     let t = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -178,11 +192,19 @@ fn main() {
     let load = t.elapsed().as_secs_f64();
     assert_eq!(s.size(), verify_n);
     let t = Instant::now();
-    let out = std::process::Command::new("sha256sum").arg(dir.join("entries.jsonl")).output();
+    let out = std::process::Command::new("sha256sum")
+        .arg(dir.join("entries.jsonl"))
+        .output();
     let sha = t.elapsed().as_secs_f64();
-    println!("verify (chain, {} checkpoints, Merkle roots)  {v:.2} s", r.checkpoints_ok);
+    println!(
+        "verify (chain, {} checkpoints, Merkle roots)  {v:.2} s",
+        r.checkpoints_ok
+    );
     println!("Snapshot::load (tree for proofs and queries)  {load:.2} s");
     if out.is_ok_and(|o| o.status.success()) {
-        println!("sha256sum of the file (reference)             {sha:.2} s   verify/sha256sum {:.2}x", v / sha);
+        println!(
+            "sha256sum of the file (reference)             {sha:.2} s   verify/sha256sum {:.2}x",
+            v / sha
+        );
     }
 }
