@@ -178,6 +178,7 @@ fn a_killed_writer_loses_no_acknowledged_entry() {
         .args([
             "--exact",
             "child_appender",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
