@@ -1,0 +1,539 @@
+//! The writer: durable, group-committed appends and checkpoints.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::Deserialize;
+
+use crate::checkpoint::{read_checkpoints, SignedCheckpoint, Witness};
+use crate::event::{find_fraction, format_time, now_micros, parse_time, prepare, Event};
+use crate::merkle::{leaf_hash, to_hex, Hash, Tree};
+use crate::redact::{redact_event, KnownSecrets};
+use crate::{read_meta, Error, Meta, CHECKPOINTS, ENTRIES, FORMAT, META};
+
+/// The largest encoded entry `append` accepts.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+/// The most bytes written between two `fdatasync`s: only the last such batch
+/// can be torn by a crash, which is what lets `open` tell a torn tail from
+/// damage.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+pub struct Options {
+    /// Where checkpoints are published besides `checkpoints.jsonl`.
+    pub witness: Option<Witness>,
+    /// Sign a checkpoint after this many new entries (0: never by count).
+    pub checkpoint_every: u64,
+    /// Sign a checkpoint when the last one is older than this and entries
+    /// were added since (checked at append).
+    pub checkpoint_interval: Option<Duration>,
+    /// Cut out of every event before it is written.
+    pub known_secrets: KnownSecrets,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            witness: None,
+            checkpoint_every: 10_000,
+            checkpoint_interval: Some(Duration::from_secs(60)),
+            known_secrets: KnownSecrets::default(),
+        }
+    }
+}
+
+/// What `append` returns once the entry is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    pub leaf_hash: Hash,
+}
+
+/// A torn tail `open` cut off (never acknowledged), kept in `saved_to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    pub entries: u64,
+    pub offset: u64,
+    pub bytes: u64,
+    pub saved_to: PathBuf,
+}
+
+struct State {
+    next_seq: u64,
+    prev: Hash,
+    last_time: i64,
+    buf: Vec<u8>,
+    /// Entries `0..durable` are on disk.
+    durable: u64,
+    flushing: bool,
+    tree: Tree,
+    poisoned: Option<(u64, String)>,
+}
+
+struct CpState {
+    file: File,
+    last_size: u64,
+    last_at: Instant,
+    last_error: Option<String>,
+}
+
+/// The audit log's one writer (an exclusive `flock` on `<dir>/lock`).
+pub struct AuditLog {
+    dir: PathBuf,
+    origin: String,
+    key: SigningKey,
+    options: Options,
+    file: File,
+    _lock: File,
+    state: Mutex<State>,
+    durable: Condvar,
+    cp: Mutex<CpState>,
+    recovery: Option<Recovery>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .field("origin", &self.origin)
+            .field("public_key", &to_hex(self.key.verifying_key().as_bytes()))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    time: &'a str,
+}
+
+fn lock_poison<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking appender leaves consistent state behind (every field is
+    // updated before anything that can panic), so a poisoned mutex is usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AuditLog {
+    /// Opens (creating when absent) the log in `dir` with default options.
+    pub fn open(dir: &Path, key: SigningKey) -> Result<AuditLog, Error> {
+        Self::open_with(dir, key, Options::default())
+    }
+
+    pub fn open_with(dir: &Path, key: SigningKey, options: Options) -> Result<AuditLog, Error> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(Error::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            return Err(Error::io(&lock_path, e));
+        }
+
+        let entries_path = dir.join(ENTRIES);
+        let meta = match read_meta(dir)? {
+            Some(m) => m,
+            None => {
+                if entries_path.exists() {
+                    return Err(Error::Corrupt {
+                        path: dir.join(META),
+                        detail: format!(
+                            "missing, but {ENTRIES} exists: refusing to give the log a new origin"
+                        ),
+                    });
+                }
+                let mut id = [0u8; 16];
+                getrandom::getrandom(&mut id)
+                    .map_err(|e| Error::Request(format!("no randomness: {e}")))?;
+                let m = Meta {
+                    format: FORMAT.into(),
+                    origin: format!("careplane-audit/{}", to_hex(&id)),
+                };
+                let body = serde_json::to_vec(&m).expect("meta serializes");
+                careplane_sys::atomic_write(&dir.join(META), &body, 0o600, None)
+                    .map_err(|e| Error::io(&dir.join(META), e))?;
+                m
+            }
+        };
+
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .append(true)
+            .mode(0o600)
+            .open(&entries_path)
+            .map_err(|e| Error::io(&entries_path, e))?;
+        careplane_sys::sync_dir(dir);
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)
+            .map_err(|e| Error::io(&entries_path, e))?;
+
+        let cp_path = dir.join(CHECKPOINTS);
+        let checkpointed = recover_checkpoints(&cp_path)?;
+
+        // Scan: every complete line must parse with seq == its line number.
+        let mut tree = Tree::new();
+        let mut pos = 0usize;
+        let mut last_time = i64::MIN;
+        let mut bad: Option<String> = None;
+        while pos < data.len() {
+            let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') else {
+                bad = Some("incomplete last line".into());
+                break;
+            };
+            let line = &data[pos..pos + nl];
+            let seq = tree.len();
+            match serde_json::from_slice::<Head>(line) {
+                Ok(h) if h.seq == seq => {
+                    last_time = parse_time(h.time).unwrap_or(last_time).max(last_time);
+                }
+                Ok(h) => {
+                    bad = Some(format!("line {} holds seq {}", seq + 1, h.seq));
+                    break;
+                }
+                Err(e) => {
+                    bad = Some(format!("line {} does not parse: {e}", seq + 1));
+                    break;
+                }
+            }
+            tree.push(leaf_hash(line));
+            pos += nl + 1;
+        }
+        let mut recovery = None;
+        if let Some(why) = bad {
+            let seq = tree.len();
+            let tail = data.len() - pos;
+            if tail > MAX_BATCH_BYTES || seq < checkpointed {
+                return Err(Error::Corrupt {
+                    path: entries_path,
+                    detail: format!(
+                        "entry {seq} at byte {pos} is damaged ({why}); {} so this is not a torn write: \
+                         not truncating; run `careplane audit verify`",
+                        if seq < checkpointed {
+                            format!("a checkpoint covers {checkpointed} entries")
+                        } else {
+                            format!("{tail} bytes follow it")
+                        }
+                    ),
+                });
+            }
+            let rdir = dir.join("recovered");
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&rdir)
+                .map_err(|e| Error::io(&rdir, e))?;
+            let saved = rdir.join(format!("tail-{pos}-{}.bin", now_micros() / 1_000_000));
+            careplane_sys::atomic_write(&saved, &data[pos..], 0o600, None)
+                .map_err(|e| Error::io(&saved, e))?;
+            file.set_len(pos as u64)
+                .map_err(|e| Error::io(&entries_path, e))?;
+            file.sync_all().map_err(|e| Error::io(&entries_path, e))?;
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| Error::io(&entries_path, e))?;
+            recovery = Some(Recovery {
+                entries: seq,
+                offset: pos as u64,
+                bytes: tail as u64,
+                saved_to: saved,
+            });
+        }
+        if tree.len() < checkpointed {
+            return Err(Error::Corrupt {
+                path: entries_path,
+                detail: format!(
+                    "holds {} entries but {CHECKPOINTS} has a checkpoint of {checkpointed}: entries were removed; \
+                     run `careplane audit verify`",
+                    tree.len()
+                ),
+            });
+        }
+
+        let cp_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&cp_path)
+            .map_err(|e| Error::io(&cp_path, e))?;
+        let size = tree.len();
+        let prev = if size == 0 {
+            [0u8; 32]
+        } else {
+            tree.leaf(size - 1).expect("leaf below size")
+        };
+        Ok(AuditLog {
+            dir: dir.to_path_buf(),
+            origin: meta.origin,
+            key,
+            options,
+            file,
+            _lock: lock,
+            state: Mutex::new(State {
+                next_seq: size,
+                prev,
+                last_time,
+                buf: Vec::with_capacity(64 << 10),
+                durable: size,
+                flushing: false,
+                tree,
+                poisoned: None,
+            }),
+            durable: Condvar::new(),
+            cp: Mutex::new(CpState {
+                file: cp_file,
+                last_size: checkpointed,
+                last_at: Instant::now(),
+                last_error: None,
+            }),
+            recovery,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The name every checkpoint of this log carries.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// How many entries are durable.
+    pub fn size(&self) -> u64 {
+        lock_poison(&self.state).durable
+    }
+
+    /// The torn tail `open` cut off, if it had to.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.recovery.as_ref()
+    }
+
+    /// The error of the last automatic checkpoint, if it failed.
+    pub fn last_checkpoint_error(&self) -> Option<String> {
+        lock_poison(&self.cp).last_error.clone()
+    }
+
+    /// Redacts, stamps and appends `event`; returns once it is durable.
+    /// Concurrent callers share `fdatasync`s.
+    pub fn append(&self, mut event: Event) -> Result<Receipt, Error> {
+        if let Some(path) = find_fraction(&event.parameters, &mut String::new()) {
+            return Err(Error::InvalidEvent {
+                field: format!("parameters{path}"),
+                detail: "only integer numbers are stored (pass fractions as strings)".into(),
+            });
+        }
+        redact_event(&mut event, &self.options.known_secrets);
+        let prepared = prepare(&event);
+
+        let mut st = lock_poison(&self.state);
+        if let Some((seq, detail)) = &st.poisoned {
+            return Err(Error::Poisoned {
+                seq: *seq,
+                detail: detail.clone(),
+            });
+        }
+        let seq = st.next_seq;
+        let t = now_micros().max(st.last_time);
+        let time = format_time(t);
+        let prev = to_hex(&st.prev);
+        let start = st.buf.len();
+        prepared.splice(seq, &time, &prev, &mut st.buf);
+        if st.buf.len() - start > MAX_ENTRY_BYTES {
+            let len = st.buf.len() - start;
+            st.buf.truncate(start);
+            return Err(Error::InvalidEvent {
+                field: "parameters".into(),
+                detail: format!("the entry would be {len} bytes, more than {MAX_ENTRY_BYTES}"),
+            });
+        }
+        let leaf = leaf_hash(&st.buf[start..]);
+        st.buf.push(b'\n');
+        st.last_time = t;
+        st.prev = leaf;
+        st.tree.push(leaf);
+        st.next_seq += 1;
+
+        while st.durable <= seq {
+            if let Some((seq, detail)) = &st.poisoned {
+                return Err(Error::Poisoned {
+                    seq: *seq,
+                    detail: detail.clone(),
+                });
+            }
+            if st.flushing {
+                st = self.durable.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.flushing = true;
+            let batch = std::mem::take(&mut st.buf);
+            let end = st.next_seq;
+            drop(st);
+            let written = self.write_batch(&batch);
+            st = lock_poison(&self.state);
+            st.flushing = false;
+            match written {
+                Ok(()) => st.durable = end,
+                Err(e) => {
+                    let at = st.durable;
+                    st.poisoned = Some((at, e.to_string()));
+                }
+            }
+            if st.buf.is_empty() {
+                // Keep the allocation for the next batch.
+                let mut b = batch;
+                b.clear();
+                st.buf = b;
+            }
+            self.durable.notify_all();
+        }
+        let durable = st.durable;
+        drop(st);
+        self.maybe_checkpoint(durable);
+        Ok(Receipt {
+            seq,
+            leaf_hash: leaf,
+        })
+    }
+
+    /// Writes whole lines, at most MAX_BATCH_BYTES per fdatasync.
+    fn write_batch(&self, batch: &[u8]) -> std::io::Result<()> {
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_BATCH_BYTES);
+            if cut < rest.len() {
+                cut = rest[..cut]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(cut, |i| i + 1);
+            }
+            (&self.file).write_all(&rest[..cut])?;
+            self.file.sync_data()?;
+            rest = &rest[cut..];
+        }
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&self, durable: u64) {
+        let Ok(mut cp) = self.cp.try_lock() else {
+            return;
+        };
+        let by_count = self.options.checkpoint_every > 0
+            && durable - cp.last_size >= self.options.checkpoint_every;
+        let by_time = self
+            .options
+            .checkpoint_interval
+            .is_some_and(|i| durable > cp.last_size && cp.last_at.elapsed() >= i);
+        if by_count || by_time {
+            let r = self.checkpoint_locked(&mut cp);
+            cp.last_error = r.err().map(|e| e.to_string());
+        }
+    }
+
+    /// Signs the tree of all durable entries, appends the checkpoint to
+    /// `checkpoints.jsonl` (durably) and publishes it to the witness.
+    pub fn checkpoint(&self) -> Result<SignedCheckpoint, Error> {
+        let mut cp = lock_poison(&self.cp);
+        let r = self.checkpoint_locked(&mut cp);
+        cp.last_error = r.as_ref().err().map(|e| e.to_string());
+        r
+    }
+
+    fn checkpoint_locked(&self, cp: &mut CpState) -> Result<SignedCheckpoint, Error> {
+        let (size, root) = {
+            let st = lock_poison(&self.state);
+            (
+                st.durable,
+                st.tree
+                    .root(st.durable)
+                    .expect("durable entries are in the tree"),
+            )
+        };
+        let c = SignedCheckpoint::sign(
+            &self.key,
+            &self.origin,
+            size,
+            &root,
+            format_time(now_micros()),
+        );
+        let mut line = serde_json::to_vec(&c).expect("checkpoint serializes");
+        line.push(b'\n');
+        let path = self.dir.join(CHECKPOINTS);
+        cp.file.write_all(&line).map_err(|e| Error::io(&path, e))?;
+        cp.file.sync_data().map_err(|e| Error::io(&path, e))?;
+        cp.last_size = size;
+        cp.last_at = Instant::now();
+        if let Some(w) = &self.options.witness {
+            w.publish(&c)?;
+        }
+        Ok(c)
+    }
+
+    /// Checkpoints what no checkpoint covers yet, then closes the log.
+    pub fn close(self) -> Result<Option<SignedCheckpoint>, Error> {
+        let pending = {
+            let cp = lock_poison(&self.cp);
+            self.size() > cp.last_size
+        };
+        if pending {
+            return self.checkpoint().map(Some);
+        }
+        Ok(None)
+    }
+}
+
+/// Cuts an incomplete last line off `checkpoints.jsonl` (a crash during a
+/// checkpoint write) and returns the largest size it records.
+fn recover_checkpoints(path: &Path) -> Result<u64, Error> {
+    let mut data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    if let Some(last_nl) = data
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .or(Some(0))
+    {
+        if last_nl < data.len() {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(path, e))?;
+            f.set_len(last_nl as u64).map_err(|e| Error::io(path, e))?;
+            f.sync_all().map_err(|e| Error::io(path, e))?;
+            data.truncate(last_nl);
+        }
+    }
+    Ok(read_checkpoints(path)?
+        .into_iter()
+        .filter_map(|(_, c)| c.ok())
+        .map(|c| c.size)
+        .max()
+        .unwrap_or(0))
+}
