@@ -780,14 +780,10 @@ pub async fn redirect(
             ctx,
         );
     }
-    let port = snapshot.config.public_https_port.unwrap_or_else(|| {
-        snapshot
-            .config
-            .listen
-            .https
-            .first()
-            .map_or(443, |a| a.port())
-    });
+    let port = snapshot
+        .config
+        .public_https_port
+        .unwrap_or(shared.https_port);
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if port == 443 {
         format!("https://{host}{pq}")

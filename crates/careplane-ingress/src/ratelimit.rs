@@ -19,11 +19,13 @@ struct Bucket {
     at: Instant,
 }
 
+type Key = (u32, IpAddr, Class);
+
 /// Buckets keyed by (route, client, class). Survives reloads, so a reload
 /// does not refill an attacker's bucket.
 #[derive(Default)]
 pub struct Limiter {
-    shards: [Mutex<HashMap<(u32, IpAddr, Class), Bucket>>; 16],
+    shards: [Mutex<HashMap<Key, Bucket>>; 16],
 }
 
 impl Limiter {
@@ -64,7 +66,8 @@ impl Limiter {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Buckets held (for tests and metrics).
+    pub fn buckets(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
@@ -72,7 +75,7 @@ impl Limiter {
     }
 }
 
-fn shard_of(key: &(u32, IpAddr, Class)) -> usize {
+fn shard_of(key: &Key) -> usize {
     use std::hash::{Hash, Hasher};
     // A fixed hasher: a key must always land on the same shard.
     let mut h = std::hash::DefaultHasher::new();
@@ -107,8 +110,8 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         l.check(1, ip, Class::Login, rate, t1).unwrap();
         assert!(l.check(1, ip, Class::Login, rate, t1).is_err());
-        assert_eq!(l.len(), 4);
+        assert_eq!(l.buckets(), 4);
         l.prune(t1 + Duration::from_secs(3600), Duration::from_secs(600));
-        assert_eq!(l.len(), 0);
+        assert_eq!(l.buckets(), 0);
     }
 }

@@ -40,6 +40,8 @@ pub struct Shared {
     last_error: Mutex<Option<String>>,
     request_seq: AtomicU64,
     id_prefix: u32,
+    /// The first HTTPS listener's bound port, for redirects.
+    pub(crate) https_port: u16,
 }
 
 impl Shared {
@@ -215,6 +217,7 @@ pub async fn start(config_path: &Path) -> Result<Running, Error> {
         last_error: Mutex::new(None),
         request_seq: AtomicU64::new(0),
         id_prefix,
+        https_port: addrs(&https).first().map_or(443, |a| a.port()),
     });
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
