@@ -21,10 +21,11 @@ pub enum Reason {
     UpstreamError,
     MisdirectedHost,
     BadPath,
+    MethodNotAllowed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::DatabaseManager,
         Reason::DbService,
         Reason::UnparsableJsonRpc,
@@ -38,6 +39,7 @@ impl Reason {
         Reason::UpstreamError,
         Reason::MisdirectedHost,
         Reason::BadPath,
+        Reason::MethodNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Reason {
             Reason::UpstreamError => "upstream-error",
             Reason::MisdirectedHost => "misdirected-host",
             Reason::BadPath => "bad-path",
+            Reason::MethodNotAllowed => "method-not-allowed",
         }
     }
 }

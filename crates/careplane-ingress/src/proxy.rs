@@ -416,6 +416,18 @@ async fn forward(
             ),
         );
     }
+    // CONNECT would make the proxy a tunnel; TRACE echoes headers (cookies)
+    // back to scripts. Odoo needs neither.
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        refuse!(
+            Reason::MethodNotAllowed,
+            page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                "This method is not served."
+            )
+        );
+    }
     let Some(path) = filter::normalize_path(req.uri().path()) else {
         refuse!(
             Reason::BadPath,

@@ -62,6 +62,17 @@ impl Snapshot {
     }
 }
 
+/// What went wrong reading a key file, without any of its content (some PEM
+/// errors quote the offending line).
+fn key_error(e: rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::Io(io) => io.to_string(),
+        E::NoItemsFound => "no PRIVATE KEY block".into(),
+        _ => "not a readable PEM private key".into(),
+    }
+}
+
 /// Interns host names to small ids that survive reloads.
 #[derive(Default)]
 pub struct RouteIds(std::sync::Mutex<HashMap<String, u32>>);
@@ -103,7 +114,7 @@ pub fn build(
             )));
         }
         let key = PrivateKeyDer::from_pem_file(&r.tls.key)
-            .map_err(|e| bad(format!("key {}: {e}", r.tls.key.display())))?;
+            .map_err(|e| bad(format!("key {}: {}", r.tls.key.display(), key_error(e))))?;
         let ck = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
             bad(format!(
                 "key {} does not fit certificate {}: {e}",

@@ -65,7 +65,7 @@ async fn routes_by_host_and_sets_forwarding_headers_odoo_trusts() {
     let env = Env::start(|ca, dir| config(dir, vec![route(ca, A, &a), route(ca, B, &b)])).await;
 
     let mut c = env.client(A, false).await;
-    let req = Request::get("/web/login?redirect=%2Fodoo")
+    let req = Request::get("/odoo/discuss?redirect=%2Fodoo")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-host", "evil.example")
         .header("x-forwarded-proto", "http")
@@ -78,7 +78,7 @@ async fn routes_by_host_and_sets_forwarding_headers_odoo_trusts() {
     assert_eq!(ans.status, StatusCode::OK);
     assert_eq!(ans.header("x-upstream"), Some("a"));
     let seen = &a.requests()[0];
-    assert_eq!(seen.uri, "/web/login?redirect=%2Fodoo");
+    assert_eq!(seen.uri, "/odoo/discuss?redirect=%2Fodoo");
     let h = &seen.headers;
     assert_eq!(h["x-forwarded-for"], vec!["127.0.0.1"]);
     assert_eq!(h["x-forwarded-host"], vec![env.host(A)]);
@@ -231,6 +231,16 @@ async fn database_manager_and_db_service_are_blocked_in_paths_bodies_and_batches
             StatusCode::BAD_REQUEST
         );
     }
+    let mut c = env.client(A, false).await;
+    let trace = Request::builder()
+        .method("TRACE")
+        .uri("/web")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        c.send(&host, trace).await.unwrap().status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
     assert!(a.requests().is_empty(), "{:?}", a.requests());
 
     // Other services pass, body intact.
@@ -682,6 +692,20 @@ async fn a_bad_reload_is_refused_naming_the_route_and_the_old_routes_keep_servin
         err.contains("routes[1].tls") && err.contains("does not fit"),
         "{err}"
     );
+
+    // A key file that is not PEM: the error names the file, never its content.
+    std::fs::write(
+        &other_key,
+        "-----BEGIN PRIVATE KEY-----\nSECRETKEYMATERIAL%%%\n",
+    )
+    .unwrap();
+    write(&env.path, &bad);
+    let err = env.running.reload().unwrap_err();
+    assert!(
+        err.contains("routes[1].tls") && err.contains(other_key.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!err.contains("SECRETKEYMATERIAL"), "{err}");
 
     let mut c = env.client(A, false).await;
     assert_eq!(c.get(&env.host(A), "/").await.status, StatusCode::OK);

@@ -220,6 +220,13 @@ async fn echo(
         body: body.clone(),
     };
     seen.lock().unwrap().push(s.clone());
+    if parts.uri.path() == "/web/login" && parts.method == http::Method::GET {
+        return Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .header("x-upstream", label)
+            .body(Full::new(Bytes::from_static(LOGIN_PAGE.as_bytes())))
+            .unwrap();
+    }
     if parts.uri.path() == "/slow" {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
@@ -240,6 +247,19 @@ async fn echo(
         .body(Full::new(Bytes::from(out.to_string())))
         .unwrap()
 }
+
+/// A login page that needs what Odoo's web client needs from the CSP: an
+/// inline script and `eval`. It shows "rendered-42 https:" once they ran.
+pub const LOGIN_PAGE: &str = r#"<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Login | Odoo</title>
+<script>
+window.addEventListener('DOMContentLoaded', function () {
+  document.getElementById('out').textContent = eval('"rendered-" + (6 * 7)') + ' ' + location.protocol;
+});
+</script></head>
+<body><form method="post" action="/web/login"><input name="login"><input name="password" type="password"></form>
+<p id="out">not-rendered</p></body></html>
+"#;
 
 /// A TLS client connection to the proxy, HTTP/1.1 or HTTP/2 as ALPN decides.
 pub enum Client {
