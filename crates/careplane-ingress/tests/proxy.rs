@@ -601,6 +601,16 @@ async fn access_log_holds_no_query_cookie_authorization_or_body() {
     env.running.shutdown().await;
 }
 
+fn expiry(metrics: &str, host: &str) -> i64 {
+    let prefix = format!("careplane_ingress_certificate_expiry_seconds{{host=\"{host}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no expiry for {host}:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn metrics_per_route_with_certificate_expiry_and_status() {
     let a = Upstream::start("a").await;
@@ -634,25 +644,41 @@ async fn metrics_per_route_with_certificate_expiry_and_status() {
         )),
         "{m}"
     );
-    let line = m
-        .lines()
-        .find(|l| {
-            l.starts_with(&format!(
-                "careplane_ingress_certificate_expiry_seconds{{host=\"{A}\"}}"
-            ))
-        })
-        .unwrap();
-    let secs: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    // 2031-01-02T00:00:00Z; the clock may tick between render and check.
+    let secs = expiry(&m, A);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    // 2031-01-02T00:00:00Z
-    assert_eq!(secs, 1_925_078_400 - now);
+    assert!((1_925_078_400 - now - secs).abs() <= 2, "{secs}");
     let status: serde_json::Value = plain_get(admin, "x", "/status").await.json();
     assert_eq!(status["generation"], 1);
     assert_eq!(status["routes"], json!([A]));
     assert!(status["last_reload_error"].is_null());
+
+    // Renewal: the engine rewrites the files in place and reloads; new
+    // handshakes get the new certificate, the gauge moves.
+    let (new_cert, new_key) = env.ca.issue("renewed", &[A], Some((2032, 1, 2)));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&env.path).unwrap()).unwrap();
+    let cert_path = v["routes"][0]["tls"]["cert"].as_str().unwrap().to_owned();
+    let key_path = v["routes"][0]["tls"]["key"].as_str().unwrap().to_owned();
+    std::fs::copy(&new_cert, &cert_path).unwrap();
+    std::fs::copy(&new_key, &key_path).unwrap();
+    env.running.reload().unwrap();
+    let tls = tls_connect(&env.ca, env.https(), A, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    use rustls::pki_types::pem::PemObject;
+    let expected = rustls::pki_types::CertificateDer::from_pem_file(&new_cert).unwrap();
+    assert_eq!(served, expected.to_vec());
+    let m = String::from_utf8(plain_get(admin, "x", "/metrics").await.body.to_vec()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // 2032-01-02T00:00:00Z
+    assert!((1_956_614_400 - now - expiry(&m, A)).abs() <= 2, "{m}");
     env.running.shutdown().await;
 }
 
