@@ -459,6 +459,17 @@ mod tests {
     }
 
     #[test]
+    fn the_design_notes_example_parses() {
+        let note = include_str!("../../../docs/design/0006-ingress.md");
+        let start = note.find("```json\n").expect("example") + 8;
+        let end = start + note[start..].find("```").unwrap();
+        let c = parse(Path::new("0006-ingress.md"), note[start..end].as_bytes()).unwrap();
+        assert_eq!(c.generation, 7);
+        assert_eq!(c.defaults, Limits::default());
+        assert_eq!(c.routes[0].upstream.websocket, Some(41072));
+    }
+
+    #[test]
     fn written_config_reads_back_equal() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("ingress.json");
