@@ -463,7 +463,7 @@ mod tests {
         let note = include_str!("../../../docs/design/0006-ingress.md");
         let start = note.find("```json\n").expect("example") + 8;
         let end = start + note[start..].find("```").unwrap();
-        let c = parse(Path::new("0006-ingress.md"), note[start..end].as_bytes()).unwrap();
+        let c = parse(Path::new("0006-ingress.md"), &note.as_bytes()[start..end]).unwrap();
         assert_eq!(c.generation, 7);
         assert_eq!(c.defaults, Limits::default());
         assert_eq!(c.routes[0].upstream.websocket, Some(41072));
