@@ -87,9 +87,16 @@ impl Action {
                 p("database"),
                 p("cluster")
             ),
-            (Kind::PgDatabase, Op::Update) => {
-                format!("converge role and database {}", p("database"))
-            }
+            (Kind::PgDatabase, Op::Update) => match self.changes.iter().find(|c| c.field == "role") {
+                // A platform from before role names were opaque.
+                Some(c) => format!(
+                    "rename role {} to an opaque name (role names are readable by every tenant); \
+                     converge role and database {}",
+                    c.from,
+                    p("database")
+                ),
+                None => format!("converge role and database {}", p("database")),
+            },
             (Kind::PgDatabase, Op::Delete) => {
                 format!(
                     "DROP database and role {} on {}",

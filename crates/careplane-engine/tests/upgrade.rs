@@ -81,6 +81,9 @@ fn a_0c99148_platform_plans_only_the_role_rename() {
         let fields: Vec<&str> = a.changes.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["role"], "{}", a.id);
         assert!(a.changes[0].to.is_null(), "{}", a.id);
+        if a.kind == Kind::PgDatabase {
+            assert!(a.summary().contains("to an opaque name"), "{}", a.summary());
+        }
         seen.push(a.id.as_str());
     }
     seen.sort();
