@@ -208,24 +208,7 @@ fn an_older_platforms_named_roles_are_renamed_by_the_next_apply() {
     p.ok(&["apply"]);
     let store = careplane_state::Store::open(&p.data_dir()).unwrap();
     let records = store.resources().unwrap();
-    let cluster = records
-        .iter()
-        .find(|r| r.id == "pg-cluster/shared")
-        .unwrap();
-    let admin_password = store
-        .secret(&cluster.id, "admin-password")
-        .unwrap()
-        .expect("the cluster's admin password");
-    let mut admin = careplane_local::postgres::Config::new()
-        .host_path(cluster.observed["root"].as_str().unwrap().to_string() + "/run")
-        .port(cluster.observed["port"].as_u64().unwrap() as u16)
-        .user("careplane_admin")
-        .password(careplane_local::ExposeSecret::expose_secret(
-            &admin_password,
-        ))
-        .dbname("postgres")
-        .connect(careplane_local::postgres::NoTls)
-        .unwrap();
+    let mut admin = admin_client(&p, "pg-cluster/shared");
     let mut legacy = Vec::new();
     for mut rec in records.clone() {
         let named = rec.props["database"]

@@ -1,7 +1,9 @@
 //! Plans from what is observed, not only from what was recorded (issue 15,
 //! first drift slice; issue 14 item 11): a PostgreSQL server or an Odoo
 //! supervisor that died shows in `plan` as a change, and `apply` repairs it.
-//! A platform stopped on purpose (`careplane stop`) is not drift.
+//! A platform stopped on purpose (`careplane stop`) is not drift. Nor only
+//! processes: a tenant role given attributes behind careplane's back and an
+//! odoo.conf edited by hand are drift too.
 
 mod common;
 
@@ -133,4 +135,68 @@ fn dead_servers_and_supervisors_are_drift_that_apply_repairs() {
     assert_eq!(changed(&p.plan()), vec![]);
     p.ok(&["start"]);
     assert_eq!(changed(&p.plan()), vec![]);
+}
+
+/// A role turned superuser (or given a membership, a setting, another
+/// connection limit) by someone with the superuser's password, and an
+/// odoo.conf edited by hand: `plan` names each, `apply` puts each back, and
+/// the next plan is empty.
+#[test]
+fn roles_and_configuration_changed_behind_careplanes_back_are_drift() {
+    let p = Platform::with_odoo(TENANTS);
+    p.ok(&["apply"]);
+    let role = p.json(&["credentials", "delta", "dev"])["postgres"]["role"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut admin = admin_client(&p, "pg-cluster/shared");
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE \"{role}\" SUPERUSER CREATEROLE CONNECTION LIMIT 500; \
+             GRANT pg_read_server_files TO \"{role}\"; \
+             ALTER ROLE \"{role}\" SET work_mem = '1GB'"
+        ))
+        .unwrap();
+    let conf = p.data_dir().join("odoo/envs/delta/test/odoo-web.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace("list_db = False", "list_db = True")).unwrap();
+
+    let plan = changed(&p.plan());
+    let why = |id: &str| {
+        plan.iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("{id} not in {plan:?}"))
+    };
+    let db = why("pg-database/delta/dev");
+    for attr in [
+        "SUPERUSER",
+        "CREATEROLE",
+        "CONNECTION LIMIT 500",
+        "member of",
+        "settings",
+    ] {
+        assert!(db.contains(attr), "{db}");
+    }
+    assert!(why("odoo-env/delta/test").contains("odoo.conf"), "{plan:?}");
+    assert_eq!(plan.len(), 2, "{plan:?}");
+
+    p.ok(&["apply"]);
+    assert_eq!(changed(&p.plan()), vec![]);
+    let row = admin
+        .query_one(
+            "SELECT rolsuper, rolcreaterole, rolconnlimit, \
+             (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid), \
+             (SELECT count(*) FROM pg_db_role_setting s WHERE s.setrole = r.oid) \
+             FROM pg_roles r WHERE rolname = $1",
+            &[&role],
+        )
+        .unwrap();
+    assert!(!row.get::<_, bool>(0) && !row.get::<_, bool>(1));
+    assert_ne!(row.get::<_, i32>(2), 500);
+    assert_eq!(row.get::<_, i64>(3), 0);
+    assert_eq!(row.get::<_, i64>(4), 0);
+    assert!(std::fs::read_to_string(&conf)
+        .unwrap()
+        .contains("list_db = False"));
 }

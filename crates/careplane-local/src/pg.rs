@@ -1293,6 +1293,72 @@ impl PgCluster {
         Ok(())
     }
 
+    /// How each of `roles` (name, wanted connection limit) differs from what
+    /// [`Self::ensure_tenant_role`] makes it, read in one catalog query from
+    /// the maintenance database: attributes granted behind careplane's back
+    /// (`SUPERUSER`, `CREATEROLE`, …), another connection limit, role
+    /// memberships, per-role settings, or the role missing. Roles exactly as
+    /// careplane left them are absent from the answer.
+    pub fn role_drift(&self, roles: &[(String, Option<u32>)]) -> Result<BTreeMap<String, String>> {
+        let names: Vec<&str> = roles.iter().map(|(n, _)| n.as_str()).collect();
+        let rows = self
+            .admin()?
+            .query(
+                "SELECT r.rolname::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
+                        r.rolreplication, r.rolbypassrls, NOT r.rolcanlogin, NOT r.rolinherit, \
+                        r.rolconnlimit, \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.member = r.oid), \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s WHERE s.setrole = r.oid) \
+                 FROM pg_catalog.pg_roles r WHERE r.rolname = ANY($1)",
+                &[&names],
+            )
+            .map_err(|e| LocalError::pg(&self.name, "reading tenant roles' attributes", e))?;
+        let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in &rows {
+            let name: String = row.get(0);
+            let mut what = Vec::new();
+            for (i, attr) in [
+                (1, "SUPERUSER"),
+                (2, "CREATEROLE"),
+                (3, "CREATEDB"),
+                (4, "REPLICATION"),
+                (5, "BYPASSRLS"),
+                (6, "NOLOGIN"),
+                (7, "NOINHERIT"),
+            ] {
+                if row.get::<_, bool>(i) {
+                    what.push(attr.to_string());
+                }
+            }
+            let limit: i32 = row.get(8);
+            let wanted = roles
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, l)| *l)
+                .map_or(-1, |l| l as i64);
+            if i64::from(limit) != wanted {
+                what.push(format!(
+                    "CONNECTION LIMIT {limit} (careplane sets {wanted})"
+                ));
+            }
+            if row.get::<_, bool>(9) {
+                what.push("member of another role".into());
+            }
+            if row.get::<_, bool>(10) {
+                what.push("per-role settings".into());
+            }
+            found.insert(name, what);
+        }
+        Ok(roles
+            .iter()
+            .filter_map(|(name, _)| match found.get(name) {
+                None => Some((name.clone(), "role is missing".to_string())),
+                Some(w) if w.is_empty() => None,
+                Some(w) => Some((name.clone(), format!("role is {}", w.join(", ")))),
+            })
+            .collect())
+    }
+
     /// Hands a [`DatabaseState::Pristine`] database to `role` and lifts its
     /// `CONNECTION LIMIT 0`: from here on careplane's superuser never enters it.
     fn open_database(&self, database: &str, role: &str) -> Result<()> {

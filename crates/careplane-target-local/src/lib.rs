@@ -137,6 +137,50 @@ impl LocalDriver {
         Ok(self.store()?.resources()?)
     }
 
+    /// Adds, for each ready database whose role differs from what careplane
+    /// made it, why (see `PgCluster::role_drift`).
+    fn observe_roles(&mut self, recorded: &[ResourceRecord], drift: &mut BTreeMap<String, String>) {
+        use careplane_state::ResourceStatus::Ready;
+        for crec in recorded
+            .iter()
+            .filter(|r| r.kind == Kind::PgCluster.as_str() && r.status == Ready)
+        {
+            let dbs: Vec<(&ResourceRecord, String, Option<u32>)> = recorded
+                .iter()
+                .filter(|r| r.kind == Kind::PgDatabase.as_str() && r.status == Ready)
+                .filter(|r| r.props.get("cluster").and_then(|v| v.as_str()) == Some(&crec.id))
+                .filter_map(|r| {
+                    let role = runtime::db_role(r).ok()?.to_string();
+                    let limit = r
+                        .props
+                        .get("connectionLimit")
+                        .and_then(|v| v.as_u64())
+                        .map(|n| n as u32);
+                    Some((r, role, limit))
+                })
+                .collect();
+            if dbs.is_empty() {
+                continue;
+            }
+            let Ok(cluster) = self.with_host(|d, host| d.cluster_handle(crec, host)) else {
+                continue;
+            };
+            if cluster.running_pid().is_none() {
+                continue;
+            }
+            let roles: Vec<(String, Option<u32>)> =
+                dbs.iter().map(|(_, role, l)| (role.clone(), *l)).collect();
+            let Ok(found) = cluster.role_drift(&roles) else {
+                continue;
+            };
+            for (rec, role, _) in &dbs {
+                if let Some(why) = found.get(role) {
+                    drift.insert(rec.id.clone(), why.clone());
+                }
+            }
+        }
+    }
+
     fn with_host<T>(
         &mut self,
         f: impl FnOnce(&mut LocalDriver, &mut Host) -> Result<T, Error>,
@@ -154,13 +198,19 @@ impl Driver for LocalDriver {
     }
 
     /// A PostgreSQL or Redis server, or an Odoo environment's supervisor,
-    /// that is not running: a pid file and a `kill(0)` each. Nothing while
-    /// the platform is stopped on purpose (`careplane stop`, until `start`).
+    /// that is not running (a pid file and a `kill(0)` each); an Odoo
+    /// environment whose odoo.conf is not what careplane wrote (a hash of
+    /// two files); a tenant role with attributes careplane does not give
+    /// (one catalog query per running cluster). Nothing while the platform
+    /// is stopped on purpose (`careplane stop`, until `start`). What cannot
+    /// be observed (a cluster that does not answer) is left to the
+    /// resource's own drift ("not running") and to apply.
     fn observe(&mut self, recorded: &[ResourceRecord]) -> BTreeMap<String, String> {
         let mut drift = BTreeMap::new();
         if self.data_dir.join(STOPPED_MARKER).exists() {
             return drift;
         }
+        self.observe_roles(recorded, &mut drift);
         for r in recorded {
             if r.status != careplane_state::ResourceStatus::Ready {
                 continue;
@@ -176,9 +226,16 @@ impl Driver for LocalDriver {
                 Some(Kind::RedisServer) => careplane_local::redis::running_pid_at(root)
                     .is_none()
                     .then_some("Redis is not running"),
-                Some(Kind::OdooEnv) => careplane_odoo::supervisor_pid(root)
-                    .is_none()
-                    .then_some("its supervisor is not running (Odoo is not kept up)"),
+                Some(Kind::OdooEnv) if careplane_odoo::supervisor_pid(root).is_none() => {
+                    Some("its supervisor is not running (Odoo is not kept up)")
+                }
+                Some(Kind::OdooEnv) => {
+                    let written = r.observed.get("configDigest").and_then(|v| v.as_str());
+                    let now = careplane_odoo::config_digest(root);
+                    (written.is_some() && now.as_deref() != written).then_some(
+                        "odoo.conf is not what careplane wrote (changed behind its back)",
+                    )
+                }
                 _ => None,
             };
             if let Some(d) = down {

@@ -278,6 +278,30 @@ pub fn tenant_client_in(
     .unwrap()
 }
 
+/// The superuser of `cluster_id` (e.g. `pg-cluster/shared`) on the
+/// maintenance database, over its unix socket, with the password from
+/// careplane's vault: what an operator (or an attacker with root) could do
+/// behind careplane's back.
+pub fn admin_client(p: &Platform, cluster_id: &str) -> careplane_local::postgres::Client {
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let cluster = store
+        .resource(cluster_id)
+        .unwrap()
+        .expect("the cluster's record");
+    let password = store
+        .secret(cluster_id, "admin-password")
+        .unwrap()
+        .expect("the cluster's admin password");
+    careplane_local::postgres::Config::new()
+        .host_path(cluster.observed["root"].as_str().unwrap().to_string() + "/run")
+        .port(cluster.observed["port"].as_u64().unwrap() as u16)
+        .user("careplane_admin")
+        .password(careplane_local::ExposeSecret::expose_secret(&password))
+        .dbname("postgres")
+        .connect(careplane_local::postgres::NoTls)
+        .unwrap()
+}
+
 /// The ids of a plan's actions, in order.
 pub fn action_ids(plan: &Value) -> Vec<String> {
     plan["actions"]
