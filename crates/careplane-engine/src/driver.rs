@@ -14,10 +14,9 @@ use std::collections::BTreeMap;
 use careplane_model::Kind;
 use careplane_state::ResourceRecord;
 
-use crate::apply::{ApplyOptions, Credentials};
+use crate::error::EngineError;
 use crate::plan::{Action, Plan};
-use crate::status::Status;
-use crate::EngineError;
+use crate::report::{ApplyOptions, Credentials, Status};
 
 /// What [`Driver::ensure`] left behind.
 pub enum Ensured {

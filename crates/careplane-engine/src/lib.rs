@@ -14,65 +14,30 @@
 //! So an apply killed at any instant — including `kill -9` — is finished by
 //! the next apply, with nothing duplicated or orphaned.
 
-pub(crate) mod apply;
 pub mod desired;
 pub mod driver;
+mod error;
+mod executor;
 pub mod plan;
-mod status;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use careplane_spec::SpecSet;
-use careplane_state::{ResourceRecord, Store};
+use careplane_state::{ResourceRecord, StepRecord};
 
-pub use apply::{
-    crash_point, finish, mark_deleting, prepare, run_all, ApplyOptions, ApplyReport, Credentials,
-    DbCredentials, Event, OdooCredentials, RedisCredentials,
-};
-pub use careplane_state::{ExposeSecret, StepRecord};
+pub use careplane_state::ExposeSecret;
 pub use driver::{Driver, Ensured, Started};
+pub use error::EngineError;
+pub use executor::{crash_point, finish, mark_deleting, prepare, run_all};
 pub use plan::{Action, Op, Plan};
-pub use status::{EnvStatus, Health, ServerStatus, Status};
+pub use report::{
+    ApplyOptions, ApplyReport, Credentials, DbCredentials, EnvStatus, Event, Health,
+    OdooCredentials, RedisCredentials, ServerStatus, Status,
+};
 
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    State(#[from] careplane_state::StateError),
-    /// A target's own error (see [`Driver`]), kept whole for its causes.
-    #[error(transparent)]
-    Target(Box<dyn std::error::Error + Send + Sync>),
-    /// A resource (planned or recorded) that does not have its kind's shape.
-    #[error(transparent)]
-    Model(#[from] careplane_model::ModelError),
-    #[error("{what}")]
-    Unsupported { what: String },
-    #[error("{what}")]
-    Inconsistent { what: String },
-    /// An action failed; earlier actions stay applied and the next apply
-    /// resumes from here.
-    #[error("{action} failed: {source}")]
-    ActionFailed {
-        action: String,
-        #[source]
-        source: Box<EngineError>,
-    },
-    /// Guards that refused the plan before anything ran; one line each.
-    #[error("nothing was changed:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Refused { problems: Vec<String> },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl EngineError {
-    pub fn inconsistent(what: impl Into<String>) -> EngineError {
-        EngineError::Inconsistent { what: what.into() }
-    }
-}
+use executor::Core;
 
 /// A spec set bound to its data directory and the driver of its target.
 ///
@@ -84,14 +49,6 @@ pub struct Engine {
     specs: SpecSet,
     data_dir: PathBuf,
     core: Mutex<Core>,
-}
-
-/// What the lock of [`Engine`] guards.
-pub(crate) struct Core {
-    specs: SpecSet,
-    data_dir: PathBuf,
-    store: Option<Store>,
-    driver: Box<dyn Driver>,
 }
 
 impl Engine {
@@ -206,67 +163,4 @@ impl Engine {
     pub fn status(&self) -> Result<Status, EngineError> {
         self.core().status()
     }
-}
-
-impl Core {
-    fn state_exists(&self) -> bool {
-        self.data_dir.join("state.db").exists()
-    }
-
-    /// Opens (creating on first use) the state store.
-    fn store(&mut self) -> Result<&Store, EngineError> {
-        if self.store.is_none() {
-            self.store = Some(Store::open(&self.data_dir)?);
-        }
-        Ok(self.store.as_ref().expect("just opened"))
-    }
-
-    fn journal(&mut self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
-        Ok(self.store()?.journal(limit)?)
-    }
-
-    fn recorded(&mut self) -> Result<Vec<ResourceRecord>, EngineError> {
-        if self.store.is_none() && !self.state_exists() {
-            return Ok(Vec::new());
-        }
-        Ok(self.store()?.resources()?)
-    }
-
-    fn plan(&mut self) -> Result<Plan, EngineError> {
-        let desired = desired::desired(&self.specs);
-        let recorded = self.recorded()?;
-        // What runs is observed, not only what was recorded: a server that
-        // died shows up as a change.
-        let drift = self.driver.observe(&recorded);
-        plan::plan(&desired, &recorded, &drift)
-    }
-
-    fn destroy_plan(&mut self, tenants: &[String]) -> Result<Plan, EngineError> {
-        let recorded = self.recorded()?;
-        if tenants.is_empty() {
-            return plan::plan(&[], &recorded, &Default::default());
-        }
-        for t in tenants {
-            let known = recorded.iter().any(|r| belongs_to(r, t));
-            if !known {
-                return Err(EngineError::Refused {
-                    problems: vec![format!(
-                        "careplane holds nothing for tenant {t:?} (see `careplane status`)"
-                    )],
-                });
-            }
-        }
-        let mine: Vec<ResourceRecord> = recorded
-            .into_iter()
-            .filter(|r| tenants.iter().any(|t| belongs_to(r, t)))
-            .collect();
-        plan::plan(&[], &mine, &Default::default())
-    }
-}
-
-/// Whether a recorded resource exists only for `tenant`: its environments'
-/// databases and users, and the servers of its own (dedicated) scope.
-fn belongs_to(r: &ResourceRecord, tenant: &str) -> bool {
-    r.props.get("tenant").and_then(|v| v.as_str()) == Some(tenant)
-        || r.props.get("scope").and_then(|v| v.as_str()) == Some(tenant)
 }

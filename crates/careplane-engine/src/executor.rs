@@ -1,52 +1,25 @@
-//! Executing plans, and starting/stopping what careplane holds.
+//! The executor: plans run under the apply lock, journaled step by step,
+//! with write-ahead intent, crash points and the driver's readiness windows.
+//! It orders and records; every effect on a target is the driver's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use careplane_state::{ResourceRecord, ResourceStatus, SecretString, Store};
-use serde::Serialize;
+use careplane_spec::SpecSet;
+use careplane_state::{ResourceRecord, ResourceStatus, StepRecord, Store};
 use serde_json::{json, Value};
 
-use crate::desired::Kind;
-use crate::driver::{Ensured, Started};
-use crate::plan::{Action, Op, Plan};
-use crate::{Core, EngineError};
+use crate::desired::{self, Kind};
+use crate::driver::{Driver, Ensured, Started};
+use crate::error::EngineError;
+use crate::plan::{self, Action, Op, Plan};
+use crate::report::{ApplyOptions, ApplyReport, Credentials, Event, Status};
 
-/// What the operator allowed for this run.
-#[derive(Debug, Clone, Default)]
-pub struct ApplyOptions {
-    /// Drop databases that still hold data.
-    pub delete_data: bool,
-    /// Tenants whose production/DR environments may be deleted.
-    pub confirm: Vec<String>,
-}
-
-/// Progress, for the CLI to show.
-#[derive(Debug)]
-pub enum Event<'a> {
-    /// Steps of an earlier apply that never finished; this run completes them.
-    Interrupted { actions: Vec<String> },
-    Started {
-        index: usize,
-        total: usize,
-        action: &'a Action,
-    },
-    Finished {
-        index: usize,
-        total: usize,
-        action: &'a Action,
-    },
-    /// Odoo environments were spawned and are being waited for together.
-    Waiting { environments: usize },
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ApplyReport {
-    pub operation: i64,
-    pub applied: Vec<String>,
-    /// `(tenant, environment)` of each Odoo environment this run created,
-    /// for a caller to show where to log in.
-    #[serde(skip)]
-    pub created_odoo_envs: Vec<(String, String)>,
+/// What the lock of [`Engine`] guards.
+pub(crate) struct Core {
+    pub(crate) specs: SpecSet,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) store: Option<Store>,
+    pub(crate) driver: Box<dyn Driver>,
 }
 
 /// Names a point inside an action where a test may kill the process.
@@ -374,7 +347,7 @@ impl Core {
         self.driver.modules(tenant, env, install, modules)
     }
 
-    pub(crate) fn status(&mut self) -> Result<crate::Status, EngineError> {
+    pub(crate) fn status(&mut self) -> Result<Status, EngineError> {
         self.driver.status()
     }
 }
@@ -434,43 +407,6 @@ pub fn mark_deleting(store: &Store, a: &Action) -> Result<Option<ResourceRecord>
     Ok(Some(rec))
 }
 
-/// See [`crate::Engine::credentials`]. `Debug` redacts the passwords.
-#[derive(Debug)]
-pub struct Credentials {
-    pub postgres: DbCredentials,
-    pub redis: Option<RedisCredentials>,
-    pub odoo: Option<OdooCredentials>,
-}
-
-/// The Odoo `admin` user's login and the master password (`admin_passwd`).
-#[derive(Debug)]
-pub struct OdooCredentials {
-    pub url: String,
-    pub login: String,
-    pub password: SecretString,
-    pub master_password: SecretString,
-}
-
-#[derive(Debug)]
-pub struct DbCredentials {
-    pub host: String,
-    pub port: Option<u16>,
-    pub database: String,
-    pub role: String,
-    pub sslmode: String,
-    pub sslrootcert: String,
-    pub password: SecretString,
-}
-
-#[derive(Debug)]
-pub struct RedisCredentials {
-    pub host: String,
-    pub port: Option<u16>,
-    pub user: String,
-    pub key_prefix: String,
-    pub password: SecretString,
-}
-
 fn op_name(op: Op) -> &'static str {
     match op {
         Op::Create => "create",
@@ -496,4 +432,67 @@ where
             })
             .collect()
     })
+}
+
+impl Core {
+    fn state_exists(&self) -> bool {
+        self.data_dir.join("state.db").exists()
+    }
+
+    /// Opens (creating on first use) the state store.
+    pub(crate) fn store(&mut self) -> Result<&Store, EngineError> {
+        if self.store.is_none() {
+            self.store = Some(Store::open(&self.data_dir)?);
+        }
+        Ok(self.store.as_ref().expect("just opened"))
+    }
+
+    pub(crate) fn journal(&mut self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
+        Ok(self.store()?.journal(limit)?)
+    }
+
+    pub(crate) fn recorded(&mut self) -> Result<Vec<ResourceRecord>, EngineError> {
+        if self.store.is_none() && !self.state_exists() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store()?.resources()?)
+    }
+
+    pub(crate) fn plan(&mut self) -> Result<Plan, EngineError> {
+        let desired = desired::desired(&self.specs);
+        let recorded = self.recorded()?;
+        // What runs is observed, not only what was recorded: a server that
+        // died shows up as a change.
+        let drift = self.driver.observe(&recorded);
+        plan::plan(&desired, &recorded, &drift)
+    }
+
+    pub(crate) fn destroy_plan(&mut self, tenants: &[String]) -> Result<Plan, EngineError> {
+        let recorded = self.recorded()?;
+        if tenants.is_empty() {
+            return plan::plan(&[], &recorded, &Default::default());
+        }
+        for t in tenants {
+            let known = recorded.iter().any(|r| belongs_to(r, t));
+            if !known {
+                return Err(EngineError::Refused {
+                    problems: vec![format!(
+                        "careplane holds nothing for tenant {t:?} (see `careplane status`)"
+                    )],
+                });
+            }
+        }
+        let mine: Vec<ResourceRecord> = recorded
+            .into_iter()
+            .filter(|r| tenants.iter().any(|t| belongs_to(r, t)))
+            .collect();
+        plan::plan(&[], &mine, &Default::default())
+    }
+}
+
+/// Whether a recorded resource exists only for `tenant`: its environments'
+/// databases and users, and the servers of its own (dedicated) scope.
+fn belongs_to(r: &ResourceRecord, tenant: &str) -> bool {
+    r.props.get("tenant").and_then(|v| v.as_str()) == Some(tenant)
+        || r.props.get("scope").and_then(|v| v.as_str()) == Some(tenant)
 }

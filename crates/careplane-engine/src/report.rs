@@ -1,9 +1,87 @@
-//! What `careplane status` reports: every tenant environment, where it
-//! lives, and whether its servers answer to the tenant's own credentials.
-//! A driver fills these in (see `Driver::status`); the CLI renders them.
+//! What the engine reports to its callers: apply options and progress,
+//! what an apply did, how to reach an environment, and the status a driver
+//! fills in. Plain data; the CLI renders it, a server would serialize it.
 
+use careplane_state::SecretString;
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::plan::Action;
+
+/// What the operator allowed for this run.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// Drop databases that still hold data.
+    pub delete_data: bool,
+    /// Tenants whose production/DR environments may be deleted.
+    pub confirm: Vec<String>,
+}
+
+/// Progress, for the CLI to show.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Steps of an earlier apply that never finished; this run completes them.
+    Interrupted { actions: Vec<String> },
+    Started {
+        index: usize,
+        total: usize,
+        action: &'a Action,
+    },
+    Finished {
+        index: usize,
+        total: usize,
+        action: &'a Action,
+    },
+    /// Odoo environments were spawned and are being waited for together.
+    Waiting { environments: usize },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub operation: i64,
+    pub applied: Vec<String>,
+    /// `(tenant, environment)` of each Odoo environment this run created,
+    /// for a caller to show where to log in.
+    #[serde(skip)]
+    pub created_odoo_envs: Vec<(String, String)>,
+}
+
+/// See [`crate::Engine::credentials`]. `Debug` redacts the passwords.
+#[derive(Debug)]
+pub struct Credentials {
+    pub postgres: DbCredentials,
+    pub redis: Option<RedisCredentials>,
+    pub odoo: Option<OdooCredentials>,
+}
+
+/// The Odoo `admin` user's login and the master password (`admin_passwd`).
+#[derive(Debug)]
+pub struct OdooCredentials {
+    pub url: String,
+    pub login: String,
+    pub password: SecretString,
+    pub master_password: SecretString,
+}
+
+#[derive(Debug)]
+pub struct DbCredentials {
+    pub host: String,
+    pub port: Option<u16>,
+    pub database: String,
+    pub role: String,
+    pub sslmode: String,
+    pub sslrootcert: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug)]
+pub struct RedisCredentials {
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: String,
+    pub key_prefix: String,
+    pub password: SecretString,
+}
 
 /// Health of one check: `ok`, or what failed (never a secret).
 #[derive(Debug, Clone, Serialize, PartialEq)]
