@@ -18,6 +18,7 @@ use careplane_state::{ExposeSecret, ResourceRecord, ResourceStatus, SecretString
 use serde_json::{json, Value};
 
 use careplane_engine::{crash_point, Action, Op};
+use careplane_model::{OdooEnvProps, OdooTemplateProps};
 
 use crate::resources::{ready, remove_dir, Host};
 use crate::runtime::{self, observed_port, observed_str, secret, str_prop, PASSWORD};
@@ -89,16 +90,27 @@ impl LocalDriver {
                 }),
             }
         };
-        let command = resolve(props["command"].as_str().unwrap_or_default(), "command")?;
-        let python = match props["python"].as_str() {
+        // The same four fields in a template's and an environment's props.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Software {
+            command: String,
+            python: Option<String>,
+            version: u32,
+            addons_paths: Vec<String>,
+        }
+        let s: Software = runtime::typed("the Odoo installation of a resource", props)?;
+        let command = resolve(&s.command, "command")?;
+        let python = match s.python.as_deref() {
             Some(p) => Some(resolve(p, "python")?),
             None => None,
         };
         Ok(odoo::OdooInstall {
             command,
             python,
-            version: props["version"].as_u64().unwrap_or(0) as u32,
-            addons_paths: strings(&props["addonsPaths"])
+            version: s.version,
+            addons_paths: s
+                .addons_paths
                 .into_iter()
                 .map(|p| {
                     let p = PathBuf::from(p);
@@ -258,8 +270,24 @@ impl LocalDriver {
         master_hash: String,
         redis: Option<odoo::RedisSettings>,
     ) -> Result<odoo::EnvConfig, EngineError> {
-        let limits = &props["limits"];
-        let n = |k: &str, d: u64| limits[k].as_u64().unwrap_or(d);
+        // An environment's props, or the one-off settings a template is
+        // initialized with (no `limits`: Odoo's production defaults).
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Processes {
+            workers: u32,
+            cron_threads: u32,
+            #[serde(default)]
+            limits: Option<careplane_model::Limits>,
+        }
+        let p: Processes = runtime::typed("the Odoo processes of a resource", props)?;
+        let limits = p.limits.unwrap_or(careplane_model::Limits {
+            memory_soft: 2048 << 20,
+            memory_hard: 2560 << 20,
+            time_cpu: 60,
+            time_real: 120,
+            request: 65536,
+        });
         Ok(odoo::EnvConfig {
             database: database.to_string(),
             db_host: "127.0.0.1".into(),
@@ -270,14 +298,14 @@ impl LocalDriver {
             http_interface: "127.0.0.1".into(),
             http_port,
             gevent_port,
-            workers: props["workers"].as_u64().unwrap_or(0) as u32,
-            cron_threads: props["cronThreads"].as_u64().unwrap_or(1).max(1) as u32,
+            workers: p.workers,
+            cron_threads: p.cron_threads.max(1),
             limits: odoo::Limits {
-                memory_soft: n("memorySoft", 2048 << 20),
-                memory_hard: n("memoryHard", 2560 << 20),
-                time_cpu: n("timeCpu", 60) as u32,
-                time_real: n("timeReal", 120) as u32,
-                request: n("request", 65536) as u32,
+                memory_soft: limits.memory_soft,
+                memory_hard: limits.memory_hard,
+                time_cpu: u32::try_from(limits.time_cpu).unwrap_or(u32::MAX),
+                time_real: u32::try_from(limits.time_real).unwrap_or(u32::MAX),
+                request: u32::try_from(limits.request).unwrap_or(u32::MAX),
             },
             admin_passwd_hash: master_hash,
             server_wide_modules: vec!["base".into(), "web".into()],
@@ -310,11 +338,12 @@ impl LocalDriver {
         a: &Action,
         host: &mut Host,
     ) -> Result<(), EngineError> {
-        let database = a.props["database"].as_str().unwrap_or_default().to_string();
+        let p: OdooTemplateProps = runtime::typed(&a.id, &a.props)?;
+        let database = p.database.clone();
         // One directory per cluster and template: templates of the same name
         // on two clusters are two databases with two filestores. (Templates
         // recorded before this keep the root they were given.)
-        let scope = a.props["scope"].as_str().unwrap_or_default().to_string();
+        let scope = p.scope.clone();
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "root": dir.join("odoo").join("templates").join(&scope).join(&database).display().to_string(),
@@ -437,11 +466,8 @@ impl LocalDriver {
         a: &Action,
         host: &mut Host,
     ) -> Result<Starting, EngineError> {
-        let tenant = a.props["tenant"].as_str().unwrap_or_default().to_string();
-        let envname = a.props["environment"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let p: OdooEnvProps = runtime::typed(&a.id, &a.props)?;
+        let (tenant, envname) = (p.tenant.clone(), p.environment.clone());
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "httpPort": careplane_local::system::free_port()?,
@@ -465,17 +491,17 @@ impl LocalDriver {
             crash_point(&a.id, "prepared");
         }
         let all = self.store()?.resources()?;
-        let cluster_id = a.props["cluster"].as_str().unwrap_or_default().to_string();
+        let cluster_id = p.cluster.clone();
         let crec = ready(&all, &cluster_id)?;
-        let tpl = ready(&all, a.props["template"].as_str().unwrap_or_default())?;
+        let tpl = ready(&all, &p.template)?;
         let dbrec = ready(&all, &careplane_model::pg_database_id(&tenant, &envname))?;
-        let urec = ready(&all, a.props["redisUser"].as_str().unwrap_or_default())?;
+        let urec = ready(&all, &p.redis_user)?;
         let cluster = self.cluster_handle(&crec, host)?;
         let tdb: TenantDb = runtime::tenant_db(self.store()?, &dbrec)?;
         let root = PathBuf::from(observed_str(&rec, "root")?);
         let owner = Self::owner(&rec);
-        let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
-        let gevent_port = rec.observed["geventPort"].as_u64().unwrap_or_default() as u16;
+        let seen = careplane_model::Observed::odoo_env(&rec.id, &rec.observed)?;
+        let (http_port, gevent_port) = (seen.http_port, seen.gevent_port);
         let base_url = format!("http://127.0.0.1:{http_port}");
 
         // Stop what runs before touching its database or configuration.
@@ -612,7 +638,7 @@ impl LocalDriver {
         Ok(Starting { rec, ready })
     }
 
-    /// Records an environment started by [`Engine::ensure_odoo_env`] as
+    /// Records an environment started by [`LocalDriver::ensure_odoo_env`] as
     /// ready, once its processes answer.
     pub(crate) fn finish_odoo_env(&mut self, a: &Action, s: Starting) -> Result<(), EngineError> {
         self.finish(a, s.rec)
@@ -632,6 +658,7 @@ impl LocalDriver {
         owner: Option<(u32, u32)>,
     ) -> Result<(u32, Readiness), EngineError> {
         let install = self.odoo_install(props)?;
+        let who: OdooEnvProps = runtime::typed("an Odoo environment", props)?;
         // Secrets reach the supervisor on its stdin and live in memory only;
         // an environment file an earlier version wrote goes.
         let old_env_file = root.join("process.env");
@@ -642,11 +669,7 @@ impl LocalDriver {
             })?;
         }
         let spec = odoo::SupervisorSpec {
-            name: format!(
-                "{}/{}",
-                props["tenant"].as_str().unwrap_or_default(),
-                props["environment"].as_str().unwrap_or_default()
-            ),
+            name: format!("{}/{}", who.tenant, who.environment),
             dir: root.to_path_buf(),
             processes: vec![
                 odoo::process_spec(&install, web_conf, odoo::Role::Web, None, http_port),
@@ -721,7 +744,7 @@ impl LocalDriver {
         }
         let (_, env) = self.recorded_process_env(rec, &root)?;
         let owner = Self::owner(rec);
-        let http_port = rec.observed["httpPort"].as_u64().unwrap_or_default() as u16;
+        let http_port = careplane_model::Observed::odoo_env(&rec.id, &rec.observed)?.http_port;
         let (pid, ready) = self.spawn_odoo(
             &rec.props,
             &root,

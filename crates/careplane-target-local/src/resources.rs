@@ -9,7 +9,7 @@ use careplane_engine::{OdooCredentials, RedisCredentials};
 use careplane_local::pg::{PgBinaries, TlsFiles};
 use careplane_local::pki;
 use careplane_local::system::{self, ServiceUser};
-use careplane_model::Kind;
+use careplane_model::{Kind, PgClusterProps, PgDatabaseProps, RedisServerProps, RedisUserProps};
 use careplane_state::{ResourceRecord, ResourceStatus};
 use serde_json::{json, Value};
 
@@ -101,11 +101,8 @@ impl LocalDriver {
         all: &[ResourceRecord],
         host: &mut Host,
     ) -> Result<bool, EngineError> {
-        let cluster_id = a
-            .props
-            .get("cluster")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let p: PgDatabaseProps = typed(&a.id, &a.props)?;
+        let cluster_id = p.cluster.as_str();
         let Some(crec) = all.iter().find(|r| r.id == cluster_id) else {
             return Ok(false);
         };
@@ -300,7 +297,7 @@ impl LocalDriver {
     }
 
     fn ensure_pg_cluster(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
-        let scope = a.props["scope"].as_str().unwrap_or_default().to_string();
+        let scope = typed::<PgClusterProps>(&a.id, &a.props)?.scope;
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "port": system::free_port()?,
@@ -362,7 +359,7 @@ impl LocalDriver {
         if a.op == Op::Create {
             crash_point(&a.id, "prepared");
         }
-        let cluster_id = a.props["cluster"].as_str().unwrap_or_default().to_string();
+        let cluster_id = typed::<PgDatabaseProps>(&a.id, &a.props)?.cluster;
         let all = self.store()?.resources()?;
         let crec = ready(&all, &cluster_id)?;
         let cluster = self.cluster_handle(&crec, host)?;
@@ -400,7 +397,7 @@ impl LocalDriver {
     }
 
     fn ensure_redis_server(&mut self, a: &Action, host: &mut Host) -> Result<(), EngineError> {
-        let scope = a.props["scope"].as_str().unwrap_or_default().to_string();
+        let scope = typed::<RedisServerProps>(&a.id, &a.props)?.scope;
         let mut rec = self.prepare(a, |dir| {
             Ok(json!({
                 "port": system::free_port()?,
@@ -446,7 +443,7 @@ impl LocalDriver {
         if a.op == Op::Create {
             crash_point(&a.id, "prepared");
         }
-        let server_id = a.props["server"].as_str().unwrap_or_default().to_string();
+        let server_id = typed::<RedisUserProps>(&a.id, &a.props)?.server;
         let all = self.store()?.resources()?;
         let srec = ready(&all, &server_id)?;
         let server = self.redis_handle(&srec, host)?;

@@ -22,6 +22,23 @@ pub const PASSWORD: &str = "password";
 pub const TLS_KEY: &str = "tls-key";
 pub const CA_KEY: &str = "ca-key";
 
+/// `v` (a resource's props or observed JSON) read as `T`, one of
+/// `careplane_model`'s structs: a missing or mistyped field is an error
+/// naming the resource and the field, never a default.
+pub fn typed<T: serde::de::DeserializeOwned>(
+    id: &str,
+    v: &serde_json::Value,
+) -> Result<T, EngineError> {
+    T::deserialize(v).map_err(|e| {
+        careplane_model::ModelError {
+            id: id.to_string(),
+            part: "props",
+            message: e.to_string(),
+        }
+        .into()
+    })
+}
+
 pub fn str_prop<'a>(rec: &'a ResourceRecord, key: &str) -> Result<&'a str, EngineError> {
     rec.props
         .get(key)
@@ -61,13 +78,10 @@ pub fn pg_cluster(
     bin: PgBinaries,
     user: Option<ServiceUser>,
 ) -> Result<PgCluster, EngineError> {
-    let settings: BTreeMap<String, String> = rec
-        .props
-        .get("settings")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
+    let p: careplane_model::PgClusterProps = typed(&rec.id, &rec.props)?;
+    let settings: BTreeMap<String, String> = p.settings;
     Ok(PgCluster {
-        name: str_prop(rec, "scope")?.to_string(),
+        name: p.scope,
         root: PathBuf::from(observed_str(rec, "root")?),
         port: observed_port(rec)?,
         bin,
