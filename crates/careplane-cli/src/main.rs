@@ -361,11 +361,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Start { files } => {
             let engine = load(&files)?;
-            engine.start_all(&mut |m| errln!("{m}"))?;
+            with_progress(|p| engine.start_all(p))?;
         }
         Command::Stop { files } => {
             let engine = load(&files)?;
-            engine.stop_all(&mut |m| errln!("{m}"))?;
+            with_progress(|p| engine.stop_all(p))?;
         }
         Command::Credentials {
             files,
@@ -505,6 +505,19 @@ fn with_progress<T>(
                 bar.inc(1);
             } else if index + 1 == total {
                 errln!("[{total}/{total}] done");
+            }
+        }
+        // The error is the run's result, printed once at the end.
+        Event::Failed { .. } => {}
+        Event::Reached { verb, id, error } => {
+            let msg = match error {
+                None => format!("{verb} {id}"),
+                Some(_) => format!("FAILED {id}"),
+            };
+            if tty {
+                bar.println(msg);
+            } else {
+                errln!("{msg}");
             }
         }
         Event::Waiting { environments } => {

@@ -16,7 +16,7 @@ use careplane_state::ResourceRecord;
 
 use crate::error::EngineError;
 use crate::plan::{Action, Plan};
-use crate::report::{ApplyOptions, Credentials, Status};
+use crate::report::{ApplyOptions, Credentials, Event, Status};
 
 /// What [`Driver::ensure`] left behind.
 pub enum Ensured {
@@ -66,10 +66,14 @@ pub trait Driver: Send {
     /// at once (0: ensure never returns `Started` for it).
     fn window(&self, kind: Kind) -> usize;
 
-    /// Starts (`start`) or stops everything recorded, reporting each
-    /// resource on `progress`.
-    fn lifecycle(&mut self, start: bool, progress: &mut dyn FnMut(&str))
-        -> Result<(), EngineError>;
+    /// Starts (`start`) or stops everything recorded, journaled as one
+    /// operation whose id it returns, reporting each resource on `progress`
+    /// ([`Event::Reached`]).
+    fn lifecycle(
+        &mut self,
+        start: bool,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<i64, EngineError>;
 
     fn status(&mut self) -> Result<Status, EngineError>;
 

@@ -156,6 +156,12 @@ impl Core {
                         }
                         Err(e) => {
                             self.store()?.step_finished(step, Some(&e.to_string()))?;
+                            progress(Event::Failed {
+                                index,
+                                total,
+                                action,
+                                error: e.to_string(),
+                            });
                             failure = Some(EngineError::ActionFailed {
                                 action: label,
                                 source: Box::new(e),
@@ -170,6 +176,12 @@ impl Core {
                 }
                 Err(e) => {
                     self.store()?.step_finished(step, Some(&e.to_string()))?;
+                    progress(Event::Failed {
+                        index,
+                        total,
+                        action,
+                        error: e.to_string(),
+                    });
                     failure = Some(EngineError::ActionFailed {
                         action: label,
                         source: Box::new(e),
@@ -263,6 +275,12 @@ impl Core {
                 }
                 Err(e) => {
                     self.store()?.step_finished(step, Some(&e.to_string()))?;
+                    progress(Event::Failed {
+                        index,
+                        total,
+                        action,
+                        error: e.to_string(),
+                    });
                     failed.push((label, e));
                 }
             }
@@ -316,12 +334,18 @@ impl Core {
     }
 
     /// Starts every recorded server (after `stop` or a reboot).
-    pub(crate) fn start_all(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+    pub(crate) fn start_all(
+        &mut self,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<i64, EngineError> {
         self.driver.lifecycle(true, progress)
     }
 
     /// Stops every recorded server, PostgreSQL with a fast shutdown.
-    pub(crate) fn stop_all(&mut self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+    pub(crate) fn stop_all(
+        &mut self,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<i64, EngineError> {
         self.driver.lifecycle(false, progress)
     }
 

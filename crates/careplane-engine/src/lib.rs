@@ -131,13 +131,15 @@ impl Engine {
         self.core().destroy(tenants, opts, progress)
     }
 
-    /// Starts every recorded server (after `stop` or a reboot).
-    pub fn start_all(&self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+    /// Starts every recorded server (after `stop` or a reboot); returns the
+    /// journal's operation id.
+    pub fn start_all(&self, progress: &mut dyn FnMut(Event<'_>)) -> Result<i64, EngineError> {
         self.core().start_all(progress)
     }
 
-    /// Stops every recorded server, PostgreSQL with a fast shutdown.
-    pub fn stop_all(&self, progress: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+    /// Stops every recorded server, PostgreSQL with a fast shutdown; returns
+    /// the journal's operation id.
+    pub fn stop_all(&self, progress: &mut dyn FnMut(Event<'_>)) -> Result<i64, EngineError> {
         self.core().stop_all(progress)
     }
 

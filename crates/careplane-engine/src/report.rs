@@ -32,8 +32,23 @@ pub enum Event<'a> {
         total: usize,
         action: &'a Action,
     },
-    /// Odoo environments were spawned and are being waited for together.
+    /// A step failed; its error is also the run's result (or part of it,
+    /// when several resources being waited for fail).
+    Failed {
+        index: usize,
+        total: usize,
+        action: &'a Action,
+        error: String,
+    },
+    /// Resources were started and are being waited for together.
     Waiting { environments: usize },
+    /// `start` or `stop` reached a resource: `verb` is `started` or
+    /// `stopped`, `error` says why it did not.
+    Reached {
+        verb: &'static str,
+        id: String,
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]

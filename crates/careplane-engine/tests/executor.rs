@@ -111,7 +111,11 @@ impl Driver for Fake {
         }
     }
 
-    fn lifecycle(&mut self, _: bool, _: &mut dyn FnMut(&str)) -> Result<(), EngineError> {
+    fn lifecycle(
+        &mut self,
+        _: bool,
+        _: &mut dyn FnMut(careplane_engine::Event<'_>),
+    ) -> Result<i64, EngineError> {
         Err(unsupported())
     }
     fn status(&mut self) -> Result<Status, EngineError> {
@@ -276,7 +280,19 @@ fn an_interrupted_apply_is_finished_by_the_next() {
 fn a_failed_wait_fails_one_and_keeps_the_others() {
     let mut s = setup(8);
     s.script.lock().unwrap().fail_wait = Some("odoo-env/alpha/test".into());
-    let err = apply(&mut s).unwrap_err().to_string();
+    let mut failed = Vec::new();
+    let err = s
+        .engine
+        .apply(&ApplyOptions::default(), &mut |e| {
+            if let careplane_engine::Event::Failed { action, error, .. } = e {
+                failed.push((action.id.clone(), error));
+            }
+        })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "odoo-env/alpha/test");
+    assert!(failed[0].1.contains("never answered"), "{failed:?}");
     assert!(err.contains("odoo-env/alpha/test"), "{err}");
     assert!(err.contains("never answered"), "{err}");
     let rec = records(&s);

@@ -288,8 +288,8 @@ impl Driver for LocalDriver {
     fn lifecycle(
         &mut self,
         start: bool,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<(), EngineError> {
+        progress: &mut dyn FnMut(careplane_engine::Event<'_>),
+    ) -> Result<i64, EngineError> {
         let command = if start { "start" } else { "stop" };
         Ok(self.run_lifecycle(command, progress, start)?)
     }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use careplane_engine::{crash_point, run_all, ApplyOptions, Credentials, DbCredentials};
+use careplane_engine::{crash_point, run_all, ApplyOptions, Credentials, DbCredentials, Event};
 use careplane_engine::{OdooCredentials, RedisCredentials};
 use careplane_local::pg::{PgBinaries, TlsFiles};
 use careplane_local::pki;
@@ -472,9 +472,17 @@ impl LocalDriver {
     pub(crate) fn run_lifecycle(
         &mut self,
         command: &str,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(Event<'_>),
         start: bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<i64, EngineError> {
+        let verb = if start { "started" } else { "stopped" };
+        let mut reached = |id: &str, error: Option<String>| {
+            progress(Event::Reached {
+                verb,
+                id: id.to_string(),
+                error,
+            })
+        };
         if !self.state_exists() {
             return Err(EngineError::inconsistent(format!(
                 "nothing to {command}: no state in {} (run `careplane apply` first)",
@@ -539,9 +547,9 @@ impl LocalDriver {
                 let err = outcome.err().map(|e| e.to_string());
                 self.store()?.step_finished(*step, err.as_deref())?;
                 match err {
-                    None => progress(&format!("stopped {}", rec.id)),
+                    None => reached(&rec.id, None),
                     Some(msg) => {
-                        progress(&format!("FAILED {}", rec.id));
+                        reached(&rec.id, Some(msg.clone()));
                         failed.push(format!("{}: {msg}", rec.id));
                     }
                 }
@@ -598,8 +606,7 @@ impl LocalDriver {
                         self.store()?.put_resource(&r)?;
                     }
                     self.store()?.step_finished(step, None)?;
-                    let verb = if start { "started" } else { "stopped" };
-                    progress(&format!("{verb} {}", rec.id));
+                    reached(&rec.id, None);
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -608,7 +615,7 @@ impl LocalDriver {
                     // the others down: go on and report every failure at the
                     // end. A server failing stops everything after it.
                     if rec.kind == "odoo-env" {
-                        progress(&format!("FAILED {}", rec.id));
+                        reached(&rec.id, Some(msg.clone()));
                         failed.push(format!("{}: {msg}", rec.id));
                         continue;
                     }
@@ -629,12 +636,12 @@ impl LocalDriver {
                     r.observed["supervisorPid"] = json!(pid);
                     self.store()?.put_resource(&r)?;
                     self.store()?.step_finished(*step, None)?;
-                    progress(&format!("started {}", rec.id));
+                    reached(&rec.id, None);
                 }
                 Err(e) => {
                     let msg = e.to_string();
                     self.store()?.step_finished(*step, Some(&msg))?;
-                    progress(&format!("FAILED {}", rec.id));
+                    reached(&rec.id, Some(msg.clone()));
                     failed.push(format!("{}: {msg}", rec.id));
                 }
             }
@@ -648,7 +655,7 @@ impl LocalDriver {
             )));
         }
         self.store()?.finish_operation(op, "succeeded", None)?;
-        Ok(())
+        Ok(op)
     }
 
     /// How to reach a tenant environment's database and Redis, with the
