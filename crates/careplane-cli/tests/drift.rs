@@ -154,7 +154,8 @@ fn roles_and_configuration_changed_behind_careplanes_back_are_drift() {
         .batch_execute(&format!(
             "ALTER ROLE \"{role}\" SUPERUSER CREATEROLE CONNECTION LIMIT 500; \
              GRANT pg_read_server_files TO \"{role}\"; \
-             ALTER ROLE \"{role}\" SET work_mem = '1GB'"
+             ALTER ROLE \"{role}\" SET work_mem = '1GB'; \
+             GRANT CONNECT ON DATABASE \"delta-dev\" TO PUBLIC"
         ))
         .unwrap();
     let conf = p.data_dir().join("odoo/envs/delta/test/odoo-web.conf");
@@ -199,4 +200,31 @@ fn roles_and_configuration_changed_behind_careplanes_back_are_drift() {
     assert!(std::fs::read_to_string(&conf)
         .unwrap()
         .contains("list_db = False"));
+
+    // A database dropped behind careplane's back: the database and its
+    // Odoo environment are drift; apply makes both again, and Odoo answers.
+    admin
+        .batch_execute("DROP DATABASE \"delta-test\" WITH (FORCE)")
+        .unwrap();
+    let plan = changed(&p.plan());
+    assert_eq!(
+        plan,
+        vec![
+            (
+                "pg-database/delta/test".to_string(),
+                "database is missing".to_string()
+            ),
+            (
+                "odoo-env/delta/test".to_string(),
+                "its database is missing".to_string()
+            ),
+        ]
+    );
+    p.ok(&["apply"]);
+    assert_eq!(changed(&p.plan()), vec![]);
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["pgHealth"]["ok"], true, "{e}");
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
 }

@@ -1293,16 +1293,68 @@ impl PgCluster {
         Ok(())
     }
 
-    /// How each of `roles` (name, wanted connection limit) differs from what
-    /// [`Self::ensure_tenant_role`] makes it, read in one catalog query from
-    /// the maintenance database: attributes granted behind careplane's back
-    /// (`SUPERUSER`, `CREATEROLE`, …), another connection limit, role
-    /// memberships, per-role settings, or the role missing. Roles exactly as
-    /// careplane left them are absent from the answer.
-    pub fn role_drift(&self, roles: &[(String, Option<u32>)]) -> Result<BTreeMap<String, String>> {
+    /// How each tenant's role and database (database, role, wanted
+    /// connection limit) differ from what [`Self::ensure_tenant_database`]
+    /// makes them, read in two catalog queries over one admin connection to
+    /// the maintenance database. The role: attributes granted behind
+    /// careplane's back (`SUPERUSER`, `CREATEROLE`, …), another connection
+    /// limit, role memberships, per-role settings, or missing. The
+    /// database: missing, invalid (a `DROP` cut short), closed to
+    /// connections, owned by another role, or open to `PUBLIC`. Keyed by
+    /// database; tenants exactly as careplane left them are absent.
+    pub fn tenant_drift(
+        &self,
+        tenants: &[(String, String, Option<u32>)],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut c = self.admin()?;
+        let roles: Vec<(String, Option<u32>)> =
+            tenants.iter().map(|(_, r, l)| (r.clone(), *l)).collect();
+        let by_role = self.role_drift_on(&mut c, &roles)?;
+        let names: Vec<&str> = tenants.iter().map(|(d, _, _)| d.as_str()).collect();
+        let rows = c
+            .query(
+                "SELECT d.datname::text, d.datconnlimit, pg_catalog.pg_get_userbyid(d.datdba)::text, \
+                        d.datallowconn, \
+                        pg_catalog.has_database_privilege('public', d.oid, 'CONNECT') \
+                 FROM pg_catalog.pg_database d WHERE d.datname = ANY($1)",
+                &[&names],
+            )
+            .map_err(|e| LocalError::pg(&self.name, "reading tenant databases", e))?;
+        let mut out = BTreeMap::new();
+        for (database, role, _) in tenants {
+            let mut what: Vec<String> = by_role.get(role).into_iter().cloned().collect();
+            match rows.iter().find(|r| r.get::<_, String>(0) == *database) {
+                None => what.push("database is missing".into()),
+                Some(r) => {
+                    let limit: i32 = r.get(1);
+                    let owner: String = r.get(2);
+                    if limit == -2 {
+                        what.push("database is invalid (a DROP was cut short)".into());
+                    } else if limit != -1 || !r.get::<_, bool>(3) {
+                        what.push("database is closed to connections".into());
+                    }
+                    if owner != *role {
+                        what.push(format!("database is owned by {owner}"));
+                    }
+                    if r.get::<_, bool>(4) {
+                        what.push("database is open to PUBLIC".into());
+                    }
+                }
+            }
+            if !what.is_empty() {
+                out.insert(database.clone(), what.join("; "));
+            }
+        }
+        Ok(out)
+    }
+
+    fn role_drift_on(
+        &self,
+        c: &mut Client,
+        roles: &[(String, Option<u32>)],
+    ) -> Result<BTreeMap<String, String>> {
         let names: Vec<&str> = roles.iter().map(|(n, _)| n.as_str()).collect();
-        let rows = self
-            .admin()?
+        let rows = c
             .query(
                 "SELECT r.rolname::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
                         r.rolreplication, r.rolbypassrls, NOT r.rolcanlogin, NOT r.rolinherit, \

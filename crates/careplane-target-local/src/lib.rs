@@ -137,26 +137,26 @@ impl LocalDriver {
         Ok(self.store()?.resources()?)
     }
 
-    /// Adds, for each ready database whose role differs from what careplane
-    /// made it, why (see `PgCluster::role_drift`).
+    /// Adds, for each ready database whose role or database differs from
+    /// what careplane made it, why (see `PgCluster::tenant_drift`). A
+    /// database that is gone takes its Odoo environment with it: that is
+    /// drift too, so apply makes both again (an empty Odoo from its
+    /// template; the data is what a restore brings back).
     fn observe_roles(&mut self, recorded: &[ResourceRecord], drift: &mut BTreeMap<String, String>) {
         use careplane_state::ResourceStatus::Ready;
         for crec in recorded
             .iter()
             .filter(|r| r.kind == Kind::PgCluster.as_str() && r.status == Ready)
         {
-            let dbs: Vec<(&ResourceRecord, String, Option<u32>)> = recorded
+            let dbs: Vec<(&ResourceRecord, (String, String, Option<u32>))> = recorded
                 .iter()
                 .filter(|r| r.kind == Kind::PgDatabase.as_str() && r.status == Ready)
                 .filter(|r| r.props.get("cluster").and_then(|v| v.as_str()) == Some(&crec.id))
                 .filter_map(|r| {
+                    let p: careplane_model::PgDatabaseProps =
+                        runtime::typed(&r.id, &r.props).ok()?;
                     let role = runtime::db_role(r).ok()?.to_string();
-                    let limit = r
-                        .props
-                        .get("connectionLimit")
-                        .and_then(|v| v.as_u64())
-                        .map(|n| n as u32);
-                    Some((r, role, limit))
+                    Some((r, (p.database, role, p.connection_limit)))
                 })
                 .collect();
             if dbs.is_empty() {
@@ -168,14 +168,21 @@ impl LocalDriver {
             if cluster.running_pid().is_none() {
                 continue;
             }
-            let roles: Vec<(String, Option<u32>)> =
-                dbs.iter().map(|(_, role, l)| (role.clone(), *l)).collect();
-            let Ok(found) = cluster.role_drift(&roles) else {
+            let expected: Vec<(String, String, Option<u32>)> =
+                dbs.iter().map(|(_, t)| t.clone()).collect();
+            let Ok(found) = cluster.tenant_drift(&expected) else {
                 continue;
             };
-            for (rec, role, _) in &dbs {
-                if let Some(why) = found.get(role) {
-                    drift.insert(rec.id.clone(), why.clone());
+            for (rec, (database, _, _)) in &dbs {
+                let Some(why) = found.get(database) else {
+                    continue;
+                };
+                drift.insert(rec.id.clone(), why.clone());
+                if why.contains("database is missing") || why.contains("database is invalid") {
+                    let env = rec.id.replacen("pg-database/", "odoo-env/", 1);
+                    if recorded.iter().any(|r| r.id == env) {
+                        drift.insert(env, format!("its {why}"));
+                    }
                 }
             }
         }
