@@ -350,7 +350,7 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                     ingress: vec![IngressRule {
                         from: vec![Peer {
                             namespace_selector: Some(LabelSelector {
-                                match_labels: labels(&[("careplane.dev/pg-cluster", scope)]),
+                                match_labels: labels(&[("careplane.dev/postgres-client", scope)]),
                             }),
                             pod_selector: Some(LabelSelector {
                                 match_labels: labels(&[("app.kubernetes.io/name", "odoo")]),
@@ -688,7 +688,7 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
                     ingress: vec![IngressRule {
                         from: vec![Peer {
                             namespace_selector: Some(LabelSelector {
-                                match_labels: labels(&[("careplane.dev/redis-server", scope)]),
+                                match_labels: labels(&[("careplane.dev/redis-client", scope)]),
                             }),
                             pod_selector: Some(LabelSelector {
                                 match_labels: labels(&[("app.kubernetes.io/name", "odoo")]),

@@ -160,8 +160,8 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
         base.clone(),
         &[
             ("careplane.dev/environment-kind", &p.environment_kind),
-            ("careplane.dev/pg-cluster", pg_scope),
-            ("careplane.dev/redis-server", redis_scope),
+            ("careplane.dev/postgres-client", pg_scope),
+            ("careplane.dev/redis-client", redis_scope),
         ],
     ));
     put(

@@ -19,6 +19,7 @@ mod gitops;
 pub mod k8s;
 mod names;
 mod tree;
+mod yaml;
 
 use std::collections::BTreeMap;
 
@@ -140,8 +141,7 @@ impl Tree {
 const HEADER: &str = "# Rendered by careplane from the specs: change the specs, not this file.\n";
 
 fn to_yaml<T: Serialize>(obj: &T) -> String {
-    serde_yaml_ng::to_string(obj)
-        .expect("plain structs of strings, numbers and maps with string keys serialize")
+    yaml::to_string(obj)
 }
 
 #[derive(Debug, thiserror::Error)]
