@@ -571,7 +571,7 @@ pub trait ErasedYaml {
 
 impl<B: serde::Serialize> ErasedYaml for Object<B> {
     fn yaml(&self) -> String {
-        crate::HEADER.to_string() + &crate::to_yaml(self)
+        crate::yaml::to_string_after(crate::HEADER, self)
     }
 }
 

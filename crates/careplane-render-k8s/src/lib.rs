@@ -199,14 +199,47 @@ pub fn render(specs: &SpecSet, opts: &RenderOptions) -> Result<Tree, RenderError
         .sort_by(|a, b| (&a.tenant, &a.environment).cmp(&(&b.tenant, &b.environment)));
 
     let ctx = Ctx::new(specs, opts, &model);
-    let mut tree = Tree::default();
-    for p in &model.odoo_envs {
-        env::render(&ctx, p, &mut tree)?;
+    // Environments render independently: split them over the cores, in
+    // order, so the first error reported is the first environment's by
+    // name whatever the machine. The data folders render meanwhile.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = model.odoo_envs.len().div_ceil(threads).max(1);
+    let (envs, data) = std::thread::scope(|s| {
+        let handles: Vec<_> = model
+            .odoo_envs
+            .chunks(chunk)
+            .map(|envs| {
+                let ctx = &ctx;
+                s.spawn(move || -> Result<Tree, RenderError> {
+                    let mut tree = Tree::default();
+                    for p in envs {
+                        env::render(ctx, p, &mut tree)?;
+                    }
+                    Ok(tree)
+                })
+            })
+            .collect();
+        let data = (|| -> Result<Tree, RenderError> {
+            let mut tree = Tree::default();
+            data::render_postgres(&ctx, &model, &mut tree)?;
+            data::render_redis(&ctx, &model, &mut tree)?;
+            gitops::render(&ctx, &model, &mut tree);
+            Ok(tree)
+        })();
+        let envs: Vec<Result<Tree, RenderError>> = handles
+            .into_iter()
+            .map(|h| h.join().expect("rendering an environment does not panic"))
+            .collect();
+        (envs, data)
+    });
+    let mut out = Tree::default();
+    for t in envs {
+        out.files.append(&mut t?.files);
     }
-    data::render_postgres(&ctx, &model, &mut tree)?;
-    data::render_redis(&ctx, &model, &mut tree)?;
-    gitops::render(&ctx, &model, &mut tree);
-    Ok(tree)
+    out.files.append(&mut data?.files);
+    Ok(out)
 }
 
 /// [`render`] then [`write_tree`].

@@ -62,10 +62,13 @@ pub fn write_tree(tree: &Tree, dir: &Path) -> Result<WriteReport, RenderError> {
         fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
         let name = path.file_name().expect("a file name").to_string_lossy();
         let tmp = parent.join(format!(".{name}.careplane-tmp"));
+        // The rename makes each file appear whole to readers (git, a sync
+        // tool watching the directory). No fsync: the tree is re-rendered
+        // from the specs at will and git is where it is kept, while 100,000
+        // fsyncs would make a large platform's render take minutes.
         let write = || -> io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(content.as_bytes())?;
-            f.sync_all()?;
             fs::rename(&tmp, &path)
         };
         if let Err(e) = write() {
