@@ -570,3 +570,118 @@ fn a_short_role_key_is_refused() {
     );
     assert!(!msg.contains("short"), "the key is never echoed: {msg}");
 }
+
+/// A small deterministic generator (xorshift64*), so every run checks the
+/// same 40 platforms and a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// A random platform as spec text, loaded (and so validated) like a user's.
+fn random_platform(seed: u64) -> careplane_spec::SpecSet {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let kinds = [
+        "dev",
+        "test",
+        "uat",
+        "training",
+        "staging",
+        "production",
+        "dr",
+    ];
+    let tenancies = ["shared", "dedicated-db", "dedicated-env"];
+    let modules = ["contacts", "stock", "purchase", "account", "survey", "hr"];
+    let mut text = format!(
+        "apiVersion: careplane.dev/v1alpha1\nkind: Platform\nmetadata: {{name: p{seed}}}\n\
+         spec:\n  dataDir: /tmp/careplane-k8s-unused\n  postgres: {{settings: {{max_connections: \"5000\", \
+         log_min_duration_statement: \"{}\"}}}}\n  redis: {{role: {}, maxMemory: {}mb}}\n  \
+         odoo: {{command: odoo, version: {}}}\n  defaults: {{serviceTier: t{}}}\n",
+        rng.below(1000),
+        rng.pick(&["cache", "session"]),
+        16 + rng.below(512),
+        16 + rng.below(4),
+        rng.below(2),
+    );
+    for (i, availability) in ["99.0", "99.95"].iter().enumerate() {
+        text.push_str(&format!(
+            "---\napiVersion: careplane.dev/v1alpha1\nkind: ServiceTier\nmetadata: {{name: t{i}}}\n\
+             spec: {{availability: {availability}, rto: 4h, rpo: 1h, supportHours: 24x7}}\n"
+        ));
+    }
+    for t in 0..1 + rng.below(6) {
+        let envs = 1 + rng.below(4);
+        text.push_str(&format!(
+            "---\napiVersion: careplane.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: h{t}x{}}}\n\
+             spec:\n  tenancy: {}\n  serviceTier: t{}\n  modules: [base, {}]\n  environments:\n",
+            rng.below(100),
+            rng.pick(&tenancies),
+            rng.below(2),
+            rng.pick(&modules),
+        ));
+        for e in 0..envs {
+            text.push_str(&format!(
+                "  - name: e{e}{}\n    kind: {}\n    sizing: {{workers: {}}}\n",
+                rng.pick(&["", "a", "blue"]),
+                rng.pick(&kinds),
+                1 + rng.below(4),
+            ));
+        }
+    }
+    careplane_spec::load_str(Path::new(&format!("random-{seed}.yaml")), &text)
+        .unwrap_or_else(|d| panic!("seed {seed}: the generator made an invalid spec:\n{d}\n{text}"))
+}
+
+#[test]
+fn random_platforms_render_safely() {
+    for seed in 0..40 {
+        let specs = random_platform(seed);
+        let tree = render(&specs, &common::opts()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(
+            tree,
+            render(&specs, &common::opts()).unwrap(),
+            "seed {seed}: not deterministic"
+        );
+        let problems = policy_problems(&tree);
+        assert!(problems.is_empty(), "seed {seed}:\n{}", problems.join("\n"));
+        let envs: usize = specs
+            .tenants
+            .iter()
+            .map(|t| t.spec.environments.len())
+            .sum();
+        let folders = entry_points(&tree)
+            .iter()
+            .filter(|d| d.starts_with("tenants/"))
+            .count();
+        assert_eq!(folders, envs, "seed {seed}");
+        for (file, obj) in all_objects(&tree) {
+            assert_ne!(obj["kind"], "Secret", "seed {seed}: {file}");
+            assert!(obj.get("stringData").is_none(), "seed {seed}: {file}");
+        }
+        // Every kustomization lists files and folders that exist.
+        for (file, text) in &tree.files {
+            if let Some(dir) = file.strip_suffix("/kustomization.yaml") {
+                for r in docs(text)[0]["resources"].as_array().unwrap() {
+                    let p = normalize(&format!("{dir}/{}", r.as_str().unwrap()));
+                    assert!(
+                        tree.files.contains_key(&p)
+                            || tree.files.contains_key(&format!("{p}/kustomization.yaml")),
+                        "seed {seed}: {file} lists {p}, which is not rendered"
+                    );
+                }
+            }
+        }
+    }
+}
