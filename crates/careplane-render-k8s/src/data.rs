@@ -466,6 +466,7 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
         } else {
             conf.push_str("maxmemory-policy allkeys-lru\nappendonly no\n");
         }
+        let conf_for_hash = conf.clone();
         put(
             tree,
             "configmap-redis-config.yaml",
@@ -503,6 +504,8 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
                 "password",
             ));
         }
+        // A new user or a changed configuration restarts the server.
+        let config_hash = careplane_spec::names::fingerprint(&[conf_for_hash, acl.clone()]);
         put(
             tree,
             "externalsecret-redis-acl.yaml",
@@ -549,6 +552,8 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
         let template = PodTemplate {
             metadata: PodMeta {
                 labels: redis_pod_labels(),
+                // Redis reads its configuration and ACL file at start only.
+                annotations: [(crate::env::CONFIG_HASH.to_string(), config_hash)].into(),
             },
             spec: PodSpec {
                 service_account_name: "default".into(),

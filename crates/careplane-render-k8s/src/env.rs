@@ -20,6 +20,8 @@ pub const CREDENTIALS: &str = "odoo-credentials";
 const SERVICE_ACCOUNT: &str = "odoo";
 const CONFIG_MAP: &str = "odoo-config";
 const FILESTORE: &str = "odoo-filestore";
+/// Pod annotation whose change rolls pods when their configuration changes.
+pub const CONFIG_HASH: &str = "careplane.dev/config-hash";
 
 /// Pod labels of an Odoo component; the selectors use name and component.
 pub fn pod_labels(component: &str) -> Labels {
@@ -194,6 +196,10 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
     let pg_host = format!("{PG_CLUSTER}-rw.{}.svc", names::pg_namespace(pg_scope));
     let redis_host = format!("{REDIS}.{}.svc", names::redis_namespace(redis_scope));
     let conf = |role_kind: Role| odoo_conf(ctx, p, role_kind, &role, &pg_host, &redis_host);
+    let (web_conf, cron_conf) = (conf(Role::Web), conf(Role::Cron));
+    // In the pod templates: a changed odoo.conf rolls the pods (they copy it
+    // at start).
+    let config_hash = careplane_spec::names::fingerprint(&[web_conf.clone(), cron_conf.clone()]);
     put(
         tree,
         "configmap-odoo-config.yaml",
@@ -203,8 +209,8 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             meta(CONFIG_MAP),
             ConfigMapBody {
                 data: [
-                    ("odoo-cron.conf".to_string(), conf(Role::Cron)),
-                    ("odoo-web.conf".to_string(), conf(Role::Web)),
+                    ("odoo-cron.conf".to_string(), cron_conf),
+                    ("odoo-web.conf".to_string(), web_conf),
                 ]
                 .into(),
             },
@@ -282,7 +288,10 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
     );
 
     let (replicas, max_replicas, pdb) = scaling(&p.environment_kind);
-    let web = odoo_pod(ctx, p, uid, "web", web_size(p), Role::Web, &[]);
+    let mut web = odoo_pod(ctx, p, uid, "web", web_size(p), Role::Web, &[]);
+    web.metadata
+        .annotations
+        .insert(CONFIG_HASH.into(), config_hash.clone());
     put(
         tree,
         "deployment-odoo-web.yaml",
@@ -292,7 +301,8 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             meta("odoo-web"),
             Spec {
                 spec: DeploymentSpec {
-                    replicas,
+                    // The HPA starts it at `replicas` and owns it from then on.
+                    replicas: None,
                     revision_history_limit: 3,
                     selector: LabelSelector {
                         match_labels: pod_labels("web"),
@@ -309,7 +319,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             },
         ),
     );
-    let cron = odoo_pod(
+    let mut cron = odoo_pod(
         ctx,
         p,
         uid,
@@ -318,6 +328,9 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
         Role::Cron,
         &["--no-http"],
     );
+    cron.metadata
+        .annotations
+        .insert(CONFIG_HASH.into(), config_hash.clone());
     put(
         tree,
         "deployment-odoo-cron.yaml",
@@ -328,7 +341,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             Spec {
                 spec: DeploymentSpec {
                     // One scheduler: two would run each job twice.
-                    replicas: 1,
+                    replicas: Some(1),
                     revision_history_limit: 3,
                     selector: LabelSelector {
                         match_labels: pod_labels("cron"),
@@ -353,11 +366,11 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
         &["--no-http", "--stop-after-init", "-i", &modules],
     );
     init.spec.restart_policy = Some("Never");
-    // A new module set is a new Job; the old one is pruned.
-    let job_name = format!(
-        "odoo-init-{}",
-        careplane_spec::names::fingerprint(&p.modules)
-    );
+    // A Job's pod template cannot change: a new module set, image or uid is
+    // a new Job (which runs once), and the old one is pruned.
+    let mut job_key = p.modules.clone();
+    job_key.extend([opts.odoo_image.clone(), uid.to_string()]);
+    let job_name = format!("odoo-init-{}", careplane_spec::names::fingerprint(&job_key));
     put(
         tree,
         "job-odoo-init.yaml",
@@ -737,6 +750,7 @@ fn odoo_pod(
     };
     PodTemplate {
         metadata: PodMeta {
+            annotations: BTreeMap::new(),
             labels: with(
                 pod_labels(component),
                 &[

@@ -85,7 +85,10 @@ pub struct LabelSelector {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentSpec {
-    pub replicas: u32,
+    /// `None` when a HorizontalPodAutoscaler owns it: a rendered value
+    /// would be put back by every sync, undoing the autoscaler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     pub revision_history_limit: u32,
     pub selector: LabelSelector,
     pub strategy: Strategy,
@@ -135,6 +138,8 @@ pub struct PodTemplate {
 #[derive(Debug, Clone, Serialize)]
 pub struct PodMeta {
     pub labels: Labels,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: Labels,
 }
 
 #[derive(Debug, Clone, Serialize)]

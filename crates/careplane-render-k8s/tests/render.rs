@@ -388,9 +388,9 @@ fn check_names_file_and_field_of_hand_edits() {
         fs::write(&p, text.replacen(from, to, 1)).unwrap();
     };
     edit(
-        "tenants/stmarys/production/deployment-odoo-web.yaml",
-        "replicas: 2",
-        "replicas: 5",
+        "tenants/stmarys/production/hpa-odoo-web.yaml",
+        "minReplicas: 2",
+        "minReplicas: 5",
     );
     edit(
         "tenants/stmarys/production/configmap-odoo-config.yaml",
@@ -418,7 +418,7 @@ fn check_names_file_and_field_of_hand_edits() {
     let text: Vec<String> = drifts.iter().map(|d| d.to_string()).collect();
     let has = |s: &str| text.iter().any(|t| t == s);
     assert!(
-        has("tenants/stmarys/production/deployment-odoo-web.yaml: Deployment/odoo-web: spec.replicas: expected 2, found 5"),
+        has("tenants/stmarys/production/hpa-odoo-web.yaml: HorizontalPodAutoscaler/odoo-web: spec.minReplicas: expected 2, found 5"),
         "{text:#?}"
     );
     assert!(
