@@ -519,16 +519,14 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
             ),
         );
 
-        let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
-            name: name.into(),
-            mount_path: path.into(),
+        let mount = |name: &'static str, mount_path: &'static str, read_only: bool| VolumeMount {
+            name,
+            mount_path,
             read_only,
         };
         let probe = |failure_threshold, period_seconds| Probe {
             http_get: None,
-            tcp_socket: Some(TcpSocket {
-                port: "redis".into(),
-            }),
+            tcp_socket: Some(TcpSocket { port: "redis" }),
             period_seconds,
             timeout_seconds: 3,
             failure_threshold,
@@ -578,19 +576,19 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
                     command: vec!["redis-server".into(), "/etc/redis/conf/redis.conf".into()],
                     env: vec![],
                     ports: vec![ContainerPort {
-                        name: "redis".into(),
+                        name: "redis",
                         container_port: 6379,
                         protocol: "TCP",
                     }],
                     resources: Resources {
                         requests: [
-                            ("cpu".to_string(), "100m".to_string()),
-                            ("memory".to_string(), format!("{}Mi", max_mib + 32)),
+                            ("cpu", "100m".to_string()),
+                            ("memory", format!("{}Mi", max_mib + 32)),
                         ]
                         .into(),
                         limits: [
-                            ("cpu".to_string(), "1000m".to_string()),
-                            ("memory".to_string(), format!("{mem_lim}Mi")),
+                            ("cpu", "1000m".to_string()),
+                            ("memory", format!("{mem_lim}Mi")),
                         ]
                         .into(),
                     },

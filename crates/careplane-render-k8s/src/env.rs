@@ -46,12 +46,8 @@ struct Size {
 
 impl Size {
     fn resources(self) -> Resources {
-        let q = |cpu: u64, mem: u64| -> BTreeMap<String, String> {
-            [
-                ("cpu".to_string(), format!("{cpu}m")),
-                ("memory".to_string(), format!("{mem}Mi")),
-            ]
-            .into()
+        let q = |cpu: u64, mem: u64| -> BTreeMap<&'static str, String> {
+            [("cpu", format!("{cpu}m")), ("memory", format!("{mem}Mi"))].into()
         };
         Resources {
             requests: q(self.cpu_req, self.mem_req),
@@ -665,9 +661,9 @@ fn odoo_pod(
     extra_args: &[&str],
 ) -> PodTemplate {
     let opts = ctx.opts;
-    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
+    let mount = |name: &'static str, mount_path: &'static str, read_only: bool| VolumeMount {
+        name,
+        mount_path,
         read_only,
     };
     // odoo.conf must hold the master password's hash, which is kept in the
@@ -699,8 +695,8 @@ fn odoo_pod(
     let web = role == Role::Web && component == "web";
     let probe = |failure_threshold: u32, period_seconds: u32| Probe {
         http_get: Some(HttpGet {
-            path: "/web/health".into(),
-            port: "http".into(),
+            path: "/web/health",
+            port: "http",
         }),
         tcp_socket: None,
         period_seconds,
@@ -722,12 +718,12 @@ fn odoo_pod(
         ports: if web {
             vec![
                 ContainerPort {
-                    name: "http".into(),
+                    name: "http",
                     container_port: HTTP_PORT,
                     protocol: "TCP",
                 },
                 ContainerPort {
-                    name: "websocket".into(),
+                    name: "websocket",
                     container_port: WEBSOCKET_PORT,
                     protocol: "TCP",
                 },

@@ -199,7 +199,7 @@ pub struct Container {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
-    pub name: String,
+    pub name: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,22 +207,19 @@ pub struct EnvVar {
 }
 
 impl EnvVar {
-    pub fn value(name: &str, value: impl Into<String>) -> EnvVar {
+    pub fn value(name: &'static str, value: impl Into<String>) -> EnvVar {
         EnvVar {
-            name: name.into(),
+            name,
             value: Some(value.into()),
             value_from: None,
         }
     }
-    pub fn secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    pub fn secret(name: &'static str, secret: &'static str, key: &'static str) -> EnvVar {
         EnvVar {
-            name: name.into(),
+            name,
             value: None,
             value_from: Some(EnvVarSource {
-                secret_key_ref: KeyRef {
-                    name: secret.into(),
-                    key: key.into(),
-                },
+                secret_key_ref: KeyRef { name: secret, key },
             }),
         }
     }
@@ -236,22 +233,22 @@ pub struct EnvVarSource {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyRef {
-    pub name: String,
-    pub key: String,
+    pub name: &'static str,
+    pub key: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
-    pub name: String,
+    pub name: &'static str,
     pub container_port: u16,
     pub protocol: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Resources {
-    pub requests: BTreeMap<String, String>,
-    pub limits: BTreeMap<String, String>,
+    pub requests: BTreeMap<&'static str, String>,
+    pub limits: BTreeMap<&'static str, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -273,9 +270,7 @@ impl SecurityContext {
             privileged: false,
             read_only_root_filesystem: true,
             run_as_non_root: true,
-            capabilities: Capabilities {
-                drop: vec!["ALL".into()],
-            },
+            capabilities: Capabilities { drop: vec!["ALL"] },
             seccomp_profile: SeccompProfile {
                 kind: "RuntimeDefault",
             },
@@ -285,7 +280,7 @@ impl SecurityContext {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Capabilities {
-    pub drop: Vec<String>,
+    pub drop: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -302,20 +297,20 @@ pub struct Probe {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpGet {
-    pub path: String,
-    pub port: String,
+    pub path: &'static str,
+    pub port: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TcpSocket {
-    pub port: String,
+    pub port: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeMount {
-    pub name: String,
-    pub mount_path: String,
+    pub name: &'static str,
+    pub mount_path: &'static str,
     #[serde(skip_serializing_if = "is_false")]
     pub read_only: bool,
 }
