@@ -74,6 +74,9 @@ impl From<Error> for EngineError {
     }
 }
 
+/// A tenant database as careplane makes it: (database, role, connection limit).
+type Expected = (String, String, Option<u32>);
+
 /// `<dataDir>/stopped`: `careplane stop` stopped the platform on purpose,
 /// so a stopped server is not drift (`careplane start` removes it).
 pub(crate) const STOPPED_MARKER: &str = "stopped";
@@ -148,7 +151,7 @@ impl LocalDriver {
             .iter()
             .filter(|r| r.kind == Kind::PgCluster.as_str() && r.status == Ready)
         {
-            let dbs: Vec<(&ResourceRecord, (String, String, Option<u32>))> = recorded
+            let dbs: Vec<(&ResourceRecord, Expected)> = recorded
                 .iter()
                 .filter(|r| r.kind == Kind::PgDatabase.as_str() && r.status == Ready)
                 .filter(|r| r.props.get("cluster").and_then(|v| v.as_str()) == Some(&crec.id))
@@ -168,8 +171,7 @@ impl LocalDriver {
             if cluster.running_pid().is_none() {
                 continue;
             }
-            let expected: Vec<(String, String, Option<u32>)> =
-                dbs.iter().map(|(_, t)| t.clone()).collect();
+            let expected: Vec<Expected> = dbs.iter().map(|(_, t)| t.clone()).collect();
             let Ok(found) = cluster.tenant_drift(&expected) else {
                 continue;
             };

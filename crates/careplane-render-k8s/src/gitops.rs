@@ -1,0 +1,243 @@
+//! What every environment namespace shares (bases, an overlay per kind) and
+//! the objects that make Argo CD or Flux sync the repository.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::env::{ns_selector, scope_of, ErasedYaml};
+use crate::k8s::*;
+use crate::names::{common_labels, labels};
+use crate::{production_like, Ctx, Model, Tree, HEADER};
+
+fn kustomization(resources: Vec<String>) -> String {
+    HEADER.to_string()
+        + &crate::to_yaml(&Kustomization {
+            api_version: "kustomize.config.k8s.io/v1beta1",
+            kind: "Kustomization",
+            namespace: None,
+            resources,
+        })
+}
+
+fn meta(name: &str) -> Meta {
+    Meta {
+        name: name.into(),
+        namespace: None,
+        labels: common_labels(),
+        annotations: BTreeMap::new(),
+    }
+}
+
+pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
+    // Base of every environment namespace: nothing in or out but DNS, until
+    // the environment's own policies open exactly its flows.
+    let deny = object(
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        meta("default-deny"),
+        Spec {
+            spec: NetworkPolicySpec {
+                pod_selector: LabelSelector::default(),
+                policy_types: vec!["Ingress", "Egress"],
+                ingress: vec![],
+                egress: vec![],
+            },
+        },
+    );
+    let dns = object(
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        meta("allow-dns"),
+        Spec {
+            spec: NetworkPolicySpec {
+                pod_selector: LabelSelector::default(),
+                policy_types: vec!["Egress"],
+                ingress: vec![],
+                egress: vec![EgressRule {
+                    to: vec![Peer {
+                        namespace_selector: Some(ns_selector("kube-system")),
+                        pod_selector: Some(LabelSelector {
+                            match_labels: labels(&[("k8s-app", "kube-dns")]),
+                        }),
+                    }],
+                    ports: vec![
+                        PolicyPort {
+                            protocol: "UDP",
+                            port: 53,
+                        },
+                        PolicyPort::tcp(53),
+                    ],
+                }],
+            },
+        },
+    );
+    tree.add(
+        "bases/namespace/networkpolicy-default-deny.yaml".into(),
+        deny.yaml(),
+    );
+    tree.add(
+        "bases/namespace/networkpolicy-allow-dns.yaml".into(),
+        dns.yaml(),
+    );
+    tree.add(
+        "bases/namespace/kustomization.yaml".into(),
+        kustomization(vec![
+            "networkpolicy-allow-dns.yaml".into(),
+            "networkpolicy-default-deny.yaml".into(),
+        ]),
+    );
+
+    let kinds: BTreeSet<&str> = model
+        .odoo_envs
+        .iter()
+        .map(|p| p.environment_kind.as_str())
+        .collect();
+    for kind in kinds {
+        let q = |cpu: &str, mem: &str| -> BTreeMap<String, String> {
+            [
+                ("cpu".to_string(), cpu.to_string()),
+                ("memory".to_string(), mem.to_string()),
+            ]
+            .into()
+        };
+        // Defaults for containers careplane did not size (debug pods, sidecars).
+        let (default, default_request) = if production_like(kind) {
+            (q("1000m", "1Gi"), q("100m", "256Mi"))
+        } else {
+            (q("500m", "512Mi"), q("50m", "128Mi"))
+        };
+        let lr = object(
+            "v1",
+            "LimitRange",
+            meta("careplane"),
+            Spec {
+                spec: LimitRangeSpec {
+                    limits: vec![LimitRangeItem {
+                        kind: "Container",
+                        default,
+                        default_request,
+                    }],
+                },
+            },
+        );
+        tree.add(format!("overlays/{kind}/limitrange.yaml"), lr.yaml());
+        tree.add(
+            format!("overlays/{kind}/kustomization.yaml"),
+            kustomization(vec![
+                "../../bases/namespace".into(),
+                "limitrange.yaml".into(),
+            ]),
+        );
+    }
+
+    let opts = ctx.opts;
+    let app_name = format!("careplane-{}", ctx.platform);
+    let appset = object(
+        "argoproj.io/v1alpha1",
+        "ApplicationSet",
+        Meta {
+            name: app_name.clone(),
+            namespace: Some(opts.argocd_namespace.clone()),
+            labels: common_labels(),
+            annotations: BTreeMap::new(),
+        },
+        Spec {
+            spec: ApplicationSetSpec {
+                go_template: true,
+                go_template_options: vec!["missingkey=error"],
+                generators: vec![AppSetGenerator {
+                    git: GitGenerator {
+                        repo_url: opts.repo_url.clone(),
+                        revision: opts.revision.clone(),
+                        directories: ["postgres/*", "redis/*", "tenants/*/*"]
+                            .into_iter()
+                            .map(|p| GitDirectory { path: p.into() })
+                            .collect(),
+                    },
+                }],
+                template: AppTemplate {
+                    metadata: AppTemplateMeta {
+                        // tenants/stmarys/production → tenants-stmarys-production.
+                        name: "{{ join \"-\" .path.segments }}".into(),
+                        labels: labels(&[("careplane.dev/platform", ctx.platform)]),
+                    },
+                    spec: AppSpec {
+                        project: opts.argocd_project.clone(),
+                        source: AppSource {
+                            repo_url: opts.repo_url.clone(),
+                            target_revision: opts.revision.clone(),
+                            path: "{{ .path.path }}".into(),
+                        },
+                        destination: AppDestination {
+                            server: "https://kubernetes.default.svc".into(),
+                        },
+                        sync_policy: AppSyncPolicy {
+                            automated: AppAutomated {
+                                prune: true,
+                                self_heal: true,
+                            },
+                            sync_options: vec!["ServerSideApply=true"],
+                        },
+                    },
+                },
+            },
+        },
+    );
+    tree.add("argocd/applicationset.yaml".into(), appset.yaml());
+
+    // Flux: one Kustomization per folder, environments after their data.
+    let flux = |name: String, path: String, depends_on: Vec<String>| {
+        object(
+            "kustomize.toolkit.fluxcd.io/v1",
+            "Kustomization",
+            Meta {
+                name,
+                namespace: Some(opts.flux_namespace.clone()),
+                labels: common_labels(),
+                annotations: BTreeMap::new(),
+            },
+            Spec {
+                spec: FluxKustomizationSpec {
+                    interval: "10m",
+                    path,
+                    prune: true,
+                    wait: true,
+                    timeout: "15m",
+                    source_ref: FluxSourceRef {
+                        kind: "GitRepository",
+                        name: opts.flux_source.clone(),
+                    },
+                    depends_on: depends_on
+                        .into_iter()
+                        .map(|name| NameRef { name })
+                        .collect(),
+                },
+            },
+        )
+    };
+    let mut docs = Vec::new();
+    for scope in model.pg_clusters.keys() {
+        docs.push(flux(
+            format!("pg-{scope}"),
+            format!("./postgres/{scope}"),
+            vec![],
+        ));
+    }
+    for scope in model.redis_servers.keys() {
+        docs.push(flux(
+            format!("redis-{scope}"),
+            format!("./redis/{scope}"),
+            vec![],
+        ));
+    }
+    for p in &model.odoo_envs {
+        docs.push(flux(
+            format!("env-{}-{}", p.tenant, p.environment),
+            format!("./tenants/{}/{}", p.tenant, p.environment),
+            vec![
+                format!("pg-{}", scope_of(&p.cluster)),
+                format!("redis-{}", scope_of(&p.server)),
+            ],
+        ));
+    }
+    tree.objects("flux/kustomizations.yaml".into(), &docs);
+}
