@@ -108,6 +108,42 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Render the platform for another target: `--target kubernetes` writes
+    /// a GitOps repository (kustomize, CloudNativePG, External Secrets,
+    /// Argo CD and Flux objects) into --out, or with --check reports how a
+    /// repository differs from the specs (exit 1 when it does). Needs no
+    /// running platform. See docs/kubernetes.md.
+    Render {
+        #[command(flatten)]
+        files: Files,
+        /// The target to render for (only `kubernetes` so far).
+        #[arg(long, value_enum)]
+        target: RenderTarget,
+        /// The repository directory to write (or check).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Compare --out with what the specs render; change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Odoo image; production and DR need it pinned (`repo@sha256:…`).
+        #[arg(long, value_name = "IMAGE")]
+        odoo_image: String,
+        /// Redis image (pinned by digest for production and DR).
+        #[arg(long, value_name = "IMAGE")]
+        redis_image: String,
+        /// PostgreSQL (CloudNativePG operand) image (pinned for production and DR).
+        #[arg(long, value_name = "IMAGE")]
+        postgres_image: String,
+        /// Key that makes PostgreSQL role names opaque (at least 16
+        /// characters; keep it stable and secret).
+        #[arg(long, env = "CAREPLANE_ROLE_KEY", hide_env_values = true)]
+        role_key: String,
+        /// Git repository Argo CD and Flux sync from.
+        #[arg(long, value_name = "URL")]
+        repo_url: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Recent operations and their steps, from the journal.
     Journal {
         #[command(flatten)]
@@ -226,6 +262,12 @@ fn error_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+/// Targets `careplane render` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RenderTarget {
+    Kubernetes,
 }
 
 fn load(files: &Files) -> Result<Engine, anyhow::Error> {
@@ -425,6 +467,65 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             o.master_password.expose_secret()
                         );
                     }
+                }
+            }
+        }
+        Command::Render {
+            files,
+            target: RenderTarget::Kubernetes,
+            out,
+            check,
+            odoo_image,
+            redis_image,
+            postgres_image,
+            role_key,
+            repo_url,
+            output,
+        } => {
+            let specs = careplane_spec::load(&files.files).map_err(|d| anyhow::anyhow!("{d}"))?;
+            let mut opts = careplane_render_k8s::RenderOptions::new(
+                &odoo_image,
+                &redis_image,
+                &postgres_image,
+                &role_key,
+            );
+            if let Some(url) = repo_url {
+                opts.repo_url = url;
+            }
+            if check {
+                let drift = careplane_render_k8s::check(&specs, &opts, &out)?;
+                match output {
+                    Output::Json => {
+                        print_json(&drift.iter().map(|d| d.to_string()).collect::<Vec<_>>())?
+                    }
+                    Output::Text if drift.is_empty() => {
+                        outln!("{} matches the specs.", out.display())
+                    }
+                    Output::Text => {
+                        for d in &drift {
+                            outln!("{d}");
+                        }
+                        outln!("{} difference(s) from the specs.", drift.len());
+                    }
+                }
+                if !drift.is_empty() {
+                    return Ok(ExitCode::from(1));
+                }
+            } else {
+                let report = careplane_render_k8s::write(&specs, &opts, &out)?;
+                match output {
+                    Output::Json => print_json(&serde_json::json!({
+                        "written": report.written,
+                        "unchanged": report.unchanged,
+                        "removed": report.removed,
+                    }))?,
+                    Output::Text => outln!(
+                        "{}: {} file(s) written, {} unchanged, {} removed.",
+                        out.display(),
+                        report.written.len(),
+                        report.unchanged,
+                        report.removed.len()
+                    ),
                 }
             }
         }
