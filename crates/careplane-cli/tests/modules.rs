@@ -45,8 +45,15 @@ fn misspelled_modules_fail_and_name_the_module() {
     assert!(t.contains("invalid module names"), "{t}");
     let st = p.json(&["status"]);
     assert_eq!(st["environments"][0]["odooHealth"]["ok"], true, "{st}");
-    // The correctly spelled module still installs.
+    // The correctly spelled module still installs. It is not in the spec:
+    // plan says so (apply never uninstalls), and changes nothing for it.
     p.ok(&["modules", "install", "gamma", "dev", "purchase"]);
+    let plan = p.plan();
+    assert_eq!(plan["actions"].as_array().map(Vec::len), Some(0), "{plan}");
+    let notes = plan["notes"].to_string();
+    assert!(notes.contains("odoo-env/gamma/dev"), "{plan}");
+    assert!(notes.contains("purchase"), "{plan}");
+    assert!(p.ok(&["plan"]).contains("Note: odoo-env/gamma/dev"));
 
     // In a spec: adding a misspelled module to a running environment.
     p.write_tenants(&tenants("[sale, stokc]"));
@@ -55,9 +62,12 @@ fn misspelled_modules_fail_and_name_the_module() {
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("stokc"), "{t}");
     // Fixed, the next apply converges.
-    p.write_tenants(&tenants("[sale, stock]"));
+    p.write_tenants(&tenants("[sale, stock, purchase]"));
     p.ok(&["apply"]);
-    assert_eq!(p.plan()["actions"].as_array().map(Vec::len), Some(0));
+    let plan = p.plan();
+    assert_eq!(plan["actions"].as_array().map(Vec::len), Some(0));
+    // Now in the spec: nothing more to say.
+    assert!(plan.get("notes").is_none(), "{plan}");
 }
 
 #[test]

@@ -49,6 +49,15 @@ pub trait Driver: Send {
     /// connection per tenant.
     fn observe(&mut self, recorded: &[ResourceRecord]) -> BTreeMap<String, String>;
 
+    /// What differs from the specs but is not for apply to change (it
+    /// would lose data or work someone did on purpose), shown with the
+    /// plan: e.g. Odoo modules installed with `careplane modules` that the
+    /// spec does not list. Cheap, like [`Driver::observe`].
+    fn notes(&mut self, recorded: &[ResourceRecord]) -> Vec<String> {
+        let _ = recorded;
+        Vec::new()
+    }
+
     /// Creates or updates `action`'s resource, recording its intent first.
     fn ensure(&mut self, action: &Action) -> Result<Ensured, EngineError>;
 

@@ -488,7 +488,9 @@ impl Core {
         // What runs is observed, not only what was recorded: a server that
         // died shows up as a change.
         let drift = self.driver.observe(&recorded);
-        plan::plan(&desired, &recorded, &drift)
+        let mut plan = plan::plan(&desired, &recorded, &drift)?;
+        plan.notes = self.driver.notes(&recorded);
+        Ok(plan)
     }
 
     pub(crate) fn destroy_plan(&mut self, tenants: &[String]) -> Result<Plan, EngineError> {

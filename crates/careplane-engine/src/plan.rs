@@ -153,6 +153,10 @@ impl Action {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Plan {
     pub actions: Vec<Action>,
+    /// What the driver observed that differs from the specs but that apply
+    /// does not change (e.g. modules installed outside the spec): shown,
+    /// never acted on.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -184,6 +188,7 @@ impl Plan {
         let mut s = String::new();
         if self.actions.is_empty() {
             s.push_str("No changes: the platform matches the specs.\n");
+            self.render_notes(&mut s);
             return s;
         }
         for a in &self.actions {
@@ -212,11 +217,22 @@ impl Plan {
             "Plan: {} to create, {} to change, {} to delete.",
             c.create, c.update, c.delete
         );
+        self.render_notes(&mut s);
         s
     }
 
+    fn render_notes(&self, s: &mut String) {
+        for n in &self.notes {
+            let _ = writeln!(s, "Note: {n}");
+        }
+    }
+
     pub fn to_json(&self) -> Value {
-        serde_json::json!({ "actions": self.actions, "summary": self.counts() })
+        let mut v = serde_json::json!({ "actions": self.actions, "summary": self.counts() });
+        if !self.notes.is_empty() {
+            v["notes"] = serde_json::json!(self.notes);
+        }
+        v
     }
 }
 
@@ -342,7 +358,10 @@ pub fn plan(
     deletes.sort_by_key(|a| std::cmp::Reverse(position[a.id.as_str()]));
     rest.sort_by_key(|a| position[a.id.as_str()]);
     deletes.extend(rest);
-    Ok(Plan { actions: deletes })
+    Ok(Plan {
+        actions: deletes,
+        notes: Vec::new(),
+    })
 }
 
 /// Each id's position in an order where everything comes after what it

@@ -254,6 +254,31 @@ impl Driver for LocalDriver {
         drift
     }
 
+    /// Modules installed with `careplane modules install` that the spec of
+    /// their environment does not list: apply never uninstalls a module
+    /// (that drops its data), so the plan only says so.
+    fn notes(&mut self, recorded: &[ResourceRecord]) -> Vec<String> {
+        recorded
+            .iter()
+            .filter(|r| r.kind == Kind::OdooEnv.as_str())
+            .filter_map(|r| {
+                let wanted = odoo::strings(&r.props["modules"]);
+                let extra: Vec<String> = odoo::strings(&r.observed["modulesInstalled"])
+                    .into_iter()
+                    .filter(|m| !wanted.contains(m))
+                    .collect();
+                (!extra.is_empty()).then(|| {
+                    format!(
+                        "{}: modules installed with `careplane modules` but not in the spec: {} \
+                         (add them to the spec to keep them; apply does not uninstall)",
+                        r.id,
+                        extra.join(", ")
+                    )
+                })
+            })
+            .collect()
+    }
+
     fn ensure(&mut self, action: &Action) -> Result<Ensured, EngineError> {
         if action.kind == Kind::OdooEnv {
             let starting = self.with_host(|d, host| d.ensure_odoo_env(action, host))?;

@@ -47,7 +47,7 @@ pub(crate) fn evented_port(props: &Value, observed: &Value) -> Option<u16> {
 }
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn strings(v: &Value) -> Vec<String> {
+pub(crate) fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()
@@ -814,6 +814,17 @@ impl LocalDriver {
             .store()?
             .step_started(op, &label, &json!({ "modules": modules }))?;
         let result = self.run_modules(&rec, install, modules);
+        if install && result.is_ok() {
+            // Remembered, so that `plan` can say which of them the spec
+            // does not list (see Driver::notes).
+            let mut rec = rec.clone();
+            let mut installed = strings(&rec.observed["modulesInstalled"]);
+            installed.extend(modules.iter().cloned());
+            installed.sort();
+            installed.dedup();
+            rec.observed["modulesInstalled"] = json!(installed);
+            self.store()?.put_resource(&rec)?;
+        }
         let err = result.as_ref().err().map(|e| e.to_string());
         self.store()?.step_finished(step, err.as_deref())?;
         self.store()?.finish_operation(
