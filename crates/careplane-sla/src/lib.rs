@@ -36,4 +36,5 @@ pub use model::{
     UnknownPolicy,
 };
 pub use percent::Percent;
-/*TODO report store*/
+/*TODO report*/
+pub use store::{LatencyHistogram, SeriesId, SeriesKey, Store};
