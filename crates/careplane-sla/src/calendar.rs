@@ -161,13 +161,6 @@ impl MonthSpan {
         let d = ts.as_second() - self.start.as_second();
         (d >= 0 && ts < self.end).then(|| (d / 60) as u32)
     }
-
-    /// First minute index starting at or after `ts`, clamped to `0..=minutes`.
-    pub(crate) fn minute_ceil(&self, ts: Timestamp) -> u32 {
-        let d = ts.as_second() - self.start.as_second();
-        let extra = i64::from(ts.subsec_nanosecond() > 0);
-        ((d + extra + 59).div_euclid(60)).clamp(0, i64::from(self.minutes)) as u32
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -349,17 +342,30 @@ impl CalendarEntry {
 /// Which minutes of `span` start inside an approved maintenance window (a union: overlapping
 /// windows are not counted twice).
 pub fn excluded_minutes(entries: &[CalendarEntry], span: &MonthSpan) -> Result<Vec<bool>, Error> {
-    let mut out = vec![false; span.minutes as usize];
+    excluded_between(entries, &span.zone, span.start, span.minutes)
+}
+
+/// Like [`excluded_minutes`] for any `minutes` minutes from `start` (a whole minute).
+pub fn excluded_between(
+    entries: &[CalendarEntry],
+    zone: &TimeZone,
+    start: Timestamp,
+    minutes: u32,
+) -> Result<Vec<bool>, Error> {
+    let mut out = vec![false; minutes as usize];
+    let end = Timestamp::from_second(start.as_second() + 60 * i64::from(minutes))
+        .map_err(|e| Error::time("range", e))?;
+    let ceil = |ts: Timestamp| {
+        let d = ts.as_second() - start.as_second() + i64::from(ts.subsec_nanosecond() > 0);
+        (d + 59).div_euclid(60).clamp(0, i64::from(minutes)) as usize
+    };
     for e in entries
         .iter()
         .filter(|e| e.approved && e.kind == EntryKind::Maintenance)
     {
         e.validate()?;
-        for (s, end) in e.intervals(&span.zone, span.start, span.end)? {
-            let (a, b) = (span.minute_ceil(s), span.minute_ceil(end));
-            out[a as usize..b as usize]
-                .iter_mut()
-                .for_each(|m| *m = true);
+        for (s, en) in e.intervals(zone, start, end)? {
+            out[ceil(s)..ceil(en)].iter_mut().for_each(|m| *m = true);
         }
     }
     Ok(out)

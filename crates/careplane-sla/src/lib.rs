@@ -26,10 +26,12 @@ pub mod store;
 pub use account::{
     account_month, credit_owed, CreditOwed, MinuteClass, MonthAccount, Observation, Timeline,
 };
-/*TODO burn*/
+pub use burn::{evaluate_burn, Burn, BurnAlert, BurnRule};
 pub use calendar::{CalendarEntry, EntryKind, Month, MonthSpan, Schedule, SupportHours, Weekday};
 pub use error::Error;
-/*TODO incident*/
+pub use incident::{
+    detect, due_notifications, observe_recovery, ClockStatus, Detection, DueNotification, Incident,
+};
 pub use model::{
     BadMinuteRule, CreditTier, EnvironmentKind, EscalationPolicy, EscalationStep, Impact, Outcome,
     ProbeResult, Severity, SeverityMatrix, SeverityTarget, Slo, StepTiming, TargetClock,
