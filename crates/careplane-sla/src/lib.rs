@@ -38,5 +38,7 @@ pub use model::{
     UnknownPolicy,
 };
 pub use percent::Percent;
-/*TODO report*/
+pub use report::{
+    month_timeline, monthly_report, render_html, render_json, MonthlyReport, ReportInput,
+};
 pub use store::{LatencyHistogram, SeriesId, SeriesKey, Store};
