@@ -191,9 +191,9 @@ pub fn account_month(
         unknown_policy: slo.unknown,
         objective: slo.objective,
     };
-    for i in 0..span.minutes as usize {
+    for (i, &ex) in excluded.iter().enumerate() {
         let k = i + lead as usize;
-        let class = if excluded[i] {
+        let class = if ex {
             a.excluded += 1;
             a.down_in_maintenance += u32::from(bad[k]);
             MinuteClass::Excluded

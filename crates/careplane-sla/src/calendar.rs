@@ -159,7 +159,7 @@ impl MonthSpan {
     /// Index of the minute an instant falls in, if it is in the month.
     pub fn minute_of(&self, ts: Timestamp) -> Option<u32> {
         let d = ts.as_second() - self.start.as_second();
-        (d >= 0 && ts < self.end).then(|| (d / 60) as u32)
+        (d >= 0 && ts < self.end).then_some((d / 60) as u32)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Compact storage of probe results: per series (tenant, environment, probe) and UTC month,
 //! 2 bits per minute in memory and a run-length encoded file on disk, plus a latency
-//! histogram. See docs/design/0009 ("Storage") for the file format.
+//! histogram, with a journal that makes each batch of results durable with one fsync. See
+//! docs/design/0009 ("Storage") for the formats.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -170,13 +171,25 @@ pub struct SeriesId(u32);
 
 /// The result store of one platform: `<dir>/<tenant>/<environment>/<probe>/<YYYY-MM>.cpm`.
 ///
-/// Results are held in memory until [`Store::flush`], which makes them durable; the server
-/// acknowledges a result only after a flush that followed it returned.
+/// Results are merged into memory by `record` and made durable by [`Store::flush`], which
+/// appends them to one journal with one fsync (the server acknowledges a result only after a
+/// flush that followed it returned); [`Store::compact`] rewrites the changed month files and
+/// empties the journal.
 pub struct Store {
     dir: PathBuf,
     series: Vec<Series>,
     index: HashMap<String, HashMap<String, HashMap<String, u32>>>,
+    /// `<dir>/.journal`: results since the last compaction, appended by `flush`.
+    journal: std::fs::File,
+    /// Encoded results not yet flushed to the journal.
+    pending: Vec<u8>,
+    /// Which series the journal already defines (ids are the store's).
+    in_journal: Vec<bool>,
 }
+
+const JOURNAL: &str = ".journal";
+const TAG_SERIES: u64 = 0;
+const TAG_RESULT: u64 = 1;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -186,15 +199,92 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 impl Store {
-    /// Opens (creating) the store directory. Months are read lazily.
+    /// Opens (creating) the store directory. Results a previous process flushed to the
+    /// journal but did not compact are replayed and compacted into month files (a torn
+    /// batch at the journal's end, never acknowledged, is dropped). Months are read lazily.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Store, Error> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(Store {
+        let jpath = dir.join(JOURNAL);
+        let old = match std::fs::read(&jpath) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(&jpath)(e)),
+        };
+        let journal = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&jpath)
+            .map_err(io(&jpath))?;
+        let mut store = Store {
             dir,
             series: Vec::new(),
             index: HashMap::new(),
-        })
+            journal,
+            pending: Vec::new(),
+            in_journal: Vec::new(),
+        };
+        if !old.is_empty() {
+            store.replay(&jpath, &old)?;
+            store.compact()?;
+        }
+        Ok(store)
+    }
+
+    fn replay(&mut self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+        let mut pos = 0;
+        let mut ids: HashMap<u64, SeriesId> = HashMap::new();
+        // Frames: u32 length, u64 FNV-1a, payload. Stop at the first incomplete or bad one:
+        // its flush never returned.
+        while pos + 12 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4")) as usize;
+            let sum = u64::from_le_bytes(bytes[pos + 4..pos + 12].try_into().expect("8"));
+            let Some(payload) = bytes.get(pos + 12..pos + 12 + len) else {
+                break;
+            };
+            if fnv1a(payload) != sum {
+                break;
+            }
+            let mut r = Reader {
+                path,
+                bytes: payload,
+                pos: 0,
+            };
+            while r.pos < payload.len() {
+                match r.varint()? {
+                    TAG_SERIES => {
+                        let jid = r.varint()?;
+                        let key = SeriesKey {
+                            tenant: r.string()?,
+                            environment: r.string()?,
+                            probe: r.string()?,
+                        };
+                        ids.insert(jid, self.series(&key)?);
+                    }
+                    TAG_RESULT => {
+                        let jid = r.varint()?;
+                        let id = *ids.get(&jid).ok_or_else(|| {
+                            r.corrupt(format!("result for undefined series {jid}"))
+                        })?;
+                        let sec = r.varint()? as i64;
+                        let code = r.varint()?;
+                        let lat = r.varint()? as u32;
+                        let at = Timestamp::from_second(sec)
+                            .map_err(|_| r.corrupt("time out of range"))?;
+                        let outcome = match code {
+                            1 => Outcome::Unknown,
+                            2 => Outcome::Up,
+                            3 => Outcome::Down,
+                            _ => return Err(r.corrupt(format!("outcome code {code}"))),
+                        };
+                        self.apply(id, at, outcome, lat)?;
+                    }
+                    t => return Err(r.corrupt(format!("unknown journal tag {t}"))),
+                }
+            }
+            pos += 12 + len;
+        }
+        Ok(())
     }
 
     /// The series of `key`, registering it (no I/O).
@@ -209,6 +299,7 @@ impl Store {
         }
         key.check()?;
         let i = self.series.len() as u32;
+        self.in_journal.push(false);
         self.series.push(Series {
             key: key.clone(),
             months: BTreeMap::new(),
@@ -245,8 +336,36 @@ impl Store {
             .expect("inserted"))
     }
 
-    /// Records one result (the fast path: the server keeps a `SeriesId` per probe).
+    /// Records one result (the fast path: the server keeps a `SeriesId` per probe). It is
+    /// durable once a later [`Store::flush`] returns.
     pub fn record(
+        &mut self,
+        id: SeriesId,
+        at: Timestamp,
+        outcome: Outcome,
+        latency_ms: u32,
+    ) -> Result<(), Error> {
+        self.apply(id, at, outcome, latency_ms)?;
+        let i = id.0 as usize;
+        if !self.in_journal[i] {
+            let k = &self.series[i].key;
+            put_varint(&mut self.pending, TAG_SERIES);
+            put_varint(&mut self.pending, u64::from(id.0));
+            for s in [&k.tenant, &k.environment, &k.probe] {
+                put_varint(&mut self.pending, s.len() as u64);
+                self.pending.extend_from_slice(s.as_bytes());
+            }
+            self.in_journal[i] = true;
+        }
+        put_varint(&mut self.pending, TAG_RESULT);
+        put_varint(&mut self.pending, u64::from(id.0));
+        put_varint(&mut self.pending, at.as_second() as u64);
+        put_varint(&mut self.pending, Observation::from(outcome) as u64);
+        put_varint(&mut self.pending, u64::from(latency_ms));
+        Ok(())
+    }
+
+    fn apply(
         &mut self,
         id: SeriesId,
         at: Timestamp,
@@ -280,9 +399,28 @@ impl Store {
         self.record(id, r.at, r.outcome, r.latency_ms)
     }
 
-    /// Writes every changed month atomically (temporary file, fsync, rename). Returns the
-    /// number of files written.
-    pub fn flush(&mut self) -> Result<usize, Error> {
+    /// Makes every result recorded so far durable: one append and one fsync of the journal,
+    /// whatever the number of series. The server acknowledges results after this returns.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(JOURNAL);
+        let mut frame = Vec::with_capacity(self.pending.len() + 12);
+        frame.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&fnv1a(&self.pending).to_le_bytes());
+        frame.extend_from_slice(&self.pending);
+        use std::io::Write;
+        self.journal.write_all(&frame).map_err(io(&path))?;
+        self.journal.sync_data().map_err(io(&path))?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes every changed month file atomically (temporary file, fsync, rename) and empties
+    /// the journal. Returns the number of files written. Call it now and then (hourly, at a
+    /// month's end, at shutdown); `open` does it after a crash.
+    pub fn compact(&mut self) -> Result<usize, Error> {
         let mut written = 0;
         for s in &mut self.series {
             for (&month, data) in s.months.iter_mut().filter(|(_, d)| d.dirty) {
@@ -300,10 +438,16 @@ impl Store {
                 written += 1;
             }
         }
+        // Everything recorded is in the month files now, pending results included.
+        let path = self.dir.join(JOURNAL);
+        self.journal.set_len(0).map_err(io(&path))?;
+        self.journal.sync_all().map_err(io(&path))?;
+        self.pending.clear();
+        self.in_journal.iter_mut().for_each(|j| *j = false);
         Ok(written)
     }
 
-    /// Drops months before `month` from memory (after a flush; their files stay).
+    /// Drops months before `month` from memory (after a compaction; their files stay).
     pub fn evict_before(&mut self, month: Month) {
         for s in &mut self.series {
             s.months.retain(|&m, d| m >= month || d.dirty);

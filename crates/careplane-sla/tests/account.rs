@@ -228,7 +228,7 @@ fn downtime_inside_an_approved_window_is_excluded_and_shown_apart() {
     let a = account_month(
         &timeline(&s, &r),
         &s,
-        &[win.clone()],
+        std::slice::from_ref(&win),
         &slo(3, UnknownPolicy::Down),
     )
     .unwrap();
@@ -272,8 +272,8 @@ fn a_window_crossing_midnight_and_the_month_end_is_cut_at_the_month_edges() {
             .filter(|&&e| e)
             .count()
     };
-    assert_eq!(count(&june, &[w1.clone()]), 120);
-    assert_eq!(count(&july, &[w1.clone()]), 120);
+    assert_eq!(count(&june, std::slice::from_ref(&w1)), 120);
+    assert_eq!(count(&july, std::slice::from_ref(&w1)), 120);
     // June: w1's 2 hours, plus w2 on the Tuesdays 2, 9, 16, 23 June; its 30 June part
     // (23:00-24:00) lies inside w1 and adds nothing.
     assert_eq!(
@@ -286,7 +286,7 @@ fn a_window_crossing_midnight_and_the_month_end_is_cut_at_the_month_edges() {
     assert_eq!(count(&july, &[w1.clone(), w2.clone()]), 120 + 4 * 120);
     // The last Tuesday of a month whose window ends in the next month.
     let sept = span("2026-09", "Europe/Berlin"); // 29 Sept is a Tuesday; 30th is the last day
-    assert_eq!(count(&sept, &[w2.clone()]), 5 * 120);
+    assert_eq!(count(&sept, std::slice::from_ref(&w2)), 5 * 120);
     let march = span("2026-03", "Europe/Berlin"); // 31 March 2026 is a Tuesday
     let ex = excluded_minutes(&[w2], &march).unwrap();
     assert!(

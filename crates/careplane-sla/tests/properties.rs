@@ -142,6 +142,7 @@ proptest! {
                 }
             }
             s.flush().unwrap();
+            std::mem::forget(s);
         }
         let mut s = Store::open(dir.path()).unwrap();
         let t = s.timeline(&key, start, obs.len() as u32).unwrap();

@@ -78,7 +78,7 @@ fn a_march_in_berlin_from_probes_to_html() {
             }
             t += 60;
         }
-        store.flush().unwrap();
+        store.compact().unwrap();
     }
     let mut store = Store::open(dir.path()).unwrap();
     let slo = gold();

@@ -31,7 +31,7 @@ fn flushed_results_survive_a_restart_and_the_month_continues() {
             };
             s.record(id, at(base, m), o, 100 + m as u32).unwrap();
         }
-        assert_eq!(s.flush().unwrap(), 2, "May and June files");
+        assert_eq!(s.compact().unwrap(), 2, "May and June files");
         // Recorded after the last flush: lost by a crash, which is why the server
         // acknowledges only flushed results.
         s.record(id, at(base, 200), Outcome::Down, 1).unwrap();
@@ -111,7 +111,7 @@ fn a_month_of_one_minute_results_is_a_few_bytes_per_change() {
         };
         s.record(id, at(base, m), o, 80 + (m % 50) as u32).unwrap();
     }
-    s.flush().unwrap();
+    s.compact().unwrap();
     let size = std::fs::metadata(dir.path().join("t/e/p/2026-06.cpm"))
         .unwrap()
         .len();
@@ -128,7 +128,7 @@ fn a_corrupt_file_is_refused_naming_the_file_and_offset() {
         let mut s = Store::open(dir.path()).unwrap();
         let id = s.series(&key).unwrap();
         s.record(id, base, Outcome::Up, 5).unwrap();
-        s.flush().unwrap();
+        s.compact().unwrap();
     }
     let path = dir.path().join("t/e/p/2026-06.cpm");
     let mut bytes = std::fs::read(&path).unwrap();
@@ -168,4 +168,55 @@ fn names_that_are_not_one_path_component_are_refused() {
         let err = s.series(&SeriesKey::new(t, e, p)).unwrap_err().to_string();
         assert!(err.contains(field), "{err}");
     }
+}
+
+#[test]
+fn flushed_results_survive_a_kill_without_compaction_and_a_torn_batch_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SeriesKey::new("stmarys", "production", "journey");
+    let base = ts("2026-06-30T23:58:00Z");
+    {
+        let mut s = Store::open(dir.path()).unwrap();
+        let id = s.series(&key).unwrap();
+        for m in 0..4 {
+            s.record(id, at(base, m), Outcome::Down, 10).unwrap();
+        }
+        s.flush().unwrap(); // acknowledged
+        s.record(id, at(base, 4), Outcome::Up, 10).unwrap(); // never flushed
+                                                             // The process dies here (no compaction, no destructor work): forget the store.
+        std::mem::forget(s);
+    }
+    // A batch torn by the crash at the journal's end.
+    let jpath = dir.path().join(".journal");
+    let mut j = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&jpath)
+        .unwrap();
+    std::io::Write::write_all(&mut j, &[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(j);
+    let mut s = Store::open(dir.path()).unwrap();
+    let t = s.timeline(&key, base, 5).unwrap();
+    assert_eq!(
+        t.obs,
+        [
+            Observation::Failed,
+            Observation::Failed,
+            Observation::Failed,
+            Observation::Failed,
+            Observation::NoData
+        ]
+    );
+    // Opening compacted the journal into the month files (June and July) and emptied it.
+    assert_eq!(std::fs::metadata(&jpath).unwrap().len(), 0);
+    assert!(dir
+        .path()
+        .join("stmarys/production/journey/2026-07.cpm")
+        .exists());
+    // And recording goes on, journaled again from scratch.
+    let id = s.series(&key).unwrap();
+    s.record(id, at(base, 4), Outcome::Up, 10).unwrap();
+    s.flush().unwrap();
+    std::mem::forget(s);
+    let mut s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.timeline(&key, base, 5).unwrap().obs[4], Observation::Up);
 }
