@@ -268,7 +268,7 @@ fn clock(c: &ClockStatus) -> String {
 /// to right from local midnight.
 fn svg(r: &MonthlyReport) -> Result<String, Error> {
     let tz = zone(&r.time_zone, &format!("tenant {:?}: timeZone", r.tenant))?;
-    const X0: f64 = 48.0;
+    const X0: f64 = 56.0;
     const PX_PER_MIN: f64 = 0.5;
     const ROW: f64 = 14.0;
     let first = r.month.first_day();
@@ -302,7 +302,12 @@ fn svg(r: &MonthlyReport) -> Result<String, Error> {
             midnight(d.tomorrow().map_err(|e| Error::time("report", e))?)?,
         );
         let y = ROW * day as f64;
-        let _ = write!(s, r#"<text x="0" y="{}">{d}</text>"#, y + 10.0);
+        let _ = write!(
+            s,
+            r#"<text x="0" y="{}"><title>{d}</title>{}</text>"#,
+            y + 10.0,
+            d.strftime("%a %d")
+        );
         for run in &r.timeline {
             let rs = run.start.as_second();
             let re = rs + 60 * i64::from(run.minutes);
@@ -341,6 +346,12 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f4f4f
 section{page-break-after:always;margin-bottom:3em}</style></head><body>\n",
     );
     for r in reports {
+        let tz = zone(&r.time_zone, &format!("tenant {:?}: timeZone", r.tenant))?;
+        let local = |t: Timestamp| {
+            t.to_zoned(tz.clone())
+                .strftime("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        };
         let avail = r
             .availability
             .map_or("no measurement".to_string(), |p| format!("{p} %"));
@@ -361,7 +372,7 @@ section{page-break-after:always;margin-bottom:3em}</style></head><body>\n",
         };
         let _ = write!(
             h,
-            "<section><h1>{} / {} — {}</h1><p>Service tier <b>{}</b>, {} environment, time zone {} ({} to {}).</p>\n<table>\
+            "<section><h1>{} / {} — {}</h1><p>Service tier <b>{}</b>, {} environment, time zone {}: {} to {}.</p>\n<table>\
 <tr><th>Availability</th><td>{}</td></tr><tr><th>Objective</th><td>{} % — {}</td></tr>\
 <tr><th>Minutes in month</th><td>{}</td></tr><tr><th>Up</th><td>{}</td></tr><tr><th>Down</th><td>{}</td></tr>\
 <tr><th>Excluded (approved maintenance)</th><td>{} (of which {} down)</td></tr><tr><th>Unknown (no data)</th><td>{} — counted as {}</td></tr>\
@@ -372,8 +383,8 @@ section{page-break-after:always;margin-bottom:3em}</style></head><body>\n",
             esc(&r.tier),
             if r.environment_kind == EnvironmentKind::Production { "production" } else { "non-production" },
             esc(&r.time_zone),
-            r.period_start,
-            r.period_end,
+            local(r.period_start),
+            local(r.period_end),
             avail,
             r.objective,
             met,
@@ -422,10 +433,10 @@ section{page-break-after:always;margin-bottom:3em}</style></head><body>\n",
                     "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(&i.id),
                     i.severity,
-                    i.started_at,
+                    local(i.started_at),
                     clock(&i.time_to_acknowledge),
                     clock(&i.time_to_restore),
-                    i.resolved_at.map_or("open".into(), |t| t.to_string()),
+                    i.resolved_at.map_or("open".into(), local),
                 );
             }
             h.push_str("</table>");

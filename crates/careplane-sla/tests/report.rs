@@ -198,7 +198,11 @@ fn a_march_in_berlin_from_probes_to_html() {
     // One SVG row per local day, with the outage drawn red on 10 March and the short DST day.
     assert_eq!(html.matches("<svg").count(), 1);
     assert_eq!(html.matches("<text x=\"0\"").count(), 31);
-    assert!(html.contains(">2026-03-29</text>"));
+    assert!(html.contains("<title>2026-03-29</title>Sun 29</text>"));
+    assert!(
+        html.contains("2026-03-01 00:00 CET to 2026-04-01 00:00 CEST"),
+        "period in local time"
+    );
     assert!(
         html.contains(r##"fill="#c62828"><title>down 60 min from 10:00 CET</title>"##),
         "outage missing"
