@@ -3,7 +3,7 @@
 //! - careplane: `Store::record` of E environments × 30 days × one result per minute (the
 //!   server's ingest path), `flush` (journal append + fsync) after every 1,000 results,
 //!   `compact` (month files rewritten atomically) once per simulated day and at the end, then
-//!   every environment's monthly report (`month_timeline` + `histogram` + `monthly_report`,
+//!   every environment's monthly report (`month_timeline` + `month_latency` + `monthly_report`,
 //!   and the JSON of them all) from a freshly opened store.
 //! - baseline: what one would otherwise write: SQLite (WAL, synchronous=FULL so a commit is
 //!   durable like a flush), one row per result with an index on (tenant, environment, probe,
@@ -23,7 +23,8 @@ use careplane_sla::calendar::{
 };
 use careplane_sla::model::*;
 use careplane_sla::{
-    month_timeline, monthly_report, render_json, Percent, ReportInput, SeriesKey, Store,
+    month_latency, month_timeline, monthly_report, render_json, Percent, ReportInput, SeriesKey,
+    Store,
 };
 use jiff::civil::time;
 use jiff::Timestamp;
@@ -170,9 +171,7 @@ fn careplane(root: &Path, envs: u64, span: &MonthSpan) -> Figures {
         let (t, env) = env_name(e);
         let key = SeriesKey::new(&t, &env, "journey");
         let timeline = month_timeline(&mut store, &key, span, &slo).unwrap();
-        let hist = store
-            .histogram(&key, Month::of_utc(span.start), Month::of_utc(span.end))
-            .unwrap();
+        let hist = month_latency(&mut store, &key, span).unwrap();
         reports.push(
             monthly_report(&ReportInput {
                 tenant: &t,

@@ -39,6 +39,7 @@ pub use model::{
 };
 pub use percent::Percent;
 pub use report::{
-    month_timeline, monthly_report, render_html, render_json, MonthlyReport, ReportInput,
+    month_latency, month_timeline, monthly_report, render_html, render_json, MonthlyReport,
+    ReportInput,
 };
 pub use store::{LatencyHistogram, SeriesId, SeriesKey, Store};

@@ -113,6 +113,21 @@ pub fn month_timeline(
     store.timeline(key, from, span.minutes + 2 * lead)
 }
 
+/// The latency histogram for a local month. Histograms are kept per UTC month, so this is the
+/// UTC month holding the local month's middle: off by the zone's offset (at most ~14 hours) at
+/// either end, which a latency distribution over a month does not notice; the minute states
+/// are exact.
+pub fn month_latency(
+    store: &mut Store,
+    key: &SeriesKey,
+    span: &MonthSpan,
+) -> Result<LatencyHistogram, Error> {
+    let mid = Timestamp::from_second((span.start.as_second() + span.end.as_second()) / 2)
+        .map_err(|e| Error::time("month", e))?;
+    let m = Month::of_utc(mid);
+    store.histogram(key, m, m)
+}
+
 /// Computes one environment's report.
 pub fn monthly_report(input: &ReportInput<'_>) -> Result<MonthlyReport, Error> {
     let tz = zone(
