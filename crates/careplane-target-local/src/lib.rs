@@ -155,6 +155,13 @@ impl LocalDriver {
                 .iter()
                 .filter(|r| r.kind == Kind::PgDatabase.as_str() && r.status == Ready)
                 .filter(|r| r.props.get("cluster").and_then(|v| v.as_str()) == Some(&crec.id))
+                // While its Odoo environment is being made (a clone cut
+                // short leaves the database pristine: admin-owned, closed),
+                // the database is that apply's to finish, not drift.
+                .filter(|r| {
+                    let env = r.id.replacen("pg-database/", "odoo-env/", 1);
+                    !recorded.iter().any(|e| e.id == env && e.status != Ready)
+                })
                 .filter_map(|r| {
                     let p: careplane_model::PgDatabaseProps =
                         runtime::typed(&r.id, &r.props).ok()?;
