@@ -144,6 +144,12 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// The tamper-evident audit log: every apply, destroy, start, stop,
+    /// modules run and credentials shown, who did it and how it ended.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Recent operations and their steps, from the journal.
     Journal {
         #[command(flatten)]
@@ -262,6 +268,30 @@ fn error_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every entry's hash chain and every signed checkpoint; exit 1
+    /// naming the first bad sequence number when anything was changed,
+    /// inserted, removed or reordered. See docs/audit.md.
+    Verify {
+        #[command(flatten)]
+        files: Files,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Entries, oldest first (optionally only one action or tenant).
+    Log {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 /// Targets `careplane render` writes for.
@@ -526,6 +556,72 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         report.unchanged,
                         report.removed.len()
                     ),
+                }
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { files, output },
+        } => {
+            let engine = load(&files)?;
+            let report = engine.audit_verify()?;
+            let ok = report.problems.is_empty();
+            match output {
+                Output::Json => print_json(&serde_json::json!({
+                    "entries": report.entries,
+                    "firstBadSeq": report.first_bad_seq,
+                    "problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    "checkpointsOk": report.checkpoints_ok,
+                    "unsignedFrom": report.unsigned_from,
+                }))?,
+                Output::Text if ok => outln!(
+                    "{}: {} entries, {} signed checkpoints, all verified.",
+                    engine.audit_dir().display(),
+                    report.entries,
+                    report.checkpoints_ok
+                ),
+                Output::Text => {
+                    for p in &report.problems {
+                        outln!("{p}");
+                    }
+                    if let Some(seq) = report.first_bad_seq {
+                        outln!("first bad entry: seq {seq}");
+                    }
+                }
+            }
+            if !ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Log {
+                    files,
+                    action,
+                    tenant,
+                    output,
+                },
+        } => {
+            let engine = load(&files)?;
+            let filter = careplane_engine::careplane_audit::Filter {
+                action,
+                tenant,
+                ..Default::default()
+            };
+            let entries = engine.audit_entries(&filter)?;
+            match output {
+                Output::Json => print_json(&entries)?,
+                Output::Text => {
+                    for e in entries {
+                        outln!(
+                            "{:>6}  {}  {:<18} {:<16} {:<40} {:?}",
+                            e.seq,
+                            e.time,
+                            e.actor.id,
+                            e.action,
+                            e.target,
+                            e.result.status
+                        );
+                    }
                 }
             }
         }

@@ -471,6 +471,34 @@ impl Core {
         Ok(self.store.as_ref().expect("just opened"))
     }
 
+    /// See [`crate::audit::record`].
+    pub(crate) fn audit(
+        &mut self,
+        action: &str,
+        target: &str,
+        tenant: Option<&str>,
+        parameters: Value,
+        result: careplane_audit::Outcome,
+        operation: Option<i64>,
+    ) -> Result<(), EngineError> {
+        let data_dir = self.data_dir.clone();
+        if self.store.is_none() && !data_dir.join("state.db").exists() {
+            // Never applied: no vault for the log's key, and an audit entry
+            // must not be what creates the platform's state.
+            return Ok(());
+        }
+        crate::audit::record(
+            self.store()?,
+            &data_dir,
+            action,
+            target,
+            tenant,
+            parameters,
+            result,
+            operation,
+        )
+    }
+
     pub(crate) fn journal(&mut self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
         Ok(self.store()?.journal(limit)?)
     }

@@ -14,6 +14,7 @@
 //! So an apply killed at any instant — including `kill -9` — is finished by
 //! the next apply, with nothing duplicated or orphaned.
 
+mod audit;
 pub mod desired;
 pub mod driver;
 mod error;
@@ -26,7 +27,9 @@ use std::sync::Mutex;
 
 use careplane_spec::SpecSet;
 use careplane_state::{ResourceRecord, StepRecord};
+use serde_json::Value;
 
+pub use careplane_audit;
 pub use careplane_state::ExposeSecret;
 pub use driver::{Driver, Ensured, Started};
 pub use error::EngineError;
@@ -112,13 +115,25 @@ impl Engine {
     }
 
     /// Runs the current plan under the apply lock; returns what ran and the
-    /// journal's operation id.
+    /// journal's operation id. Audited, whatever the outcome.
     pub fn apply(
         &self,
         opts: &ApplyOptions,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<ApplyReport, EngineError> {
-        self.core().apply(opts, progress)
+        let mut core = self.core();
+        let r = core.apply(opts, progress);
+        let params = serde_json::json!({"deleteData": opts.delete_data, "confirm": opts.confirm});
+        let op = r.as_ref().ok().map(|r| r.operation);
+        core.audit(
+            "apply",
+            &self.platform(),
+            None,
+            params,
+            audit::outcome(&r),
+            op,
+        )?;
+        r
     }
 
     /// Removes what careplane holds for `tenants` (everything when empty).
@@ -128,29 +143,82 @@ impl Engine {
         opts: &ApplyOptions,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<ApplyReport, EngineError> {
-        self.core().destroy(tenants, opts, progress)
+        let mut core = self.core();
+        let r = core.destroy(tenants, opts, progress);
+        let params = serde_json::json!({
+            "tenants": tenants, "deleteData": opts.delete_data, "confirm": opts.confirm
+        });
+        let tenant = match tenants {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        let op = r.as_ref().ok().map(|r| r.operation);
+        core.audit(
+            "destroy",
+            &self.platform(),
+            tenant,
+            params,
+            audit::outcome(&r),
+            op,
+        )?;
+        r
     }
 
     /// Starts every recorded server (after `stop` or a reboot); returns the
     /// journal's operation id.
     pub fn start_all(&self, progress: &mut dyn FnMut(Event<'_>)) -> Result<i64, EngineError> {
-        self.core().start_all(progress)
+        let mut core = self.core();
+        let r = core.start_all(progress);
+        let op = r.as_ref().ok().copied();
+        core.audit(
+            "start",
+            &self.platform(),
+            None,
+            Value::Null,
+            audit::outcome(&r),
+            op,
+        )?;
+        r
     }
 
     /// Stops every recorded server, PostgreSQL with a fast shutdown; returns
     /// the journal's operation id.
     pub fn stop_all(&self, progress: &mut dyn FnMut(Event<'_>)) -> Result<i64, EngineError> {
-        self.core().stop_all(progress)
+        let mut core = self.core();
+        let r = core.stop_all(progress);
+        let op = r.as_ref().ok().copied();
+        core.audit(
+            "stop",
+            &self.platform(),
+            None,
+            Value::Null,
+            audit::outcome(&r),
+            op,
+        )?;
+        r
     }
 
     /// How to reach a tenant environment's database and Redis, with the
-    /// generated passwords: only for the operator who asks explicitly.
+    /// generated passwords: only for the operator who asks explicitly, and
+    /// audited (`credentials.show`; the passwords are not in the entry).
     pub fn credentials(&self, tenant: &str, env: &str) -> Result<Credentials, EngineError> {
-        self.core().credentials(tenant, env)
+        let mut core = self.core();
+        let r = core.credentials(tenant, env);
+        let target = format!("environment {tenant}/{env}");
+        let params = serde_json::json!({"tenant": tenant, "environment": env});
+        core.audit(
+            "credentials.show",
+            &target,
+            Some(tenant),
+            params,
+            audit::outcome(&r),
+            None,
+        )?;
+        r
     }
 
     /// `careplane modules install|upgrade`: stop web, run Odoo's `-i`/`-u`,
-    /// start again, check health; journaled like an apply.
+    /// start again, check health; journaled like an apply, and audited.
     pub fn modules(
         &self,
         tenant: &str,
@@ -158,7 +226,61 @@ impl Engine {
         install: bool,
         modules: &[String],
     ) -> Result<(), EngineError> {
-        self.core().modules(tenant, env, install, modules)
+        let mut core = self.core();
+        let r = core.modules(tenant, env, install, modules);
+        let action = if install {
+            "modules.install"
+        } else {
+            "modules.upgrade"
+        };
+        let target = format!("environment {tenant}/{env}");
+        let params = serde_json::json!({"modules": modules});
+        core.audit(
+            action,
+            &target,
+            Some(tenant),
+            params,
+            audit::outcome(&r),
+            None,
+        )?;
+        r
+    }
+
+    /// The audit log's directory.
+    pub fn audit_dir(&self) -> PathBuf {
+        audit::dir(&self.data_dir)
+    }
+
+    /// Checks every entry and signed checkpoint of the audit log (see
+    /// `careplane_audit::verify`).
+    pub fn audit_verify(&self) -> Result<careplane_audit::Report, EngineError> {
+        let mut core = self.core();
+        let key = audit::signing_key(core.store()?)?;
+        careplane_audit::verify(&self.audit_dir(), &key.verifying_key(), None).map_err(|e| {
+            EngineError::Inconsistent {
+                what: format!("audit log {}: {e}", self.audit_dir().display()),
+            }
+        })
+    }
+
+    /// Entries of the audit log that `filter` selects, oldest first.
+    pub fn audit_entries(
+        &self,
+        filter: &careplane_audit::Filter,
+    ) -> Result<Vec<careplane_audit::Entry>, EngineError> {
+        let failed = |e: careplane_audit::Error| EngineError::Inconsistent {
+            what: format!("audit log {}: {e}", self.audit_dir().display()),
+        };
+        if !self.audit_dir().join("meta.json").exists() {
+            return Ok(Vec::new());
+        }
+        careplane_audit::Snapshot::load(&self.audit_dir())
+            .and_then(|s| s.query(filter))
+            .map_err(failed)
+    }
+
+    fn platform(&self) -> String {
+        format!("platform {}", self.specs.platform.metadata.name)
     }
 
     /// Every environment and server, and whether each answers.
