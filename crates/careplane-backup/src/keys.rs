@@ -1,0 +1,204 @@
+//! The keys of a repository: one secret careplane keeps in its vault (chunk
+//! ids, WAL MACs and manifest signatures are derived from it), the policy's
+//! age recipients (public), and optionally the private keys to read.
+
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+
+use crate::error::{invalid, BackupError, Result};
+
+/// What a caller gives [`crate::Repository::open`].
+///
+/// `Debug` shows no secret (`SecretString` redacts itself).
+#[derive(Debug, Clone)]
+pub struct RepoKeys {
+    /// The repository secret: 64 hex digits (32 bytes), one per tenant repository
+    /// (see [`generate_secret`]). Whoever holds it can write backups; it cannot decrypt them.
+    pub secret: SecretString,
+    /// age X25519 recipients (`age1…`) every object is encrypted to.
+    pub recipients: Vec<String>,
+    /// age X25519 identities (`AGE-SECRET-KEY-1…`) to decrypt with; empty when
+    /// the customer holds the only private key (then restore and deep verify refuse).
+    pub identities: Vec<SecretString>,
+}
+
+/// A fresh random repository secret (64 hex digits).
+pub fn generate_secret() -> SecretString {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let s = SecretString::from(hex::encode(bytes));
+    bytes.fill(0);
+    s
+}
+
+/// A fresh age identity and its recipient: `(AGE-SECRET-KEY-1…, age1…)`.
+pub fn generate_identity() -> (SecretString, String) {
+    let id = age::x25519::Identity::generate();
+    let public = id.to_public().to_string();
+    (
+        SecretString::from(id.to_string().expose_secret().to_string()),
+        public,
+    )
+}
+
+const CHUNK_CONTEXT: &str = "careplane-backup 2026-12 chunk id key";
+const WAL_CONTEXT: &str = "careplane-backup 2026-12 WAL MAC key";
+const SIGN_CONTEXT: &str = "careplane-backup 2026-12 manifest signing key";
+const CHECK_CONTEXT: &str = "careplane-backup 2026-12 key check";
+
+/// The keys in usable form; no `Debug`, nothing here is ever printed.
+pub(crate) struct Keys {
+    chunk: SecretBox<[u8; 32]>,
+    wal: SecretBox<[u8; 32]>,
+    signing: SigningKey,
+    recipients: Vec<age::x25519::Recipient>,
+    identities: Vec<age::x25519::Identity>,
+}
+
+impl Keys {
+    pub(crate) fn new(keys: &RepoKeys) -> Result<Keys> {
+        let secret = keys.secret.expose_secret().trim();
+        let mut raw = [0u8; 32];
+        if secret.len() != 64 || hex::decode_to_slice(secret, &mut raw).is_err() {
+            return Err(invalid(
+                "repository secret",
+                "must be 64 hex digits (32 bytes); the value is not shown",
+            ));
+        }
+        let derive = |ctx: &str| SecretBox::new(Box::new(blake3::derive_key(ctx, &raw)));
+        let chunk = derive(CHUNK_CONTEXT);
+        let wal = derive(WAL_CONTEXT);
+        let signing = SigningKey::from_bytes(derive(SIGN_CONTEXT).expose_secret());
+        raw.fill(0);
+        if keys.recipients.is_empty() {
+            return Err(invalid(
+                "encryption recipients",
+                "at least one age recipient (age1…) is required",
+            ));
+        }
+        let recipients = keys
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                age::x25519::Recipient::from_str(r.trim()).map_err(|e| {
+                    invalid(
+                        format!("encryption recipient #{} ({r})", i + 1),
+                        format!("not an age X25519 public key: {e}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let identities = keys
+            .identities
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                age::x25519::Identity::from_str(s.expose_secret().trim()).map_err(|_| {
+                    invalid(
+                        format!("private key #{}", i + 1),
+                        "not an age X25519 identity (AGE-SECRET-KEY-1…); the value is not shown",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Keys {
+            chunk,
+            wal,
+            signing,
+            recipients,
+            identities,
+        })
+    }
+
+    /// The id of a chunk: keyed BLAKE3 of its plaintext.
+    pub(crate) fn chunk_id(&self, data: &[u8]) -> String {
+        blake3::keyed_hash(self.chunk.expose_secret(), data)
+            .to_hex()
+            .to_string()
+    }
+
+    /// The MAC of a WAL segment, bound to its name.
+    pub(crate) fn wal_mac(&self, name: &str, data: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(self.wal.expose_secret());
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(data);
+        *h.finalize().as_bytes()
+    }
+
+    /// Values stored in the repository's config that tell whether a later
+    /// open uses the same secret, without revealing it.
+    pub(crate) fn check_values(&self) -> (String, String) {
+        let chunk = blake3::keyed_hash(self.chunk.expose_secret(), CHECK_CONTEXT.as_bytes());
+        let wal = blake3::keyed_hash(self.wal.expose_secret(), CHECK_CONTEXT.as_bytes());
+        (chunk.to_hex().to_string(), wal.to_hex().to_string())
+    }
+
+    pub(crate) fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    pub(crate) fn sign(&self, msg: &[u8]) -> String {
+        hex::encode(self.signing.sign(msg).to_bytes())
+    }
+
+    pub(crate) fn verify(&self, msg: &[u8], signature_hex: &str) -> bool {
+        let mut sig = [0u8; 64];
+        if hex::decode_to_slice(signature_hex, &mut sig).is_err() {
+            return false;
+        }
+        self.verifying_key()
+            .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
+            .is_ok()
+    }
+
+    /// age-encrypts `data` to every recipient.
+    pub(crate) fn encrypt(&self, data: &[u8]) -> Result<Vec<u8>> {
+        use std::io::Write;
+        let enc = age::Encryptor::with_recipients(
+            self.recipients.iter().map(|r| r as &dyn age::Recipient),
+        )
+        .map_err(|e| invalid("encryption recipients", e.to_string()))?;
+        let mut out = Vec::with_capacity(data.len() + 256);
+        let fail = |e: std::io::Error| BackupError::Io {
+            what: "encrypting".into(),
+            source: e,
+        };
+        let mut w = enc.wrap_output(&mut out).map_err(fail)?;
+        w.write_all(data).map_err(fail)?;
+        w.finish().map_err(fail)?;
+        Ok(out)
+    }
+
+    /// Decrypts an age object; `what` names it in errors.
+    pub(crate) fn decrypt(&self, data: &[u8], what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+        use std::io::Read;
+        if self.identities.is_empty() {
+            return Err(BackupError::NoPrivateKey { what: what() });
+        }
+        let dec = age::Decryptor::new_buffered(data).map_err(|e| decrypt_error(e, what))?;
+        let mut r = dec
+            .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
+            .map_err(|e| decrypt_error(e, what))?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(|e| BackupError::Invalid {
+            what: what(),
+            problem: format!("encrypted content is damaged: {e}"),
+        })?;
+        Ok(out)
+    }
+}
+
+fn decrypt_error(e: age::DecryptError, what: &dyn Fn() -> String) -> BackupError {
+    match e {
+        age::DecryptError::NoMatchingKeys => BackupError::WrongKey { what: what() },
+        other => BackupError::Invalid {
+            what: what(),
+            problem: format!("cannot be decrypted: {other}"),
+        },
+    }
+}

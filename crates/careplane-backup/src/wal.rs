@@ -1,0 +1,123 @@
+//! WAL archiving for PostgreSQL's `archive_command` and `restore_command`.
+//!
+//! Each segment (or `.history`, `.backup`, `.partial` file) is its own object
+//! `wal/<name>`: a keyed MAC of (name, content) in the first 32 bytes, then
+//! age(zstd(content)). The MAC makes archiving idempotent without a private
+//! key (same content: success; other content: a loud refusal, as
+//! PostgreSQL's documentation asks) and binds the content to its name.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{corrupt, invalid, io, BackupError, Result};
+use crate::Repository;
+
+const MAC_LEN: usize = 32;
+
+/// What [`Repository::archive_wal`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archived {
+    /// The segment was stored.
+    Stored,
+    /// The same content was already archived under that name.
+    AlreadyArchived,
+}
+
+fn check_wal_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == '.' || c.is_ascii_lowercase());
+    if !ok {
+        return Err(invalid(
+            format!("WAL file name {name:?}"),
+            "must be a PostgreSQL WAL file name such as 000000010000000000000001",
+        ));
+    }
+    Ok(())
+}
+
+fn object(name: &str) -> String {
+    format!("wal/{name}")
+}
+
+impl Repository {
+    /// `archive_command = '… %p %f'`: stores the file at `path` as WAL file
+    /// `name`. Succeeds again for the same content; refuses other content
+    /// under a name already archived.
+    pub fn archive_wal(&self, path: &Path, name: &str) -> Result<Archived> {
+        check_wal_name(name)?;
+        let data =
+            std::fs::read(path).map_err(io(format!("reading WAL file {}", path.display())))?;
+        let mac = self.keys.wal_mac(name, &data);
+        if let Some(head) = self.store.get_head(&object(name), MAC_LEN as u64)? {
+            return if head[..] == mac[..] {
+                Ok(Archived::AlreadyArchived)
+            } else {
+                Err(BackupError::WalConflict {
+                    repository: self.store.url.clone(),
+                    name: name.to_string(),
+                })
+            };
+        }
+        let compressed = zstd::bulk::compress(&data, 3).map_err(io("compressing WAL"))?;
+        let mut out = mac.to_vec();
+        out.extend(self.keys.encrypt(&compressed)?);
+        self.store.put(&object(name), out)?;
+        Ok(Archived::Stored)
+    }
+
+    /// `restore_command = '… %f %p'`: writes WAL file `name` to `dest`
+    /// (through a temporary file renamed into place). `Ok(false)` when the
+    /// repository has no such file (normal at the end of recovery; the
+    /// command must then exit non-zero).
+    pub fn restore_wal(&self, name: &str, dest: &Path) -> Result<bool> {
+        check_wal_name(name)?;
+        let obj = object(name);
+        let Some(bytes) = self.store.get(&obj)? else {
+            return Ok(false);
+        };
+        let wal = "WAL archive";
+        if bytes.len() < MAC_LEN {
+            return Err(corrupt(wal, &obj, "is truncated"));
+        }
+        let what = || format!("WAL archive: object {obj}");
+        let compressed = self.keys.decrypt(&bytes[MAC_LEN..], &what)?;
+        let data = zstd::stream::decode_all(&compressed[..])
+            .map_err(|e| corrupt(wal, &obj, format!("does not decompress: {e}")))?;
+        if self.keys.wal_mac(name, &data)[..] != bytes[..MAC_LEN] {
+            return Err(corrupt(
+                wal,
+                &obj,
+                "content does not match its MAC (changed, or another segment's)",
+            ));
+        }
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(format!(
+            "creating a temporary file in {}",
+            dir.display()
+        )))?;
+        tmp.write_all(&data)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(io(format!("writing {}", dest.display())))?;
+        tmp.persist(dest).map_err(|e| BackupError::Io {
+            what: format!("renaming into {}", dest.display()),
+            source: e.error,
+        })?;
+        Ok(true)
+    }
+
+    /// Names of the archived WAL files, sorted.
+    pub fn list_wal(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .store
+            .list("wal")?
+            .into_iter()
+            .filter_map(|l| l.name.strip_prefix("wal/").map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
