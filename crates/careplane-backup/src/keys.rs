@@ -25,6 +25,109 @@ pub struct RepoKeys {
     pub identities: Vec<SecretString>,
 }
 
+/// What `archive_command`/`restore_command` need, and nothing more: the WAL
+/// MAC key (derived from the repository secret; it can neither name chunks
+/// nor sign manifests), the recipients, and for restore the identities.
+#[derive(Debug, Clone)]
+pub struct WalKeys {
+    /// 64 hex digits.
+    pub wal_key: SecretString,
+    pub recipients: Vec<String>,
+    pub identities: Vec<SecretString>,
+}
+
+impl RepoKeys {
+    /// The WAL-only keys of this repository (for the archiver's key file).
+    pub fn wal_keys(&self) -> Result<WalKeys> {
+        let raw = parse_secret(&self.secret)?;
+        let wal = blake3::derive_key(WAL_CONTEXT, &raw);
+        Ok(WalKeys {
+            wal_key: SecretString::from(hex::encode(wal)),
+            recipients: self.recipients.clone(),
+            identities: self.identities.clone(),
+        })
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WalKeysFile {
+    wal_key: String,
+    recipients: Vec<String>,
+    #[serde(default)]
+    identities: Vec<String>,
+}
+
+impl WalKeys {
+    /// Writes the keys as JSON to `path`, mode 0600, owned by `owner`
+    /// (uid, gid) if given; through a temporary file renamed into place.
+    pub fn write_file(&self, path: &std::path::Path, owner: Option<(u32, u32)>) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let file = WalKeysFile {
+            wal_key: self.wal_key.expose_secret().to_string(),
+            recipients: self.recipients.clone(),
+            identities: self
+                .identities
+                .iter()
+                .map(|i| i.expose_secret().to_string())
+                .collect(),
+        };
+        let json = SecretString::from(serde_json::to_string(&file).expect("keys serialize"));
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let what = || format!("writing WAL keys file {}", path.display());
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(crate::error::io(what()))?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(crate::error::io(what()))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
+                .map_err(crate::error::io(what()))?;
+        }
+        tmp.write_all(json.expose_secret().as_bytes())
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(crate::error::io(what()))?;
+        tmp.persist(path).map_err(|e| BackupError::Io {
+            what: what(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    /// Reads a file written by [`WalKeys::write_file`]. Errors never quote it.
+    pub fn read_file(path: &std::path::Path) -> Result<WalKeys> {
+        let text = SecretString::from(std::fs::read_to_string(path).map_err(crate::error::io(
+            format!("reading WAL keys file {}", path.display()),
+        ))?);
+        let f: WalKeysFile = serde_json::from_str(text.expose_secret()).map_err(|e| {
+            invalid(
+                format!("WAL keys file {}", path.display()),
+                format!(
+                    "not a WAL keys file (line {}, column {}); its content is not shown",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        Ok(WalKeys {
+            wal_key: SecretString::from(f.wal_key),
+            recipients: f.recipients,
+            identities: f.identities.into_iter().map(SecretString::from).collect(),
+        })
+    }
+}
+
+fn parse_secret(secret: &SecretString) -> Result<[u8; 32]> {
+    let secret = secret.expose_secret().trim();
+    let mut raw = [0u8; 32];
+    if secret.len() != 64 || hex::decode_to_slice(secret, &mut raw).is_err() {
+        return Err(invalid(
+            "repository secret",
+            "must be 64 hex digits (32 bytes); the value is not shown",
+        ));
+    }
+    Ok(raw)
+}
+
 /// A fresh random repository secret (64 hex digits).
 pub fn generate_secret() -> SecretString {
     let mut bytes = [0u8; 32];
@@ -52,35 +155,57 @@ const CHECK_CONTEXT: &str = "careplane-backup 2026-12 key check";
 /// The keys in usable form; no `Debug`, nothing here is ever printed.
 pub(crate) struct Keys {
     chunk: SecretBox<[u8; 32]>,
-    wal: SecretBox<[u8; 32]>,
+    pub(crate) wal: WalKey,
     signing: SigningKey,
+    pub(crate) sealer: Sealer,
+}
+
+/// The WAL MAC key.
+pub(crate) struct WalKey(SecretBox<[u8; 32]>);
+
+/// age encryption to the recipients, decryption with the identities.
+pub(crate) struct Sealer {
     recipients: Vec<age::x25519::Recipient>,
     identities: Vec<age::x25519::Identity>,
 }
 
-impl Keys {
-    pub(crate) fn new(keys: &RepoKeys) -> Result<Keys> {
-        let secret = keys.secret.expose_secret().trim();
-        let mut raw = [0u8; 32];
-        if secret.len() != 64 || hex::decode_to_slice(secret, &mut raw).is_err() {
-            return Err(invalid(
-                "repository secret",
+impl WalKey {
+    pub(crate) fn new(keys: &WalKeys) -> Result<WalKey> {
+        let raw = parse_secret(&keys.wal_key).map_err(|_| {
+            invalid(
+                "WAL key",
                 "must be 64 hex digits (32 bytes); the value is not shown",
-            ));
-        }
-        let derive = |ctx: &str| SecretBox::new(Box::new(blake3::derive_key(ctx, &raw)));
-        let chunk = derive(CHUNK_CONTEXT);
-        let wal = derive(WAL_CONTEXT);
-        let signing = SigningKey::from_bytes(derive(SIGN_CONTEXT).expose_secret());
-        raw.fill(0);
-        if keys.recipients.is_empty() {
+            )
+        })?;
+        Ok(WalKey(SecretBox::new(Box::new(raw))))
+    }
+
+    /// The MAC of a WAL segment, bound to its name.
+    pub(crate) fn mac(&self, name: &str, data: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(self.0.expose_secret());
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(data);
+        *h.finalize().as_bytes()
+    }
+
+    /// The check value stored in the repository's config.
+    pub(crate) fn check(&self) -> String {
+        blake3::keyed_hash(self.0.expose_secret(), CHECK_CONTEXT.as_bytes())
+            .to_hex()
+            .to_string()
+    }
+}
+
+impl Sealer {
+    pub(crate) fn new(recipients: &[String], identities: &[SecretString]) -> Result<Sealer> {
+        if recipients.is_empty() {
             return Err(invalid(
                 "encryption recipients",
                 "at least one age recipient (age1…) is required",
             ));
         }
-        let recipients = keys
-            .recipients
+        let recipients = recipients
             .iter()
             .enumerate()
             .map(|(i, r)| {
@@ -92,8 +217,7 @@ impl Keys {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let identities = keys
-            .identities
+        let identities = identities
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -105,13 +229,35 @@ impl Keys {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        Ok(Sealer {
+            recipients,
+            identities,
+        })
+    }
+}
+
+impl Keys {
+    pub(crate) fn new(keys: &RepoKeys) -> Result<Keys> {
+        let mut raw = parse_secret(&keys.secret)?;
+        let derive = |ctx: &str| SecretBox::new(Box::new(blake3::derive_key(ctx, &raw)));
+        let chunk = derive(CHUNK_CONTEXT);
+        let wal = WalKey(derive(WAL_CONTEXT));
+        let signing = SigningKey::from_bytes(derive(SIGN_CONTEXT).expose_secret());
+        raw.fill(0);
         Ok(Keys {
             chunk,
             wal,
             signing,
-            recipients,
-            identities,
+            sealer: Sealer::new(&keys.recipients, &keys.identities)?,
         })
+    }
+
+    pub(crate) fn encrypt(&self, data: &[u8]) -> Result<Vec<u8>> {
+        self.sealer.encrypt(data)
+    }
+
+    pub(crate) fn decrypt(&self, data: &[u8], what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+        self.sealer.decrypt(data, what)
     }
 
     /// The id of a chunk: keyed BLAKE3 of its plaintext.
@@ -121,21 +267,11 @@ impl Keys {
             .to_string()
     }
 
-    /// The MAC of a WAL segment, bound to its name.
-    pub(crate) fn wal_mac(&self, name: &str, data: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(self.wal.expose_secret());
-        h.update(name.as_bytes());
-        h.update(&[0]);
-        h.update(data);
-        *h.finalize().as_bytes()
-    }
-
     /// Values stored in the repository's config that tell whether a later
     /// open uses the same secret, without revealing it.
     pub(crate) fn check_values(&self) -> (String, String) {
         let chunk = blake3::keyed_hash(self.chunk.expose_secret(), CHECK_CONTEXT.as_bytes());
-        let wal = blake3::keyed_hash(self.wal.expose_secret(), CHECK_CONTEXT.as_bytes());
-        (chunk.to_hex().to_string(), wal.to_hex().to_string())
+        (chunk.to_hex().to_string(), self.wal.check())
     }
 
     pub(crate) fn verifying_key(&self) -> VerifyingKey {
@@ -155,7 +291,9 @@ impl Keys {
             .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
             .is_ok()
     }
+}
 
+impl Sealer {
     /// age-encrypts `data` to every recipient.
     pub(crate) fn encrypt(&self, data: &[u8]) -> Result<Vec<u8>> {
         use std::io::Write;

@@ -16,11 +16,11 @@ mod store;
 mod wal;
 
 pub use error::{error_chain, BackupError, Result};
-pub use keys::{generate_identity, generate_secret, RepoKeys};
+pub use keys::{generate_identity, generate_secret, RepoKeys, WalKeys};
 pub use repo::{
     shared_chunks, BackupIndex, BackupMetadata, BackupWriter, ChunkRef, FileEntry, FileKind,
     FilestoreEntry, GcReport, Manifest, ObjectRef, Progress, ProgressFn, RepoOptions, Repository,
     TableStat, VerifyReport, FORMAT,
 };
 pub use secrecy::{ExposeSecret, SecretString};
-pub use wal::Archived;
+pub use wal::{Archived, WalArchive};

@@ -50,13 +50,13 @@ impl Default for RepoOptions {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Config {
+pub(crate) struct Config {
     format: u32,
     repository: String,
     created: Timestamp,
     chunker: [u32; 3],
     chunk_key_check: String,
-    wal_key_check: String,
+    pub(crate) wal_key_check: String,
     verifying_key: String,
 }
 
@@ -100,7 +100,7 @@ fn chunk_object(id: &str, hash: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub format: u32,
-    /// Backup id: `<UTC start yyyymmddThhmmssZ>-<8 hex>`; sorts by time.
+    /// Backup id: `<UTC start yyyymmddThhmmssmmmZ>-<8 hex>` (to the millisecond).
     pub id: String,
     /// The repository's id (from its config): a manifest copied from
     /// another repository is refused.
@@ -334,7 +334,12 @@ impl Repository {
     /// Starts a backup. Nothing is listed until [`BackupWriter::commit`].
     pub fn start_backup(&self, labels: BTreeMap<String, String>) -> Result<BackupWriter<'_>> {
         let started = Timestamp::now();
-        let id = format!("{}-{}", started.strftime("%Y%m%dT%H%M%SZ"), random_hex(4));
+        let id = format!(
+            "{}{:03}Z-{}",
+            started.strftime("%Y%m%dT%H%M%S"),
+            started.subsec_millisecond(),
+            random_hex(4)
+        );
         let mut known = HashMap::new();
         for l in self.store.list("chunks")? {
             // chunks/xx/<id>.<hash>; anything else is not ours and ignored.
@@ -415,10 +420,10 @@ impl Repository {
         Ok(m)
     }
 
-    /// Every committed backup, oldest first. A manifest that fails its
+    /// Every committed backup, oldest first (by start time). A manifest that fails its
     /// checks fails the listing, naming it.
     pub fn list_backups(&self) -> Result<Vec<Manifest>> {
-        let mut ids: Vec<String> = self
+        let ids: Vec<String> = self
             .store
             .list("backups")?
             .into_iter()
@@ -429,8 +434,12 @@ impl Repository {
                     .map(str::to_string)
             })
             .collect();
-        ids.sort();
-        ids.iter().map(|id| self.manifest(id)).collect()
+        let mut all = ids
+            .iter()
+            .map(|id| self.manifest(id))
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
+        Ok(all)
     }
 
     /// Fetches an object and checks it against the manifest's size and hash.
@@ -777,6 +786,19 @@ impl Repository {
             .map_err(crate::error::io("compressing"))?;
         self.keys.encrypt(&compressed)
     }
+}
+
+/// The repository's config, if it has one.
+pub(crate) fn read_config(store: &Store) -> Result<Option<Config>> {
+    let Some(bytes) = store.get(CONFIG)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| BackupError::Repository {
+            repository: store.url.clone(),
+            problem: format!("{CONFIG} is not a careplane repository config: {e}"),
+        })
 }
 
 fn check_backup_id(id: &str) -> Result<()> {

@@ -10,6 +10,8 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{corrupt, invalid, io, BackupError, Result};
+use crate::keys::{Sealer, WalKey, WalKeys};
+use crate::store::Store;
 use crate::Repository;
 
 const MAC_LEN: usize = 32;
@@ -43,30 +45,125 @@ fn object(name: &str) -> String {
     format!("wal/{name}")
 }
 
+/// The WAL half of a repository, opened with [`WalKeys`] only: what the
+/// PostgreSQL service user's `archive_command` / `restore_command` process
+/// holds. It cannot name chunks or sign manifests.
+pub struct WalArchive {
+    store: Store,
+    key: WalKey,
+    sealer: Sealer,
+}
+
+impl std::fmt::Debug for WalArchive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalArchive")
+            .field("url", &self.store.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalArchive {
+    /// Opens the WAL archive of an existing repository (created by
+    /// [`Repository::open`]); refuses keys of another repository.
+    /// `store_options` as in [`crate::RepoOptions`].
+    pub fn open(url: &str, keys: &WalKeys, store_options: &[(String, String)]) -> Result<Self> {
+        let key = WalKey::new(keys)?;
+        let sealer = Sealer::new(&keys.recipients, &keys.identities)?;
+        let store = Store::open(url, store_options)?;
+        let config = crate::repo::read_config(&store)?.ok_or_else(|| BackupError::Repository {
+            repository: store.url.clone(),
+            problem: "has no config.json: not a careplane repository yet (careplane creates it; the archiver does not)".into(),
+        })?;
+        if config.wal_key_check != key.check() {
+            return Err(BackupError::Repository {
+                repository: store.url.clone(),
+                problem: "was created with another repository secret (WAL key does not match)"
+                    .into(),
+            });
+        }
+        Ok(WalArchive { store, key, sealer })
+    }
+
+    /// `archive_command = '… %p %f'`: see [`Repository::archive_wal`].
+    pub fn archive_wal(&self, path: &Path, name: &str) -> Result<Archived> {
+        archive(&self.store, &self.key, &self.sealer, path, name)
+    }
+
+    /// `restore_command = '… %f %p'`: see [`Repository::restore_wal`].
+    pub fn restore_wal(&self, name: &str, dest: &Path) -> Result<bool> {
+        restore(&self.store, &self.key, &self.sealer, name, dest)
+    }
+}
+
+fn archive(
+    store: &Store,
+    key: &WalKey,
+    sealer: &Sealer,
+    path: &Path,
+    name: &str,
+) -> Result<Archived> {
+    check_wal_name(name)?;
+    let data = std::fs::read(path).map_err(io(format!("reading WAL file {}", path.display())))?;
+    let mac = key.mac(name, &data);
+    if let Some(head) = store.get_head(&object(name), MAC_LEN as u64)? {
+        return if head[..] == mac[..] {
+            Ok(Archived::AlreadyArchived)
+        } else {
+            Err(BackupError::WalConflict {
+                repository: store.url.clone(),
+                name: name.to_string(),
+            })
+        };
+    }
+    let compressed = zstd::bulk::compress(&data, 3).map_err(io("compressing WAL"))?;
+    let mut out = mac.to_vec();
+    out.extend(sealer.encrypt(&compressed)?);
+    store.put(&object(name), out)?;
+    Ok(Archived::Stored)
+}
+
+fn restore(store: &Store, key: &WalKey, sealer: &Sealer, name: &str, dest: &Path) -> Result<bool> {
+    check_wal_name(name)?;
+    let obj = object(name);
+    let Some(bytes) = store.get(&obj)? else {
+        return Ok(false);
+    };
+    let wal = "WAL archive";
+    if bytes.len() < MAC_LEN {
+        return Err(corrupt(wal, &obj, "is truncated"));
+    }
+    let what = || format!("WAL archive: object {obj}");
+    let compressed = sealer.decrypt(&bytes[MAC_LEN..], &what)?;
+    let data = zstd::stream::decode_all(&compressed[..])
+        .map_err(|e| corrupt(wal, &obj, format!("does not decompress: {e}")))?;
+    if key.mac(name, &data)[..] != bytes[..MAC_LEN] {
+        return Err(corrupt(
+            wal,
+            &obj,
+            "content does not match its MAC (changed, or another segment's)",
+        ));
+    }
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(format!(
+        "creating a temporary file in {}",
+        dir.display()
+    )))?;
+    tmp.write_all(&data)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(io(format!("writing {}", dest.display())))?;
+    tmp.persist(dest).map_err(|e| BackupError::Io {
+        what: format!("renaming into {}", dest.display()),
+        source: e.error,
+    })?;
+    Ok(true)
+}
+
 impl Repository {
     /// `archive_command = '… %p %f'`: stores the file at `path` as WAL file
     /// `name`. Succeeds again for the same content; refuses other content
     /// under a name already archived.
     pub fn archive_wal(&self, path: &Path, name: &str) -> Result<Archived> {
-        check_wal_name(name)?;
-        let data =
-            std::fs::read(path).map_err(io(format!("reading WAL file {}", path.display())))?;
-        let mac = self.keys.wal_mac(name, &data);
-        if let Some(head) = self.store.get_head(&object(name), MAC_LEN as u64)? {
-            return if head[..] == mac[..] {
-                Ok(Archived::AlreadyArchived)
-            } else {
-                Err(BackupError::WalConflict {
-                    repository: self.store.url.clone(),
-                    name: name.to_string(),
-                })
-            };
-        }
-        let compressed = zstd::bulk::compress(&data, 3).map_err(io("compressing WAL"))?;
-        let mut out = mac.to_vec();
-        out.extend(self.keys.encrypt(&compressed)?);
-        self.store.put(&object(name), out)?;
-        Ok(Archived::Stored)
+        archive(&self.store, &self.keys.wal, &self.keys.sealer, path, name)
     }
 
     /// `restore_command = '… %f %p'`: writes WAL file `name` to `dest`
@@ -74,39 +171,7 @@ impl Repository {
     /// repository has no such file (normal at the end of recovery; the
     /// command must then exit non-zero).
     pub fn restore_wal(&self, name: &str, dest: &Path) -> Result<bool> {
-        check_wal_name(name)?;
-        let obj = object(name);
-        let Some(bytes) = self.store.get(&obj)? else {
-            return Ok(false);
-        };
-        let wal = "WAL archive";
-        if bytes.len() < MAC_LEN {
-            return Err(corrupt(wal, &obj, "is truncated"));
-        }
-        let what = || format!("WAL archive: object {obj}");
-        let compressed = self.keys.decrypt(&bytes[MAC_LEN..], &what)?;
-        let data = zstd::stream::decode_all(&compressed[..])
-            .map_err(|e| corrupt(wal, &obj, format!("does not decompress: {e}")))?;
-        if self.keys.wal_mac(name, &data)[..] != bytes[..MAC_LEN] {
-            return Err(corrupt(
-                wal,
-                &obj,
-                "content does not match its MAC (changed, or another segment's)",
-            ));
-        }
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(format!(
-            "creating a temporary file in {}",
-            dir.display()
-        )))?;
-        tmp.write_all(&data)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(io(format!("writing {}", dest.display())))?;
-        tmp.persist(dest).map_err(|e| BackupError::Io {
-            what: format!("renaming into {}", dest.display()),
-            source: e.error,
-        })?;
-        Ok(true)
+        restore(&self.store, &self.keys.wal, &self.keys.sealer, name, dest)
     }
 
     /// Names of the archived WAL files, sorted.

@@ -7,11 +7,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use careplane_backup::pg::{base_backup, restore_base_backup, PgSource};
-use careplane_backup::{BackupMetadata, ExposeSecret, Progress, Repository};
+use careplane_backup::{BackupMetadata, Progress, Repository};
 use careplane_local::pg::ADMIN_ROLE;
 use careplane_local::testing::TestPlatform;
 
@@ -82,16 +81,12 @@ fn point_in_time_recovery_restores_exactly_the_rows_committed_by_t() {
     std::fs::create_dir_all(repo_dir.join("wal")).unwrap();
     chown_tree(&repo_dir, owner);
 
-    // The archiver's keys: a file only the service user reads.
+    // The archiver's keys: the WAL key only, in a file only the service user reads.
     let keys_file = platform.path().join("wal-keys.json");
-    let json = serde_json::json!({
-        "secret": keys.secret.expose_secret(),
-        "recipients": keys.recipients,
-        "identities": keys.identities.iter().map(|i| i.expose_secret()).collect::<Vec<_>>(),
-    });
-    std::fs::write(&keys_file, json.to_string()).unwrap();
-    std::fs::set_permissions(&keys_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    chown_tree(&keys_file, owner);
+    keys.wal_keys()
+        .unwrap()
+        .write_file(&keys_file, owner)
+        .unwrap();
 
     let bin = env!("CARGO_BIN_EXE_careplane-backup-wal");
     let mut cluster = platform.pg_cluster("pitr");

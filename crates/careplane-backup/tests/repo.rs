@@ -401,7 +401,8 @@ fn upload_aborted_midway(b: &Backend) {
 on_both!(upload_aborted_midway_t, super::upload_aborted_midway);
 
 fn wal_archive_is_idempotent_and_refuses_other_content(b: &Backend) {
-    let repo = b.open(&keys()).unwrap();
+    let k = keys();
+    let repo = b.open(&k).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let seg = dir.path().join("seg");
     let name = "000000010000000000000003";
@@ -432,6 +433,56 @@ fn wal_archive_is_idempotent_and_refuses_other_content(b: &Backend) {
     assert!(err.contains(name2) && err.contains("MAC"), "{err}");
     assert!(repo.archive_wal(&seg, "../escape").is_err());
     assert_eq!(repo.list_wal().unwrap(), [name, name2]);
+
+    // The archiver's side: WAL keys only, from a 0600 file.
+    let file = dir.path().join("wal-keys.json");
+    k.wal_keys().unwrap().write_file(&file, None).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains(k.secret.expose_secret()),
+        "the repository secret is in the WAL keys file"
+    );
+    let wal_keys = careplane_backup::WalKeys::read_file(&file).unwrap();
+    let archiver = careplane_backup::WalArchive::open(&b.url, &wal_keys, &b.options).unwrap();
+    let name5 = "000000010000000000000005";
+    assert_eq!(
+        archiver.archive_wal(&other, name5).unwrap(),
+        careplane_backup::Archived::Stored
+    );
+    assert_eq!(
+        archiver.archive_wal(&other, name5).unwrap(),
+        careplane_backup::Archived::AlreadyArchived
+    );
+    assert!(repo.restore_wal(name5, &dest).unwrap());
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(&other).unwrap()
+    );
+    assert!(archiver.restore_wal(name, &dest).unwrap());
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&seg).unwrap());
+
+    // Keys of another repository are refused; a malformed file is not quoted.
+    let err = careplane_backup::WalArchive::open(&b.url, &keys().wal_keys().unwrap(), &b.options)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another repository secret"), "{err}");
+    std::fs::write(
+        &file,
+        format!("{{\"wal_key\": \"{}\"", k.secret.expose_secret()),
+    )
+    .unwrap();
+    let err = careplane_backup::WalKeys::read_file(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !err.contains(k.secret.expose_secret()) && err.contains("wal-keys.json"),
+        "{err}"
+    );
 }
 on_both!(
     wal_archive_t,
@@ -483,4 +534,9 @@ fn refuses_bad_urls_and_keys() {
     assert!(err.contains("recipient #1"), "{err}");
     k2.recipients.clear();
     assert!(Repository::open(&url, &k2).is_err());
+    // The archiver never creates a repository.
+    let err = careplane_backup::WalArchive::open(&url, &k.wal_keys().unwrap(), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no config.json"), "{err}");
 }
