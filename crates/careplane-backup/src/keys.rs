@@ -150,11 +150,13 @@ pub fn generate_identity() -> (SecretString, String) {
 const CHUNK_CONTEXT: &str = "careplane-backup 2026-12 chunk id key";
 const WAL_CONTEXT: &str = "careplane-backup 2026-12 WAL MAC key";
 const SIGN_CONTEXT: &str = "careplane-backup 2026-12 manifest signing key";
+const STATE_CONTEXT: &str = "careplane-backup 2026-12 file state key";
 const CHECK_CONTEXT: &str = "careplane-backup 2026-12 key check";
 
 /// The keys in usable form; no `Debug`, nothing here is ever printed.
 pub(crate) struct Keys {
     chunk: SecretBox<[u8; 32]>,
+    state: SecretBox<[u8; 32]>,
     pub(crate) wal: WalKey,
     signing: SigningKey,
     pub(crate) sealer: Sealer,
@@ -241,11 +243,13 @@ impl Keys {
         let mut raw = parse_secret(&keys.secret)?;
         let derive = |ctx: &str| SecretBox::new(Box::new(blake3::derive_key(ctx, &raw)));
         let chunk = derive(CHUNK_CONTEXT);
+        let state = derive(STATE_CONTEXT);
         let wal = WalKey(derive(WAL_CONTEXT));
         let signing = SigningKey::from_bytes(derive(SIGN_CONTEXT).expose_secret());
         raw.fill(0);
         Ok(Keys {
             chunk,
+            state,
             wal,
             signing,
             sealer: Sealer::new(&keys.recipients, &keys.identities)?,
@@ -265,6 +269,33 @@ impl Keys {
         blake3::keyed_hash(self.chunk.expose_secret(), data)
             .to_hex()
             .to_string()
+    }
+
+    /// Seals data only the repository secret's holder can open (no age
+    /// identity needed): random nonce ‖ ChaCha20-Poly1305, `aad` bound in.
+    pub(crate) fn seal_with_secret(&self, data: &[u8], aad: &[u8]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(self.state.expose_secret().into());
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut out = nonce.to_vec();
+        out.extend(
+            cipher
+                .encrypt((&nonce).into(), Payload { msg: data, aad })
+                .expect("ChaCha20-Poly1305 encryption does not fail"),
+        );
+        out
+    }
+
+    /// Opens what [`Keys::seal_with_secret`] sealed; `None` if it was changed.
+    pub(crate) fn open_with_secret(&self, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        if sealed.len() < 12 {
+            return None;
+        }
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(self.state.expose_secret().into());
+        let (nonce, ct) = sealed.split_at(12);
+        cipher.decrypt(nonce.into(), Payload { msg: ct, aad }).ok()
     }
 
     /// Values stored in the repository's config that tell whether a later

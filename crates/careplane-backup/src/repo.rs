@@ -113,7 +113,8 @@ pub struct Manifest {
     pub files: u64,
     /// Sum of file sizes.
     pub plain_bytes: u64,
-    /// Bytes this backup uploaded (chunks that were not there yet, plus the index).
+    /// Bytes this backup uploaded (chunks that were not there yet, the index
+    /// and the file-state cache).
     pub new_stored_bytes: u64,
     /// The sealed index (file list and metadata).
     pub index: ObjectRef,
@@ -200,6 +201,31 @@ pub struct BackupIndex {
     pub metadata: BackupMetadata,
 }
 
+/// What `put_tree` saw of a file, so the next backup can take an unchanged
+/// file's chunks without reading it. Stored sealed with a key derived from
+/// the repository secret (`backups/<id>.state`), so careplane needs no
+/// private key for it and nobody without the secret can read the paths.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct FileState {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    mode: u32,
+    /// (chunk id, plaintext size) in order.
+    chunks: Vec<(String, u64)>,
+}
+
+fn stat_key(meta: &std::fs::Metadata) -> (u64, i128, i128, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.size(),
+        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        meta.ino(),
+    )
+}
+
 /// Progress of an upload, reported after each chunk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -209,6 +235,8 @@ pub struct Progress {
     pub bytes_uploaded: u64,
     pub chunks_new: u64,
     pub chunks_reused: u64,
+    /// Files `put_tree` took unchanged from the parent backup without reading.
+    pub files_unchanged: u64,
 }
 
 /// What `verify` checked.
@@ -364,6 +392,8 @@ impl Repository {
             paths: HashSet::new(),
             progress: Mutex::new(Progress::default()),
             new_stored: AtomicU64::new(0),
+            parent: HashMap::new(),
+            state: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -373,6 +403,10 @@ impl Repository {
 
     fn index_object(id: &str) -> String {
         format!("backups/{id}.index")
+    }
+
+    fn state_object(id: &str) -> String {
+        format!("backups/{id}.state")
     }
 
     /// The manifest of one backup, its signature and identity checked.
@@ -590,7 +624,11 @@ impl Repository {
             Ok(())
         };
         chown(dest)?;
-        let mut bytes = 0;
+        // Directories and links first (sorted paths put parents first), then
+        // files across the repository's threads, then directory modes (a
+        // read-only directory would refuse its files).
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
         for entry in &index.files {
             check_rel_path(&manifest.id, &entry.path)?;
             if !select(&entry.path) {
@@ -610,39 +648,66 @@ impl Repository {
             match &entry.kind {
                 FileKind::Dir => {
                     if !target.exists() {
-                        std::fs::create_dir(&target)
+                        std::fs::DirBuilder::new()
+                            .mode(0o700)
+                            .create(&target)
                             .map_err(io(format!("creating {}", target.display())))?;
                     }
-                    std::fs::set_permissions(
-                        &target,
-                        std::fs::Permissions::from_mode(entry.mode & 0o7777),
-                    )
-                    .map_err(io(format!("chmod {}", target.display())))?;
+                    chown(&target)?;
+                    dirs.push((target, entry.mode));
                 }
                 FileKind::Symlink { target: to } => {
                     std::os::unix::fs::symlink(to, &target)
                         .map_err(io(format!("creating symlink {}", target.display())))?;
+                    chown(&target)?;
                 }
-                FileKind::File => {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(entry.mode & 0o7777)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&target)
-                        .map_err(io(format!("creating {}", target.display())))?;
-                    let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
-                    bytes += self.write_entry(&manifest, &table, entry, &mut w)?;
-                    w.flush()
-                        .map_err(io(format!("writing {}", target.display())))?;
-                    drop(w);
-                    f.sync_all()
-                        .map_err(io(format!("syncing {}", target.display())))?;
-                }
+                FileKind::File => files.push((target, entry)),
             }
-            chown(&target)?;
         }
-        Ok(bytes)
+        let next = AtomicU64::new(0);
+        let bytes = AtomicU64::new(0);
+        let failed: Mutex<Option<BackupError>> = Mutex::new(None);
+        let restore_file = |target: &std::path::Path, entry: &FileEntry| -> Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(entry.mode & 0o7777)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(target)
+                .map_err(io(format!("creating {}", target.display())))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+            let n = self.write_entry(&manifest, &table, entry, &mut w)?;
+            w.flush()
+                .map_err(io(format!("writing {}", target.display())))?;
+            drop(w);
+            f.sync_all()
+                .map_err(io(format!("syncing {}", target.display())))?;
+            chown(target)?;
+            bytes.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            for _ in 0..self.opts.threads.max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= files.len() || failed.lock().unwrap().is_some() {
+                        break;
+                    }
+                    let (target, entry) = &files[i];
+                    if let Err(e) = restore_file(target, entry) {
+                        failed.lock().unwrap().get_or_insert(e);
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap() {
+            return Err(e);
+        }
+        for (target, mode) in dirs.iter().rev() {
+            std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(io(format!("chmod {}", target.display())))?;
+        }
+        Ok(bytes.into_inner())
     }
 
     /// Checks a backup: its manifest's signature and identity, and every
@@ -745,7 +810,8 @@ impl Repository {
             });
         }
         self.store.delete(&object)?;
-        self.store.delete(&Self::index_object(backup))
+        self.store.delete(&Self::index_object(backup))?;
+        self.store.delete(&Self::state_object(backup))
     }
 
     /// Deletes chunks and indexes that no manifest references and that are
@@ -756,6 +822,7 @@ impl Repository {
         let mut referenced: HashSet<String> = HashSet::new();
         for m in &manifests {
             referenced.insert(m.index.object.clone());
+            referenced.insert(Self::state_object(&m.id));
             referenced.extend(m.chunks.iter().map(|c| c.object()));
         }
         let cutoff = Timestamp::now()
@@ -767,7 +834,7 @@ impl Repository {
             self.store
                 .list("backups")?
                 .into_iter()
-                .filter(|l| l.name.ends_with(".index")),
+                .filter(|l| l.name.ends_with(".index") || l.name.ends_with(".state")),
         );
         for l in candidates {
             if referenced.contains(&l.name) || l.modified > cutoff {
@@ -849,6 +916,10 @@ pub struct BackupWriter<'r> {
     paths: HashSet<String>,
     progress: Mutex<Progress>,
     new_stored: AtomicU64,
+    /// File states of the backup named in `reuse_unchanged_from`.
+    parent: HashMap<String, FileState>,
+    /// File states of this backup (from `put_tree`).
+    state: Mutex<BTreeMap<String, FileState>>,
 }
 
 /// Called with the running totals after each chunk.
@@ -858,6 +929,86 @@ impl BackupWriter<'_> {
     /// This backup's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Lets `put_tree` take the chunks of files that are unchanged since
+    /// backup `parent` (same size, modification and change times, inode)
+    /// without reading them, provided their chunks are still in the
+    /// repository. Returns how many file states were loaded (0 when the
+    /// parent has none). Needs no private key.
+    pub fn reuse_unchanged_from(&mut self, parent: &str) -> Result<usize> {
+        let m = self.repo.manifest(parent)?;
+        let object = Repository::state_object(&m.id);
+        let Some(sealed) = self.repo.store.get(&object)? else {
+            return Ok(0);
+        };
+        let plain = self
+            .repo
+            .keys
+            .open_with_secret(&sealed, object.as_bytes())
+            .ok_or_else(|| corrupt(&m.id, &object, "does not authenticate (changed)"))?;
+        let json = zstd::stream::decode_all(&plain[..])
+            .map_err(|e| corrupt(&m.id, &object, format!("does not decompress: {e}")))?;
+        self.parent = serde_json::from_slice(&json)
+            .map_err(|e| corrupt(&m.id, &object, format!("unreadable: {e}")))?;
+        Ok(self.parent.len())
+    }
+
+    /// The entry of an unchanged file from the parent's state, its chunks
+    /// marked used; `None` if it changed or a chunk is gone.
+    fn reuse(
+        &self,
+        path: &str,
+        meta: &std::fs::Metadata,
+        mode: u32,
+        progress: ProgressFn<'_>,
+    ) -> Option<FileEntry> {
+        let old = self.parent.get(path)?;
+        let (size, mtime_ns, ctime_ns, ino) = stat_key(meta);
+        if (old.size, old.mtime_ns, old.ctime_ns, old.ino, old.mode)
+            != (size, mtime_ns, ctime_ns, ino, mode)
+        {
+            return None;
+        }
+        let refs: Vec<ChunkRef> = {
+            let known = self.known.lock().unwrap();
+            old.chunks
+                .iter()
+                .map(|(id, plain)| {
+                    known.get(id).map(|(hash, stored)| ChunkRef {
+                        id: id.clone(),
+                        plain_size: *plain,
+                        size: *stored,
+                        hash: hash.clone(),
+                    })
+                })
+                .collect::<Option<_>>()?
+        };
+        {
+            let mut used = self.used.lock().unwrap();
+            for r in &refs {
+                used.entry(r.id.clone()).or_insert_with(|| r.clone());
+            }
+        }
+        let snapshot = {
+            let mut p = self.progress.lock().unwrap();
+            p.bytes_read += size;
+            p.chunks_reused += refs.len() as u64;
+            p.files_unchanged += 1;
+            *p
+        };
+        progress(snapshot);
+        self.state
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), old.clone());
+        Some(FileEntry {
+            path: path.to_string(),
+            kind: FileKind::File,
+            mode,
+            size,
+            chunks: old.chunks.iter().map(|(id, _)| id.clone()).collect(),
+        })
     }
 
     /// Adds or replaces a label (clear, signed; nothing secret).
@@ -1083,7 +1234,8 @@ impl BackupWriter<'_> {
                         .map_err(crate::error::io(format!("readlink {}", e.path().display())))?;
                     links.push((path, to.to_string_lossy().into_owned()));
                 } else if ft.is_file() {
-                    files.push((path, e.path(), meta.mode() & 0o7777));
+                    let mode = meta.mode() & 0o7777;
+                    files.push((path, e.path(), mode, meta));
                 }
                 // Sockets, FIFOs and devices are not backed up.
             }
@@ -1095,7 +1247,7 @@ impl BackupWriter<'_> {
         for (p, t) in links {
             self.put_symlink(&p, &t)?;
         }
-        for (p, _, _) in &files {
+        for (p, _, _, _) in &files {
             self.add_path(p)?;
         }
         let next = AtomicU64::new(0);
@@ -1109,7 +1261,11 @@ impl BackupWriter<'_> {
                     if i >= files.len() || failed.lock().unwrap().is_some() {
                         break;
                     }
-                    let (path, fs_path, mode) = &files[i];
+                    let (path, fs_path, mode, meta) = &files[i];
+                    if let Some(entry) = this.reuse(path, meta, *mode, progress) {
+                        results.lock().unwrap()[i] = Some(entry);
+                        continue;
+                    }
                     let res = std::fs::OpenOptions::new()
                         .read(true)
                         .custom_flags(libc::O_NOFOLLOW)
@@ -1118,6 +1274,23 @@ impl BackupWriter<'_> {
                         .and_then(|mut f| this.store_stream(path, &mut f, false, progress));
                     match res {
                         Ok((chunks, size)) => {
+                            let (ssize, mtime_ns, ctime_ns, ino) = stat_key(meta);
+                            if ssize == size {
+                                let used = this.used.lock().unwrap();
+                                let state = FileState {
+                                    size,
+                                    mtime_ns,
+                                    ctime_ns,
+                                    ino,
+                                    mode: *mode,
+                                    chunks: chunks
+                                        .iter()
+                                        .map(|id| (id.clone(), used[id].plain_size))
+                                        .collect(),
+                                };
+                                drop(used);
+                                this.state.lock().unwrap().insert(path.clone(), state);
+                            }
                             results.lock().unwrap()[i] = Some(FileEntry {
                                 path: path.clone(),
                                 kind: FileKind::File,
@@ -1158,6 +1331,17 @@ impl BackupWriter<'_> {
             hash: blake3::hash(&sealed).to_hex().to_string(),
         };
         repo.store.put(&index_ref.object, sealed)?;
+        let state = self.state.into_inner().unwrap();
+        let mut state_size = 0;
+        if !state.is_empty() {
+            let object = Repository::state_object(&self.id);
+            let json = serde_json::to_vec(&state).expect("file state serializes");
+            let compressed =
+                zstd::bulk::compress(&json, 3).map_err(crate::error::io("compressing"))?;
+            let sealed = repo.keys.seal_with_secret(&compressed, object.as_bytes());
+            state_size = sealed.len() as u64;
+            repo.store.put(&object, sealed)?;
+        }
         let manifest = Manifest {
             format: FORMAT,
             id: self.id.clone(),
@@ -1167,7 +1351,7 @@ impl BackupWriter<'_> {
             labels: self.labels,
             files: file_count,
             plain_bytes,
-            new_stored_bytes: self.new_stored.load(Ordering::Relaxed) + index_ref.size,
+            new_stored_bytes: self.new_stored.load(Ordering::Relaxed) + index_ref.size + state_size,
             index: index_ref,
             chunks: self.used.into_inner().unwrap().into_values().collect(),
         };

@@ -36,8 +36,23 @@ fn make_tree(root: &Path) {
 }
 
 fn backup_tree(repo: &Repository, root: &Path) -> careplane_backup::Manifest {
+    backup_tree_from(repo, root, None).0
+}
+
+/// A backup of `root`, taking unchanged files from `parent`; returns the
+/// last progress report too.
+fn backup_tree_from(
+    repo: &Repository,
+    root: &Path,
+    parent: Option<&str>,
+) -> (careplane_backup::Manifest, Progress) {
+    let last = std::sync::Mutex::new(Progress::default());
+    let record = |p: Progress| *last.lock().unwrap() = p;
     let mut w = repo.start_backup(BTreeMap::new()).unwrap();
-    w.put_tree(root, "", &quiet).unwrap();
+    if let Some(parent) = parent {
+        assert_eq!(w.reuse_unchanged_from(parent).unwrap(), 202);
+    }
+    w.put_tree(root, "", &record).unwrap();
     let meta = BackupMetadata {
         postgres_version: Some("15.18".into()),
         odoo_version: Some("18.0".into()),
@@ -50,7 +65,9 @@ fn backup_tree(repo: &Repository, root: &Path) -> careplane_backup::Manifest {
         }],
         ..Default::default()
     };
-    w.commit(meta).unwrap()
+    let m = w.commit(meta).unwrap();
+    let p = *last.lock().unwrap();
+    (m, p)
 }
 
 fn read(repo: &Repository, id: &str, path: &str) -> careplane_backup::Result<Vec<u8>> {
@@ -129,10 +146,19 @@ fn round_trip_and_dedupe(b: &Backend) {
         );
     }
 
-    // An unchanged second backup uploads no chunk, only its index.
-    let m2 = backup_tree(&repo, src.path());
-    assert_eq!(m2.new_stored_bytes, m2.index.size, "{m2:?}");
+    // An unchanged second backup uploads no chunk, only its index and state.
+    let (m2, p) = backup_tree_from(&repo, src.path(), None);
+    assert_eq!(p.files_unchanged, 0);
+    assert_eq!(p.chunks_new, 0, "{p:?}");
     assert_eq!(m1.chunks, m2.chunks);
+    let state_size = b.get(&format!("backups/{}.state", m2.id)).len() as u64;
+    assert_eq!(m2.new_stored_bytes, m2.index.size + state_size);
+    // With m1 as parent, no file is even read.
+    let (m2b, p) = backup_tree_from(&repo, src.path(), Some(&m1.id));
+    assert_eq!(p.files_unchanged, 202, "{p:?}");
+    assert_eq!(m2b.chunks, m1.chunks);
+    repo.verify(&m2b.id, true).unwrap();
+    repo.delete_backup(&m2b.id).unwrap();
 
     // 100 bytes inserted at 1 MiB into big.bin: content-defined chunking
     // keeps the later boundaries, so only the chunks around it are new.
