@@ -16,11 +16,12 @@ mod store;
 mod wal;
 
 pub use error::{error_chain, BackupError, Result};
+pub use jiff::{SignedDuration, Timestamp};
 pub use keys::{generate_identity, generate_secret, RepoKeys, WalKeys};
 pub use repo::{
-    shared_chunks, BackupIndex, BackupMetadata, BackupWriter, ChunkRef, FileEntry, FileKind,
-    FilestoreEntry, GcReport, Manifest, ObjectRef, Progress, ProgressFn, RepoOptions, Repository,
-    TableStat, VerifyReport, FORMAT,
+    BackupIndex, BackupMetadata, BackupWriter, ChunkRef, FileEntry, FileKind, FilestoreEntry,
+    GcReport, Manifest, ObjectRef, Progress, ProgressFn, RepoOptions, Repository, TableStat,
+    VerifyReport, FORMAT,
 };
 pub use secrecy::{ExposeSecret, SecretString};
 pub use wal::{Archived, WalArchive};

@@ -1,7 +1,7 @@
 //! The repository: config, chunks, backups (sealed index + signed manifest),
 //! reading, verification, deletion and garbage collection.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -1367,18 +1367,4 @@ impl BackupWriter<'_> {
         )?;
         Ok(manifest)
     }
-}
-
-/// Ids of chunks referenced by several manifests, for reports.
-pub fn shared_chunks(manifests: &[Manifest]) -> BTreeSet<String> {
-    let mut seen = HashSet::new();
-    let mut shared = BTreeSet::new();
-    for m in manifests {
-        for c in &m.chunks {
-            if !seen.insert(c.id.clone()) {
-                shared.insert(c.id.clone());
-            }
-        }
-    }
-    shared
 }
