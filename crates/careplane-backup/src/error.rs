@@ -52,6 +52,14 @@ pub enum BackupError {
         #[source]
         source: io::Error,
     },
+    /// A PostgreSQL statement failed.
+    #[error("PostgreSQL at {target}: {action}: {source}")]
+    Postgres {
+        target: String,
+        action: String,
+        #[source]
+        source: postgres::Error,
+    },
     /// An external program (pg_basebackup) failed.
     #[error("{program} failed ({status}): {stderr}")]
     Program {

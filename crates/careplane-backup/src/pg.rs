@@ -35,7 +35,7 @@ pub struct PgSource {
 pub fn base_backup(
     repo: &Repository,
     src: &PgSource,
-    mut labels: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
     metadata: BackupMetadata,
     progress: ProgressFn<'_>,
 ) -> Result<Manifest> {
@@ -137,13 +137,141 @@ pub fn base_backup(
         });
     }
     let label = res?;
+    commit_base(writer, labels, label, metadata)
+}
+
+/// What a base backup leaves out of a data directory (PostgreSQL's own list,
+/// as `pg_basebackup` applies it): the contents of WAL and runtime-only
+/// directories (the directories themselves are kept), lock and label files,
+/// relation cache init files and temporary files. `rel` is relative to PGDATA.
+pub fn excluded_from_base_backup(rel: &str) -> bool {
+    const DIR_CONTENTS: &[&str] = &[
+        "pg_wal",
+        "pg_replslot",
+        "pg_dynshmem",
+        "pg_notify",
+        "pg_serial",
+        "pg_snapshots",
+        "pg_stat_tmp",
+        "pg_subtrans",
+    ];
+    const FILES: &[&str] = &[
+        "postmaster.pid",
+        "postmaster.opts",
+        "backup_label",
+        "backup_label.old",
+        "tablespace_map",
+        "backup_manifest",
+        "recovery.signal",
+        "standby.signal",
+        "postgresql.auto.conf.tmp",
+        "current_logfiles.tmp",
+    ];
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    if name.starts_with("pgsql_tmp") || name.starts_with("pg_internal.init") {
+        return true;
+    }
+    match rel.split_once('/') {
+        Some((top, _)) => DIR_CONTENTS.contains(&top),
+        None => FILES.contains(&rel),
+    }
+}
+
+/// Takes a base backup by reading the data directory itself between
+/// `pg_backup_start()` and `pg_backup_stop()` (PostgreSQL 15 or later), on
+/// the repository's threads, with no copy through a replication stream.
+/// With `parent` (an earlier base backup of the same cluster), files
+/// unchanged since it are not read again. The WAL from the backup's start to
+/// its end is not in the backup: `pg_backup_stop` waits until it is
+/// archived, so the cluster must archive WAL (`archive_mode = on`), and a
+/// restore needs `restore_command`. The caller must be able to read
+/// `data_dir` (root, or the cluster's own user). Labels as for
+/// [`base_backup`], plus `method=direct` and `wal.stop_lsn`.
+pub fn base_backup_direct(
+    repo: &Repository,
+    src: &PgSource,
+    data_dir: &Path,
+    parent: Option<&str>,
+    mut labels: BTreeMap<String, String>,
+    metadata: BackupMetadata,
+    progress: ProgressFn<'_>,
+) -> Result<Manifest> {
+    let target = format!("{}:{}", src.host, src.port);
+    let pg_err = |action: &str| {
+        let target = target.clone();
+        let action = action.to_string();
+        move |source| BackupError::Postgres {
+            target,
+            action,
+            source,
+        }
+    };
+    let mut client = postgres::Config::new()
+        .host(&src.host)
+        .port(src.port)
+        .user(&src.user)
+        .password(src.password.expose_secret())
+        .dbname("postgres")
+        .application_name("careplane-backup")
+        .options("-c search_path=pg_catalog")
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect(postgres::NoTls)
+        .map_err(pg_err("connecting"))?;
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .map_err(pg_err("reading the server version"))?
+        .get(0);
+    if version < 150000 {
+        return Err(invalid(
+            format!("PostgreSQL at {target}"),
+            format!("version {version} has no pg_backup_start (15 or later is needed)"),
+        ));
+    }
+    let mut writer = repo.start_backup(BTreeMap::new())?;
+    if let Some(parent) = parent {
+        writer.reuse_unchanged_from(parent)?;
+    }
+    let start_lsn: String = client
+        .query_one(
+            "SELECT pg_catalog.pg_backup_start($1, true)::text",
+            &[&format!("careplane {}", writer.id())],
+        )
+        .map_err(pg_err("starting the backup (pg_backup_start)"))?
+        .get(0);
+    // An error from here on drops the connection, which aborts the backup on
+    // the server; nothing is committed.
+    writer.put_tree_filtered(data_dir, "", &excluded_from_base_backup, progress)?;
+    let row = client
+        .query_one(
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(true)",
+            &[],
+        )
+        .map_err(pg_err(
+            "finishing the backup (pg_backup_stop, waits for WAL archiving)",
+        ))?;
+    let (stop_lsn, label, spcmap): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    writer.put_stream("backup_label", 0o600, &mut label.as_bytes(), progress)?;
+    if !spcmap.is_empty() {
+        writer.put_stream("tablespace_map", 0o600, &mut spcmap.as_bytes(), progress)?;
+    }
+    labels.insert("method".into(), "direct".into());
+    labels.insert("wal.start_lsn".into(), start_lsn);
+    labels.insert("wal.stop_lsn".into(), stop_lsn);
+    commit_base(writer, labels, Some(label), metadata)
+}
+
+fn commit_base(
+    mut writer: crate::BackupWriter<'_>,
+    mut labels: BTreeMap<String, String>,
+    label: Option<String>,
+    metadata: BackupMetadata,
+) -> Result<Manifest> {
     labels.insert("kind".into(), "base".into());
     if let Some(label) = label {
         for line in label.lines() {
             if let Some(rest) = line.strip_prefix("START WAL LOCATION: ") {
                 // "0/2000028 (file 000000010000000000000002)"
-                let mut parts = rest.split_whitespace();
-                if let Some(lsn) = parts.next() {
+                if let Some(lsn) = rest.split_whitespace().next() {
                     labels.insert("wal.start_lsn".into(), lsn.into());
                 }
                 if let Some(file) = rest.split("(file ").nth(1) {
@@ -177,4 +305,38 @@ pub fn restore_base_backup(
         ));
     }
     repo.restore_tree(backup, data_dir, owner, &|_| true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excluded_from_base_backup as ex;
+
+    #[test]
+    fn base_backups_leave_out_what_postgres_leaves_out() {
+        for path in [
+            "postmaster.pid",
+            "backup_label",
+            "pg_wal/000000010000000000000001",
+            "pg_wal/archive_status",
+            "pg_replslot/slot/state",
+            "pg_stat_tmp/global.stat",
+            "base/1/pg_internal.init",
+            "global/pg_internal.init",
+            "base/pgsql_tmp/pgsql_tmp123.0",
+        ] {
+            assert!(ex(path), "{path} must be left out");
+        }
+        for path in [
+            "pg_wal",
+            "pg_replslot",
+            "base/1/1259",
+            "global/pg_control",
+            "postgresql.conf",
+            "postgresql.auto.conf",
+            "PG_VERSION",
+            "pg_xact/0000",
+        ] {
+            assert!(!ex(path), "{path} must be backed up");
+        }
+    }
 }

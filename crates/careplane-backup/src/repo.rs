@@ -918,7 +918,8 @@ pub struct BackupWriter<'r> {
     new_stored: AtomicU64,
     /// File states of the backup named in `reuse_unchanged_from`.
     parent: HashMap<String, FileState>,
-    /// File states of this backup (from `put_tree`).
+    /// File states of this backup (from `put_tree`; files modified less
+    /// than 2 s before the walk are left out, so they are read next time).
     state: Mutex<BTreeMap<String, FileState>>,
 }
 
@@ -1202,14 +1203,50 @@ impl BackupWriter<'_> {
         prefix: &str,
         progress: ProgressFn<'_>,
     ) -> Result<u64> {
+        self.put_tree_filtered(root, prefix, &|_| false, progress)
+    }
+
+    /// [`BackupWriter::put_tree`], leaving out every entry for which
+    /// `exclude(path relative to root)` holds (a directory's contents too).
+    /// Files and directories that vanish while the tree is walked are left
+    /// out (a live data directory or filestore changes under the walk).
+    pub fn put_tree_filtered(
+        &mut self,
+        root: &std::path::Path,
+        prefix: &str,
+        exclude: &dyn Fn(&str) -> bool,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let prefix = prefix.trim_matches('/');
+        let full = |rel: &str| {
+            if prefix.is_empty() {
+                rel.to_string()
+            } else if rel.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}/{rel}")
+            }
+        };
+        let trust_before = jiff::Timestamp::now().as_nanosecond() - 2_000_000_000;
         let mut dirs = Vec::new();
         let mut files = Vec::new();
         let mut links = Vec::new();
-        let mut stack = vec![(root.to_path_buf(), prefix.trim_matches('/').to_string())];
+        let mut stack = vec![(root.to_path_buf(), String::new())];
         while let Some((dir, rel)) = stack.pop() {
-            let mut entries: Vec<_> = std::fs::read_dir(&dir)
-                .map_err(crate::error::io(format!("reading {}", dir.display())))?
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if gone(&e) && !rel.is_empty() => continue,
+                Err(e) => {
+                    return Err(BackupError::Io {
+                        what: format!("reading {}", dir.display()),
+                        source: e,
+                    })
+                }
+            };
+            let mut entries: Vec<_> = entries
+                .filter(|e| !matches!(e, Err(err) if gone(err)))
                 .collect::<std::io::Result<_>>()
                 .map_err(crate::error::io(format!("reading {}", dir.display())))?;
             entries.sort_by_key(|e| e.file_name());
@@ -1218,17 +1255,29 @@ impl BackupWriter<'_> {
                 let name = name.to_str().ok_or_else(|| {
                     invalid(format!("file {}", e.path().display()), "name is not UTF-8")
                 })?;
-                let path = if rel.is_empty() {
+                let local = if rel.is_empty() {
                     name.to_string()
                 } else {
                     format!("{rel}/{name}")
                 };
-                let meta = std::fs::symlink_metadata(e.path())
-                    .map_err(crate::error::io(format!("stat {}", e.path().display())))?;
+                if exclude(&local) {
+                    continue;
+                }
+                let path = full(&local);
+                let meta = match std::fs::symlink_metadata(e.path()) {
+                    Ok(m) => m,
+                    Err(err) if gone(&err) => continue,
+                    Err(err) => {
+                        return Err(BackupError::Io {
+                            what: format!("stat {}", e.path().display()),
+                            source: err,
+                        })
+                    }
+                };
                 let ft = meta.file_type();
                 if ft.is_dir() {
-                    dirs.push((path.clone(), meta.mode() & 0o7777));
-                    stack.push((e.path(), path));
+                    dirs.push((path, meta.mode() & 0o7777));
+                    stack.push((e.path(), local));
                 } else if ft.is_symlink() {
                     let to = std::fs::read_link(e.path())
                         .map_err(crate::error::io(format!("readlink {}", e.path().display())))?;
@@ -1266,16 +1315,25 @@ impl BackupWriter<'_> {
                         results.lock().unwrap()[i] = Some(entry);
                         continue;
                     }
-                    let res = std::fs::OpenOptions::new()
+                    let file = match std::fs::OpenOptions::new()
                         .read(true)
                         .custom_flags(libc::O_NOFOLLOW)
                         .open(fs_path)
+                    {
+                        Err(e) if gone(&e) => continue,
+                        other => other,
+                    };
+                    let res = file
                         .map_err(crate::error::io(format!("opening {}", fs_path.display())))
                         .and_then(|mut f| this.store_stream(path, &mut f, false, progress));
                     match res {
                         Ok((chunks, size)) => {
                             let (ssize, mtime_ns, ctime_ns, ino) = stat_key(meta);
-                            if ssize == size {
+                            // A file changed in the same timestamp tick after
+                            // it was examined would keep its mtime: only files
+                            // untouched for a while before the walk are
+                            // trusted by the next backup.
+                            if ssize == size && mtime_ns < trust_before {
                                 let used = this.used.lock().unwrap();
                                 let state = FileState {
                                     size,

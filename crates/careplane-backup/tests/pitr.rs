@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use careplane_backup::pg::{base_backup, restore_base_backup, PgSource};
+use careplane_backup::pg::{base_backup, base_backup_direct, restore_base_backup, PgSource};
 use careplane_backup::{BackupMetadata, Progress, Repository};
 use careplane_local::pg::ADMIN_ROLE;
 use careplane_local::testing::TestPlatform;
@@ -72,6 +72,19 @@ fn wait_archived(c: &mut postgres::Client, log: &std::path::Path) {
 
 #[test]
 fn point_in_time_recovery_restores_exactly_the_rows_committed_by_t() {
+    pitr(false);
+}
+
+/// The same with base backups read from the data directory between
+/// pg_backup_start and pg_backup_stop: a second one takes the files
+/// unchanged since the first without reading them, and is the base of the
+/// recovery.
+#[test]
+fn point_in_time_recovery_from_a_direct_incremental_base_backup() {
+    pitr(true);
+}
+
+fn pitr(direct: bool) {
     let platform = TestPlatform::new();
     let owner = platform.user.as_ref().map(|u| (u.uid, u.gid));
     let repo_dir = platform.path().join("repo");
@@ -122,17 +135,48 @@ fn point_in_time_recovery_restores_exactly_the_rows_committed_by_t() {
         password: pg.admin_password.clone(),
     };
     let quiet = |_: Progress| {};
-    let base = base_backup(
-        &repo,
-        &src,
-        BTreeMap::from([("cluster".to_string(), "pitr".to_string())]),
-        BackupMetadata {
-            postgres_version: Some(pg.bin.major_version.to_string()),
-            ..Default::default()
-        },
-        &quiet,
-    )
-    .unwrap();
+    let labels = BTreeMap::from([("cluster".to_string(), "pitr".to_string())]);
+    let metadata = BackupMetadata {
+        postgres_version: Some(pg.bin.major_version.to_string()),
+        ..Default::default()
+    };
+    let base = if direct {
+        // Files written in the last 2 s are never trusted by the next backup.
+        std::thread::sleep(Duration::from_millis(2500));
+        let first = base_backup_direct(
+            &repo,
+            &src,
+            &pg.data_dir(),
+            None,
+            labels.clone(),
+            metadata.clone(),
+            &quiet,
+        )
+        .unwrap();
+        let last = std::sync::Mutex::new(Progress::default());
+        let record = |p: Progress| *last.lock().unwrap() = p;
+        let second = base_backup_direct(
+            &repo,
+            &src,
+            &pg.data_dir(),
+            Some(&first.id),
+            labels,
+            metadata,
+            &record,
+        )
+        .unwrap();
+        let p = *last.lock().unwrap();
+        assert!(p.files_unchanged > 100, "{p:?}");
+        assert_eq!(second.labels["method"], "direct");
+        assert!(
+            second.labels.contains_key("wal.stop_lsn"),
+            "{:?}",
+            second.labels
+        );
+        second
+    } else {
+        base_backup(&repo, &src, labels, metadata, &quiet).unwrap()
+    };
     assert_eq!(base.labels["kind"], "base");
     assert!(base.labels.contains_key("wal.start"), "{:?}", base.labels);
     assert!(base.files > 100, "{base:?}");

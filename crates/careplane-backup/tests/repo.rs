@@ -33,6 +33,22 @@ fn make_tree(root: &Path) {
         .unwrap();
     }
     std::os::unix::fs::symlink("big.bin", root.join("link")).unwrap();
+    // Written an hour ago: files modified in the last seconds are always read
+    // again by the next backup.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let f = std::fs::File::options().write(true).open(e.path()).unwrap();
+                f.set_modified(old).unwrap();
+            }
+        }
+    }
 }
 
 fn backup_tree(repo: &Repository, root: &Path) -> careplane_backup::Manifest {
