@@ -174,6 +174,37 @@ impl Repository {
         restore(&self.store, &self.keys.wal, &self.keys.sealer, name, dest)
     }
 
+    /// Deletes archived WAL that no recovery from base backups starting at
+    /// `first_needed` (a WAL file name, e.g. the oldest kept base backup's
+    /// `wal.start` label) can need: segments, `.partial` and `.backup` files
+    /// whose position (log and segment number, any timeline) is before it.
+    /// Timeline `.history` files are always kept (they are tiny and every
+    /// later timeline needs them). Returns how many objects were deleted.
+    pub fn delete_wal_before(&self, first_needed: &str) -> Result<u64> {
+        check_wal_name(first_needed)?;
+        let position = |name: &str| {
+            (name.len() >= 24 && name[..24].chars().all(|c| c.is_ascii_hexdigit()))
+                .then(|| name[8..24].to_ascii_uppercase())
+        };
+        let cutoff = position(first_needed).ok_or_else(|| {
+            invalid(
+                format!("WAL file name {first_needed:?}"),
+                "must start with 24 hex digits (timeline, log, segment)",
+            )
+        })?;
+        let mut deleted = 0;
+        for name in self.list_wal()? {
+            if name.ends_with(".history") {
+                continue;
+            }
+            if position(&name).is_some_and(|p| p < cutoff) {
+                self.store.delete(&object(&name))?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Names of the archived WAL files, sorted.
     pub fn list_wal(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = self

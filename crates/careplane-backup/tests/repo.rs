@@ -476,6 +476,19 @@ fn wal_archive_is_idempotent_and_refuses_other_content(b: &Backend) {
     assert!(repo.archive_wal(&seg, "../escape").is_err());
     assert_eq!(repo.list_wal().unwrap(), [name, name2]);
 
+    // Pruning keeps what recovery from a base backup starting at segment 4
+    // needs, on any timeline, and every timeline history.
+    let history = dir.path().join("history");
+    std::fs::write(&history, "1\t0/4000000\tno recovery target specified\n").unwrap();
+    repo.archive_wal(&history, "00000002.history").unwrap();
+    repo.archive_wal(&seg, "000000020000000000000002.partial")
+        .unwrap();
+    assert_eq!(repo.delete_wal_before(name2).unwrap(), 2);
+    assert_eq!(repo.list_wal().unwrap(), [name2, "00000002.history"]);
+    assert!(repo.delete_wal_before("00000002.history").is_err());
+    // Put segment 3 back for what follows.
+    repo.archive_wal(&seg, name).unwrap();
+
     // The archiver's side: WAL keys only, from a 0600 file.
     let file = dir.path().join("wal-keys.json");
     k.wal_keys().unwrap().write_file(&file, None).unwrap();
