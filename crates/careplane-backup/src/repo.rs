@@ -1,0 +1,1428 @@
+//! The repository: config, chunks, backups (sealed index + signed manifest),
+//! reading, verification, deletion and garbage collection.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{corrupt, invalid, BackupError, Result};
+use crate::keys::{Keys, RepoKeys};
+use crate::store::Store;
+
+/// Version of the repository layout and manifest format.
+pub const FORMAT: u32 = 1;
+
+/// Content-defined chunking bounds (bytes).
+const CHUNK_MIN: u32 = 256 * 1024;
+const CHUNK_AVG: u32 = 1024 * 1024;
+const CHUNK_MAX: u32 = 4 * 1024 * 1024;
+
+const CONFIG: &str = "config.json";
+
+/// Tuning of a repository handle.
+#[derive(Debug, Clone)]
+pub struct RepoOptions {
+    /// zstd level (1–19; 3 is zstd's and pgBackRest's default).
+    pub compression_level: i32,
+    /// Threads that compress, encrypt and upload.
+    pub threads: usize,
+    /// Object store settings that override the environment (e.g.
+    /// `("aws_endpoint", "http://127.0.0.1:9000")`); keys as `object_store`'s
+    /// `AmazonS3ConfigKey` parses them.
+    pub store_options: Vec<(String, String)>,
+}
+
+impl Default for RepoOptions {
+    fn default() -> Self {
+        RepoOptions {
+            compression_level: 3,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            store_options: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Config {
+    format: u32,
+    repository: String,
+    created: Timestamp,
+    chunker: [u32; 3],
+    chunk_key_check: String,
+    pub(crate) wal_key_check: String,
+    verifying_key: String,
+}
+
+/// One stored object a manifest vouches for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// Name below the repository prefix.
+    pub object: String,
+    /// Stored (compressed, encrypted) size.
+    pub size: u64,
+    /// BLAKE3 of the stored bytes (checkable without a private key).
+    pub hash: String,
+}
+
+/// One chunk a backup references.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// Keyed BLAKE3 of the plaintext (the repository secret's chunk key).
+    pub id: String,
+    /// Plaintext size.
+    pub plain_size: u64,
+    /// Stored size.
+    pub size: u64,
+    /// BLAKE3 of the stored bytes.
+    pub hash: String,
+}
+
+impl ChunkRef {
+    /// The chunk's object name.
+    pub fn object(&self) -> String {
+        chunk_object(&self.id, &self.hash)
+    }
+}
+
+fn chunk_object(id: &str, hash: &str) -> String {
+    format!("chunks/{}/{id}.{hash}", &id[..2])
+}
+
+/// The signed, clear part of a backup: enough to list, select for retention,
+/// verify integrity and collect garbage without any private key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    /// Backup id: `<UTC start yyyymmddThhmmssmmmZ>-<8 hex>` (to the millisecond).
+    pub id: String,
+    /// The repository's id (from its config): a manifest copied from
+    /// another repository is refused.
+    pub repository: String,
+    pub started: Timestamp,
+    pub finished: Timestamp,
+    /// Non-secret facts from the caller (kind, cluster, WAL start…).
+    pub labels: BTreeMap<String, String>,
+    /// Number of file entries.
+    pub files: u64,
+    /// Sum of file sizes.
+    pub plain_bytes: u64,
+    /// Bytes this backup uploaded (chunks that were not there yet, the index
+    /// and the file-state cache).
+    pub new_stored_bytes: u64,
+    /// The sealed index (file list and metadata).
+    pub index: ObjectRef,
+    /// Every chunk the files reference, sorted by id.
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Manifest {
+    /// Sum of the stored sizes of the chunks and index this backup references.
+    pub fn stored_bytes(&self) -> u64 {
+        self.index.size + self.chunks.iter().map(|c| c.size).sum::<u64>()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    format: u32,
+    /// The manifest's JSON, exactly the bytes signed.
+    manifest: String,
+    /// ed25519 signature (hex) by the repository's signing key.
+    signature: String,
+}
+
+/// What a file entry is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink { target: String },
+}
+
+/// One entry of a backup's file list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Relative path with `/` separators; no `..`, no leading `/`.
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: FileKind,
+    /// Unix permission bits.
+    pub mode: u32,
+    pub size: u64,
+    /// Chunk ids in order (files only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<String>,
+}
+
+/// Row count and checksum of one table, as the caller measured them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableStat {
+    pub database: String,
+    pub table: String,
+    pub rows: u64,
+    pub checksum: String,
+}
+
+/// One filestore file, as the caller indexed it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FilestoreEntry {
+    pub name: String,
+    pub size: u64,
+    pub sha1: String,
+}
+
+/// Facts about what was backed up; stored sealed (encrypted) with the file list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupMetadata {
+    pub postgres_version: Option<String>,
+    pub odoo_version: Option<String>,
+    #[serde(default)]
+    pub modules: Vec<String>,
+    #[serde(default)]
+    pub tables: Vec<TableStat>,
+    #[serde(default)]
+    pub filestore: Vec<FilestoreEntry>,
+    #[serde(default)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// The sealed part of a backup.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupIndex {
+    pub files: Vec<FileEntry>,
+    pub metadata: BackupMetadata,
+}
+
+/// What `put_tree` saw of a file, so the next backup can take an unchanged
+/// file's chunks without reading it. Stored sealed with a key derived from
+/// the repository secret (`backups/<id>.state`), so careplane needs no
+/// private key for it and nobody without the secret can read the paths.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct FileState {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    mode: u32,
+    /// (chunk id, plaintext size) in order.
+    chunks: Vec<(String, u64)>,
+}
+
+fn stat_key(meta: &std::fs::Metadata) -> (u64, i128, i128, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.size(),
+        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        meta.ino(),
+    )
+}
+
+/// Progress of an upload, reported after each chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Plaintext bytes read so far in this backup.
+    pub bytes_read: u64,
+    /// Bytes uploaded so far (new chunks only).
+    pub bytes_uploaded: u64,
+    pub chunks_new: u64,
+    pub chunks_reused: u64,
+    /// Files `put_tree` took unchanged from the parent backup without reading.
+    pub files_unchanged: u64,
+}
+
+/// What `verify` checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub objects: u64,
+    pub stored_bytes: u64,
+    /// Files whose content was decrypted and checked (deep only).
+    pub files: u64,
+}
+
+/// What `gc` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub deleted_objects: u64,
+    pub deleted_bytes: u64,
+    pub kept_objects: u64,
+}
+
+/// A handle on one repository. Blocking; share it between threads by reference.
+pub struct Repository {
+    pub(crate) store: Store,
+    pub(crate) keys: Keys,
+    config: Config,
+    opts: RepoOptions,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &self.store.url)
+            .field("id", &self.config.repository)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl Repository {
+    /// Opens (and on first use creates) the repository at `url` with default options.
+    pub fn open(url: &str, keys: &RepoKeys) -> Result<Repository> {
+        Self::open_with(url, keys, RepoOptions::default())
+    }
+
+    /// Opens (and on first use creates) the repository at `url`. Refuses a
+    /// repository made with another secret or a newer format.
+    pub fn open_with(url: &str, keys: &RepoKeys, opts: RepoOptions) -> Result<Repository> {
+        if !(1..=22).contains(&opts.compression_level) {
+            return Err(invalid(
+                "compression level",
+                format!("{} is not in 1..=22", opts.compression_level),
+            ));
+        }
+        let keys = Keys::new(keys)?;
+        let store = Store::open(url, &opts.store_options)?;
+        let (chunk_check, wal_check) = keys.check_values();
+        let verifying = hex::encode(keys.verifying_key().to_bytes());
+        let config = match store.get(CONFIG)? {
+            Some(bytes) => {
+                let c: Config =
+                    serde_json::from_slice(&bytes).map_err(|e| BackupError::Repository {
+                        repository: store.url.clone(),
+                        problem: format!("{CONFIG} is not a careplane repository config: {e}"),
+                    })?;
+                let problem = if c.format != FORMAT {
+                    Some(format!(
+                        "format {} (this careplane reads format {FORMAT})",
+                        c.format
+                    ))
+                } else if c.chunk_key_check != chunk_check
+                    || c.wal_key_check != wal_check
+                    || c.verifying_key != verifying
+                {
+                    Some("was created with another repository secret".to_string())
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    return Err(BackupError::Repository {
+                        repository: store.url.clone(),
+                        problem,
+                    });
+                }
+                c
+            }
+            None => {
+                let c = Config {
+                    format: FORMAT,
+                    repository: random_hex(16),
+                    created: Timestamp::now(),
+                    chunker: [CHUNK_MIN, CHUNK_AVG, CHUNK_MAX],
+                    chunk_key_check: chunk_check,
+                    wal_key_check: wal_check,
+                    verifying_key: verifying,
+                };
+                let json = serde_json::to_vec_pretty(&c).expect("config serializes");
+                store.put(CONFIG, json)?;
+                c
+            }
+        };
+        Ok(Repository {
+            store,
+            keys,
+            config,
+            opts,
+        })
+    }
+
+    /// The repository URL as shown in messages.
+    pub fn url(&self) -> &str {
+        &self.store.url
+    }
+
+    /// The repository's id (random, from its config).
+    pub fn id(&self) -> &str {
+        &self.config.repository
+    }
+
+    /// Starts a backup. Nothing is listed until [`BackupWriter::commit`].
+    pub fn start_backup(&self, labels: BTreeMap<String, String>) -> Result<BackupWriter<'_>> {
+        let started = Timestamp::now();
+        let id = format!(
+            "{}{:03}Z-{}",
+            started.strftime("%Y%m%dT%H%M%S"),
+            started.subsec_millisecond(),
+            random_hex(4)
+        );
+        let mut known = HashMap::new();
+        for l in self.store.list("chunks")? {
+            // chunks/xx/<id>.<hash>; anything else is not ours and ignored.
+            let Some(file) = l.name.rsplit('/').next() else {
+                continue;
+            };
+            let Some((cid, hash)) = file.split_once('.') else {
+                continue;
+            };
+            if cid.len() == 64 && hash.len() == 64 {
+                known.insert(cid.to_string(), (hash.to_string(), l.size));
+            }
+        }
+        Ok(BackupWriter {
+            repo: self,
+            id,
+            started,
+            labels,
+            known: Mutex::new(known),
+            used: Mutex::new(BTreeMap::new()),
+            files: Vec::new(),
+            paths: HashSet::new(),
+            progress: Mutex::new(Progress::default()),
+            new_stored: AtomicU64::new(0),
+            parent: HashMap::new(),
+            state: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn manifest_object(id: &str) -> String {
+        format!("backups/{id}.manifest")
+    }
+
+    fn index_object(id: &str) -> String {
+        format!("backups/{id}.index")
+    }
+
+    fn state_object(id: &str) -> String {
+        format!("backups/{id}.state")
+    }
+
+    /// The manifest of one backup, its signature and identity checked.
+    pub fn manifest(&self, id: &str) -> Result<Manifest> {
+        check_backup_id(id)?;
+        let object = Self::manifest_object(id);
+        let bytes = self
+            .store
+            .get(&object)?
+            .ok_or_else(|| BackupError::NotFound {
+                repository: self.store.url.clone(),
+                backup: id.to_string(),
+            })?;
+        let env: Envelope = serde_json::from_slice(&bytes)
+            .map_err(|e| corrupt(id, &object, format!("not a manifest envelope: {e}")))?;
+        if !self.keys.verify(env.manifest.as_bytes(), &env.signature) {
+            return Err(corrupt(
+                id,
+                &object,
+                "signature does not verify (changed, or not signed with this repository's key)",
+            ));
+        }
+        let m: Manifest = serde_json::from_str(&env.manifest)
+            .map_err(|e| corrupt(id, &object, format!("signed manifest unreadable: {e}")))?;
+        if m.id != id {
+            return Err(corrupt(
+                id,
+                &object,
+                format!(
+                    "the manifest is backup {}'s (swapped or renamed manifest)",
+                    m.id
+                ),
+            ));
+        }
+        if m.repository != self.config.repository {
+            return Err(corrupt(
+                id,
+                &object,
+                format!(
+                    "the manifest belongs to repository {}, not {}",
+                    m.repository, self.config.repository
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Every committed backup, oldest first (by start time). A manifest that fails its
+    /// checks fails the listing, naming it.
+    pub fn list_backups(&self) -> Result<Vec<Manifest>> {
+        let ids: Vec<String> = self
+            .store
+            .list("backups")?
+            .into_iter()
+            .filter_map(|l| {
+                l.name
+                    .strip_prefix("backups/")
+                    .and_then(|n| n.strip_suffix(".manifest"))
+                    .map(str::to_string)
+            })
+            .collect();
+        let mut all = ids
+            .iter()
+            .map(|id| self.manifest(id))
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Fetches an object and checks it against the manifest's size and hash.
+    fn fetch_checked(&self, backup: &str, object: &str, size: u64, hash: &str) -> Result<Vec<u8>> {
+        let bytes = self
+            .store
+            .get(object)?
+            .ok_or_else(|| corrupt(backup, object, "is missing"))?;
+        if bytes.len() as u64 != size {
+            return Err(corrupt(
+                backup,
+                object,
+                format!(
+                    "size {} differs from the manifest's {size} (changed or truncated)",
+                    bytes.len()
+                ),
+            ));
+        }
+        if blake3::hash(&bytes).to_hex().as_str() != hash {
+            return Err(corrupt(
+                backup,
+                object,
+                "content hash differs from the manifest's (changed object)",
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn unseal(&self, backup: &str, object: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        let what = || format!("backup {backup}: object {object}");
+        let compressed = self.keys.decrypt(sealed, &what)?;
+        zstd::stream::decode_all(&compressed[..])
+            .map_err(|e| corrupt(backup, object, format!("does not decompress: {e}")))
+    }
+
+    /// The sealed file list and metadata of a backup (needs a private key).
+    pub fn index(&self, manifest: &Manifest) -> Result<BackupIndex> {
+        let r = &manifest.index;
+        let sealed = self.fetch_checked(&manifest.id, &r.object, r.size, &r.hash)?;
+        let plain = self.unseal(&manifest.id, &r.object, &sealed)?;
+        let index: BackupIndex = serde_json::from_slice(&plain)
+            .map_err(|e| corrupt(&manifest.id, &r.object, format!("index unreadable: {e}")))?;
+        Ok(index)
+    }
+
+    /// Fetches, decrypts and checks one chunk against its keyed id.
+    fn read_chunk(&self, backup: &str, c: &ChunkRef) -> Result<Vec<u8>> {
+        let object = c.object();
+        let sealed = self.fetch_checked(backup, &object, c.size, &c.hash)?;
+        let plain = self.unseal(backup, &object, &sealed)?;
+        if plain.len() as u64 != c.plain_size || self.keys.chunk_id(&plain) != c.id {
+            return Err(corrupt(
+                backup,
+                &object,
+                "decrypted content does not match the chunk id",
+            ));
+        }
+        Ok(plain)
+    }
+
+    fn chunk_table(manifest: &Manifest) -> HashMap<&str, &ChunkRef> {
+        manifest.chunks.iter().map(|c| (c.id.as_str(), c)).collect()
+    }
+
+    fn write_entry(
+        &self,
+        manifest: &Manifest,
+        table: &HashMap<&str, &ChunkRef>,
+        entry: &FileEntry,
+        out: &mut dyn Write,
+    ) -> Result<u64> {
+        let mut written = 0u64;
+        for id in &entry.chunks {
+            let c = table.get(id.as_str()).ok_or_else(|| {
+                corrupt(
+                    &manifest.id,
+                    &entry.path,
+                    format!("chunk {id} is not in the manifest's chunk table"),
+                )
+            })?;
+            let data = self.read_chunk(&manifest.id, c)?;
+            out.write_all(&data)
+                .map_err(crate::error::io(format!("writing {}", entry.path)))?;
+            written += data.len() as u64;
+        }
+        if written != entry.size {
+            return Err(corrupt(
+                &manifest.id,
+                &entry.path,
+                format!(
+                    "chunks add up to {written} bytes, the index says {}",
+                    entry.size
+                ),
+            ));
+        }
+        Ok(written)
+    }
+
+    /// Writes one file of a backup to `out`; returns its size.
+    pub fn read_file(&self, backup: &str, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let manifest = self.manifest(backup)?;
+        let index = self.index(&manifest)?;
+        let entry = index
+            .files
+            .iter()
+            .find(|f| f.path == path && f.kind == FileKind::File)
+            .ok_or_else(|| invalid(format!("backup {backup}"), format!("has no file {path:?}")))?;
+        self.write_entry(&manifest, &Self::chunk_table(&manifest), entry, out)
+    }
+
+    /// Restores the files of a backup for which `select(path)` holds into
+    /// `dest`, which must be absent or empty; files are written with their
+    /// modes and, if given, chowned to `owner` (uid, gid). On error `dest` is
+    /// left incomplete and must not be used.
+    pub fn restore_tree(
+        &self,
+        backup: &str,
+        dest: &std::path::Path,
+        owner: Option<(u32, u32)>,
+        select: &dyn Fn(&str) -> bool,
+    ) -> Result<u64> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let manifest = self.manifest(backup)?;
+        let index = self.index(&manifest)?;
+        let table = Self::chunk_table(&manifest);
+        if dest.exists()
+            && std::fs::read_dir(dest)
+                .map_err(crate::error::io(format!("reading {}", dest.display())))?
+                .next()
+                .is_some()
+        {
+            return Err(invalid(
+                format!("restore destination {}", dest.display()),
+                "is not empty",
+            ));
+        }
+        let io = |what: String| crate::error::io(what);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dest)
+            .map_err(io(format!("creating {}", dest.display())))?;
+        let chown = |p: &std::path::Path| -> Result<()> {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+                    .map_err(io(format!("chown {}", p.display())))?;
+            }
+            Ok(())
+        };
+        chown(dest)?;
+        // Directories and links first (sorted paths put parents first), then
+        // files across the repository's threads, then directory modes (a
+        // read-only directory would refuse its files).
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        for entry in &index.files {
+            check_rel_path(&manifest.id, &entry.path)?;
+            if !select(&entry.path) {
+                continue;
+            }
+            let target = dest.join(&entry.path);
+            if let Some(parent) = target.parent() {
+                if !parent.exists() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(io(format!("creating {}", parent.display())))?;
+                    chown(parent)?;
+                }
+            }
+            match &entry.kind {
+                FileKind::Dir => {
+                    if !target.exists() {
+                        std::fs::DirBuilder::new()
+                            .mode(0o700)
+                            .create(&target)
+                            .map_err(io(format!("creating {}", target.display())))?;
+                    }
+                    chown(&target)?;
+                    dirs.push((target, entry.mode));
+                }
+                FileKind::Symlink { target: to } => {
+                    std::os::unix::fs::symlink(to, &target)
+                        .map_err(io(format!("creating symlink {}", target.display())))?;
+                    chown(&target)?;
+                }
+                FileKind::File => files.push((target, entry)),
+            }
+        }
+        let next = AtomicU64::new(0);
+        let bytes = AtomicU64::new(0);
+        let failed: Mutex<Option<BackupError>> = Mutex::new(None);
+        let restore_file = |target: &std::path::Path, entry: &FileEntry| -> Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(entry.mode & 0o7777)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(target)
+                .map_err(io(format!("creating {}", target.display())))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+            let n = self.write_entry(&manifest, &table, entry, &mut w)?;
+            w.flush()
+                .map_err(io(format!("writing {}", target.display())))?;
+            drop(w);
+            f.sync_all()
+                .map_err(io(format!("syncing {}", target.display())))?;
+            chown(target)?;
+            bytes.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            for _ in 0..self.opts.threads.max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= files.len() || failed.lock().unwrap().is_some() {
+                        break;
+                    }
+                    let (target, entry) = &files[i];
+                    if let Err(e) = restore_file(target, entry) {
+                        failed.lock().unwrap().get_or_insert(e);
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap() {
+            return Err(e);
+        }
+        for (target, mode) in dirs.iter().rev() {
+            std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(io(format!("chmod {}", target.display())))?;
+        }
+        Ok(bytes.into_inner())
+    }
+
+    /// Checks a backup: its manifest's signature and identity, and every
+    /// object it references (present, same size, same hash). `deep` also
+    /// decrypts the index and every chunk (needs a private key) and checks
+    /// each chunk's plaintext against its keyed id and each file's chunks.
+    /// All problems are reported together, each naming its object.
+    pub fn verify(&self, backup: &str, deep: bool) -> Result<VerifyReport> {
+        let manifest = self.manifest(backup)?;
+        let mut report = VerifyReport::default();
+        let mut problems = Vec::new();
+        let note = |e: BackupError, problems: &mut Vec<String>| match e {
+            BackupError::Corrupt {
+                object, problem, ..
+            } => problems.push(format!("object {object}: {problem}")),
+            other => problems.push(other.to_string()),
+        };
+        let index = if deep {
+            match self.index(&manifest) {
+                Ok(i) => Some(i),
+                Err(e @ (BackupError::NoPrivateKey { .. } | BackupError::WrongKey { .. })) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    note(e, &mut problems);
+                    None
+                }
+            }
+        } else {
+            let r = &manifest.index;
+            if let Err(e) = self.fetch_checked(&manifest.id, &r.object, r.size, &r.hash) {
+                note(e, &mut problems);
+            }
+            None
+        };
+        report.objects += 1;
+        report.stored_bytes += manifest.index.size;
+        for c in &manifest.chunks {
+            let res = if deep {
+                self.read_chunk(&manifest.id, c).map(|_| ())
+            } else {
+                self.fetch_checked(&manifest.id, &c.object(), c.size, &c.hash)
+                    .map(|_| ())
+            };
+            match res {
+                Ok(()) => {}
+                Err(e @ (BackupError::NoPrivateKey { .. } | BackupError::WrongKey { .. })) => {
+                    return Err(e)
+                }
+                Err(e @ BackupError::Store { .. }) => return Err(e),
+                Err(e) => note(e, &mut problems),
+            }
+            report.objects += 1;
+            report.stored_bytes += c.size;
+        }
+        if let Some(index) = index {
+            let table = Self::chunk_table(&manifest);
+            for f in &index.files {
+                if let Err(e) = check_rel_path(&manifest.id, &f.path) {
+                    note(e, &mut problems);
+                }
+                let mut sum = 0;
+                for id in &f.chunks {
+                    match table.get(id.as_str()) {
+                        Some(c) => sum += c.plain_size,
+                        None => problems.push(format!(
+                            "file {}: chunk {id} is not in the manifest",
+                            f.path
+                        )),
+                    }
+                }
+                if f.kind == FileKind::File && sum != f.size {
+                    problems.push(format!(
+                        "file {}: chunks add up to {sum} bytes, the index says {}",
+                        f.path, f.size
+                    ));
+                }
+                report.files += 1;
+            }
+        }
+        if problems.is_empty() {
+            Ok(report)
+        } else {
+            Err(BackupError::Verify {
+                backup: manifest.id,
+                problems,
+            })
+        }
+    }
+
+    /// Deletes a backup: its manifest first (so it is no longer listed), then
+    /// its index. Its chunks go at the next [`Repository::gc`].
+    pub fn delete_backup(&self, backup: &str) -> Result<()> {
+        check_backup_id(backup)?;
+        let object = Self::manifest_object(backup);
+        if !self.store.exists(&object)? {
+            return Err(BackupError::NotFound {
+                repository: self.store.url.clone(),
+                backup: backup.to_string(),
+            });
+        }
+        self.store.delete(&object)?;
+        self.store.delete(&Self::index_object(backup))?;
+        self.store.delete(&Self::state_object(backup))
+    }
+
+    /// Deletes chunks and indexes that no manifest references and that are
+    /// older than `grace` (so a backup still uploading keeps its objects).
+    /// Must not run concurrently with a backup that reuses chunks.
+    pub fn gc(&self, grace: std::time::Duration) -> Result<GcReport> {
+        let manifests = self.list_backups()?;
+        let mut referenced: HashSet<String> = HashSet::new();
+        for m in &manifests {
+            referenced.insert(m.index.object.clone());
+            referenced.insert(Self::state_object(&m.id));
+            referenced.extend(m.chunks.iter().map(|c| c.object()));
+        }
+        let cutoff = Timestamp::now()
+            .checked_sub(jiff::SignedDuration::try_from(grace).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(Timestamp::MIN);
+        let mut report = GcReport::default();
+        let mut candidates = self.store.list("chunks")?;
+        candidates.extend(
+            self.store
+                .list("backups")?
+                .into_iter()
+                .filter(|l| l.name.ends_with(".index") || l.name.ends_with(".state")),
+        );
+        for l in candidates {
+            if referenced.contains(&l.name) || l.modified > cutoff {
+                report.kept_objects += 1;
+                continue;
+            }
+            self.store.delete(&l.name)?;
+            report.deleted_objects += 1;
+            report.deleted_bytes += l.size;
+        }
+        Ok(report)
+    }
+
+    fn compress_and_seal(&self, data: &[u8]) -> Result<Vec<u8>> {
+        let compressed = zstd::bulk::compress(data, self.opts.compression_level)
+            .map_err(crate::error::io("compressing"))?;
+        self.keys.encrypt(&compressed)
+    }
+}
+
+/// The repository's config, if it has one.
+pub(crate) fn read_config(store: &Store) -> Result<Option<Config>> {
+    let Some(bytes) = store.get(CONFIG)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| BackupError::Repository {
+            repository: store.url.clone(),
+            problem: format!("{CONFIG} is not a careplane repository config: {e}"),
+        })
+}
+
+fn check_backup_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            format!("backup id {id:?}"),
+            "must be letters, digits, `-` and `_`",
+        ));
+    }
+    Ok(())
+}
+
+fn check_rel_path(backup: &str, path: &str) -> Result<()> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\0')
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(corrupt(
+            backup,
+            path,
+            "file path is not a plain relative path (would escape the destination)",
+        ));
+    }
+    Ok(())
+}
+
+/// A backup being written. Upload what you want with `put_*`, then
+/// [`BackupWriter::commit`]. Dropping it without commit leaves no backup,
+/// only chunks the next backup reuses (or `gc` removes).
+pub struct BackupWriter<'r> {
+    repo: &'r Repository,
+    id: String,
+    started: Timestamp,
+    labels: BTreeMap<String, String>,
+    /// Chunks in the store: id → (stored hash, stored size).
+    known: Mutex<HashMap<String, (String, u64)>>,
+    /// Chunks this backup references.
+    used: Mutex<BTreeMap<String, ChunkRef>>,
+    files: Vec<FileEntry>,
+    paths: HashSet<String>,
+    progress: Mutex<Progress>,
+    new_stored: AtomicU64,
+    /// File states of the backup named in `reuse_unchanged_from`.
+    parent: HashMap<String, FileState>,
+    /// File states of this backup (from `put_tree`; files modified less
+    /// than 2 s before the walk are left out, so they are read next time).
+    state: Mutex<BTreeMap<String, FileState>>,
+}
+
+/// Called with the running totals after each chunk.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
+
+impl BackupWriter<'_> {
+    /// This backup's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Lets `put_tree` take the chunks of files that are unchanged since
+    /// backup `parent` (same size, modification and change times, inode)
+    /// without reading them, provided their chunks are still in the
+    /// repository. Returns how many file states were loaded (0 when the
+    /// parent has none). Needs no private key.
+    pub fn reuse_unchanged_from(&mut self, parent: &str) -> Result<usize> {
+        let m = self.repo.manifest(parent)?;
+        let object = Repository::state_object(&m.id);
+        let Some(sealed) = self.repo.store.get(&object)? else {
+            return Ok(0);
+        };
+        let plain = self
+            .repo
+            .keys
+            .open_with_secret(&sealed, object.as_bytes())
+            .ok_or_else(|| corrupt(&m.id, &object, "does not authenticate (changed)"))?;
+        let json = zstd::stream::decode_all(&plain[..])
+            .map_err(|e| corrupt(&m.id, &object, format!("does not decompress: {e}")))?;
+        self.parent = serde_json::from_slice(&json)
+            .map_err(|e| corrupt(&m.id, &object, format!("unreadable: {e}")))?;
+        Ok(self.parent.len())
+    }
+
+    /// The entry of an unchanged file from the parent's state, its chunks
+    /// marked used; `None` if it changed or a chunk is gone.
+    fn reuse(
+        &self,
+        path: &str,
+        meta: &std::fs::Metadata,
+        mode: u32,
+        progress: ProgressFn<'_>,
+    ) -> Option<FileEntry> {
+        let old = self.parent.get(path)?;
+        let (size, mtime_ns, ctime_ns, ino) = stat_key(meta);
+        if (old.size, old.mtime_ns, old.ctime_ns, old.ino, old.mode)
+            != (size, mtime_ns, ctime_ns, ino, mode)
+        {
+            return None;
+        }
+        let refs: Vec<ChunkRef> = {
+            let known = self.known.lock().unwrap();
+            old.chunks
+                .iter()
+                .map(|(id, plain)| {
+                    known.get(id).map(|(hash, stored)| ChunkRef {
+                        id: id.clone(),
+                        plain_size: *plain,
+                        size: *stored,
+                        hash: hash.clone(),
+                    })
+                })
+                .collect::<Option<_>>()?
+        };
+        {
+            let mut used = self.used.lock().unwrap();
+            for r in &refs {
+                used.entry(r.id.clone()).or_insert_with(|| r.clone());
+            }
+        }
+        let snapshot = {
+            let mut p = self.progress.lock().unwrap();
+            p.bytes_read += size;
+            p.chunks_reused += refs.len() as u64;
+            p.files_unchanged += 1;
+            *p
+        };
+        progress(snapshot);
+        self.state
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), old.clone());
+        Some(FileEntry {
+            path: path.to_string(),
+            kind: FileKind::File,
+            mode,
+            size,
+            chunks: old.chunks.iter().map(|(id, _)| id.clone()).collect(),
+        })
+    }
+
+    /// Adds or replaces a label (clear, signed; nothing secret).
+    pub fn label(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.labels.insert(key.into(), value.into());
+    }
+
+    fn add_path(&mut self, path: &str) -> Result<()> {
+        check_rel_path(&self.id, path).map_err(|_| {
+            invalid(
+                format!("file path {path:?}"),
+                "must be a plain relative path",
+            )
+        })?;
+        if !self.paths.insert(path.to_string()) {
+            return Err(invalid(
+                format!("file path {path:?}"),
+                "is already in this backup",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes sure one chunk is in the store and referenced by this backup.
+    fn ensure_chunk(&self, id: &str, data: &[u8], progress: ProgressFn<'_>) -> Result<()> {
+        let existing = self.known.lock().unwrap().get(id).cloned();
+        let (hash, size, new) = match existing {
+            Some((hash, size)) => (hash, size, false),
+            None => {
+                let sealed = self.repo.compress_and_seal(data)?;
+                let hash = blake3::hash(&sealed).to_hex().to_string();
+                let size = sealed.len() as u64;
+                self.repo.store.put(&chunk_object(id, &hash), sealed)?;
+                self.known
+                    .lock()
+                    .unwrap()
+                    .insert(id.to_string(), (hash.clone(), size));
+                self.new_stored.fetch_add(size, Ordering::Relaxed);
+                (hash, size, true)
+            }
+        };
+        self.used
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_insert(ChunkRef {
+                id: id.to_string(),
+                plain_size: data.len() as u64,
+                size,
+                hash,
+            });
+        let snapshot = {
+            let mut p = self.progress.lock().unwrap();
+            p.bytes_read += data.len() as u64;
+            if new {
+                p.chunks_new += 1;
+                p.bytes_uploaded += size;
+            } else {
+                p.chunks_reused += 1;
+            }
+            *p
+        };
+        progress(snapshot);
+        Ok(())
+    }
+
+    /// Chunks a stream, uploading only chunks the repository lacks. With
+    /// `parallel`, chunks are compressed, encrypted and uploaded by the
+    /// repository's threads while this one reads on.
+    fn store_stream(
+        &self,
+        what: &str,
+        reader: &mut dyn Read,
+        parallel: bool,
+        progress: ProgressFn<'_>,
+    ) -> Result<(Vec<String>, u64)> {
+        let chunker = fastcdc::v2020::StreamCDC::new(reader, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
+        let mut ids = Vec::new();
+        let mut size = 0u64;
+        let read_err = |e: fastcdc::v2020::Error| match e {
+            fastcdc::v2020::Error::IoError(source) => BackupError::Io {
+                what: format!("reading {what}"),
+                source,
+            },
+            other => invalid(format!("reading {what}"), other.to_string()),
+        };
+        let threads = self.repo.opts.threads.max(1);
+        if !parallel || threads == 1 {
+            for chunk in chunker {
+                let chunk = chunk.map_err(read_err)?;
+                let id = self.repo.keys.chunk_id(&chunk.data);
+                self.ensure_chunk(&id, &chunk.data, progress)?;
+                size += chunk.data.len() as u64;
+                ids.push(id);
+            }
+            return Ok((ids, size));
+        }
+        let failed: Mutex<Option<BackupError>> = Mutex::new(None);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(threads);
+        let rx = Mutex::new(rx);
+        std::thread::scope(|s| -> Result<()> {
+            let tx = tx;
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let job = rx.lock().unwrap().recv();
+                    let Ok((id, data)) = job else { break };
+                    if failed.lock().unwrap().is_some() {
+                        continue;
+                    }
+                    if let Err(e) = self.ensure_chunk(&id, &data, progress) {
+                        failed.lock().unwrap().get_or_insert(e);
+                    }
+                });
+            }
+            for chunk in chunker {
+                if failed.lock().unwrap().is_some() {
+                    break;
+                }
+                let chunk = chunk.map_err(read_err)?;
+                let id = self.repo.keys.chunk_id(&chunk.data);
+                size += chunk.data.len() as u64;
+                ids.push(id.clone());
+                if tx.send((id, chunk.data)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failed.into_inner().unwrap() {
+            return Err(e);
+        }
+        Ok((ids, size))
+    }
+
+    /// Stores a stream as file `path` (mode `mode`) of this backup.
+    pub fn put_stream(
+        &mut self,
+        path: &str,
+        mode: u32,
+        reader: &mut dyn Read,
+        progress: ProgressFn<'_>,
+    ) -> Result<FileEntry> {
+        self.add_path(path)?;
+        let (chunks, size) = self.store_stream(path, reader, true, progress)?;
+        let entry = FileEntry {
+            path: path.to_string(),
+            kind: FileKind::File,
+            mode,
+            size,
+            chunks,
+        };
+        self.files.push(entry.clone());
+        Ok(entry)
+    }
+
+    /// Records a directory (with its mode).
+    pub fn put_dir(&mut self, path: &str, mode: u32) -> Result<()> {
+        self.add_path(path)?;
+        self.files.push(FileEntry {
+            path: path.to_string(),
+            kind: FileKind::Dir,
+            mode,
+            size: 0,
+            chunks: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Records a symbolic link (never followed).
+    pub fn put_symlink(&mut self, path: &str, target: &str) -> Result<()> {
+        self.add_path(path)?;
+        self.files.push(FileEntry {
+            path: path.to_string(),
+            kind: FileKind::Symlink {
+                target: target.to_string(),
+            },
+            mode: 0o777,
+            size: 0,
+            chunks: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Stores a directory tree under `prefix` (empty: at the top): files,
+    /// directories and symlinks (not followed; files are opened with
+    /// `O_NOFOLLOW`). Files are uploaded by the repository's threads, one
+    /// file per thread. Returns the number of entries added.
+    pub fn put_tree(
+        &mut self,
+        root: &std::path::Path,
+        prefix: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
+        self.put_tree_filtered(root, prefix, &|_| false, progress)
+    }
+
+    /// [`BackupWriter::put_tree`], leaving out every entry for which
+    /// `exclude(path relative to root)` holds (a directory's contents too).
+    /// Files and directories that vanish while the tree is walked are left
+    /// out (a live data directory or filestore changes under the walk).
+    pub fn put_tree_filtered(
+        &mut self,
+        root: &std::path::Path,
+        prefix: &str,
+        exclude: &dyn Fn(&str) -> bool,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let prefix = prefix.trim_matches('/');
+        let full = |rel: &str| {
+            if prefix.is_empty() {
+                rel.to_string()
+            } else if rel.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}/{rel}")
+            }
+        };
+        let trust_before = jiff::Timestamp::now().as_nanosecond() - 2_000_000_000;
+        let mut dirs = Vec::new();
+        let mut files = Vec::new();
+        let mut links = Vec::new();
+        let mut stack = vec![(root.to_path_buf(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if gone(&e) && !rel.is_empty() => continue,
+                Err(e) => {
+                    return Err(BackupError::Io {
+                        what: format!("reading {}", dir.display()),
+                        source: e,
+                    })
+                }
+            };
+            let mut entries: Vec<_> = entries
+                .filter(|e| !matches!(e, Err(err) if gone(err)))
+                .collect::<std::io::Result<_>>()
+                .map_err(crate::error::io(format!("reading {}", dir.display())))?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let name = e.file_name();
+                let name = name.to_str().ok_or_else(|| {
+                    invalid(format!("file {}", e.path().display()), "name is not UTF-8")
+                })?;
+                let local = if rel.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if exclude(&local) {
+                    continue;
+                }
+                let path = full(&local);
+                let meta = match std::fs::symlink_metadata(e.path()) {
+                    Ok(m) => m,
+                    Err(err) if gone(&err) => continue,
+                    Err(err) => {
+                        return Err(BackupError::Io {
+                            what: format!("stat {}", e.path().display()),
+                            source: err,
+                        })
+                    }
+                };
+                let ft = meta.file_type();
+                if ft.is_dir() {
+                    dirs.push((path, meta.mode() & 0o7777));
+                    stack.push((e.path(), local));
+                } else if ft.is_symlink() {
+                    let to = std::fs::read_link(e.path())
+                        .map_err(crate::error::io(format!("readlink {}", e.path().display())))?;
+                    links.push((path, to.to_string_lossy().into_owned()));
+                } else if ft.is_file() {
+                    let mode = meta.mode() & 0o7777;
+                    files.push((path, e.path(), mode, meta));
+                }
+                // Sockets, FIFOs and devices are not backed up.
+            }
+        }
+        let count = (dirs.len() + files.len() + links.len()) as u64;
+        for (p, m) in dirs {
+            self.put_dir(&p, m)?;
+        }
+        for (p, t) in links {
+            self.put_symlink(&p, &t)?;
+        }
+        for (p, _, _, _) in &files {
+            self.add_path(p)?;
+        }
+        let next = AtomicU64::new(0);
+        let results: Mutex<Vec<Option<FileEntry>>> = Mutex::new(vec![None; files.len()]);
+        let failed: Mutex<Option<BackupError>> = Mutex::new(None);
+        let this = &*self;
+        std::thread::scope(|s| {
+            for _ in 0..this.repo.opts.threads.max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= files.len() || failed.lock().unwrap().is_some() {
+                        break;
+                    }
+                    let (path, fs_path, mode, meta) = &files[i];
+                    if let Some(entry) = this.reuse(path, meta, *mode, progress) {
+                        results.lock().unwrap()[i] = Some(entry);
+                        continue;
+                    }
+                    let file = match std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(fs_path)
+                    {
+                        Err(e) if gone(&e) => continue,
+                        other => other,
+                    };
+                    let res = file
+                        .map_err(crate::error::io(format!("opening {}", fs_path.display())))
+                        .and_then(|mut f| this.store_stream(path, &mut f, false, progress));
+                    match res {
+                        Ok((chunks, size)) => {
+                            let (ssize, mtime_ns, ctime_ns, ino) = stat_key(meta);
+                            // A file changed in the same timestamp tick after
+                            // it was examined would keep its mtime: only files
+                            // untouched for a while before the walk are
+                            // trusted by the next backup.
+                            if ssize == size && mtime_ns < trust_before {
+                                let used = this.used.lock().unwrap();
+                                let state = FileState {
+                                    size,
+                                    mtime_ns,
+                                    ctime_ns,
+                                    ino,
+                                    mode: *mode,
+                                    chunks: chunks
+                                        .iter()
+                                        .map(|id| (id.clone(), used[id].plain_size))
+                                        .collect(),
+                                };
+                                drop(used);
+                                this.state.lock().unwrap().insert(path.clone(), state);
+                            }
+                            results.lock().unwrap()[i] = Some(FileEntry {
+                                path: path.clone(),
+                                kind: FileKind::File,
+                                mode: *mode,
+                                size,
+                                chunks,
+                            });
+                        }
+                        Err(e) => {
+                            failed.lock().unwrap().get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap() {
+            return Err(e);
+        }
+        self.files
+            .extend(results.into_inner().unwrap().into_iter().flatten());
+        Ok(count)
+    }
+
+    /// Writes the sealed index, then the signed manifest: only now does the
+    /// backup exist. Returns the manifest.
+    pub fn commit(self, metadata: BackupMetadata) -> Result<Manifest> {
+        let repo = self.repo;
+        let mut files = self.files;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let plain_bytes = files.iter().map(|f| f.size).sum();
+        let file_count = files.len() as u64;
+        let index = BackupIndex { files, metadata };
+        let json = serde_json::to_vec(&index).expect("index serializes");
+        let sealed = repo.compress_and_seal(&json)?;
+        let index_ref = ObjectRef {
+            object: Repository::index_object(&self.id),
+            size: sealed.len() as u64,
+            hash: blake3::hash(&sealed).to_hex().to_string(),
+        };
+        repo.store.put(&index_ref.object, sealed)?;
+        let state = self.state.into_inner().unwrap();
+        let mut state_size = 0;
+        if !state.is_empty() {
+            let object = Repository::state_object(&self.id);
+            let json = serde_json::to_vec(&state).expect("file state serializes");
+            let compressed =
+                zstd::bulk::compress(&json, 3).map_err(crate::error::io("compressing"))?;
+            let sealed = repo.keys.seal_with_secret(&compressed, object.as_bytes());
+            state_size = sealed.len() as u64;
+            repo.store.put(&object, sealed)?;
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            id: self.id.clone(),
+            repository: repo.config.repository.clone(),
+            started: self.started,
+            finished: Timestamp::now(),
+            labels: self.labels,
+            files: file_count,
+            plain_bytes,
+            new_stored_bytes: self.new_stored.load(Ordering::Relaxed) + index_ref.size + state_size,
+            index: index_ref,
+            chunks: self.used.into_inner().unwrap().into_values().collect(),
+        };
+        let body = serde_json::to_string(&manifest).expect("manifest serializes");
+        let env = Envelope {
+            format: FORMAT,
+            signature: repo.keys.sign(body.as_bytes()),
+            manifest: body,
+        };
+        repo.store.put(
+            &Repository::manifest_object(&self.id),
+            serde_json::to_vec_pretty(&env).expect("envelope serializes"),
+        )?;
+        Ok(manifest)
+    }
+}
