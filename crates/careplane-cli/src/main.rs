@@ -281,6 +281,18 @@ enum AuditCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// A tenant's entries with their inclusion proofs against the latest
+    /// signed checkpoint, as JSON for the tenant's own auditor (checked with
+    /// the script in docs/audit.md).
+    Export {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long)]
+        tenant: String,
+        /// Accepted for symmetry: the export is JSON either way.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Entries, oldest first (optionally only one action or tenant).
     Log {
         #[command(flatten)]
@@ -591,6 +603,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !ok {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Command::Audit {
+            command: AuditCommand::Export { files, tenant, .. },
+        } => {
+            let engine = load(&files)?;
+            print_json(&engine.audit_export_tenant(&tenant)?)?;
         }
         Command::Audit {
             command:

@@ -87,6 +87,33 @@ fn every_operation_is_one_verifiable_entry_without_secrets() {
         }
     }
 
+    // The tenant's own auditor gets its entries with inclusion proofs and
+    // checks them with the script of docs/audit.md, knowing only the
+    // public key.
+    let export = p.json(&["audit", "export", "--tenant", "omega"]);
+    let seqs: Vec<u64> = export["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["proof"]["leaf_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 4], "{export}");
+    if python_ready() {
+        let file = p.dir.path().join("omega-audit.json");
+        std::fs::write(&file, export.to_string()).unwrap();
+        let out = std::process::Command::new("python3")
+            .args(["-c", &python_block()])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // Someone rewrites what entry 2 says it did: verify fails and names it.
     let entries = audit.join("entries.jsonl");
     let text = std::fs::read_to_string(&entries).unwrap();
@@ -95,4 +122,31 @@ fn every_operation_is_one_verifiable_entry_without_secrets() {
     assert_eq!(bad.status.code(), Some(1));
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains("first bad entry: seq 2"), "{out}");
+}
+
+/// The auditor's script, as docs/audit.md gives it.
+fn python_block() -> String {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/audit.md"),
+    )
+    .unwrap();
+    let begin = "<!-- audit-verify-begin -->\n```python\n";
+    let start = doc.find(begin).expect("begin marker in docs/audit.md") + begin.len();
+    let end = doc[start..]
+        .find("```\n<!-- audit-verify-end -->")
+        .expect("end marker in docs/audit.md");
+    doc[start..start + end].to_string()
+}
+
+fn python_ready() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let msg = "python3 with the cryptography package is needed (scripts/install-deps installs python3-cryptography)";
+        assert!(std::env::var("CI").is_err(), "{msg}");
+        eprintln!("skipping the Python check: {msg}");
+    }
+    ok
 }
