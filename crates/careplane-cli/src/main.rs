@@ -406,7 +406,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             report.operation
                         );
                         outln!("Run `careplane status -f ...` to see every environment and its health.");
-                        print_new_odoo_envs(&engine, &report.created_odoo_envs)?;
+                        // New Odoo environments: where to log in.
+                        let envs: Vec<(String, String)> = report
+                            .created
+                            .iter()
+                            .filter_map(|id| id.strip_prefix("odoo-env/")?.split_once('/'))
+                            .map(|(t, e)| (t.to_string(), e.to_string()))
+                            .collect();
+                        print_new_odoo_envs(&engine, &envs)?;
                     }
                 }
             }

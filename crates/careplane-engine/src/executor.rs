@@ -8,7 +8,7 @@ use careplane_spec::SpecSet;
 use careplane_state::{ResourceRecord, ResourceStatus, StepRecord, Store};
 use serde_json::{json, Value};
 
-use crate::desired::{self, Kind};
+use crate::desired;
 use crate::driver::{Driver, Ensured, Started};
 use crate::error::EngineError;
 use crate::plan::{self, Action, Op, Plan};
@@ -135,7 +135,7 @@ impl Core {
                 Op::Delete => self.driver.delete(action).map(|()| Ensured::Ready),
                 Op::Create | Op::Update => self.driver.ensure(action),
             };
-            match result {
+            let outcome = match result {
                 Ok(Ensured::Started(Started { wait, token })) if window > 0 => {
                     starting.push(Deferred {
                         index,
@@ -144,44 +144,23 @@ impl Core {
                         label,
                         token,
                         wait: Some(wait),
-                    })
+                    });
+                    continue;
                 }
                 Ok(Ensured::Started(Started { wait, token })) => {
                     // A driver that starts what it gave no window for: wait now.
-                    let done = wait().and_then(|()| self.driver.finish_started(action, token));
-                    match done {
-                        Ok(()) => {
-                            self.step_succeeded(step, index, total, action, progress)?;
-                            applied.push(label);
-                        }
-                        Err(e) => {
-                            self.store()?.step_finished(step, Some(&e.to_string()))?;
-                            progress(Event::Failed {
-                                index,
-                                total,
-                                action,
-                                error: e.to_string(),
-                            });
-                            failure = Some(EngineError::ActionFailed {
-                                action: label,
-                                source: Box::new(e),
-                            });
-                            break;
-                        }
-                    }
+                    wait().and_then(|()| self.driver.finish_started(action, token))
                 }
-                Ok(Ensured::Ready) => {
+                Ok(Ensured::Ready) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
                     self.step_succeeded(step, index, total, action, progress)?;
                     applied.push(label);
                 }
                 Err(e) => {
-                    self.store()?.step_finished(step, Some(&e.to_string()))?;
-                    progress(Event::Failed {
-                        index,
-                        total,
-                        action,
-                        error: e.to_string(),
-                    });
+                    self.step_failed(step, index, total, action, &e, progress)?;
                     failure = Some(EngineError::ActionFailed {
                         action: label,
                         source: Box::new(e),
@@ -204,20 +183,17 @@ impl Core {
             return Err(e);
         }
         self.store()?.finish_operation(op, "succeeded", None)?;
-        let created_odoo_envs = plan
+        let created = plan
             .actions
             .iter()
-            .filter(|a| a.kind == Kind::OdooEnv && a.op == Op::Create)
+            .filter(|a| a.op == Op::Create)
             .filter(|a| applied.contains(&format!("{} {}", op_name(a.op), a.id)))
-            .filter_map(|a| {
-                let prop = |k: &str| a.props.get(k)?.as_str().map(str::to_string);
-                Some((prop("tenant")?, prop("environment")?))
-            })
+            .map(|a| a.id.clone())
             .collect();
         Ok(ApplyReport {
             operation: op,
             applied,
-            created_odoo_envs,
+            created,
         })
     }
 
@@ -235,6 +211,25 @@ impl Core {
             index,
             total,
             action,
+        });
+        Ok(())
+    }
+
+    fn step_failed(
+        &mut self,
+        step: i64,
+        index: usize,
+        total: usize,
+        action: &Action,
+        e: &EngineError,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), EngineError> {
+        self.store()?.step_finished(step, Some(&e.to_string()))?;
+        progress(Event::Failed {
+            index,
+            total,
+            action,
+            error: e.to_string(),
         });
         Ok(())
     }
@@ -274,13 +269,7 @@ impl Core {
                     applied.push(label);
                 }
                 Err(e) => {
-                    self.store()?.step_finished(step, Some(&e.to_string()))?;
-                    progress(Event::Failed {
-                        index,
-                        total,
-                        action,
-                        error: e.to_string(),
-                    });
+                    self.step_failed(step, index, total, action, &e, progress)?;
                     failed.push((label, e));
                 }
             }

@@ -55,10 +55,10 @@ pub enum Event<'a> {
 pub struct ApplyReport {
     pub operation: i64,
     pub applied: Vec<String>,
-    /// `(tenant, environment)` of each Odoo environment this run created,
-    /// for a caller to show where to log in.
+    /// Ids of the resources this run created (a caller shows, e.g., where
+    /// to log in to new Odoo environments).
     #[serde(skip)]
-    pub created_odoo_envs: Vec<(String, String)>,
+    pub created: Vec<String>,
 }
 
 /// See [`crate::Engine::credentials`]. `Debug` redacts the passwords.
