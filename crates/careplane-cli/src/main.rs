@@ -177,6 +177,10 @@ enum Command {
     /// `apply`/`start`, detached; not for interactive use).
     #[command(hide = true)]
     Supervise { spec: PathBuf },
+    /// Run the ingress proxy in the foreground (started by `apply`/`start`,
+    /// detached; not for interactive use).
+    #[command(hide = true)]
+    IngressRun { config: PathBuf },
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -328,6 +332,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Supervise { spec } => {
             careplane_target_local::supervise(&spec)?;
+        }
+        Command::IngressRun { config } => {
+            careplane_ingress::serve(&config)?;
         }
         Command::Modules {
             files,

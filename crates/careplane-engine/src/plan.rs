@@ -146,6 +146,14 @@ impl Action {
             (Kind::OdooEnv, Op::Delete) => {
                 "stop Odoo and remove its configuration and filestore".into()
             }
+            (Kind::Ingress, Op::Create | Op::Update) => format!(
+                "HTTPS proxy for {} environment{} on {}: certificates from the platform CA, \
+                 reload (or start) the proxy",
+                self.props["routes"].as_array().map_or(0, Vec::len),
+                if self.props["routes"].as_array().map_or(0, Vec::len) == 1 { "" } else { "s" },
+                p("domain")
+            ),
+            (Kind::Ingress, Op::Delete) => "stop the HTTPS proxy and remove its files".into(),
         }
     }
 }

@@ -201,6 +201,43 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
             );
         }
     }
+    if let Some(ingress) = &platform.ingress {
+        let domain = ingress
+            .domain
+            .clone()
+            .unwrap_or_else(|| careplane_spec::DEFAULT_INGRESS_DOMAIN.to_string());
+        // One route per Odoo environment; without Odoo there is nothing to
+        // route to, yet the proxy is still what the spec asked for.
+        let mut routes = Vec::new();
+        if platform.odoo.is_some() {
+            for tenant in &specs.tenants {
+                for env in &tenant.spec.environments {
+                    routes.push(IngressRoute {
+                        host: careplane_spec::names::ingress_host(
+                            &env.name,
+                            &tenant.metadata.name,
+                            &domain,
+                        ),
+                        env: odoo_env_id(&tenant.metadata.name, &env.name),
+                    });
+                }
+            }
+        }
+        routes.sort_by(|a, b| a.host.cmp(&b.host));
+        add(
+            ingress_id(),
+            Props::Ingress(IngressProps {
+                domain,
+                listen: ingress
+                    .listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "127.0.0.1".to_string()),
+                https_port: ingress.https_port,
+                http_port: ingress.http_port,
+                routes,
+            }),
+        );
+    }
     let mut v: Vec<Resource> = out.into_values().collect();
     v.sort_by(|a, b| (a.kind.rank(), &a.id).cmp(&(b.kind.rank(), &b.id)));
     v

@@ -13,10 +13,12 @@ pub enum Kind {
     /// An environment's Odoo: configuration, database content, supervised
     /// web and cron processes.
     OdooEnv,
+    /// The platform's HTTPS reverse proxy in front of every environment.
+    Ingress,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Ca,
         Kind::PgCluster,
         Kind::PgDatabase,
@@ -24,6 +26,7 @@ impl Kind {
         Kind::RedisUser,
         Kind::OdooTemplate,
         Kind::OdooEnv,
+        Kind::Ingress,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +38,7 @@ impl Kind {
             Kind::RedisUser => "redis-user",
             Kind::OdooTemplate => "odoo-template",
             Kind::OdooEnv => "odoo-env",
+            Kind::Ingress => "ingress",
         }
     }
 
@@ -52,6 +56,7 @@ impl Kind {
             Kind::PgDatabase | Kind::RedisUser => 2,
             Kind::OdooTemplate => 3,
             Kind::OdooEnv => 4,
+            Kind::Ingress => 5,
         }
     }
 }

@@ -22,11 +22,12 @@ mod props;
 pub use desired::{desired, kind_defaults, ODOO_CONFIG_FORMAT};
 pub use kind::Kind;
 pub use observed::{
-    Observed, OdooEnvObserved, OdooTemplateObserved, PgDatabaseObserved, ServerObserved,
+    IngressObserved, Observed, OdooEnvObserved, OdooTemplateObserved, PgDatabaseObserved,
+    ServerObserved,
 };
 pub use props::{
-    CaProps, Limits, OdooEnvProps, OdooTemplateProps, PgClusterProps, PgDatabaseProps, Props,
-    RedisServerProps, RedisUserProps,
+    CaProps, IngressProps, IngressRoute, Limits, OdooEnvProps, OdooTemplateProps, PgClusterProps,
+    PgDatabaseProps, Props, RedisServerProps, RedisUserProps,
 };
 
 use serde_json::Value;
@@ -89,6 +90,11 @@ pub fn redis_user_id(tenant: &str, env: &str) -> String {
 pub fn odoo_env_id(tenant: &str, env: &str) -> String {
     format!("odoo-env/{tenant}/{env}")
 }
+/// The platform's one ingress proxy.
+pub fn ingress_id() -> String {
+    "ingress/platform".to_string()
+}
+
 pub fn odoo_template_id(scope: &str, database: &str) -> String {
     format!("odoo-template/{scope}/{database}")
 }

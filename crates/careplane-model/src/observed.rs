@@ -58,6 +58,21 @@ pub struct OdooEnvObserved {
     pub config_digest: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressObserved {
+    pub root: PathBuf,
+    pub https_port: u16,
+    pub http_port: u16,
+    pub admin_port: u16,
+    /// The proxy process (absent until first started).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The configuration generation last written.
+    #[serde(default)]
+    pub generation: u64,
+}
+
 /// The typed `observed` part of a record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observed {
@@ -67,6 +82,7 @@ pub enum Observed {
     RedisUser,
     OdooTemplate(OdooTemplateObserved),
     OdooEnv(OdooEnvObserved),
+    Ingress(IngressObserved),
 }
 
 fn decode_as<T: DeserializeOwned>(id: &str, observed: &Value) -> Result<T, ModelError> {
@@ -86,6 +102,7 @@ impl Observed {
             Kind::RedisUser => Observed::RedisUser,
             Kind::OdooTemplate => Observed::OdooTemplate(decode_as(id, observed)?),
             Kind::OdooEnv => Observed::OdooEnv(decode_as(id, observed)?),
+            Kind::Ingress => Observed::Ingress(decode_as(id, observed)?),
         })
     }
 
@@ -99,6 +116,10 @@ impl Observed {
     }
 
     pub fn odoo_template(id: &str, observed: &Value) -> Result<OdooTemplateObserved, ModelError> {
+        decode_as(id, observed)
+    }
+
+    pub fn ingress(id: &str, observed: &Value) -> Result<IngressObserved, ModelError> {
         decode_as(id, observed)
     }
 

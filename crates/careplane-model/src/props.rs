@@ -122,6 +122,28 @@ pub struct OdooEnvProps {
     pub role: Option<String>,
 }
 
+/// The platform's ingress proxy: one route per Odoo environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressProps {
+    pub domain: String,
+    /// The address every listener binds.
+    pub listen: String,
+    /// Fixed by the spec; `None`: allocated at the first apply and kept.
+    pub https_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub routes: Vec<IngressRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRoute {
+    /// `<env>.<tenant>.<domain>`.
+    pub host: String,
+    /// Id of its `odoo-env`.
+    pub env: String,
+}
+
 fn config_format_1() -> u32 {
     1
 }
@@ -136,6 +158,7 @@ pub enum Props {
     RedisUser(RedisUserProps),
     OdooTemplate(OdooTemplateProps),
     OdooEnv(OdooEnvProps),
+    Ingress(IngressProps),
 }
 
 fn decode_as<T: DeserializeOwned>(id: &str, props: &Value) -> Result<T, ModelError> {
@@ -156,6 +179,7 @@ impl Props {
             Props::RedisUser(_) => Kind::RedisUser,
             Props::OdooTemplate(_) => Kind::OdooTemplate,
             Props::OdooEnv(_) => Kind::OdooEnv,
+            Props::Ingress(_) => Kind::Ingress,
         }
     }
 
@@ -169,6 +193,7 @@ impl Props {
             Kind::RedisUser => Props::RedisUser(decode_as(id, props)?),
             Kind::OdooTemplate => Props::OdooTemplate(decode_as(id, props)?),
             Kind::OdooEnv => Props::OdooEnv(decode_as(id, props)?),
+            Kind::Ingress => Props::Ingress(decode_as(id, props)?),
         })
     }
 
@@ -181,6 +206,7 @@ impl Props {
             Props::RedisUser(p) => serde_json::to_value(p),
             Props::OdooTemplate(p) => serde_json::to_value(p),
             Props::OdooEnv(p) => serde_json::to_value(p),
+            Props::Ingress(p) => serde_json::to_value(p),
         };
         v.expect("plain structs of strings, numbers and maps with string keys serialize")
     }
@@ -200,6 +226,10 @@ impl Props {
                 redis_user_id(&p.tenant, &p.environment),
                 p.template.clone(),
             ],
+            // Certificates from the CA; upstreams are the environments' ports.
+            Props::Ingress(p) => std::iter::once(ca_id())
+                .chain(p.routes.iter().map(|r| r.env.clone()))
+                .collect(),
         }
     }
 

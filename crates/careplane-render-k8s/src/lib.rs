@@ -184,7 +184,9 @@ pub fn render(specs: &SpecSet, opts: &RenderOptions) -> Result<Tree, RenderError
             Props::OdooEnv(p) => model.odoo_envs.push(p),
             // CNPG issues its own certificates; templates are a local-target
             // optimisation (each environment's init Job installs instead).
-            Props::Ca(_) | Props::OdooTemplate(_) => {}
+            // The local proxy; on Kubernetes Traefik plays its part (not
+            // rendered yet).
+            Props::Ca(_) | Props::OdooTemplate(_) | Props::Ingress(_) => {}
         }
     }
     // Stable order whatever desired() does.

@@ -151,6 +151,11 @@ pub struct PlatformSpec {
     /// The Odoo installation; absent until Odoo is run (M4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub odoo: Option<OdooSettings>,
+    /// The HTTPS reverse proxy in front of every Odoo environment
+    /// (`https://<env>.<tenant>.<domain>:<httpsPort>`). Absent: no proxy,
+    /// environments answer on their loopback ports only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSettings>,
     /// What tenants get when they leave a field unset.
     #[serde(default)]
     pub defaults: PlatformDefaults,
@@ -220,6 +225,32 @@ pub struct OdooSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uids: Option<UidRange>,
 }
+
+/// Where the ingress proxy listens and which domain it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct IngressSettings {
+    /// Environments are `<env>.<tenant>.<domain>`. Default:
+    /// `careplane.localhost`, which browsers resolve to loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// HTTPS port. Default: a free port allocated at the first apply and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub https_port: Option<u16>,
+    /// Port of the plain-HTTP listener that only redirects to HTTPS.
+    /// Default: a free port allocated at the first apply and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub http_port: Option<u16>,
+    /// Address to listen on. Default: `127.0.0.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::IpAddr>,
+}
+
+/// The default ingress domain (see [`IngressSettings::domain`]).
+pub const DEFAULT_INGRESS_DOMAIN: &str = "careplane.localhost";
 
 /// A range of numeric uids careplane may hand out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

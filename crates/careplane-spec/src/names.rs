@@ -52,6 +52,12 @@ const _: () = assert!(MAX_TENANT_NAME + 1 + MAX_ENVIRONMENT_NAME <= PG_IDENTIFIE
 // "tpl-odoo" + at most 3 version digits + "-" + 8 hex digits.
 const _: () = assert!(TEMPLATE_PREFIX.len() + 4 + 3 + 1 + 8 <= PG_IDENTIFIER_MAX);
 
+/// The host name the ingress proxy serves an environment on:
+/// `<env>.<tenant>.<domain>` (the same rule as `careplane_ingress::host_name`).
+pub fn ingress_host(env: &str, tenant: &str, domain: &str) -> String {
+    format!("{env}.{tenant}.{domain}")
+}
+
 /// Database, role and Redis user of a tenant environment: `<tenant>-<env>`.
 /// They become identifiers in PostgreSQL, Redis ACLs and Odoo's dbfilter.
 pub fn env_db_name(tenant: &str, env: &str) -> String {

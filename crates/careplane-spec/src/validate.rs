@@ -68,6 +68,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// The ingress domain is the tail of every environment's host name, and
+/// the two ports must differ.
+fn check_ingress(cx: &mut Ctx<'_>, ingress: &crate::model::IngressSettings) {
+    if let Some(domain) = &ingress.domain {
+        let ok = domain.len() <= 200 && domain.split('.').all(|l| l.len() <= 63 && is_dns_label(l));
+        if !ok {
+            cx.at_value(
+                &[key("spec"), key("ingress"), key("domain")],
+                format!(
+                    "{} is not a lower-case DNS name (labels of a-z, 0-9 and '-', at most 200 characters)",
+                    quoted(domain)
+                ),
+                Some("write e.g. careplane.localhost or odoo.example.org".into()),
+            );
+        }
+    }
+    for (name, port) in [
+        ("httpsPort", ingress.https_port),
+        ("httpPort", ingress.http_port),
+    ] {
+        if port == Some(0) {
+            cx.at_value(
+                &[key("spec"), key("ingress"), key(name)],
+                "port 0 is not a port; leave the field out to have one allocated",
+                None,
+            );
+        }
+    }
+    if ingress.https_port.is_some() && ingress.https_port == ingress.http_port {
+        cx.at_value(
+            &[key("spec"), key("ingress"), key("httpPort")],
+            "httpPort and httpsPort must differ",
+            None,
+        );
+    }
+}
+
 /// Whether `name` is an RFC 1123 DNS label (length aside).
 pub(crate) fn is_dns_label(name: &str) -> bool {
     let b = name.as_bytes();
@@ -482,6 +519,9 @@ pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
                 Some("write e.g. 256mb or 1gb".into()),
             );
         }
+    }
+    if let Some(ingress) = &spec.ingress {
+        check_ingress(cx, ingress);
     }
     if let Some(odoo) = &spec.odoo {
         if !ODOO_VERSIONS.contains(&odoo.version) {

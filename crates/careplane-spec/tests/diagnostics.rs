@@ -1673,3 +1673,53 @@ fn a_cluster_cannot_promise_more_connections_than_it_serves() {
         "{err}"
     );
 }
+
+/// The Platform's `ingress:` section: optional fields, a domain that must
+/// be a lower-case DNS name, distinct non-zero ports, no unknown fields.
+#[test]
+fn ingress_section_is_checked_field_by_field() {
+    let with = |ingress: &str| {
+        PLATFORM.replace("  defaults:", &format!("  ingress:{ingress}\n  defaults:"))
+    };
+    let ok = with(" {}");
+    load_sources([("platform.yaml", ok.as_str()), ("tiers.yaml", TIERS)])
+        .expect("empty ingress loads");
+    let full = with("\n    domain: odoo.example.org\n    httpsPort: 8443\n    httpPort: 8080\n    listen: 127.0.0.1");
+    load_sources([("platform.yaml", full.as_str()), ("tiers.yaml", TIERS)])
+        .expect("full ingress loads");
+
+    for (ingress, path, needle) in [
+        (
+            "\n    domain: Odoo.Example",
+            "spec.ingress.domain",
+            "not a lower-case DNS name",
+        ),
+        (
+            "\n    domain: a..b",
+            "spec.ingress.domain",
+            "not a lower-case DNS name",
+        ),
+        (
+            "\n    httpsPort: 8443\n    httpPort: 8443",
+            "spec.ingress.httpPort",
+            "must differ",
+        ),
+        ("\n    httpsPort: 0", "spec.ingress.httpsPort", "port 0"),
+        (
+            "\n    httpsPorts: 8443",
+            "spec.ingress.httpsPorts",
+            "unknown field",
+        ),
+        ("\n    listen: everywhere", "spec.ingress.listen", ""),
+    ] {
+        let text = with(ingress);
+        let err = load_sources([("platform.yaml", text.as_str()), ("tiers.yaml", TIERS)])
+            .expect_err(ingress);
+        let d = err
+            .iter()
+            .find(|d| d.path == path)
+            .unwrap_or_else(|| panic!("{ingress}: no problem at {path}: {err}"));
+        assert_eq!(d.file, Path::new("platform.yaml"));
+        assert!(d.message.contains(needle), "{ingress}: {d}");
+    }
+}

@@ -9,6 +9,7 @@
 //! The engine never calls this crate: the CLI builds an [`Engine`] with
 //! [`engine`], and the executor reaches the target only through [`Driver`].
 
+mod ingress;
 mod odoo;
 mod resources;
 mod runtime;
@@ -252,6 +253,9 @@ impl Driver for LocalDriver {
                         "odoo.conf is not what careplane wrote (changed behind its back)",
                     )
                 }
+                Some(Kind::Ingress) => ingress::proxy_pid(root)
+                    .is_none()
+                    .then_some("the ingress proxy is not running"),
                 _ => None,
             };
             if let Some(d) = down {

@@ -186,6 +186,8 @@ impl LocalDriver {
                 "an Odoo environment is started by ensure_odoo_env, not executed",
             )),
             (Kind::OdooEnv, Op::Delete) => self.delete_odoo_env(a, host),
+            (Kind::Ingress, Op::Create | Op::Update) => self.ensure_ingress(a, host),
+            (Kind::Ingress, Op::Delete) => self.delete_ingress(a),
         }
     }
 
@@ -256,7 +258,7 @@ impl LocalDriver {
         self.finish(a, rec)
     }
 
-    fn ca(&mut self) -> Result<pki::Ca, EngineError> {
+    pub(crate) fn ca(&mut self) -> Result<pki::Ca, EngineError> {
         let store = self.store()?;
         let rec = store
             .resource(&careplane_model::ca_id())?
@@ -525,7 +527,20 @@ impl LocalDriver {
             servers.reverse();
         }
         let mut failed = Vec::new();
+        let proxies: Vec<&ResourceRecord> = all
+            .iter()
+            .filter(|r| r.status == ResourceStatus::Ready && r.kind == Kind::Ingress.as_str())
+            .collect();
         if !start {
+            // The proxy first: nothing is routed to an Odoo that is going.
+            for rec in &proxies {
+                let step =
+                    self.store()?
+                        .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
+                crate::ingress::stop_proxy(Path::new(observed_str(rec, "root")?));
+                self.store()?.step_finished(step, None)?;
+                reached(&rec.id, None);
+            }
             // Odoo environments stop all at once (each takes seconds to shut
             // its workers down gracefully), and before any server they use.
             let (envs, rest): (Vec<_>, Vec<_>) =
@@ -643,6 +658,29 @@ impl LocalDriver {
                     self.store()?.step_finished(*step, Some(&msg))?;
                     reached(&rec.id, Some(msg.clone()));
                     failed.push(format!("{}: {msg}", rec.id));
+                }
+            }
+        }
+        if start {
+            // The proxy last, once the environments it routes to answer.
+            for rec in &proxies {
+                let step =
+                    self.store()?
+                        .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
+                match self.start_ingress(rec) {
+                    Ok(pid) => {
+                        let mut r = (*rec).clone();
+                        r.observed["pid"] = json!(pid);
+                        self.store()?.put_resource(&r)?;
+                        self.store()?.step_finished(step, None)?;
+                        reached(&rec.id, None);
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.store()?.step_finished(step, Some(&msg))?;
+                        reached(&rec.id, Some(msg.clone()));
+                        failed.push(format!("{}: {msg}", rec.id));
+                    }
                 }
             }
         }

@@ -192,11 +192,13 @@ impl LocalDriver {
                 .get("uid")
                 .and_then(Value::as_u64)
                 .map(|u| u as u32);
-            odoo_url = o
-                .observed
-                .get("url")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            // Through the proxy when one routes the environment.
+            odoo_url = crate::ingress::env_url(all, &odoo_id).or_else(|| {
+                o.observed
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
             let port = o
                 .observed
                 .get("httpPort")
