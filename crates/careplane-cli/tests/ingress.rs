@@ -129,6 +129,9 @@ fn apply_serves_environments_through_the_proxy() {
     );
     let (code, _) = get(&p, &url);
     assert_eq!(code, 200, "{url}");
+    // `credentials` points at the same place.
+    let creds = p.json(&["credentials", "delta", "dev"]);
+    assert_eq!(creds["odoo"]["url"], url.as_str(), "{creds}");
     let manager = url.replace("/web/login", "/web/database/manager");
     assert_eq!(get(&p, &manager).0, 403, "{manager}");
 

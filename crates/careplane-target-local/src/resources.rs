@@ -748,12 +748,15 @@ impl LocalDriver {
         let odoo_id = careplane_model::odoo_env_id(tenant, env);
         let odoo = match all.iter().find(|r| r.id == odoo_id) {
             Some(o) => Some(OdooCredentials {
-                url: o
-                    .observed
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
+                // Through the ingress when it routes the environment, as
+                // `status` shows it; else Odoo's own loopback port.
+                url: crate::ingress::env_url(&all, &odoo_id).unwrap_or_else(|| {
+                    o.observed
+                        .get("url")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                }),
                 login: "admin".into(),
                 password: secret(store, &odoo_id, crate::odoo::ADMIN_LOGIN_PASSWORD)?,
                 master_password: secret(store, &odoo_id, crate::odoo::MASTER_PASSWORD)?,
