@@ -241,15 +241,19 @@ pub fn base_backup_direct(
     // An error from here on drops the connection, which aborts the backup on
     // the server; nothing is committed.
     writer.put_tree_filtered(data_dir, "", &excluded_from_base_backup, progress)?;
+    // Not pg_backup_stop(true): it waits for archiving with no end, so a
+    // broken archive_command would hang the backup forever. The wait is ours,
+    // bounded, and names the WAL file when archiving fails.
     let row = client
         .query_one(
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(true)",
+            "SELECT lsn::text, labelfile, spcmapfile, \
+                    pg_catalog.pg_walfile_name(lsn) FROM pg_catalog.pg_backup_stop(false)",
             &[],
         )
-        .map_err(pg_err(
-            "finishing the backup (pg_backup_stop, waits for WAL archiving)",
-        ))?;
-    let (stop_lsn, label, spcmap): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        .map_err(pg_err("finishing the backup (pg_backup_stop)"))?;
+    let (stop_lsn, label, spcmap, stop_wal): (String, String, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    wait_for_archive(&mut client, &target, &stop_wal, ARCHIVE_WAIT)?;
     writer.put_stream("backup_label", 0o600, &mut label.as_bytes(), progress)?;
     if !spcmap.is_empty() {
         writer.put_stream("tablespace_map", 0o600, &mut spcmap.as_bytes(), progress)?;
@@ -258,6 +262,72 @@ pub fn base_backup_direct(
     labels.insert("wal.start_lsn".into(), start_lsn);
     labels.insert("wal.stop_lsn".into(), stop_lsn);
     commit_base(writer, labels, Some(label), metadata)
+}
+
+/// How long a direct base backup waits for its last WAL file to be archived.
+const ARCHIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Waits until `wal` (a WAL file name) has been archived. Fails as soon as
+/// the archiver has failed three times on a file not yet archived since the
+/// wait began, or when `limit` passes, naming the file and the last failure.
+fn wait_for_archive(
+    client: &mut postgres::Client,
+    target: &str,
+    wal: &str,
+    limit: std::time::Duration,
+) -> Result<()> {
+    let query = "SELECT coalesce(last_archived_wal, ''), failed_count, \
+                 coalesce(last_failed_wal, '') FROM pg_catalog.pg_stat_archiver";
+    let read = |client: &mut postgres::Client| {
+        client
+            .query_one(query, &[])
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, String>(2),
+                )
+            })
+            .map_err(|source| BackupError::Postgres {
+                target: target.to_string(),
+                action: "reading pg_stat_archiver".into(),
+                source,
+            })
+    };
+    let (_, failed_at_start, _) = read(client)?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let (archived, failed, failed_wal) = read(client)?;
+        // Names within a timeline sort by position; `.backup` and
+        // `.partial` suffixes sort after their segment.
+        if archived.as_str() >= wal {
+            return Ok(());
+        }
+        // The archiver is stuck on the file it keeps failing on (this one or
+        // an earlier one): either way ours does not get archived.
+        let archiving_fails = failed - failed_at_start >= 3 && failed_wal > archived;
+        if archiving_fails || std::time::Instant::now() >= deadline {
+            let why = if archiving_fails {
+                format!(
+                    "archive_command failed {} times on {failed_wal}",
+                    failed - failed_at_start
+                )
+            } else {
+                format!(
+                    "not archived within {} s (last archived: {archived:?})",
+                    limit.as_secs()
+                )
+            };
+            return Err(invalid(
+                format!("PostgreSQL at {target}, WAL file {wal}"),
+                format!(
+                    "the base backup needs this WAL file in the repository, but {why}; \
+                     see the server log and the archiver's status (pg_stat_archiver)"
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn commit_base(

@@ -70,6 +70,56 @@ fn wait_archived(c: &mut postgres::Client, log: &std::path::Path) {
     }
 }
 
+/// The archiver runs as the cluster's service user, which may not reach
+/// cargo's target directory (under a 0700 home when the tests run as root):
+/// it gets its own copy in the platform directory, as an install would.
+fn wal_binary(platform: &TestPlatform) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = platform.path().join("careplane-backup-wal");
+    std::fs::copy(env!("CARGO_BIN_EXE_careplane-backup-wal"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// A direct base backup whose WAL cannot be archived fails, naming the WAL
+/// file, instead of waiting forever in pg_backup_stop; nothing is committed.
+#[test]
+fn a_direct_base_backup_fails_clearly_when_archiving_fails() {
+    let platform = TestPlatform::new();
+    let repo_dir = platform.path().join("repo");
+    let url = format!("file://{}", repo_dir.display());
+    let repo = Repository::open(&url, &common::keys()).unwrap();
+    let mut cluster = platform.pg_cluster("noarchive");
+    cluster.settings.insert("archive_mode".into(), "on".into());
+    cluster
+        .settings
+        .insert("archive_command".into(), "/bin/false".into());
+    let pg = platform.guard_pg(cluster);
+    pg.init(&platform.tls_files()).unwrap();
+    pg.start().unwrap();
+    let src = PgSource {
+        bin_dir: pg.bin.dir.clone(),
+        host: pg.socket_dir().display().to_string(),
+        port: pg.port,
+        user: ADMIN_ROLE.into(),
+        password: pg.admin_password.clone(),
+    };
+    let err = base_backup_direct(
+        &repo,
+        &src,
+        &pg.data_dir(),
+        None,
+        BTreeMap::new(),
+        BackupMetadata::default(),
+        &|_: Progress| {},
+    )
+    .expect_err("a backup whose WAL is never archived must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("WAL file 0000"), "{msg}");
+    assert!(msg.contains("archive_command failed"), "{msg}");
+    assert!(repo.list_backups().unwrap().is_empty());
+}
+
 #[test]
 fn point_in_time_recovery_restores_exactly_the_rows_committed_by_t() {
     pitr(false);
@@ -101,12 +151,16 @@ fn pitr(direct: bool) {
         .write_file(&keys_file, owner)
         .unwrap();
 
-    let bin = env!("CARGO_BIN_EXE_careplane-backup-wal");
+    let bin = wal_binary(&platform);
     let mut cluster = platform.pg_cluster("pitr");
     cluster.settings.insert("archive_mode".into(), "on".into());
     cluster.settings.insert(
         "archive_command".into(),
-        format!("{bin} archive {} {url} %p %f", keys_file.display()),
+        format!(
+            "{} archive {} {url} %p %f",
+            bin.display(),
+            keys_file.display()
+        ),
     );
     let mut pg = platform.guard_pg(cluster);
     let tls = platform.tls_files();
@@ -205,7 +259,11 @@ fn pitr(direct: bool) {
     restore_base_backup(&repo, &base.id, &pg.data_dir(), owner).unwrap();
     pg.cluster.settings.insert(
         "restore_command".into(),
-        format!("{bin} restore {} {url} %f %p", keys_file.display()),
+        format!(
+            "{} restore {} {url} %f %p",
+            bin.display(),
+            keys_file.display()
+        ),
     );
     pg.cluster
         .settings
