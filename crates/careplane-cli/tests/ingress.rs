@@ -1,7 +1,10 @@
 //! The ingress proxy as a resource (issue 18): `apply` starts it, `status`
 //! shows `https://<env>.<tenant>.<domain>:<port>`, requests go through it to
 //! Odoo with TLS from the platform CA, a new environment is added by reload
-//! (same process), and a proxy that died is drift that apply repairs.
+//! (same process), a proxy killed with SIGKILL is brought back by its
+//! supervisor, a supervisor that died is drift that apply repairs, and a
+//! module upgrade puts the environment in maintenance (503) — left on by a
+//! crash, it is drift that apply clears.
 //!
 //! The HTTPS client is curl (`--resolve` sends the environment's name as
 //! SNI and Host while connecting to 127.0.0.1, `--cacert` trusts only the
@@ -85,12 +88,50 @@ fn url_of(p: &Platform, env: &str) -> String {
     e["odooUrl"].as_str().unwrap().to_string()
 }
 
-fn proxy_pid(p: &Platform) -> u32 {
-    std::fs::read_to_string(p.data_dir().join("ingress").join("ingress.pid"))
+/// The proxy's pid as its supervisor reports it (`None` while it is down).
+fn proxy_pid(p: &Platform) -> Option<u32> {
+    let text = std::fs::read_to_string(p.data_dir().join("ingress").join("status.json")).ok()?;
+    let status: Value = serde_json::from_str(&text).ok()?;
+    status["processes"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == "proxy")?["pid"]
+        .as_u64()
+        .map(|pid| pid as u32)
+}
+
+fn supervisor_pid(p: &Platform) -> u32 {
+    std::fs::read_to_string(p.data_dir().join("ingress").join("supervisor.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap()
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: kill(2) on a pid careplane recorded for its proxy.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    for _ in 0..200 {
+        if !alive(pid) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{pid} did not die");
+}
+
+/// Waits (at most 30 s) until the supervisor reports a proxy other than
+/// `old` and it answers `url`.
+fn wait_new_proxy(p: &Platform, old: u32, url: &str) -> u32 {
+    for _ in 0..300 {
+        if let Some(pid) = proxy_pid(p).filter(|&pid| pid != old && alive(pid)) {
+            if get(p, url).0 == 200 {
+                return pid;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the supervisor did not bring the proxy back");
 }
 
 fn alive(pid: u32) -> bool {
@@ -136,10 +177,14 @@ fn apply_serves_environments_through_the_proxy() {
     assert_eq!(get(&p, &manager).0, 403, "{manager}");
 
     // A second environment: routed after a reload by the same process.
-    let pid = proxy_pid(&p);
+    let pid = proxy_pid(&p).unwrap();
     p.write_tenants(&format!("{ONE}    - name: test\n      kind: test\n"));
     p.ok(&["apply"]);
-    assert_eq!(proxy_pid(&p), pid, "the proxy was restarted, not reloaded");
+    assert_eq!(
+        proxy_pid(&p),
+        Some(pid),
+        "the proxy was restarted, not reloaded"
+    );
     assert!(alive(pid));
     let url2 = url_of(&p, "test");
     assert!(
@@ -149,15 +194,21 @@ fn apply_serves_environments_through_the_proxy() {
     assert_eq!(get(&p, &url2).0, 200, "{url2}");
     assert_eq!(get(&p, &url).0, 200, "{url}");
 
-    // The proxy dies: drift, and apply brings it back.
-    // SAFETY: kill(2) on the pid careplane recorded for its proxy.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    // The proxy is killed: its supervisor starts it again, no apply needed.
+    kill9(pid);
+    let pid = wait_new_proxy(&p, pid, &url);
+    assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+
+    // The supervisor dies too (the proxy goes with it): drift, and apply
+    // brings both back.
+    kill9(supervisor_pid(&p));
     for _ in 0..200 {
         if !alive(pid) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    assert!(!alive(pid), "the proxy outlived its supervisor");
     let plan = p.plan();
     assert_eq!(
         drift_of(&plan, "ingress/platform").as_deref(),
@@ -165,7 +216,39 @@ fn apply_serves_environments_through_the_proxy() {
         "{plan}"
     );
     p.ok(&["apply"]);
-    assert_ne!(proxy_pid(&p), pid);
+    let pid = wait_new_proxy(&p, pid, &url);
+    assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+
+    // A module upgrade takes the environment down: users get the
+    // maintenance page (503, Retry-After) meanwhile. careplane killed in
+    // the middle leaves it on; plan says so and apply clears it.
+    crash(
+        &p,
+        &["modules", "upgrade", "delta", "dev", "base"],
+        "odoo-env/delta/dev@modules-stopped",
+    );
+    assert_eq!(get(&p, &url).0, 503, "{url}");
+    assert_eq!(
+        get(&p, &url2).0,
+        200,
+        "only the upgraded environment is held"
+    );
+    let plan = p.plan();
+    let drift = drift_of(&plan, "ingress/platform").unwrap_or_default();
+    assert!(
+        drift.starts_with("in maintenance mode (503): dev.delta.careplane.localhost"),
+        "{plan}"
+    );
+    p.ok(&["apply"]);
     assert_eq!(get(&p, &url).0, 200, "{url}");
+    assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+    // A complete upgrade switches it on and off by itself.
+    p.ok(&["modules", "upgrade", "delta", "dev", "base"]);
+    assert_eq!(get(&p, &url).0, 200, "{url}");
+    assert_eq!(
+        proxy_pid(&p),
+        Some(pid),
+        "maintenance is a reload, not a restart"
+    );
     assert!(p.plan()["actions"].as_array().unwrap().is_empty());
 }

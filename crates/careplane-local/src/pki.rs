@@ -105,6 +105,24 @@ pub fn issue_server_cert(
     Ok((cert.pem(), SecretString::from(key.serialize_pem())))
 }
 
+/// Server certificates are renewed when less than this is left of them.
+pub const RENEW_BEFORE_DAYS: i64 = 30;
+
+/// When a PEM certificate stops being valid (Unix seconds), or `None` when
+/// `pem` holds no certificate careplane can read.
+pub fn not_after(pem: &str) -> Option<i64> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Whether a server certificate is due for renewal at `now` (Unix seconds):
+/// unreadable, or fewer than [`RENEW_BEFORE_DAYS`] days left.
+pub fn due_for_renewal(pem: &str, now: i64) -> bool {
+    not_after(pem).is_none_or(|end| end - now < RENEW_BEFORE_DAYS * 86_400)
+}
+
 fn dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -155,6 +173,28 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn a_server_certificate_is_renewed_in_its_last_thirty_days_only() {
+        let ca = generate_ca("careplane test CA").unwrap();
+        let (cert, _) = issue_server_cert(&ca, "a.example", &[]).unwrap();
+        let end = not_after(&cert).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // Yesterday + five years, to the day.
+        let days = (end - now) / 86_400;
+        assert!(
+            (SERVER_VALIDITY_DAYS - 2..=SERVER_VALIDITY_DAYS).contains(&days),
+            "{days}"
+        );
+        assert!(!due_for_renewal(&cert, now));
+        assert!(!due_for_renewal(&cert, end - 31 * 86_400));
+        assert!(due_for_renewal(&cert, end - 29 * 86_400));
+        assert!(due_for_renewal(&cert, end + 1));
+        assert!(due_for_renewal("not a certificate", now));
     }
 
     #[test]

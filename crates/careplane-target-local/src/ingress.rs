@@ -1,14 +1,18 @@
 //! The platform's HTTPS proxy (`careplane-ingress`, docs/design/0006-ingress.md)
-//! as a resource: certificates from the platform CA, the configuration
-//! file, and the `careplane ingress-run` process, reloaded with SIGHUP when
-//! routes change and confirmed through the admin listener's `/status`.
+//! as a resource: certificates from the platform CA (renewed in their last
+//! 30 days), the configuration file, and the `careplane ingress-run` process
+//! under a `careplane supervise` of its own (restarted when it dies),
+//! reloaded with SIGHUP when routes change or an environment goes into
+//! maintenance, and confirmed through the admin listener's `/status`.
+//!
+//! The ingress directory is root's (the supervisor writes its pid, status
+//! and logs there); the proxy's user owns only `certs/` and `var/` (the
+//! access log).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use careplane_engine::{crash_point, Action, Op};
@@ -23,27 +27,57 @@ use crate::runtime::*;
 use crate::{Error as EngineError, LocalDriver};
 
 pub(crate) const CONFIG_FILE: &str = "ingress.json";
-const PID_FILE: &str = "ingress.pid";
-const LOG_FILE: &str = "ingress.log";
+const SUPERVISOR_SPEC: &str = "supervisor.json";
+/// The proxy's process name in its supervisor (and its log, `logs/proxy.log`).
+const PROCESS: &str = "proxy";
+/// What versions before the supervisor recorded for a detached proxy.
+const LEGACY_PID_FILE: &str = "ingress.pid";
+/// The proxy's own writable directory (the access log).
+const VAR_DIR: &str = "var";
 /// How long a started or reloaded proxy has to report the new generation.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping proxy gets to finish open requests.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Secret name of a host's private key (one per route).
 fn key_secret(host: &str) -> String {
     format!("{TLS_KEY}:{host}")
 }
 
-/// The pid of the proxy recorded in `root`, when that process is alive and
-/// is a proxy (a recycled pid must never get our signals).
+/// Whether `pid` is alive and runs `careplane ingress-run` (a recycled pid
+/// must never get our signals).
+fn is_proxy(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    careplane_sys::pid_alive(pid) && cmdline.split(|b| *b == 0).any(|a| a == b"ingress-run")
+}
+
+/// The running proxy's pid, as its supervisor reports it (or a detached one
+/// an older version started).
 pub(crate) fn proxy_pid(root: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(root.join(PID_FILE))
+    careplane_odoo::read_status(root)
+        .ok()
+        .flatten()
+        .and_then(|s| s.processes.into_iter().find(|p| p.name == PROCESS))
+        .and_then(|p| p.pid)
+        .filter(|&pid| is_proxy(pid))
+        .or_else(|| legacy_pid(root))
+}
+
+/// Whether something keeps the proxy running: its supervisor, or a
+/// detached proxy of an older version.
+pub(crate) fn proxy_kept(root: &Path) -> bool {
+    careplane_odoo::supervisor_pid(root).is_some() || legacy_pid(root).is_some()
+}
+
+fn legacy_pid(root: &Path) -> Option<u32> {
+    let pid = std::fs::read_to_string(root.join(LEGACY_PID_FILE))
         .ok()?
         .trim()
         .parse()
         .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let is_proxy = cmdline.split(|b| *b == 0).any(|a| a == b"ingress-run");
-    (careplane_sys::pid_alive(pid) && is_proxy).then_some(pid)
+    is_proxy(pid).then_some(pid)
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
@@ -53,18 +87,23 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-/// SIGTERM, then up to 15 s for open requests to finish, then SIGKILL.
-pub(crate) fn stop_proxy(root: &Path) {
-    let Some(pid) = proxy_pid(root) else { return };
-    signal(pid, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while careplane_sys::pid_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+/// Stops the proxy: its supervisor sends SIGTERM and waits for open
+/// requests to finish (SIGKILL after [`STOP_TIMEOUT`]); a detached proxy of
+/// an older version is stopped the same way by hand.
+pub(crate) fn stop_proxy(root: &Path) -> Result<(), EngineError> {
+    if let Some(pid) = legacy_pid(root) {
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while careplane_sys::pid_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if careplane_sys::pid_alive(pid) {
+            signal(pid, libc::SIGKILL);
+        }
     }
-    if careplane_sys::pid_alive(pid) {
-        signal(pid, libc::SIGKILL);
-    }
-    let _ = std::fs::remove_file(root.join(PID_FILE));
+    let _ = std::fs::remove_file(root.join(LEGACY_PID_FILE));
+    careplane_odoo::stop_supervisor(root, STOP_TIMEOUT)?;
+    Ok(())
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -89,79 +128,75 @@ fn admin_status(port: u16) -> Option<(u64, Option<String>)> {
     ))
 }
 
+fn log_path(root: &Path) -> PathBuf {
+    root.join("logs").join(format!("{PROCESS}.log"))
+}
+
 fn log_tail(root: &Path) -> String {
-    let text = std::fs::read_to_string(root.join(LOG_FILE)).unwrap_or_default();
+    let text = std::fs::read_to_string(log_path(root)).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-/// Starts `careplane ingress-run <config>` detached (own session, only
-/// `PATH` in its environment, as the service user when careplane is root)
-/// and records its pid in `root`.
-fn spawn_proxy(root: &Path, user: Option<&ServiceUser>) -> Result<u32, EngineError> {
-    let log_path = root.join(LOG_FILE);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log_path)
-        .map_err(io(format!("opening {}", log_path.display())))?;
-    let log2 = log
-        .try_clone()
-        .map_err(io(format!("opening {}", log_path.display())))?;
-    // The running binary itself (see `spawn_odoo_env`).
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("ingress-run")
-        .arg(root.join(CONFIG_FILE))
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    let ids = user.map(|u| (u.uid, u.gid));
-    // SAFETY: setsid and drop_privileges are async-signal-safe and allocate nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some((uid, gid)) = ids {
-                careplane_sys::drop_privileges(uid, gid)?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(io("starting `careplane ingress-run`".to_string()))?;
-    let pid = child.id();
-    careplane_sys::atomic_write(
-        &root.join(PID_FILE),
-        format!("{pid}\n").as_bytes(),
-        0o644,
-        None,
-    )
-    .map_err(io(format!("writing {}", root.join(PID_FILE).display())))?;
-    // Reaped by a thread, so a long-lived caller collects no zombie; a
-    // short-lived one exits and leaves the proxy to init.
-    std::thread::spawn(move || child.wait());
+/// Starts `careplane supervise` for the proxy (detached; it runs
+/// `careplane ingress-run <config>` as the service user when careplane is
+/// root, and restarts it when it dies) and returns the supervisor's pid.
+fn spawn_proxy(
+    root: &Path,
+    admin_port: u16,
+    user: Option<&ServiceUser>,
+) -> Result<u32, EngineError> {
+    let spec = careplane_odoo::SupervisorSpec {
+        name: "ingress".into(),
+        dir: root.to_path_buf(),
+        processes: vec![careplane_odoo::ProcessSpec {
+            name: PROCESS.into(),
+            // The running binary itself, as the supervisor sees it (see
+            // `spawn_odoo_env`): no path under a home directory the service
+            // user cannot enter.
+            argv: vec![
+                "/proc/self/exe".into(),
+                "ingress-run".into(),
+                root.join(CONFIG_FILE).display().to_string(),
+            ],
+            env_file: None,
+            health: Some(careplane_odoo::HealthCheck {
+                port: admin_port,
+                path: "/status".into(),
+            }),
+        }],
+        user: user.map(|u| (u.uid, u.gid)),
+        settings: careplane_odoo::SupervisorSettings {
+            // A proxy starts in milliseconds: come back fast, then back off.
+            backoff_initial_ms: 200,
+            backoff_max_ms: 10_000,
+            grace_period_ms: STOP_TIMEOUT.as_millis() as u64,
+            ..Default::default()
+        },
+        env_on_stdin: false,
+    };
+    let spec_file = root.join(SUPERVISOR_SPEC);
+    spec.save(&spec_file)?;
+    let pid = careplane_odoo::spawn_supervisor(
+        Path::new("/proc/self/exe"),
+        &[
+            std::ffi::OsString::from("supervise"),
+            spec_file.into_os_string(),
+        ],
+        root,
+    )?;
     Ok(pid)
 }
 
 /// Waits until the proxy at `admin_port` reports `generation`.
-fn wait_generation(
-    root: &Path,
-    pid: u32,
-    admin_port: u16,
-    generation: u64,
-) -> Result<(), EngineError> {
+fn wait_generation(root: &Path, admin_port: u16, generation: u64) -> Result<(), EngineError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = None;
     loop {
-        if !careplane_sys::pid_alive(pid) {
+        if !proxy_kept(root) {
             return Err(EngineError::inconsistent(format!(
-                "the ingress proxy exited before it was up; the end of {}:\n{}",
-                root.join(LOG_FILE).display(),
+                "the ingress proxy's supervisor exited before the proxy was up; the end of {}:\n{}",
+                log_path(root).display(),
                 log_tail(root)
             )));
         }
@@ -175,9 +210,12 @@ fn wait_generation(
         }
         if Instant::now() > deadline {
             return Err(EngineError::inconsistent(format!(
-                "the ingress proxy did not load configuration generation {generation} within {}s{}",
+                "the ingress proxy did not load configuration generation {generation} within {}s{}; \
+                 the end of {}:\n{}",
                 READY_TIMEOUT.as_secs(),
-                last.map(|e| format!(": {e}")).unwrap_or_default()
+                last.map(|e| format!(": {e}")).unwrap_or_default(),
+                log_path(root).display(),
+                log_tail(root)
             )));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -240,9 +278,11 @@ impl LocalDriver {
         let user = self.user(host)?;
         let owner = user.as_ref().map(|u| (u.uid, u.gid));
         let root = o.root.clone();
-        make_dir(&root, 0o750, owner)?;
+        // Root's: the supervisor writes its pid, status and logs here.
+        make_dir(&root, 0o755, Some((0, 0)).filter(|_| owner.is_some()))?;
         let certs = root.join("certs");
         make_dir(&certs, 0o750, owner)?;
+        make_dir(&root.join(VAR_DIR), 0o750, owner)?;
 
         let all = self.store()?.resources()?;
         let mut routes = Vec::new();
@@ -273,6 +313,7 @@ impl LocalDriver {
                 },
                 admin_paths: vec![],
                 admin_allow: vec![],
+                // An apply ends any maintenance an interrupted operation left on.
                 maintenance: false,
                 limits: None,
                 content_security_policy: None,
@@ -281,24 +322,41 @@ impl LocalDriver {
         let ip: IpAddr = p.listen.parse().map_err(|_| {
             EngineError::inconsistent(format!("{}: listen {:?} is not an address", a.id, p.listen))
         })?;
-        let generation = o.generation + 1;
         let config = careplane_ingress::Config {
-            generation,
+            generation: o.generation + 1,
             listen: careplane_ingress::Listen {
                 https: vec![SocketAddr::new(ip, o.https_port)],
                 http: vec![SocketAddr::new(ip, o.http_port)],
                 admin: Some(SocketAddr::from(([127, 0, 0, 1], o.admin_port))),
             },
             public_https_port: Some(o.https_port),
-            access_log: Some(root.join("access.log")),
+            access_log: Some(root.join(VAR_DIR).join("access.log")),
             workers: Some(2),
             defaults: careplane_ingress::Limits::default(),
             routes,
         };
+        self.write_and_load(&mut rec, &o, config, owner, restart, user.as_ref())?;
+        self.finish(a, rec)
+    }
+
+    /// Writes `config` (its generation recorded first), has the proxy load
+    /// it — SIGHUP, or a (re)start when `restart` or nothing runs — and
+    /// waits until it reports that generation.
+    fn write_and_load(
+        &mut self,
+        rec: &mut ResourceRecord,
+        o: &IngressObserved,
+        config: careplane_ingress::Config,
+        owner: Option<(u32, u32)>,
+        restart: bool,
+        user: Option<&ServiceUser>,
+    ) -> Result<(), EngineError> {
+        let root = &o.root;
+        let generation = config.generation;
         // The generation is recorded before the file says it, so a rerun
         // never writes the same number twice for different contents.
         rec.observed["generation"] = json!(generation);
-        self.store()?.put_resource(&rec)?;
+        self.store()?.put_resource(rec)?;
         let path = root.join(CONFIG_FILE);
         careplane_ingress::write_config(&path, &config).map_err(ingress_err)?;
         if let Some((uid, gid)) = owner {
@@ -310,24 +368,64 @@ impl LocalDriver {
         // The proxy's own full check (certificates loaded and matched), so a
         // bad file is refused here rather than by a running proxy.
         careplane_ingress::load_config(&path).map_err(ingress_err)?;
-        crash_point(&a.id, "configured");
-        if restart {
-            stop_proxy(&root);
+        crash_point(&rec.id, "configured");
+        if restart || (careplane_odoo::supervisor_pid(root).is_none() && legacy_pid(root).is_some())
+        {
+            // New listeners, or a detached proxy of an older version that
+            // goes under a supervisor now.
+            stop_proxy(root)?;
         }
-        let pid = match proxy_pid(&root) {
-            Some(pid) => {
-                signal(pid, libc::SIGHUP);
-                pid
+        match proxy_pid(root) {
+            Some(pid) => signal(pid, libc::SIGHUP),
+            // A supervisor with its proxy in backoff starts it again with
+            // the new file by itself.
+            None if careplane_odoo::supervisor_pid(root).is_some() => {}
+            None => {
+                let pid = spawn_proxy(root, o.admin_port, user)?;
+                rec.observed["pid"] = json!(pid);
             }
-            None => spawn_proxy(&root, user.as_ref())?,
-        };
-        wait_generation(&root, pid, o.admin_port, generation)?;
-        rec.observed["pid"] = json!(pid);
-        self.finish(a, rec)
+        }
+        wait_generation(root, o.admin_port, generation)
     }
 
-    /// A host's certificate, issued once from the platform CA and kept (the
-    /// key in the vault), so reruns rewrite the same files.
+    /// Switches maintenance mode (503 with `Retry-After`) on or off for the
+    /// environment `env_id` when the proxy routes it; `Ok(false)` when it
+    /// does not. Used around module upgrades; an apply switches it off
+    /// again if an interrupted operation left it on.
+    pub(crate) fn set_maintenance(&mut self, env_id: &str, on: bool) -> Result<bool, EngineError> {
+        let Some(mut rec) = self
+            .store()?
+            .resource(&careplane_model::ingress_id())?
+            .filter(|r| r.status == ResourceStatus::Ready)
+        else {
+            return Ok(false);
+        };
+        let p: IngressProps = typed(&rec.id, &rec.props)?;
+        let Some(route) = p.routes.iter().find(|r| r.env == env_id) else {
+            return Ok(false);
+        };
+        let o: IngressObserved = Observed::ingress(&rec.id, &rec.observed)?;
+        let path = o.root.join(CONFIG_FILE);
+        let mut config = careplane_ingress::config::parse_file(&path).map_err(ingress_err)?;
+        let Some(r) = config.routes.iter_mut().find(|r| r.host == route.host) else {
+            return Ok(false);
+        };
+        if r.maintenance == on {
+            return Ok(true);
+        }
+        r.maintenance = on;
+        config.generation = o.generation + 1;
+        let mut host = Host::default();
+        let user = self.user(&mut host)?;
+        let owner = user.as_ref().map(|u| (u.uid, u.gid));
+        self.write_and_load(&mut rec, &o, config, owner, false, user.as_ref())?;
+        self.store()?.put_resource(&rec)?;
+        Ok(true)
+    }
+
+    /// A host's certificate, issued from the platform CA and kept (the key
+    /// in the vault), so reruns rewrite the same files, until it enters its
+    /// last [`pki::RENEW_BEFORE_DAYS`] days: then a new one replaces it.
     fn host_cert(
         &mut self,
         rec: &mut ResourceRecord,
@@ -337,7 +435,9 @@ impl LocalDriver {
         let key = store.secret(&rec.id, &key_secret(host))?;
         let cert = rec.observed["certs"][host].as_str().map(str::to_string);
         if let (Some(c), Some(k)) = (cert, key) {
-            return Ok((c, k));
+            if !pki::due_for_renewal(&c, unix_now()) {
+                return Ok((c, k));
+            }
         }
         let ca = self.ca()?;
         let (c, k) = pki::issue_server_cert(&ca, host, &[host.to_string()])?;
@@ -356,7 +456,7 @@ impl LocalDriver {
             return Ok(());
         };
         if let Some(root) = rec.observed.get("root").and_then(Value::as_str) {
-            stop_proxy(Path::new(root));
+            stop_proxy(Path::new(root))?;
             remove_dir(Path::new(root))?;
         }
         crash_point(&a.id, "executed");
@@ -367,13 +467,13 @@ impl LocalDriver {
     /// `careplane start`: the proxy with the configuration last written.
     pub(crate) fn start_ingress(&mut self, rec: &ResourceRecord) -> Result<u32, EngineError> {
         let o = Observed::ingress(&rec.id, &rec.observed)?;
-        if let Some(pid) = proxy_pid(&o.root) {
+        if let Some(pid) = careplane_odoo::supervisor_pid(&o.root) {
             return Ok(pid);
         }
         let mut host = Host::default();
         let user = self.user(&mut host)?;
-        let pid = spawn_proxy(&o.root, user.as_ref())?;
-        wait_generation(&o.root, pid, o.admin_port, o.generation)?;
+        let pid = spawn_proxy(&o.root, o.admin_port, user.as_ref())?;
+        wait_generation(&o.root, o.admin_port, o.generation)?;
         Ok(pid)
     }
 }
@@ -392,6 +492,45 @@ pub(crate) fn env_url(all: &[ResourceRecord], odoo_id: &str) -> Option<String> {
         format!(":{}", o.https_port)
     };
     Some(format!("https://{}{port}/web/login", route.host))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why the running ingress differs from what apply leaves (for drift), if
+/// it does: not kept running, a route left in maintenance by an
+/// interrupted operation, or a certificate due for renewal.
+pub(crate) fn drift(rec: &ResourceRecord) -> Option<String> {
+    let o = Observed::ingress(&rec.id, &rec.observed).ok()?;
+    if !proxy_kept(&o.root) {
+        return Some("the ingress proxy is not running".into());
+    }
+    if let Ok(config) = careplane_ingress::config::parse_file(&o.root.join(CONFIG_FILE)) {
+        let held: Vec<&str> = config
+            .routes
+            .iter()
+            .filter(|r| r.maintenance)
+            .map(|r| r.host.as_str())
+            .collect();
+        if !held.is_empty() {
+            return Some(format!(
+                "in maintenance mode (503): {} (left on by an interrupted operation, or one in progress)",
+                held.join(", ")
+            ));
+        }
+    }
+    let now = unix_now();
+    let due: Vec<&str> = rec.observed["certs"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, c)| c.as_str().is_none_or(|c| pki::due_for_renewal(c, now)))
+        .map(|(h, _)| h.as_str())
+        .collect();
+    (!due.is_empty()).then(|| format!("certificate due for renewal: {}", due.join(", ")))
 }
 
 fn ingress_err(e: careplane_ingress::Error) -> EngineError {

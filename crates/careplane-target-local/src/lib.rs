@@ -253,9 +253,12 @@ impl Driver for LocalDriver {
                         "odoo.conf is not what careplane wrote (changed behind its back)",
                     )
                 }
-                Some(Kind::Ingress) => ingress::proxy_pid(root)
-                    .is_none()
-                    .then_some("the ingress proxy is not running"),
+                Some(Kind::Ingress) => {
+                    if let Some(d) = ingress::drift(r) {
+                        drift.insert(r.id.clone(), d);
+                    }
+                    None
+                }
                 _ => None,
             };
             if let Some(d) = down {

@@ -841,8 +841,25 @@ impl LocalDriver {
         install: bool,
         modules: &[String],
     ) -> Result<(), EngineError> {
+        // Users see a maintenance page, not errors, while Odoo is down.
+        self.set_maintenance(&rec.id, true)?;
+        let result = self.run_modules_in_maintenance(rec, install, modules);
+        // Whatever happened, the page goes; if careplane dies before this,
+        // `plan` shows the route held in maintenance and `apply` clears it.
+        let cleared = self.set_maintenance(&rec.id, false);
+        result?;
+        cleared.map(|_| ())
+    }
+
+    fn run_modules_in_maintenance(
+        &mut self,
+        rec: &ResourceRecord,
+        install: bool,
+        modules: &[String],
+    ) -> Result<(), EngineError> {
         let root = PathBuf::from(observed_str(rec, "root")?);
         self.stop_odoo_env(rec)?;
+        crash_point(&rec.id, "modules-stopped");
         let (tdb, env) = self.recorded_process_env(rec, &root)?;
         let owner = Self::owner(rec);
         let op = if install {

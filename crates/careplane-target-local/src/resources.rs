@@ -537,8 +537,10 @@ impl LocalDriver {
                 let step =
                     self.store()?
                         .step_started(op, &format!("{command} {}", rec.id), &json!({}))?;
-                crate::ingress::stop_proxy(Path::new(observed_str(rec, "root")?));
-                self.store()?.step_finished(step, None)?;
+                let stopped = crate::ingress::stop_proxy(Path::new(observed_str(rec, "root")?));
+                let err = stopped.as_ref().err().map(|e| e.to_string());
+                self.store()?.step_finished(step, err.as_deref())?;
+                stopped?;
                 reached(&rec.id, None);
             }
             // Odoo environments stop all at once (each takes seconds to shut
