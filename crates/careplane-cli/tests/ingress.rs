@@ -252,3 +252,37 @@ fn apply_serves_environments_through_the_proxy() {
     );
     assert!(p.plan()["actions"].as_array().unwrap().is_empty());
 }
+
+/// A fixed ingress port that another program holds is refused before the
+/// apply changes anything, naming the address, the spec field and why.
+#[test]
+fn a_taken_ingress_port_is_refused_before_anything_changes() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let p = Platform::new(ONE);
+    let file = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replacen(
+        "  defaults:",
+        &format!("  ingress:\n    httpsPort: {port}\n  defaults:"),
+        1,
+    );
+    std::fs::write(file, text).unwrap();
+    let out = p.run(&["apply"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} (the Platform's ingress httpsPort)"
+        )),
+        "{stderr}"
+    );
+    // Refused up front: nothing was created, the plan is still all creates.
+    let plan = p.plan();
+    let actions = plan["actions"].as_array().unwrap();
+    assert!(
+        actions.iter().any(|a| a["id"] == "ingress/platform"),
+        "{plan}"
+    );
+    assert!(actions.iter().all(|a| a["op"] == "create"), "{plan}");
+    drop(holder);
+}

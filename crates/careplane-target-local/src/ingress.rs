@@ -423,6 +423,46 @@ impl LocalDriver {
         Ok(true)
     }
 
+    /// Ports the spec fixes for the proxy that something other than the
+    /// running proxy holds (or that careplane may not bind): refused before
+    /// the plan changes anything, instead of a proxy that cannot start.
+    pub(crate) fn ingress_port_problems(&mut self, a: &Action) -> Result<Vec<String>, EngineError> {
+        let p: IngressProps = typed(&a.id, &a.props)?;
+        let rec = self.store()?.resource(&a.id)?;
+        let ours = rec
+            .as_ref()
+            .and_then(|r| Observed::ingress(&r.id, &r.observed).ok())
+            .filter(|o| proxy_kept(&o.root));
+        let Ok(ip) = p.listen.parse::<IpAddr>() else {
+            return Ok(vec![format!(
+                "{}: listen {:?} is not an address",
+                a.id, p.listen
+            )]);
+        };
+        let mut problems = Vec::new();
+        for (port, field, held) in [
+            (
+                p.https_port,
+                "httpsPort",
+                ours.as_ref().map(|o| o.https_port),
+            ),
+            (p.http_port, "httpPort", ours.as_ref().map(|o| o.http_port)),
+        ] {
+            let Some(port) = port else { continue };
+            if held == Some(port) && ours.is_some() {
+                continue;
+            }
+            if let Err(e) = std::net::TcpListener::bind(SocketAddr::new(ip, port)) {
+                problems.push(format!(
+                    "{}: cannot listen on {ip}:{port} (the Platform's ingress {field}): {e}; \
+                     stop what holds it or choose another port",
+                    a.id
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
     /// A host's certificate, issued from the platform CA and kept (the key
     /// in the vault), so reruns rewrite the same files, until it enters its
     /// last [`pki::RENEW_BEFORE_DAYS`] days: then a new one replaces it.

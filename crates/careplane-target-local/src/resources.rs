@@ -65,6 +65,16 @@ impl LocalDriver {
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        for a in plan
+            .actions
+            .iter()
+            .filter(|a| a.op != Op::Delete && a.kind == Kind::Ingress)
+        {
+            match self.ingress_port_problems(a) {
+                Ok(p) => problems.extend(p),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
         if needs_pg || needs_redis {
             if let Err(e) = self.user(host) {
                 problems.push(e.to_string());
