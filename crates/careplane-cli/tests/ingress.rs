@@ -286,3 +286,85 @@ fn a_taken_ingress_port_is_refused_before_anything_changes() {
     assert!(actions.iter().all(|a| a["op"] == "create"), "{plan}");
     drop(holder);
 }
+
+/// The operator's own certificate for a host is served instead of one from
+/// the platform CA (and a new file is drift that apply loads); admin paths
+/// answer only to the allowed addresses.
+#[test]
+fn operator_certificates_and_admin_allow_lists_from_the_spec() {
+    if !have_curl() {
+        return;
+    }
+    let p = Platform::with_odoo(ONE);
+    let host = "dev.delta.careplane.localhost";
+    let own = p.specs.join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    let issue = |name: &str| {
+        let ca = careplane_local::pki::generate_ca(name).unwrap();
+        let (cert, key) =
+            careplane_local::pki::issue_server_cert(&ca, host, &[host.to_string()]).unwrap();
+        std::fs::write(own.join("ca.crt"), &ca.cert_pem).unwrap();
+        std::fs::write(own.join("host.crt"), cert).unwrap();
+        let key = careplane_local::ExposeSecret::expose_secret(&key).to_string();
+        std::fs::write(own.join("host.key"), key).unwrap();
+    };
+    issue("operator CA one");
+    let file = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replacen(
+        "  defaults:",
+        &format!(
+            "  ingress:\n    adminPaths: [/odoo/settings]\n    adminAllow: [192.0.2.0/24]\n    \
+             certificates:\n      - host: {host}\n        certFile: {}\n        keyFile: {}\n  defaults:",
+            own.join("host.crt").display(),
+            own.join("host.key").display()
+        ),
+        1,
+    );
+    std::fs::write(file, text).unwrap();
+    p.ok(&["apply"]);
+    let url = url_of(&p, "dev");
+    let with_ca = |ca: &Path, url: &str| {
+        let rest = url.strip_prefix("https://").unwrap();
+        let port = rest.split('/').next().unwrap().rsplit_once(':').unwrap().1;
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--resolve")
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(ca)
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let ok = with_ca(&own.join("ca.crt"), &url);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "200", "{ok:?}");
+    // Not the platform CA's certificate any more.
+    let platform_ca = p.data_dir().join("pki").join("ca.crt");
+    assert!(!with_ca(&platform_ca, &url).status.success());
+    // Admin paths: 403 from 127.0.0.1, which is not in 192.0.2.0/24.
+    let admin = url.replace("/web/login", "/odoo/settings");
+    let denied = with_ca(&own.join("ca.crt"), &admin);
+    assert_eq!(String::from_utf8_lossy(&denied.stdout), "403", "{denied:?}");
+    assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+
+    // A renewed file from the operator: drift, and apply serves it.
+    issue("operator CA two");
+    let plan = p.plan();
+    let drift = drift_of(&plan, "ingress/platform").unwrap_or_default();
+    assert!(
+        drift.starts_with(&format!("the certificate for {host} in ")),
+        "{plan}"
+    );
+    p.ok(&["apply"]);
+    let ok = with_ca(&own.join("ca.crt"), &url);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "200", "{ok:?}");
+    assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+}

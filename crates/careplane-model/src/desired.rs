@@ -235,6 +235,17 @@ pub fn desired(specs: &SpecSet) -> Vec<Resource> {
                 https_port: ingress.https_port,
                 http_port: ingress.http_port,
                 routes,
+                admin_paths: ingress.admin_paths.clone(),
+                admin_allow: ingress.admin_allow.clone(),
+                certificates: ingress
+                    .certificates
+                    .iter()
+                    .map(|c| IngressCertificate {
+                        host: c.host.clone(),
+                        cert_file: c.cert_file.clone(),
+                        key_file: c.key_file.clone(),
+                    })
+                    .collect(),
             }),
         );
     }

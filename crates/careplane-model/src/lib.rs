@@ -26,8 +26,8 @@ pub use observed::{
     ServerObserved,
 };
 pub use props::{
-    CaProps, IngressProps, IngressRoute, Limits, OdooEnvProps, OdooTemplateProps, PgClusterProps,
-    PgDatabaseProps, Props, RedisServerProps, RedisUserProps,
+    CaProps, IngressCertificate, IngressProps, IngressRoute, Limits, OdooEnvProps,
+    OdooTemplateProps, PgClusterProps, PgDatabaseProps, Props, RedisServerProps, RedisUserProps,
 };
 
 use serde_json::Value;

@@ -133,6 +133,24 @@ pub struct IngressProps {
     pub https_port: Option<u16>,
     pub http_port: Option<u16>,
     pub routes: Vec<IngressRoute>,
+    /// Path prefixes only `admin_allow` reaches (none before they existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_allow: Vec<String>,
+    /// The operator's own certificates, by host; other hosts get one from
+    /// the platform CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<IngressCertificate>,
+}
+
+/// Where the operator's certificate and key for one host are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressCertificate {
+    pub host: String,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

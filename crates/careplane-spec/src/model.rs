@@ -247,6 +247,30 @@ pub struct IngressSettings {
     /// Address to listen on. Default: `127.0.0.1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<std::net::IpAddr>,
+    /// Path prefixes (e.g. `/odoo/settings`) served only to `adminAllow`;
+    /// everyone else gets 403. Odoo's database manager is blocked for all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_paths: Vec<String>,
+    /// Client addresses or CIDRs (`10.20.0.0/16`) that may reach `adminPaths`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_allow: Vec<String>,
+    /// Certificates of your own for some hosts (e.g. from your public CA),
+    /// instead of ones from the platform CA. Files are read at apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<HostCertificate>,
+}
+
+/// A certificate of the operator's own for one ingress host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct HostCertificate {
+    /// The environment's host name, `<env>.<tenant>.<domain>`.
+    pub host: String,
+    /// PEM chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// The default ingress domain (see [`IngressSettings::domain`]).
@@ -522,6 +546,9 @@ impl std::fmt::Display for Kind {
 
 /// One document of any kind, as it comes out of a file before the documents
 /// are sorted into a [`SpecSet`].
+// A platform has one Platform document and a handful of others, each parsed
+// once: boxing the large variant would buy nothing but noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyDocument {
     /// `kind: Platform`

@@ -103,6 +103,96 @@ fn check_ingress(cx: &mut Ctx<'_>, ingress: &crate::model::IngressSettings) {
             None,
         );
     }
+    for (i, path) in ingress.admin_paths.iter().enumerate() {
+        if !path.starts_with('/')
+            || path
+                .chars()
+                .any(|c| c.is_whitespace() || c == '?' || c == '#')
+        {
+            cx.at_value(
+                &[
+                    key("spec"),
+                    key("ingress"),
+                    key("adminPaths"),
+                    Seg::Index(i),
+                ],
+                format!("{} is not a path prefix", quoted(path)),
+                Some("write e.g. /odoo/settings".into()),
+            );
+        }
+    }
+    for (i, net) in ingress.admin_allow.iter().enumerate() {
+        if !is_cidr(net) {
+            cx.at_value(
+                &[
+                    key("spec"),
+                    key("ingress"),
+                    key("adminAllow"),
+                    Seg::Index(i),
+                ],
+                format!("{} is not an address or CIDR", quoted(net)),
+                Some("write e.g. 10.20.0.0/16 or 192.0.2.7".into()),
+            );
+        }
+    }
+    if ingress.admin_paths.is_empty() != ingress.admin_allow.is_empty() {
+        let (field, other) = if ingress.admin_allow.is_empty() {
+            ("adminPaths", "adminAllow")
+        } else {
+            ("adminAllow", "adminPaths")
+        };
+        cx.at_value(
+            &[key("spec"), key("ingress"), key(field)],
+            format!("{field} without {other} says nothing; give both or neither"),
+            None,
+        );
+    }
+    for (i, c) in ingress.certificates.iter().enumerate() {
+        for (field, file) in [("certFile", &c.cert_file), ("keyFile", &c.key_file)] {
+            if !file.is_absolute() {
+                cx.at_value(
+                    &[
+                        key("spec"),
+                        key("ingress"),
+                        key("certificates"),
+                        Seg::Index(i),
+                        key(field),
+                    ],
+                    format!(
+                        "{} is not an absolute path",
+                        quoted(&file.display().to_string())
+                    ),
+                    None,
+                );
+            }
+        }
+        if ingress.certificates[..i].iter().any(|o| o.host == c.host) {
+            cx.at_value(
+                &[
+                    key("spec"),
+                    key("ingress"),
+                    key("certificates"),
+                    Seg::Index(i),
+                    key("host"),
+                ],
+                format!("a second certificate for {}", quoted(&c.host)),
+                None,
+            );
+        }
+    }
+}
+
+/// An IPv4/IPv6 address, optionally with a prefix length in range.
+fn is_cidr(text: &str) -> bool {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
 }
 
 /// Whether `name` is an RFC 1123 DNS label (length aside).

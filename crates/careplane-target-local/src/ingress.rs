@@ -289,7 +289,10 @@ impl LocalDriver {
         for r in &p.routes {
             let env = crate::resources::ready(&all, &r.env)?;
             let eo = Observed::odoo_env(&env.id, &env.observed)?;
-            let (cert, key) = self.host_cert(&mut rec, &r.host)?;
+            let (cert, key) = match p.certificates.iter().find(|c| c.host == r.host) {
+                Some(own) => operator_cert(&a.id, own)?,
+                None => self.host_cert(&mut rec, &r.host)?,
+            };
             let cert_file = certs.join(format!("{}.crt", r.host));
             let key_file = certs.join(format!("{}.key", r.host));
             careplane_sys::atomic_write(&cert_file, cert.as_bytes(), 0o644, owner)
@@ -311,8 +314,8 @@ impl LocalDriver {
                     cert: cert_file,
                     key: key_file,
                 },
-                admin_paths: vec![],
-                admin_allow: vec![],
+                admin_paths: p.admin_paths.clone(),
+                admin_allow: p.admin_allow.clone(),
                 // An apply ends any maintenance an interrupted operation left on.
                 maintenance: false,
                 limits: None,
@@ -424,9 +427,11 @@ impl LocalDriver {
     }
 
     /// Ports the spec fixes for the proxy that something other than the
-    /// running proxy holds (or that careplane may not bind): refused before
-    /// the plan changes anything, instead of a proxy that cannot start.
-    pub(crate) fn ingress_port_problems(&mut self, a: &Action) -> Result<Vec<String>, EngineError> {
+    /// running proxy holds (or that careplane may not bind), and operator
+    /// certificates that are unreadable or for no environment's host:
+    /// refused before the plan changes anything, instead of a proxy that
+    /// cannot start.
+    pub(crate) fn ingress_problems(&mut self, a: &Action) -> Result<Vec<String>, EngineError> {
         let p: IngressProps = typed(&a.id, &a.props)?;
         let rec = self.store()?.resource(&a.id)?;
         let ours = rec
@@ -440,6 +445,17 @@ impl LocalDriver {
             )]);
         };
         let mut problems = Vec::new();
+        for c in &p.certificates {
+            if !p.routes.iter().any(|r| r.host == c.host) {
+                problems.push(format!(
+                    "{}: the Platform's ingress has a certificate for {}, which is no \
+                     environment's host (hosts are <env>.<tenant>.{})",
+                    a.id, c.host, p.domain
+                ));
+            } else if let Err(e) = operator_cert(&a.id, c) {
+                problems.push(e.to_string());
+            }
+        }
         for (port, field, held) in [
             (
                 p.https_port,
@@ -534,6 +550,34 @@ pub(crate) fn env_url(all: &[ResourceRecord], odoo_id: &str) -> Option<String> {
     Some(format!("https://{}{port}/web/login", route.host))
 }
 
+/// The operator's certificate and key for a host, read as they are now.
+/// The proxy's full check (chain, key match, host name) runs on the file
+/// careplane writes, before any proxy loads it.
+fn operator_cert(
+    id: &str,
+    c: &careplane_model::IngressCertificate,
+) -> Result<(String, careplane_state::SecretString), EngineError> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read_to_string(path).map_err(|e| {
+            EngineError::inconsistent(format!(
+                "{id}: cannot read the {what} for {} from {}: {e}",
+                c.host,
+                path.display()
+            ))
+        })
+    };
+    let cert = read(&c.cert_file, "certificate")?;
+    if pki::not_after(&cert).is_none() {
+        return Err(EngineError::inconsistent(format!(
+            "{id}: {} holds no PEM certificate (for {})",
+            c.cert_file.display(),
+            c.host
+        )));
+    }
+    let key = careplane_state::SecretString::from(read(&c.key_file, "private key")?);
+    Ok((cert, key))
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -560,6 +604,19 @@ pub(crate) fn drift(rec: &ResourceRecord) -> Option<String> {
                 "in maintenance mode (503): {} (left on by an interrupted operation, or one in progress)",
                 held.join(", ")
             ));
+        }
+    }
+    if let Ok(p) = typed::<IngressProps>(&rec.id, &rec.props) {
+        for c in &p.certificates {
+            let given = std::fs::read(&c.cert_file).ok();
+            let loaded = std::fs::read(o.root.join("certs").join(format!("{}.crt", c.host))).ok();
+            if given != loaded {
+                return Some(format!(
+                    "the certificate for {} in {} is not the one the proxy serves",
+                    c.host,
+                    c.cert_file.display()
+                ));
+            }
         }
     }
     let now = unix_now();

@@ -70,7 +70,7 @@ impl LocalDriver {
             .iter()
             .filter(|a| a.op != Op::Delete && a.kind == Kind::Ingress)
         {
-            match self.ingress_port_problems(a) {
+            match self.ingress_problems(a) {
                 Ok(p) => problems.extend(p),
                 Err(e) => problems.push(e.to_string()),
             }
