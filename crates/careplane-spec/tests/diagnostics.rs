@@ -1684,7 +1684,7 @@ fn ingress_section_is_checked_field_by_field() {
     let ok = with(" {}");
     load_sources([("platform.yaml", ok.as_str()), ("tiers.yaml", TIERS)])
         .expect("empty ingress loads");
-    let full = with("\n    domain: odoo.example.org\n    httpsPort: 8443\n    httpPort: 8080\n    listen: 127.0.0.1");
+    let full = with("\n    domain: odoo.example.org\n    httpsPort: 8443\n    httpPort: 8080\n    listen: 127.0.0.1\n    adminPaths: [/odoo/settings]\n    adminAllow: [10.0.0.0/8, '::1']");
     load_sources([("platform.yaml", full.as_str()), ("tiers.yaml", TIERS)])
         .expect("full ingress loads");
 
@@ -1711,6 +1711,26 @@ fn ingress_section_is_checked_field_by_field() {
             "unknown field",
         ),
         ("\n    listen: everywhere", "spec.ingress.listen", ""),
+        (
+            "\n    adminPaths: [settings]\n    adminAllow: [10.0.0.0/8]",
+            "spec.ingress.adminPaths[0]",
+            "not a path prefix",
+        ),
+        (
+            "\n    adminPaths: [/odoo/settings]\n    adminAllow: [10.0.0.0/33]",
+            "spec.ingress.adminAllow[0]",
+            "not an address or CIDR",
+        ),
+        (
+            "\n    adminPaths: [/odoo/settings]",
+            "spec.ingress.adminPaths",
+            "give both or neither",
+        ),
+        (
+            "\n    certificates:\n      - host: a.b.c\n        certFile: cert.pem\n        keyFile: /k.pem",
+            "spec.ingress.certificates[0].certFile",
+            "not an absolute path",
+        ),
     ] {
         let text = with(ingress);
         let err = load_sources([("platform.yaml", text.as_str()), ("tiers.yaml", TIERS)])
