@@ -171,6 +171,22 @@ enum Command {
         #[arg(required = true, value_name = "MODULE")]
         modules: Vec<String>,
     },
+    /// Write one environment's database and filestore as the zip Odoo's own
+    /// database manager restores (`dump.sql`, `filestore/`, `manifest.json`).
+    /// The dump runs as the tenant's own role; nothing is at OUT unless the
+    /// export completed. Restore it in any Odoo of the same major version
+    /// (Manage Databases > Restore), e.g. to leave careplane or to debug.
+    Export {
+        #[command(flatten)]
+        files: Files,
+        tenant: String,
+        environment: String,
+        /// The archive to write (mode 0600: it holds the tenant's data).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Print the JSON Schema of every spec kind (for editor completion).
     Schema,
     /// Run an environment's Odoo processes in the foreground (started by
@@ -355,6 +371,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "done: {tenant}/{environment} is up with {}",
                 modules.join(",")
             );
+        }
+        Command::Export {
+            files,
+            tenant,
+            environment,
+            out,
+            output,
+        } => {
+            let engine = load(&files)?;
+            errln!("exporting {tenant}/{environment} to {} ...", out.display());
+            let r = engine
+                .export(&tenant, &environment, &out)
+                .with_context(|| format!("export of {tenant}/{environment}"))?;
+            if output == Output::Json {
+                print_json(&serde_json::to_value(&r)?)?;
+            } else {
+                outln!(
+                    "wrote {} ({} bytes): database {} ({} bytes of SQL, {} modules, Odoo {}, PostgreSQL {}), \
+                     {} filestore files ({} bytes)",
+                    r.path.display(),
+                    r.bytes,
+                    r.database,
+                    r.sql_bytes,
+                    r.modules,
+                    r.odoo_version,
+                    r.postgres_version,
+                    r.filestore_files,
+                    r.filestore_bytes
+                );
+                if !r.skipped.is_empty() {
+                    errln!(
+                        "left out of the filestore (not regular files, e.g. symbolic links): {}",
+                        r.skipped.join(", ")
+                    );
+                }
+            }
         }
         Command::Schema => {
             print_json(&careplane_spec::json_schema())?;

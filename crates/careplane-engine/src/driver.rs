@@ -10,13 +10,14 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use careplane_model::Kind;
 use careplane_state::ResourceRecord;
 
 use crate::error::EngineError;
 use crate::plan::{Action, Plan};
-use crate::report::{ApplyOptions, Credentials, Event, Status};
+use crate::report::{ApplyOptions, Credentials, Event, ExportReport, Status};
 
 /// What [`Driver::ensure`] left behind.
 pub enum Ensured {
@@ -88,6 +89,16 @@ pub trait Driver: Send {
 
     /// How to reach `tenant`/`env`, with its passwords.
     fn credentials(&mut self, tenant: &str, env: &str) -> Result<Credentials, EngineError>;
+
+    /// `careplane export`: an environment's database and filestore as one
+    /// archive that Odoo's own database manager restores, written to `out`
+    /// (nothing there unless it completed).
+    fn export(&mut self, tenant: &str, env: &str, out: &Path) -> Result<ExportReport, EngineError> {
+        let _ = (tenant, env, out);
+        Err(EngineError::Unsupported {
+            what: "export on this target".into(),
+        })
+    }
 
     /// `careplane modules install|upgrade` for one environment.
     fn modules(

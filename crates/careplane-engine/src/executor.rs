@@ -363,6 +363,15 @@ impl Core {
     pub(crate) fn status(&mut self) -> Result<Status, EngineError> {
         self.driver.status()
     }
+
+    pub(crate) fn export(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        out: &Path,
+    ) -> Result<crate::report::ExportReport, EngineError> {
+        self.driver.export(tenant, env, out)
+    }
 }
 
 /// Write-ahead intent, for drivers: the existing record of `a`, or a new

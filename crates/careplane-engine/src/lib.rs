@@ -36,7 +36,7 @@ pub use error::EngineError;
 pub use executor::{crash_point, finish, mark_deleting, prepare, run_all};
 pub use plan::{Action, Op, Plan};
 pub use report::{
-    ApplyOptions, ApplyReport, Credentials, DbCredentials, EnvStatus, Event, Health,
+    ApplyOptions, ApplyReport, Credentials, DbCredentials, EnvStatus, Event, ExportReport, Health,
     OdooCredentials, RedisCredentials, ServerStatus, Status,
 };
 
@@ -237,6 +237,30 @@ impl Engine {
         let params = serde_json::json!({"modules": modules});
         core.audit(
             action,
+            &target,
+            Some(tenant),
+            params,
+            audit::outcome(&r),
+            None,
+        )?;
+        r
+    }
+
+    /// `careplane export`: `tenant`/`env`'s database and filestore as an
+    /// archive Odoo's database manager restores (`out`); audited, as every
+    /// read of a tenant's data is.
+    pub fn export(
+        &self,
+        tenant: &str,
+        env: &str,
+        out: &std::path::Path,
+    ) -> Result<ExportReport, EngineError> {
+        let mut core = self.core();
+        let r = core.export(tenant, env, out);
+        let target = format!("environment {tenant}/{env}");
+        let params = serde_json::json!({"format": "odoo-zip", "path": out.display().to_string()});
+        core.audit(
+            "export",
             &target,
             Some(tenant),
             params,

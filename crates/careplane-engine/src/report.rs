@@ -175,3 +175,29 @@ pub struct Status {
     pub servers: Vec<ServerStatus>,
     pub environments: Vec<EnvStatus>,
 }
+
+/// What `careplane export` wrote (see [`crate::Engine::export`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportReport {
+    pub tenant: String,
+    pub environment: String,
+    /// The archive written.
+    pub path: std::path::PathBuf,
+    /// `odoo-zip`: what Odoo's database manager restores.
+    pub format: String,
+    pub database: String,
+    /// Size of the archive.
+    pub bytes: u64,
+    /// Size of `dump.sql` before compression.
+    pub sql_bytes: u64,
+    pub filestore_files: u64,
+    pub filestore_bytes: u64,
+    /// Filestore entries left out: neither a directory nor a regular file
+    /// (e.g. a symbolic link), relative to the filestore.
+    pub skipped: Vec<String>,
+    /// Installed modules, as the archive's manifest lists them.
+    pub modules: usize,
+    pub odoo_version: String,
+    pub postgres_version: String,
+}

@@ -28,6 +28,7 @@
 mod config;
 pub mod db;
 mod digest;
+pub mod dump;
 mod error;
 mod http;
 mod passwd;

@@ -153,6 +153,120 @@ pub fn install_filestore(
     remove_tree(&staging_path)
 }
 
+/// What [`read_filestore`] went through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilestoreRead {
+    /// Regular files handed to the visitor.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Entries that are neither a directory nor a regular file (a symlink
+    /// tenant code planted, a FIFO, ...), relative to the filestore: left out.
+    pub skipped: Vec<String>,
+}
+
+/// Hands every regular file below `<env_root>/data/filestore/<database>` to
+/// `visit` (its path relative to that directory, `/`-separated, and the
+/// open file), in name order. Everything is opened through descriptors
+/// without following any symlink (the tree is tenant-writable), so a link
+/// tenant code planted is reported in [`FilestoreRead::skipped`], never
+/// read. A missing filestore is an empty one.
+pub fn read_filestore(
+    env_root: &Path,
+    database: &str,
+    visit: &mut dyn FnMut(&str, &mut std::fs::File) -> std::io::Result<()>,
+) -> Result<FilestoreRead> {
+    if database.is_empty() || database.contains('/') || database.starts_with('.') {
+        return Err(OdooError::InvalidConfig(format!(
+            "database name {database:?} cannot name a filestore directory"
+        )));
+    }
+    let root = open_root(env_root)?;
+    let rel = format!("data/filestore/{database}");
+    let shown = env_root.join(&rel);
+    let dir = match openat2(
+        &root,
+        rel.as_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        resolve(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(FilestoreRead::default()),
+        Err(e) => return Err(err("opening the filestore".into(), &shown, e)),
+    };
+    let mut out = FilestoreRead::default();
+    walk(&dir, "", &shown, visit, &mut out)?;
+    Ok(out)
+}
+
+fn walk(
+    dir: &OwnedFd,
+    prefix: &str,
+    shown: &Path,
+    visit: &mut dyn FnMut(&str, &mut std::fs::File) -> std::io::Result<()>,
+    out: &mut FilestoreRead,
+) -> Result<()> {
+    let mut names = Vec::new();
+    let listing = rustix::fs::Dir::read_from(dir)
+        .map_err(|e| err("listing directory".into(), &shown.join(prefix), e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| err("listing directory".into(), &shown.join(prefix), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names.sort();
+    for name in names {
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = shown.join(&rel);
+        let st = match statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Removed by Odoo meanwhile: not part of the copy.
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(err("looking at".into(), &path, e)),
+        };
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        if kind == rustix::fs::FileType::Directory {
+            let sub = open_dir_beneath(dir, &name, &path)?;
+            walk(&sub, &rel, shown, visit, out)?;
+        } else if kind == rustix::fs::FileType::RegularFile {
+            let fd = match openat2(
+                dir,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+                resolve(),
+            ) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(err("opening".into(), &path, e)),
+            };
+            let mut file = std::fs::File::from(fd);
+            // Checked on the open file: the entry may have been swapped for
+            // something else since the stat.
+            let meta = file
+                .metadata()
+                .map_err(crate::error::io_err("reading the size of", &path))?;
+            if !meta.is_file() {
+                out.skipped.push(rel);
+                continue;
+            }
+            visit(&rel, &mut file).map_err(crate::error::io_err("copying", &path))?;
+            out.files += 1;
+            out.bytes += meta.len();
+        } else {
+            out.skipped.push(rel);
+        }
+    }
+    Ok(())
+}
+
 /// Removes `path` and everything below it without following symlinks
 /// (`std::fs::remove_dir_all` works with `openat`/`unlinkat` and
 /// `O_NOFOLLOW` since Rust 1.58); a missing path is fine.

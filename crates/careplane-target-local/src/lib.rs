@@ -14,6 +14,7 @@ mod odoo;
 mod resources;
 mod runtime;
 mod status;
+mod transfer;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -358,6 +359,15 @@ impl Driver for LocalDriver {
         modules: &[String],
     ) -> Result<(), EngineError> {
         Ok(self.modules_command(tenant, env, install, modules)?)
+    }
+
+    fn export(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        out: &Path,
+    ) -> Result<careplane_engine::ExportReport, EngineError> {
+        Ok(self.export_env(tenant, env, out)?)
     }
 }
 

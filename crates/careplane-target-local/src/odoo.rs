@@ -183,7 +183,7 @@ impl LocalDriver {
         Ok(())
     }
 
-    fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         self.data_dir.join("pki").join("ca.crt")
     }
 
@@ -759,7 +759,7 @@ impl LocalDriver {
 
     /// The database handle and process environment of a recorded
     /// environment, from its database and Redis user records.
-    fn recorded_process_env(
+    pub(crate) fn recorded_process_env(
         &mut self,
         rec: &ResourceRecord,
         root: &Path,
