@@ -187,6 +187,26 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Replace one environment's database and filestore with an Odoo backup
+    /// zip (what Odoo's database manager or `careplane export` writes) or a
+    /// `pg_dump --format=custom` file: the way in from another Odoo host.
+    /// The environment is exported first (to `<dataDir>/exports/`), shows a
+    /// maintenance page meanwhile, and is left as it was if the dump does
+    /// not load. The database gets this environment's own identity (new
+    /// `database.uuid`/`database.secret`) and careplane's admin password.
+    Import {
+        #[command(flatten)]
+        files: Files,
+        tenant: String,
+        environment: String,
+        /// The archive to load.
+        file: PathBuf,
+        /// Confirm that the environment's current data is replaced.
+        #[arg(long)]
+        replace: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Print the JSON Schema of every spec kind (for editor completion).
     Schema,
     /// Run an environment's Odoo processes in the foreground (started by
@@ -406,6 +426,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         r.skipped.join(", ")
                     );
                 }
+            }
+        }
+        Command::Import {
+            files,
+            tenant,
+            environment,
+            file,
+            replace,
+            output,
+        } => {
+            if !replace {
+                anyhow::bail!(
+                    "importing into {tenant}/{environment} replaces its database and filestore: \
+                     pass --replace to confirm (the current data is exported first)"
+                );
+            }
+            let engine = load(&files)?;
+            errln!(
+                "importing {} into {tenant}/{environment}: exporting the current data, \
+                 loading the dump, starting Odoo ...",
+                file.display()
+            );
+            let r = engine
+                .import(&tenant, &environment, &file)
+                .with_context(|| {
+                    format!("import of {} into {tenant}/{environment}", file.display())
+                })?;
+            if output == Output::Json {
+                print_json(&serde_json::to_value(&r)?)?;
+            } else {
+                outln!(
+                    "imported {} ({}{}, {} filestore files) into {tenant}/{environment} (database {}); \
+                     its data before is in {}",
+                    file.display(),
+                    r.format,
+                    r.odoo_version
+                        .as_deref()
+                        .map(|v| format!(", Odoo {v}"))
+                        .unwrap_or_default(),
+                    r.filestore_files,
+                    r.database,
+                    r.previous.display()
+                );
             }
         }
         Command::Schema => {

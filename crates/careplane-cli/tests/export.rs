@@ -250,3 +250,215 @@ fn a_failed_export_leaves_no_archive() {
     let _ = std::io::Cursor::new(run.stderr).read_to_string(&mut buf);
     assert!(buf.contains("echo"), "{buf}");
 }
+
+const TWO: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: echo
+spec:
+  tenancy: shared
+  environments:
+    - name: dev
+      kind: dev
+    - name: test
+      kind: test
+"#;
+
+/// A copy of `zip` with `dump.sql` changed by `edit_sql` and `extra`
+/// members added (written with Python's zipfile, as a foreign tool would).
+fn doctored(zip: &std::path::Path, out: &std::path::Path, edit_sql: &str, extra: &[(&str, &str)]) {
+    let extra = serde_json::to_string(extra).unwrap();
+    let script = format!(
+        "import sys, zipfile, json\n\
+         src = zipfile.ZipFile(sys.argv[1])\n\
+         dst = zipfile.ZipFile(sys.argv[2], 'w', zipfile.ZIP_DEFLATED)\n\
+         for i in src.infolist():\n\
+         \x20   data = src.read(i)\n\
+         \x20   if i.filename == 'dump.sql':\n\
+         \x20       data = {edit_sql}\n\
+         \x20       if data is None: continue\n\
+         \x20   dst.writestr(i, data)\n\
+         for n, d in json.loads(sys.argv[3]): dst.writestr(n, d)\n\
+         dst.close()\n"
+    );
+    let st = Command::new("python3")
+        .args(["-c", &script])
+        .arg(zip)
+        .arg(out)
+        .arg(extra)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn count_rows(p: &Platform, env: &str) -> i64 {
+    tenant_client(p, "echo", env)
+        .query_one("SELECT count(*) FROM public.x_patient_note", &[])
+        .map(|r| r.get(0))
+        .unwrap_or(-1)
+}
+
+fn uuid(p: &Platform, env: &str) -> String {
+    tenant_client(p, "echo", env)
+        .query_one(
+            "SELECT value FROM public.ir_config_parameter WHERE key = 'database.uuid'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn import_replaces_an_environment_and_a_bad_archive_changes_nothing() {
+    let p = Platform::with_odoo(TWO);
+    p.ok(&["apply"]);
+    tenant_client(&p, "echo", "dev")
+        .batch_execute(
+            "CREATE TABLE public.x_patient_note (id serial PRIMARY KEY, body text);
+             INSERT INTO public.x_patient_note (body) VALUES ('from dev'), ('also from dev');",
+        )
+        .unwrap();
+    tenant_client(&p, "echo", "test")
+        .batch_execute(
+            "CREATE TABLE public.x_patient_note (id serial PRIMARY KEY, body text);
+             INSERT INTO public.x_patient_note (body) VALUES ('test only');",
+        )
+        .unwrap();
+    let zip = p.specs.join("dev.zip");
+    p.ok(&["export", "echo", "dev", "--out", zip.to_str().unwrap()]);
+
+    // Refusals before anything changes: no --replace; no dump.sql; a member
+    // that climbs out of the archive; another Odoo version; a dump that
+    // fails half-way (this one after the database was moved aside).
+    let run = p.run(&["import", "echo", "test", zip.to_str().unwrap()]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("pass --replace"));
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 4] = [
+        ("no-dump", "None", vec![], "no dump.sql in it"),
+        (
+            "slip",
+            "data",
+            vec![("filestore/../../escaped.txt", "x")],
+            "points outside the archive",
+        ),
+        (
+            "v17",
+            "data",
+            vec![],
+            "the archive is from Odoo 17.0, the environment runs Odoo 18",
+        ),
+        (
+            "half",
+            "data + b'\\nSELECT pg_catalog.no_such_function();\\n'",
+            vec![],
+            "loading the dump into echo-test as its tenant role failed",
+        ),
+    ];
+    for (name, edit, extra, needle) in cases {
+        let bad = p.specs.join(format!("{name}.zip"));
+        doctored(&zip, &bad, edit, &extra);
+        if name == "v17" {
+            // Replace the manifest's version.
+            let script = "import sys, zipfile, json\n\
+                          src = zipfile.ZipFile(sys.argv[1]); items = [(i, src.read(i)) for i in src.infolist()]\n\
+                          dst = zipfile.ZipFile(sys.argv[1], 'w')\n\
+                          for i, d in items:\n\
+                          \x20   if i.filename == 'manifest.json':\n\
+                          \x20       m = json.loads(d); m['major_version'] = '17.0'; d = json.dumps(m)\n\
+                          \x20   dst.writestr(i, d)\n\
+                          dst.close()\n";
+            assert!(Command::new("python3")
+                .args(["-c", script])
+                .arg(&bad)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let run = p.run(&["import", "echo", "test", bad.to_str().unwrap(), "--replace"]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+        assert_eq!(count_rows(&p, "test"), 1, "{name}: test's data changed");
+        assert!(!p.specs.join("escaped.txt").exists());
+    }
+    // After the failed load, Odoo serves test again and nothing is left aside.
+    let st = p.json(&["status"]);
+    let test = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == "test")
+        .unwrap()
+        .clone();
+    assert_eq!(test["odooHealth"]["ok"], true, "{test}");
+    assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+
+    // The real thing: test becomes a copy of dev, with an identity of its own.
+    let run = p.run(&[
+        "import",
+        "echo",
+        "test",
+        zip.to_str().unwrap(),
+        "--replace",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["newIdentity"], true, "{report}");
+    assert_eq!(report["format"], "odoo-zip");
+    let previous = std::path::PathBuf::from(report["previous"].as_str().unwrap());
+    assert!(previous.is_file(), "{report}");
+    assert_eq!(count_rows(&p, "test"), 2);
+    assert_ne!(uuid(&p, "test"), uuid(&p, "dev"));
+    // dev's attachments are in test's filestore, owned by test's Odoo user.
+    let dev_store = p
+        .data_dir()
+        .join("odoo/envs/echo/dev/data/filestore/echo-dev");
+    let test_store = p
+        .data_dir()
+        .join("odoo/envs/echo/test/data/filestore/echo-test");
+    let files: Vec<String> = tenant_client(&p, "echo", "test")
+        .query(
+            "SELECT store_fname FROM ir_attachment WHERE store_fname IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!files.is_empty());
+    let owner = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().uid()
+    };
+    for f in &files {
+        assert_eq!(
+            std::fs::read(test_store.join(f)).unwrap(),
+            std::fs::read(dev_store.join(f)).unwrap(),
+            "{f}"
+        );
+        assert_eq!(owner(&test_store.join(f)), owner(&test_store), "{f}");
+    }
+    // Odoo answers with the imported database; careplane's admin password
+    // (from `credentials`) still logs in: checked through status' health.
+    let st = p.json(&["status"]);
+    for e in st["environments"].as_array().unwrap() {
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
+    // The audit log has one entry per import, failed ones included.
+    let log = p.json(&["audit", "log"]);
+    let imports = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "import")
+        .count();
+    assert_eq!(imports, 5, "{log}");
+}

@@ -17,7 +17,7 @@ use careplane_state::ResourceRecord;
 
 use crate::error::EngineError;
 use crate::plan::{Action, Plan};
-use crate::report::{ApplyOptions, Credentials, Event, ExportReport, Status};
+use crate::report::{ApplyOptions, Credentials, Event, ExportReport, ImportReport, Status};
 
 /// What [`Driver::ensure`] left behind.
 pub enum Ensured {
@@ -97,6 +97,21 @@ pub trait Driver: Send {
         let _ = (tenant, env, out);
         Err(EngineError::Unsupported {
             what: "export on this target".into(),
+        })
+    }
+
+    /// `careplane import`: replaces an environment's database and filestore
+    /// with an Odoo zip or a `pg_dump` custom file, after exporting what was
+    /// there; a failure leaves the environment as it was.
+    fn import(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        file: &Path,
+    ) -> Result<ImportReport, EngineError> {
+        let _ = (tenant, env, file);
+        Err(EngineError::Unsupported {
+            what: "import on this target".into(),
         })
     }
 

@@ -372,6 +372,15 @@ impl Core {
     ) -> Result<crate::report::ExportReport, EngineError> {
         self.driver.export(tenant, env, out)
     }
+
+    pub(crate) fn import(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        file: &Path,
+    ) -> Result<crate::report::ImportReport, EngineError> {
+        self.driver.import(tenant, env, file)
+    }
 }
 
 /// Write-ahead intent, for drivers: the existing record of `a`, or a new

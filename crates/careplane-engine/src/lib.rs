@@ -37,7 +37,7 @@ pub use executor::{crash_point, finish, mark_deleting, prepare, run_all};
 pub use plan::{Action, Op, Plan};
 pub use report::{
     ApplyOptions, ApplyReport, Credentials, DbCredentials, EnvStatus, Event, ExportReport, Health,
-    OdooCredentials, RedisCredentials, ServerStatus, Status,
+    ImportReport, OdooCredentials, RedisCredentials, ServerStatus, Status,
 };
 
 use executor::Core;
@@ -261,6 +261,29 @@ impl Engine {
         let params = serde_json::json!({"format": "odoo-zip", "path": out.display().to_string()});
         core.audit(
             "export",
+            &target,
+            Some(tenant),
+            params,
+            audit::outcome(&r),
+            None,
+        )?;
+        r
+    }
+
+    /// `careplane import`: `tenant`/`env`'s database and filestore replaced
+    /// by an Odoo zip or a `pg_dump` custom file; audited.
+    pub fn import(
+        &self,
+        tenant: &str,
+        env: &str,
+        file: &std::path::Path,
+    ) -> Result<ImportReport, EngineError> {
+        let mut core = self.core();
+        let r = core.import(tenant, env, file);
+        let target = format!("environment {tenant}/{env}");
+        let params = serde_json::json!({"path": file.display().to_string()});
+        core.audit(
+            "import",
             &target,
             Some(tenant),
             params,

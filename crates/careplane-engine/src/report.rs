@@ -201,3 +201,22 @@ pub struct ExportReport {
     pub odoo_version: String,
     pub postgres_version: String,
 }
+
+/// What `careplane import` did (see [`crate::Engine::import`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportReport {
+    pub tenant: String,
+    pub environment: String,
+    pub database: String,
+    /// `odoo-zip` or `pg-dump` (a `pg_dump --format=custom` file).
+    pub format: String,
+    /// The Odoo version the archive's manifest names, if it has one.
+    pub odoo_version: Option<String>,
+    pub filestore_files: u64,
+    /// The environment as it was before, exported first (an Odoo zip).
+    pub previous: std::path::PathBuf,
+    /// Whether the database got a new `database.uuid` and `database.secret`
+    /// (always, unless it already was this environment's own).
+    pub new_identity: bool,
+}

@@ -1433,7 +1433,29 @@ impl PgCluster {
         })
     }
 
-    fn drop_database(&self, database: &str) -> Result<()> {
+    /// Renames `from` to `to` from the maintenance database, closing every
+    /// connection to `from` first (PostgreSQL renames no database in use).
+    pub fn rename_database(&self, from: &str, to: &str) -> Result<()> {
+        validate_name("database name", from, false)?;
+        validate_name("database name", to, false)?;
+        let mut c = self.admin()?;
+        let ctx = |what: &str| format!("{what} {from} (renaming it to {to})");
+        c.query(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+            &[&from],
+        )
+        .map_err(|e| LocalError::pg(&self.name, ctx("closing connections to"), e))?;
+        c.batch_execute(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            quote_ident(from),
+            quote_ident(to)
+        ))
+        .map_err(|e| LocalError::pg(&self.name, ctx("renaming"), e))
+    }
+
+    /// Drops `database` (closing its connections), keeping its role.
+    pub fn drop_database(&self, database: &str) -> Result<()> {
         self.admin()?
             .batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",

@@ -369,6 +369,15 @@ impl Driver for LocalDriver {
     ) -> Result<careplane_engine::ExportReport, EngineError> {
         Ok(self.export_env(tenant, env, out)?)
     }
+
+    fn import(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        file: &Path,
+    ) -> Result<careplane_engine::ImportReport, EngineError> {
+        Ok(self.import_env(tenant, env, file)?)
+    }
 }
 
 #[cfg(test)]

@@ -249,7 +249,7 @@ impl LocalDriver {
 
     /// Who owns an environment's (or template's) files and runs its
     /// processes: its own uid and gid when careplane is root.
-    fn owner(rec: &ResourceRecord) -> Option<(u32, u32)> {
+    pub(crate) fn owner(rec: &ResourceRecord) -> Option<(u32, u32)> {
         rec.observed
             .get("uid")
             .and_then(Value::as_u64)
