@@ -1081,11 +1081,19 @@ pub fn spawn_supervisor_with_env(
 
 fn spawn(exe: &Path, args: &[OsString], dir: &Path, env: Option<&ProcessEnv>) -> Result<u32> {
     const START_TIMEOUT: Duration = Duration::from_secs(30);
-    if let Some(pid) = supervisor_pid(dir) {
-        return Err(OdooError::AlreadyRunning {
-            dir: dir.to_path_buf(),
-            pid,
-        });
+    // A supervisor that was just killed may hold its lock a moment longer
+    // than its threads run (the kernel closes its files last): give a dying
+    // one (a zombie, or gone) up to 2 s before calling it running.
+    let dying_until = Instant::now() + Duration::from_secs(2);
+    while let Some(pid) = supervisor_pid(dir) {
+        let dying = sys::proc_stat(pid).is_none_or(|s| matches!(s.state, b'Z' | b'X'));
+        if !dying || Instant::now() >= dying_until {
+            return Err(OdooError::AlreadyRunning {
+                dir: dir.to_path_buf(),
+                pid,
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
     }
     let logs = sys::ensure_dir(&dir.join(LOGS_DIR), 0o750)?;
     let log_path = logs.join(SUPERVISOR_LOG);
@@ -1204,6 +1212,16 @@ pub fn stop_supervisor(dir: &Path, timeout: Duration) -> Result<()> {
     };
     collect(&mut children);
     let supervisor = supervisor_pid(dir);
+    // The supervisor releases its lock a moment before its process is
+    // gone: "stopped" means both, checked against its start time so a
+    // reused pid is not waited for.
+    let sup_start = supervisor.and_then(|p| sys::proc_stat(p).map(|s| s.start_time));
+    let sup_running = || {
+        supervisor.is_some_and(|p| {
+            matches!(sys::proc_stat(p), Some(s)
+                if Some(s.start_time) == sup_start && !matches!(s.state, b'Z' | b'X'))
+        })
+    };
     if let Some(pid) = supervisor {
         sys::kill_pid(pid, libc::SIGTERM);
     }
@@ -1216,10 +1234,11 @@ pub fn stop_supervisor(dir: &Path, timeout: Duration) -> Result<()> {
     };
     let mut orphans_signalled = false;
     loop {
-        let sup_alive = sys::lock_held(&pid_path);
-        if sup_alive {
+        let locked = sys::lock_held(&pid_path);
+        if locked {
             collect(&mut children);
         }
+        let sup_alive = locked || sup_running();
         let left = alive(&children);
         if !sup_alive && left.is_empty() {
             return Ok(());
@@ -1247,7 +1266,7 @@ pub fn stop_supervisor(dir: &Path, timeout: Duration) -> Result<()> {
     }
     let hard = Instant::now() + Duration::from_secs(5);
     loop {
-        let sup_alive = sys::lock_held(&pid_path);
+        let sup_alive = sys::lock_held(&pid_path) || sup_running();
         let left = alive(&children);
         if !sup_alive && left.is_empty() {
             return Ok(());

@@ -340,6 +340,11 @@ fn new_supervisor_stops_leftovers_of_a_killed_one() {
     assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
     wait_for("web gone", || gone(web).then_some(()));
     assert!(!gone(worker), "the orphaned worker outlives its leader");
+    // The kernel closes a killed process's files (its lock) after its
+    // threads stopped, and signals children at thread exit: wait for both.
+    wait_for("the killed supervisor's lock released", || {
+        supervisor_pid(dir).is_none().then_some(())
+    });
     let second = start(&s);
     assert_ne!(first, second);
     assert!(
