@@ -52,7 +52,9 @@ pub fn idp() -> Option<Idp> {
         eprintln!("skipping the real-IdP test: {msg}");
         return None;
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/provider.mjs");
+    // Relative to this file, so that careplane-cli's tests can include it too.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../careplane-identity/tests/oidc/provider.mjs");
     let mut child = Command::new("node")
         .arg(&script)
         .arg(&dir)
