@@ -265,6 +265,32 @@ fn audit_verbs(p: &Platform, size: u64) {
     // A tampered entry does not verify against the same proof.
     let forged = entry.replace("\"bob\"", "\"eve\"");
     assert!(verify_inclusion(&leaf_hash(forged.as_bytes()), &inc, &root).is_err());
+    // The auditor's few lines of docs/audit.md accept it, and refuse a
+    // tampered entry.
+    if python_ready() {
+        let file = p.dir.path().join("prove-3.json");
+        std::fs::write(&file, proof.to_string()).unwrap();
+        let run = |f: &Path| {
+            std::process::Command::new("python3")
+                .args(["-c", &doc_block("audit-prove")])
+                .arg(f)
+                .output()
+                .unwrap()
+        };
+        let out = run(&file);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: entry 3"));
+        let mut bad = proof.clone();
+        bad["entry"] = json!(forged);
+        std::fs::write(&file, bad.to_string()).unwrap();
+        let out = run(&file);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("FAIL: entry 3"));
+    }
     // Beyond the log: a clear error naming the sequence number.
     let out = p.run(&["audit", "prove", "999"]);
     assert!(!out.status.success());
@@ -321,6 +347,32 @@ fn audit_verbs(p: &Platform, size: u64) {
     let jsonl = p.ok(&["audit", "export", "--format", "jsonl"]);
     let entries = std::fs::read_to_string(p.data_dir().join("audit/entries.jsonl")).unwrap();
     assert_eq!(jsonl, entries);
+}
+
+/// A marked Python block of docs/audit.md.
+fn doc_block(name: &str) -> String {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/audit.md"))
+            .unwrap();
+    let begin = format!("<!-- {name}-begin -->\n```python\n");
+    let start = doc.find(&begin).expect("begin marker in docs/audit.md") + begin.len();
+    let end = doc[start..]
+        .find(&format!("```\n<!-- {name}-end -->"))
+        .expect("end marker in docs/audit.md");
+    doc[start..start + end].to_string()
+}
+
+fn python_ready() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let msg = "python3 with the cryptography package is needed (scripts/install-deps installs python3-cryptography)";
+        assert!(std::env::var("CI").is_err(), "{msg}");
+        eprintln!("skipping the Python check: {msg}");
+    }
+    ok
 }
 
 fn hex_bytes(s: &str) -> Vec<u8> {
