@@ -20,6 +20,7 @@ use careplane_identity::{
     IdentityConfig, Principal, ReviewDecision, Role, Scope, Store as AccessStore,
 };
 use clap::{Args, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use crate::{load, print_json, write_out, Files, Output};
@@ -81,6 +82,31 @@ pub enum AccessCommand {
         source: Option<String>,
         #[arg(long, default_value = "")]
         note: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Create or replace a local break-glass account (for when the identity
+    /// provider is down): reads the password (16+ characters) from the
+    /// first line of stdin, generates a TOTP seed kept in the vault and
+    /// prints its otpauth:// URI once, for an authenticator app.
+    BreakGlassSetup {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long)]
+        account: String,
+    },
+    /// Break-glass: immediate platform-admin for at most 1h with the local
+    /// account's password and TOTP code (two lines on stdin). Needs a reason,
+    /// is audited and flagged for review; failures are rate-limited.
+    BreakGlass {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
+        duration: String,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -418,8 +444,171 @@ pub fn run(cmd: AccessCommand) -> Result<ExitCode> {
                 }
             }
         }
+        AccessCommand::BreakGlassSetup { files, account } => {
+            let engine = load(&files)?;
+            let mut seed_uri = None;
+            audited(
+                &engine,
+                "access.break-glass.setup",
+                &format!("access/break-glass:{account}"),
+                None,
+                json!({"account": account}),
+                |store, p| {
+                    let d = careplane_identity::authorize(
+                        p,
+                        careplane_identity::Action::AccessChange,
+                        &careplane_identity::Target::platform(true),
+                    );
+                    if !d.allowed {
+                        return Err(careplane_identity::Error::Refused(d.reason).into());
+                    }
+                    let lines = stdin_lines(1)?;
+                    let password = SecretString::from(lines[0].clone());
+                    store.set_break_glass_account(&account, &password)?;
+                    let mut seed = [0u8; 20];
+                    getrandom(&mut seed)?;
+                    let b32 = base32(&seed);
+                    engine.put_access_secret(
+                        &format!("break-glass-{account}-totp"),
+                        &SecretString::from(b32.clone()),
+                    )?;
+                    seed_uri = Some(format!(
+                        "otpauth://totp/careplane:{account}?secret={b32}&issuer=careplane&digits=6&period=30"
+                    ));
+                    Ok(Value::Null)
+                },
+            )?;
+            outln!(
+                "break-glass account {account} set. Add this to an authenticator app now; it is not shown again:"
+            );
+            outln!("{}", seed_uri.unwrap_or_default());
+        }
+        AccessCommand::BreakGlass {
+            files,
+            account,
+            reason,
+            duration,
+            output,
+        } => {
+            let engine = load(&files)?;
+            let secs = careplane_identity::parse_duration(&duration)
+                .map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            let store = AccessStore::open(engine.data_dir())?;
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let source = format!("local-uid:{}", unsafe { libc::geteuid() });
+            let result = (|| -> Result<(Principal, Value)> {
+                let lines = stdin_lines(2)?;
+                let seed = engine
+                    .access_secret(&format!("break-glass-{account}-totp"))?
+                    .and_then(|s| base32_decode(s.expose_secret()))
+                    .unwrap_or_default();
+                let (p, req) = store.break_glass(
+                    &account,
+                    &SecretString::from(lines[0].clone()),
+                    &SecretString::from(lines[1].trim().to_string()),
+                    &secrecy::SecretSlice::from(seed),
+                    Role::PlatformAdmin,
+                    secs,
+                    &reason,
+                    &source,
+                    now(),
+                )?;
+                Ok((p, serde_json::to_value(req)?))
+            })();
+            let (actor, r) = match result {
+                Ok((p, v)) => (p.actor(), Ok(v)),
+                Err(e) => (
+                    Actor {
+                        kind: ActorKind::User,
+                        id: format!("break-glass:{account}"),
+                        auth: "break-glass".into(),
+                        mfa: false,
+                        elevation: None,
+                    },
+                    Err(e),
+                ),
+            };
+            engine.audit_record_as(
+                actor,
+                "access.break-glass",
+                &format!("access/break-glass:{account}"),
+                None,
+                json!({"account": account, "reason": reason, "seconds": secs, "flagged_for_review": true}),
+                outcome(&r),
+            )?;
+            let v = r?;
+            errln!("BREAK-GLASS in force: flagged for review by a security officer (careplane access review).");
+            match output {
+                Output::Json => print_json(&v)?,
+                Output::Text => outln!(
+                    "break-glass {}: {} is platform-admin until {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["requester"].as_str().unwrap_or("?"),
+                    v["expires"].as_str().unwrap_or("?")
+                ),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first `n` lines of stdin (passwords and codes never come as
+/// arguments, which other users can read in /proc).
+fn stdin_lines(n: usize) -> Result<Vec<String>> {
+    use std::io::BufRead as _;
+    let mut lines = Vec::with_capacity(n);
+    for line in std::io::stdin().lock().lines().take(n) {
+        lines.push(line.context("reading stdin")?);
+    }
+    if lines.len() < n {
+        bail!(
+            "expected {n} line(s) on stdin (password{})",
+            if n > 1 { ", then the TOTP code" } else { "" }
+        );
+    }
+    Ok(lines)
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("reading /dev/urandom")
+}
+
+const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// RFC 4648 base32 without padding: how authenticator apps take a seed.
+fn base32(data: &[u8]) -> String {
+    let mut out = String::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for &b in data {
+        buf = (buf << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            out.push(B32[((buf >> (bits - 5)) & 31) as usize] as char);
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(B32[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = B32.iter().position(|x| *x == c.to_ascii_uppercase())? as u32;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    Some(out)
 }
 
 /// `careplane login`: the authorization code flow with PKCE through a
@@ -443,10 +632,7 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         errln!("{}", login.url);
         let tokens = v.finish_login(login, Duration::from_secs(wait), now)?;
         let p = store.with_grants(cfg.principal(&tokens.claims)?, now())?;
-        write_session(&path, &cfg.issuer, {
-            use careplane_engine::ExposeSecret;
-            tokens.id_token.expose_secret()
-        })?;
+        write_session(&path, &cfg.issuer, tokens.id_token.expose_secret())?;
         Ok((p, tokens.claims))
     })();
     let (actor, r) = match result {

@@ -446,3 +446,183 @@ fn login_signs_in_through_the_browser_with_pkce_and_is_audited() {
     assert_eq!(log[1]["action"], "access.review");
     assert_eq!(log[1]["actor"]["id"], "carol");
 }
+
+fn run_with_stdin(p: &Platform, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = p
+        .cmd(args)
+        .env("CAREPLANE_SESSION", p.dir.path().join("no-session.json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn base32_decode(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buf, mut bits, mut out) = (0u32, 0, Vec::new());
+    for c in s.bytes() {
+        buf = (buf << 5) | A.iter().position(|x| *x == c).unwrap() as u32;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
+
+#[test]
+fn break_glass_as_the_local_root_operator_is_immediate_audited_and_flagged() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var("CI").is_err(), "CI runs as root");
+        eprintln!("skipping: break-glass setup is for root on the host");
+        return;
+    }
+    let p = Platform::new(TENANTS);
+    careplane_state::Store::open(&p.data_dir()).unwrap();
+    let password = "a long break-glass password";
+    let out = run_with_stdin(
+        &p,
+        &["access", "break-glass-setup", "--account", "oncall"],
+        &format!("{password}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let secret = stdout
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let seed = base32_decode(secret);
+    assert_eq!(seed.len(), 20);
+
+    // A wrong code is refused (and audited); the right one elevates at once.
+    let bad = run_with_stdin(
+        &p,
+        &[
+            "access",
+            "break-glass",
+            "--account",
+            "oncall",
+            "--reason",
+            "IdP down, INC-7",
+        ],
+        &format!("{password}\n000000\n"),
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("failed"));
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut code = careplane_identity::totp::code(&seed, unix, 30, 6);
+    if code == "000000" {
+        code = careplane_identity::totp::code(&seed, unix + 30, 30, 6);
+    }
+    let out = run_with_stdin(
+        &p,
+        &[
+            "access",
+            "break-glass",
+            "--account",
+            "oncall",
+            "--reason",
+            "IdP down, INC-7",
+            "--output",
+            "json",
+        ],
+        &format!("{password}\n{code}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("flagged for review"));
+    let grant: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            grant["break_glass"].as_bool(),
+            grant["needs_review"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+
+    // The local root operator (no session) sees it flagged in the review.
+    let review: Value = serde_json::from_slice(
+        &run_with_stdin(&p, &["access", "review", "--output", "json"], "").stdout,
+    )
+    .unwrap();
+    assert!(
+        review
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["principal"] == "break-glass:oncall" && i["needs_review"] == true),
+        "{review}"
+    );
+
+    let log = p.json(&["audit", "log"]);
+    let e: Vec<(&str, &str, &str)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["actor"]["auth"].as_str().unwrap(),
+                e["result"]["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        e,
+        [
+            ("access.break-glass.setup", "local-root", "succeeded"),
+            ("access.break-glass", "break-glass", "refused"),
+            ("access.break-glass", "break-glass", "succeeded"),
+            ("access.review", "local-root", "succeeded"),
+        ]
+    );
+    assert_eq!(log[2]["actor"]["elevation"]["break_glass"], true);
+    assert_eq!(log[2]["parameters"]["flagged_for_review"], true);
+    // Neither the password nor the seed is anywhere under the data directory in clear.
+    for f in walk(&p.data_dir()) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(password) && !text.contains(secret),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

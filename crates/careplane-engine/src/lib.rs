@@ -343,6 +343,24 @@ impl Engine {
         )
     }
 
+    /// A secret of the access model (owner `access` in the vault: the
+    /// break-glass accounts' TOTP seeds), if set.
+    pub fn access_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<careplane_state::SecretString>, EngineError> {
+        Ok(self.core().store()?.secret("access", name)?)
+    }
+
+    /// Stores a secret of the access model in the vault (age-encrypted).
+    pub fn put_access_secret(
+        &self,
+        name: &str,
+        value: &careplane_state::SecretString,
+    ) -> Result<(), EngineError> {
+        Ok(self.core().store()?.put_secret("access", name, value)?)
+    }
+
     /// The audit log's latest signed checkpoint (its signature checked) and
     /// the public key that checks it.
     pub fn audit_checkpoint(
