@@ -180,13 +180,24 @@ fn principal(engine: &Engine, store: &AccessStore) -> Result<Principal> {
             let token = session["id_token"]
                 .as_str()
                 .with_context(|| format!("session file {} has no id_token", path.display()))?;
+            // Failed authentications are rate-limited per source (the local
+            // uid) and per claimed identity (the token's unverified subject).
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let source = format!("local-uid:{}", unsafe { libc::geteuid() });
+            let claimed = unverified_subject(token);
+            store.check_rate(&source, &claimed, now())?;
             let v = Verifier::discover(&cfg.issuer, &cfg.client_id, now())?;
-            let claims = v.verify_id_token(token, None, now()).map_err(|e| {
-                anyhow::anyhow!(
-                    "the session in {} is no longer valid ({e}): run careplane login",
-                    path.display()
-                )
-            })?;
+            let claims = match v.verify_id_token(token, None, now()) {
+                Ok(c) => c,
+                Err(e) => {
+                    store.fail_rate(&source, &claimed, now())?;
+                    return Err(careplane_identity::Error::AuthFailed(format!(
+                        "the session in {} is no longer valid ({e}): run careplane login",
+                        path.display()
+                    ))
+                    .into());
+                }
+            };
             cfg.principal(&claims)?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -203,6 +214,22 @@ fn principal(engine: &Engine, store: &AccessStore) -> Result<Principal> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     Ok(store.with_grants(p, now())?)
+}
+
+/// The `sub` a token claims, before verification: only a rate-limit key.
+fn unverified_subject(token: &str) -> String {
+    use base64::Engine as _;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["sub"].as_str().map(|s| format!("sub:{s}")))
+        .unwrap_or_else(|| "sub:?".into())
 }
 
 fn outcome(r: &Result<Value>) -> Outcome {

@@ -194,6 +194,16 @@ fn elevation_is_requested_approved_by_another_and_reviewed_each_step_audited() {
     let out = s.run_as(&stale, &["access", "list"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("careplane login"));
+    // Guessing on: after five failures the identity is locked out for a while.
+    for _ in 0..4 {
+        assert!(!s.run_as(&stale, &["access", "list"]).status.success());
+    }
+    let locked = s.run_as(&stale, &["access", "list"]);
+    assert!(
+        String::from_utf8_lossy(&locked.stderr).contains("too many failed sign-ins"),
+        "{}",
+        String::from_utf8_lossy(&locked.stderr)
+    );
 
     // One entry per command, with its actor, in order.
     let log = s.p.json(&["audit", "log"]);
@@ -219,7 +229,12 @@ fn elevation_is_requested_approved_by_another_and_reviewed_each_step_audited() {
         ("access.review", "alice", "refused", true),
         ("access.review", "bob", "succeeded", true),
         ("access.review.decide", "bob", "succeeded", true),
-        ("access.list", "unauthenticated", "failed", false),
+        ("access.list", "unauthenticated", "refused", false),
+        ("access.list", "unauthenticated", "refused", false),
+        ("access.list", "unauthenticated", "refused", false),
+        ("access.list", "unauthenticated", "refused", false),
+        ("access.list", "unauthenticated", "refused", false),
+        ("access.list", "unauthenticated", "refused", false),
     ];
     let got: Vec<(&str, &str, &str, bool)> = rows
         .iter()
