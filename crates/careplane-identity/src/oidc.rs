@@ -143,6 +143,14 @@ impl Verifier {
     /// Discovery at `<issuer>/.well-known/openid-configuration`; the
     /// document's issuer must be `issuer` exactly. Fetches the JWKS.
     pub fn discover(issuer: &str, client_id: &str, now: i64) -> Result<Verifier, Error> {
+        if !issuer_transport_ok(issuer) {
+            return Err(Error::Invalid {
+                field: "issuer".into(),
+                detail: format!(
+                    "{issuer:?}: an identity provider is reached over https (plain http only on loopback)"
+                ),
+            });
+        }
         let agent = agent();
         let url = format!(
             "{}/.well-known/openid-configuration",
@@ -394,6 +402,22 @@ impl Verifier {
         self.check_common(&claims, audience, now)?;
         Ok(claims)
     }
+}
+
+/// https, or http to a loopback address (a provider on the same host).
+fn issuer_transport_ok(issuer: &str) -> bool {
+    if issuer.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = issuer.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
 }
 
 fn key_fits(k: &Jwk, alg: &str) -> bool {
@@ -691,6 +715,16 @@ mod tests {
             pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
+    }
+
+    #[test]
+    fn issuers_need_https_except_on_loopback() {
+        assert!(issuer_transport_ok("https://login.example.org/realms/x"));
+        assert!(issuer_transport_ok("http://127.0.0.1:4000"));
+        assert!(issuer_transport_ok("http://[::1]:4000/x"));
+        assert!(!issuer_transport_ok("http://login.example.org"));
+        assert!(!issuer_transport_ok("http://127.0.0.1.evil.org"));
+        assert!(!issuer_transport_ok("ftp://127.0.0.1"));
     }
 
     #[test]
