@@ -150,6 +150,17 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Just-in-time elevation and access reviews: request a role for a
+    /// while, approve someone else's request, list grants, review who holds
+    /// what. See docs/design/0013-identity-and-access.md.
+    Access {
+        #[command(subcommand)]
+        command: access::AccessCommand,
+    },
+    /// Sign in through the platform's OpenID provider (authorization code
+    /// flow with PKCE, loopback redirect); the session is kept in
+    /// ~/.config/careplane/session.json (0600).
+    Login(access::LoginArgs),
     /// Recent operations and their steps, from the journal.
     Journal {
         #[command(flatten)]
@@ -280,6 +291,9 @@ fn write_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
+mod access;
+mod audit_verbs;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -324,12 +338,52 @@ enum AuditCommand {
     /// A tenant's entries with their inclusion proofs against the latest
     /// signed checkpoint, as JSON for the tenant's own auditor (checked with
     /// the script in docs/audit.md).
+    ///
+    /// With --format, every entry (or the tenant's) as JSON lines or RFC 5424
+    /// syslog lines for a SIEM instead.
     Export {
         #[command(flatten)]
         files: Files,
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, required_unless_present = "format")]
+        tenant: Option<String>,
+        #[arg(long, value_enum)]
+        format: Option<audit_verbs::ExportFormat>,
         /// Accepted for symmetry: the export is JSON either way.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The inclusion proof of entry SEQ against the latest signed checkpoint
+    /// (or, with --consistency OLD, the proof that the log's first OLD
+    /// entries are a prefix of it), as JSON; docs/audit.md shows how to
+    /// check it.
+    Prove {
+        #[command(flatten)]
+        files: Files,
+        #[arg(required_unless_present = "consistency")]
+        seq: Option<u64>,
+        #[arg(long, value_name = "OLD_SIZE", conflicts_with = "seq")]
+        consistency: Option<u64>,
+    },
+    /// Entries matching every given filter, oldest first.
+    Query {
+        #[command(flatten)]
+        files: Files,
+        /// The actor's id (as entries show it).
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        /// A target or anything below it (`odoo-env/stmarys`).
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// RFC 3339 time, inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time, exclusive.
+        #[arg(long)]
+        until: Option<String>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -734,11 +788,78 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Audit {
-            command: AuditCommand::Export { files, tenant, .. },
+            command:
+                AuditCommand::Export {
+                    files,
+                    tenant,
+                    format,
+                    ..
+                },
         } => {
             let engine = load(&files)?;
-            print_json(&engine.audit_export_tenant(&tenant)?)?;
+            match (format, tenant) {
+                (Some(format), tenant) => {
+                    let filter = careplane_engine::careplane_audit::Filter {
+                        tenant,
+                        ..Default::default()
+                    };
+                    audit_verbs::export(&engine, format, &filter)?;
+                }
+                (None, Some(tenant)) => print_json(&engine.audit_export_tenant(&tenant)?)?,
+                (None, None) => anyhow::bail!("audit export needs --tenant or --format"),
+            }
         }
+        Command::Audit {
+            command:
+                AuditCommand::Prove {
+                    files,
+                    seq,
+                    consistency,
+                },
+        } => {
+            let engine = load(&files)?;
+            let proof = match (seq, consistency) {
+                (_, Some(old)) => audit_verbs::prove_consistency(&engine, old)?,
+                (Some(seq), None) => audit_verbs::prove_inclusion(&engine, seq)?,
+                (None, None) => anyhow::bail!("audit prove needs SEQ or --consistency OLD_SIZE"),
+            };
+            print_json(&proof)?;
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Query {
+                    files,
+                    actor,
+                    action,
+                    target,
+                    tenant,
+                    since,
+                    until,
+                    output,
+                },
+        } => {
+            let engine = load(&files)?;
+            let filter = audit_verbs::filter(actor, action, target, tenant, since, until)?;
+            let entries = engine.audit_entries(&filter)?;
+            match output {
+                Output::Json => print_json(&entries)?,
+                Output::Text => {
+                    for e in entries {
+                        outln!(
+                            "{:>6}  {}  {:<18} {:<16} {:<40} {:?}",
+                            e.seq,
+                            e.time,
+                            e.actor.id,
+                            e.action,
+                            e.target,
+                            e.result.status
+                        );
+                    }
+                }
+            }
+        }
+        Command::Access { command } => return access::run(command),
+        Command::Login(args) => return access::login(args),
         Command::Audit {
             command:
                 AuditCommand::Log {

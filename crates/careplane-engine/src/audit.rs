@@ -78,6 +78,33 @@ pub fn record(
     result: Outcome,
     operation: Option<i64>,
 ) -> Result<(), EngineError> {
+    record_as(
+        store,
+        data_dir,
+        local_actor(),
+        action,
+        target,
+        tenant,
+        parameters,
+        result,
+        operation,
+    )
+}
+
+/// [`record`] with the actor given by the caller (a signed-in principal:
+/// `careplane access …`, and the authorization check of docs/design/0013).
+#[allow(clippy::too_many_arguments)]
+pub fn record_as(
+    store: &Store,
+    data_dir: &Path,
+    actor: Actor,
+    action: &str,
+    target: &str,
+    tenant: Option<&str>,
+    parameters: Value,
+    result: Outcome,
+    operation: Option<i64>,
+) -> Result<(), EngineError> {
     let failed = |e: careplane_audit::Error| EngineError::Inconsistent {
         what: format!(
             "{action} on {target} could not be recorded in the audit log {}: {e}",
@@ -86,7 +113,7 @@ pub fn record(
     };
     let log = AuditLog::open(&dir(data_dir), signing_key(store)?).map_err(failed)?;
     log.append(Event {
-        actor: local_actor(),
+        actor,
         action: action.into(),
         target: target.into(),
         tenant: tenant.map(str::to_string),

@@ -354,6 +354,90 @@ impl Engine {
             .map_err(|e| failed(e.to_string()))
     }
 
+    /// Appends one audit entry for `actor` (commands outside the engine's
+    /// operations: `careplane access …`, `login`). Refused before the
+    /// platform's first apply: the log's signing key lives in its vault.
+    pub fn audit_record_as(
+        &self,
+        actor: careplane_audit::Actor,
+        action: &str,
+        target: &str,
+        tenant: Option<&str>,
+        parameters: Value,
+        result: careplane_audit::Outcome,
+    ) -> Result<(), EngineError> {
+        let mut core = self.core();
+        if !self.data_dir.join("state.db").exists() {
+            return Err(EngineError::Inconsistent {
+                what: format!(
+                    "{} has no state yet ({} was never applied): nothing to record {action} in",
+                    self.data_dir.display(),
+                    self.platform()
+                ),
+            });
+        }
+        let store = core.store()?;
+        audit::record_as(
+            store,
+            &self.data_dir,
+            actor,
+            action,
+            target,
+            tenant,
+            parameters,
+            result,
+            None,
+        )
+    }
+
+    /// A secret of the access model (owner `access` in the vault: the
+    /// break-glass accounts' TOTP seeds), if set.
+    pub fn access_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<careplane_state::SecretString>, EngineError> {
+        Ok(self.core().store()?.secret("access", name)?)
+    }
+
+    /// Stores a secret of the access model in the vault (age-encrypted).
+    pub fn put_access_secret(
+        &self,
+        name: &str,
+        value: &careplane_state::SecretString,
+    ) -> Result<(), EngineError> {
+        Ok(self.core().store()?.put_secret("access", name, value)?)
+    }
+
+    /// The audit log's latest signed checkpoint (its signature checked) and
+    /// the public key that checks it.
+    pub fn audit_checkpoint(
+        &self,
+    ) -> Result<
+        (
+            careplane_audit::SignedCheckpoint,
+            careplane_audit::VerifyingKey,
+        ),
+        EngineError,
+    > {
+        let mut core = self.core();
+        let key = audit::signing_key(core.store()?)?.verifying_key();
+        let failed = |e: String| EngineError::Inconsistent {
+            what: format!("audit log {}: {e}", self.audit_dir().display()),
+        };
+        let checkpoints = std::fs::read_to_string(self.audit_dir().join("checkpoints.jsonl"))
+            .map_err(|e| failed(format!("no signed checkpoint to prove against ({e})")))?;
+        let latest: careplane_audit::SignedCheckpoint = checkpoints
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .ok_or_else(|| failed("no signed checkpoint to prove against".into()))
+            .and_then(|l| serde_json::from_str(l).map_err(|e| failed(e.to_string())))?;
+        latest
+            .verify(&key)
+            .map_err(|e| failed(format!("the latest checkpoint does not verify: {e}")))?;
+        Ok((latest, key))
+    }
+
     fn platform(&self) -> String {
         format!("platform {}", self.specs.platform.metadata.name)
     }

@@ -1,0 +1,719 @@
+//! `careplane access …` and `careplane login` (issue 20, M12;
+//! docs/design/0013): just-in-time elevation requests and approvals, the
+//! access review, and OIDC sign-in with PKCE. Each command appends exactly
+//! one audit entry with the actor who ran it, also when it is refused.
+//!
+//! Who runs a command: the signed-in user of the session file (written by
+//! `careplane login`, checked against the IdP on every use), with their
+//! grants in force; without a session, root on the host is the local root
+//! operator; anyone else must sign in.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use careplane_engine::careplane_audit::{Actor, ActorKind, Outcome, Status as AuditStatus};
+use careplane_engine::Engine;
+use careplane_identity::oidc::Verifier;
+use careplane_identity::{
+    IdentityConfig, Principal, ReviewDecision, Role, Scope, Store as AccessStore,
+};
+use clap::{Args, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+use crate::{load, print_json, write_out, Files, Output};
+
+#[derive(Subcommand)]
+pub enum AccessCommand {
+    /// Ask for a role for a while; a different person with an approving
+    /// role must approve it (`careplane access approve <id>`).
+    Request {
+        #[command(flatten)]
+        files: Files,
+        /// viewer, tenant-operator, platform-operator, security-officer or platform-admin.
+        #[arg(long)]
+        role: String,
+        /// Limit the elevation to this tenant (repeatable; required for tenant-operator).
+        #[arg(long = "tenant", value_name = "TENANT")]
+        tenants: Vec<String>,
+        /// How long the grant lasts once approved: 30m, 1h, 2h30m (at most 12h).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why (a ticket or incident); recorded in the audit log.
+        #[arg(long)]
+        reason: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Approve someone else's pending request (security-officer or
+    /// platform-admin, signed in with MFA).
+    Approve {
+        #[command(flatten)]
+        files: Files,
+        id: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Every request and grant, newest first, with its state now.
+    List {
+        #[command(flatten)]
+        files: Files,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Who holds what, since and until when, last used; with --decide,
+    /// record a keep/revoke decision on one holding as evidence.
+    Review {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long, value_enum, requires_all = ["principal", "role", "source"])]
+        decide: Option<Decide>,
+        /// The holder under review (with --decide).
+        #[arg(long)]
+        principal: Option<String>,
+        /// The role under review (with --decide).
+        #[arg(long)]
+        role: Option<String>,
+        /// The holding's source as the list shows it: grant:<id>,
+        /// break-glass:<id>, group:<name> (with --decide).
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Create or replace a local break-glass account (for when the identity
+    /// provider is down): reads the password (16+ characters) from the
+    /// first line of stdin, generates a TOTP seed kept in the vault and
+    /// prints its otpauth:// URI once, for an authenticator app.
+    BreakGlassSetup {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long)]
+        account: String,
+    },
+    /// Break-glass: immediate platform-admin for at most 1h with the local
+    /// account's password and TOTP code (two lines on stdin). Needs a reason,
+    /// is audited and flagged for review; failures are rate-limited.
+    BreakGlass {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
+        duration: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum Decide {
+    Keep,
+    Revoke,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    files: Files,
+    /// How long to wait for the browser's redirect.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    timeout: String,
+}
+
+/// The session file: `$CAREPLANE_SESSION`, or
+/// `$XDG_CONFIG_HOME/careplane/session.json` (`~/.config/…`).
+fn session_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CAREPLANE_SESSION") {
+        return Ok(PathBuf::from(p));
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".config"),
+    };
+    Ok(base.join("careplane").join("session.json"))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn config_path(engine: &Engine) -> PathBuf {
+    engine.data_dir().join("identity.json")
+}
+
+fn config(engine: &Engine) -> Result<IdentityConfig> {
+    let path = config_path(engine);
+    IdentityConfig::load(&path).with_context(|| {
+        format!(
+            "the platform's identity provider is configured in {}",
+            path.display()
+        )
+    })
+}
+
+/// Who runs this command (see the module's comment).
+fn principal(engine: &Engine, store: &AccessStore) -> Result<Principal> {
+    let path = session_path()?;
+    let p = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let cfg = config(engine)?;
+            let session: Value = serde_json::from_str(&text)
+                .with_context(|| format!("session file {} is not JSON", path.display()))?;
+            if session["issuer"] != cfg.issuer.as_str() {
+                bail!(
+                    "session {} is for issuer {}, the platform's is {}: run careplane login",
+                    path.display(),
+                    session["issuer"],
+                    cfg.issuer
+                );
+            }
+            let token = session["id_token"]
+                .as_str()
+                .with_context(|| format!("session file {} has no id_token", path.display()))?;
+            // Failed authentications are rate-limited per source (the local
+            // uid) and per claimed identity (the token's unverified subject).
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let source = format!("local-uid:{}", unsafe { libc::geteuid() });
+            let claimed = unverified_subject(token);
+            store.check_rate(&source, &claimed, now())?;
+            let v = Verifier::discover(&cfg.issuer, &cfg.client_id, now())?;
+            let claims = match v.verify_id_token(token, None, now()) {
+                Ok(c) => c,
+                Err(e) => {
+                    store.fail_rate(&source, &claimed, now())?;
+                    return Err(careplane_identity::Error::AuthFailed(format!(
+                        "the session in {} is no longer valid ({e}): run careplane login",
+                        path.display()
+                    ))
+                    .into());
+                }
+            };
+            cfg.principal(&claims)?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            if uid != 0 {
+                bail!(
+                    "not signed in (no {}): run careplane login; only root on the host acts without signing in",
+                    path.display()
+                );
+            }
+            Principal::local_root(uid)
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(store.with_grants(p, now())?)
+}
+
+/// The `sub` a token claims, before verification: only a rate-limit key.
+fn unverified_subject(token: &str) -> String {
+    use base64::Engine as _;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["sub"].as_str().map(|s| format!("sub:{s}")))
+        .unwrap_or_else(|| "sub:?".into())
+}
+
+fn outcome(r: &Result<Value>) -> Outcome {
+    match r {
+        Ok(_) => Outcome {
+            status: AuditStatus::Succeeded,
+            message: None,
+        },
+        Err(e) => Outcome {
+            status: match e.downcast_ref::<careplane_identity::Error>() {
+                Some(careplane_identity::Error::Refused(_))
+                | Some(careplane_identity::Error::AuthFailed(_))
+                | Some(careplane_identity::Error::RateLimited { .. }) => AuditStatus::Refused,
+                _ => AuditStatus::Failed,
+            },
+            message: Some(crate::error_line(e)),
+        },
+    }
+}
+
+/// Runs `f` as the command's principal and appends its one audit entry,
+/// whatever happens (an unauthenticated caller is recorded as such).
+fn audited(
+    engine: &Engine,
+    action: &str,
+    target: &str,
+    tenant: Option<&str>,
+    parameters: Value,
+    f: impl FnOnce(&AccessStore, &Principal) -> Result<Value>,
+) -> Result<Value> {
+    let store = AccessStore::open(engine.data_dir())?;
+    let (actor, r): (Actor, Result<Value>) = match principal(engine, &store) {
+        Ok(p) => (p.actor(), f(&store, &p)),
+        Err(e) => (
+            Actor {
+                kind: ActorKind::User,
+                id: "unauthenticated".into(),
+                auth: "none".into(),
+                mfa: false,
+                elevation: None,
+            },
+            Err(e),
+        ),
+    };
+    engine.audit_record_as(actor, action, target, tenant, parameters, outcome(&r))?;
+    r
+}
+
+fn role(s: &str) -> Result<Role> {
+    s.parse::<Role>()
+        .map_err(|e| anyhow::anyhow!("--role: {e}"))
+}
+
+pub fn run(cmd: AccessCommand) -> Result<ExitCode> {
+    match cmd {
+        AccessCommand::Request {
+            files,
+            role: r,
+            tenants,
+            duration,
+            reason,
+            output,
+        } => {
+            let engine = load(&files)?;
+            let role = role(&r)?;
+            let secs = careplane_identity::parse_duration(&duration)
+                .map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            let scope = if tenants.is_empty() {
+                Scope::All
+            } else {
+                Scope::Tenants(tenants.clone())
+            };
+            let params =
+                json!({"role": role, "tenants": tenants, "seconds": secs, "reason": reason});
+            let v = audited(
+                &engine,
+                "access.request",
+                "access",
+                tenants.first().map(String::as_str),
+                params,
+                |store, p| {
+                    let req = store.request(p, role, scope, secs, &reason, now())?;
+                    Ok(serde_json::to_value(req)?)
+                },
+            )?;
+            match output {
+                Output::Json => print_json(&v)?,
+                Output::Text => outln!(
+                    "request {} for {} ({}s) is pending: another person approves it with `careplane access approve {}`",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["role"].as_str().unwrap_or("?"),
+                    secs,
+                    v["id"].as_str().unwrap_or("?")
+                ),
+            }
+        }
+        AccessCommand::Approve { files, id, output } => {
+            let engine = load(&files)?;
+            let v = audited(
+                &engine,
+                "access.approve",
+                &format!("access/{id}"),
+                None,
+                json!({"request": id}),
+                |store, p| Ok(serde_json::to_value(store.approve(&id, p, now())?)?),
+            )?;
+            match output {
+                Output::Json => print_json(&v)?,
+                Output::Text => outln!(
+                    "approved {}: {} is {} until {}",
+                    id,
+                    v["requester"].as_str().unwrap_or("?"),
+                    v["role"].as_str().unwrap_or("?"),
+                    v["expires"].as_str().unwrap_or("?")
+                ),
+            }
+        }
+        AccessCommand::List { files, output } => {
+            let engine = load(&files)?;
+            let v = audited(
+                &engine,
+                "access.list",
+                "access",
+                None,
+                json!({}),
+                |store, p| {
+                    let d = careplane_identity::authorize(
+                        p,
+                        careplane_identity::Action::Read,
+                        &careplane_identity::Target::platform(false),
+                    );
+                    if !d.allowed {
+                        return Err(careplane_identity::Error::Refused(d.reason).into());
+                    }
+                    Ok(serde_json::to_value(store.list(now())?)?)
+                },
+            )?;
+            match output {
+                Output::Json => print_json(&v)?,
+                Output::Text => {
+                    for r in v.as_array().into_iter().flatten() {
+                        outln!(
+                            "{:<16} {:<10} {:<28} {:<18} until {:<22} {}",
+                            r["id"].as_str().unwrap_or(""),
+                            r["status"].as_str().unwrap_or(""),
+                            r["requester"].as_str().unwrap_or(""),
+                            r["role"].as_str().unwrap_or(""),
+                            r["expires"].as_str().unwrap_or("-"),
+                            r["reason"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+        }
+        AccessCommand::Review {
+            files,
+            decide,
+            principal: subject,
+            role: r,
+            source,
+            note,
+            output,
+        } => {
+            let engine = load(&files)?;
+            let v = match decide {
+                None => audited(
+                    &engine,
+                    "access.review",
+                    "access",
+                    None,
+                    json!({}),
+                    |store, p| {
+                        let d = careplane_identity::authorize(
+                            p,
+                            careplane_identity::Action::AccessReview,
+                            &careplane_identity::Target::platform(false),
+                        );
+                        if !d.allowed {
+                            return Err(careplane_identity::Error::Refused(d.reason).into());
+                        }
+                        Ok(serde_json::to_value(store.review(now())?)?)
+                    },
+                )?,
+                Some(decision) => {
+                    let (subject, source) =
+                        (subject.unwrap_or_default(), source.unwrap_or_default());
+                    let role = role(&r.unwrap_or_default())?;
+                    let decision = match decision {
+                        Decide::Keep => ReviewDecision::Keep,
+                        Decide::Revoke => ReviewDecision::Revoke,
+                    };
+                    audited(
+                        &engine,
+                        "access.review.decide",
+                        &format!("access/{subject}"),
+                        None,
+                        json!({"principal": subject, "role": role, "source": source, "decision": decision, "note": note}),
+                        |store, p| {
+                            Ok(serde_json::to_value(store.record_review(
+                                p,
+                                &subject,
+                                role,
+                                &source,
+                                decision,
+                                &note,
+                                now(),
+                            )?)?)
+                        },
+                    )?
+                }
+            };
+            match output {
+                Output::Json => print_json(&v)?,
+                Output::Text if decide.is_some() => outln!(
+                    "recorded: {} {} of {} ({}): {}",
+                    v["decision"].as_str().unwrap_or("?"),
+                    v["role"].as_str().unwrap_or("?"),
+                    v["principal"].as_str().unwrap_or("?"),
+                    v["source"].as_str().unwrap_or("?"),
+                    v["effect"].as_str().unwrap_or("")
+                ),
+                Output::Text => {
+                    for i in v.as_array().into_iter().flatten() {
+                        outln!(
+                            "{:<28} {:<18} {:<28} since {:<22} until {:<22} last used {:<22}{}",
+                            i["principal"].as_str().unwrap_or(""),
+                            i["role"].as_str().unwrap_or(""),
+                            i["source"].as_str().unwrap_or(""),
+                            i["since"].as_str().unwrap_or("-"),
+                            i["until"].as_str().unwrap_or("-"),
+                            i["last_used"].as_str().unwrap_or("never"),
+                            if i["needs_review"] == true {
+                                "  NEEDS REVIEW"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                }
+            }
+        }
+        AccessCommand::BreakGlassSetup { files, account } => {
+            let engine = load(&files)?;
+            let mut seed_uri = None;
+            audited(
+                &engine,
+                "access.break-glass.setup",
+                &format!("access/break-glass:{account}"),
+                None,
+                json!({"account": account}),
+                |store, p| {
+                    let d = careplane_identity::authorize(
+                        p,
+                        careplane_identity::Action::AccessChange,
+                        &careplane_identity::Target::platform(true),
+                    );
+                    if !d.allowed {
+                        return Err(careplane_identity::Error::Refused(d.reason).into());
+                    }
+                    let lines = stdin_lines(1)?;
+                    let password = SecretString::from(lines[0].clone());
+                    store.set_break_glass_account(&account, &password)?;
+                    let mut seed = [0u8; 20];
+                    getrandom(&mut seed)?;
+                    let b32 = base32(&seed);
+                    engine.put_access_secret(
+                        &format!("break-glass-{account}-totp"),
+                        &SecretString::from(b32.clone()),
+                    )?;
+                    seed_uri = Some(format!(
+                        "otpauth://totp/careplane:{account}?secret={b32}&issuer=careplane&digits=6&period=30"
+                    ));
+                    Ok(Value::Null)
+                },
+            )?;
+            outln!(
+                "break-glass account {account} set. Add this to an authenticator app now; it is not shown again:"
+            );
+            outln!("{}", seed_uri.unwrap_or_default());
+        }
+        AccessCommand::BreakGlass {
+            files,
+            account,
+            reason,
+            duration,
+            output,
+        } => {
+            let engine = load(&files)?;
+            let secs = careplane_identity::parse_duration(&duration)
+                .map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            let store = AccessStore::open(engine.data_dir())?;
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let source = format!("local-uid:{}", unsafe { libc::geteuid() });
+            let result = (|| -> Result<(Principal, Value)> {
+                let lines = stdin_lines(2)?;
+                let seed = engine
+                    .access_secret(&format!("break-glass-{account}-totp"))?
+                    .and_then(|s| base32_decode(s.expose_secret()))
+                    .unwrap_or_default();
+                let (p, req) = store.break_glass(
+                    &account,
+                    &SecretString::from(lines[0].clone()),
+                    &SecretString::from(lines[1].trim().to_string()),
+                    &secrecy::SecretSlice::from(seed),
+                    Role::PlatformAdmin,
+                    secs,
+                    &reason,
+                    &source,
+                    now(),
+                )?;
+                Ok((p, serde_json::to_value(req)?))
+            })();
+            let (actor, r) = match result {
+                Ok((p, v)) => (p.actor(), Ok(v)),
+                Err(e) => (
+                    Actor {
+                        kind: ActorKind::User,
+                        id: format!("break-glass:{account}"),
+                        auth: "break-glass".into(),
+                        mfa: false,
+                        elevation: None,
+                    },
+                    Err(e),
+                ),
+            };
+            engine.audit_record_as(
+                actor,
+                "access.break-glass",
+                &format!("access/break-glass:{account}"),
+                None,
+                json!({"account": account, "reason": reason, "seconds": secs, "flagged_for_review": true}),
+                outcome(&r),
+            )?;
+            let v = r?;
+            errln!("BREAK-GLASS in force: flagged for review by a security officer (careplane access review).");
+            match output {
+                Output::Json => print_json(&v)?,
+                Output::Text => outln!(
+                    "break-glass {}: {} is platform-admin until {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["requester"].as_str().unwrap_or("?"),
+                    v["expires"].as_str().unwrap_or("?")
+                ),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first `n` lines of stdin (passwords and codes never come as
+/// arguments, which other users can read in /proc).
+fn stdin_lines(n: usize) -> Result<Vec<String>> {
+    use std::io::BufRead as _;
+    let mut lines = Vec::with_capacity(n);
+    for line in std::io::stdin().lock().lines().take(n) {
+        lines.push(line.context("reading stdin")?);
+    }
+    if lines.len() < n {
+        bail!(
+            "expected {n} line(s) on stdin (password{})",
+            if n > 1 { ", then the TOTP code" } else { "" }
+        );
+    }
+    Ok(lines)
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("reading /dev/urandom")
+}
+
+const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// RFC 4648 base32 without padding: how authenticator apps take a seed.
+fn base32(data: &[u8]) -> String {
+    let mut out = String::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for &b in data {
+        buf = (buf << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            out.push(B32[((buf >> (bits - 5)) & 31) as usize] as char);
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(B32[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = B32.iter().position(|x| *x == c.to_ascii_uppercase())? as u32;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    Some(out)
+}
+
+/// `careplane login`: the authorization code flow with PKCE through a
+/// loopback redirect; the ID token is kept in the session file (0600).
+pub fn login(args: LoginArgs) -> Result<ExitCode> {
+    let engine = load(&args.files)?;
+    let cfg = config(&engine)?;
+    let wait = careplane_identity::parse_duration(&args.timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let path = session_path()?;
+    let store = AccessStore::open(engine.data_dir())?;
+    let result = (|| -> Result<(Principal, Value)> {
+        let v = Verifier::discover(&cfg.issuer, &cfg.client_id, now())?;
+        let mut extra = Vec::new();
+        let hint = std::env::var("CAREPLANE_LOGIN_HINT").unwrap_or_default();
+        if !hint.is_empty() {
+            extra.push(("login_hint", hint.as_str()));
+        }
+        let login = v.start_login("openid email groups", &extra)?;
+        errln!("Open this address in a browser to sign in (waiting {wait} s):");
+        errln!("{}", login.url);
+        let tokens = v.finish_login(login, Duration::from_secs(wait), now)?;
+        let p = store.with_grants(cfg.principal(&tokens.claims)?, now())?;
+        write_session(&path, &cfg.issuer, tokens.id_token.expose_secret())?;
+        Ok((p, tokens.claims))
+    })();
+    let (actor, r) = match result {
+        Ok((p, claims)) => (p.actor(), Ok(claims)),
+        Err(e) => (
+            Actor {
+                kind: ActorKind::User,
+                id: "unauthenticated".into(),
+                auth: "oidc".into(),
+                mfa: false,
+                elevation: None,
+            },
+            Err(e),
+        ),
+    };
+    engine.audit_record_as(
+        actor.clone(),
+        "login",
+        "session",
+        None,
+        json!({"issuer": cfg.issuer, "client": cfg.client_id}),
+        outcome(&r),
+    )?;
+    r?;
+    outln!(
+        "signed in as {} ({}MFA); session in {}",
+        actor.id,
+        if actor.mfa { "" } else { "no " },
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The session file holds a bearer token: created 0600, replaced atomically.
+fn write_session(path: &Path, issuer: &str, id_token: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().context("session path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(
+        json!({"issuer": issuer, "id_token": id_token})
+            .to_string()
+            .as_bytes(),
+    )
+    .and_then(|_| f.sync_all())
+    .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
