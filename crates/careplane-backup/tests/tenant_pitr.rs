@@ -655,8 +655,7 @@ fn a_failed_recovery_leaves_the_live_database_as_it_was() {
             &target,
             &sh.scratch("scratch"),
         )
-        .err()
-        .expect("recovery must fail");
+        .expect_err("recovery must fail");
         let msg = careplane_backup::error_chain(&e);
         for t in &sh.tenants {
             assert!(!msg.contains(expose(&t.password)), "secret in {msg}");
