@@ -417,9 +417,10 @@ fn main() {
     drop(scratch);
     let cp_total = t0.elapsed();
     println!(
-        "careplane: {:.2} s ({:.2} s restore + replay: {:.0} MB restored, {} other files as sparse placeholders for {:.0} MB; {:.2} s dump | restore of {:.0} MB; recovered to {:?})",
+        "careplane: {:.2} s ({:.2} s restore + replay, of which {:.2} s the files: {:.0} MB restored, {} other files as sparse placeholders for {:.0} MB; {:.2} s dump | restore of {:.0} MB; recovered to {:?})",
         secs(cp_total),
         secs(cp_recover),
+        secs(recovered.files_duration),
         recovered.bytes_restored as f64 / 1e6,
         recovered.files_skipped,
         recovered.bytes_skipped as f64 / 1e6,
@@ -544,8 +545,10 @@ fn main() {
     let dump_file = work.join("victim.dump");
     sh(
         &format!(
-            "{} -Fc -Z0 -d {} -f {}",
+            "PGPASSWORD=$ADMINPW {} -Fc -Z0 -h {} -p {} -U {ADMIN_ROLE} -d {} -f {}",
             dump.display(),
+            pg.socket_dir().display(),
+            pg.port,
             victim.database,
             dump_file.display()
         ),

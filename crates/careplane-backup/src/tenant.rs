@@ -122,6 +122,8 @@ pub struct Recovered {
     pub bytes_skipped: u64,
     /// Restore of the files, start, WAL replay and promotion.
     pub duration: Duration,
+    /// Of which the restore of the files.
+    pub files_duration: Duration,
 }
 
 /// A scratch PostgreSQL holding the recovered database, promoted, on a unix
@@ -506,6 +508,7 @@ pub fn recover_database(
         bytes_skipped += f.size;
     }
 
+    let files_duration = started.elapsed();
     write_config(&scratch, opts, target)?;
     start(&scratch, opts)?;
     wait_promoted(&scratch, opts)?;
@@ -555,6 +558,7 @@ pub fn recover_database(
         files_skipped,
         bytes_skipped,
         duration: started.elapsed(),
+        files_duration,
     });
     Ok(scratch)
 }
@@ -728,7 +732,7 @@ fn wait_promoted(scratch: &ScratchInstance, opts: &ScratchOptions) -> Result<()>
                 ),
             ));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -994,5 +998,36 @@ fn wait_bounded(
             return Err("killed: it did not finish in time".into());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_and_work_names_fit_postgres_and_say_when() {
+        let at: Timestamp = "2026-12-02T04:05:06.789Z".parse().unwrap();
+        assert_eq!(
+            pre_restore_name("stmarys_prod", at),
+            "stmarys_prod_pre_restore_20261202t040506"
+        );
+        assert_eq!(
+            restoring_name("stmarys_prod", at),
+            "stmarys_prod_restoring_20261202t040506"
+        );
+        let long = "é".repeat(40);
+        for name in [pre_restore_name(&long, at), restoring_name(&long, at)] {
+            assert!(name.len() <= 63, "{name}");
+            assert!(name.ends_with("20261202t040506"), "{name}");
+        }
+    }
+
+    #[test]
+    fn target_times_are_written_as_postgres_reads_them() {
+        let t: Timestamp = "2026-12-02T04:05:06.000789Z".parse().unwrap();
+        assert_eq!(pg_timestamp(&t), "2026-12-02 04:05:06.000789+00");
+        let t: Timestamp = "1969-12-31T23:59:59.5Z".parse().unwrap();
+        assert_eq!(pg_timestamp(&t), "1969-12-31 23:59:59.500000+00");
     }
 }

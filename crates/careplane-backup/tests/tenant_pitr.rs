@@ -624,7 +624,8 @@ fn a_restore_runs_the_tenants_code_as_the_tenant_only() {
 /// directory is gone. Secrets appear in no error.
 #[test]
 fn a_failed_recovery_leaves_the_live_database_as_it_was() {
-    let sh = Shared::new(&["faulty", "other"], &[]);
+    let work = tenant::restoring_name("faulty", Timestamp::now());
+    let sh = Shared::new(&["faulty", "other"], &[(work.clone(), 0)]);
     let mut c = sh.connect(0);
     c.batch_execute(SCHEMA).unwrap();
     let early = server_now(&mut c);
@@ -682,7 +683,8 @@ fn a_failed_recovery_leaves_the_live_database_as_it_was() {
     let wal_dir = sh.platform.path().join("repo/wal");
     let first = base.labels["wal.start"].clone();
     let path = wal_dir.join(&first);
-    let mut bytes = std::fs::read(&path).unwrap();
+    let original = std::fs::read(&path).unwrap();
+    let mut bytes = original.clone();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
@@ -692,4 +694,43 @@ fn a_failed_recovery_leaves_the_live_database_as_it_was() {
 
     let login = sh.login(0);
     assert!(!format!("{login:?}").contains(expose(&login.password)));
+
+    // Recovery works once the object is back; a copy that fails (a wrong
+    // password) leaves only the new database to drop, and a swap refused
+    // before its renames changes nothing.
+    std::fs::write(&path, original).unwrap();
+    // The other tenant committed after T: archived, T is reachable.
+    sh.archive_now();
+    let scratch = tenant::recover_database(
+        &sh.repo,
+        &base.id,
+        "faulty",
+        &Target::Time(t),
+        &sh.scratch("scratch"),
+    )
+    .unwrap_or_else(|e| panic!("{}", careplane_backup::error_chain(&e)));
+    sh.pg
+        .create_database_for_restore(&work, &sh.tenants[0].role)
+        .unwrap();
+    let wrong = TenantLogin {
+        role: login.role.clone(),
+        password: password(),
+    };
+    let e = tenant::copy_database(&scratch, &wrong, &sh.live(), &work)
+        .expect_err("a wrong password must fail");
+    let msg = careplane_backup::error_chain(&e);
+    assert!(msg.contains("pg_restore"), "{msg}");
+    assert!(!msg.contains(expose(&wrong.password)), "secret in {msg}");
+    sh.pg.drop_tenant_database_and_roles(&work, &[]).unwrap();
+    let refused = sh
+        .pg
+        .swap_database("faulty", "no_such_database", "faulty_kept")
+        .expect_err("a swap with nothing to swap in must be refused");
+    assert!(
+        refused.to_string().contains("no_such_database"),
+        "{refused}"
+    );
+    drop(scratch);
+    check_untouched("failed copy and refused swap");
+    sh.connect(0).simple_query("SELECT 1").unwrap();
 }
