@@ -404,20 +404,26 @@ fn main() {
     .unwrap_or_else(|e| panic!("{}", careplane_backup::error_chain(&e)));
     let recovered = scratch.recovered().clone();
     let cp_recover = t0.elapsed();
+    let t1 = Instant::now();
     pg.create_database_for_restore(&work_db, &victim.role)
         .unwrap();
+    let cp_create = t1.elapsed();
     let copied = tenant::copy_database(&scratch, &login, &live, &work_db)
         .unwrap_or_else(|e| panic!("{}", careplane_backup::error_chain(&e)));
+    let t1 = Instant::now();
     pg.swap_database(
         &victim.database,
         &work_db,
         &tenant::pre_restore_name(&victim.database, now),
     )
     .unwrap();
+    let cp_swap = t1.elapsed();
+    let t1 = Instant::now();
     drop(scratch);
+    let cp_drop = t1.elapsed();
     let cp_total = t0.elapsed();
     println!(
-        "careplane: {:.2} s ({:.2} s restore + replay, of which {:.2} s the files: {:.0} MB restored, {} other files as sparse placeholders for {:.0} MB; {:.2} s dump | restore of {:.0} MB; recovered to {:?})",
+        "careplane: {:.2} s ({:.2} s restore + replay, of which {:.2} s the files: {:.0} MB restored, {} other files as sparse placeholders for {:.0} MB; {:.2} s dump | restore of {:.0} MB; {:.2} s new database, {:.2} s swap, {:.2} s scratch stopped and removed; recovered to {:?})",
         secs(cp_total),
         secs(cp_recover),
         secs(recovered.files_duration),
@@ -426,6 +432,9 @@ fn main() {
         recovered.bytes_skipped as f64 / 1e6,
         secs(copied.duration),
         copied.dump_bytes as f64 / 1e6,
+        secs(cp_create),
+        secs(cp_swap),
+        secs(cp_drop),
         recovered.recovered_to,
     );
 
