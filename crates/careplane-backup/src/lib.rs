@@ -2,7 +2,8 @@
 //! chunks named by a keyed hash, compressed with zstd and encrypted with age,
 //! on `file://` or `s3://` through `object_store`; a signed manifest per
 //! backup; WAL archiving for `archive_command`/`restore_command`; base
-//! backups with `pg_basebackup`; and the retention rule.
+//! backups with `pg_basebackup`; one tenant database back to a point in
+//! time on a shared cluster (`tenant`); and the retention rule.
 //!
 //! Plain blocking functions: the engine and CLI sit on top, this crate knows
 //! nothing of specs, state or resources.
@@ -13,6 +14,7 @@ pub mod pg;
 mod repo;
 pub mod retention;
 mod store;
+pub mod tenant;
 mod wal;
 
 pub use error::{error_chain, BackupError, Result};

@@ -39,6 +39,16 @@ pub fn base_backup(
     metadata: BackupMetadata,
     progress: ProgressFn<'_>,
 ) -> Result<Manifest> {
+    let mut metadata = metadata;
+    // A role that may only replicate cannot run queries: then the backup
+    // records no oids and a one-database restore restores everything.
+    if let Ok(mut client) = connect_maintenance(src) {
+        record_databases(
+            &mut client,
+            &format!("{}:{}", src.host, src.port),
+            &mut metadata,
+        )?;
+    }
     let program = src.bin_dir.join("pg_basebackup");
     let mut child = Command::new(&program)
         .args([
@@ -206,17 +216,8 @@ pub fn base_backup_direct(
             source,
         }
     };
-    let mut client = postgres::Config::new()
-        .host(&src.host)
-        .port(src.port)
-        .user(&src.user)
-        .password(src.password.expose_secret())
-        .dbname("postgres")
-        .application_name("careplane-backup")
-        .options("-c search_path=pg_catalog")
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .connect(postgres::NoTls)
-        .map_err(pg_err("connecting"))?;
+    let mut client = connect_maintenance(src).map_err(pg_err("connecting"))?;
+    let mut metadata = metadata;
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .map_err(pg_err("reading the server version"))?
@@ -228,6 +229,9 @@ pub fn base_backup_direct(
         ));
     }
     let mut writer = repo.start_backup(BTreeMap::new())?;
+    // Before pg_backup_start: a database made during the backup is not in
+    // the list, and a one-database restore then restores its files whole.
+    record_databases(&mut client, &target, &mut metadata)?;
     if let Some(parent) = parent {
         writer.reuse_unchanged_from(parent)?;
     }
@@ -264,13 +268,67 @@ pub fn base_backup_direct(
     commit_base(writer, labels, Some(label), metadata)
 }
 
+/// The key of [`BackupMetadata::extra`] under which a base backup records
+/// the cluster's databases (name → oid, as `base/<oid>/` names them) when it
+/// starts, so that one database can be restored without the others' files.
+/// In the sealed index, not the clear manifest: database names are tenants'.
+pub const DATABASES_KEY: &str = "pg.databases";
+
+fn connect_maintenance(src: &PgSource) -> std::result::Result<postgres::Client, postgres::Error> {
+    postgres::Config::new()
+        .host(&src.host)
+        .port(src.port)
+        .user(&src.user)
+        .password(src.password.expose_secret())
+        .dbname("postgres")
+        .application_name("careplane-backup")
+        .options("-c search_path=pg_catalog")
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect(postgres::NoTls)
+}
+
+fn record_databases(
+    client: &mut postgres::Client,
+    target: &str,
+    metadata: &mut BackupMetadata,
+) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT datname::text, oid::int8 FROM pg_catalog.pg_database",
+            &[],
+        )
+        .map_err(|source| BackupError::Postgres {
+            target: target.to_string(),
+            action: "listing the databases (pg_database)".into(),
+            source,
+        })?;
+    let map: serde_json::Map<String, serde_json::Value> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).into()))
+        .collect();
+    metadata
+        .extra
+        .insert(DATABASES_KEY.into(), serde_json::Value::Object(map));
+    Ok(())
+}
+
+/// The databases a base backup recorded when it started (name → oid);
+/// `None` for a backup taken without them (by an older careplane, or
+/// `pg_basebackup` with a role that cannot run queries).
+pub fn recorded_databases(metadata: &BackupMetadata) -> Option<BTreeMap<String, u32>> {
+    let map = metadata.extra.get(DATABASES_KEY)?.as_object()?;
+    map.iter()
+        .map(|(k, v)| Some((k.clone(), u32::try_from(v.as_u64()?).ok()?)))
+        .collect()
+}
+
 /// How long a direct base backup waits for its last WAL file to be archived.
 const ARCHIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Waits until `wal` (a WAL file name) has been archived. Fails as soon as
 /// the archiver has failed three times on a file not yet archived since the
 /// wait began, or when `limit` passes, naming the file and the last failure.
-fn wait_for_archive(
+pub(crate) fn wait_for_archive(
     client: &mut postgres::Client,
     target: &str,
     wal: &str,

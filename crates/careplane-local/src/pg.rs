@@ -1698,6 +1698,132 @@ impl PgCluster {
         self.open_database(database, &db.role)
     }
 
+    /// Creates `database` for the existing `role` to restore a backup into:
+    /// made [`DatabaseState::Pristine`] (admin-owned, `CONNECTION LIMIT 0`,
+    /// from template0), `public` secured and the catalog hidden while no
+    /// tenant has been inside, then handed to `role` with CONNECT and
+    /// TEMPORARY for it alone, as [`Self::ensure_tenant_database`] makes a
+    /// tenant's database. The role itself is not touched. Refuses a name
+    /// that exists.
+    pub fn create_database_for_restore(&self, database: &str, role: &str) -> Result<()> {
+        validate_name("database name", database, false)?;
+        validate_name("role name", role, true)?;
+        let mut c = self.admin()?;
+        if self.state_on(&mut c, database)? != DatabaseState::Absent {
+            return Err(LocalError::invalid(
+                "restore database",
+                database,
+                "already exists; a restore loads into a new database only",
+            ));
+        }
+        if !self.role_exists(role)? {
+            return Err(LocalError::invalid(
+                "role",
+                role,
+                "does not exist on the cluster",
+            ));
+        }
+        let ctx = |what: &str| format!("{what} for restore database {database}");
+        let db = quote_ident(database);
+        let r = quote_ident(role);
+        c.batch_execute(&format!(
+            "CREATE DATABASE {db} OWNER {ADMIN_ROLE} TEMPLATE template0 ENCODING 'UTF8' \
+             CONNECTION LIMIT 0"
+        ))
+        .map_err(|e| LocalError::pg(&self.name, ctx("creating the database"), e))?;
+        let mut inner = self.admin_connect(database)?;
+        inner
+            .batch_execute(&format!(
+                "REVOKE CREATE ON SCHEMA public FROM PUBLIC; ALTER SCHEMA public OWNER TO {r}"
+            ))
+            .map_err(|e| LocalError::pg(&self.name, ctx("securing schema public"), e))?;
+        hide_catalog_in(&mut inner)
+            .map_err(|e| LocalError::pg(&self.name, ctx("hiding the catalog"), e))?;
+        drop(inner);
+        self.open_database_on(&mut c, database, role)?;
+        c.batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {r}"
+        ))
+        .map_err(|e| LocalError::pg(&self.name, ctx("setting database privileges"), e))
+    }
+
+    /// Puts `replacement` in the place of `database`, from the maintenance
+    /// database: `database` is closed to new connections
+    /// (`ALLOW_CONNECTIONS false`) and its sessions are ended, then one
+    /// transaction renames `database` to `keep_as` and `replacement` to
+    /// `database`. `keep_as` stays closed, for an operator to inspect or to
+    /// swap back. If any step fails before that transaction commits,
+    /// `database` is opened again under its name (its sessions were ended)
+    /// and `replacement` is left as it was.
+    pub fn swap_database(&self, database: &str, replacement: &str, keep_as: &str) -> Result<()> {
+        for name in [database, replacement, keep_as] {
+            validate_name("database name", name, false)?;
+        }
+        let mut c = self.admin()?;
+        for (name, want) in [(database, true), (replacement, true), (keep_as, false)] {
+            let exists = self.state_on(&mut c, name)? != DatabaseState::Absent;
+            if exists != want {
+                return Err(LocalError::invalid(
+                    "database",
+                    name,
+                    if want {
+                        "does not exist; nothing was swapped"
+                    } else {
+                        "already exists; nothing was swapped"
+                    },
+                ));
+            }
+        }
+        let (old, new, kept) = (
+            quote_ident(database),
+            quote_ident(replacement),
+            quote_ident(keep_as),
+        );
+        let ctx = |what: &str| format!("{what} to swap {replacement} in for {database}");
+        c.batch_execute(&format!("ALTER DATABASE {old} ALLOW_CONNECTIONS false"))
+            .map_err(|e| LocalError::pg(&self.name, ctx("closing the database"), e))?;
+        let swapped = (|| -> Result<()> {
+            // With a bound per session, and then a bounded wait for the
+            // last ones to go: RENAME refuses a database in use.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let left: i64 = c
+                    .query_one(
+                        "SELECT count(pg_catalog.pg_terminate_backend(pid, 5000)) \
+                         FROM pg_catalog.pg_stat_activity \
+                         WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+                        &[&database],
+                    )
+                    .map_err(|e| LocalError::pg(&self.name, ctx("ending the sessions"), e))?
+                    .get(0);
+                if left == 0 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(LocalError::state(
+                        self.subject(),
+                        format!("{left} sessions of database {database} did not end within 30 s"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let mut tx = c
+                .transaction()
+                .map_err(|e| LocalError::pg(&self.name, ctx("beginning the renames"), e))?;
+            tx.batch_execute(&format!(
+                "ALTER DATABASE {old} RENAME TO {kept}; ALTER DATABASE {new} RENAME TO {old}"
+            ))
+            .map_err(|e| LocalError::pg(&self.name, ctx("renaming"), e))?;
+            tx.commit()
+                .map_err(|e| LocalError::pg(&self.name, ctx("committing the renames"), e))
+        })();
+        if let Err(e) = swapped {
+            let _ = c.batch_execute(&format!("ALTER DATABASE {old} ALLOW_CONNECTIONS true"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn role_exists(&self, role: &str) -> Result<bool> {
         Ok(self
             .admin()?
