@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use careplane_model::OdooEnvProps;
 
 use crate::k8s::*;
-use crate::names::{self, common_labels, labels, with, PG_CLUSTER, REDIS};
+use crate::names::{self, common_labels, labels, with, REDIS};
 use crate::{pinned_by_digest, production_like, Ctx, RenderError, Tree};
 
 pub const HTTP_PORT: u16 = 8069;
@@ -189,7 +189,12 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
         ),
     );
 
-    let pg_host = format!("{PG_CLUSTER}-rw.{}.svc", names::pg_namespace(pg_scope));
+    // Through the cluster's PgBouncer (its name is in the server certificate).
+    let pg_host = format!(
+        "{}.{}.svc",
+        crate::data::POOLER,
+        names::pg_namespace(pg_scope)
+    );
     let redis_host = format!("{REDIS}.{}.svc", names::redis_namespace(redis_scope));
     let conf = |role_kind: Role| odoo_conf(ctx, p, role_kind, &role, &pg_host, &redis_host);
     let (web_conf, cron_conf) = (conf(Role::Web), conf(Role::Cron));
@@ -536,7 +541,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
                                     pg_scope,
                                 ))),
                                 pod_selector: Some(LabelSelector {
-                                    match_labels: labels(&[("cnpg.io/cluster", PG_CLUSTER)]),
+                                    match_labels: crate::data::pooler_pod_labels(),
                                 }),
                             }],
                             ports: vec![PolicyPort::tcp(5432)],
@@ -557,6 +562,13 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             },
         ),
     );
+
+    let env_id = careplane_model::odoo_env_id(&p.tenant, &p.environment);
+    if let Some(host) = ctx.hosts.get(&env_id) {
+        for (file, obj) in crate::route::objects(host, ctx.kubernetes(), &meta) {
+            put(tree, &file, obj.as_ref());
+        }
+    }
 
     let mut resources = vec![format!("../../../overlays/{}", p.environment_kind)];
     resources.extend(files);

@@ -18,6 +18,7 @@ mod env;
 mod gitops;
 pub mod k8s;
 mod names;
+mod route;
 mod tree;
 mod yaml;
 
@@ -158,6 +159,12 @@ pub enum RenderError {
         what: &'static str,
         image: String,
     },
+    #[error(
+        "environment {environment} ({kind}): its PostgreSQL cluster would have no backups; \
+         production and DR environments need the Platform's spec.kubernetes.backups \
+         (an s3:// destinationPath for WAL archiving and base backups)"
+    )]
+    NoBackups { environment: String, kind: String },
     #[error("render option {option}: {message}")]
     Option {
         option: &'static str,
@@ -182,11 +189,12 @@ pub fn render(specs: &SpecSet, opts: &RenderOptions) -> Result<Tree, RenderError
             }
             Props::RedisUser(p) => model.redis_users.push(p),
             Props::OdooEnv(p) => model.odoo_envs.push(p),
-            // CNPG issues its own certificates; templates are a local-target
-            // optimisation (each environment's init Job installs instead).
-            // The local proxy; on Kubernetes Traefik plays its part (not
-            // rendered yet).
-            Props::Ca(_) | Props::OdooTemplate(_) | Props::Ingress(_) => {}
+            // The routes (a host per environment); Traefik serves them.
+            Props::Ingress(p) => model.ingress = Some(p),
+            // CNPG and cert-manager issue the certificates; templates are a
+            // local-target optimisation (each environment's init Job
+            // installs instead).
+            Props::Ca(_) | Props::OdooTemplate(_) => {}
         }
     }
     // Stable order whatever desired() does.
@@ -321,6 +329,7 @@ struct Model {
     redis_servers: BTreeMap<String, careplane_model::RedisServerProps>,
     redis_users: Vec<careplane_model::RedisUserProps>,
     odoo_envs: Vec<careplane_model::OdooEnvProps>,
+    ingress: Option<careplane_model::IngressProps>,
 }
 
 /// What every part of the rendering reads besides the resource at hand.
@@ -330,6 +339,8 @@ struct Ctx<'a> {
     platform: &'a str,
     /// (tenant, env) → uid.
     uids: BTreeMap<(String, String), u32>,
+    /// `odoo-env` id → host name, when the Platform has an ingress.
+    hosts: BTreeMap<String, String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -351,7 +362,18 @@ impl<'a> Ctx<'a> {
             opts,
             platform: &specs.platform.metadata.name,
             uids: odoo_uids(&envs, range),
+            hosts: model
+                .ingress
+                .iter()
+                .flat_map(|i| &i.routes)
+                .map(|r| (r.env.clone(), r.host.clone()))
+                .collect(),
         }
+    }
+
+    /// The Platform's `spec.kubernetes`, if it has one.
+    fn kubernetes(&self) -> Option<&'a careplane_spec::KubernetesSettings> {
+        self.specs.platform.spec.kubernetes.as_deref()
     }
 
     /// The tenant's tier availability in percent (the model has no tier: read
