@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use crate::env::{es, external_secret, ns_selector, scope_of, ErasedYaml};
 use crate::k8s::*;
 use crate::names::{self, common_labels, labels, with, PG_CLUSTER, REDIS};
-use crate::{pinned_by_digest, production_like, Ctx, Model, RenderError, Tree, HEADER};
+use crate::{
+    pinned_by_digest, priority_class, production_like, Ctx, Model, RenderError, Tree, HEADER,
+};
 
 /// Labels CloudNativePG puts on its instance pods (and that policies select).
 pub fn cnpg_pod_labels() -> Labels {
@@ -244,6 +246,7 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
             .max_by_key(|w| window_days(w))
             .expect("at least one policy");
         let pooler_host = format!("{POOLER}.{ns}.svc");
+        let pool = ctx.node_pool(scope);
         put(
             tree,
             "cluster.yaml".into(),
@@ -254,6 +257,9 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                 Spec {
                     spec: CnpgClusterSpec {
                         instances,
+                        priority_class_name: priority_class(
+                            dbs.iter().any(|d| production_like(&d.environment_kind)),
+                        ),
                         image_name: opts.postgres_image.clone(),
                         primary_update_strategy: "unsupervised",
                         enable_superuser_access: false,
@@ -274,6 +280,8 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                             enable_pod_anti_affinity: true,
                             topology_key: "kubernetes.io/hostname",
                             pod_anti_affinity_type: "required",
+                            node_selector: pool.0.clone(),
+                            tolerations: pool.1.clone(),
                         },
                         certificates: CnpgCertificates {
                             server_alt_dns_names: vec![
@@ -553,6 +561,7 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                         // cluster's own pods.
                         IngressRule {
                             from: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: None,
                                 pod_selector: Some(LabelSelector {
                                     match_labels: cnpg_pod_labels(),
@@ -563,6 +572,7 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                         // PgBouncer, which the environments connect through.
                         IngressRule {
                             from: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: None,
                                 pod_selector: Some(LabelSelector {
                                     match_labels: pooler_pod_labels(),
@@ -573,6 +583,7 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                         // The operator's status checks and management.
                         IngressRule {
                             from: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: Some(ns_selector(&opts.cnpg_namespace)),
                                 pod_selector: None,
                             }],
@@ -596,6 +607,7 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                     policy_types: vec!["Ingress"],
                     ingress: vec![IngressRule {
                         from: vec![Peer {
+                            ip_block: None,
                             namespace_selector: Some(LabelSelector {
                                 match_labels: labels(&[("careplane.dev/postgres-client", scope)]),
                             }),
@@ -794,6 +806,7 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
             // A cache keeps nothing across restarts.
             volumes.insert(1, Volume::empty_dir("data", false, "64Mi"));
         }
+        let redis_pool = ctx.node_pool(scope);
         let template = PodTemplate {
             metadata: PodMeta {
                 labels: redis_pod_labels(),
@@ -805,6 +818,11 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
                 automount_service_account_token: false,
                 enable_service_links: false,
                 restart_policy: None,
+                priority_class_name: Some(priority_class(
+                    users.iter().any(|u| production_like(&u.environment_kind)),
+                )),
+                node_selector: redis_pool.0,
+                tolerations: redis_pool.1,
                 security_context: PodSecurityContext {
                     run_as_non_root: true,
                     run_as_user: REDIS_UID,
@@ -937,6 +955,7 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
                     policy_types: vec!["Ingress"],
                     ingress: vec![IngressRule {
                         from: vec![Peer {
+                            ip_block: None,
                             namespace_selector: Some(LabelSelector {
                                 match_labels: labels(&[("careplane.dev/redis-client", scope)]),
                             }),

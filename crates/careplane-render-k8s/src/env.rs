@@ -508,6 +508,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
                     policy_types: vec!["Ingress"],
                     ingress: vec![IngressRule {
                         from: vec![Peer {
+                            ip_block: None,
                             namespace_selector: Some(ns_selector(&opts.ingress_namespace)),
                             pod_selector: Some(LabelSelector {
                                 match_labels: opts.ingress_pod_labels.clone(),
@@ -537,6 +538,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
                     egress: vec![
                         EgressRule {
                             to: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: Some(ns_selector(&names::pg_namespace(
                                     pg_scope,
                                 ))),
@@ -548,6 +550,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
                         },
                         EgressRule {
                             to: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: Some(ns_selector(&names::redis_namespace(
                                     redis_scope,
                                 ))),
@@ -562,6 +565,40 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             },
         ),
     );
+
+    // Mail leaves only for the relay the Platform names, and only from
+    // the pods that send it (web and cron).
+    if let Some(smtp) = ctx.kubernetes().and_then(|k| k.smtp.as_ref()) {
+        put(
+            tree,
+            "networkpolicy-odoo-to-smtp.yaml",
+            &object(
+                "networking.k8s.io/v1",
+                "NetworkPolicy",
+                meta("odoo-to-smtp"),
+                Spec {
+                    spec: NetworkPolicySpec {
+                        pod_selector: LabelSelector {
+                            match_labels: labels(&[("app.kubernetes.io/name", "odoo")]),
+                        },
+                        policy_types: vec!["Egress"],
+                        ingress: vec![],
+                        egress: vec![EgressRule {
+                            to: smtp
+                                .cidrs
+                                .iter()
+                                .map(|c| Peer {
+                                    ip_block: Some(IpBlock { cidr: cidr(c) }),
+                                    ..Peer::default()
+                                })
+                                .collect(),
+                            ports: vec![PolicyPort::tcp(smtp.port.unwrap_or(587))],
+                        }],
+                    },
+                },
+            ),
+        );
+    }
 
     let env_id = careplane_model::odoo_env_id(&p.tenant, &p.environment);
     if let Some(host) = ctx.hosts.get(&env_id) {
@@ -756,6 +793,7 @@ fn odoo_pod(
             mount("tmp", "/tmp", false),
         ],
     };
+    let pool = ctx.node_pool(&p.tenant);
     PodTemplate {
         metadata: PodMeta {
             annotations: BTreeMap::new(),
@@ -772,6 +810,9 @@ fn odoo_pod(
             automount_service_account_token: false,
             enable_service_links: false,
             restart_policy: None,
+            priority_class_name: Some(crate::priority_class(production_like(&p.environment_kind))),
+            node_selector: pool.0,
+            tolerations: pool.1,
             security_context: PodSecurityContext {
                 run_as_non_root: true,
                 run_as_user: uid,
@@ -876,4 +917,15 @@ fn odoo_conf(
         },
         p.database
     )
+}
+
+/// `ipBlock.cidr` needs a prefix length: a single address becomes /32 or /128.
+fn cidr(s: &str) -> String {
+    if s.contains('/') {
+        s.to_string()
+    } else if s.contains(':') {
+        format!("{s}/128")
+    } else {
+        format!("{s}/32")
+    }
 }

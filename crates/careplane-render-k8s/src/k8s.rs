@@ -150,11 +150,25 @@ pub struct PodSpec {
     pub enable_service_links: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: Labels,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
     pub security_context: PodSecurityContext,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub init_containers: Vec<Container>,
     pub containers: Vec<Container>,
     pub volumes: Vec<Volume>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Toleration {
+    pub key: &'static str,
+    pub operator: &'static str,
+    pub value: String,
+    pub effect: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -474,13 +488,20 @@ pub struct EgressRule {
     pub ports: Vec<PolicyPort>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Peer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_block: Option<IpBlock>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IpBlock {
+    pub cidr: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -571,6 +592,7 @@ pub struct HpaTarget {
 #[serde(rename_all = "camelCase")]
 pub struct CnpgClusterSpec {
     pub instances: u32,
+    pub priority_class_name: &'static str,
     pub image_name: String,
     pub primary_update_strategy: &'static str,
     pub enable_superuser_access: bool,
@@ -706,6 +728,73 @@ pub struct CnpgAffinity {
     pub enable_pod_anti_affinity: bool,
     pub topology_key: &'static str,
     pub pod_anti_affinity_type: &'static str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: Labels,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PriorityClassBody {
+    pub value: u32,
+    pub global_default: bool,
+    pub preemption_policy: &'static str,
+    pub description: &'static str,
+}
+
+// ---- Kyverno ----
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KyvernoPolicySpec {
+    pub background: bool,
+    pub webhook_timeout_seconds: u32,
+    pub rules: Vec<KyvernoRule>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KyvernoRule {
+    pub name: &'static str,
+    #[serde(rename = "match")]
+    pub matching: KyvernoMatch,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validate: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verify_images: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KyvernoMatch {
+    pub any: Vec<KyvernoResources>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KyvernoResources {
+    pub resources: KyvernoResourceFilter,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KyvernoResourceFilter {
+    pub kinds: Vec<&'static str>,
+    pub namespace_selector: LabelSelector,
+    pub selector: SetSelector,
+}
+
+/// A label selector with `matchExpressions`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetSelector {
+    pub match_expressions: Vec<SetRequirement>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetRequirement {
+    pub key: &'static str,
+    pub operator: &'static str,
+    pub values: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]

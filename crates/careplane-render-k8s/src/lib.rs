@@ -35,7 +35,7 @@ pub use tree::{check_tree, write_tree, Drift, DriftKind, WriteReport};
 /// files in them that it no longer renders; everything else in the
 /// repository (README, CI files) is left alone.
 pub const MANAGED_DIRS: &[&str] = &[
-    "argocd", "bases", "flux", "overlays", "postgres", "redis", "tenants",
+    "argocd", "bases", "flux", "overlays", "platform", "postgres", "redis", "tenants",
 ];
 
 /// What the specs do not say yet (see the report in issue 19): images, the
@@ -371,6 +371,29 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Node selector and toleration of a tenant's own node pool: only for
+    /// `dedicated-env` tenants, when the Platform asks for node pools.
+    /// `scope` is a tenant name or `shared`.
+    fn node_pool(&self, scope: &str) -> (k8s::Labels, Vec<k8s::Toleration>) {
+        let wanted = self.kubernetes().is_some_and(|k| k.dedicated_node_pools)
+            && self
+                .specs
+                .tenant(scope)
+                .is_some_and(|t| t.spec.tenancy == careplane_spec::Tenancy::DedicatedEnv);
+        if !wanted {
+            return Default::default();
+        }
+        (
+            names::labels(&[(NODE_POOL_LABEL, scope)]),
+            vec![k8s::Toleration {
+                key: NODE_POOL_LABEL,
+                operator: "Equal",
+                value: scope.to_string(),
+                effect: "NoSchedule",
+            }],
+        )
+    }
+
     /// The Platform's `spec.kubernetes`, if it has one.
     fn kubernetes(&self) -> Option<&'a careplane_spec::KubernetesSettings> {
         self.specs.platform.spec.kubernetes.as_deref()
@@ -400,4 +423,20 @@ impl<'a> Ctx<'a> {
 
 fn production_like(kind: &str) -> bool {
     matches!(kind, "production" | "dr")
+}
+
+/// Node label (and taint key) of a `dedicated-env` tenant's node pool.
+pub const NODE_POOL_LABEL: &str = "careplane.dev/pool";
+
+/// PriorityClasses (rendered in `platform/`): production and DR pods are
+/// scheduled, and may preempt, ahead of everything else careplane runs.
+pub const PRIORITY_PRODUCTION: &str = "careplane-production";
+pub const PRIORITY_OTHER: &str = "careplane-non-production";
+
+fn priority_class(production: bool) -> &'static str {
+    if production {
+        PRIORITY_PRODUCTION
+    } else {
+        PRIORITY_OTHER
+    }
 }

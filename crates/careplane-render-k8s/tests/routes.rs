@@ -436,3 +436,165 @@ fn odoo_connects_through_a_session_mode_pooler_it_can_verify() {
         .unwrap();
     assert!(sans.iter().any(|s| s == host), "{sans:?}");
 }
+
+#[test]
+fn dedicated_env_tenants_run_on_their_own_node_pool() {
+    let specs = common::example();
+    let tree = render(&specs, &common::opts()).unwrap();
+    let pool = serde_json::json!({"careplane.dev/pool": "regional"});
+    let toleration = serde_json::json!([{"key": "careplane.dev/pool", "operator": "Equal",
+        "value": "regional", "effect": "NoSchedule"}]);
+    let mut pods = 0;
+    for (file, text) in &tree.files {
+        let o = Value::deserialize(serde_yaml_ng::Deserializer::from_str(text));
+        let Ok(o) = o else { continue };
+        let spec = match o["kind"].as_str() {
+            Some("Deployment" | "Job" | "StatefulSet") => &o["spec"]["template"]["spec"],
+            Some("Cluster") => &o["spec"]["affinity"],
+            _ => continue,
+        };
+        // regional is dedicated-env: its Odoo, PostgreSQL and Redis.
+        let own = file.starts_with("tenants/regional/")
+            || file.starts_with("postgres/regional/")
+            || file.starts_with("redis/regional/");
+        if own {
+            assert_eq!(spec["nodeSelector"], pool, "{file}");
+            assert_eq!(spec["tolerations"], toleration, "{file}");
+            pods += 1;
+        } else {
+            assert!(spec.get("nodeSelector").is_none(), "{file}");
+            assert!(spec.get("tolerations").is_none(), "{file}");
+        }
+    }
+    // 3 environments × (web, cron, init) + the cluster + Redis.
+    assert_eq!(pods, 11);
+
+    let mut off = specs.clone();
+    off.platform
+        .spec
+        .kubernetes
+        .as_mut()
+        .unwrap()
+        .dedicated_node_pools = false;
+    let tree = render(&off, &common::opts()).unwrap();
+    assert!(!tree
+        .files
+        .values()
+        .any(|t| t.contains("careplane.dev/pool")));
+}
+
+#[test]
+fn production_pods_are_scheduled_ahead_of_the_rest() {
+    let tree = render(&common::example(), &common::opts()).unwrap();
+    let mut classes = std::collections::BTreeSet::new();
+    for (file, text) in &tree.files {
+        let Ok(o) = Value::deserialize(serde_yaml_ng::Deserializer::from_str(text)) else {
+            continue;
+        };
+        if !matches!(o["kind"].as_str(), Some("Deployment" | "Job")) {
+            continue;
+        }
+        let kind = doc(
+            &tree,
+            &format!("{}/namespace.yaml", file.rsplit_once('/').unwrap().0),
+        )["metadata"]["labels"]["careplane.dev/environment-kind"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let class = o["spec"]["template"]["spec"]["priorityClassName"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let expected = if matches!(kind.as_str(), "production" | "dr") {
+            "careplane-production"
+        } else {
+            "careplane-non-production"
+        };
+        assert_eq!(class, expected, "{file}");
+        classes.insert(class);
+    }
+    let value = |name: &str| {
+        doc(&tree, &format!("platform/priorityclass-{name}.yaml"))["value"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(classes.len(), 2);
+    assert!(value("careplane-production") > value("careplane-non-production"));
+}
+
+#[test]
+fn smtp_egress_only_to_the_named_relay() {
+    let tree = render(&common::example(), &common::opts()).unwrap();
+    let envs = tree
+        .files
+        .keys()
+        .filter(|f| f.starts_with("tenants/") && f.ends_with("/namespace.yaml"))
+        .count();
+    let policies: Vec<&String> = tree
+        .files
+        .keys()
+        .filter(|f| f.ends_with("/networkpolicy-odoo-to-smtp.yaml"))
+        .collect();
+    assert_eq!(policies.len(), envs);
+    let p = doc(&tree, policies[0]);
+    assert_eq!(
+        p["spec"]["egress"],
+        serde_json::json!([{"to": [{"ipBlock": {"cidr": "192.0.2.25/32"}}],
+            "ports": [{"protocol": "TCP", "port": 587}]}])
+    );
+    assert_eq!(p["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+
+    let mut specs = common::example();
+    specs.platform.spec.kubernetes.as_mut().unwrap().smtp = None;
+    let tree = render(&specs, &common::opts()).unwrap();
+    assert!(!tree.files.keys().any(|f| f.contains("smtp")));
+}
+
+const COSIGN_PUB: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE8nXRh950IZbRj8Ra/N9sbqOPZrfM\n5/KAQN0/KjHcorm/J5yctVd7iEcnessRQjU917hmKO6JWVGHpDguIyakZA==\n-----END PUBLIC KEY-----\n";
+
+#[test]
+fn image_signatures_are_enforced_by_kyverno_when_asked() {
+    let mut specs = common::example();
+    specs
+        .platform
+        .spec
+        .kubernetes
+        .as_mut()
+        .unwrap()
+        .image_signatures = None;
+    let tree = render(&specs, &common::opts()).unwrap();
+    assert!(!tree.files.keys().any(|f| f.contains("clusterpolicy")));
+
+    // The example names the key.
+    let tree = render(&common::example(), &common::opts()).unwrap();
+    let p = doc(&tree, "platform/clusterpolicy-verify-images.yaml");
+    assert_eq!(p["kind"], "ClusterPolicy");
+    let rules = p["spec"]["rules"].as_array().unwrap();
+    let verify = &rules[1]["verifyImages"][0];
+    assert_eq!(
+        verify["attestors"][0]["entries"][0]["keys"]["publicKeys"],
+        COSIGN_PUB.trim()
+    );
+    assert_eq!(verify["verifyDigest"], true);
+    assert_eq!(
+        rules[0]["validate"]["pattern"]["spec"]["containers"][0]["image"],
+        "*@sha256:*"
+    );
+    // It selects the pods careplane renders with its own images.
+    for r in rules {
+        let sel = &r["match"]["any"][0]["resources"];
+        assert_eq!(
+            sel["namespaceSelector"]["matchLabels"]["app.kubernetes.io/managed-by"],
+            "careplane"
+        );
+        assert_eq!(
+            sel["selector"]["matchExpressions"][0]["values"],
+            serde_json::json!(["odoo", "redis"])
+        );
+    }
+    let k = doc(&tree, "platform/kustomization.yaml");
+    assert!(k["resources"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("clusterpolicy-verify-images.yaml")));
+}
