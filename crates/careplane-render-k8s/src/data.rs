@@ -274,7 +274,10 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                         },
                         storage: CnpgStorage {
                             size: opts.postgres_storage_size.clone(),
-                            storage_class: opts.postgres_storage_class.clone(),
+                            storage_class: ctx
+                                .storage_classes()
+                                .and_then(|s| s.postgres.clone())
+                                .or_else(|| opts.postgres_storage_class.clone()),
                         },
                         affinity: CnpgAffinity {
                             enable_pod_anti_affinity: true,

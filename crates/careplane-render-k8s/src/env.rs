@@ -279,7 +279,10 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             Spec {
                 spec: PvcSpec {
                     access_modes: vec!["ReadWriteMany".into()],
-                    storage_class_name: opts.filestore_storage_class.clone(),
+                    storage_class_name: ctx
+                        .storage_classes()
+                        .and_then(|s| s.filestore.clone())
+                        .or_else(|| opts.filestore_storage_class.clone()),
                     resources: PvcResources {
                         requests: [("storage".to_string(), opts.filestore_size.clone())].into(),
                     },

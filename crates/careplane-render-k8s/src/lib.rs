@@ -394,6 +394,11 @@ impl<'a> Ctx<'a> {
         )
     }
 
+    /// The spec's storage classes win over the render options'.
+    fn storage_classes(&self) -> Option<&'a careplane_spec::kubernetes::StorageClasses> {
+        self.kubernetes().and_then(|k| k.storage_classes.as_ref())
+    }
+
     /// The Platform's `spec.kubernetes`, if it has one.
     fn kubernetes(&self) -> Option<&'a careplane_spec::KubernetesSettings> {
         self.specs.platform.spec.kubernetes.as_deref()

@@ -219,14 +219,27 @@ fn every_environment_host_is_routed_with_the_shared_policy() {
 }
 
 #[test]
-fn admin_paths_answer_only_the_allow_list() {
+fn admin_paths_answer_only_the_allow_list_and_spec_names_win() {
     let mut specs = common::example();
     let k = specs.platform.spec.kubernetes.as_mut().unwrap();
     k.admin_allow = vec!["10.20.0.0/16".into()];
     k.admin_paths = vec!["/odoo/settings".into()];
     k.ingress_class = Some("traefik-internal".into());
+    k.storage_classes = Some(careplane_spec::kubernetes::StorageClasses {
+        filestore: Some("cephfs".into()),
+        postgres: Some("fast-ssd".into()),
+    });
     let tree = render(&specs, &common::opts()).unwrap();
     let dir = "tenants/stmarys/production";
+    // Storage classes from the spec, not the render options' defaults.
+    assert_eq!(
+        doc(&tree, &format!("{dir}/pvc-odoo-filestore.yaml"))["spec"]["storageClassName"],
+        "cephfs"
+    );
+    assert_eq!(
+        doc(&tree, "postgres/shared/cluster.yaml")["spec"]["storage"]["storageClass"],
+        "fast-ssd"
+    );
     let ir = doc(&tree, &format!("{dir}/ingressroute-odoo.yaml"));
     assert_eq!(
         ir["metadata"]["annotations"]["kubernetes.io/ingress.class"],
