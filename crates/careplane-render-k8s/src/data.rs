@@ -222,8 +222,8 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
         let mut policies: BTreeMap<String, (String, String)> = BTreeMap::new();
         for d in &dbs {
             let policy = ctx
-                .specs
-                .tenant(&d.tenant)
+                .tenants
+                .get(d.tenant.as_str())
                 .and_then(|t| ctx.specs.tier_of(&t.spec))
                 .and_then(|tier| tier.spec.backup_policy.as_deref())
                 .and_then(|name| ctx.specs.backup_policy(name));

@@ -341,6 +341,12 @@ struct Ctx<'a> {
     uids: BTreeMap<(String, String), u32>,
     /// `odoo-env` id → host name, when the Platform has an ingress.
     hosts: BTreeMap<String, String>,
+    /// By name: `SpecSet::tenant` is a linear search, and every environment
+    /// asks (10,000 environments made it quadratic).
+    tenants: std::collections::HashMap<
+        &'a str,
+        &'a careplane_spec::Document<careplane_spec::TenantSpec>,
+    >,
 }
 
 impl<'a> Ctx<'a> {
@@ -362,6 +368,11 @@ impl<'a> Ctx<'a> {
             opts,
             platform: &specs.platform.metadata.name,
             uids: odoo_uids(&envs, range),
+            tenants: specs
+                .tenants
+                .iter()
+                .map(|t| (t.metadata.name.as_str(), t))
+                .collect(),
             hosts: model
                 .ingress
                 .iter()
@@ -377,8 +388,8 @@ impl<'a> Ctx<'a> {
     fn node_pool(&self, scope: &str) -> (k8s::Labels, Vec<k8s::Toleration>) {
         let wanted = self.kubernetes().is_some_and(|k| k.dedicated_node_pools)
             && self
-                .specs
-                .tenant(scope)
+                .tenants
+                .get(scope)
                 .is_some_and(|t| t.spec.tenancy == careplane_spec::Tenancy::DedicatedEnv);
         if !wanted {
             return Default::default();
@@ -407,8 +418,8 @@ impl<'a> Ctx<'a> {
     /// The tenant's tier availability in percent (the model has no tier: read
     /// from the specs). No tier: treated as below 99.9.
     fn availability(&self, tenant: &str) -> f64 {
-        self.specs
-            .tenant(tenant)
+        self.tenants
+            .get(tenant)
             .and_then(|t| self.specs.tier_of(&t.spec))
             .map(|t| t.spec.availability)
             .unwrap_or(0.0)
