@@ -122,22 +122,21 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        use careplane_model::ingress_policy as policy;
+        let rate = |r: policy::Rate| Rate {
+            per_second: r.per_second,
+            burst: r.burst,
+        };
         Limits {
-            max_body_bytes: 128 << 20,
+            max_body_bytes: policy::MAX_BODY_BYTES,
             max_inspected_body_bytes: 16 << 20,
             max_header_bytes: 32 << 10,
             upstream_connect_timeout_ms: 5_000,
             upstream_timeout_secs: 720,
-            rate: Some(Rate {
-                per_second: 100.0,
-                burst: 400,
-            }),
-            login_rate: Some(Rate {
-                per_second: 0.2,
-                burst: 10,
-            }),
+            rate: Some(rate(policy::DEFAULT_RATE)),
+            login_rate: Some(rate(policy::LOGIN_RATE)),
             maintenance_retry_after_secs: 120,
-            hsts_max_age_secs: 31_536_000,
+            hsts_max_age_secs: policy::HSTS_MAX_AGE_SECS,
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Odoo-aware request filtering: which paths are never forwarded, and which
-//! JSON-RPC bodies call the `db` service.
+//! JSON-RPC bodies call the `db` service. The lists are
+//! `careplane_model::ingress_policy`'s, shared with the Kubernetes target.
+
+use careplane_model::ingress_policy as policy;
 
 /// The path as Odoo's router (Werkzeug) will see it: percent-decoded once,
 /// repeated slashes collapsed, `.` and `..` segments resolved. `None` when it
@@ -58,33 +61,18 @@ fn percent_decode(b: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `path` is `prefix` or below it.
-pub fn under(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
-}
-
-/// Why a normalized path is never forwarded, if it is not.
-pub fn blocked_path(path: &str) -> Option<&'static str> {
-    if under(path, "/web/database") {
-        Some("database-manager")
-    } else if under(path, "/xmlrpc/db") || under(path, "/xmlrpc/2/db") {
-        Some("db-service")
-    } else {
-        None
-    }
-}
+pub use careplane_model::ingress_policy::{blocked_path, under};
 
 /// `/jsonrpc` dispatches to Odoo's services by `params.service`; its body has
 /// to be read to block `db`.
 pub fn is_jsonrpc(path: &str) -> bool {
-    path == "/jsonrpc" || path == "/jsonrpc/"
+    path.strip_suffix('/').unwrap_or(path) == policy::JSONRPC_PATH
 }
 
 /// Login attempts, which get the stricter rate limit.
 pub fn is_login(method: &http::Method, path: &str) -> bool {
-    (method == http::Method::POST && (path == "/web/login" || path == "/web/login/"))
-        || under(path, "/web/session/authenticate")
+    (method == http::Method::POST && path.strip_suffix('/').unwrap_or(path) == policy::LOGIN_FORM)
+        || under(path, policy::LOGIN_JSON)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -105,7 +93,10 @@ pub fn inspect_jsonrpc(body: &[u8]) -> JsonRpcVerdict {
         v.get("params")
             .and_then(|p| p.get("service"))
             .and_then(|s| s.as_str())
-            .is_some_and(|s| s.trim().eq_ignore_ascii_case("db"))
+            .is_some_and(|s| {
+                s.trim()
+                    .eq_ignore_ascii_case(policy::JSONRPC_BLOCKED_SERVICE)
+            })
     };
     let db = match &value {
         serde_json::Value::Array(calls) => calls.iter().any(calls_db),

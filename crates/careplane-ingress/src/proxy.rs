@@ -319,7 +319,9 @@ fn security_headers(h: &mut HeaderMap, route: &RouteState, id: &str) {
         HeaderValue::from_static("nosniff"),
     );
     h.entry(header::REFERRER_POLICY)
-        .or_insert(HeaderValue::from_static("strict-origin-when-cross-origin"));
+        .or_insert(HeaderValue::from_static(
+            careplane_model::ingress_policy::REFERRER_POLICY,
+        ));
     if let Ok(v) = HeaderValue::from_str(id) {
         h.insert("x-request-id", v);
     }

@@ -14,13 +14,7 @@ use crate::config::{self, Config, Limits};
 use crate::metrics::{Registry, RouteMetrics};
 use crate::Error;
 
-/// Odoo's web client compiles its templates at run time (`eval`) and puts
-/// its session data in inline scripts; frames and embedding stay same-origin.
-pub const DEFAULT_CSP: &str =
-    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; \
-style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; \
-connect-src 'self'; media-src 'self' blob:; worker-src 'self' blob:; frame-src 'self'; \
-object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'";
+pub use careplane_model::ingress_policy::CONTENT_SECURITY_POLICY as DEFAULT_CSP;
 
 pub struct RouteState {
     pub host: String,

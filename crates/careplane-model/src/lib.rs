@@ -15,6 +15,7 @@
 //! This crate depends on the spec crate only; it does no I/O.
 
 mod desired;
+pub mod ingress_policy;
 mod kind;
 mod observed;
 mod props;

@@ -5,12 +5,49 @@ use std::collections::BTreeMap;
 use crate::env::{es, external_secret, ns_selector, scope_of, ErasedYaml};
 use crate::k8s::*;
 use crate::names::{self, common_labels, labels, with, PG_CLUSTER, REDIS};
-use crate::{pinned_by_digest, production_like, Ctx, Model, RenderError, Tree, HEADER};
+use crate::{
+    pinned_by_digest, priority_class, production_like, Ctx, Model, RenderError, Tree, HEADER,
+};
 
 /// Labels CloudNativePG puts on its instance pods (and that policies select).
 pub fn cnpg_pod_labels() -> Labels {
     labels(&[("cnpg.io/cluster", PG_CLUSTER)])
 }
+
+/// The PgBouncer `Pooler` of every cluster, and its service.
+pub const POOLER: &str = "postgres-pooler-rw";
+
+/// Labels CloudNativePG puts on a pooler's pods.
+pub fn pooler_pod_labels() -> Labels {
+    labels(&[("cnpg.io/poolerName", POOLER)])
+}
+
+/// The Barman Cloud plugin's name in a Cluster's `plugins` and a backup's
+/// `pluginConfiguration`.
+const BARMAN_PLUGIN: &str = "barman-cloud.cloudnative-pg.io";
+const OBJECT_STORE: &str = "backups";
+const BACKUP_CREDENTIALS: &str = "backup-credentials";
+
+/// A BackupPolicy's retention as the plugin's recovery window: barman
+/// keeps every backup inside a window (no grandfather-father-son
+/// thinning), so the window is the longest horizon the counts ask for,
+/// which keeps at least what they keep.
+pub fn retention_window(r: &careplane_spec::Retention) -> String {
+    let candidates = [
+        (u64::from(r.monthly) * 31, format!("{}m", r.monthly)),
+        (u64::from(r.weekly) * 7, format!("{}w", r.weekly)),
+        (u64::from(r.daily), format!("{}d", r.daily)),
+    ];
+    candidates
+        .into_iter()
+        .filter(|(days, _)| *days > 0)
+        .max_by_key(|(days, _)| *days)
+        .map_or_else(|| "30d".to_string(), |(_, w)| w)
+}
+
+/// When no tenant on a cluster names a BackupPolicy: nightly at 02:00 UTC,
+/// 30 days.
+const DEFAULT_SCHEDULE: &str = "0 2 * * *";
 
 pub fn redis_pod_labels() -> Labels {
     labels(&[("app.kubernetes.io/name", "redis")])
@@ -170,6 +207,46 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
             });
         }
         pg_hba.push("host all all all reject".into());
+
+        let backups = ctx.kubernetes().and_then(|k| k.backups.as_ref());
+        if backups.is_none() {
+            if let Some(d) = dbs.iter().find(|d| production_like(&d.environment_kind)) {
+                return Err(RenderError::NoBackups {
+                    environment: format!("{}/{}", d.tenant, d.environment),
+                    kind: d.environment_kind.clone(),
+                });
+            }
+        }
+        // Each distinct policy of the cluster's tenants is a schedule of its
+        // own, so every tenant gets at least what its tier promises.
+        let mut policies: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for d in &dbs {
+            let policy = ctx
+                .tenants
+                .get(d.tenant.as_str())
+                .and_then(|t| ctx.specs.tier_of(&t.spec))
+                .and_then(|tier| tier.spec.backup_policy.as_deref())
+                .and_then(|name| ctx.specs.backup_policy(name));
+            if let Some(p) = policy {
+                policies.insert(
+                    p.metadata.name.clone(),
+                    (
+                        p.spec.schedule.trim().to_string(),
+                        retention_window(&p.spec.retention),
+                    ),
+                );
+            }
+        }
+        if policies.is_empty() {
+            policies.insert("default".into(), (DEFAULT_SCHEDULE.into(), "30d".into()));
+        }
+        let retention = policies
+            .values()
+            .map(|(_, w)| w.clone())
+            .max_by_key(|w| window_days(w))
+            .expect("at least one policy");
+        let pooler_host = format!("{POOLER}.{ns}.svc");
+        let pool = ctx.node_pool(scope);
         put(
             tree,
             "cluster.yaml".into(),
@@ -180,6 +257,9 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                 Spec {
                     spec: CnpgClusterSpec {
                         instances,
+                        priority_class_name: priority_class(
+                            dbs.iter().any(|d| production_like(&d.environment_kind)),
+                        ),
                         image_name: opts.postgres_image.clone(),
                         primary_update_strategy: "unsupervised",
                         enable_superuser_access: false,
@@ -194,14 +274,37 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                         },
                         storage: CnpgStorage {
                             size: opts.postgres_storage_size.clone(),
-                            storage_class: opts.postgres_storage_class.clone(),
+                            storage_class: ctx
+                                .storage_classes()
+                                .and_then(|s| s.postgres.clone())
+                                .or_else(|| opts.postgres_storage_class.clone()),
                         },
                         affinity: CnpgAffinity {
                             enable_pod_anti_affinity: true,
                             topology_key: "kubernetes.io/hostname",
                             pod_anti_affinity_type: "required",
+                            node_selector: pool.0.clone(),
+                            tolerations: pool.1.clone(),
+                        },
+                        certificates: CnpgCertificates {
+                            server_alt_dns_names: vec![
+                                pooler_host.clone(),
+                                format!("{pooler_host}.cluster.local"),
+                            ],
                         },
                         managed: CnpgManaged { roles },
+                        plugins: backups
+                            .map(|_| CnpgPlugin {
+                                name: BARMAN_PLUGIN,
+                                is_wal_archiver: true,
+                                parameters: [(
+                                    "barmanObjectName".to_string(),
+                                    OBJECT_STORE.to_string(),
+                                )]
+                                .into(),
+                            })
+                            .into_iter()
+                            .collect(),
                     },
                 },
             ),
@@ -259,6 +362,151 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                 ),
             );
         }
+        if let Some(b) = backups {
+            put(
+                tree,
+                "objectstore-backups.yaml".into(),
+                &object(
+                    "barmancloud.cnpg.io/v1",
+                    "ObjectStore",
+                    meta(OBJECT_STORE, &base),
+                    Spec {
+                        spec: ObjectStoreSpec {
+                            configuration: BarmanConfiguration {
+                                destination_path: format!(
+                                    "{}/{scope}",
+                                    b.destination_path.trim_end_matches('/')
+                                ),
+                                endpoint_url: b.endpoint_url.clone(),
+                                s3_credentials: S3Credentials {
+                                    access_key_id: SecretKeySelector {
+                                        name: BACKUP_CREDENTIALS.into(),
+                                        key: "ACCESS_KEY_ID",
+                                    },
+                                    secret_access_key: SecretKeySelector {
+                                        name: BACKUP_CREDENTIALS.into(),
+                                        key: "ACCESS_SECRET_KEY",
+                                    },
+                                },
+                                wal: BarmanCompression {
+                                    compression: "gzip",
+                                },
+                                data: BarmanData {
+                                    compression: "gzip",
+                                    jobs: 2,
+                                },
+                            },
+                            retention_policy: retention.clone(),
+                        },
+                    },
+                ),
+            );
+            put(
+                tree,
+                format!("externalsecret-{BACKUP_CREDENTIALS}.yaml"),
+                &external_secret(
+                    ctx,
+                    meta(BACKUP_CREDENTIALS, &base),
+                    BACKUP_CREDENTIALS,
+                    "Opaque",
+                    [
+                        (
+                            "ACCESS_KEY_ID".to_string(),
+                            "{{ .access_key_id }}".to_string(),
+                        ),
+                        (
+                            "ACCESS_SECRET_KEY".to_string(),
+                            "{{ .secret_access_key }}".to_string(),
+                        ),
+                    ]
+                    .into(),
+                    vec![
+                        es(
+                            "access_key_id",
+                            ctx.store_key(&["backup-store"]),
+                            "access_key_id",
+                        ),
+                        es(
+                            "secret_access_key",
+                            ctx.store_key(&["backup-store"]),
+                            "secret_access_key",
+                        ),
+                    ],
+                ),
+            );
+            for (name, (schedule, _)) in &policies {
+                put(
+                    tree,
+                    format!("scheduledbackup-{name}.yaml"),
+                    &object(
+                        "postgresql.cnpg.io/v1",
+                        "ScheduledBackup",
+                        meta(&format!("backup-{name}"), &base),
+                        Spec {
+                            spec: ScheduledBackupSpec {
+                                // CloudNativePG's cron has a seconds field.
+                                schedule: format!("0 {schedule}"),
+                                immediate: true,
+                                backup_owner_reference: "self",
+                                cluster: NameRef {
+                                    name: PG_CLUSTER.into(),
+                                },
+                                method: "plugin",
+                                plugin_configuration: PluginRef {
+                                    name: BARMAN_PLUGIN,
+                                },
+                            },
+                        },
+                    ),
+                );
+            }
+        }
+
+        // PgBouncer in session mode: Odoo LISTENs on the bus channel for the
+        // life of a connection and keeps session state (advisory locks held
+        // across transactions by modules, `SET` parameters), which
+        // transaction pooling would hand to another client.
+        let limits: Vec<u64> = dbs
+            .iter()
+            .map(|d| u64::from(d.connection_limit.unwrap_or(100)))
+            .collect();
+        let pooler_params: BTreeMap<String, String> = [
+            (
+                "default_pool_size",
+                limits.iter().max().copied().unwrap_or(20).to_string(),
+            ),
+            (
+                "max_client_conn",
+                limits.iter().sum::<u64>().max(100).to_string(),
+            ),
+            ("server_idle_timeout", "600".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        put(
+            tree,
+            "pooler.yaml".into(),
+            &object(
+                "postgresql.cnpg.io/v1",
+                "Pooler",
+                meta(POOLER, &base),
+                Spec {
+                    spec: PoolerSpec {
+                        cluster: NameRef {
+                            name: PG_CLUSTER.into(),
+                        },
+                        instances: if instances >= 3 { 2 } else { 1 },
+                        kind: "rw",
+                        pgbouncer: PgBouncer {
+                            pool_mode: "session",
+                            parameters: pooler_params,
+                        },
+                    },
+                },
+            ),
+        );
+
         // The cluster's CA certificate (never its key) into the store, from
         // where each environment's ExternalSecret fetches it for verify-full.
         put(
@@ -316,6 +564,7 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                         // cluster's own pods.
                         IngressRule {
                             from: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: None,
                                 pod_selector: Some(LabelSelector {
                                     match_labels: cnpg_pod_labels(),
@@ -323,9 +572,21 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                             }],
                             ports: vec![PolicyPort::tcp(5432), PolicyPort::tcp(8000)],
                         },
+                        // PgBouncer, which the environments connect through.
+                        IngressRule {
+                            from: vec![Peer {
+                                ip_block: None,
+                                namespace_selector: None,
+                                pod_selector: Some(LabelSelector {
+                                    match_labels: pooler_pod_labels(),
+                                }),
+                            }],
+                            ports: vec![PolicyPort::tcp(5432)],
+                        },
                         // The operator's status checks and management.
                         IngressRule {
                             from: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: Some(ns_selector(&opts.cnpg_namespace)),
                                 pod_selector: None,
                             }],
@@ -344,11 +605,12 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                 &base,
                 NetworkPolicySpec {
                     pod_selector: LabelSelector {
-                        match_labels: cnpg_pod_labels(),
+                        match_labels: pooler_pod_labels(),
                     },
                     policy_types: vec!["Ingress"],
                     ingress: vec![IngressRule {
                         from: vec![Peer {
+                            ip_block: None,
                             namespace_selector: Some(LabelSelector {
                                 match_labels: labels(&[("careplane.dev/postgres-client", scope)]),
                             }),
@@ -547,6 +809,7 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
             // A cache keeps nothing across restarts.
             volumes.insert(1, Volume::empty_dir("data", false, "64Mi"));
         }
+        let redis_pool = ctx.node_pool(scope);
         let template = PodTemplate {
             metadata: PodMeta {
                 labels: redis_pod_labels(),
@@ -558,6 +821,11 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
                 automount_service_account_token: false,
                 enable_service_links: false,
                 restart_policy: None,
+                priority_class_name: Some(priority_class(
+                    users.iter().any(|u| production_like(&u.environment_kind)),
+                )),
+                node_selector: redis_pool.0,
+                tolerations: redis_pool.1,
                 security_context: PodSecurityContext {
                     run_as_non_root: true,
                     run_as_user: REDIS_UID,
@@ -690,6 +958,7 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
                     policy_types: vec!["Ingress"],
                     ingress: vec![IngressRule {
                         from: vec![Peer {
+                            ip_block: None,
                             namespace_selector: Some(LabelSelector {
                                 match_labels: labels(&[("careplane.dev/redis-client", scope)]),
                             }),
@@ -708,8 +977,33 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
     Ok(())
 }
 
+/// Days a recovery window (`30d`, `4w`, `6m`) spans, for comparing them.
+fn window_days(w: &str) -> u64 {
+    let (n, unit) = w.split_at(w.len() - 1);
+    let n: u64 = n.parse().unwrap_or(0);
+    n * match unit {
+        "m" => 31,
+        "w" => 7,
+        _ => 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retention_windows_cover_the_longest_count() {
+        let r = |daily, weekly, monthly| careplane_spec::Retention {
+            daily,
+            weekly,
+            monthly,
+        };
+        assert_eq!(super::retention_window(&r(7, 4, 6)), "6m");
+        assert_eq!(super::retention_window(&r(14, 0, 0)), "14d");
+        assert_eq!(super::retention_window(&r(30, 2, 0)), "30d");
+        assert_eq!(super::retention_window(&r(0, 0, 0)), "30d");
+        assert_eq!(super::window_days("6m"), 186);
+    }
+
     #[test]
     fn redis_memory() {
         assert_eq!(super::redis_memory_mib("64mb"), Some(64));

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use careplane_model::OdooEnvProps;
 
 use crate::k8s::*;
-use crate::names::{self, common_labels, labels, with, PG_CLUSTER, REDIS};
+use crate::names::{self, common_labels, labels, with, REDIS};
 use crate::{pinned_by_digest, production_like, Ctx, RenderError, Tree};
 
 pub const HTTP_PORT: u16 = 8069;
@@ -189,7 +189,12 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
         ),
     );
 
-    let pg_host = format!("{PG_CLUSTER}-rw.{}.svc", names::pg_namespace(pg_scope));
+    // Through the cluster's PgBouncer (its name is in the server certificate).
+    let pg_host = format!(
+        "{}.{}.svc",
+        crate::data::POOLER,
+        names::pg_namespace(pg_scope)
+    );
     let redis_host = format!("{REDIS}.{}.svc", names::redis_namespace(redis_scope));
     let conf = |role_kind: Role| odoo_conf(ctx, p, role_kind, &role, &pg_host, &redis_host);
     let (web_conf, cron_conf) = (conf(Role::Web), conf(Role::Cron));
@@ -274,7 +279,10 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             Spec {
                 spec: PvcSpec {
                     access_modes: vec!["ReadWriteMany".into()],
-                    storage_class_name: opts.filestore_storage_class.clone(),
+                    storage_class_name: ctx
+                        .storage_classes()
+                        .and_then(|s| s.filestore.clone())
+                        .or_else(|| opts.filestore_storage_class.clone()),
                     resources: PvcResources {
                         requests: [("storage".to_string(), opts.filestore_size.clone())].into(),
                     },
@@ -503,6 +511,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
                     policy_types: vec!["Ingress"],
                     ingress: vec![IngressRule {
                         from: vec![Peer {
+                            ip_block: None,
                             namespace_selector: Some(ns_selector(&opts.ingress_namespace)),
                             pod_selector: Some(LabelSelector {
                                 match_labels: opts.ingress_pod_labels.clone(),
@@ -532,17 +541,19 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
                     egress: vec![
                         EgressRule {
                             to: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: Some(ns_selector(&names::pg_namespace(
                                     pg_scope,
                                 ))),
                                 pod_selector: Some(LabelSelector {
-                                    match_labels: labels(&[("cnpg.io/cluster", PG_CLUSTER)]),
+                                    match_labels: crate::data::pooler_pod_labels(),
                                 }),
                             }],
                             ports: vec![PolicyPort::tcp(5432)],
                         },
                         EgressRule {
                             to: vec![Peer {
+                                ip_block: None,
                                 namespace_selector: Some(ns_selector(&names::redis_namespace(
                                     redis_scope,
                                 ))),
@@ -557,6 +568,47 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
             },
         ),
     );
+
+    // Mail leaves only for the relay the Platform names, and only from
+    // the pods that send it (web and cron).
+    if let Some(smtp) = ctx.kubernetes().and_then(|k| k.smtp.as_ref()) {
+        put(
+            tree,
+            "networkpolicy-odoo-to-smtp.yaml",
+            &object(
+                "networking.k8s.io/v1",
+                "NetworkPolicy",
+                meta("odoo-to-smtp"),
+                Spec {
+                    spec: NetworkPolicySpec {
+                        pod_selector: LabelSelector {
+                            match_labels: labels(&[("app.kubernetes.io/name", "odoo")]),
+                        },
+                        policy_types: vec!["Egress"],
+                        ingress: vec![],
+                        egress: vec![EgressRule {
+                            to: smtp
+                                .cidrs
+                                .iter()
+                                .map(|c| Peer {
+                                    ip_block: Some(IpBlock { cidr: cidr(c) }),
+                                    ..Peer::default()
+                                })
+                                .collect(),
+                            ports: vec![PolicyPort::tcp(smtp.port.unwrap_or(587))],
+                        }],
+                    },
+                },
+            ),
+        );
+    }
+
+    let env_id = careplane_model::odoo_env_id(&p.tenant, &p.environment);
+    if let Some(host) = ctx.hosts.get(&env_id) {
+        for (file, obj) in crate::route::objects(host, ctx.kubernetes(), &meta) {
+            put(tree, &file, obj.as_ref());
+        }
+    }
 
     let mut resources = vec![format!("../../../overlays/{}", p.environment_kind)];
     resources.extend(files);
@@ -744,6 +796,7 @@ fn odoo_pod(
             mount("tmp", "/tmp", false),
         ],
     };
+    let pool = ctx.node_pool(&p.tenant);
     PodTemplate {
         metadata: PodMeta {
             annotations: BTreeMap::new(),
@@ -760,6 +813,9 @@ fn odoo_pod(
             automount_service_account_token: false,
             enable_service_links: false,
             restart_policy: None,
+            priority_class_name: Some(crate::priority_class(production_like(&p.environment_kind))),
+            node_selector: pool.0,
+            tolerations: pool.1,
             security_context: PodSecurityContext {
                 run_as_non_root: true,
                 run_as_user: uid,
@@ -864,4 +920,15 @@ fn odoo_conf(
         },
         p.database
     )
+}
+
+/// `ipBlock.cidr` needs a prefix length: a single address becomes /32 or /128.
+fn cidr(s: &str) -> String {
+    if s.contains('/') {
+        s.to_string()
+    } else if s.contains(':') {
+        format!("{s}/128")
+    } else {
+        format!("{s}/32")
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::env::{ns_selector, scope_of, ErasedYaml};
 use crate::k8s::*;
 use crate::names::{common_labels, labels};
-use crate::{production_like, Ctx, Model, Tree, HEADER};
+use crate::{production_like, Ctx, Model, Tree, HEADER, PRIORITY_OTHER, PRIORITY_PRODUCTION};
 
 fn kustomization(resources: Vec<String>) -> String {
     HEADER.to_string()
@@ -54,6 +54,7 @@ pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
                 ingress: vec![],
                 egress: vec![EgressRule {
                     to: vec![Peer {
+                        ip_block: None,
                         namespace_selector: Some(ns_selector("kube-system")),
                         pod_selector: Some(LabelSelector {
                             match_labels: labels(&[("k8s-app", "kube-dns")]),
@@ -129,6 +130,8 @@ pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
         );
     }
 
+    render_platform(ctx, tree);
+
     let opts = ctx.opts;
     let app_name = format!("careplane-{}", ctx.platform);
     let appset = object(
@@ -148,7 +151,7 @@ pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
                     git: GitGenerator {
                         repo_url: opts.repo_url.clone(),
                         revision: opts.revision.clone(),
-                        directories: ["postgres/*", "redis/*", "tenants/*/*"]
+                        directories: ["platform", "postgres/*", "redis/*", "tenants/*/*"]
                             .into_iter()
                             .map(|p| GitDirectory { path: p.into() })
                             .collect(),
@@ -214,19 +217,21 @@ pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
             },
         )
     };
-    let mut docs = Vec::new();
+    // Everything runs with the platform's PriorityClasses (and under its
+    // image policy): they come first.
+    let mut docs = vec![flux(PLATFORM.into(), "./platform".into(), vec![])];
     for scope in model.pg_clusters.keys() {
         docs.push(flux(
             format!("pg-{scope}"),
             format!("./postgres/{scope}"),
-            vec![],
+            vec![PLATFORM.into()],
         ));
     }
     for scope in model.redis_servers.keys() {
         docs.push(flux(
             format!("redis-{scope}"),
             format!("./redis/{scope}"),
-            vec![],
+            vec![PLATFORM.into()],
         ));
     }
     for p in &model.odoo_envs {
@@ -234,10 +239,126 @@ pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
             format!("env-{}-{}", p.tenant, p.environment),
             format!("./tenants/{}/{}", p.tenant, p.environment),
             vec![
+                PLATFORM.into(),
                 format!("pg-{}", scope_of(&p.cluster)),
                 format!("redis-{}", scope_of(&p.server)),
             ],
         ));
     }
     tree.objects("flux/kustomizations.yaml".into(), &docs);
+}
+
+/// Flux Kustomization (and folder) of the cluster-wide objects.
+const PLATFORM: &str = "platform";
+
+/// `platform/`: cluster-scoped objects every namespace relies on.
+fn render_platform(ctx: &Ctx, tree: &mut Tree) {
+    let mut files = Vec::new();
+    let mut put = |tree: &mut Tree, file: &str, obj: &dyn ErasedYaml| {
+        tree.add(format!("platform/{file}"), obj.yaml());
+        files.push(file.to_string());
+    };
+    for (name, value, preemption, description) in [
+        (
+            PRIORITY_PRODUCTION,
+            100_000,
+            "PreemptLowerPriority",
+            "careplane: production and DR environments and their data",
+        ),
+        (
+            PRIORITY_OTHER,
+            10_000,
+            "Never",
+            "careplane: every other environment; never preempts",
+        ),
+    ] {
+        put(
+            tree,
+            &format!("priorityclass-{name}.yaml"),
+            &object(
+                "scheduling.k8s.io/v1",
+                "PriorityClass",
+                meta(name),
+                PriorityClassBody {
+                    value,
+                    global_default: false,
+                    preemption_policy: preemption,
+                    description,
+                },
+            ),
+        );
+    }
+    if let Some(sig) = ctx.kubernetes().and_then(|k| k.image_signatures.as_ref()) {
+        put(
+            tree,
+            "clusterpolicy-verify-images.yaml",
+            &kyverno(&sig.public_key),
+        );
+    }
+    tree.add("platform/kustomization.yaml".into(), kustomization(files));
+}
+
+/// Kyverno: the Odoo and Redis pods in careplane's namespaces run only
+/// images pinned by digest and signed with the platform's key. CNPG's pods
+/// are left out: their operator and plugin images are signed by their
+/// project, not by the platform.
+fn kyverno(public_key: &str) -> Object<Spec<KyvernoPolicySpec>> {
+    let matching = || KyvernoMatch {
+        any: vec![KyvernoResources {
+            resources: KyvernoResourceFilter {
+                kinds: vec!["Pod"],
+                namespace_selector: LabelSelector {
+                    match_labels: labels(&[("app.kubernetes.io/managed-by", "careplane")]),
+                },
+                selector: SetSelector {
+                    match_expressions: vec![SetRequirement {
+                        key: "app.kubernetes.io/name",
+                        operator: "In",
+                        values: vec!["odoo", "redis"],
+                    }],
+                },
+            },
+        }],
+    };
+    let pinned = serde_json::json!({
+        "failureAction": "Enforce",
+        "message": "careplane runs only images pinned by digest (name@sha256:…)",
+        "pattern": {"spec": {
+            "containers": [{"image": "*@sha256:*"}],
+            "=(initContainers)": [{"image": "*@sha256:*"}],
+        }},
+    });
+    let signed = serde_json::json!({
+        "imageReferences": ["*"],
+        "failureAction": "Enforce",
+        "mutateDigest": false,
+        "verifyDigest": true,
+        "required": true,
+        "attestors": [{"entries": [{"keys": {"publicKeys": public_key.trim()}}]}],
+    });
+    object(
+        "kyverno.io/v1",
+        "ClusterPolicy",
+        meta("careplane-verify-images"),
+        Spec {
+            spec: KyvernoPolicySpec {
+                background: false,
+                webhook_timeout_seconds: 30,
+                rules: vec![
+                    KyvernoRule {
+                        name: "require-digests",
+                        matching: matching(),
+                        validate: Some(pinned),
+                        verify_images: vec![],
+                    },
+                    KyvernoRule {
+                        name: "verify-signatures",
+                        matching: matching(),
+                        validate: None,
+                        verify_images: vec![signed],
+                    },
+                ],
+            },
+        },
+    )
 }

@@ -150,11 +150,25 @@ pub struct PodSpec {
     pub enable_service_links: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: Labels,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
     pub security_context: PodSecurityContext,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub init_containers: Vec<Container>,
     pub containers: Vec<Container>,
     pub volumes: Vec<Volume>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Toleration {
+    pub key: &'static str,
+    pub operator: &'static str,
+    pub value: String,
+    pub effect: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -474,13 +488,20 @@ pub struct EgressRule {
     pub ports: Vec<PolicyPort>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Peer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_block: Option<IpBlock>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IpBlock {
+    pub cidr: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -571,13 +592,112 @@ pub struct HpaTarget {
 #[serde(rename_all = "camelCase")]
 pub struct CnpgClusterSpec {
     pub instances: u32,
+    pub priority_class_name: &'static str,
     pub image_name: String,
     pub primary_update_strategy: &'static str,
     pub enable_superuser_access: bool,
     pub postgresql: CnpgPostgresql,
     pub storage: CnpgStorage,
     pub affinity: CnpgAffinity,
+    /// Extra names in the server certificate: the pooler's service, so
+    /// that Odoo's `verify-full` holds through PgBouncer.
+    pub certificates: CnpgCertificates,
     pub managed: CnpgManaged,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<CnpgPlugin>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CnpgCertificates {
+    #[serde(rename = "serverAltDNSNames")]
+    pub server_alt_dns_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CnpgPlugin {
+    pub name: &'static str,
+    #[serde(rename = "isWALArchiver")]
+    pub is_wal_archiver: bool,
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Barman Cloud plugin (`barmancloud.cnpg.io/v1`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStoreSpec {
+    pub configuration: BarmanConfiguration,
+    pub retention_policy: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BarmanConfiguration {
+    pub destination_path: String,
+    #[serde(rename = "endpointURL", skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    pub s3_credentials: S3Credentials,
+    pub wal: BarmanCompression,
+    pub data: BarmanData,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Credentials {
+    pub access_key_id: SecretKeySelector,
+    pub secret_access_key: SecretKeySelector,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretKeySelector {
+    pub name: String,
+    pub key: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BarmanCompression {
+    pub compression: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BarmanData {
+    pub compression: &'static str,
+    pub jobs: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledBackupSpec {
+    /// Six fields: seconds first.
+    pub schedule: String,
+    pub immediate: bool,
+    pub backup_owner_reference: &'static str,
+    pub cluster: NameRef,
+    pub method: &'static str,
+    pub plugin_configuration: PluginRef,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginRef {
+    pub name: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolerSpec {
+    pub cluster: NameRef,
+    pub instances: u32,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub pgbouncer: PgBouncer,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PgBouncer {
+    pub pool_mode: &'static str,
+    pub parameters: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -608,6 +728,73 @@ pub struct CnpgAffinity {
     pub enable_pod_anti_affinity: bool,
     pub topology_key: &'static str,
     pub pod_anti_affinity_type: &'static str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: Labels,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PriorityClassBody {
+    pub value: u32,
+    pub global_default: bool,
+    pub preemption_policy: &'static str,
+    pub description: &'static str,
+}
+
+// ---- Kyverno ----
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KyvernoPolicySpec {
+    pub background: bool,
+    pub webhook_timeout_seconds: u32,
+    pub rules: Vec<KyvernoRule>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KyvernoRule {
+    pub name: &'static str,
+    #[serde(rename = "match")]
+    pub matching: KyvernoMatch,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validate: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verify_images: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KyvernoMatch {
+    pub any: Vec<KyvernoResources>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KyvernoResources {
+    pub resources: KyvernoResourceFilter,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KyvernoResourceFilter {
+    pub kinds: Vec<&'static str>,
+    pub namespace_selector: LabelSelector,
+    pub selector: SetSelector,
+}
+
+/// A label selector with `matchExpressions`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetSelector {
+    pub match_expressions: Vec<SetRequirement>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetRequirement {
+    pub key: &'static str,
+    pub operator: &'static str,
+    pub values: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -838,4 +1025,97 @@ pub struct FluxKustomizationSpec {
 pub struct FluxSourceRef {
     pub kind: &'static str,
     pub name: String,
+}
+
+// ---- cert-manager, Traefik ----
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSpec {
+    pub secret_name: String,
+    pub dns_names: Vec<String>,
+    pub issuer_ref: IssuerRef,
+    pub private_key: PrivateKey,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuerRef {
+    pub name: String,
+    pub kind: &'static str,
+    pub group: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateKey {
+    pub algorithm: &'static str,
+    pub size: u32,
+    pub rotation_policy: &'static str,
+}
+
+/// A Traefik `Middleware`: exactly one of the fields is set.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MiddlewareSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HeadersMiddleware>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitMiddleware>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_allow_list: Option<IpAllowList>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadersMiddleware {
+    pub sts_seconds: u64,
+    pub sts_include_subdomains: bool,
+    pub content_type_nosniff: bool,
+    pub referrer_policy: &'static str,
+    pub content_security_policy: &'static str,
+    /// An empty value removes the header from responses.
+    pub custom_response_headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitMiddleware {
+    pub average: u64,
+    pub period: &'static str,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpAllowList {
+    pub source_range: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRouteSpec {
+    pub entry_points: Vec<&'static str>,
+    pub routes: Vec<TraefikRoute>,
+    pub tls: TraefikTls,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraefikRoute {
+    pub kind: &'static str,
+    #[serde(rename = "match")]
+    pub matching: String,
+    pub priority: u32,
+    pub middlewares: Vec<NameRef>,
+    pub services: Vec<TraefikService>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraefikService {
+    pub name: &'static str,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraefikTls {
+    pub secret_name: &'static str,
 }

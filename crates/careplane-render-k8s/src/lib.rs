@@ -18,6 +18,7 @@ mod env;
 mod gitops;
 pub mod k8s;
 mod names;
+mod route;
 mod tree;
 mod yaml;
 
@@ -34,7 +35,7 @@ pub use tree::{check_tree, write_tree, Drift, DriftKind, WriteReport};
 /// files in them that it no longer renders; everything else in the
 /// repository (README, CI files) is left alone.
 pub const MANAGED_DIRS: &[&str] = &[
-    "argocd", "bases", "flux", "overlays", "postgres", "redis", "tenants",
+    "argocd", "bases", "flux", "overlays", "platform", "postgres", "redis", "tenants",
 ];
 
 /// What the specs do not say yet (see the report in issue 19): images, the
@@ -158,6 +159,12 @@ pub enum RenderError {
         what: &'static str,
         image: String,
     },
+    #[error(
+        "environment {environment} ({kind}): its PostgreSQL cluster would have no backups; \
+         production and DR environments need the Platform's spec.kubernetes.backups \
+         (an s3:// destinationPath for WAL archiving and base backups)"
+    )]
+    NoBackups { environment: String, kind: String },
     #[error("render option {option}: {message}")]
     Option {
         option: &'static str,
@@ -182,11 +189,12 @@ pub fn render(specs: &SpecSet, opts: &RenderOptions) -> Result<Tree, RenderError
             }
             Props::RedisUser(p) => model.redis_users.push(p),
             Props::OdooEnv(p) => model.odoo_envs.push(p),
-            // CNPG issues its own certificates; templates are a local-target
-            // optimisation (each environment's init Job installs instead).
-            // The local proxy; on Kubernetes Traefik plays its part (not
-            // rendered yet).
-            Props::Ca(_) | Props::OdooTemplate(_) | Props::Ingress(_) => {}
+            // The routes (a host per environment); Traefik serves them.
+            Props::Ingress(p) => model.ingress = Some(p),
+            // CNPG and cert-manager issue the certificates; templates are a
+            // local-target optimisation (each environment's init Job
+            // installs instead).
+            Props::Ca(_) | Props::OdooTemplate(_) => {}
         }
     }
     // Stable order whatever desired() does.
@@ -321,6 +329,7 @@ struct Model {
     redis_servers: BTreeMap<String, careplane_model::RedisServerProps>,
     redis_users: Vec<careplane_model::RedisUserProps>,
     odoo_envs: Vec<careplane_model::OdooEnvProps>,
+    ingress: Option<careplane_model::IngressProps>,
 }
 
 /// What every part of the rendering reads besides the resource at hand.
@@ -330,6 +339,14 @@ struct Ctx<'a> {
     platform: &'a str,
     /// (tenant, env) → uid.
     uids: BTreeMap<(String, String), u32>,
+    /// `odoo-env` id → host name, when the Platform has an ingress.
+    hosts: BTreeMap<String, String>,
+    /// By name: `SpecSet::tenant` is a linear search, and every environment
+    /// asks (10,000 environments made it quadratic).
+    tenants: std::collections::HashMap<
+        &'a str,
+        &'a careplane_spec::Document<careplane_spec::TenantSpec>,
+    >,
 }
 
 impl<'a> Ctx<'a> {
@@ -351,14 +368,58 @@ impl<'a> Ctx<'a> {
             opts,
             platform: &specs.platform.metadata.name,
             uids: odoo_uids(&envs, range),
+            tenants: specs
+                .tenants
+                .iter()
+                .map(|t| (t.metadata.name.as_str(), t))
+                .collect(),
+            hosts: model
+                .ingress
+                .iter()
+                .flat_map(|i| &i.routes)
+                .map(|r| (r.env.clone(), r.host.clone()))
+                .collect(),
         }
+    }
+
+    /// Node selector and toleration of a tenant's own node pool: only for
+    /// `dedicated-env` tenants, when the Platform asks for node pools.
+    /// `scope` is a tenant name or `shared`.
+    fn node_pool(&self, scope: &str) -> (k8s::Labels, Vec<k8s::Toleration>) {
+        let wanted = self.kubernetes().is_some_and(|k| k.dedicated_node_pools)
+            && self
+                .tenants
+                .get(scope)
+                .is_some_and(|t| t.spec.tenancy == careplane_spec::Tenancy::DedicatedEnv);
+        if !wanted {
+            return Default::default();
+        }
+        (
+            names::labels(&[(NODE_POOL_LABEL, scope)]),
+            vec![k8s::Toleration {
+                key: NODE_POOL_LABEL,
+                operator: "Equal",
+                value: scope.to_string(),
+                effect: "NoSchedule",
+            }],
+        )
+    }
+
+    /// The spec's storage classes win over the render options'.
+    fn storage_classes(&self) -> Option<&'a careplane_spec::kubernetes::StorageClasses> {
+        self.kubernetes().and_then(|k| k.storage_classes.as_ref())
+    }
+
+    /// The Platform's `spec.kubernetes`, if it has one.
+    fn kubernetes(&self) -> Option<&'a careplane_spec::KubernetesSettings> {
+        self.specs.platform.spec.kubernetes.as_deref()
     }
 
     /// The tenant's tier availability in percent (the model has no tier: read
     /// from the specs). No tier: treated as below 99.9.
     fn availability(&self, tenant: &str) -> f64 {
-        self.specs
-            .tenant(tenant)
+        self.tenants
+            .get(tenant)
             .and_then(|t| self.specs.tier_of(&t.spec))
             .map(|t| t.spec.availability)
             .unwrap_or(0.0)
@@ -378,4 +439,20 @@ impl<'a> Ctx<'a> {
 
 fn production_like(kind: &str) -> bool {
     matches!(kind, "production" | "dr")
+}
+
+/// Node label (and taint key) of a `dedicated-env` tenant's node pool.
+pub const NODE_POOL_LABEL: &str = "careplane.dev/pool";
+
+/// PriorityClasses (rendered in `platform/`): production and DR pods are
+/// scheduled, and may preempt, ahead of everything else careplane runs.
+pub const PRIORITY_PRODUCTION: &str = "careplane-production";
+pub const PRIORITY_OTHER: &str = "careplane-non-production";
+
+fn priority_class(production: bool) -> &'static str {
+    if production {
+        PRIORITY_PRODUCTION
+    } else {
+        PRIORITY_OTHER
+    }
 }

@@ -22,7 +22,15 @@ pub fn to_string<T: Serialize>(obj: &T) -> String {
 
 /// `prefix` (a comment header) and the document, in one buffer.
 pub fn to_string_after<T: Serialize>(prefix: &str, obj: &T) -> String {
-    let mut out = String::with_capacity(2048);
+    thread_local! {
+        static BUF: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+    }
+    // The text is built in a buffer each thread reuses, then copied once
+    // into a string of its exact size: growing a fresh string per file, or
+    // keeping a large one, made allocation most of the time of a large
+    // render (glibc consolidates its free lists on every large request).
+    let mut out = BUF.take();
+    out.clear();
     out.push_str(prefix);
     let mut e = Emitter { out };
     obj.serialize(Value {
@@ -30,7 +38,9 @@ pub fn to_string_after<T: Serialize>(prefix: &str, obj: &T) -> String {
         pos: Pos::Top,
     })
     .expect("careplane's objects are maps, lists, strings, numbers and booleans");
-    e.out
+    let text = String::from(e.out.as_str());
+    BUF.set(e.out);
+    text
 }
 
 #[derive(Debug)]
@@ -573,11 +583,11 @@ fn write_string(out: &mut String, s: &str) {
         out.push_str(&serde_json::to_string(s).expect("a string serializes"));
     } else {
         out.push('\'');
-        for c in s.chars() {
-            if c == '\'' {
-                out.push('\'');
+        for (i, part) in s.split('\'').enumerate() {
+            if i > 0 {
+                out.push_str("''");
             }
-            out.push(c);
+            out.push_str(part);
         }
         out.push('\'');
     }

@@ -294,6 +294,17 @@ fn policy_problems(tree: &Tree) -> Vec<String> {
                 ]
                 .into(),
             ),
+            // A Pooler's pods carry its name, per CloudNativePG's documentation.
+            "Pooler" => workloads.entry(ns.clone().unwrap()).or_default().push(
+                [
+                    (
+                        "cnpg.io/poolerName".to_string(),
+                        o["metadata"]["name"].as_str().unwrap().to_string(),
+                    ),
+                    ("cnpg.io/podRole".to_string(), "pooler".to_string()),
+                ]
+                .into(),
+            ),
             _ => {}
         }
     }
@@ -608,7 +619,9 @@ fn random_platform(seed: u64) -> careplane_spec::SpecSet {
         "apiVersion: careplane.dev/v1alpha1\nkind: Platform\nmetadata: {{name: p{seed}}}\n\
          spec:\n  dataDir: /tmp/careplane-k8s-unused\n  postgres: {{settings: {{max_connections: \"5000\", \
          log_min_duration_statement: \"{}\"}}}}\n  redis: {{role: {}, maxMemory: {}mb}}\n  \
-         odoo: {{command: odoo, version: {}}}\n  defaults: {{serviceTier: t{}}}\n",
+         odoo: {{command: odoo, version: {}}}\n  defaults: {{serviceTier: t{}}}\n  \
+         ingress: {{domain: odoo.example.org}}\n  \
+         kubernetes: {{backups: {{destinationPath: s3://b/p}}, adminAllow: [10.0.0.0/8], adminPaths: [/odoo/settings]}}\n",
         rng.below(1000),
         rng.pick(&["cache", "session"]),
         16 + rng.below(512),

@@ -126,3 +126,57 @@ fn yaml_1_1_readers_see_the_same_data() {
         assert_eq!(read[&key], ours, "{f} reads differently as YAML 1.1");
     }
 }
+
+/// Every core object (and every object of an API group Kubernetes itself
+/// serves) validated against Kubernetes' own OpenAPI schemas by
+/// `kubernetes-validate` (PyPI; schemas bundled, no cluster needed), in
+/// strict mode: an unknown or misspelt field fails. Custom resources (CNPG,
+/// Traefik, cert-manager, External Secrets, Argo CD, Flux) have no schema
+/// there; the test counts them apart so a core object can never be skipped
+/// silently.
+#[test]
+fn kubernetes_validate_accepts_every_core_object() {
+    if !available(
+        "kubernetes-validate",
+        Command::new("kubernetes-validate").arg("--version"),
+    ) {
+        return;
+    }
+    let (tree, dir) = written_example();
+    let files: Vec<&String> = tree
+        .files
+        .keys()
+        .filter(|f| !f.ends_with("/kustomization.yaml"))
+        .collect();
+    let out = Command::new("kubernetes-validate")
+        .args(["-k", "1.32.0", "--strict"])
+        .args(files.iter().map(|f| dir.path().join(f)))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kubernetes-validate refused the tree:\n{stdout}\n{stderr}"
+    );
+    let passed = stdout
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
+    let core = files
+        .iter()
+        .flat_map(|f| docs(&tree.files[*f]))
+        .filter(|o| {
+            let api = o["apiVersion"].as_str().unwrap();
+            // Groups of Kubernetes itself: no dot, or *.k8s.io.
+            !api.contains('/')
+                || !api.split('/').next().unwrap().contains('.')
+                || api.split('/').next().unwrap().ends_with(".k8s.io")
+        })
+        .count();
+    assert!(core > 100, "{core}");
+    assert_eq!(
+        passed, core,
+        "every core object must be validated, not skipped:\n{stdout}\n{stderr}"
+    );
+}

@@ -23,6 +23,7 @@ pub mod connections;
 mod decode;
 mod derived;
 mod diagnostic;
+pub mod kubernetes;
 mod load;
 pub mod model;
 pub mod names;
@@ -32,6 +33,7 @@ mod validate;
 mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
+pub use kubernetes::KubernetesSettings;
 pub use load::{
     documents_as_json, load, load_sources, load_str, parse_documents, validate_set, ParsedDocument,
     ParsedFile,

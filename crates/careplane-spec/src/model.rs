@@ -156,6 +156,12 @@ pub struct PlatformSpec {
     /// environments answer on their loopback ports only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSettings>,
+    /// What only the Kubernetes target reads (issuer, storage classes,
+    /// backups' object store, …); see `docs/kubernetes.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Boxed: most platforms leave it out, and documents of every kind share
+    // one enum.
+    pub kubernetes: Option<Box<crate::kubernetes::KubernetesSettings>>,
     /// What tenants get when they leave a field unset.
     #[serde(default)]
     pub defaults: PlatformDefaults,

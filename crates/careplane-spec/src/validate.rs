@@ -613,6 +613,9 @@ pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
     if let Some(ingress) = &spec.ingress {
         check_ingress(cx, ingress);
     }
+    if let Some(k) = &spec.kubernetes {
+        crate::kubernetes::check(cx, k);
+    }
     if let Some(odoo) = &spec.odoo {
         if !ODOO_VERSIONS.contains(&odoo.version) {
             cx.at_value(

@@ -1743,3 +1743,40 @@ fn ingress_section_is_checked_field_by_field() {
         assert!(d.message.contains(needle), "{ingress}: {d}");
     }
 }
+
+#[test]
+fn kubernetes_section_errors_name_the_field() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: Platform
+metadata:
+  name: hq
+spec:
+  dataDir: .careplane
+  kubernetes:
+    certificateIssuer: {name: Lets_Encrypt}
+    adminAllow: [10.0.0.0/8, 10.0.0.0/40]
+    backups: {destinationPath: /var/backups}
+    smtp: {cidrs: [], port: 0}
+    imageSignatures: {publicKey: not-a-key}
+    storageClasss: {}
+";
+    let err = load_str(Path::new("k.yaml"), text).unwrap_err().to_string();
+    let expected = "k.yaml:13:5: spec.kubernetes.storageClasss: unknown field \"storageClasss\"";
+    assert!(err.contains(expected), "{expected}\nin:\n{err}");
+    let text = text.replace("    storageClasss: {}\n", "");
+    let err = load_str(Path::new("k.yaml"), &text)
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "spec.kubernetes.certificateIssuer.name: \"Lets_Encrypt\" is not a Kubernetes object name",
+        "spec.kubernetes.adminAllow[1]: \"10.0.0.0/40\" is neither an address nor a CIDR",
+        "spec.kubernetes.adminAllow: adminAllow needs adminPaths too",
+        "spec.kubernetes.backups.destinationPath: \"/var/backups\" is not an object store URL",
+        "spec.kubernetes.smtp.cidrs: name at least one address of the mail relay",
+        "spec.kubernetes.smtp.port: port 0 is not a port",
+        "spec.kubernetes.imageSignatures.publicKey: must be a PEM public key",
+    ] {
+        assert!(err.contains(expected), "{expected}\nin:\n{err}");
+    }
+}
