@@ -68,7 +68,8 @@ pub enum Command {
         /// Seconds between two reads of the environment list.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         refresh: u64,
-        /// Stamp results on a clock running this many times faster (tests, demos).
+        /// Stamp results on a clock running this many times faster, starting 6 hours
+        /// behind the wall clock (tests, demos).
         #[arg(long, hide = true)]
         time_scale: Option<u32>,
     },
@@ -237,7 +238,8 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             opts.concurrency = concurrency;
             opts.refresh = Duration::from_secs(refresh);
             if let Some(s) = time_scale {
-                opts.clock = careplane_server::scaled_clock(s.max(1));
+                opts.clock =
+                    careplane_server::scaled_clock(s.max(1), Duration::from_secs(6 * 3600));
             }
             careplane_server::run(careplane_target_local::engine(specs), opts)?;
         }

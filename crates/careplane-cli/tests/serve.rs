@@ -293,7 +293,7 @@ fn serve_probes_records_opens_incidents_and_reports() {
             bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "{line:?}"
         );
-        if let Some(l) = name.strip_prefix(bare) {
+        if let Some(l) = name.strip_prefix(bare).filter(|l| !l.is_empty()) {
             assert!(l.starts_with('{') && l.ends_with('}'), "{line:?}");
         }
     }

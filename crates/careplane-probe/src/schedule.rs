@@ -21,10 +21,14 @@ pub fn system_clock() -> Clock {
     Arc::new(Timestamp::now)
 }
 
-/// A clock running `scale` times faster than the wall clock from now on (`scale` 60 makes
-/// every real second a minute): for tests and demos of minute-based accounting.
-pub fn scaled_clock(scale: u32) -> Clock {
-    let start = Timestamp::now();
+/// A clock running `scale` times faster than the wall clock (`scale` 60 makes every real
+/// second a minute), starting `behind` the wall clock: for tests and demos of minute-based
+/// accounting. Starting behind keeps it before the wall clock for a while, so that what people
+/// do meanwhile (`careplane incident ack`, on the wall clock) comes after what it stamped.
+pub fn scaled_clock(scale: u32, behind: std::time::Duration) -> Clock {
+    let start = Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(behind).unwrap_or_default())
+        .unwrap_or_else(|_| Timestamp::now());
     let real = std::time::Instant::now();
     Arc::new(move || {
         let e = real.elapsed().as_millis() as i64 * i64::from(scale);
