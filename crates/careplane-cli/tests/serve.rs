@@ -181,7 +181,7 @@ fn latest(port: u16, token: &str, probe: &str) -> Option<Value> {
 
 fn token(p: &Platform, name: &str, scope: &str, ttl: &str) -> String {
     ok(
-        &p,
+        p,
         &[
             "token", "create", "--name", name, "--scope", scope, "--ttl", ttl,
         ],

@@ -23,10 +23,9 @@ fn target(answer: &'static [u8], endless: bool) -> u16 {
                 if s.write_all(answer).is_err() {
                     return;
                 }
-                while endless {
-                    if s.write_all(&[b'x'; 4096]).is_err() {
-                        return;
-                    }
+                if endless {
+                    // Until the probe gives up and closes.
+                    while s.write_all(&[b'x'; 4096]).is_ok() {}
                 }
             });
         }

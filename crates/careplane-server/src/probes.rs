@@ -134,10 +134,13 @@ impl State {
     }
 }
 
+/// The running probe tasks by (tenant, environment, probe), with a print of their check.
+type Running = Arc<Mutex<HashMap<(String, String, String), (String, JoinHandle<()>)>>>;
+
 /// The running loops.
 pub(crate) struct Tasks {
     handles: Vec<JoinHandle<()>>,
-    probes: Arc<Mutex<HashMap<(String, String, String), (String, JoinHandle<()>)>>>,
+    probes: Running,
     writer: JoinHandle<()>,
 }
 
@@ -158,7 +161,7 @@ impl Tasks {
 pub(crate) fn start(state: Arc<State>, opts: &Options) -> Tasks {
     let (tx, rx) = mpsc::channel::<schedule::Outcome>(4096);
     let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-    let probes: Arc<Mutex<HashMap<_, (String, JoinHandle<()>)>>> = Arc::default();
+    let probes: Running = Arc::default();
     let writer = tokio::spawn(writer(state.clone(), rx));
     let refresher = {
         let (state, probes, opts) = (state.clone(), probes.clone(), opts.clone());
