@@ -25,8 +25,8 @@ fn pct(s: &str) -> Percent {
     Percent::parse(s).expect("constant percentages parse")
 }
 
-/// The tenant's SLO: the tier's objective, the default bad-minute rule, response and
-/// restore targets and credit table (see docs/design/0012).
+/// The tenant's SLO: the tier's objective, and its `slo:` (bad-minute rule, response and
+/// restore targets, credit table) over the defaults of docs/design/0012.
 pub fn slo_for(specs: &SpecSet, tenant: &str) -> Result<Slo, Error> {
     let t = specs
         .tenants
@@ -50,23 +50,33 @@ pub fn slo_for(specs: &SpecSet, tenant: &str) -> Result<Slo, Error> {
         restore_minutes,
         clock: TargetClock::Always,
     };
-    let slo = Slo {
-        tier: tier.metadata.name.clone(),
-        objective,
-        bad_minute: BadMinuteRule {
-            probe: critical_probe(specs).into(),
-            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
-        },
-        unknown: Default::default(),
-        support_hours: Default::default(),
-        targets: vec![
-            target(Severity::P1, 15, 240),
-            target(Severity::P2, 60, 480),
-            target(Severity::P3, 240, 1440),
-            target(Severity::P4, 1440, 4320),
-        ],
-        severity: Default::default(),
-        credits: vec![
+    let at = |field: &str| format!("service tier {}: spec.slo.{field}", tier.metadata.name);
+    let spec = tier.spec.slo.clone().unwrap_or_default();
+    let mut targets = vec![
+        target(Severity::P1, 15, 240),
+        target(Severity::P2, 60, 480),
+        target(Severity::P3, 240, 1440),
+        target(Severity::P4, 1440, 4320),
+    ];
+    for (i, t) in spec.targets.iter().enumerate() {
+        let sev = match t.severity.as_str() {
+            "P1" => Severity::P1,
+            "P2" => Severity::P2,
+            "P3" => Severity::P3,
+            "P4" => Severity::P4,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "{}: unknown severity {other:?}",
+                    at(&format!("targets[{i}].severity"))
+                )))
+            }
+        };
+        targets.retain(|d| d.severity != sev);
+        targets.push(target(sev, t.respond_minutes, t.restore_minutes));
+    }
+    targets.sort_by_key(|t| t.severity);
+    let credits = if spec.credits.is_empty() {
+        vec![
             CreditTier {
                 below: objective,
                 credit: pct("10"),
@@ -79,7 +89,36 @@ pub fn slo_for(specs: &SpecSet, tenant: &str) -> Result<Slo, Error> {
                 below: pct("95"),
                 credit: pct("50"),
             },
-        ],
+        ]
+    } else {
+        let mut v = Vec::new();
+        for (i, c) in spec.credits.iter().enumerate() {
+            let p = |field: &str, x: f64| {
+                Percent::parse(&format!("{x}")).map_err(|e| {
+                    Error::Invalid(format!("{}: {e}", at(&format!("credits[{i}].{field}"))))
+                })
+            };
+            v.push(CreditTier {
+                below: p("below", c.below)?,
+                credit: p("credit", c.credit)?,
+            });
+        }
+        v
+    };
+    let slo = Slo {
+        tier: tier.metadata.name.clone(),
+        objective,
+        bad_minute: BadMinuteRule {
+            probe: critical_probe(specs).into(),
+            consecutive_failures: spec
+                .bad_minute_after
+                .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES),
+        },
+        unknown: Default::default(),
+        support_hours: Default::default(),
+        targets,
+        severity: Default::default(),
+        credits,
         escalation: Vec::new(),
     };
     slo.validate()?;
