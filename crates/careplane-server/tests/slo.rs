@@ -52,7 +52,11 @@ fn the_tier_slo_overrides_the_defaults() {
     assert_eq!(slo.bad_minute.consecutive_failures, 3);
     let p1 = slo.target(Severity::P1).unwrap();
     assert_eq!((p1.respond_minutes, p1.restore_minutes), (5, 60));
-    assert_eq!(slo.target(Severity::P2).unwrap().respond_minutes, 60, "default kept");
+    assert_eq!(
+        slo.target(Severity::P2).unwrap().respond_minutes,
+        60,
+        "default kept"
+    );
     assert_eq!(slo.credits.len(), 2);
     assert_eq!(slo.credits[1].below, Percent::parse("98.5").unwrap());
     assert_eq!(slo.credits[1].credit, Percent::parse("30").unwrap());
