@@ -212,6 +212,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pbkdf2_verify_checks_the_password_against_the_stored_hash() {
+        let h = pbkdf2_sha512_with("s3cret", &random_bytes(16), 1000);
+        assert!(pbkdf2_verify("s3cret", &h));
+        assert!(!pbkdf2_verify("s3cret!", &h));
+        assert!(!pbkdf2_verify("s3cret", "$pbkdf2-sha512$0$AAAA$AAAA"));
+        assert!(!pbkdf2_verify("s3cret", "plain"));
+        let salt: Vec<u8> = (0u8..16).collect();
+        assert_eq!(ab64_decode(&ab64(&salt)).unwrap(), salt);
+    }
+
+    #[test]
     fn passlib_pbkdf2_sha512_vector() {
         // Computed with Python's hashlib.pbkdf2_hmac + passlib's ab64 encoding.
         let salt: Vec<u8> = (0u8..16).collect();
