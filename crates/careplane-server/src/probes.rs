@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use careplane_engine::{Credentials, Engine, ExposeSecret};
+use careplane_engine::{Credentials, Engine};
 use careplane_probe::schedule::{self, Clock, Scheduled};
 use careplane_probe::{Check, HttpCheck, OdooLogin, PgCheck, RedisCheck};
 use careplane_sla::{
@@ -316,8 +316,6 @@ fn targets(
                 }),
             );
         }
-        // The secrets stay in the checks; nothing here prints them.
-        let _ = creds.postgres.password.expose_secret().len();
     }
     Ok((list, envs))
 }
