@@ -68,6 +68,12 @@ pub enum Command {
         /// Seconds between two reads of the environment list.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         refresh: u64,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Stamp results on a clock running this many times faster, starting 6 hours
         /// behind the wall clock (tests, demos).
         #[arg(long, hide = true)]
@@ -216,6 +222,8 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             concurrency,
             refresh,
             time_scale,
+            tls_cert,
+            tls_key,
         } => {
             let specs = files.specs()?;
             if print_systemd_unit {
@@ -237,6 +245,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             opts.probe_timeout = Duration::from_secs(probe_timeout);
             opts.concurrency = concurrency;
             opts.refresh = Duration::from_secs(refresh);
+            opts.tls = tls_cert.zip(tls_key);
             if let Some(s) = time_scale {
                 opts.clock =
                     careplane_server::scaled_clock(s.max(1), Duration::from_secs(6 * 3600));

@@ -502,3 +502,69 @@ fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathB
     }
     found
 }
+
+#[test]
+fn serve_speaks_https_with_the_given_certificate() {
+    use careplane_probe::{Check, HttpCheck, Outcome};
+    use secrecy::ExposeSecret;
+    let p = Platform::new(TENANTS);
+    let ca = careplane_local::pki::generate_ca("test CA").unwrap();
+    let (cert, key) = careplane_local::pki::issue_server_cert(&ca, "serve", &[]).unwrap();
+    let (cert_file, key_file) = (
+        p.dir.path().join("serve.crt"),
+        p.dir.path().join("serve.key"),
+    );
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key.expose_secret()).unwrap();
+    let port = free_port();
+    let mut child = cmd(
+        &p,
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let probe = |scheme: &str, path: &str, status: u16| {
+        let check = Check::Http(HttpCheck {
+            url: format!("{scheme}://127.0.0.1:{port}{path}"),
+            expect_status: status,
+            body_contains: None,
+            ca_pem: Some(ca.cert_pem.clone()),
+            host_header: None,
+        });
+        rt.block_on(careplane_probe::run(
+            &check,
+            Duration::from_secs(10),
+            jiff::Timestamp::now(),
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut r = probe("https", "/healthz", 200);
+    while r.outcome != Outcome::Up {
+        assert!(
+            Instant::now() < deadline,
+            "no HTTPS answer within 60 s: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        r = probe("https", "/healthz", 200);
+    }
+    assert!(r.cert_days_left.unwrap() > 300, "{r:?}");
+    // The API still wants a token; plain HTTP gets no answer.
+    assert_eq!(probe("https", "/v1/probes", 401).outcome, Outcome::Up);
+    assert_eq!(probe("http", "/healthz", 200).outcome, Outcome::Down);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -112,6 +112,8 @@ pub struct Options {
     pub refresh: Duration,
     /// The time results are stamped with.
     pub clock: Clock,
+    /// PEM certificate chain and private key: serve HTTPS (rustls, ring) instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Options {
@@ -123,6 +125,7 @@ impl Options {
             concurrency: 64,
             refresh: Duration::from_secs(60),
             clock: system_clock(),
+            tls: None,
         }
     }
 }
@@ -149,9 +152,15 @@ async fn serve(engine: Arc<Engine>, opts: Options) -> Result<(), Error> {
             addr: opts.listen,
             source,
         })?;
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(|(c, k)| tls_config(c, k))
+        .transpose()?;
     let state = probes::State::open(engine, &opts)?;
     let tasks = probes::start(state.clone(), &opts);
-    eprintln!("careplane serve: listening on http://{}", opts.listen);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("careplane serve: listening on {scheme}://{}", opts.listen);
     let app = api::router(state.clone());
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -162,10 +171,16 @@ async fn serve(engine: Arc<Engine>, opts: Options) -> Result<(), Error> {
             _ = int.recv() => {},
         }
     };
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Invalid(format!("serving: {e}")));
+    let r = match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| Error::Invalid(format!("serving: {e}"))),
+        Some(cfg) => {
+            serve_tls(listener, app, cfg, shutdown).await;
+            Ok(())
+        }
+    };
     tasks.stop().await;
     let st = state.clone();
     tokio::task::spawn_blocking(move || st.close())
@@ -173,6 +188,73 @@ async fn serve(engine: Arc<Engine>, opts: Options) -> Result<(), Error> {
         .map_err(|e| Error::Invalid(format!("closing the store: {e}")))??;
     eprintln!("careplane serve: stopped; results flushed and compacted");
     r
+}
+
+/// The server's rustls configuration from PEM files (ring provider, HTTP/1.1).
+fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::File {
+            path: cert.into(),
+            message: format!("reading the certificate chain: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::File {
+            path: cert.into(),
+            message: "holds no certificate".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::File {
+        path: key.into(),
+        message: format!("reading the private key: {e}"),
+    })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Invalid(format!("TLS versions: {e}")))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| Error::File {
+        path: cert.into(),
+        message: format!("certificate and key do not make a server identity: {e}"),
+    })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// HTTPS: a TLS handshake (10 s at most) per connection, then HTTP/1.1 into the router.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    cfg: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+        });
+    }
 }
 
 /// A hardened systemd unit running `careplane serve` for the specs in `files`.
