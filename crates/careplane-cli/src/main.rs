@@ -13,6 +13,8 @@ use careplane_engine::ExposeSecret;
 use careplane_engine::{ApplyOptions, Engine, Event, Status};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod serve;
+
 #[derive(Parser)]
 #[command(
     name = "careplane",
@@ -228,6 +230,9 @@ enum Command {
     /// detached; not for interactive use).
     #[command(hide = true)]
     IngressRun { config: PathBuf },
+    /// serve, token, sla, incident (serve.rs).
+    #[command(flatten)]
+    Serve(serve::Command),
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -420,6 +425,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Serve(c) => return serve::run(c),
         Command::Supervise { spec } => {
             careplane_target_local::supervise(&spec)?;
         }

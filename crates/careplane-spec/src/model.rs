@@ -337,6 +337,50 @@ pub struct ServiceTierSpec {
     /// Name of a `BackupPolicy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_policy: Option<String>,
+    /// How `careplane serve` measures the availability objective; defaults when absent
+    /// (docs/design/0012).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloSpec>,
+}
+
+/// The measured side of a service tier (issue 17): what a bad minute is, response and
+/// restore targets per severity, and the service-credit table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct SloSpec {
+    /// A minute is bad once the critical journey has failed this many consecutive
+    /// minutes (default 2); the same run opens an incident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub bad_minute_after: Option<u32>,
+    /// Per severity; severities not listed keep their defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<SeverityTargetSpec>,
+    /// Replaces the default table (10 % below the objective, 25 % below 99, 50 % below 95).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credits: Vec<CreditSpec>,
+}
+
+/// Minutes to acknowledge and to restore an incident of one severity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct SeverityTargetSpec {
+    /// `P1` (production down) to `P4`.
+    #[schemars(pattern(r"^P[1-4]$"))]
+    pub severity: String,
+    pub respond_minutes: u32,
+    pub restore_minutes: u32,
+}
+
+/// Below `below` percent availability in a month, `credit` percent of the monthly fee.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct CreditSpec {
+    pub below: f64,
+    pub credit: f64,
 }
 
 /// `kind: BackupPolicy` — schedule and retention. Validated and referenced

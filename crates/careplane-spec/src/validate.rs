@@ -733,6 +733,49 @@ pub(crate) fn service_tier(cx: &mut Ctx<'_>, spec: &ServiceTierSpec) {
             Some("e.g. \"24x7\" or \"business-hours\"".into()),
         );
     }
+    if let Some(slo) = &spec.slo {
+        slo_spec(cx, slo);
+    }
+}
+
+/// The percentages the SLA arithmetic holds exactly: above 0, at most 100, four decimals.
+fn exact_percent(v: f64) -> bool {
+    v > 0.0 && v <= 100.0 && ((v * 10_000.0).round() - v * 10_000.0).abs() < 1e-6
+}
+
+fn slo_spec(cx: &mut Ctx<'_>, slo: &crate::model::SloSpec) {
+    let base = [key("spec"), key("slo")];
+    if slo.bad_minute_after == Some(0) {
+        let mut p = base.to_vec();
+        p.push(key("badMinuteAfter"));
+        cx.at_value(&p, "badMinuteAfter must be at least 1", None);
+    }
+    for (i, t) in slo.targets.iter().enumerate() {
+        let mut p = base.to_vec();
+        p.extend([key("targets"), Seg::Index(i), key("severity")]);
+        if !matches!(t.severity.as_str(), "P1" | "P2" | "P3" | "P4") {
+            cx.at_value(
+                &p,
+                format!("unknown severity {:?}", t.severity),
+                Some("P1, P2, P3 or P4".into()),
+            );
+        } else if slo.targets[..i].iter().any(|o| o.severity == t.severity) {
+            cx.at_value(&p, format!("severity {} is listed twice", t.severity), None);
+        }
+    }
+    for (i, c) in slo.credits.iter().enumerate() {
+        for (field, v) in [("below", c.below), ("credit", c.credit)] {
+            if !exact_percent(v) {
+                let mut p = base.to_vec();
+                p.extend([key("credits"), Seg::Index(i), key(field)]);
+                cx.at_value(
+                    &p,
+                    format!("{field} {v} is not a percentage above 0 and at most 100 with at most four decimals"),
+                    None,
+                );
+            }
+        }
+    }
 }
 
 pub(crate) fn backup_policy(cx: &mut Ctx<'_>, spec: &BackupPolicySpec) {

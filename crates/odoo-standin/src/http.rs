@@ -114,23 +114,33 @@ struct Request {
     path: String,
     query: HashMap<String, String>,
     headers: HashMap<String, String>,
+    body: Vec<u8>,
 }
 
 impl Request {
+    fn rpc(&self) -> crate::jsonrpc::RpcRequest<'_> {
+        crate::jsonrpc::RpcRequest {
+            method: &self.method,
+            body: &self.body,
+            cookie: self.header("cookie"),
+            host: self.header("host").unwrap_or(""),
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
 }
 
 /// A response to write.
-struct Response {
+pub(crate) struct Response {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
 impl Response {
-    fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+    pub(crate) fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
         Response {
             status,
             headers: vec![("Content-Type".into(), content_type.into())],
@@ -142,7 +152,7 @@ impl Response {
         Response::new(status, "text/html; charset=utf-8", body)
     }
 
-    fn header(mut self, name: &str, value: &str) -> Response {
+    pub(crate) fn header(mut self, name: &str, value: &str) -> Response {
         self.headers.push((name.into(), value.into()));
         self
     }
@@ -183,6 +193,13 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
         let (name, value) = h.split_once(':')?;
         headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
     }
+    // The body, when announced (JSON-RPC requests); bounded by the 64 KiB take above.
+    let len: usize = match headers.get("content-length") {
+        Some(v) => v.trim().parse().ok()?,
+        None => 0,
+    };
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
     let (path, qs) = target.split_once('?').unwrap_or((&target, ""));
     let query = qs
         .split('&')
@@ -198,6 +215,7 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
         target: target.clone(),
         query,
         headers,
+        body,
     })
 }
 
@@ -276,6 +294,10 @@ fn route(req: &Request, app: &App, port: Port) -> (Response, Option<String>) {
         "/web/login" => login(req, app),
         "/web/database/manager" | "/web/database/selector" => (database_manager(req, app), None),
         "/websocket" => (websocket(req, app, port), None),
+        "/web/session/authenticate" => crate::jsonrpc::authenticate(&req.rpc(), app),
+        p if p == "/web/dataset/call_kw" || p.starts_with("/web/dataset/call_kw/") => {
+            crate::jsonrpc::call_kw(&req.rpc(), app)
+        }
         _ => (
             Response::html(404, page("Not Found", "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.")),
             None,

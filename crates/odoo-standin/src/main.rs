@@ -78,6 +78,7 @@
 //! * Signals during `--stop-after-init` keep their default action.
 
 mod http;
+mod jsonrpc;
 mod log;
 mod modules;
 mod options;

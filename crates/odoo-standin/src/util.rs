@@ -64,6 +64,38 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
+/// Decodes passlib's adapted base64 (`None` when it is not).
+pub fn ab64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = match c {
+            b'.' => 62,
+            c => B64.iter().position(|&b| b == c)? as u32,
+        };
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Whether `password` matches a passlib `$pbkdf2-sha512$rounds$salt$hash`.
+pub fn pbkdf2_verify(password: &str, stored: &str) -> bool {
+    let parts: Vec<&str> = stored.split('$').collect();
+    let [_, "pbkdf2-sha512", rounds, salt, _] = parts.as_slice() else {
+        return false;
+    };
+    let (Ok(rounds), Some(salt)) = (rounds.parse::<u32>(), ab64_decode(salt)) else {
+        return false;
+    };
+    rounds > 0 && pbkdf2_sha512_with(password, &salt, rounds) == stored
+}
+
 /// passlib's "adapted base64": no padding, `.` instead of `+`.
 fn ab64(data: &[u8]) -> String {
     base64(data).trim_end_matches('=').replace('+', ".")
@@ -178,6 +210,17 @@ pub fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pbkdf2_verify_checks_the_password_against_the_stored_hash() {
+        let h = pbkdf2_sha512_with("s3cret", &random_bytes(16), 1000);
+        assert!(pbkdf2_verify("s3cret", &h));
+        assert!(!pbkdf2_verify("s3cret!", &h));
+        assert!(!pbkdf2_verify("s3cret", "$pbkdf2-sha512$0$AAAA$AAAA"));
+        assert!(!pbkdf2_verify("s3cret", "plain"));
+        let salt: Vec<u8> = (0u8..16).collect();
+        assert_eq!(ab64_decode(&ab64(&salt)).unwrap(), salt);
+    }
 
     #[test]
     fn passlib_pbkdf2_sha512_vector() {

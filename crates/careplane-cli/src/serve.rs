@@ -1,0 +1,408 @@
+//! `careplane serve`, `careplane token ...`, `careplane sla report` and
+//! `careplane incident ...` (issue 17): argument parsing and rendering over
+//! `careplane-server`, which holds the logic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use careplane_server::incidents::{self, Action};
+use careplane_server::tokens::{self, Scope};
+use clap::{Args, Subcommand, ValueEnum};
+use jiff::Timestamp;
+
+#[derive(Args, Clone)]
+pub struct Files {
+    /// Spec file or directory of *.yaml files (repeatable).
+    #[arg(short = 'f', long = "file", required = true, value_name = "PATH")]
+    files: Vec<PathBuf>,
+}
+
+impl Files {
+    fn specs(&self) -> Result<careplane_spec::SpecSet> {
+        careplane_spec::load(&self.files).map_err(|d| anyhow::anyhow!("{d}"))
+    }
+    fn data_dir(&self) -> Result<PathBuf> {
+        Ok(careplane_engine::Engine::data_dir_of(&self.specs()?))
+    }
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the probes of every environment, the SLA result store, incident
+    /// detection and the API (`/v1/...`, `/openapi.json`, `/metrics`) in the
+    /// foreground, on loopback unless told otherwise. SIGTERM stops it after
+    /// storing every result received. API calls need a token (`careplane token create`).
+    Serve {
+        #[command(flatten)]
+        files: Files,
+        #[arg(long, default_value = "127.0.0.1:8470", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Print a hardened systemd unit for this platform and exit.
+        #[arg(long)]
+        print_systemd_unit: bool,
+        /// Seconds between two runs of a probe.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        probe_interval: u64,
+        /// Seconds a probe run may take before it counts as failed.
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        probe_timeout: u64,
+        /// Probe runs in flight at most.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds between two reads of the environment list.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        refresh: u64,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Stamp results on a clock running this many times faster, starting 6 hours
+        /// behind the wall clock (tests, demos).
+        #[arg(long, hide = true)]
+        time_scale: Option<u32>,
+    },
+    /// API tokens: scoped (read, operate), expiring, stored hashed, revocable.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Service-level reports from the stored probe results.
+    Sla {
+        #[command(subcommand)]
+        command: SlaCommand,
+    },
+    /// Incidents opened by `careplane serve`: list, acknowledge, annotate, resolve.
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once (it is stored only as a SHA-256 hash).
+    Create {
+        #[command(flatten)]
+        files: Files,
+        /// Who or what uses it (shown as the actor of incident actions).
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["read", "operate"], default_value = "read")]
+        scope: String,
+        /// Lifetime, e.g. `30d`, `12h`, `90m`.
+        #[arg(long, default_value = "90d")]
+        ttl: String,
+    },
+    /// Tokens, without their secrets.
+    List {
+        #[command(flatten)]
+        files: Files,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Revoke a token by id (from `token list`); takes effect at the next request.
+    Revoke {
+        #[command(flatten)]
+        files: Files,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SlaCommand {
+    /// Availability, downtime, error budget, incidents and credits per
+    /// environment for one month.
+    Report {
+        #[command(flatten)]
+        files: Files,
+        /// `YYYY-MM`.
+        #[arg(long)]
+        month: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value = "html")]
+        format: ReportFormat,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IncidentCommand {
+    /// Incidents, oldest first.
+    List {
+        #[command(flatten)]
+        files: Files,
+        /// Only open ones.
+        #[arg(long)]
+        open: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Acknowledge: stops the acknowledge clock and the escalation.
+    Ack {
+        #[command(flatten)]
+        files: Files,
+        id: String,
+    },
+    /// Add a note.
+    Note {
+        #[command(flatten)]
+        files: Files,
+        id: String,
+        text: String,
+    },
+    /// Resolve with a summary.
+    Resolve {
+        #[command(flatten)]
+        files: Files,
+        id: String,
+        #[arg(long)]
+        summary: String,
+    },
+}
+
+/// `30d`, `12h`, `90m`, `45s`.
+fn parse_ttl(s: &str) -> Result<jiff::SignedDuration> {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("--ttl {s:?}: a number and d, h, m or s, e.g. 30d"))?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => bail!("--ttl {s:?}: a number and d, h, m or s, e.g. 30d"),
+    };
+    Ok(jiff::SignedDuration::from_secs(n.saturating_mul(secs)))
+}
+
+fn actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+    format!("cli:{user}")
+}
+
+fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+pub fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Serve {
+            files,
+            listen,
+            print_systemd_unit,
+            probe_interval,
+            probe_timeout,
+            concurrency,
+            refresh,
+            time_scale,
+            tls_cert,
+            tls_key,
+        } => {
+            let specs = files.specs()?;
+            if print_systemd_unit {
+                let exe = std::env::current_exe().context("locating the careplane binary")?;
+                let data = careplane_engine::Engine::data_dir_of(&specs);
+                out(&careplane_server::systemd_unit(
+                    &exe,
+                    &files.files,
+                    &data,
+                    listen,
+                ))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if probe_interval == 0 || probe_timeout == 0 || refresh == 0 {
+                bail!("--probe-interval, --probe-timeout and --refresh must be at least 1 second");
+            }
+            let mut opts = careplane_server::Options::new(listen);
+            opts.probe_interval = Duration::from_secs(probe_interval);
+            opts.probe_timeout = Duration::from_secs(probe_timeout);
+            opts.concurrency = concurrency;
+            opts.refresh = Duration::from_secs(refresh);
+            opts.tls = tls_cert.zip(tls_key);
+            if let Some(s) = time_scale {
+                opts.clock =
+                    careplane_server::scaled_clock(s.max(1), Duration::from_secs(6 * 3600));
+            }
+            careplane_server::run(careplane_target_local::engine(specs), opts)?;
+        }
+        Command::Token { command } => match command {
+            TokenCommand::Create {
+                files,
+                name,
+                scope,
+                ttl,
+            } => {
+                let scope: Scope = scope.parse().map_err(anyhow::Error::msg)?;
+                let t = tokens::create(
+                    &files.data_dir()?,
+                    &name,
+                    scope,
+                    parse_ttl(&ttl)?,
+                    Timestamp::now(),
+                )?;
+                eprintln!(
+                    "token {} ({:?}, expires {}): shown once, keep it secret",
+                    t.record.id, t.record.scope, t.record.expires_at
+                );
+                out(&format!("{}\n", tokens::reveal(&t)))?;
+            }
+            TokenCommand::List { files, output } => {
+                let all = tokens::load(&files.data_dir()?)?;
+                if output == Output::Json {
+                    let v: Vec<_> = all
+                        .iter()
+                        .map(|t| {
+                            serde_json::json!({
+                                "id": t.id, "name": t.name, "scope": t.scope,
+                                "createdAt": t.created_at, "expiresAt": t.expires_at,
+                                "revokedAt": t.revoked_at,
+                            })
+                        })
+                        .collect();
+                    out(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+                } else {
+                    let now = Timestamp::now();
+                    for t in all {
+                        let state = match t.revoked_at {
+                            Some(at) => format!("revoked {at}"),
+                            None if t.expires_at <= now => format!("expired {}", t.expires_at),
+                            None => format!("expires {}", t.expires_at),
+                        };
+                        out(&format!(
+                            "{}  {:<8} {}  {}\n",
+                            t.id,
+                            format!("{:?}", t.scope).to_lowercase(),
+                            t.name,
+                            state
+                        ))?;
+                    }
+                }
+            }
+            TokenCommand::Revoke { files, id } => {
+                let t = tokens::revoke(&files.data_dir()?, &id, Timestamp::now())?;
+                out(&format!("revoked token {} ({})\n", t.id, t.name))?;
+            }
+        },
+        Command::Sla {
+            command:
+                SlaCommand::Report {
+                    files,
+                    month,
+                    tenant,
+                    format,
+                    out: file,
+                },
+        } => {
+            let specs = files.specs()?;
+            let month = careplane_sla::Month::parse(&month)?;
+            let data = careplane_engine::Engine::data_dir_of(&specs);
+            let (_snap, mut store) = careplane_server::report::open_snapshot(&data)?;
+            let inc = incidents::load(&data)?;
+            let reports = careplane_server::report::reports(
+                &mut store,
+                &specs,
+                &inc,
+                month,
+                tenant.as_deref(),
+                Timestamp::now(),
+            )?;
+            let text = match format {
+                ReportFormat::Json => careplane_sla::render_json(&reports) + "\n",
+                ReportFormat::Html => careplane_sla::render_html(&reports)?,
+            };
+            match file {
+                Some(f) => {
+                    std::fs::write(&f, text).with_context(|| format!("writing {}", f.display()))?
+                }
+                None => out(&text)?,
+            }
+        }
+        Command::Incident { command } => match command {
+            IncidentCommand::List {
+                files,
+                open,
+                output,
+            } => {
+                let all: Vec<_> = incidents::load(&files.data_dir()?)?
+                    .into_iter()
+                    .filter(|i| !open || i.is_open())
+                    .collect();
+                if output == Output::Json {
+                    out(&format!("{}\n", serde_json::to_string_pretty(&all)?))?;
+                } else {
+                    for i in all {
+                        let state = if let Some(r) = &i.resolved {
+                            format!("resolved {}", r.at)
+                        } else if let Some(a) = &i.acknowledged {
+                            format!("acknowledged by {}", a.actor)
+                        } else {
+                            "open".into()
+                        };
+                        out(&format!(
+                            "{}  {:?}  {}/{}  {} since {}  {state}\n",
+                            i.id, i.severity, i.tenant, i.environment, i.probe, i.started_at
+                        ))?;
+                    }
+                }
+            }
+            IncidentCommand::Ack { files, id } => {
+                let i = incidents::act(
+                    &files.data_dir()?,
+                    &id,
+                    &actor(),
+                    &Action::Acknowledge,
+                    Timestamp::now(),
+                )?;
+                out(&format!("acknowledged {}\n", i.id))?;
+            }
+            IncidentCommand::Note { files, id, text } => {
+                let i = incidents::act(
+                    &files.data_dir()?,
+                    &id,
+                    &actor(),
+                    &Action::Note(text),
+                    Timestamp::now(),
+                )?;
+                out(&format!("noted on {}\n", i.id))?;
+            }
+            IncidentCommand::Resolve { files, id, summary } => {
+                let i = incidents::act(
+                    &files.data_dir()?,
+                    &id,
+                    &actor(),
+                    &Action::Resolve(summary),
+                    Timestamp::now(),
+                )?;
+                out(&format!("resolved {}\n", i.id))?;
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

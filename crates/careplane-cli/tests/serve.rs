@@ -1,0 +1,570 @@
+//! `careplane serve` against a small applied platform with the Odoo stand-in, real
+//! PostgreSQL and Redis (issue 17): tokens, probes recording up minutes, an outage
+//! opening an incident, `/metrics`, `/openapi.json`, a `kill -9` losing no acknowledged
+//! result, the incident CLI and the monthly report. Results are stamped on a clock running
+//! 60 times faster (`--time-scale 60`), so minutes pass in seconds; nothing asserts on time.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const TENANTS: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: gamma
+spec:
+  tenancy: shared
+  environments:
+    - name: prod
+      kind: production
+"#;
+
+/// The binary under test. `CAREPLANE_TEST_BIN` (and `CAREPLANE_TEST_STANDIN`) let a run
+/// use copies taken right after the build, when other builds share the target directory.
+fn bin() -> std::path::PathBuf {
+    std::env::var_os("CAREPLANE_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_careplane").into())
+}
+
+fn cmd(p: &Platform, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.args(args).arg("-f").arg(&p.specs);
+    c
+}
+
+fn run(p: &Platform, args: &[&str]) -> std::process::Output {
+    cmd(p, args).output().expect("spawn careplane")
+}
+
+fn ok(p: &Platform, args: &[&str]) -> String {
+    let out = run(p, args);
+    assert!(
+        out.status.success(),
+        "careplane {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(p: &Platform, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    serde_json::from_str(&ok(p, &a)).expect("json output")
+}
+
+struct Serve {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(p: &Platform, log: &std::path::Path) -> Serve {
+    let port = free_port();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = cmd(
+        p,
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--probe-interval",
+            "1",
+            "--probe-timeout",
+            "5",
+            "--refresh",
+            "1",
+            "--time-scale",
+            "60",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .expect("spawn careplane serve");
+    let s = Serve { child, port };
+    wait_for("serve to answer /healthz", 60, || {
+        request(port, "GET", "/healthz", None, None)
+            .map(|(c, _)| c == 200)
+            .unwrap_or(false)
+    });
+    s
+}
+
+/// One HTTP/1.1 request; (status, body).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+fn get_json(port: u16, path: &str, token: &str) -> Value {
+    let (code, body) = request(port, "GET", path, Some(token), None).unwrap();
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn latest(port: u16, token: &str, probe: &str) -> Option<Value> {
+    get_json(port, "/v1/probes", token)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["probe"] == probe)
+        .cloned()
+}
+
+fn token(p: &Platform, name: &str, scope: &str, ttl: &str) -> String {
+    ok(
+        p,
+        &[
+            "token", "create", "--name", name, "--scope", scope, "--ttl", ttl,
+        ],
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn serve_probes_records_opens_incidents_and_reports() {
+    let p = Platform::with_odoo(TENANTS);
+    if let Some(standin) = std::env::var_os("CAREPLANE_TEST_STANDIN") {
+        std::fs::copy(standin, p.dir.path().join("bin/odoo-standin")).unwrap();
+    }
+    ok(&p, &["apply"]);
+    let log = p.dir.path().join("serve.log");
+
+    let read = token(&p, "dashboard", "read", "30d");
+    let operate = token(&p, "on-call", "operate", "30d");
+    let revoked = token(&p, "old", "read", "30d");
+    let expiring = token(&p, "short", "read", "1s");
+    let list = json(&p, &["token", "list"]);
+    let old_id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "old")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&p, &["token", "revoke", &old_id]);
+    assert!(
+        !run(&p, &["token", "revoke", &old_id]).status.success(),
+        "revoked twice"
+    );
+    let tokens_file = std::fs::read_to_string(p.data_dir().join("serve/tokens.json")).unwrap();
+    for t in [&read, &operate, &revoked, &expiring] {
+        assert!(t.starts_with("cpt_"), "{t}");
+        assert!(
+            !tokens_file.contains(t.as_str()),
+            "a token is stored in clear"
+        );
+    }
+
+    let s = start(&p, &log);
+    let port = s.port;
+
+    // Refused without, with a wrong, revoked or expired token; wrong scope is 403.
+    let refused = |t: Option<&str>, want: &str| {
+        let (code, body) = request(port, "GET", "/v1/probes", t, None).unwrap();
+        assert_eq!(code, 401, "{t:?}: {body}");
+        assert!(body.contains(want), "{body}");
+    };
+    refused(None, "required");
+    refused(Some("cpt_000000000000_00"), "not valid");
+    refused(Some(&format!("{}x", &read[..read.len() - 1])), "not valid");
+    refused(Some(&revoked), "revoked");
+    wait_for("the short token to expire", 10, || {
+        request(port, "GET", "/v1/probes", Some(&expiring), None)
+            .unwrap()
+            .1
+            .contains("expired")
+    });
+    let (code, body) = request(port, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = request(port, "POST", "/v1/incidents/x/ack", Some(&read), None).unwrap();
+    assert_eq!(code, 403, "{body}");
+
+    // Every probe of the environment answers up.
+    for probe in ["odoo-login", "http", "postgres", "redis"] {
+        let mut last = None;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !last.as_ref().is_some_and(|l: &Value| l["outcome"] == "up") {
+            assert!(
+                Instant::now() < deadline,
+                "{probe} not up within 90 s: {last:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            last = latest(port, &read, probe);
+        }
+    }
+    let login = latest(port, &read, "odoo-login").unwrap();
+    let steps: Vec<&str> = login["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["login", "read"], "{login}");
+    let pg = latest(port, &read, "postgres").unwrap();
+    assert!(pg["saturationPermille"].as_u64().unwrap() > 0, "{pg}");
+    let envs = get_json(port, "/v1/environments", &read);
+    assert_eq!(envs[0]["kind"], "production", "{envs}");
+    let status = get_json(port, "/v1/status", &read);
+    assert_eq!(status["environments"][0]["tenant"], "gamma", "{status}");
+
+    // /metrics parses as Prometheus text and says the journey is up.
+    let (code, metrics) = request(port, "GET", "/metrics", Some(&read), None).unwrap();
+    assert_eq!(code, 200, "{metrics}");
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(value.parse::<f64>().is_ok(), "value of {line:?}");
+        let bare = name.split('{').next().unwrap();
+        assert!(
+            bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line:?}"
+        );
+        if let Some(l) = name.strip_prefix(bare).filter(|l| !l.is_empty()) {
+            assert!(l.starts_with('{') && l.ends_with('}'), "{line:?}");
+        }
+    }
+    assert!(
+        metrics.contains(
+            "careplane_probe_up{tenant=\"gamma\",environment=\"prod\",probe=\"odoo-login\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("careplane_sla_availability_ratio{tenant=\"gamma\",environment=\"prod\"}"),
+        "{metrics}"
+    );
+
+    // The OpenAPI document lists the routes.
+    let (code, doc) = request(port, "GET", "/openapi.json", None, None).unwrap();
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    for path in [
+        "/v1/probes",
+        "/v1/incidents/{id}/ack",
+        "/metrics",
+        "/v1/reports",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from /openapi.json"
+        );
+    }
+
+    // kill -9, restart: the last acknowledged result is in the store.
+    let acked = latest(port, &read, "odoo-login").unwrap();
+    let mut s = s;
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGKILL) };
+    let _ = s.child.wait();
+    drop(s);
+    let s = start(&p, &log);
+    let port = s.port;
+    let at = acked["at"].as_str().unwrap();
+    let minutes = get_json(
+        port,
+        &format!("/v1/series/gamma/prod/odoo-login/minutes?from={at}&minutes=1"),
+        &read,
+    );
+    assert_eq!(
+        minutes["observations"][0], "up",
+        "acknowledged {acked} lost: {minutes}"
+    );
+
+    // An outage: every probe fails, and after N failed minutes an incident opens.
+    ok(&p, &["stop"]);
+    wait_for("the journey to be down", 60, || {
+        latest(port, &read, "odoo-login").is_some_and(|l| l["outcome"] == "down")
+    });
+    assert_eq!(latest(port, &read, "redis").unwrap()["outcome"], "down");
+    let mut incident = Value::Null;
+    wait_for("an incident to open", 90, || {
+        let all = get_json(port, "/v1/incidents?open=true", &read);
+        incident = all[0].clone();
+        !incident.is_null()
+    });
+    assert_eq!(incident["severity"], "P1", "{incident}");
+    assert_eq!(incident["environment"], "prod");
+    let id = incident["id"].as_str().unwrap().to_string();
+
+    // Acknowledge through the API (operate), note and resolve with the CLI.
+    let (code, body) = request(
+        port,
+        "POST",
+        &format!("/v1/incidents/{id}/ack"),
+        Some(&operate),
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = request(
+        port,
+        "POST",
+        &format!("/v1/incidents/{id}/ack"),
+        Some(&operate),
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 409, "a second acknowledgement: {body}");
+    ok(
+        &p,
+        &[
+            "incident",
+            "note",
+            &id,
+            "PostgreSQL stopped for maintenance",
+        ],
+    );
+    ok(&p, &["start"]);
+    wait_for("the journey to be up again", 90, || {
+        latest(port, &read, "odoo-login").is_some_and(|l| l["outcome"] == "up")
+    });
+    ok(
+        &p,
+        &["incident", "resolve", &id, "--summary", "started again"],
+    );
+    let listed = json(&p, &["incident", "list"]);
+    let i = &listed[0];
+    assert_eq!(i["acknowledged"]["actor"], "token:on-call", "{i}");
+    assert_eq!(
+        i["notes"][0]["text"], "PostgreSQL stopped for maintenance",
+        "{i}"
+    );
+    assert!(i["resolved"]["at"].is_string(), "{i}");
+    assert!(ok(&p, &["incident", "list", "--open"]).trim().is_empty());
+
+    // A clean stop flushes and compacts.
+    let mut s = s;
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop on SIGTERM within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(s);
+
+    // The report counts the minutes: up, down (the outage), and computes availability.
+    let month = &incident["startedAt"].as_str().unwrap()[..7];
+    let out = ok(
+        &p,
+        &[
+            "sla", "report", "--month", month, "--tenant", "gamma", "--format", "json",
+        ],
+    );
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let r = &r[0];
+    let (up, down, unknown) = (
+        r["upMinutes"].as_u64().unwrap(),
+        r["downMinutes"].as_u64().unwrap(),
+        r["unknownMinutes"].as_u64().unwrap(),
+    );
+    assert!(up > 0 && down >= 2, "{r}");
+    // Unknown (no data) counts as down by default: availability = up / all valid minutes.
+    let ppm = up * 1_000_000 / (up + down + unknown);
+    let shown: f64 = r["availability"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (shown * 10_000.0 - ppm as f64).abs() < 1.0,
+        "{shown} vs {ppm} ppm: {r}"
+    );
+    assert_eq!(r["objective"], "99.5", "{r}");
+    assert_eq!(r["incidents"][0]["id"], id.as_str(), "{r}");
+    let html = ok(&p, &["sla", "report", "--month", month, "--format", "html"]);
+    assert!(html.contains("<svg"), "no SVG timeline in the HTML report");
+
+    // No secret in serve's log or files.
+    let creds = json(&p, &["credentials", "gamma", "prod"]);
+    let mut secrets = vec![read, operate, revoked, expiring];
+    for s in [
+        &creds["postgres"]["password"],
+        &creds["redis"]["password"],
+        &creds["odoo"]["password"],
+    ] {
+        secrets.push(s.as_str().unwrap().to_string());
+    }
+    let log = std::fs::read_to_string(&log).unwrap();
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "a secret in serve's log");
+        for dir in ["serve", "sla"] {
+            let found = files_containing(&p.data_dir().join(dir), secret);
+            assert!(found.is_empty(), "a secret in {found:?}");
+        }
+    }
+}
+
+#[test]
+fn serve_prints_a_hardened_systemd_unit() {
+    let p = Platform::new(TENANTS);
+    let unit = ok(&p, &["serve", "--print-systemd-unit"]);
+    for want in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ExecStart=",
+        "serve -f ",
+        "ReadWritePaths=",
+    ] {
+        assert!(unit.contains(want), "{want} missing:\n{unit}");
+    }
+    assert!(
+        !p.data_dir().exists(),
+        "printing the unit must not create the platform"
+    );
+}
+
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_containing(&p, needle));
+        } else if std::fs::read(&p)
+            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[test]
+fn serve_speaks_https_with_the_given_certificate() {
+    use careplane_probe::{Check, HttpCheck, Outcome};
+    use secrecy::ExposeSecret;
+    let p = Platform::new(TENANTS);
+    let ca = careplane_local::pki::generate_ca("test CA").unwrap();
+    let (cert, key) = careplane_local::pki::issue_server_cert(&ca, "serve", &[]).unwrap();
+    let (cert_file, key_file) = (
+        p.dir.path().join("serve.crt"),
+        p.dir.path().join("serve.key"),
+    );
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key.expose_secret()).unwrap();
+    let port = free_port();
+    let mut child = cmd(
+        &p,
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let probe = |scheme: &str, path: &str, status: u16| {
+        let check = Check::Http(HttpCheck {
+            url: format!("{scheme}://127.0.0.1:{port}{path}"),
+            expect_status: status,
+            body_contains: None,
+            ca_pem: Some(ca.cert_pem.clone()),
+            host_header: None,
+        });
+        rt.block_on(careplane_probe::run(
+            &check,
+            Duration::from_secs(10),
+            jiff::Timestamp::now(),
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut r = probe("https", "/healthz", 200);
+    while r.outcome != Outcome::Up {
+        assert!(
+            Instant::now() < deadline,
+            "no HTTPS answer within 60 s: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        r = probe("https", "/healthz", 200);
+    }
+    assert!(r.cert_days_left.unwrap() > 300, "{r:?}");
+    // The API still wants a token; plain HTTP gets no answer.
+    assert_eq!(probe("https", "/v1/probes", 401).outcome, Outcome::Up);
+    assert_eq!(probe("http", "/healthz", 200).outcome, Outcome::Down);
+    let _ = child.kill();
+    let _ = child.wait();
+}

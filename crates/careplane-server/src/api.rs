@@ -1,0 +1,405 @@
+//! The REST API (`/v1/...`), `/openapi.json` (generated from these handlers with utoipa),
+//! `/metrics` and `/healthz`. Every `/v1` route and `/metrics` need a bearer token: `read`
+//! for reads, `operate` for incident actions. Tokens are never logged.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use careplane_sla::{Month, SeriesKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::OpenApi;
+
+use crate::incidents::{self, Action};
+use crate::probes::{Latest, State};
+use crate::tokens::{self, Scope, TokenRecord};
+use crate::Error;
+
+type St = AxState<Arc<State>>;
+
+/// An error answer: `{"error": "..."}`.
+pub(crate) struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                "www-authenticate",
+                "Bearer realm=\"careplane\"".parse().expect("valid"),
+            );
+        }
+        r
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Invalid(_) | Error::Sla(careplane_sla::Error::Incident { .. }) => {
+                StatusCode::CONFLICT
+            }
+            Error::Sla(careplane_sla::Error::Invalid { .. }) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn auth(state: &State, headers: &HeaderMap, need: Scope) -> Result<TokenRecord, ApiError> {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let records = state.tokens().map_err(ApiError::from)?;
+    // Expiry is a security matter: the wall clock, never the (possibly scaled) result clock.
+    tokens::check(&records, presented, need, jiff::Timestamp::now()).map_err(|r| {
+        let code = if r == tokens::Refusal::Scope {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        ApiError(code, r.message().into())
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// Any JSON value (the engine's and the SLA crate's report types).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(value_type = Object)]
+pub struct AnyJson(Value);
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentView {
+    pub tenant: String,
+    pub environment: String,
+    pub kind: String,
+    pub tier: Option<String>,
+    pub probes: Vec<Latest>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct MinutesQuery {
+    /// RFC 3339 start (its minute).
+    pub from: String,
+    /// How many minutes, at most 44640.
+    pub minutes: u32,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ReportQuery {
+    /// `YYYY-MM`; default: this month.
+    pub month: Option<String>,
+    pub tenant: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct IncidentQuery {
+    /// Only open incidents.
+    #[serde(default)]
+    pub open: bool,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct NoteBody {
+    pub text: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct ResolveBody {
+    pub summary: String,
+}
+
+#[utoipa::path(get, path = "/v1/status", security(("bearer" = [])),
+    responses((status = 200, description = "careplane status: servers and environments with health", body = AnyJson),
+              (status = 401, description = "no valid token")))]
+async fn status(AxState(s): St, h: HeaderMap) -> Result<Json<Value>, ApiError> {
+    auth(&s, &h, Scope::Read)?;
+    let st = s.clone();
+    let v = blocking(move || {
+        let status = st.engine.status()?;
+        Ok(serde_json::to_value(status).expect("status serializes"))
+    })
+    .await?;
+    Ok(Json(v))
+}
+
+#[utoipa::path(get, path = "/v1/environments", security(("bearer" = [])),
+    responses((status = 200, description = "Environments being probed, with their latest results", body = [EnvironmentView])))]
+async fn environments(
+    AxState(s): St,
+    h: HeaderMap,
+) -> Result<Json<Vec<EnvironmentView>>, ApiError> {
+    auth(&s, &h, Scope::Read)?;
+    let live = s.live();
+    let out = live
+        .environments
+        .iter()
+        .map(|((t, e), kind)| EnvironmentView {
+            tenant: t.clone(),
+            environment: e.clone(),
+            kind: kind.clone(),
+            tier: crate::slo::slo_for(&s.specs, t).ok().map(|s| s.tier),
+            probes: live
+                .latest
+                .values()
+                .filter(|l| &l.tenant == t && &l.environment == e)
+                .cloned()
+                .collect(),
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/probes", security(("bearer" = [])),
+    responses((status = 200, description = "The latest acknowledged result of every probe", body = [Latest])))]
+async fn probes(AxState(s): St, h: HeaderMap) -> Result<Json<Vec<Latest>>, ApiError> {
+    auth(&s, &h, Scope::Read)?;
+    Ok(Json(s.live().latest.values().cloned().collect()))
+}
+
+#[utoipa::path(get, path = "/v1/series/{tenant}/{environment}/{probe}/minutes", security(("bearer" = [])),
+    params(("tenant" = String, Path), ("environment" = String, Path), ("probe" = String, Path), MinutesQuery),
+    responses((status = 200, description = "Stored minute observations (no-data, unknown, up, failed)", body = AnyJson)))]
+async fn minutes(
+    AxState(s): St,
+    h: HeaderMap,
+    Path((t, e, p)): Path<(String, String, String)>,
+    Query(q): Query<MinutesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    auth(&s, &h, Scope::Read)?;
+    let from: jiff::Timestamp = q
+        .from
+        .parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("from: {e}")))?;
+    if q.minutes > 44_640 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "minutes: at most 44640".into(),
+        ));
+    }
+    let st = s.clone();
+    let tl = blocking(move || {
+        let key = SeriesKey::new(&t, &e, &p);
+        Ok(st.store().timeline(&key, from, q.minutes)?)
+    })
+    .await?;
+    Ok(Json(
+        json!({ "start": tl.start.to_string(), "observations": tl.obs }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/slo/{tenant}", security(("bearer" = [])),
+    params(("tenant" = String, Path)),
+    responses((status = 200, description = "The tenant's SLO and this month's accounting per environment", body = AnyJson)))]
+async fn slo(AxState(s): St, h: HeaderMap, Path(t): Path<String>) -> Result<Json<Value>, ApiError> {
+    auth(&s, &h, Scope::Read)?;
+    let st = s.clone();
+    let v = blocking(move || {
+        let slo = crate::slo::slo_for(&st.specs, &t)?;
+        let now = (st.clock)();
+        let inc = incidents::load(&st.data_dir)?;
+        let reports = crate::report::reports(
+            &mut st.store(),
+            &st.specs,
+            &inc,
+            Month::of_utc(now),
+            Some(&t),
+            now,
+        )?;
+        let envs: Vec<Value> = reports
+            .iter()
+            .map(|r| {
+                json!({
+                    "environment": r.environment,
+                    "availability": r.availability,
+                    "objectiveMet": r.objective_met,
+                    "errorBudgetMinutes": r.error_budget_minutes,
+                    "errorBudgetUsedPercent": r.error_budget_used_percent,
+                    "upMinutes": r.up_minutes,
+                    "downMinutes": r.down_minutes,
+                    "unknownMinutes": r.unknown_minutes,
+                })
+            })
+            .collect();
+        Ok(json!({ "tenant": t, "slo": slo, "month": Month::of_utc(now), "environments": envs }))
+    })
+    .await?;
+    Ok(Json(v))
+}
+
+#[utoipa::path(get, path = "/v1/reports", security(("bearer" = [])), params(ReportQuery),
+    responses((status = 200, description = "Monthly SLA reports (careplane_sla::MonthlyReport)", body = AnyJson)))]
+async fn reports(
+    AxState(s): St,
+    h: HeaderMap,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<Value>, ApiError> {
+    auth(&s, &h, Scope::Read)?;
+    let st = s.clone();
+    let v = blocking(move || {
+        let now = (st.clock)();
+        let month = match &q.month {
+            Some(m) => Month::parse(m)?,
+            None => Month::of_utc(now),
+        };
+        let inc = incidents::load(&st.data_dir)?;
+        let r = crate::report::reports(
+            &mut st.store(),
+            &st.specs,
+            &inc,
+            month,
+            q.tenant.as_deref(),
+            now,
+        )?;
+        Ok(serde_json::to_value(r).expect("reports serialize"))
+    })
+    .await?;
+    Ok(Json(v))
+}
+
+#[utoipa::path(get, path = "/v1/incidents", security(("bearer" = [])), params(IncidentQuery),
+    responses((status = 200, description = "Incidents (careplane_sla::Incident), oldest first", body = AnyJson)))]
+async fn incident_list(
+    AxState(s): St,
+    h: HeaderMap,
+    Query(q): Query<IncidentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    auth(&s, &h, Scope::Read)?;
+    let st = s.clone();
+    let all = blocking(move || incidents::load(&st.data_dir)).await?;
+    let v: Vec<_> = all.into_iter().filter(|i| !q.open || i.is_open()).collect();
+    Ok(Json(serde_json::to_value(v).expect("incidents serialize")))
+}
+
+async fn incident_action(
+    s: Arc<State>,
+    h: HeaderMap,
+    id: String,
+    action: Action,
+) -> Result<Json<Value>, ApiError> {
+    let who = auth(&s, &h, Scope::Operate)?;
+    let actor = format!("token:{}", who.name);
+    let st = s.clone();
+    let i =
+        blocking(move || incidents::act(&st.data_dir, &id, &actor, &action, (st.clock)())).await?;
+    Ok(Json(serde_json::to_value(i).expect("incident serializes")))
+}
+
+#[utoipa::path(post, path = "/v1/incidents/{id}/ack", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, description = "Acknowledged", body = AnyJson), (status = 403, description = "needs operate"), (status = 409, description = "refused (e.g. already acknowledged)")))]
+async fn incident_ack(
+    AxState(s): St,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    incident_action(s, h, id, Action::Acknowledge).await
+}
+
+#[utoipa::path(post, path = "/v1/incidents/{id}/note", security(("bearer" = [])), params(("id" = String, Path)), request_body = NoteBody,
+    responses((status = 200, description = "Noted", body = AnyJson)))]
+async fn incident_note(
+    AxState(s): St,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<NoteBody>,
+) -> Result<Json<Value>, ApiError> {
+    incident_action(s, h, id, Action::Note(b.text)).await
+}
+
+#[utoipa::path(post, path = "/v1/incidents/{id}/resolve", security(("bearer" = [])), params(("id" = String, Path)), request_body = ResolveBody,
+    responses((status = 200, description = "Resolved", body = AnyJson)))]
+async fn incident_resolve(
+    AxState(s): St,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<ResolveBody>,
+) -> Result<Json<Value>, ApiError> {
+    incident_action(s, h, id, Action::Resolve(b.summary)).await
+}
+
+#[utoipa::path(get, path = "/metrics", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")))]
+async fn metrics(AxState(s): St, h: HeaderMap) -> Result<Response, ApiError> {
+    auth(&s, &h, Scope::Read)?;
+    let st = s.clone();
+    let text = blocking(move || crate::metrics::render(&st)).await?;
+    Ok((
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "careplane", description = "careplane serve: status, probes, SLOs, incidents and reports. Tokens: `careplane token create`."),
+    paths(status, environments, probes, minutes, slo, reports, incident_list, incident_ack, incident_note, incident_resolve, metrics),
+    components(schemas(AnyJson, EnvironmentView, Latest, crate::probes::StepView, NoteBody, ResolveBody, TokenRecord, Scope)),
+    modifiers(&Bearer)
+)]
+pub(crate) struct ApiDoc;
+
+/// The OpenAPI document as JSON.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+async fn openapi() -> Response {
+    ([("content-type", "application/json")], openapi_json()).into_response()
+}
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/environments", get(environments))
+        .route("/v1/probes", get(probes))
+        .route(
+            "/v1/series/{tenant}/{environment}/{probe}/minutes",
+            get(minutes),
+        )
+        .route("/v1/slo/{tenant}", get(slo))
+        .route("/v1/reports", get(reports))
+        .route("/v1/incidents", get(incident_list))
+        .route("/v1/incidents/{id}/ack", post(incident_ack))
+        .route("/v1/incidents/{id}/note", post(incident_note))
+        .route("/v1/incidents/{id}/resolve", post(incident_resolve))
+        .with_state(state)
+}

@@ -1,0 +1,510 @@
+//! The server's state and loops: the environment list (refreshed from the engine), one
+//! probe task per (environment, probe), the writer that records results in the store and
+//! acknowledges them after the flush, and incident detection over the stored minutes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use careplane_engine::{Credentials, Engine};
+use careplane_probe::schedule::{self, Clock, Scheduled};
+use careplane_probe::{Check, HttpCheck, OdooLogin, PgCheck, RedisCheck};
+use careplane_sla::{
+    detect, due_notifications, observe_recovery, Impact, Incident, Outcome, SeriesKey, Store,
+};
+use careplane_spec::SpecSet;
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::slo::{critical_probe, environment_kind, slo_for};
+use crate::tokens::TokenRecord;
+use crate::{incidents, report, Error, Options};
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing is left half-updated under these locks by a panic that matters: the store's
+    // durability is its journal's.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A timed step of a journey.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    pub name: String,
+    pub ms: u32,
+    pub ok: bool,
+}
+
+/// The latest acknowledged (stored and flushed) result of one probe.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Latest {
+    pub tenant: String,
+    pub environment: String,
+    pub probe: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `up`, `down` or `unknown`.
+    pub outcome: String,
+    pub latency_ms: u32,
+    pub detail: String,
+    pub steps: Vec<StepView>,
+    pub cert_days_left: Option<i64>,
+    pub saturation_permille: Option<u32>,
+}
+
+#[derive(Default)]
+pub(crate) struct Live {
+    pub latest: BTreeMap<(String, String, String), Latest>,
+    /// Results received, by outcome: up, down, unknown.
+    pub received: [u64; 3],
+    /// Results flushed to the store's journal.
+    pub acknowledged: u64,
+    pub store_errors: u64,
+    /// Environments being probed, with their kind.
+    pub environments: BTreeMap<(String, String), String>,
+}
+
+struct TokenCache {
+    stamp: Option<(std::time::SystemTime, u64)>,
+    records: Vec<TokenRecord>,
+}
+
+pub(crate) struct State {
+    pub engine: Arc<Engine>,
+    pub specs: SpecSet,
+    pub data_dir: PathBuf,
+    pub clock: Clock,
+    pub store: Mutex<Store>,
+    pub live: Mutex<Live>,
+    tokens: Mutex<TokenCache>,
+}
+
+impl State {
+    pub fn open(engine: Arc<Engine>, opts: &Options) -> Result<Arc<State>, Error> {
+        let data_dir = engine.data_dir().to_path_buf();
+        // Replays what a killed server flushed but did not compact.
+        let store = Store::open(report::store_dir(&data_dir))?;
+        Ok(Arc::new(State {
+            specs: engine.specs().clone(),
+            engine,
+            data_dir,
+            clock: opts.clock.clone(),
+            store: Mutex::new(store),
+            live: Mutex::new(Live::default()),
+            tokens: Mutex::new(TokenCache {
+                stamp: None,
+                records: Vec::new(),
+            }),
+        }))
+    }
+
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        guard(&self.store)
+    }
+
+    pub fn live(&self) -> MutexGuard<'_, Live> {
+        guard(&self.live)
+    }
+
+    /// The token records, reread when the file changed (a revocation takes effect at the
+    /// next request).
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        let p = crate::tokens::path(&self.data_dir);
+        let stamp = std::fs::metadata(&p)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));
+        let mut c = guard(&self.tokens);
+        if c.stamp != stamp || stamp.is_none() {
+            c.records = crate::tokens::load(&self.data_dir)?;
+            c.stamp = stamp;
+        }
+        Ok(c.records.clone())
+    }
+
+    /// Final flush and compaction at shutdown.
+    pub fn close(&self) -> Result<(), Error> {
+        let mut s = self.store();
+        s.flush()?;
+        s.compact()?;
+        Ok(())
+    }
+}
+
+/// The running probe tasks by (tenant, environment, probe), with a print of their check.
+type Running = Arc<Mutex<HashMap<(String, String, String), (String, JoinHandle<()>)>>>;
+
+/// The running loops.
+pub(crate) struct Tasks {
+    handles: Vec<JoinHandle<()>>,
+    probes: Running,
+    writer: JoinHandle<()>,
+}
+
+impl Tasks {
+    /// Stops probing, then lets the writer store what was already received.
+    pub async fn stop(self) {
+        for h in &self.handles {
+            h.abort();
+        }
+        for (_, (_, h)) in guard(&self.probes).drain() {
+            h.abort();
+        }
+        // The probe tasks held the senders: the writer drains and ends.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.writer).await;
+    }
+}
+
+pub(crate) fn start(state: Arc<State>, opts: &Options) -> Tasks {
+    let (tx, rx) = mpsc::channel::<schedule::Outcome>(4096);
+    let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let probes: Running = Arc::default();
+    let writer = tokio::spawn(writer(state.clone(), rx));
+    let refresher = {
+        let (state, probes, opts) = (state.clone(), probes.clone(), opts.clone());
+        tokio::spawn(async move {
+            let mut creds: HashMap<(String, String), Arc<Credentials>> = HashMap::new();
+            loop {
+                let st = state.clone();
+                let (interval, timeout) = (opts.probe_interval, opts.probe_timeout);
+                let r = tokio::task::spawn_blocking(move || {
+                    let r = targets(&st, &mut creds, interval, timeout);
+                    (r, creds)
+                })
+                .await;
+                match r {
+                    Ok((Ok((list, envs)), c)) => {
+                        creds = c;
+                        state.live().environments = envs;
+                        let mut running = guard(&probes);
+                        let mut keep = std::collections::HashSet::new();
+                        for p in list {
+                            let key = (p.tenant.clone(), p.environment.clone(), p.probe.clone());
+                            // Debug redacts the secrets; it changes when a port or URL does.
+                            let print = format!("{:?}", p.check);
+                            keep.insert(key.clone());
+                            if running.get(&key).is_some_and(|(f, _)| *f == print) {
+                                continue;
+                            }
+                            if let Some((_, old)) = running.remove(&key) {
+                                old.abort();
+                            }
+                            let h =
+                                schedule::spawn(p, limit.clone(), state.clock.clone(), tx.clone());
+                            running.insert(key, (print, h));
+                        }
+                        running.retain(|k, (_, h)| {
+                            let stay = keep.contains(k);
+                            if !stay {
+                                h.abort();
+                            }
+                            stay
+                        });
+                    }
+                    Ok((Err(e), c)) => {
+                        creds = c;
+                        eprintln!("careplane serve: reading the environments: {e}");
+                    }
+                    Err(e) => {
+                        eprintln!("careplane serve: reading the environments: {e}");
+                        return;
+                    }
+                }
+                tokio::time::sleep(opts.refresh).await;
+            }
+        })
+    };
+    // The refresher owns the sender: once it and the probe tasks are aborted, the writer
+    // drains what was received and ends.
+    Tasks {
+        handles: vec![refresher],
+        probes,
+        writer,
+    }
+}
+
+type EnvList = BTreeMap<(String, String), String>;
+
+/// The probes of every ready environment, from the engine's status and each environment's
+/// credentials (asked once per environment and kept in memory, as the engine audits each).
+fn targets(
+    state: &State,
+    cache: &mut HashMap<(String, String), Arc<Credentials>>,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<(Vec<Scheduled>, EnvList), Error> {
+    let status = state.engine.status()?;
+    let mut list = Vec::new();
+    let mut envs = BTreeMap::new();
+    for env in status.environments.iter().filter(|e| e.state == "ready") {
+        let key = (env.tenant.clone(), env.environment.clone());
+        let creds = match cache.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(state.engine.credentials(&env.tenant, &env.environment)?);
+                cache.insert(key.clone(), c.clone());
+                c
+            }
+        };
+        envs.insert(key, env.kind.clone());
+        let ca_path = std::path::Path::new(&creds.postgres.sslrootcert);
+        let ca = std::fs::read_to_string(ca_path).map_err(|e| Error::io(ca_path, e))?;
+        let mut add = |probe: &str, check: Check| {
+            list.push(Scheduled {
+                tenant: env.tenant.clone(),
+                environment: env.environment.clone(),
+                probe: probe.into(),
+                check,
+                interval,
+                timeout,
+            })
+        };
+        if let Some(port) = creds.postgres.port {
+            add(
+                "postgres",
+                Check::Postgres(PgCheck {
+                    host: creds.postgres.host.clone(),
+                    port,
+                    database: creds.postgres.database.clone(),
+                    role: creds.postgres.role.clone(),
+                    password: creds.postgres.password.clone(),
+                    ca_pem: ca.clone(),
+                }),
+            );
+        }
+        if let Some(r) = creds.redis.as_ref() {
+            if let Some(port) = r.port {
+                add(
+                    "redis",
+                    Check::Redis(RedisCheck {
+                        host: r.host.clone(),
+                        port,
+                        user: r.user.clone(),
+                        password: r.password.clone(),
+                    }),
+                );
+            }
+        }
+        if let Some(o) = creds.odoo.as_ref() {
+            // `…/web/login` → the base URL.
+            let base = o
+                .url
+                .split_once("/web")
+                .map(|(b, _)| b.to_string())
+                .unwrap_or_else(|| o.url.trim_end_matches('/').to_string());
+            add(
+                "http",
+                Check::Http(HttpCheck {
+                    url: format!("{base}/web/health"),
+                    expect_status: 200,
+                    body_contains: Some("pass".into()),
+                    ca_pem: Some(ca.clone()),
+                    host_header: None,
+                }),
+            );
+            add(
+                "odoo-login",
+                Check::OdooLogin(OdooLogin {
+                    base_url: base,
+                    database: env.database.clone(),
+                    login: o.login.clone(),
+                    password: o.password.clone(),
+                    ca_pem: Some(ca.clone()),
+                }),
+            );
+        }
+    }
+    Ok((list, envs))
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Up => "up",
+        Outcome::Down => "down",
+        Outcome::Unknown => "unknown",
+    }
+}
+
+/// Records results in batches: ingest, one flush (the acknowledgement), then publish.
+async fn writer(state: Arc<State>, mut rx: mpsc::Receiver<schedule::Outcome>) {
+    let mut last_eval = Instant::now();
+    let mut last_compact = Instant::now();
+    loop {
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let st = state.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut store = st.store();
+            let r = batch
+                .iter()
+                .try_for_each(|o| store.ingest(&o.result))
+                .and_then(|_| store.flush());
+            (r, batch)
+        })
+        .await;
+        let Ok((r, batch)) = stored else { break };
+        {
+            let mut live = state.live();
+            for o in &batch {
+                let i = match o.result.outcome {
+                    Outcome::Up => 0,
+                    Outcome::Down => 1,
+                    Outcome::Unknown => 2,
+                };
+                live.received[i] += 1;
+            }
+            match r {
+                Ok(()) => {
+                    live.acknowledged += batch.len() as u64;
+                    for o in batch {
+                        let r = &o.result;
+                        live.latest.insert(
+                            (r.tenant.clone(), r.environment.clone(), r.probe.clone()),
+                            Latest {
+                                tenant: r.tenant.clone(),
+                                environment: r.environment.clone(),
+                                probe: r.probe.clone(),
+                                at: r.at.to_string(),
+                                outcome: outcome_name(r.outcome).into(),
+                                latency_ms: r.latency_ms,
+                                detail: o.report.detail.clone(),
+                                steps: r
+                                    .steps
+                                    .iter()
+                                    .map(|s| StepView {
+                                        name: s.name.clone(),
+                                        ms: s.ms,
+                                        ok: s.ok,
+                                    })
+                                    .collect(),
+                                cert_days_left: o.report.cert_days_left,
+                                saturation_permille: o.report.saturation_permille,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    live.store_errors += 1;
+                    eprintln!("careplane serve: storing {} results: {e}", batch.len());
+                }
+            }
+        }
+        if last_eval.elapsed() >= Duration::from_secs(1) {
+            last_eval = Instant::now();
+            let st = state.clone();
+            match tokio::task::spawn_blocking(move || evaluate(&st)).await {
+                Ok(Err(e)) => eprintln!("careplane serve: incident detection: {e}"),
+                Err(e) => eprintln!("careplane serve: incident detection: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        if last_compact.elapsed() >= Duration::from_secs(3600) {
+            last_compact = Instant::now();
+            let st = state.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = st.store().compact() {
+                    eprintln!("careplane serve: compacting the store: {e}");
+                }
+            })
+            .await;
+        }
+    }
+}
+
+fn minutes_ago(now: Timestamp, m: u32) -> Timestamp {
+    Timestamp::from_second(now.as_second() - 60 * i64::from(m)).unwrap_or(now)
+}
+
+/// Opens incidents for critical journeys failing for N minutes, marks recoveries, records
+/// due notifications (logged; delivery channels are not built yet).
+pub(crate) fn evaluate(state: &State) -> Result<(), Error> {
+    let now = (state.clock)();
+    let probe = critical_probe(&state.specs);
+    let envs: Vec<(String, String)> = state.live().environments.keys().cloned().collect();
+    let open: Vec<Incident> = incidents::load(&state.data_dir)?
+        .into_iter()
+        .filter(|i| i.is_open())
+        .collect();
+    let mut work = Vec::new();
+    {
+        let mut store = state.store();
+        for (t, e) in envs {
+            let Ok(slo) = slo_for(&state.specs, &t) else {
+                continue;
+            };
+            let key = SeriesKey::new(&t, &e, probe);
+            let from = open
+                .iter()
+                .find(|i| i.tenant == t && i.environment == e)
+                .map(|i| i.started_at)
+                .unwrap_or_else(|| minutes_ago(now, slo.bad_minute.consecutive_failures + 10))
+                .max(minutes_ago(now, 31 * 1440));
+            let minutes = ((now.as_second() - from.as_second()) / 60 + 1) as u32;
+            let tl = store.timeline(&key, from, minutes)?;
+            work.push((t, e, slo, tl));
+        }
+    }
+    incidents::update(&state.data_dir, |all| {
+        let mut changed = false;
+        for (t, e, slo, tl) in &work {
+            let pos = all
+                .iter()
+                .position(|i| i.is_open() && &i.tenant == t && &i.environment == e);
+            match pos {
+                Some(p) => {
+                    if observe_recovery(&mut all[p], tl, now) {
+                        eprintln!("careplane serve: incident {} restored", all[p].id);
+                        changed = true;
+                    }
+                }
+                None => {
+                    if let Some(d) = detect(tl, slo, now) {
+                        // The run a resolved incident already covered is not a new incident.
+                        let known = all.iter().any(|i| {
+                            &i.tenant == t && &i.environment == e && i.started_at == d.started_at
+                        });
+                        if !known {
+                            let id = format!("{t}-{e}-{}", d.started_at.as_second());
+                            let kind = environment_kind(&state.specs, t, e);
+                            let i =
+                                Incident::open(&id, t, e, kind, probe, Impact::Down, d, slo, now);
+                            eprintln!(
+                                "careplane serve: incident {id} opened ({:?}, {probe} failing since {})",
+                                i.severity, d.started_at
+                            );
+                            all.push(i);
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            for i in all
+                .iter_mut()
+                .filter(|i| i.is_open() && &i.tenant == t && &i.environment == e)
+            {
+                for n in due_notifications(i, slo, now) {
+                    eprintln!(
+                        "careplane serve: incident {}: notify {} ({})",
+                        i.id,
+                        n.recipients.join(", "),
+                        n.key
+                    );
+                    i.record_notification(&n, now);
+                    changed = true;
+                }
+            }
+        }
+        Ok(((), changed))
+    })
+}

@@ -1,0 +1,111 @@
+//! Monthly SLA reports over the result store: what `careplane sla report` prints and
+//! `GET /v1/reports` answers.
+
+use std::path::{Path, PathBuf};
+
+use careplane_sla::{
+    month_latency, month_timeline, monthly_report, Incident, Month, MonthSpan, MonthlyReport,
+    ReportInput, SeriesKey, Store,
+};
+use careplane_spec::SpecSet;
+use jiff::Timestamp;
+
+use crate::slo::{critical_probe, environment_kind, environments, slo_for};
+use crate::Error;
+
+/// The zone months are counted in until tenants carry their own.
+pub const TIME_ZONE: &str = "UTC";
+
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("sla")
+}
+
+/// Reports of `month` for every environment of the specs (or of `tenant`).
+pub fn reports(
+    store: &mut Store,
+    specs: &SpecSet,
+    incidents: &[Incident],
+    month: Month,
+    tenant: Option<&str>,
+    now: Timestamp,
+) -> Result<Vec<MonthlyReport>, Error> {
+    if let Some(t) = tenant {
+        if !specs.tenants.iter().any(|x| x.metadata.name == t) {
+            return Err(Error::NotFound(format!("tenant {t:?} in the specs")));
+        }
+    }
+    let tz = careplane_sla::calendar::zone(TIME_ZONE, "report time zone")?;
+    let span = MonthSpan::new(month, &tz)?;
+    let mut out = Vec::new();
+    for (t, e) in environments(specs, tenant) {
+        let slo = slo_for(specs, &t)?;
+        let key = SeriesKey::new(&t, &e, critical_probe(specs));
+        let timeline = month_timeline(store, &key, &span, &slo)?;
+        let latency = month_latency(store, &key, &span)?;
+        out.push(monthly_report(&ReportInput {
+            tenant: &t,
+            environment: &e,
+            environment_kind: environment_kind(specs, &t, &e),
+            time_zone: TIME_ZONE,
+            month,
+            slo: &slo,
+            calendar: &[],
+            timeline: &timeline,
+            incidents,
+            latency: Some(&latency),
+            monthly_fee_cents: None,
+            now,
+        })?);
+    }
+    Ok(out)
+}
+
+/// A private copy of the store directory, removed on drop: the CLI reads a snapshot so that
+/// it never replays or compacts the journal a running server appends to.
+pub struct Snapshot {
+    pub dir: PathBuf,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path, top: bool) -> Result<(), Error> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let entry = entry.map_err(|e| Error::io(from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let ft = entry.file_type().map_err(|e| Error::io(&src, e))?;
+        if ft.is_dir() {
+            copy_tree(&src, &dst, false)?;
+        } else if ft.is_file() && !(top && entry.file_name() == ".journal") {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens a snapshot of the platform's store (an empty one when nothing was stored yet).
+pub fn open_snapshot(data_dir: &Path) -> Result<(Snapshot, Store), Error> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_err(|e| Error::Invalid(format!("no randomness: {e}")))?;
+    let snap = Snapshot {
+        dir: std::env::temp_dir().join(format!("careplane-sla-{}", hex::encode(b))),
+    };
+    let src = store_dir(data_dir);
+    if src.is_dir() {
+        // The journal first: a compaction that runs meanwhile writes the month files before
+        // it empties the journal, so the copy misses nothing either way (replaying a result
+        // a month file already holds changes no minute).
+        std::fs::create_dir_all(&snap.dir).map_err(|e| Error::io(&snap.dir, e))?;
+        let j = src.join(".journal");
+        if j.exists() {
+            std::fs::copy(&j, snap.dir.join(".journal")).map_err(|e| Error::io(&j, e))?;
+        }
+        copy_tree(&src, &snap.dir, true)?;
+    }
+    let store = Store::open(&snap.dir)?;
+    Ok((snap, store))
+}

@@ -1,0 +1,212 @@
+//! Odoo 18's JSON-RPC web routes, as far as careplane's login journey probe uses them:
+//! `/web/session/authenticate` (checks the login against `res_users` with passlib's
+//! pbkdf2-sha512, sets the `session_id` cookie) and `/web/dataset/call_kw[/<path>]`
+//! (`res.users` `search_read` on `id`/`login`, for the session's user). Errors have Odoo's
+//! JSON-RPC shape (HTTP 200, `error.data.name` the exception class).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+use crate::http::{App, Response};
+use crate::{pg, util};
+
+pub struct RpcRequest<'a> {
+    pub method: &'a str,
+    pub body: &'a [u8],
+    pub cookie: Option<&'a str>,
+    pub host: &'a str,
+}
+
+struct Session {
+    db: String,
+    uid: i32,
+}
+
+/// Sessions live in memory: a restarted stand-in logs everyone out, as an Odoo with a
+/// fresh session store would.
+static SESSIONS: Mutex<Option<HashMap<String, Session>>> = Mutex::new(None);
+
+fn reply(id: &Value, body: Value) -> Response {
+    let mut v = json!({"jsonrpc": "2.0", "id": id});
+    v.as_object_mut()
+        .expect("object")
+        .extend(body.as_object().expect("object").clone());
+    Response::new(200, "application/json", v.to_string())
+}
+
+fn error(id: &Value, code: i64, message: &str, name: &str, text: &str) -> Response {
+    reply(
+        id,
+        json!({"error": {"code": code, "message": message, "data": {
+            "name": name, "debug": "", "message": text, "arguments": [text], "context": {}
+        }}}),
+    )
+}
+
+fn server_error(id: &Value, name: &str, text: &str) -> Response {
+    error(id, 200, "Odoo Server Error", name, text)
+}
+
+fn parse(req: &RpcRequest<'_>) -> Result<(Value, Value), Response> {
+    if req.method != "POST" {
+        return Err(Response::new(
+            405,
+            "text/html; charset=utf-8",
+            "Method Not Allowed",
+        ));
+    }
+    let v: Value = serde_json::from_slice(req.body)
+        .map_err(|_| Response::new(400, "text/html; charset=utf-8", "<p>Invalid JSON data</p>"))?;
+    Ok((
+        v.get("id").cloned().unwrap_or(Value::Null),
+        v["params"].clone(),
+    ))
+}
+
+pub fn authenticate(req: &RpcRequest<'_>, app: &App) -> (Response, Option<String>) {
+    let (id, params) = match parse(req) {
+        Ok(p) => p,
+        Err(r) => return (r, None),
+    };
+    let (Some(db), Some(login), Some(password)) = (
+        params["db"].as_str(),
+        params["login"].as_str(),
+        params["password"].as_str(),
+    ) else {
+        return (
+            server_error(
+                &id,
+                "builtins.TypeError",
+                "authenticate() missing required arguments",
+            ),
+            None,
+        );
+    };
+    let s = &app.settings;
+    let allowed = pg::db_filter(
+        &[db.to_string()],
+        req.host,
+        s.dbfilter.as_deref(),
+        &s.db_names,
+    );
+    if allowed.is_empty() {
+        return (
+            server_error(&id, "odoo.exceptions.AccessError", "Database not found."),
+            None,
+        );
+    }
+    let row = s.pg.connect(db).and_then(|mut c| {
+        c.query_opt(
+            "SELECT id, COALESCE(password, '') FROM res_users WHERE login = $1 AND active",
+            &[&login],
+        )
+        .map_err(|e| pg::DbError::query(&e))
+    });
+    let uid = match row {
+        Ok(Some(r)) if util::pbkdf2_verify(password, &r.get::<_, String>(1)) => r.get::<_, i32>(0),
+        Ok(_) => {
+            crate::log::info(
+                Some(db),
+                "odoo.addons.base.models.res_users",
+                &format!("Login failed for db:{db} login:{login} from n/a"),
+            );
+            return (
+                server_error(&id, "odoo.exceptions.AccessDenied", "Access Denied"),
+                Some(db.into()),
+            );
+        }
+        Err(e) => {
+            return (
+                server_error(&id, "psycopg2.OperationalError", &e.to_string()),
+                Some(db.into()),
+            )
+        }
+    };
+    let sid = util::hex(&util::random_bytes(30));
+    SESSIONS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(sid.clone(), Session { db: db.into(), uid });
+    let resp = reply(
+        &id,
+        json!({"result": {
+            "uid": uid, "is_system": false, "is_admin": login == "admin", "db": db,
+            "username": login, "server_version": "18.0", "server_version_info": [18, 0, 0, "final", 0, ""],
+            "user_context": {"lang": "en_US", "tz": false, "uid": uid},
+        }}),
+    )
+    .header(
+        "Set-Cookie",
+        &format!("session_id={sid}; Expires=Thu, 01 Jan 2099 00:00:00 GMT; Max-Age=604800; HttpOnly; Path=/; SameSite=Lax"),
+    );
+    (resp, Some(db.into()))
+}
+
+fn session_of(cookie: Option<&str>) -> Option<(String, i32)> {
+    let sid = cookie?
+        .split(';')
+        .find_map(|c| c.trim().strip_prefix("session_id="))?;
+    let map = SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    map.as_ref()?.get(sid).map(|s| (s.db.clone(), s.uid))
+}
+
+pub fn call_kw(req: &RpcRequest<'_>, app: &App) -> (Response, Option<String>) {
+    let (id, params) = match parse(req) {
+        Ok(p) => p,
+        Err(r) => return (r, None),
+    };
+    let Some((db, _uid)) = session_of(req.cookie) else {
+        return (
+            error(
+                &id,
+                100,
+                "Odoo Session Expired",
+                "odoo.http.SessionExpiredException",
+                "Session expired",
+            ),
+            None,
+        );
+    };
+    let (model, method) = (params["model"].as_str(), params["method"].as_str());
+    if model != Some("res.users") || method != Some("search_read") {
+        return (
+            server_error(
+                &id,
+                "builtins.NotImplementedError",
+                "the stand-in only answers res.users search_read",
+            ),
+            Some(db),
+        );
+    }
+    // Domain: [] or [["id", "=", N]]; fields among id and login.
+    let domain = params["args"].get(0).cloned().unwrap_or(json!([]));
+    let want_id = domain.as_array().and_then(|d| d.first()).and_then(|t| {
+        (t[0] == "id" && t[1] == "=")
+            .then(|| t[2].as_i64())
+            .flatten()
+    });
+    let limit = params["kwargs"]["limit"].as_i64().unwrap_or(80);
+    let rows = app.settings.pg.connect(&db).and_then(|mut c| {
+        c.query(
+            "SELECT id, login FROM res_users WHERE active AND ($1::int8 IS NULL OR id = $1) ORDER BY id LIMIT $2",
+            &[&want_id, &limit],
+        )
+        .map_err(|e| pg::DbError::query(&e))
+    });
+    match rows {
+        Ok(rows) => {
+            let result: Vec<Value> = rows
+                .iter()
+                .map(|r| json!({"id": r.get::<_, i32>(0), "login": r.get::<_, String>(1)}))
+                .collect();
+            (reply(&id, json!({ "result": result })), Some(db))
+        }
+        Err(e) => (
+            server_error(&id, "psycopg2.OperationalError", &e.to_string()),
+            Some(db),
+        ),
+    }
+}
