@@ -181,6 +181,16 @@ enum Command {
     /// detached; not for interactive use).
     #[command(hide = true)]
     IngressRun { config: PathBuf },
+    /// Backups of tenant environments: create, list, show, verify, prune,
+    /// run-due (docs/design/0010).
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
+    /// PostgreSQL's archive_command / restore_command (set by apply; not
+    /// for interactive use).
+    #[command(hide = true)]
+    BackupWal(backup::WalArgs),
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -243,6 +253,8 @@ fn write_out(args: std::fmt::Arguments<'_>) {
         std::process::exit(1);
     }
 }
+
+mod backup;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -335,6 +347,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::IngressRun { config } => {
             careplane_ingress::serve(&config)?;
+        }
+        Command::Backup { command } => return backup::run(command),
+        Command::BackupWal(w) => {
+            return Ok(backup::wal(
+                &w.verb,
+                &w.keys,
+                &w.repository,
+                &w.store_options,
+                &w.a,
+                &w.b,
+            ))
         }
         Command::Modules {
             files,
@@ -452,7 +475,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 e.pg_health.ok
                     && e.redis_health.as_ref().is_none_or(|h| h.ok)
                     && e.odoo_health.as_ref().is_none_or(|h| h.ok)
-            });
+            }) && status
+                .servers
+                .iter()
+                .all(|s| s.archiving.as_ref().is_none_or(|a| a.ok));
             if !healthy {
                 return Ok(ExitCode::from(3));
             }
@@ -896,6 +922,7 @@ fn print_status(s: &Status) {
             "Admin login and passwords: careplane credentials -f <specs> <tenant> <environment>"
         );
     }
+    backup::print_status(s);
     let down: Vec<_> = s
         .environments
         .iter()

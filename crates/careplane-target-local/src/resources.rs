@@ -311,6 +311,9 @@ impl LocalDriver {
         if a.op == Op::Create {
             crash_point(&a.id, "prepared");
         }
+        // WAL archiving from the start: the repository, archiver and keys
+        // exist before the configuration that uses them is written.
+        self.ensure_archiving(&mut rec, host)?;
         // Apply the new settings (an update) through the handle.
         let mut target = rec.clone();
         target.props = a.props.clone();
