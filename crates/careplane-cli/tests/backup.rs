@@ -63,10 +63,15 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn secrets(p: &Platform) -> Vec<String> {
     let store = careplane_state::Store::open(&p.data_dir()).unwrap();
     let mut out = Vec::new();
+    let cluster = store.resource("pg-cluster/shared").unwrap().unwrap();
+    let cluster_owner = cluster.observed["archive"]["secretOwner"]
+        .as_str()
+        .expect("the cluster's repository secret owner")
+        .to_string();
     for (owner, name) in [
         ("backup", "identity"),
-        ("tenant/gamma", "backup-secret"),
-        ("pg-cluster/shared", "backup-secret"),
+        ("backup/tenant/gamma", "backup-secret"),
+        (cluster_owner.as_str(), "backup-secret"),
         ("pg-cluster/shared", "admin-password"),
     ] {
         let s = store

@@ -228,22 +228,20 @@ impl LocalDriver {
     fn open_tenant_repo(&mut self, tenant: &str) -> Result<(Repository, Policy), Error> {
         let policy = self.tenant_policy(tenant)?;
         let url = self.tenant_repo_url(tenant, &policy);
-        let repo = self.open_repo(&format!("tenant/{tenant}"), &url, &policy)?;
+        let repo = self.open_repo(&format!("backup/tenant/{tenant}"), &url, &policy)?;
         Ok((repo, policy))
     }
 
     fn open_cluster_repo(&mut self, crec: &ResourceRecord) -> Result<Repository, Error> {
         let scope = str_prop(crec, "scope")?.to_string();
         let policy = self.cluster_policy(&scope);
-        let url = match crec
-            .observed
-            .get("archive")
-            .and_then(|a| a.get("repository"))
-        {
-            Some(Value::String(u)) => u.clone(),
-            _ => join_url(&policy.base, &format!("clusters/{scope}")),
-        };
-        self.open_repo(&crec.id, &url, &policy)
+        let (url, owner) = cluster_repo_of(crec).ok_or_else(|| {
+            err(format!(
+                "{}: no backup repository recorded (WAL archiving was never set up;                  run `careplane apply`)",
+                crec.id
+            ))
+        })?;
+        self.open_repo(&owner, &url, &policy)
     }
 
     /// Makes WAL archiving of cluster `rec` possible before its
@@ -260,8 +258,23 @@ impl LocalDriver {
     ) -> Result<(), Error> {
         let scope = str_prop(rec, "scope")?.to_string();
         let policy = self.cluster_policy(&scope);
-        let url = join_url(&policy.base, &format!("clusters/{scope}"));
-        let keys = self.repo_keys(&rec.id, &policy)?;
+        // One repository per cluster *incarnation*: a cluster destroyed and
+        // made again under the same scope starts its WAL at segment 1 again,
+        // which must not meet the old cluster's segments of the same names.
+        // Its secret has an owner of its own, not the cluster's record:
+        // deleting the record deletes the record's secrets, and backups must
+        // outlive the cluster.
+        let (url, vault_owner) = match cluster_repo_of(rec) {
+            Some(known) => known,
+            None => {
+                let name = format!("{scope}-{}", Timestamp::now().strftime("%Y%m%dT%H%M%SZ"));
+                (
+                    join_url(&policy.base, &format!("clusters/{name}")),
+                    format!("backup/cluster/{name}"),
+                )
+            }
+        };
+        let keys = self.repo_keys(&vault_owner, &policy)?;
         let opts = RepoOptions {
             compression_level: policy.compression_level,
             store_options: policy.store_options.clone(),
@@ -303,6 +316,7 @@ impl LocalDriver {
         let program = self.install_archiver()?;
         rec.observed["archive"] = json!({
             "repository": url,
+            "secretOwner": vault_owner,
             "keysFile": keys_file.display().to_string(),
             "program": program.display().to_string(),
             "storeOptions": policy.store_options.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
@@ -920,6 +934,16 @@ pub(crate) fn archive_settings(rec: &ResourceRecord) -> Vec<(String, String)> {
         ("archive_command".into(), cmd("archive", "%p %f")),
         ("archive_timeout".into(), ARCHIVE_TIMEOUT.into()),
     ]
+}
+
+/// The repository URL of a cluster and the vault owner of its secret, as
+/// recorded by [`LocalDriver::ensure_archiving`].
+fn cluster_repo_of(rec: &ResourceRecord) -> Option<(String, String)> {
+    let a = rec.observed.get("archive")?;
+    Some((
+        a.get("repository")?.as_str()?.to_string(),
+        a.get("secretOwner")?.as_str()?.to_string(),
+    ))
 }
 
 fn label<'a>(m: &'a Manifest, key: &str) -> &'a str {
