@@ -795,8 +795,7 @@ impl LocalDriver {
             };
             let last = existing
                 .iter()
-                .filter(|b| b.tenant == t && b.environment == e)
-                .next_back()
+                .rfind(|b| b.tenant == t && b.environment == e)
                 .cloned();
             let last_time = last
                 .as_ref()
