@@ -285,3 +285,50 @@ fn a_failing_archive_command_shows_in_status() {
     assert!(t.contains("FAILING"), "{t}");
     assert!(t.contains(a["lastFailedWal"].as_str().unwrap()), "{t}");
 }
+
+/// A cluster made before WAL archiving (no `observed.archive`, no archive
+/// settings, restarted that way) is drift: the plan says why, and apply
+/// turns archiving on, restarting the cluster once.
+#[test]
+fn a_cluster_made_before_archiving_gets_it_at_the_next_apply() {
+    let p = Platform::new(TENANTS);
+    p.ok(&["apply"]);
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let mut rec = store.resource("pg-cluster/shared").unwrap().unwrap();
+    rec.observed.as_object_mut().unwrap().remove("archive");
+    store.put_resource(&rec).unwrap();
+    drop(store);
+    let conf = Path::new(rec.observed["root"].as_str().unwrap()).join("conf/careplane.conf");
+    let old: String = std::fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("archive_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&conf, old).unwrap();
+    p.ok(&["stop"]);
+    p.ok(&["start"]);
+    let st = p.json_allow_fail(&["status"]);
+    assert_eq!(
+        server(&st, "pg-cluster/shared")["archiving"]["enabled"],
+        false,
+        "{st}"
+    );
+
+    let plan = p.plan();
+    let a = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "pg-cluster/shared")
+        .unwrap_or_else(|| panic!("no update of the cluster in {plan}"));
+    assert!(plan.to_string().contains("does not archive its WAL"), "{a}");
+    p.ok(&["apply"]);
+    let st = p.json(&["status"]);
+    let arch = &server(&st, "pg-cluster/shared")["archiving"];
+    assert_eq!(arch["enabled"], true, "{st}");
+    assert_eq!(arch["ok"], true, "{st}");
+    assert_eq!(p.plan()["actions"].as_array().map(Vec::len), Some(0));
+    // And it backs up.
+    p.ok(&["backup", "create", "gamma/dev"]);
+}
