@@ -243,6 +243,20 @@ fn backups_are_made_listed_shown_verified_and_a_flipped_byte_is_named() {
             );
         }
     }
+
+    // A filestore the tenant replaced with a symlink (to a directory root
+    // can read and the tenant cannot) is refused, never followed.
+    let secret_dir = p.dir.path().join("root-only");
+    std::fs::create_dir(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("shadow"), b"root's").unwrap();
+    let filestore = fs.parent().unwrap().to_path_buf();
+    std::fs::rename(&filestore, filestore.with_extension("moved")).unwrap();
+    std::os::unix::fs::symlink(&secret_dir, &filestore).unwrap();
+    let out = p.run(&["backup", "create", "gamma/dev"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains(&format!("filestore/{database}")), "{t}");
+    assert!(t.contains("symlink"), "{t}");
 }
 
 #[test]
@@ -329,6 +343,31 @@ fn a_cluster_made_before_archiving_gets_it_at_the_next_apply() {
     assert_eq!(arch["enabled"], true, "{st}");
     assert_eq!(arch["ok"], true, "{st}");
     assert_eq!(p.plan()["actions"].as_array().map(Vec::len), Some(0));
-    // And it backs up.
-    p.ok(&["backup", "create", "gamma/dev"]);
+    // And it backs up on its policy's schedule: `run-due` makes what is due.
+    let file = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "  supportHours: business-hours",
+        "  supportHours: business-hours\n  backupPolicy: minutely",
+    );
+    std::fs::write(&file, text).unwrap();
+    std::fs::write(
+        p.specs.join("policy.yaml"),
+        "apiVersion: careplane.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: minutely\n\
+         spec:\n  schedule: \"* * * * *\"\n  keepLast: 1\n  pitrWindow: 0s\n",
+    )
+    .unwrap();
+    let r = p.json(&["backup", "run-due"]);
+    assert_eq!(r["created"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["created"][0]["reason"], "schedule", "{r}");
+    assert_eq!(r["failures"].as_array().unwrap().len(), 0, "{r}");
+    // A manual backup now; prune keeps the newest one only (keepLast 1,
+    // no PITR window) and the cluster base backup it needs.
+    let b = p.json(&["backup", "create", "gamma/dev"]);
+    let pr = p.json(&["backup", "prune"]);
+    let tenant = &pr["repositories"][0];
+    assert_eq!(tenant["kept"], serde_json::json!([b["id"]]), "{pr}");
+    assert_eq!(tenant["deleted"].as_array().unwrap().len(), 1, "{pr}");
+    let l = p.json(&["backup", "list"]);
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    p.json(&["backup", "verify", b["id"].as_str().unwrap(), "--deep"]);
 }

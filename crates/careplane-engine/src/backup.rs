@@ -234,6 +234,12 @@ impl Engine {
         r
     }
 
+    // `backup restore <tenant>/<env> --to-time T [--as <tenant>/<env>]`
+    // belongs here, as `Driver::backup_restore` audited `backup.restore`: the
+    // local driver will call careplane-backup's per-tenant point-in-time
+    // restore with the environment backup's `cluster.backup` and
+    // `cluster.repository` labels (docs/design/0010, "Where restore goes").
+
     /// Runs what is due once: backups by their policy's schedule,
     /// verifications by `verify`, then pruning (for a systemd timer or cron).
     pub fn backup_run_due(
