@@ -338,10 +338,9 @@ impl LocalDriver {
     /// (a 0700 home), and the copy is what `archive_command` runs.
     fn install_archiver(&self) -> Result<PathBuf, Error> {
         use std::os::unix::fs::PermissionsExt;
-        let exe = std::env::current_exe().map_err(|e| Error::Io {
-            what: "finding the careplane program".into(),
-            source: e,
-        })?;
+        // The running program's inode, even when its file was replaced or
+        // removed since it started (an upgrade during an apply).
+        let exe = PathBuf::from("/proc/self/exe");
         let dir = self.data_dir.join("bin");
         let dest = dir.join("careplane");
         let io = |what: String| move |e| Error::Io { what, source: e };
