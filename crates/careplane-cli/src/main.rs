@@ -84,6 +84,9 @@ enum Command {
         tenants: Vec<String>,
         #[command(flatten)]
         guards: Guards,
+        /// Drop databases that hold data without backing them up first.
+        #[arg(long)]
+        no_final_backup: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -214,6 +217,7 @@ impl Guards {
         ApplyOptions {
             delete_data: self.delete_data,
             confirm: self.confirm.clone(),
+            final_backup: false,
         }
     }
 }
@@ -452,13 +456,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             tenants,
             guards,
+            no_final_backup,
             output,
         } => {
             let engine = load(&files)?;
             // The same guards as apply: a database that holds data is
             // dropped only with --delete-data, production/DR only with
-            // --confirm <tenant>.
-            let report = with_progress(|p| engine.destroy(&tenants, &guards.options(), p))?;
+            // --confirm <tenant>; and it is backed up first.
+            let opts = ApplyOptions {
+                final_backup: !no_final_backup,
+                ..guards.options()
+            };
+            let report = with_progress(|p| engine.destroy(&tenants, &opts, p))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => outln!("Destroyed: {} actions.", report.applied.len()),

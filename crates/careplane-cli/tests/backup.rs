@@ -370,4 +370,16 @@ fn a_cluster_made_before_archiving_gets_it_at_the_next_apply() {
     let l = p.json(&["backup", "list"]);
     assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
     p.json(&["backup", "verify", b["id"].as_str().unwrap(), "--deep"]);
+
+    // A destroy that drops the environment's data backs it up first.
+    let mut c = tenant_client(&p, "gamma", "dev");
+    c.batch_execute("CREATE TABLE public.notes (t text); INSERT INTO public.notes VALUES ('x');")
+        .unwrap();
+    drop(c);
+    p.ok(&["destroy", "--tenant", "gamma", "--delete-data"]);
+    let l = p.json(&["backup", "list", "gamma/dev"]);
+    let last = l.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["reason"], "final", "{l}");
+    let d = p.json(&["backup", "show", last["id"].as_str().unwrap()]);
+    assert!(d.to_string().contains("public.notes"), "{d}");
 }

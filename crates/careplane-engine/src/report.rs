@@ -15,6 +15,10 @@ pub struct ApplyOptions {
     pub delete_data: bool,
     /// Tenants whose production/DR environments may be deleted.
     pub confirm: Vec<String>,
+    /// Back up every environment whose database holds data before it is
+    /// dropped (`destroy`, unless `--no-final-backup`); a failed backup
+    /// refuses the run before anything changes.
+    pub final_backup: bool,
 }
 
 /// Progress, for the CLI to show.

@@ -375,6 +375,56 @@ impl LocalDriver {
         progress: &(dyn Fn(BackupEvent) + Sync),
     ) -> Result<BackupSummary, Error> {
         let _lock = careplane_state::lock(&self.data_dir, "backup create")?;
+        self.create_backup_locked(tenant, env, reason, progress)
+    }
+
+    /// Before a destroy drops databases that hold data: a backup of each
+    /// (reason `final`), under the apply lock the run already holds. What
+    /// could not be backed up is a problem that refuses the run.
+    pub(crate) fn final_backups(
+        &mut self,
+        plan: &careplane_engine::Plan,
+        host: &mut Host,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        let all = match self.records() {
+            Ok(all) => all,
+            Err(e) => return vec![e.to_string()],
+        };
+        for a in plan.actions.iter().filter(|a| {
+            a.op == careplane_engine::Op::Delete && a.kind == careplane_model::Kind::PgDatabase
+        }) {
+            let Some((t, e)) =
+                a.id.strip_prefix("pg-database/")
+                    .and_then(|r| r.split_once('/'))
+            else {
+                continue;
+            };
+            let has_data = self.database_has_data_for_backup(a, &all, host);
+            let r = match has_data {
+                Ok(false) => continue,
+                Ok(true) => self
+                    .create_backup_locked(t, e, "final", &|_| {})
+                    .map(|_| ()),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = r {
+                problems.push(format!(
+                    "{t}/{e}: the final backup before dropping its data failed ({err}); \
+                     fix that, or pass --no-final-backup to destroy without one"
+                ));
+            }
+        }
+        problems
+    }
+
+    fn create_backup_locked(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        reason: &str,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<BackupSummary, Error> {
         let all = self.records()?;
         let db_id = format!("pg-database/{tenant}/{env}");
         let db = all

@@ -91,8 +91,21 @@ impl LocalDriver {
                 }
             }
         }
+        if opts.delete_data && opts.final_backup && problems.is_empty() {
+            problems.extend(self.final_backups(plan, host));
+        }
         self.host = taken;
         Ok(problems)
+    }
+
+    /// [`Self::database_has_data`], for the final backup before a destroy.
+    pub(crate) fn database_has_data_for_backup(
+        &mut self,
+        a: &Action,
+        all: &[ResourceRecord],
+        host: &mut Host,
+    ) -> Result<bool, EngineError> {
+        self.database_has_data(a, all, host)
     }
 
     fn database_has_data(
