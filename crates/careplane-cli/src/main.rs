@@ -86,6 +86,9 @@ enum Command {
         tenants: Vec<String>,
         #[command(flatten)]
         guards: Guards,
+        /// Drop databases that hold data without backing them up first.
+        #[arg(long)]
+        no_final_backup: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -233,6 +236,16 @@ enum Command {
     /// serve, token, sla, incident (serve.rs).
     #[command(flatten)]
     Serve(serve::Command),
+    /// Backups of tenant environments: create, list, show, verify, prune,
+    /// run-due (docs/design/0010).
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
+    /// PostgreSQL's archive_command / restore_command (set by apply; not
+    /// for interactive use).
+    #[command(hide = true)]
+    BackupWal(backup::WalArgs),
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -256,6 +269,7 @@ impl Guards {
         ApplyOptions {
             delete_data: self.delete_data,
             confirm: self.confirm.clone(),
+            final_backup: false,
         }
     }
 }
@@ -298,6 +312,7 @@ fn write_out(args: std::fmt::Arguments<'_>) {
 
 mod access;
 mod audit_verbs;
+mod backup;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -431,6 +446,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::IngressRun { config } => {
             careplane_ingress::serve(&config)?;
+        }
+        Command::Backup { command } => return backup::run(command),
+        Command::BackupWal(w) => {
+            return Ok(backup::wal(
+                &w.verb,
+                &w.keys,
+                &w.repository,
+                &w.store_options,
+                &w.a,
+                &w.b,
+            ))
         }
         Command::Modules {
             files,
@@ -604,13 +630,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             files,
             tenants,
             guards,
+            no_final_backup,
             output,
         } => {
             let engine = load(&files)?;
             // The same guards as apply: a database that holds data is
             // dropped only with --delete-data, production/DR only with
-            // --confirm <tenant>.
-            let report = with_progress(|p| engine.destroy(&tenants, &guards.options(), p))?;
+            // --confirm <tenant>; and it is backed up first.
+            let opts = ApplyOptions {
+                final_backup: !no_final_backup,
+                ..guards.options()
+            };
+            let report = with_progress(|p| engine.destroy(&tenants, &opts, p))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => outln!("Destroyed: {} actions.", report.applied.len()),
@@ -627,7 +658,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 e.pg_health.ok
                     && e.redis_health.as_ref().is_none_or(|h| h.ok)
                     && e.odoo_health.as_ref().is_none_or(|h| h.ok)
-            });
+            }) && status
+                .servers
+                .iter()
+                .all(|s| s.archiving.as_ref().is_none_or(|a| a.ok));
             if !healthy {
                 return Ok(ExitCode::from(3));
             }
@@ -1138,6 +1172,7 @@ fn print_status(s: &Status) {
             "Admin login and passwords: careplane credentials -f <specs> <tenant> <environment>"
         );
     }
+    backup::print_status(s);
     let down: Vec<_> = s
         .environments
         .iter()

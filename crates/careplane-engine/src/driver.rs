@@ -15,6 +15,10 @@ use std::path::Path;
 use careplane_model::Kind;
 use careplane_state::ResourceRecord;
 
+use crate::backup::{
+    unsupported, BackupDetail, BackupEvent, BackupSummary, PruneOutcome, RunDueOutcome,
+    VerifyOutcome,
+};
 use crate::error::EngineError;
 use crate::plan::{Action, Plan};
 use crate::report::{ApplyOptions, Credentials, Event, ExportReport, ImportReport, Status};
@@ -123,4 +127,55 @@ pub trait Driver: Send {
         install: bool,
         modules: &[String],
     ) -> Result<(), EngineError>;
+
+    /// A backup of `tenant`/`env` (see [`crate::Engine::backup_create`]);
+    /// `reason` is recorded with it (`manual`, `final`).
+    fn backup_create(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        reason: &str,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<BackupSummary, EngineError> {
+        let _ = (reason, progress);
+        unsupported(&format!("backup of {tenant}/{env}"))
+    }
+
+    fn backup_list(
+        &mut self,
+        scope: Option<(&str, &str)>,
+    ) -> Result<Vec<BackupSummary>, EngineError> {
+        let _ = scope;
+        unsupported("backup list")
+    }
+
+    fn backup_show(&mut self, id: &str) -> Result<BackupDetail, EngineError> {
+        unsupported(&format!("backup {id}"))
+    }
+
+    fn backup_verify(
+        &mut self,
+        id: &str,
+        deep: bool,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<VerifyOutcome, EngineError> {
+        let _ = (deep, progress);
+        unsupported(&format!("backup {id}"))
+    }
+
+    fn backup_prune(
+        &mut self,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<PruneOutcome, EngineError> {
+        let _ = progress;
+        unsupported("backup prune")
+    }
+
+    fn backup_run_due(
+        &mut self,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<RunDueOutcome, EngineError> {
+        let _ = progress;
+        unsupported("backup run-due")
+    }
 }

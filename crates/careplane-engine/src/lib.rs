@@ -15,6 +15,7 @@
 //! the next apply, with nothing duplicated or orphaned.
 
 mod audit;
+mod backup;
 pub mod desired;
 pub mod driver;
 mod error;
@@ -29,6 +30,10 @@ use careplane_spec::SpecSet;
 use careplane_state::{ResourceRecord, StepRecord};
 use serde_json::Value;
 
+pub use backup::{
+    BackupDetail, BackupEvent, BackupSummary, BackupTable, PruneOutcome, PrunedRepository,
+    RunDueOutcome, VerifyOutcome,
+};
 pub use careplane_audit;
 pub use careplane_state::ExposeSecret;
 pub use driver::{Driver, Ensured, Started};
@@ -36,8 +41,9 @@ pub use error::EngineError;
 pub use executor::{crash_point, finish, mark_deleting, prepare, run_all};
 pub use plan::{Action, Op, Plan};
 pub use report::{
-    ApplyOptions, ApplyReport, Credentials, DbCredentials, EnvStatus, Event, ExportReport, Health,
-    ImportReport, OdooCredentials, RedisCredentials, ServerStatus, Status,
+    ApplyOptions, ApplyReport, Archiving, Credentials, DbCredentials, EnvStatus, Event,
+    ExportReport, Health, ImportReport, LastBackup, OdooCredentials, RedisCredentials,
+    ServerStatus, Status,
 };
 
 use executor::Core;

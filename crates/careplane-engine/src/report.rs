@@ -15,6 +15,10 @@ pub struct ApplyOptions {
     pub delete_data: bool,
     /// Tenants whose production/DR environments may be deleted.
     pub confirm: Vec<String>,
+    /// Back up every environment whose database holds data before it is
+    /// dropped (`destroy`, unless `--no-final-backup`); a failed backup
+    /// refuses the run before anything changes.
+    pub final_backup: bool,
 }
 
 /// Progress, for the CLI to show.
@@ -147,6 +151,38 @@ pub struct EnvStatus {
     pub odoo_processes: Option<Value>,
     /// The uid (and gid) the environment's Odoo runs as, when careplane is root.
     pub odoo_uid: Option<u32>,
+    /// The newest backup of the environment (id and when it finished), or
+    /// why it could not be read.
+    pub last_backup: Option<LastBackup>,
+    /// Up to when the environment can be recovered: the time of the last
+    /// WAL file its cluster archived (RFC 3339).
+    pub recovery_point: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastBackup {
+    pub id: Option<String>,
+    pub finished: Option<String>,
+    /// Why the repository could not be read (never a secret).
+    pub error: Option<String>,
+}
+
+/// A cluster's WAL archiving, from `pg_stat_archiver`: failures are shown,
+/// never hidden (`ok` is false while the last attempt failed).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Archiving {
+    pub enabled: bool,
+    pub ok: bool,
+    pub archived_count: i64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<String>,
+    pub failed_count: i64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<String>,
+    /// Why it could not be read, or what is wrong (archiving off).
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,6 +201,9 @@ pub struct ServerStatus {
     /// members too, but belong to no environment).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<String>,
+    /// WAL archiving of a PostgreSQL cluster (`None` for other servers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archiving: Option<Archiving>,
 }
 
 #[derive(Debug, Clone, Serialize)]

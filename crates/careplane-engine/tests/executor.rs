@@ -340,6 +340,7 @@ fn destroy_removes_dependents_first() {
             &ApplyOptions {
                 delete_data: true,
                 confirm: vec![],
+                final_backup: false,
             },
             &mut |_| {},
         )

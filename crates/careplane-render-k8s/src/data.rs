@@ -33,7 +33,10 @@ const BACKUP_CREDENTIALS: &str = "backup-credentials";
 /// thinning), so the window is the longest horizon the counts ask for,
 /// which keeps at least what they keep.
 pub fn retention_window(r: &careplane_spec::Retention) -> String {
+    // CNPG's retentionPolicy knows days, weeks and months only: years
+    // become months.
     let candidates = [
+        (u64::from(r.yearly) * 366, format!("{}m", u64::from(r.yearly) * 12)),
         (u64::from(r.monthly) * 31, format!("{}m", r.monthly)),
         (u64::from(r.weekly) * 7, format!("{}w", r.weekly)),
         (u64::from(r.daily), format!("{}d", r.daily)),
@@ -996,7 +999,13 @@ mod tests {
             daily,
             weekly,
             monthly,
+            yearly: 0,
         };
+        let yearly = careplane_spec::Retention {
+            yearly: 2,
+            ..r(7, 4, 6)
+        };
+        assert_eq!(super::retention_window(&yearly), "24m");
         assert_eq!(super::retention_window(&r(7, 4, 6)), "6m");
         assert_eq!(super::retention_window(&r(14, 0, 0)), "14d");
         assert_eq!(super::retention_window(&r(30, 2, 0)), "30d");

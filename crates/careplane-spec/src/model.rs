@@ -383,8 +383,10 @@ pub struct CreditSpec {
     pub credit: f64,
 }
 
-/// `kind: BackupPolicy` — schedule and retention. Validated and referenced
-/// today; executed once backups (M8) land.
+/// `kind: BackupPolicy` — where a tenant's backups go, when they are taken,
+/// how long they are kept and who can read them (docs/design/0010). Every
+/// field but `schedule` has a default, so a policy of one line backs up into
+/// `<dataDir>/backups`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
@@ -392,10 +394,51 @@ pub struct BackupPolicySpec {
     /// Cron expression in UTC, e.g. `0 2 * * *`.
     #[schemars(pattern(r"^\s*\S+(\s+\S+){4}\s*$"))]
     pub schedule: String,
-    /// How many backups to keep; at least one count must be above 0.
+    /// How many backups to keep; at least one count (or `keepLast`) must be above 0.
     #[serde(default)]
     pub retention: Retention,
+    /// The repository: `file:///absolute/path` or `s3://bucket/prefix`; each
+    /// tenant gets its own repository below it (`tenants/<tenant>`), each
+    /// cluster's WAL and base backups theirs (`clusters/<scope>`). S3
+    /// credentials come from the environment (`AWS_ACCESS_KEY_ID`, …), never
+    /// from the spec. Default: `file://<dataDir>/backups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// S3 endpoint for S3-compatible stores, e.g. `https://s3.example.net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 region. Default: the environment's (`AWS_REGION`), else `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Keep at least the newest K backups whatever their age. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep what point-in-time recovery to any instant this far back needs,
+    /// e.g. `7d`. Default `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub pitr_window: Option<String>,
+    /// age public keys (`age1…`) every backup is also encrypted to, so that
+    /// the customer can read them with their own private key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// zstd level, 1–19. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 19))]
+    pub compression_level: Option<i32>,
+    /// Cron expression in UTC for verifying the newest backup (`backup
+    /// run-due`). Default: no scheduled verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^\s*\S+(\s+\S+){4}\s*$"))]
+    pub verify: Option<String>,
 }
+
+/// [`BackupPolicySpec::keep_last`]'s default.
+pub const DEFAULT_BACKUP_KEEP_LAST: u32 = 1;
+/// [`BackupPolicySpec::pitr_window`]'s default.
+pub const DEFAULT_PITR_WINDOW: &str = "7d";
+/// [`BackupPolicySpec::compression_level`]'s default (zstd's and pgBackRest's).
+pub const DEFAULT_BACKUP_COMPRESSION: i32 = 3;
 
 /// Grandfather-father-son retention counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -411,6 +454,13 @@ pub struct Retention {
     /// Monthly backups kept.
     #[serde(default)]
     pub monthly: u32,
+    /// Yearly backups kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub yearly: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How much a tenant shares with others.

@@ -405,6 +405,15 @@ const INTEGRITY_PG_SETTINGS: &[&str] = &[
     "allow_system_table_mods",
 ];
 
+/// Settings careplane's WAL archiving owns (docs/design/0010): an operator's
+/// value would be overridden, or would send WAL where no restore looks.
+const ARCHIVE_PG_SETTINGS: &[&str] = &[
+    "archive_mode",
+    "archive_command",
+    "archive_library",
+    "restore_command",
+];
+
 fn check_pg_settings(cx: &mut Ctx<'_>, settings: &std::collections::BTreeMap<String, String>) {
     let at = |name: &str| [key("spec"), key("postgres"), key("settings"), key(name)];
     for (name, value) in settings {
@@ -432,6 +441,14 @@ fn check_pg_settings(cx: &mut Ctx<'_>, settings: &std::collections::BTreeMap<Str
                 &at(name),
                 format!("{} cannot be set here", quoted(name)),
                 Some(help.into()),
+            );
+            continue;
+        }
+        if ARCHIVE_PG_SETTINGS.contains(&k.as_str()) {
+            cx.at_key(
+                &at(name),
+                format!("{} cannot be set here", quoted(name)),
+                Some("careplane archives every cluster's WAL into its backup repository (BackupPolicy)".into()),
             );
             continue;
         }
@@ -783,13 +800,136 @@ pub(crate) fn backup_policy(cx: &mut Ctx<'_>, spec: &BackupPolicySpec) {
         cx.at_value(&[key("spec"), key("schedule")], msg, help);
     }
     let r = &spec.retention;
-    if r.daily == 0 && r.weekly == 0 && r.monthly == 0 {
+    if r.daily == 0 && r.weekly == 0 && r.monthly == 0 && r.yearly == 0 && spec.keep_last == Some(0)
+    {
+        cx.at_value(
+            &[key("spec"), key("keepLast")],
+            "keepLast is 0 and retention keeps no backups: nothing would be kept",
+            Some("keep at least one, e.g. `keepLast: 1` or `retention: {daily: 7}`".into()),
+        );
+    } else if r.daily == 0
+        && r.weekly == 0
+        && r.monthly == 0
+        && r.yearly == 0
+        && spec.keep_last.is_none()
+    {
         cx.at_value(
             &[key("spec"), key("retention")],
             "retention keeps no backups",
-            Some("set at least one of daily, weekly, monthly, e.g. `retention: {daily: 7}`".into()),
+            Some("set at least one of daily, weekly, monthly, yearly, e.g. `retention: {daily: 7}`, or `keepLast`".into()),
         );
     }
+    if let Some(verify) = &spec.verify {
+        if let Err((msg, help)) = check_cron(verify) {
+            cx.at_value(&[key("spec"), key("verify")], msg, help);
+        }
+    }
+    if let Some(w) = &spec.pitr_window {
+        if let Err(e) = parse_duration(w) {
+            cx.at_value(&[key("spec"), key("pitrWindow")], e, None);
+        }
+    }
+    if let Some(level) = spec.compression_level {
+        if !(1..=19).contains(&level) {
+            cx.at_value(
+                &[key("spec"), key("compressionLevel")],
+                format!("compressionLevel {level} is out of range: zstd levels are 1 to 19"),
+                Some("3 is the default; higher is smaller and slower".into()),
+            );
+        }
+    }
+    for (i, r) in spec.recipients.iter().enumerate() {
+        // Bech32: "age1" then lowercase data characters; the driver parses
+        // the key fully and names it again if it is not a valid X25519 key.
+        let ok = r.len() > 10
+            && r.starts_with("age1")
+            && r[4..]
+                .chars()
+                .all(|c| "qpzry9x8gf2tvdw0s3jn54khce6mua7l".contains(c));
+        if !ok {
+            cx.at_value(
+                &[key("spec"), key("recipients"), Seg::Index(i)],
+                format!("{} is not an age public key", quoted(r)),
+                Some("age X25519 recipients look like `age1…` (see `age-keygen -y`)".into()),
+            );
+        }
+    }
+    let s3 = match spec.repository.as_deref() {
+        None => false,
+        Some(url) => match check_repository_url(url) {
+            Ok(s3) => s3,
+            Err(msg) => {
+                cx.at_value(
+                    &[key("spec"), key("repository")],
+                    msg,
+                    Some("`file:///var/backups/careplane` or `s3://bucket/prefix`".into()),
+                );
+                true
+            }
+        },
+    };
+    for (field, value) in [("endpoint", &spec.endpoint), ("region", &spec.region)] {
+        let Some(value) = value else { continue };
+        if !s3 {
+            cx.at_value(
+                &[key("spec"), key(field)],
+                format!("{field} is only for s3:// repositories"),
+                Some("remove it, or set `repository: s3://bucket/prefix`".into()),
+            );
+        } else if field == "endpoint"
+            && !(value.starts_with("https://") || value.starts_with("http://"))
+        {
+            cx.at_value(
+                &[key("spec"), key(field)],
+                format!("endpoint {} is not an http(s) URL", quoted(value)),
+                Some("e.g. `https://s3.example.net`".into()),
+            );
+        } else if value.trim().is_empty() || value.contains(char::is_whitespace) {
+            cx.at_value(
+                &[key("spec"), key(field)],
+                format!("{field} {} is empty or has spaces", quoted(value)),
+                None,
+            );
+        }
+    }
+}
+
+/// `Ok(true)` for an `s3://bucket[/prefix]`, `Ok(false)` for a `file:///absolute/path`.
+fn check_repository_url(url: &str) -> Result<bool, String> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let bucket = rest.split('/').next().unwrap_or("");
+        let ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !ok {
+            return Err(format!(
+                "repository {}: bucket {} is not a valid S3 bucket name",
+                quoted(url),
+                quoted(bucket)
+            ));
+        }
+        if rest.contains(char::is_whitespace) || rest.contains("//") || rest.contains("..") {
+            return Err(format!(
+                "repository {}: the prefix has spaces, `//` or `..`",
+                quoted(url)
+            ));
+        }
+        return Ok(true);
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') || path.contains(['\n', '\r', '\0', ' ', '\'', '"', '%']) {
+            return Err(format!(
+                "repository {}: a file:// repository needs an absolute path without spaces, quotes or `%`",
+                quoted(url)
+            ));
+        }
+        return Ok(false);
+    }
+    Err(format!(
+        "repository {}: only file:// and s3:// repositories are supported",
+        quoted(url)
+    ))
 }
 
 /// Checks a 5-field cron expression (minute hour day-of-month month

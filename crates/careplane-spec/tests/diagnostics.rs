@@ -777,6 +777,91 @@ spec:
     );
 }
 
+/// The repository, keys and schedules of a policy, each named at its
+/// location; `archive_*` settings are careplane's WAL archiving.
+#[test]
+fn backup_policy_repository_keys_and_verify_rules() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: offsite
+spec:
+  schedule: 0 2 * * *
+  keepLast: 0
+  repository: ftp://backups.example.net/x
+  endpoint: s3.example.net
+  compressionLevel: 25
+  pitrWindow: 2w
+  verify: 0 2 * *
+  recipients: [age1qqqqqqqqqqqqqqqqqqqqqq, ssh-ed25519 AAAA]
+---
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: local
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 1}
+  repository: file://relative/path
+---
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: local2
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 1}
+  repository: file:///srv/backups
+  region: eu-west-1
+";
+    let all = problems(text);
+    let got: Vec<(usize, &str, &str)> = all
+        .iter()
+        .map(|d| (d.line, d.path.as_str(), d.message.as_str()))
+        .collect();
+    let has = |line: usize, path: &str, needle: &str| {
+        assert!(
+            got.iter()
+                .any(|(l, p, m)| *l == line && *p == path && m.contains(needle)),
+            "no problem at line {line} {path} containing {needle:?} in {got:#?}"
+        );
+    };
+    has(7, "spec.keepLast", "nothing would be kept");
+    has(8, "spec.repository", "only file:// and s3://");
+    has(9, "spec.endpoint", "not an http(s) URL");
+    has(10, "spec.compressionLevel", "1 to 19");
+    has(11, "spec.pitrWindow", "unknown unit");
+    has(12, "spec.verify", "has 4 fields");
+    has(13, "spec.recipients[1]", "not an age public key");
+    has(22, "spec.repository", "absolute path");
+    has(32, "spec.region", "only for s3:// repositories");
+    assert_eq!(got.len(), 9, "{got:#?}");
+
+    // A minimal valid policy with the new fields.
+    let ok = "\
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: s3
+spec:
+  schedule: 0 2 * * *
+  keepLast: 3
+  repository: s3://hospital-backups/careplane
+  endpoint: http://127.0.0.1:9000
+  region: eu-west-1
+  pitrWindow: 7d
+  compressionLevel: 9
+  verify: 30 5 * * *
+";
+    load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", ok),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn backup_policy_rules() {
     let text = "\
@@ -803,7 +888,10 @@ spec:
         3,
         "spec.retention",
         "retention keeps no backups",
-        Some("set at least one of daily, weekly, monthly, e.g. `retention: {daily: 7}`"),
+        Some(
+            "set at least one of daily, weekly, monthly, yearly, e.g. `retention: {daily: 7}`, \
+             or `keepLast`",
+        ),
     );
     check(
         &all[1],
@@ -1362,6 +1450,31 @@ fn platform_with(spec: &str) -> String {
 /// The problems of a platform document alone (with the tiers).
 fn platform_problems(text: &str) -> Diagnostics {
     load_sources([("p.yaml", text), ("tiers.yaml", TIERS)]).unwrap_err()
+}
+
+/// careplane archives every cluster's WAL (docs/design/0010): an
+/// operator's archive settings would send WAL where no restore looks.
+#[test]
+fn wal_archiving_settings_are_careplanes() {
+    let text = platform_with(
+        "  postgres:\n    settings:\n      archive_mode: 'off'\n      archive_command: /bin/true\n      \
+         restore_command: cp x y\n",
+    );
+    let err = platform_problems(&text);
+    let got: Vec<&str> = err.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "spec.postgres.settings.archive_mode",
+            "spec.postgres.settings.archive_command",
+            "spec.postgres.settings.restore_command"
+        ],
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("archives every cluster's WAL"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! The engine never calls this crate: the CLI builds an [`Engine`] with
 //! [`engine`], and the executor reaches the target only through [`Driver`].
 
+mod backup;
 mod ingress;
 mod odoo;
 mod resources;
@@ -28,6 +29,8 @@ use careplane_spec::SpecSet;
 use careplane_state::{ResourceRecord, Store};
 
 use resources::Host;
+
+pub use backup::backup_wal;
 
 /// What can go wrong on the local target. Converted into
 /// [`EngineError`] at the driver boundary, keeping refusals as refusals.
@@ -238,9 +241,16 @@ impl Driver for LocalDriver {
             };
             let root = Path::new(root);
             let down = match Kind::parse(&r.kind) {
-                Some(Kind::PgCluster) => careplane_local::pg::running_pid_at(root)
+                Some(Kind::PgCluster) if careplane_local::pg::running_pid_at(root).is_none() => {
+                    Some("PostgreSQL is not running")
+                }
+                // Clusters made before WAL archiving (docs/design/0010):
+                // the update turns it on and restarts them once.
+                Some(Kind::PgCluster) => r
+                    .observed
+                    .get("archive")
                     .is_none()
-                    .then_some("PostgreSQL is not running"),
+                    .then_some("it does not archive its WAL (no point-in-time recovery)"),
                 Some(Kind::RedisServer) => careplane_local::redis::running_pid_at(root)
                     .is_none()
                     .then_some("Redis is not running"),
@@ -377,6 +387,50 @@ impl Driver for LocalDriver {
         file: &Path,
     ) -> Result<careplane_engine::ImportReport, EngineError> {
         Ok(self.import_env(tenant, env, file)?)
+    }
+
+    fn backup_create(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        reason: &str,
+        progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
+    ) -> Result<careplane_engine::BackupSummary, EngineError> {
+        Ok(self.create_backup(tenant, env, reason, progress)?)
+    }
+
+    fn backup_list(
+        &mut self,
+        scope: Option<(&str, &str)>,
+    ) -> Result<Vec<careplane_engine::BackupSummary>, EngineError> {
+        Ok(self.list_backups(scope)?)
+    }
+
+    fn backup_show(&mut self, id: &str) -> Result<careplane_engine::BackupDetail, EngineError> {
+        Ok(self.show_backup(id)?)
+    }
+
+    fn backup_verify(
+        &mut self,
+        id: &str,
+        deep: bool,
+        progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
+    ) -> Result<careplane_engine::VerifyOutcome, EngineError> {
+        Ok(self.verify_backup(id, deep, progress)?)
+    }
+
+    fn backup_prune(
+        &mut self,
+        progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
+    ) -> Result<careplane_engine::PruneOutcome, EngineError> {
+        Ok(self.prune_backups(progress)?)
+    }
+
+    fn backup_run_due(
+        &mut self,
+        progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
+    ) -> Result<careplane_engine::RunDueOutcome, EngineError> {
+        Ok(self.run_due(progress)?)
     }
 }
 

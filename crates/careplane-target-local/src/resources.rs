@@ -101,8 +101,21 @@ impl LocalDriver {
                 }
             }
         }
+        if opts.delete_data && opts.final_backup && problems.is_empty() {
+            problems.extend(self.final_backups(plan, host));
+        }
         self.host = taken;
         Ok(problems)
+    }
+
+    /// [`Self::database_has_data`], for the final backup before a destroy.
+    pub(crate) fn database_has_data_for_backup(
+        &mut self,
+        a: &Action,
+        all: &[ResourceRecord],
+        host: &mut Host,
+    ) -> Result<bool, EngineError> {
+        self.database_has_data(a, all, host)
     }
 
     fn database_has_data(
@@ -321,6 +334,9 @@ impl LocalDriver {
         if a.op == Op::Create {
             crash_point(&a.id, "prepared");
         }
+        // WAL archiving from the start: the repository, archiver and keys
+        // exist before the configuration that uses them is written.
+        self.ensure_archiving(&mut rec, host)?;
         // Apply the new settings (an update) through the handle.
         let mut target = rec.clone();
         target.props = a.props.clone();

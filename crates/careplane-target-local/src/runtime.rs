@@ -79,7 +79,10 @@ pub fn pg_cluster(
     user: Option<ServiceUser>,
 ) -> Result<PgCluster, EngineError> {
     let p: careplane_model::PgClusterProps = typed(&rec.id, &rec.props)?;
-    let settings: BTreeMap<String, String> = p.settings;
+    let mut settings: BTreeMap<String, String> = p.settings;
+    // careplane's WAL archiving wins over anything of the same name
+    // (validation refuses those settings in the spec).
+    settings.extend(crate::backup::archive_settings(rec));
     Ok(PgCluster {
         name: p.scope,
         root: PathBuf::from(observed_str(rec, "root")?),

@@ -73,7 +73,11 @@ impl LocalDriver {
                 .filter_map(|t| t.props["database"].as_str().map(str::to_string))
                 .collect();
             templates.sort();
+            let archiving =
+                (r.kind == "pg-cluster" && running && r.status == ResourceStatus::Ready)
+                    .then(|| self.archiving_status(r, &mut host));
             servers.push(ServerStatus {
+                archiving,
                 members,
                 templates,
                 id: r.id.clone(),
@@ -90,7 +94,14 @@ impl LocalDriver {
             .and_then(|r| r.observed.get("certPem").and_then(Value::as_str))
             .map(str::to_string);
         for db in all.iter().filter(|r| r.kind == "pg-database") {
-            environments.push(self.env_status(db, &all, ca.as_deref())?);
+            let mut env = self.env_status(db, &all, ca.as_deref())?;
+            env.recovery_point = servers
+                .iter()
+                .find(|s| s.id == env.cluster)
+                .and_then(|s| s.archiving.as_ref())
+                .and_then(|a| a.last_archived_time.clone());
+            env.last_backup = self.last_backup(&env.tenant, &env.environment);
+            environments.push(env);
         }
         Ok(Status {
             platform: self.specs.platform.metadata.name.clone(),
@@ -285,6 +296,8 @@ impl LocalDriver {
             redis_port,
             key_prefix,
             redis_health,
+            last_backup: None,
+            recovery_point: None,
         })
     }
 }

@@ -1,0 +1,268 @@
+//! Backups as engine operations (issue 16, docs/design/0010): what a driver
+//! reports for `careplane backup create|list|show|verify|prune|run-due`, and
+//! the [`Engine`] calls that run them under its lock and append one audit
+//! entry each, also when they fail. The work itself is the driver's (the
+//! local target's is `careplane-target-local`'s `backup.rs`, on
+//! `careplane-backup`); nothing here reads a repository.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::audit;
+use crate::error::EngineError;
+use crate::Engine;
+
+/// One environment backup: its database as of a base backup of its cluster
+/// (plus the WAL archived since), its filestore, and what was read from it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSummary {
+    pub id: String,
+    pub tenant: String,
+    pub environment: String,
+    /// The tenant's repository (a URL; never a credential).
+    pub repository: String,
+    /// RFC 3339.
+    pub started: String,
+    pub finished: String,
+    /// `pg-cluster/<scope>`.
+    pub cluster: String,
+    /// The cluster's base backup this environment backup is restored from,
+    /// in the cluster's repository.
+    pub cluster_backup: Option<String>,
+    pub cluster_repository: Option<String>,
+    /// What made it: `manual`, `schedule` or `final` (before a destroy).
+    pub reason: String,
+    pub files: u64,
+    pub plain_bytes: u64,
+    pub stored_bytes: u64,
+    /// Bytes this backup uploaded that no earlier one had (deduplication).
+    pub new_stored_bytes: u64,
+}
+
+/// A row count and checksum of one table, read as the tenant.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupTable {
+    pub table: String,
+    pub rows: u64,
+    pub checksum: String,
+}
+
+/// `backup show`: the summary and the backup's sealed facts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupDetail {
+    #[serde(flatten)]
+    pub summary: BackupSummary,
+    pub postgres_version: Option<String>,
+    pub odoo_version: Option<String>,
+    pub modules: Vec<String>,
+    pub tables: Vec<BackupTable>,
+    pub filestore_files: u64,
+    pub filestore_bytes: u64,
+    /// Objects (chunks and index) the manifest lists.
+    pub objects: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `backup verify`: every object of the environment backup and of its
+/// cluster base backup checked (`deep`: decrypted and decompressed too).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyOutcome {
+    pub id: String,
+    pub tenant: String,
+    pub environment: String,
+    pub deep: bool,
+    pub objects: u64,
+    pub stored_bytes: u64,
+    pub files: u64,
+    pub cluster_backup: Option<String>,
+    pub cluster_objects: u64,
+}
+
+/// What `backup prune` did in one repository.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrunedRepository {
+    pub repository: String,
+    pub kept: Vec<String>,
+    pub deleted: Vec<String>,
+    pub wal_deleted: u64,
+    pub gc_deleted_objects: u64,
+    pub gc_deleted_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneOutcome {
+    pub repositories: Vec<PrunedRepository>,
+}
+
+/// `backup run-due`: what was due and what became of it. A failure of one
+/// environment does not stop the others; it is listed and makes the
+/// operation fail at the end.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunDueOutcome {
+    pub created: Vec<BackupSummary>,
+    pub verified: Vec<VerifyOutcome>,
+    pub pruned: PruneOutcome,
+    pub failures: Vec<String>,
+}
+
+/// Progress of long backup work, for the CLI to show.
+#[derive(Debug, Clone)]
+pub enum BackupEvent {
+    /// A phase started ("base backup of pg-cluster/shared", …).
+    Phase(String),
+    /// Bytes read so far in the current phase.
+    Bytes(u64),
+}
+
+/// The backup half of [`crate::Driver`]: a target that cannot back up
+/// keeps the defaults, which refuse.
+pub(crate) fn unsupported<T>(what: &str) -> Result<T, EngineError> {
+    Err(EngineError::Unsupported {
+        what: format!("{what}: this target does not take backups"),
+    })
+}
+
+impl Engine {
+    /// `careplane backup create <tenant>/<env>`: a base backup of the
+    /// environment's cluster (incremental from the cluster's last one) and
+    /// the environment's filestore, into its tenant's repository.
+    pub fn backup_create(
+        &self,
+        tenant: &str,
+        env: &str,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<BackupSummary, EngineError> {
+        let mut core = self.core();
+        let r = core.driver.backup_create(tenant, env, "manual", progress);
+        let params = serde_json::json!({"tenant": tenant, "environment": env});
+        let mut out = audit::outcome(&r);
+        if let (Ok(b), None) = (&r, &out.message) {
+            out.message = Some(format!("backup {}", b.id));
+        }
+        core.audit(
+            "backup.create",
+            &format!("environment {tenant}/{env}"),
+            Some(tenant),
+            params,
+            out,
+            None,
+        )?;
+        r
+    }
+
+    /// Environment backups, newest last (of one environment, or all).
+    pub fn backup_list(
+        &self,
+        scope: Option<(&str, &str)>,
+    ) -> Result<Vec<BackupSummary>, EngineError> {
+        let mut core = self.core();
+        let r = core.driver.backup_list(scope);
+        let (target, tenant) = match scope {
+            Some((t, e)) => (format!("environment {t}/{e}"), Some(t)),
+            None => (self.platform(), None),
+        };
+        core.audit(
+            "backup.list",
+            &target,
+            tenant,
+            serde_json::json!({"scope": scope.map(|(t, e)| format!("{t}/{e}"))}),
+            audit::outcome(&r),
+            None,
+        )?;
+        r
+    }
+
+    pub fn backup_show(&self, id: &str) -> Result<BackupDetail, EngineError> {
+        let mut core = self.core();
+        let r = core.driver.backup_show(id);
+        let tenant = r.as_ref().ok().map(|d| d.summary.tenant.clone());
+        core.audit(
+            "backup.show",
+            &format!("backup {id}"),
+            tenant.as_deref(),
+            serde_json::json!({"id": id}),
+            audit::outcome(&r),
+            None,
+        )?;
+        r
+    }
+
+    pub fn backup_verify(
+        &self,
+        id: &str,
+        deep: bool,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<VerifyOutcome, EngineError> {
+        let mut core = self.core();
+        let r = core.driver.backup_verify(id, deep, progress);
+        let tenant = r.as_ref().ok().map(|d| d.tenant.clone());
+        core.audit(
+            "backup.verify",
+            &format!("backup {id}"),
+            tenant.as_deref(),
+            serde_json::json!({"id": id, "deep": deep}),
+            audit::outcome(&r),
+            None,
+        )?;
+        r
+    }
+
+    /// Deletes the backups no retention rule keeps, the WAL no kept base
+    /// backup needs, and unreferenced objects.
+    pub fn backup_prune(
+        &self,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<PruneOutcome, EngineError> {
+        let mut core = self.core();
+        let r = core.driver.backup_prune(progress);
+        core.audit(
+            "backup.prune",
+            &self.platform(),
+            None,
+            serde_json::Value::Null,
+            audit::outcome(&r),
+            None,
+        )?;
+        r
+    }
+
+    // `backup restore <tenant>/<env> --to-time T [--as <tenant>/<env>]`
+    // belongs here, as `Driver::backup_restore` audited `backup.restore`: the
+    // local driver will call careplane-backup's per-tenant point-in-time
+    // restore with the environment backup's `cluster.backup` and
+    // `cluster.repository` labels (docs/design/0010, "Where restore goes").
+
+    /// Runs what is due once: backups by their policy's schedule,
+    /// verifications by `verify`, then pruning (for a systemd timer or cron).
+    pub fn backup_run_due(
+        &self,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<RunDueOutcome, EngineError> {
+        let mut core = self.core();
+        let r = core.driver.backup_run_due(progress);
+        let mut out = audit::outcome(&r);
+        if let Ok(d) = &r {
+            if !d.failures.is_empty() {
+                out.status = careplane_audit::Status::Failed;
+                out.message = Some(d.failures.join("; "));
+            }
+        }
+        core.audit(
+            "backup.run-due",
+            &self.platform(),
+            None,
+            serde_json::Value::Null,
+            out,
+            None,
+        )?;
+        r
+    }
+}
