@@ -36,7 +36,10 @@ pub fn retention_window(r: &careplane_spec::Retention) -> String {
     // CNPG's retentionPolicy knows days, weeks and months only: years
     // become months.
     let candidates = [
-        (u64::from(r.yearly) * 366, format!("{}m", u64::from(r.yearly) * 12)),
+        (
+            u64::from(r.yearly) * 366,
+            format!("{}m", u64::from(r.yearly) * 12),
+        ),
         (u64::from(r.monthly) * 31, format!("{}m", r.monthly)),
         (u64::from(r.weekly) * 7, format!("{}w", r.weekly)),
         (u64::from(r.daily), format!("{}d", r.daily)),
