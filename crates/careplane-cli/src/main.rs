@@ -438,6 +438,30 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// `audit log` and `audit query`: one line per entry, or JSON.
+fn print_audit_entries(
+    entries: &[careplane_engine::careplane_audit::Entry],
+    output: Output,
+) -> Result<()> {
+    match output {
+        Output::Json => print_json(&entries)?,
+        Output::Text => {
+            for e in entries {
+                outln!(
+                    "{:>6}  {}  {:<18} {:<16} {:<40} {:?}",
+                    e.seq,
+                    e.time,
+                    e.actor.id,
+                    e.action,
+                    e.target,
+                    e.result.status
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(c) => return serve::run(c),
@@ -880,23 +904,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let engine = load(&files)?;
             let filter = audit_verbs::filter(actor, action, target, tenant, since, until)?;
-            let entries = engine.audit_entries(&filter)?;
-            match output {
-                Output::Json => print_json(&entries)?,
-                Output::Text => {
-                    for e in entries {
-                        outln!(
-                            "{:>6}  {}  {:<18} {:<16} {:<40} {:?}",
-                            e.seq,
-                            e.time,
-                            e.actor.id,
-                            e.action,
-                            e.target,
-                            e.result.status
-                        );
-                    }
-                }
-            }
+            print_audit_entries(&engine.audit_entries(&filter)?, output)?;
         }
         Command::Access { command } => return access::run(command),
         Command::Login(args) => return access::login(args),
@@ -915,23 +923,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tenant,
                 ..Default::default()
             };
-            let entries = engine.audit_entries(&filter)?;
-            match output {
-                Output::Json => print_json(&entries)?,
-                Output::Text => {
-                    for e in entries {
-                        outln!(
-                            "{:>6}  {}  {:<18} {:<16} {:<40} {:?}",
-                            e.seq,
-                            e.time,
-                            e.actor.id,
-                            e.action,
-                            e.target,
-                            e.result.status
-                        );
-                    }
-                }
-            }
+            print_audit_entries(&engine.audit_entries(&filter)?, output)?;
         }
         Command::Journal {
             files,

@@ -27,21 +27,56 @@ use crate::resources::{ready, Host};
 use crate::runtime::{observed_str, str_prop, typed};
 use crate::{Error as EngineError, LocalDriver};
 
+/// A PostgreSQL client program (`pg_dump`, `psql`, `pg_restore`) that
+/// connects to the tenant's database as the tenant's own role, over TLS
+/// verified against the platform CA with channel binding; the password goes
+/// through the environment, never the command line.
+fn as_tenant(
+    tool: &Path,
+    port: u16,
+    tdb: &careplane_local::pg::TenantDb,
+    ca_file: &Path,
+    app: &str,
+) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", &tdb.role)
+        .env("PGDATABASE", &tdb.database)
+        .env("PGPASSWORD", tdb.password.expose_secret())
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", ca_file)
+        .env("PGCHANNELBINDING", "require")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGAPPNAME", app);
+    cmd
+}
+
 impl LocalDriver {
+    /// The record of `tenant`/`env`'s Odoo environment, when it is ready.
+    fn ready_env(
+        &mut self,
+        tenant: &str,
+        env: &str,
+    ) -> Result<careplane_state::ResourceRecord, EngineError> {
+        let id = careplane_model::odoo_env_id(tenant, env);
+        self.store()?
+            .resource(&id)?
+            .filter(|r| r.status == ResourceStatus::Ready)
+            .ok_or_else(|| EngineError::Inconsistent {
+                what: format!("careplane runs no Odoo for {tenant}/{env} (see `careplane status`)"),
+            })
+    }
+
     pub(crate) fn export_env(
         &mut self,
         tenant: &str,
         env: &str,
         out: &Path,
     ) -> Result<ExportReport, EngineError> {
-        let id = careplane_model::odoo_env_id(tenant, env);
-        let rec = self
-            .store()?
-            .resource(&id)?
-            .filter(|r| r.status == ResourceStatus::Ready)
-            .ok_or_else(|| EngineError::Inconsistent {
-                what: format!("careplane runs no Odoo for {tenant}/{env} (see `careplane status`)"),
-            })?;
+        let rec = self.ready_env(tenant, env)?;
         if out.is_dir() {
             return Err(EngineError::inconsistent(format!(
                 "{} is a directory; give the archive's file name (e.g. {tenant}-{env}.zip)",
@@ -70,7 +105,7 @@ impl LocalDriver {
             let manifest_text = serde_json::to_vec_pretty(&manifest)
                 .map_err(|e| EngineError::inconsistent(format!("manifest.json: {e}")))?;
             zip.add("manifest.json", &mut manifest_text.as_slice())?;
-            let mut child = Command::new(&pg_dump)
+            let mut child = as_tenant(&pg_dump, cluster.port, &tdb, &ca_file, "careplane-export")
                 // Owners and grants name careplane's roles, which the place
                 // it is restored to does not have.
                 .args(["--no-owner", "--no-privileges", "--format=plain"])
@@ -78,18 +113,6 @@ impl LocalDriver {
                 // (pg_database, pg_seclabels; see HIDDEN_CATALOG_RELATIONS),
                 // and a tenant can have neither subscriptions nor labels.
                 .args(["--no-subscriptions", "--no-security-labels"])
-                .env_clear()
-                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-                .env("PGHOST", "127.0.0.1")
-                .env("PGPORT", cluster.port.to_string())
-                .env("PGUSER", &tdb.role)
-                .env("PGDATABASE", &tdb.database)
-                .env("PGPASSWORD", tdb.password.expose_secret())
-                .env("PGSSLMODE", "verify-full")
-                .env("PGSSLROOTCERT", &ca_file)
-                .env("PGCHANNELBINDING", "require")
-                .env("PGCONNECT_TIMEOUT", "10")
-                .env("PGAPPNAME", "careplane-export")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -293,14 +316,7 @@ impl LocalDriver {
         env: &str,
         file: &Path,
     ) -> Result<ImportReport, EngineError> {
-        let id = careplane_model::odoo_env_id(tenant, env);
-        let rec = self
-            .store()?
-            .resource(&id)?
-            .filter(|r| r.status == ResourceStatus::Ready)
-            .ok_or_else(|| EngineError::Inconsistent {
-                what: format!("careplane runs no Odoo for {tenant}/{env} (see `careplane status`)"),
-            })?;
+        let rec = self.ready_env(tenant, env)?;
         let props: OdooEnvProps = typed(&rec.id, &rec.props)?;
         let root = PathBuf::from(observed_str(&rec, "root")?);
         let (tdb, _) = self.recorded_process_env(&rec, &root)?;
@@ -476,26 +492,20 @@ impl LocalDriver {
             ),
         };
         let tool = cluster.bin.dir.join(program);
-        let out = Command::new(&tool)
-            .args(&args)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", cluster.port.to_string())
-            .env("PGUSER", &tdb.role)
-            .env("PGDATABASE", &tdb.database)
-            .env("PGPASSWORD", tdb.password.expose_secret())
-            .env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", self.ca_file())
-            .env("PGCHANNELBINDING", "require")
-            .env("PGCONNECT_TIMEOUT", "10")
-            .env("PGAPPNAME", "careplane-import")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| EngineError::Io {
-                what: format!("running {}", tool.display()),
-                source,
-            })?;
+        let out = as_tenant(
+            &tool,
+            cluster.port,
+            tdb,
+            &self.ca_file(),
+            "careplane-import",
+        )
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| EngineError::Io {
+            what: format!("running {}", tool.display()),
+            source,
+        })?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = err.lines().rev().take(5).collect();
