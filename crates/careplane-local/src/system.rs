@@ -176,6 +176,30 @@ pub fn free_port() -> Result<u16> {
     Ok(port)
 }
 
+/// `n` distinct free ports on loopback: every probe socket stays bound until
+/// all are chosen, so the kernel cannot hand out the same port twice (two
+/// calls of [`free_port`] can).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| {
+            LocalError::io(
+                "binding a probe socket to find a free port",
+                "127.0.0.1:0",
+                e,
+            )
+        })?;
+        held.push(listener);
+    }
+    held.iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| LocalError::io("reading the probe socket's port", "127.0.0.1:0", e))
+        })
+        .collect()
+}
+
 /// Whether a process with this pid is alive.
 ///
 /// Zombies count as dead: a server that exited but was not yet reaped holds
@@ -556,6 +580,17 @@ pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(64).unwrap();
+        let mut sorted = ports.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 64, "{ports:?}");
+        assert!(ports.iter().all(|&p| p != 0));
+    }
+
     use super::*;
 
     #[test]

@@ -222,16 +222,13 @@ fn wait_generation(root: &Path, admin_port: u16, generation: u64) -> Result<(), 
     }
 }
 
-/// Two ports that differ from each other and from `taken`.
+/// `n` ports that differ from each other and from `taken`.
 fn free_ports(n: usize, taken: &[u16]) -> Result<Vec<u16>, EngineError> {
-    let mut out: Vec<u16> = Vec::new();
-    while out.len() < n {
-        let p = system::free_port()?;
-        if !out.contains(&p) && !taken.contains(&p) {
-            out.push(p);
-        }
-    }
-    Ok(out)
+    Ok(system::free_ports(n + taken.len())?
+        .into_iter()
+        .filter(|p| !taken.contains(p))
+        .take(n)
+        .collect())
 }
 
 impl LocalDriver {

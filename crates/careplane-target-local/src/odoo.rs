@@ -383,13 +383,14 @@ impl LocalDriver {
                     .expose_secret()
                     .to_string(),
             ));
+            let ports = careplane_local::system::free_ports(2)?;
             let cfg = self.env_config(
                 &root,
                 &tdb.database,
                 &tdb.role,
                 observed_port(&crec)?,
-                careplane_local::system::free_port()?,
-                careplane_local::system::free_port()?,
+                ports[0],
+                ports[1],
                 &json!({"workers": 0, "cronThreads": 1, "command": a.props["command"], "python": a.props["python"], "addonsPaths": a.props["addonsPaths"], "version": a.props["version"]}),
                 master,
                 None,
@@ -469,9 +470,10 @@ impl LocalDriver {
         let p: OdooEnvProps = runtime::typed(&a.id, &a.props)?;
         let (tenant, envname) = (p.tenant.clone(), p.environment.clone());
         let mut rec = self.prepare(a, |dir| {
+            let ports = careplane_local::system::free_ports(2)?;
             Ok(json!({
-                "httpPort": careplane_local::system::free_port()?,
-                "geventPort": careplane_local::system::free_port()?,
+                "httpPort": ports[0],
+                "geventPort": ports[1],
                 "root": dir.join("odoo").join("envs").join(&tenant).join(&envname).display().to_string(),
             }))
         })?;
