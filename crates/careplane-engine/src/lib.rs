@@ -339,25 +339,12 @@ impl Engine {
         &self,
         tenant: &str,
     ) -> Result<careplane_audit::TenantExport, EngineError> {
-        let mut core = self.core();
-        let key = audit::signing_key(core.store()?)?.verifying_key();
-        let failed = |e: String| EngineError::Inconsistent {
-            what: format!("audit log {}: {e}", self.audit_dir().display()),
-        };
-        let checkpoints = std::fs::read_to_string(self.audit_dir().join("checkpoints.jsonl"))
-            .map_err(|e| failed(format!("no signed checkpoint to prove against ({e})")))?;
-        let latest: careplane_audit::SignedCheckpoint = checkpoints
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .ok_or_else(|| failed("no signed checkpoint to prove against".into()))
-            .and_then(|l| serde_json::from_str(l).map_err(|e| failed(e.to_string())))?;
-        latest
-            .verify(&key)
-            .map_err(|e| failed(format!("the latest checkpoint does not verify: {e}")))?;
+        let (latest, key) = self.audit_checkpoint()?;
         careplane_audit::Snapshot::load(&self.audit_dir())
             .and_then(|s| s.export_tenant(tenant, &latest, &key))
-            .map_err(|e| failed(e.to_string()))
+            .map_err(|e| EngineError::Inconsistent {
+                what: format!("audit log {}: {e}", self.audit_dir().display()),
+            })
     }
 
     /// Appends one audit entry for `actor` (commands outside the engine's
