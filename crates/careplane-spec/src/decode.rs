@@ -291,6 +291,18 @@ pub(crate) fn decode(file: &Path, root: &Node, diags: &mut Vec<Diagnostic>) -> D
                 })
             })
         }
+        Kind::MaintenanceWindow => {
+            let t = typed(&mut cx, v, spec_schema, &path, &reported);
+            clean &= t.clean;
+            t.checked(&mut cx, crate::validate::maintenance_window)
+                .map(|spec| {
+                    AnyDocument::MaintenanceWindow(Document {
+                        metadata,
+                        spec,
+                        source,
+                    })
+                })
+        }
     };
     if clean {
         if cx.diags.len() == before {

@@ -389,6 +389,53 @@ fn check_set(
                 }
             }
             AnyDocument::BackupPolicy(_) => {}
+            AnyDocument::MaintenanceWindow(w) => {
+                let tenant = docs.iter().find_map(|(_, d)| match &d.document {
+                    AnyDocument::Tenant(t) if t.metadata.name == w.spec.tenant => Some(t),
+                    _ => None,
+                });
+                match tenant {
+                    None => check(
+                        &[key("spec"), key("tenant")],
+                        Kind::Tenant,
+                        &w.spec.tenant,
+                        &names_of(Kind::Tenant),
+                    ),
+                    Some(t) => {
+                        let envs: Vec<&str> =
+                            t.spec.environments.iter().map(|e| e.name.as_str()).collect();
+                        for (i, e) in w.spec.environments.iter().enumerate() {
+                            if envs.contains(&e.as_str()) {
+                                continue;
+                            }
+                            let path = [key("spec"), key("environments"), Seg::Index(i)];
+                            let pos = d.tree.value_pos(&path);
+                            let help = match did_you_mean(e, envs.iter().copied()) {
+                                Some(s) => format!("did you mean {}? ", quoted(s)),
+                                None => String::new(),
+                            };
+                            diags.push(
+                                Diagnostic::new(
+                                    file,
+                                    pos.line,
+                                    pos.column,
+                                    path_string(&path),
+                                    format!(
+                                        "tenant {} has no environment {}",
+                                        quoted(&w.spec.tenant),
+                                        quoted(e)
+                                    ),
+                                )
+                                .with_help(format!(
+                                    "{help}its environments: {} (at {})",
+                                    envs.join(", "),
+                                    location(&t.source.file, t.source.line)
+                                )),
+                            );
+                        }
+                    }
+                }
+            }
             AnyDocument::Tenant(t) => match &t.spec.service_tier {
                 Some(name) => check(
                     &[key("spec"), key("serviceTier")],
@@ -432,6 +479,7 @@ fn check_set(
     let mut set_tiers = Vec::new();
     let mut set_policies = Vec::new();
     let mut tenants = Vec::new();
+    let mut windows = Vec::new();
     for f in files {
         for d in f.documents {
             match d.document {
@@ -439,6 +487,7 @@ fn check_set(
                 AnyDocument::ServiceTier(t) => set_tiers.push(t),
                 AnyDocument::BackupPolicy(b) => set_policies.push(b),
                 AnyDocument::Tenant(t) => tenants.push(t),
+                AnyDocument::MaintenanceWindow(w) => windows.push(w),
             }
         }
     }
@@ -448,6 +497,7 @@ fn check_set(
             service_tiers: set_tiers,
             backup_policies: set_policies,
             tenants,
+            maintenance_windows: windows,
         }),
         // Unreachable: no platform was reported above.
         None => Err(Diagnostics(vec![Diagnostic::new(

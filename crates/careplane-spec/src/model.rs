@@ -590,7 +590,116 @@ pub struct TenantSpec {
     /// At least one; names unique within the tenant.
     #[schemars(length(min = 1))]
     pub environments: Vec<Environment>,
+    /// IANA time zone of the tenant, e.g. `Europe/Berlin`: its SLA months and
+    /// its maintenance windows are counted in it. Default `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
+
+/// [`TenantSpec::time_zone`]'s default.
+pub const DEFAULT_TIME_ZONE: &str = "UTC";
+
+impl TenantSpec {
+    /// The tenant's time zone name, `UTC` when unset.
+    pub fn zone(&self) -> &str {
+        self.time_zone.as_deref().unwrap_or(DEFAULT_TIME_ZONE)
+    }
+}
+
+/// `kind: MaintenanceWindow` — a recurring or one-off window of one tenant, in
+/// the tenant's time zone (docs/design/0014). Downtime inside an approved
+/// maintenance window is excluded from availability and reported apart; a
+/// freeze excludes nothing, and `apply` refuses changes to the environments it
+/// covers while it lasts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct MaintenanceWindowSpec {
+    /// The tenant (`metadata.name` of a Tenant).
+    pub tenant: String,
+    /// `maintenance` or `freeze`.
+    #[serde(rename = "type")]
+    pub window_type: WindowType,
+    /// Environments of the tenant it covers. Default: every environment for
+    /// maintenance, the production and DR ones for a freeze.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<String>,
+    /// Every listed weekday (exactly one of `weekly` and `once`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<WeeklyWindow>,
+    /// Once (exactly one of `weekly` and `once`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once: Option<OnceWindow>,
+    /// Who approved the maintenance window in advance (a change ticket, a
+    /// person). An unapproved maintenance window excludes no downtime. Not
+    /// for freezes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// Why, for people and reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a [`MaintenanceWindowSpec`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WindowType {
+    /// Planned downtime; excluded from availability when approved.
+    Maintenance,
+    /// No changes to the covered environments (month-end close, audits,
+    /// clinical peaks).
+    Freeze,
+}
+
+impl WindowType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowType::Maintenance => "maintenance",
+            WindowType::Freeze => "freeze",
+        }
+    }
+}
+
+/// A weekly window: from `start` to `end` (`HH:MM`, local) on each of `days`;
+/// an `end` at or before `start` ends the next day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct WeeklyWindow {
+    /// Lowercase English weekday names, e.g. `[saturday, sunday]`.
+    #[schemars(length(min = 1))]
+    pub days: Vec<String>,
+    /// `HH:MM`, local time.
+    #[schemars(pattern(r"^[0-9]{2}:[0-9]{2}$"))]
+    pub start: String,
+    /// `HH:MM`, local time.
+    #[schemars(pattern(r"^[0-9]{2}:[0-9]{2}$"))]
+    pub end: String,
+}
+
+/// A one-off window from `start` to `end` (`YYYY-MM-DDTHH:MM`, local).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct OnceWindow {
+    /// `YYYY-MM-DDTHH:MM`, local time.
+    #[schemars(pattern(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}$"))]
+    pub start: String,
+    /// `YYYY-MM-DDTHH:MM`, local time; after `start`.
+    #[schemars(pattern(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}$"))]
+    pub end: String,
+}
+
+/// Weekday names a [`WeeklyWindow`] accepts.
+pub const WEEKDAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
 
 /// The document kinds, as written in `kind:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -603,15 +712,18 @@ pub enum Kind {
     BackupPolicy,
     /// [`TenantSpec`]
     Tenant,
+    /// [`MaintenanceWindowSpec`]
+    MaintenanceWindow,
 }
 
 impl Kind {
     /// Every kind, in the order messages list them.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Platform,
         Kind::ServiceTier,
         Kind::BackupPolicy,
         Kind::Tenant,
+        Kind::MaintenanceWindow,
     ];
 
     /// The name as written in `kind:`.
@@ -621,6 +733,7 @@ impl Kind {
             Kind::ServiceTier => "ServiceTier",
             Kind::BackupPolicy => "BackupPolicy",
             Kind::Tenant => "Tenant",
+            Kind::MaintenanceWindow => "MaintenanceWindow",
         }
     }
 
@@ -659,6 +772,8 @@ pub enum AnyDocument {
     BackupPolicy(Document<BackupPolicySpec>),
     /// `kind: Tenant`
     Tenant(Document<TenantSpec>),
+    /// `kind: MaintenanceWindow`
+    MaintenanceWindow(Document<MaintenanceWindowSpec>),
 }
 
 impl AnyDocument {
@@ -669,6 +784,7 @@ impl AnyDocument {
             AnyDocument::ServiceTier(_) => Kind::ServiceTier,
             AnyDocument::BackupPolicy(_) => Kind::BackupPolicy,
             AnyDocument::Tenant(_) => Kind::Tenant,
+            AnyDocument::MaintenanceWindow(_) => Kind::MaintenanceWindow,
         }
     }
 
@@ -679,6 +795,7 @@ impl AnyDocument {
             AnyDocument::ServiceTier(d) => &d.metadata,
             AnyDocument::BackupPolicy(d) => &d.metadata,
             AnyDocument::Tenant(d) => &d.metadata,
+            AnyDocument::MaintenanceWindow(d) => &d.metadata,
         }
     }
 
@@ -689,6 +806,7 @@ impl AnyDocument {
             AnyDocument::ServiceTier(d) => &d.source,
             AnyDocument::BackupPolicy(d) => &d.source,
             AnyDocument::Tenant(d) => &d.source,
+            AnyDocument::MaintenanceWindow(d) => &d.source,
         }
     }
 }
@@ -717,9 +835,35 @@ pub struct SpecSet {
     pub service_tiers: Vec<Document<ServiceTierSpec>>,
     pub backup_policies: Vec<Document<BackupPolicySpec>>,
     pub tenants: Vec<Document<TenantSpec>>,
+    /// Every `MaintenanceWindow`, in file order.
+    pub maintenance_windows: Vec<Document<MaintenanceWindowSpec>>,
 }
 
 impl SpecSet {
+    /// The maintenance windows and freezes covering `tenant`'s environment
+    /// `env` (docs/design/0014 for the defaults).
+    pub fn windows_of<'a>(
+        &'a self,
+        tenant: &'a str,
+        env: &'a str,
+    ) -> impl Iterator<Item = &'a Document<MaintenanceWindowSpec>> + 'a {
+        let kind = self
+            .tenant(tenant)
+            .and_then(|t| t.spec.environments.iter().find(|e| e.name == env))
+            .map(|e| e.kind);
+        self.maintenance_windows.iter().filter(move |w| {
+            w.spec.tenant == tenant
+                && if w.spec.environments.is_empty() {
+                    match w.spec.window_type {
+                        WindowType::Maintenance => kind.is_some(),
+                        WindowType::Freeze => kind.is_some_and(|k| k.is_production_like()),
+                    }
+                } else {
+                    w.spec.environments.iter().any(|e| e == env)
+                }
+        })
+    }
+
     /// The backup policy named `name`.
     pub fn backup_policy(&self, name: &str) -> Option<&Document<BackupPolicySpec>> {
         self.backup_policies

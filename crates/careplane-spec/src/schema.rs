@@ -12,7 +12,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
 use crate::model::{
-    BackupPolicySpec, Kind, Metadata, PlatformSpec, ServiceTierSpec, TenantSpec, API_VERSION,
+    BackupPolicySpec, Kind, MaintenanceWindowSpec, Metadata, PlatformSpec, ServiceTierSpec, TenantSpec, API_VERSION,
     MAX_TENANT_NAME, RESERVED_TENANT_PATTERN,
 };
 use crate::yaml::Seg;
@@ -56,6 +56,11 @@ fn build() -> Value {
             Kind::Tenant,
             generator.subschema_for::<TenantSpec>().to_value(),
             "A tenant (organization) and its environments.",
+        ),
+        (
+            Kind::MaintenanceWindow,
+            generator.subschema_for::<MaintenanceWindowSpec>().to_value(),
+            "A tenant's maintenance window or change freeze, in its time zone.",
         ),
     ];
     let defs = generator.take_definitions(true);
@@ -305,7 +310,16 @@ mod tests {
             .iter()
             .map(|b| b["properties"]["kind"]["const"].as_str().unwrap())
             .collect();
-        assert_eq!(kinds, ["Platform", "ServiceTier", "BackupPolicy", "Tenant"]);
+        assert_eq!(
+            kinds,
+            [
+                "Platform",
+                "ServiceTier",
+                "BackupPolicy",
+                "Tenant",
+                "MaintenanceWindow"
+            ]
+        );
         for b in s["oneOf"].as_array().unwrap() {
             assert_eq!(b["properties"]["apiVersion"]["const"], API_VERSION);
         }

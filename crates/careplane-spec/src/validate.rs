@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::connections::BUDGET_SETTINGS;
 use crate::decode::{key, quoted, Ctx};
 use crate::model::{
-    BackupPolicySpec, Kind, Metadata, PlatformSpec, ServiceTierSpec, Sizing, TenantSpec,
-    MAX_ENVIRONMENT_NAME, MAX_TENANT_NAME, ODOO_VERSIONS, PROTECTED_PG_SETTINGS,
+    BackupPolicySpec, Kind, MaintenanceWindowSpec, Metadata, PlatformSpec, ServiceTierSpec,
+    Sizing, TenantSpec, WindowType, MAX_ENVIRONMENT_NAME, WEEKDAYS, MAX_TENANT_NAME, ODOO_VERSIONS, PROTECTED_PG_SETTINGS,
 };
 use crate::yaml::Seg;
 
@@ -795,6 +795,94 @@ fn slo_spec(cx: &mut Ctx<'_>, slo: &crate::model::SloSpec) {
     }
 }
 
+/// Whether `name` is a time zone careplane knows (IANA names from the bundled
+/// database), with a hint when it is not.
+pub fn check_time_zone(name: &str) -> Result<(), (String, Option<String>)> {
+    match jiff::tz::TimeZone::get(name) {
+        Ok(_) => Ok(()),
+        Err(_) => Err((
+            format!("{} is not an IANA time zone", quoted(name)),
+            Some("write e.g. Europe/Berlin, America/New_York or UTC".into()),
+        )),
+    }
+}
+
+/// `HH:MM`.
+pub(crate) fn parse_local_time(text: &str) -> Result<jiff::civil::Time, String> {
+    jiff::civil::Time::strptime("%H:%M", text)
+        .map_err(|_| format!("{} is not a time of day HH:MM (00:00-23:59)", quoted(text)))
+}
+
+/// `YYYY-MM-DDTHH:MM`.
+pub(crate) fn parse_local_datetime(text: &str) -> Result<jiff::civil::DateTime, String> {
+    jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M", text)
+        .map_err(|_| format!("{} is not a local date and time YYYY-MM-DDTHH:MM", quoted(text)))
+}
+
+pub(crate) fn maintenance_window(cx: &mut Ctx<'_>, spec: &MaintenanceWindowSpec) {
+    match (&spec.weekly, &spec.once) {
+        (None, None) => cx.at_value(
+            &[key("spec")],
+            "a window needs `weekly` or `once`",
+            Some("e.g. `weekly: {days: [sunday], start: \"02:00\", end: \"04:00\"}`".into()),
+        ),
+        (Some(_), Some(_)) => cx.at_value(
+            &[key("spec"), key("once")],
+            "a window is either `weekly` or `once`, not both",
+            Some("write two MaintenanceWindow documents".into()),
+        ),
+        _ => {}
+    }
+    if let Some(w) = &spec.weekly {
+        if w.days.is_empty() {
+            cx.at_value(&[key("spec"), key("weekly"), key("days")], "lists no day", None);
+        }
+        for (i, d) in w.days.iter().enumerate() {
+            if !WEEKDAYS.contains(&d.as_str()) {
+                let help = match crate::suggest::did_you_mean(d, WEEKDAYS.iter().copied()) {
+                    Some(s) => format!("did you mean {}?", quoted(s)),
+                    None => format!("one of {}", WEEKDAYS.join(", ")),
+                };
+                cx.at_value(
+                    &[key("spec"), key("weekly"), key("days"), Seg::Index(i)],
+                    format!("{} is not a weekday", quoted(d)),
+                    Some(help),
+                );
+            }
+        }
+        for (field, v) in [("start", &w.start), ("end", &w.end)] {
+            if let Err(e) = parse_local_time(v) {
+                cx.at_value(&[key("spec"), key("weekly"), key(field)], e, None);
+            }
+        }
+    }
+    if let Some(o) = &spec.once {
+        let start = parse_local_datetime(&o.start);
+        let end = parse_local_datetime(&o.end);
+        for (field, r) in [("start", &start), ("end", &end)] {
+            if let Err(e) = r {
+                cx.at_value(&[key("spec"), key("once"), key(field)], e.clone(), None);
+            }
+        }
+        if let (Ok(s), Ok(e)) = (start, end) {
+            if e <= s {
+                cx.at_value(
+                    &[key("spec"), key("once"), key("end")],
+                    format!("{} is not after the start {}", quoted(&o.end), quoted(&o.start)),
+                    None,
+                );
+            }
+        }
+    }
+    if spec.window_type == WindowType::Freeze && spec.approved_by.is_some() {
+        cx.at_value(
+            &[key("spec"), key("approvedBy")],
+            "a freeze needs no approval: it restricts changes whoever approved it",
+            Some("remove approvedBy, or make the window `type: maintenance`".into()),
+        );
+    }
+}
+
 pub(crate) fn backup_policy(cx: &mut Ctx<'_>, spec: &BackupPolicySpec) {
     if let Err((msg, help)) = check_cron(&spec.schedule) {
         cx.at_value(&[key("spec"), key("schedule")], msg, help);
@@ -1033,6 +1121,11 @@ pub(crate) fn tenant(cx: &mut Ctx<'_>, spec: &TenantSpec) {
     }
     check_modules(cx, &[key("spec"), key("modules")], &spec.modules);
     check_paths(cx, &[key("spec"), key("addonsPaths")], &spec.addons_paths);
+    if let Some(z) = &spec.time_zone {
+        if let Err((msg, help)) = check_time_zone(z) {
+            cx.at_value(&[key("spec"), key("timeZone")], msg, help);
+        }
+    }
     if let Some(s) = &spec.sizing {
         check_sizing(cx, &[key("spec"), key("sizing")], s);
     }

@@ -207,7 +207,7 @@ spec:
         3,
         "spec.colour",
         "unknown field \"colour\"",
-        Some("known fields: addonsPaths, displayName, environments, modules, serviceTier, sizing, tenancy"),
+        Some("known fields: addonsPaths, displayName, environments, modules, serviceTier, sizing, tenancy, timeZone"),
     );
 }
 
@@ -498,7 +498,7 @@ fn kind_problems() {
         2,
         7,
         "kind",
-        "unknown kind \"tenant\", expected one of Platform, ServiceTier, BackupPolicy, Tenant",
+        "unknown kind \"tenant\", expected one of Platform, ServiceTier, BackupPolicy, Tenant, MaintenanceWindow",
         Some("did you mean \"Tenant\"?"),
     );
     let d = problem(
@@ -509,7 +509,7 @@ fn kind_problems() {
         2,
         7,
         "kind",
-        "unknown kind \"Deployment\", expected one of Platform, ServiceTier, BackupPolicy, Tenant",
+        "unknown kind \"Deployment\", expected one of Platform, ServiceTier, BackupPolicy, Tenant, MaintenanceWindow",
         None,
     );
     let d = problem("apiVersion: careplane.dev/v1alpha1\nmetadata: {name: a}\nspec: {}\n");
@@ -519,7 +519,7 @@ fn kind_problems() {
         1,
         "kind",
         "missing required field \"kind\"",
-        Some("add `kind:` with one of Platform, ServiceTier, BackupPolicy, Tenant"),
+        Some("add `kind:` with one of Platform, ServiceTier, BackupPolicy, Tenant, MaintenanceWindow"),
     );
 }
 
