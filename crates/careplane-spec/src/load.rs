@@ -402,8 +402,12 @@ fn check_set(
                         &names_of(Kind::Tenant),
                     ),
                     Some(t) => {
-                        let envs: Vec<&str> =
-                            t.spec.environments.iter().map(|e| e.name.as_str()).collect();
+                        let envs: Vec<&str> = t
+                            .spec
+                            .environments
+                            .iter()
+                            .map(|e| e.name.as_str())
+                            .collect();
                         for (i, e) in w.spec.environments.iter().enumerate() {
                             if envs.contains(&e.as_str()) {
                                 continue;

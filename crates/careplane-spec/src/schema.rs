@@ -12,8 +12,8 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
 use crate::model::{
-    BackupPolicySpec, Kind, MaintenanceWindowSpec, Metadata, PlatformSpec, ServiceTierSpec, TenantSpec, API_VERSION,
-    MAX_TENANT_NAME, RESERVED_TENANT_PATTERN,
+    BackupPolicySpec, Kind, MaintenanceWindowSpec, Metadata, PlatformSpec, ServiceTierSpec,
+    TenantSpec, API_VERSION, MAX_TENANT_NAME, RESERVED_TENANT_PATTERN,
 };
 use crate::yaml::Seg;
 
@@ -59,7 +59,9 @@ fn build() -> Value {
         ),
         (
             Kind::MaintenanceWindow,
-            generator.subschema_for::<MaintenanceWindowSpec>().to_value(),
+            generator
+                .subschema_for::<MaintenanceWindowSpec>()
+                .to_value(),
             "A tenant's maintenance window or change freeze, in its time zone.",
         ),
     ];

@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::connections::BUDGET_SETTINGS;
 use crate::decode::{key, quoted, Ctx};
 use crate::model::{
-    BackupPolicySpec, Kind, MaintenanceWindowSpec, Metadata, PlatformSpec, ServiceTierSpec,
-    Sizing, TenantSpec, WindowType, MAX_ENVIRONMENT_NAME, WEEKDAYS, MAX_TENANT_NAME, ODOO_VERSIONS, PROTECTED_PG_SETTINGS,
+    BackupPolicySpec, Kind, MaintenanceWindowSpec, Metadata, PlatformSpec, ServiceTierSpec, Sizing,
+    TenantSpec, WindowType, MAX_ENVIRONMENT_NAME, MAX_TENANT_NAME, ODOO_VERSIONS,
+    PROTECTED_PG_SETTINGS, WEEKDAYS,
 };
 use crate::yaml::Seg;
 
@@ -815,8 +816,12 @@ pub(crate) fn parse_local_time(text: &str) -> Result<jiff::civil::Time, String> 
 
 /// `YYYY-MM-DDTHH:MM`.
 pub(crate) fn parse_local_datetime(text: &str) -> Result<jiff::civil::DateTime, String> {
-    jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M", text)
-        .map_err(|_| format!("{} is not a local date and time YYYY-MM-DDTHH:MM", quoted(text)))
+    jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M", text).map_err(|_| {
+        format!(
+            "{} is not a local date and time YYYY-MM-DDTHH:MM",
+            quoted(text)
+        )
+    })
 }
 
 pub(crate) fn maintenance_window(cx: &mut Ctx<'_>, spec: &MaintenanceWindowSpec) {
@@ -835,7 +840,11 @@ pub(crate) fn maintenance_window(cx: &mut Ctx<'_>, spec: &MaintenanceWindowSpec)
     }
     if let Some(w) = &spec.weekly {
         if w.days.is_empty() {
-            cx.at_value(&[key("spec"), key("weekly"), key("days")], "lists no day", None);
+            cx.at_value(
+                &[key("spec"), key("weekly"), key("days")],
+                "lists no day",
+                None,
+            );
         }
         for (i, d) in w.days.iter().enumerate() {
             if !WEEKDAYS.contains(&d.as_str()) {
@@ -868,7 +877,11 @@ pub(crate) fn maintenance_window(cx: &mut Ctx<'_>, spec: &MaintenanceWindowSpec)
             if e <= s {
                 cx.at_value(
                     &[key("spec"), key("once"), key("end")],
-                    format!("{} is not after the start {}", quoted(&o.end), quoted(&o.start)),
+                    format!(
+                        "{} is not after the start {}",
+                        quoted(&o.end),
+                        quoted(&o.start)
+                    ),
                     None,
                 );
             }

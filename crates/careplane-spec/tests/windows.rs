@@ -39,7 +39,10 @@ fn load(w: &str) -> Result<SpecSet, Vec<Diagnostic>> {
 fn refusal(w: &str) -> String {
     let d = load(w).expect_err("expected a refusal");
     assert_eq!(d.len(), 1, "expected one problem: {d:?}");
-    format!("{}:{} {}: {}", d[0].line, d[0].column, d[0].path, d[0].message)
+    format!(
+        "{}:{} {}: {}",
+        d[0].line, d[0].column, d[0].path, d[0].message
+    )
 }
 
 #[test]
@@ -125,10 +128,16 @@ fn each_mistake_is_refused_where_it_is() {
 #[test]
 fn an_unknown_time_zone_is_refused_at_the_tenant() {
     let base = BASE.replace("Europe/Berlin", "Europe/Berlinn");
-    let d = load_sources([("base.yaml", base.as_str())]).expect_err("refused").0;
+    let d = load_sources([("base.yaml", base.as_str())])
+        .expect_err("refused")
+        .0;
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(
         (d[0].line, d[0].path.as_str(), d[0].message.as_str()),
-        (17, "spec.timeZone", "\"Europe/Berlinn\" is not an IANA time zone")
+        (
+            17,
+            "spec.timeZone",
+            "\"Europe/Berlinn\" is not an IANA time zone"
+        )
     );
 }
