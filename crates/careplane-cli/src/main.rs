@@ -67,6 +67,10 @@ enum Command {
         files: Files,
         #[command(flatten)]
         guards: Guards,
+        /// Change environments under a change freeze (a MaintenanceWindow of type
+        /// freeze in force now) anyway; the reason goes into the audit log.
+        #[arg(long, value_name = "REASON")]
+        override_freeze: Option<String>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -270,8 +274,31 @@ impl Guards {
             delete_data: self.delete_data,
             confirm: self.confirm.clone(),
             final_backup: false,
+            ..ApplyOptions::default()
         }
     }
+}
+
+/// The change freezes in force now over the environments `plan` changes
+/// (docs/design/0014).
+fn freezes_over(
+    engine: &Engine,
+    plan: &careplane_engine::Plan,
+) -> Result<Vec<careplane_server::calendar::Freeze>> {
+    let mut envs: Vec<(String, String)> = Vec::new();
+    for a in &plan.actions {
+        if let (Some(t), Some(e)) = (a.tenant(), a.environment()) {
+            let pair = (t.to_string(), e.to_string());
+            if !envs.contains(&pair) {
+                envs.push(pair);
+            }
+        }
+    }
+    Ok(careplane_server::calendar::freezes_at(
+        engine.specs(),
+        &envs,
+        jiff::Timestamp::now(),
+    )?)
 }
 
 /// `println!` to stdout; a closed stdout (`careplane journal | head`) ends
@@ -590,7 +617,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     print_json(&serde_json::json!({ "valid": true, "diagnostics": [] }))?;
                 } else {
                     outln!(
-                        "ok: platform {}, {} service tiers, {} tenants, {} environments",
+                        "ok: platform {}, {} service tiers, {} tenants, {} environments, {} maintenance windows",
                         specs.platform.metadata.name,
                         specs.service_tiers.len(),
                         specs.tenants.len(),
@@ -598,7 +625,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             .tenants
                             .iter()
                             .map(|t| t.spec.environments.len())
-                            .sum::<usize>()
+                            .sum::<usize>(),
+                        specs.maintenance_windows.len()
                     );
                 }
             }
@@ -614,18 +642,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan { files, output } => {
             let engine = load(&files)?;
             let plan = engine.plan()?;
+            let freezes = freezes_over(&engine, &plan)?;
             match output {
-                Output::Json => print_json(&plan.to_json())?,
-                Output::Text => out!("{}", plan.render()),
+                Output::Json => {
+                    let mut v = plan.to_json();
+                    if !freezes.is_empty() {
+                        v["freezes"] = serde_json::to_value(&freezes)?;
+                    }
+                    print_json(&v)?
+                }
+                Output::Text => {
+                    out!("{}", plan.render());
+                    for f in &freezes {
+                        outln!("frozen: {f}; apply needs --override-freeze <reason>");
+                    }
+                }
             }
         }
         Command::Apply {
             files,
             guards,
+            override_freeze,
             output,
         } => {
             let engine = load(&files)?;
-            let report = with_progress(|p| engine.apply(&guards.options(), p))?;
+            let frozen = freezes_over(&engine, &engine.plan()?)?
+                .into_iter()
+                .map(|f| (f.tenant.clone(), f.environment.clone(), f.to_string()))
+                .collect();
+            let opts = ApplyOptions {
+                frozen,
+                override_freeze,
+                ..guards.options()
+            };
+            let report = with_progress(|p| engine.apply(&opts, p))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {

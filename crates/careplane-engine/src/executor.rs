@@ -314,6 +314,22 @@ impl Core {
                 "tenant {t} has a production or DR environment that would be deleted: pass --confirm {t}"
             ));
         }
+        if opts.override_freeze.is_none() {
+            let mut seen = std::collections::BTreeSet::new();
+            for a in &plan.actions {
+                let (Some(t), Some(e)) = (a.tenant(), a.environment()) else {
+                    continue;
+                };
+                for (ft, fe, why) in &opts.frozen {
+                    if ft == t && fe == e && seen.insert((t, e, why)) {
+                        problems.push(format!(
+                            "{why}: the plan changes it ({}); wait for the freeze to end, or pass --override-freeze <reason>",
+                            a.summary()
+                        ));
+                    }
+                }
+            }
+        }
         problems.extend(self.driver.preflight(plan, opts)?);
         if problems.is_empty() {
             Ok(())

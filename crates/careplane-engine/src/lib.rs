@@ -129,7 +129,11 @@ impl Engine {
     ) -> Result<ApplyReport, EngineError> {
         let mut core = self.core();
         let r = core.apply(opts, progress);
-        let params = serde_json::json!({"deleteData": opts.delete_data, "confirm": opts.confirm});
+        let mut params =
+            serde_json::json!({"deleteData": opts.delete_data, "confirm": opts.confirm});
+        if let Some(why) = &opts.override_freeze {
+            params["overrideFreeze"] = why.as_str().into();
+        }
         let op = r.as_ref().ok().map(|r| r.operation);
         core.audit(
             "apply",

@@ -60,6 +60,11 @@ impl Action {
         self.props.get("tenant").and_then(Value::as_str)
     }
 
+    /// The tenant environment the action belongs to, if any.
+    pub fn environment(&self) -> Option<&str> {
+        self.props.get("environment").and_then(Value::as_str)
+    }
+
     /// Whether the action touches a production or DR environment.
     pub fn is_production(&self) -> bool {
         matches!(

@@ -19,6 +19,13 @@ pub struct ApplyOptions {
     /// dropped (`destroy`, unless `--no-final-backup`); a failed backup
     /// refuses the run before anything changes.
     pub final_backup: bool,
+    /// Environments under a change freeze now, as (tenant, environment, why):
+    /// the caller reads them from the tenants' calendars (docs/design/0014).
+    /// A plan that changes one is refused before any change, unless
+    /// `override_freeze` gives the reason it may.
+    pub frozen: Vec<(String, String, String)>,
+    /// Why this apply may change frozen environments (recorded in the audit log).
+    pub override_freeze: Option<String>,
 }
 
 /// Progress, for the CLI to show.

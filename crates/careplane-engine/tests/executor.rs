@@ -237,6 +237,35 @@ fn a_refused_plan_changes_nothing() {
     assert!(records(&s).is_empty());
 }
 
+/// An environment under a change freeze (docs/design/0014) refuses a plan that changes it
+/// before the first action, naming the freeze; an override with a reason lets it through.
+#[test]
+fn a_frozen_environment_refuses_the_plan_unless_overridden() {
+    let s = setup(2);
+    let why = "alpha/dev is frozen by MaintenanceWindow \"close\" until 2026-12-31T23:00:00Z";
+    let frozen = ApplyOptions {
+        frozen: vec![("alpha".into(), "dev".into(), why.into())],
+        ..ApplyOptions::default()
+    };
+    let err = s.engine.apply(&frozen, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, EngineError::Refused { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(why), "{msg}");
+    assert!(msg.contains("--override-freeze"), "{msg}");
+    assert_eq!(msg.matches(why).count(), 1, "one line per freeze: {msg}");
+    assert!(take_log(&s).is_empty());
+    assert!(records(&s).is_empty());
+
+    let overridden = ApplyOptions {
+        override_freeze: Some("CAB emergency change 42".into()),
+        ..frozen.clone()
+    };
+    s.engine.apply(&overridden, &mut |_| {}).unwrap();
+    assert!(s.engine.plan().unwrap().is_empty());
+    // With nothing to change, the freeze refuses nothing.
+    s.engine.apply(&frozen, &mut |_| {}).unwrap();
+}
+
 /// An apply that stops at any action (an error here; a kill in the CLI's
 /// crash tests) is finished by the next one, which redoes only what was
 /// not recorded ready.
@@ -341,6 +370,7 @@ fn destroy_removes_dependents_first() {
                 delete_data: true,
                 confirm: vec![],
                 final_backup: false,
+                ..ApplyOptions::default()
             },
             &mut |_| {},
         )

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use careplane_sla::{account_month, Month, MonthSpan, SeriesKey};
+use careplane_sla::{account_month, MonthSpan, SeriesKey};
 
 use crate::probes::State;
 use crate::slo::{critical_probe, slo_for};
@@ -139,8 +139,6 @@ pub(crate) fn render(state: &State) -> Result<String, Error> {
 
     // This month's accounting of each environment's critical journey, as the report does it.
     let now = (state.clock)();
-    let tz = careplane_sla::calendar::zone(crate::report::TIME_ZONE, "report time zone")?;
-    let span = MonthSpan::new(Month::of_utc(now), &tz)?;
     head(
         &mut out,
         "careplane_sla_availability_ratio",
@@ -159,9 +157,11 @@ pub(crate) fn render(state: &State) -> Result<String, Error> {
         let Ok(slo) = slo_for(&state.specs, &t) else {
             continue;
         };
+        let cal = crate::calendar::calendar_of(&state.specs, &t, &e)?;
+        let span = MonthSpan::new(cal.month_of(now)?, &cal.zone)?;
         let key = SeriesKey::new(&t, &e, critical_probe(&state.specs));
         let tl = careplane_sla::month_timeline(&mut store, &key, &span, &slo)?;
-        let a = account_month(&tl, &span, &[], &slo)?;
+        let a = account_month(&tl, &span, &cal.entries, &slo)?;
         let l = format!("tenant=\"{}\",environment=\"{}\"", esc(&t), esc(&e));
         if let Some(av) = a.availability() {
             let _ = writeln!(

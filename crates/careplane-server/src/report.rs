@@ -10,11 +10,9 @@ use careplane_sla::{
 use careplane_spec::SpecSet;
 use jiff::Timestamp;
 
+use crate::calendar::calendar_of;
 use crate::slo::{critical_probe, environment_kind, environments, slo_for};
 use crate::Error;
-
-/// The zone months are counted in until tenants carry their own.
-pub const TIME_ZONE: &str = "UTC";
 
 pub fn store_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("sla")
@@ -34,10 +32,11 @@ pub fn reports(
             return Err(Error::NotFound(format!("tenant {t:?} in the specs")));
         }
     }
-    let tz = careplane_sla::calendar::zone(TIME_ZONE, "report time zone")?;
-    let span = MonthSpan::new(month, &tz)?;
     let mut out = Vec::new();
     for (t, e) in environments(specs, tenant) {
+        // Each tenant's month is counted in its own zone, minus its approved maintenance.
+        let cal = calendar_of(specs, &t, &e)?;
+        let span = MonthSpan::new(month, &cal.zone)?;
         let slo = slo_for(specs, &t)?;
         let key = SeriesKey::new(&t, &e, critical_probe(specs));
         let timeline = month_timeline(store, &key, &span, &slo)?;
@@ -46,10 +45,10 @@ pub fn reports(
             tenant: &t,
             environment: &e,
             environment_kind: environment_kind(specs, &t, &e),
-            time_zone: TIME_ZONE,
+            time_zone: &cal.zone_name,
             month,
             slo: &slo,
-            calendar: &[],
+            calendar: &cal.entries,
             timeline: &timeline,
             incidents,
             latency: Some(&latency),
