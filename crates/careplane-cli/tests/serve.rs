@@ -170,6 +170,120 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A webhook receiver on loopback: every request body it gets, answered 200.
+fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then content-length bytes of body.
+            let body = loop {
+                let Ok(n) = c.read(&mut chunk) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body[..len].to_string());
+                    }
+                }
+            };
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Some(v) = body.and_then(|b| serde_json::from_str(&b).ok()) {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    (port, got)
+}
+
+/// A real Alertmanager (Debian's prometheus-alertmanager) on a free port, killed on drop.
+struct Alertmanager {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn alertmanager() -> Option<Alertmanager> {
+    let bin = std::path::Path::new("/usr/bin/prometheus-alertmanager");
+    if !bin.exists() {
+        let msg = "prometheus-alertmanager is needed (scripts/install-deps installs it)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("skipped the Alertmanager part: {msg}");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("am.yml");
+    std::fs::write(
+        &cfg,
+        "route:\n  receiver: none\nreceivers:\n  - name: none\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let child = std::process::Command::new(bin)
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn prometheus-alertmanager");
+    let am = Alertmanager {
+        child,
+        port,
+        _dir: dir,
+    };
+    wait_for("Alertmanager to answer", 60, || {
+        request(port, "GET", "/-/ready", None, None)
+            .map(|(c, _)| c == 200)
+            .unwrap_or(false)
+    });
+    Some(am)
+}
+
+/// The alerts Alertmanager holds for incident `id` (active ones only).
+fn alerts_for(am: &Alertmanager, id: &str) -> Vec<Value> {
+    let (code, body) = request(am.port, "GET", "/api/v2/alerts?active=true", None, None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let all: Value = serde_json::from_str(&body).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["incident"] == id && a["status"]["state"] == "active")
+        .cloned()
+        .collect()
+}
+
 fn latest(port: u16, token: &str, probe: &str) -> Option<Value> {
     get_json(port, "/v1/probes", token)
         .as_array()
@@ -198,6 +312,30 @@ fn serve_probes_records_opens_incidents_and_reports() {
     }
     ok(&p, &["apply"]);
     let log = p.dir.path().join("serve.log");
+
+    // Notification channels: a webhook and a real Alertmanager.
+    let (hook_port, hooks) = webhook();
+    let am = alertmanager();
+    let mut channels = format!(
+        "  notifications:\n    channels:\n      - {{name: on-call, webhook: \"http://127.0.0.1:{hook_port}/hook\"}}\n"
+    );
+    if let Some(am) = &am {
+        channels.push_str(&format!(
+            "      - {{name: alerts, alertmanager: \"http://127.0.0.1:{}\"}}\n",
+            am.port
+        ));
+    }
+    let pf = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&pf).unwrap();
+    std::fs::write(
+        &pf,
+        text.replacen("  defaults:", &format!("{channels}  defaults:"), 1),
+    )
+    .unwrap();
+    assert!(
+        action_ids(&json(&p, &["plan"])).is_empty(),
+        "channels change no resource"
+    );
 
     let read = token(&p, "dashboard", "read", "30d");
     let operate = token(&p, "on-call", "operate", "30d");
@@ -363,6 +501,47 @@ fn serve_probes_records_opens_incidents_and_reports() {
     assert_eq!(incident["environment"], "prod");
     let id = incident["id"].as_str().unwrap().to_string();
 
+    // Every channel hears of it (the tier sets no escalation: all channels, on opening).
+    wait_for("the webhook to be notified", 60, || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h["incident"]["id"] == id.as_str() && h["notification"]["key"] == "step-0")
+    });
+    let first = hooks.lock().unwrap()[0].clone();
+    assert_eq!(first["type"], "careplane.incident", "{first}");
+    assert_eq!(first["incident"]["severity"], "P1", "{first}");
+    if let Some(am) = &am {
+        wait_for("Alertmanager to hold the alert", 60, || {
+            !alerts_for(am, &id).is_empty()
+        });
+        let a = &alerts_for(am, &id)[0];
+        assert_eq!(a["labels"]["alertname"], "CareplaneIncident", "{a}");
+        assert_eq!(a["labels"]["severity"], "P1", "{a}");
+        assert_eq!(a["labels"]["tenant"], "gamma", "{a}");
+    }
+    wait_for(
+        "the notification to be recorded on the incident",
+        60,
+        || {
+            let i = &json(&p, &["incident", "list"])[0];
+            i["notifications"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["key"] == "step-0"))
+        },
+    );
+    assert_eq!(
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h["notification"]["key"] == "step-0")
+            .count(),
+        1,
+        "the webhook was told twice"
+    );
+
     // Acknowledge through the API (operate), note and resolve with the CLI.
     let (code, body) = request(
         port,
@@ -408,6 +587,20 @@ fn serve_probes_records_opens_incidents_and_reports() {
     );
     assert!(i["resolved"]["at"].is_string(), "{i}");
     assert!(ok(&p, &["incident", "list", "--open"]).trim().is_empty());
+
+    // The channels hear that it is over; Alertmanager's alert is resolved.
+    wait_for("the webhook to hear of the resolution", 60, || {
+        hooks.lock().unwrap().iter().any(|h| {
+            h["incident"]["id"] == id.as_str()
+                && h["notification"]["key"] == "resolved"
+                && h["incident"]["resolved"] == true
+        })
+    });
+    if let Some(am) = &am {
+        wait_for("Alertmanager's alert to be resolved", 60, || {
+            alerts_for(am, &id).is_empty()
+        });
+    }
 
     // A clean stop flushes and compacts.
     let mut s = s;

@@ -85,6 +85,30 @@ pub(crate) enum Failure {
 
 pub(crate) type Result<T> = std::result::Result<T, Failure>;
 
+/// POSTs `body` as JSON to `url` within `timeout` and returns the answer's status: how
+/// `careplane serve` delivers notifications, with the probes' client (HTTP/1.1; https only
+/// with `ca_pem`, the platform CA). The error names the URL and what failed.
+pub async fn post_json(
+    url: &str,
+    body: &serde_json::Value,
+    ca_pem: Option<&str>,
+    timeout: Duration,
+) -> std::result::Result<u16, String> {
+    let headers = [("content-type", "application/json".to_string())];
+    let send = http::request(
+        ::http::Method::POST,
+        url,
+        &headers,
+        Some(body.to_string().into_bytes()),
+        ca_pem,
+    );
+    match tokio::time::timeout(timeout, send).await {
+        Ok(Ok(r)) => Ok(r.status),
+        Ok(Err(e)) => Err(format!("POST {url}: {e}")),
+        Err(_) => Err(format!("POST {url}: no answer within {timeout:?}")),
+    }
+}
+
 /// What a check found besides success.
 #[derive(Default)]
 pub(crate) struct Found {

@@ -12,6 +12,7 @@ mod api;
 pub mod calendar;
 pub mod incidents;
 mod metrics;
+pub mod notify;
 mod probes;
 pub mod report;
 pub mod slo;

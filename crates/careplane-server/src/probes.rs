@@ -11,7 +11,8 @@ use careplane_engine::{Credentials, Engine};
 use careplane_probe::schedule::{self, Clock, Scheduled};
 use careplane_probe::{Check, HttpCheck, OdooLogin, PgCheck, RedisCheck};
 use careplane_sla::{
-    detect, due_notifications, observe_recovery, Impact, Incident, Outcome, SeriesKey, Store,
+    detect, due_notifications, observe_recovery, DueNotification, Impact, Incident, Outcome,
+    SeriesKey, Store,
 };
 use careplane_spec::SpecSet;
 use jiff::Timestamp;
@@ -81,6 +82,7 @@ pub(crate) struct State {
     pub store: Mutex<Store>,
     pub live: Mutex<Live>,
     tokens: Mutex<TokenCache>,
+    deliveries: Mutex<crate::notify::Deliveries>,
 }
 
 impl State {
@@ -99,7 +101,12 @@ impl State {
                 stamp: None,
                 records: Vec::new(),
             }),
+            deliveries: Mutex::new(Default::default()),
         }))
+    }
+
+    pub(crate) fn deliveries(&self) -> MutexGuard<'_, crate::notify::Deliveries> {
+        guard(&self.deliveries)
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
@@ -406,7 +413,7 @@ async fn writer(state: Arc<State>, mut rx: mpsc::Receiver<schedule::Outcome>) {
             match tokio::task::spawn_blocking(move || evaluate(&st)).await {
                 Ok(Err(e)) => eprintln!("careplane serve: incident detection: {e}"),
                 Err(e) => eprintln!("careplane serve: incident detection: {e}"),
-                Ok(Ok(())) => {}
+                Ok(Ok(due)) => crate::notify::dispatch(&state, due, (state.clock)()),
             }
         }
         if last_compact.elapsed() >= Duration::from_secs(3600) {
@@ -426,9 +433,10 @@ fn minutes_ago(now: Timestamp, m: u32) -> Timestamp {
     Timestamp::from_second(now.as_second() - 60 * i64::from(m)).unwrap_or(now)
 }
 
-/// Opens incidents for critical journeys failing for N minutes, marks recoveries, records
-/// due notifications (logged; delivery channels are not built yet).
-pub(crate) fn evaluate(state: &State) -> Result<(), Error> {
+/// Opens incidents for critical journeys failing for N minutes, marks recoveries, and
+/// returns the notifications due (escalation steps, repeats, the executive notice, and the
+/// resolution of an incident that was announced), for `notify::dispatch` to deliver.
+pub(crate) fn evaluate(state: &State) -> Result<Vec<(Incident, DueNotification)>, Error> {
     let now = (state.clock)();
     let probe = critical_probe(&state.specs);
     let envs: Vec<(String, String)> = state.live().environments.keys().cloned().collect();
@@ -455,6 +463,7 @@ pub(crate) fn evaluate(state: &State) -> Result<(), Error> {
             work.push((t, e, slo, tl));
         }
     }
+    let mut due = Vec::new();
     incidents::update(&state.data_dir, |all| {
         let mut changed = false;
         for (t, e, slo, tl) in &work {
@@ -489,22 +498,40 @@ pub(crate) fn evaluate(state: &State) -> Result<(), Error> {
                     }
                 }
             }
-            for i in all
-                .iter_mut()
-                .filter(|i| i.is_open() && &i.tenant == t && &i.environment == e)
-            {
+            for i in all.iter().filter(|i| &i.tenant == t && &i.environment == e) {
                 for n in due_notifications(i, slo, now) {
-                    eprintln!(
-                        "careplane serve: incident {}: notify {} ({})",
-                        i.id,
-                        n.recipients.join(", "),
-                        n.key
-                    );
-                    i.record_notification(&n, now);
-                    changed = true;
+                    due.push((i.clone(), n));
+                }
+                if let Some(n) = resolution_notice(i, now) {
+                    due.push((i.clone(), n));
                 }
             }
         }
         Ok(((), changed))
+    })?;
+    Ok(due)
+}
+
+/// A resolved incident whose opening was announced tells the same channels it is over once.
+fn resolution_notice(i: &Incident, now: Timestamp) -> Option<DueNotification> {
+    let r = i.resolved.as_ref()?;
+    if i.notifications.iter().any(|s| s.key == "resolved") {
+        return None;
+    }
+    let mut recipients: Vec<String> = Vec::new();
+    for s in &i.notifications {
+        for c in &s.recipients {
+            if !recipients.contains(c) {
+                recipients.push(c.clone());
+            }
+        }
+    }
+    // Old incidents resolved long ago are not announced again after an upgrade.
+    let recent = now.as_second() - r.at.as_second() < 86_400;
+    (!recipients.is_empty() && recent).then(|| DueNotification {
+        key: "resolved".into(),
+        due_at: r.at,
+        recipients,
+        reason: careplane_sla::incident::Reason::Resolved,
     })
 }

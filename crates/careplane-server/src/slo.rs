@@ -2,7 +2,8 @@
 //! critical journey.
 
 use careplane_sla::{
-    BadMinuteRule, CreditTier, EnvironmentKind, Percent, Severity, SeverityTarget, Slo, TargetClock,
+    BadMinuteRule, CreditTier, EnvironmentKind, EscalationPolicy, EscalationStep, Percent,
+    Severity, SeverityTarget, Slo, TargetClock,
 };
 use careplane_spec::SpecSet;
 
@@ -58,19 +59,18 @@ pub fn slo_for(specs: &SpecSet, tenant: &str) -> Result<Slo, Error> {
         target(Severity::P3, 240, 1440),
         target(Severity::P4, 1440, 4320),
     ];
+    let severity = |s: &str, field: String| match s {
+        "P1" => Ok(Severity::P1),
+        "P2" => Ok(Severity::P2),
+        "P3" => Ok(Severity::P3),
+        "P4" => Ok(Severity::P4),
+        other => Err(Error::Invalid(format!(
+            "{}: unknown severity {other:?}",
+            at(&field)
+        ))),
+    };
     for (i, t) in spec.targets.iter().enumerate() {
-        let sev = match t.severity.as_str() {
-            "P1" => Severity::P1,
-            "P2" => Severity::P2,
-            "P3" => Severity::P3,
-            "P4" => Severity::P4,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "{}: unknown severity {other:?}",
-                    at(&format!("targets[{i}].severity"))
-                )))
-            }
-        };
+        let sev = severity(&t.severity, format!("targets[{i}].severity"))?;
         targets.retain(|d| d.severity != sev);
         targets.push(target(sev, t.respond_minutes, t.restore_minutes));
     }
@@ -119,10 +119,64 @@ pub fn slo_for(specs: &SpecSet, tenant: &str) -> Result<Slo, Error> {
         targets,
         severity: Default::default(),
         credits,
-        escalation: Vec::new(),
+        escalation: escalation(specs, &spec, severity)?,
     };
     slo.validate()?;
     Ok(slo)
+}
+
+/// The tier's escalation; without one, every channel of the platform hears of every
+/// incident when it opens (docs/design/0014).
+fn escalation(
+    specs: &SpecSet,
+    spec: &careplane_spec::SloSpec,
+    severity: impl Fn(&str, String) -> Result<Severity, Error>,
+) -> Result<Vec<EscalationPolicy>, Error> {
+    if spec.escalation.is_empty() {
+        let all: Vec<String> = specs
+            .platform
+            .spec
+            .notifications
+            .iter()
+            .flat_map(|n| n.channels.iter().map(|c| c.name.clone()))
+            .collect();
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Ok([Severity::P1, Severity::P2, Severity::P3, Severity::P4]
+            .into_iter()
+            .map(|severity| EscalationPolicy {
+                severity,
+                steps: vec![EscalationStep {
+                    after_minutes: 0,
+                    notify: all.clone(),
+                }],
+                repeat_minutes: None,
+                executive_after_minutes: None,
+                executive: Vec::new(),
+            })
+            .collect());
+    }
+    spec.escalation
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Ok(EscalationPolicy {
+                severity: severity(&e.severity, format!("escalation[{i}].severity"))?,
+                steps: e
+                    .steps
+                    .iter()
+                    .map(|s| EscalationStep {
+                        after_minutes: s.after_minutes,
+                        notify: s.notify.clone(),
+                    })
+                    .collect(),
+                repeat_minutes: e.repeat_minutes,
+                executive_after_minutes: e.executive_after_minutes,
+                executive: e.executive.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Production (and DR) count as production for severities.

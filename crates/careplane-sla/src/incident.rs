@@ -342,9 +342,16 @@ impl Incident {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Reason {
-    Step { step: usize },
-    Repeat { step: usize, repeat: u32 },
+    Step {
+        step: usize,
+    },
+    Repeat {
+        step: usize,
+        repeat: u32,
+    },
     Executive,
+    /// The incident was resolved: the channels that heard of it hear that it is over.
+    Resolved,
 }
 
 /// A notification whose time has come and that is not recorded as sent.

@@ -341,6 +341,8 @@ fn check_set(
         },
         _ => None,
     };
+    // Problems found while `check` holds `diags`.
+    let mut late: Vec<Diagnostic> = Vec::new();
     for (file, d) in &docs {
         let mut check = |path: &[Seg], target: Kind, name: &str, existing: &[&str]| {
             if existing.contains(&name) {
@@ -379,6 +381,62 @@ fn check_set(
                 }
             }
             AnyDocument::ServiceTier(t) => {
+                let channels: Vec<&str> = the_platform
+                    .and_then(|p| p.spec.notifications.as_ref())
+                    .map(|n| n.channels.iter().map(|c| c.name.as_str()).collect())
+                    .unwrap_or_default();
+                for (i, e) in t
+                    .spec
+                    .slo
+                    .iter()
+                    .flat_map(|s| s.escalation.iter())
+                    .enumerate()
+                {
+                    let named = e
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(j, s)| {
+                            s.notify.iter().enumerate().map(move |(k, n)| {
+                                (
+                                    vec![key("steps"), Seg::Index(j), key("notify"), Seg::Index(k)],
+                                    n,
+                                )
+                            })
+                        })
+                        .chain(
+                            e.executive
+                                .iter()
+                                .enumerate()
+                                .map(|(k, n)| (vec![key("executive"), Seg::Index(k)], n)),
+                        );
+                    for (tail, name) in named {
+                        if channels.contains(&name.as_str()) {
+                            continue;
+                        }
+                        let mut path =
+                            vec![key("spec"), key("slo"), key("escalation"), Seg::Index(i)];
+                        path.extend(tail);
+                        let pos = d.tree.value_pos(&path);
+                        let help = match did_you_mean(name, channels.iter().copied()) {
+                            Some(s) => format!("did you mean {}?", quoted(s)),
+                            None if channels.is_empty() => {
+                                "the Platform defines no notifications.channels".into()
+                            }
+                            None => format!("channels: {}", channels.join(", ")),
+                        };
+                        late.push(
+                            Diagnostic::new(
+                                file,
+                                pos.line,
+                                pos.column,
+                                path_string(&path),
+                                format!("unknown notification channel {}", quoted(name)),
+                            )
+                            .with_help(help),
+                        );
+                    }
+                }
                 if let Some(b) = &t.spec.backup_policy {
                     check(
                         &[key("spec"), key("backupPolicy")],
@@ -469,6 +527,8 @@ fn check_set(
             },
         }
     }
+
+    diags.extend(late);
 
     // What careplane derives from the documents.
     crate::derived::check_names(&docs, &mut diags);

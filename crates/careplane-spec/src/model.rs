@@ -162,9 +162,41 @@ pub struct PlatformSpec {
     // Boxed: most platforms leave it out, and documents of every kind share
     // one enum.
     pub kubernetes: Option<Box<crate::kubernetes::KubernetesSettings>>,
+    /// Where `careplane serve` sends incident notifications: named channels
+    /// that service tiers' `slo.escalation` steps refer to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<NotificationSettings>,
     /// What tenants get when they leave a field unset.
     #[serde(default)]
     pub defaults: PlatformDefaults,
+}
+
+/// Notification channels of a platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// Named channels; names are unique.
+    #[serde(default)]
+    pub channels: Vec<NotificationChannel>,
+}
+
+/// One channel: exactly one of `webhook` and `alertmanager`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct NotificationChannel {
+    /// What escalation steps call it, e.g. `on-call`.
+    #[schemars(pattern(NAME_PATTERN), length(min = 1, max = 63))]
+    pub name: String,
+    /// `http(s)://…`: receives a JSON POST per notification. Put no token in
+    /// the URL; it is shown in `validate` errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// Base URL of an Alertmanager, e.g. `http://127.0.0.1:9093`: receives the
+    /// incident as an alert on `/api/v2/alerts`, resolved when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -360,6 +392,43 @@ pub struct SloSpec {
     /// Replaces the default table (10 % below the objective, 25 % below 99, 50 % below 95).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credits: Vec<CreditSpec>,
+    /// Who is notified of an incident, per severity. Default: every channel
+    /// of the platform when the incident opens, for every severity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalation: Vec<EscalationSpec>,
+}
+
+/// Escalation of one severity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct EscalationSpec {
+    /// `P1` to `P4`.
+    #[schemars(pattern(r"^P[1-4]$"))]
+    pub severity: String,
+    /// In increasing `afterMinutes`; the first is normally 0 (on opening).
+    #[schemars(length(min = 1))]
+    pub steps: Vec<EscalationStepSpec>,
+    /// While unacknowledged, notify the latest step's channels again this often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_minutes: Option<u32>,
+    /// An incident not restored this long after it started notifies `executive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executive_after_minutes: Option<u32>,
+    /// Channels for the executive notification.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executive: Vec<String>,
+}
+
+/// After `afterMinutes` unacknowledged, notify these channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct EscalationStepSpec {
+    pub after_minutes: u32,
+    /// Names of the Platform's `notifications.channels`.
+    #[schemars(length(min = 1))]
+    pub notify: Vec<String>,
 }
 
 /// Minutes to acknowledge and to restore an incident of one severity.

@@ -584,7 +584,50 @@ fn check_paths(cx: &mut Ctx<'_>, path: &[Seg], paths: &[PathBuf]) {
     }
 }
 
+fn check_channels(cx: &mut Ctx<'_>, n: &crate::model::NotificationSettings) {
+    for (i, c) in n.channels.iter().enumerate() {
+        let base = [
+            key("spec"),
+            key("notifications"),
+            key("channels"),
+            Seg::Index(i),
+        ];
+        if n.channels[..i].iter().any(|o| o.name == c.name) {
+            let mut p = base.to_vec();
+            p.push(key("name"));
+            cx.at_value(
+                &p,
+                format!("channel {} is defined twice", quoted(&c.name)),
+                None,
+            );
+        }
+        match (&c.webhook, &c.alertmanager) {
+            (None, None) | (Some(_), Some(_)) => cx.at_value(
+                &base,
+                "a channel has exactly one of `webhook` and `alertmanager`",
+                None,
+            ),
+            (Some(u), None) | (None, Some(u)) => {
+                if !(u.starts_with("http://") || u.starts_with("https://"))
+                    || u.contains(char::is_whitespace)
+                {
+                    let mut p = base.to_vec();
+                    p.push(key(if c.webhook.is_some() {
+                        "webhook"
+                    } else {
+                        "alertmanager"
+                    }));
+                    cx.at_value(&p, "not an http:// or https:// URL", None);
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn platform(cx: &mut Ctx<'_>, spec: &PlatformSpec) {
+    if let Some(n) = &spec.notifications {
+        check_channels(cx, n);
+    }
     let spec_path = [key("spec")];
     let data_dir_path = [key("spec"), key("dataDir")];
     if spec.data_dir.as_os_str().is_empty() {
@@ -779,6 +822,27 @@ fn slo_spec(cx: &mut Ctx<'_>, slo: &crate::model::SloSpec) {
             );
         } else if slo.targets[..i].iter().any(|o| o.severity == t.severity) {
             cx.at_value(&p, format!("severity {} is listed twice", t.severity), None);
+        }
+    }
+    for (i, e) in slo.escalation.iter().enumerate() {
+        let mut p = base.to_vec();
+        p.extend([key("escalation"), Seg::Index(i), key("severity")]);
+        if !matches!(e.severity.as_str(), "P1" | "P2" | "P3" | "P4") {
+            cx.at_value(
+                &p,
+                format!("unknown severity {:?}", e.severity),
+                Some("P1, P2, P3 or P4".into()),
+            );
+        } else if slo.escalation[..i].iter().any(|o| o.severity == e.severity) {
+            cx.at_value(&p, format!("severity {} is listed twice", e.severity), None);
+        }
+        if e.steps
+            .windows(2)
+            .any(|w| w[1].after_minutes <= w[0].after_minutes)
+        {
+            p.pop();
+            p.push(key("steps"));
+            cx.at_value(&p, "steps must be in increasing afterMinutes", None);
         }
     }
     for (i, c) in slo.credits.iter().enumerate() {
