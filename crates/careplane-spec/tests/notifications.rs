@@ -36,7 +36,11 @@ fn problems(platform: &str, tier: &str) -> Vec<String> {
 #[test]
 fn escalation_names_only_channels_the_platform_has() {
     let good = tier("      - severity: P1\n        steps:\n          - {afterMinutes: 0, notify: [on-call, alerts]}\n          - {afterMinutes: 15, notify: [on-call]}\n        repeatMinutes: 5\n        executiveAfterMinutes: 30\n        executive: [alerts]\n");
-    assert!(problems(PLATFORM, &good).is_empty(), "{:?}", problems(PLATFORM, &good));
+    assert!(
+        problems(PLATFORM, &good).is_empty(),
+        "{:?}",
+        problems(PLATFORM, &good)
+    );
 
     let bad = tier("      - severity: P1\n        steps:\n          - {afterMinutes: 0, notify: [on-cal]}\n        executive: [pager]\n");
     assert_eq!(
@@ -67,7 +71,8 @@ fn malformed_escalations_and_channels_are_refused() {
             "{name: on-call, webhook: \"http://127.0.0.1:9000/hook\"}",
             "{name: on-call, webhook: \"http://a\", alertmanager: \"http://b\"}",
         );
-    let good = tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [on-call]}]\n");
+    let good =
+        tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [on-call]}]\n");
     assert_eq!(
         problems(&platform, &good),
         [
