@@ -509,13 +509,27 @@ fn serve_probes_records_opens_incidents_and_reports() {
             .iter()
             .any(|h| h["incident"]["id"] == id.as_str() && h["notification"]["key"] == "step-0")
     });
-    let first = hooks.lock().unwrap()[0].clone();
+    let first = hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|h| h["type"] == "careplane.incident")
+        .cloned()
+        .unwrap();
     assert_eq!(first["type"], "careplane.incident", "{first}");
     assert_eq!(first["incident"]["severity"], "P1", "{first}");
     if let Some(am) = &am {
-        wait_for("Alertmanager to hold the alert", 60, || {
-            !alerts_for(am, &id).is_empty()
-        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while alerts_for(am, &id).is_empty() {
+            if Instant::now() > deadline {
+                let (_, all) = request(am.port, "GET", "/api/v2/alerts", None, None).unwrap();
+                panic!(
+                    "Alertmanager holds no alert for {id}: {all}\nserve's log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let a = &alerts_for(am, &id)[0];
         assert_eq!(a["labels"]["alertname"], "CareplaneIncident", "{a}");
         assert_eq!(a["labels"]["severity"], "P1", "{a}");

@@ -18,12 +18,23 @@ use crate::probes::State;
 /// How long one channel may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Channel deliveries already done or under way, by `incident/key/channel`.
+/// Channel deliveries already done or under way, by `incident/key/channel`; burn-rate
+/// rules firing, by `tenant/env/rule`; the clock minute burn rates were last evaluated; when
+/// open incidents' alerts were last sent to Alertmanager again.
 #[derive(Default)]
 pub(crate) struct Deliveries {
     pub done: BTreeSet<String>,
     pub inflight: BTreeSet<String>,
+    pub burning: BTreeSet<String>,
+    pub burn_minute: Option<i64>,
+    pub refreshed: Option<std::time::Instant>,
 }
+
+/// Alertmanager resolves an alert nobody re-sent within its `resolve_timeout`, so careplane
+/// re-sends the active ones (as Prometheus does) with an `endsAt` this far ahead.
+const ALERT_LEASE_SECONDS: i64 = 300;
+/// How often active alerts are re-sent.
+const REFRESH: Duration = Duration::from_secs(60);
 
 fn channels(state: &State) -> Vec<NotificationChannel> {
     state
@@ -59,9 +70,21 @@ pub fn webhook_body(i: &Incident, n: &DueNotification) -> Value {
     })
 }
 
+/// Alertmanager's leases run on the wall clock, whatever clock careplane's minutes are
+/// counted on (a test's scaled clock runs behind it).
+fn lease() -> Timestamp {
+    let wall = Timestamp::now();
+    Timestamp::from_second(wall.as_second() + ALERT_LEASE_SECONDS).unwrap_or(wall)
+}
+
+/// The end of an alert that is over, on the wall clock.
+fn ended() -> Timestamp {
+    Timestamp::now()
+}
+
 /// The Alertmanager alert: one per incident (same labels on every notification, so
-/// Alertmanager groups them), `endsAt` once resolved.
-pub fn alert_body(i: &Incident, n: &DueNotification, now: Timestamp) -> Value {
+/// Alertmanager groups them), `endsAt` a lease ahead while open and `now` once resolved.
+pub fn alert_body(i: &Incident, n: &DueNotification) -> Value {
     let mut alert = json!({
         "labels": {
             "alertname": "CareplaneIncident", "severity": format!("{:?}", i.severity),
@@ -70,38 +93,86 @@ pub fn alert_body(i: &Incident, n: &DueNotification, now: Timestamp) -> Value {
         },
         "annotations": { "summary": summary(i), "notification": n.key },
         "startsAt": i.started_at,
+        "endsAt": lease(),
     });
     if i.resolved.is_some() {
-        alert["endsAt"] = json!(now);
+        alert["endsAt"] = json!(ended());
     }
     json!([alert])
 }
 
-async fn send(
-    c: &NotificationChannel,
-    i: &Incident,
-    n: &DueNotification,
-    now: Timestamp,
-) -> Result<(), String> {
+/// A burn-rate rule of one environment starting or ceasing to fire.
+fn burn_bodies(
+    (tenant, env): &(String, String),
+    a: &careplane_sla::BurnAlert,
+    firing: bool,
+) -> (Value, Value) {
+    let summary = format!(
+        "{tenant}/{env}: error budget burning at {}.{:03}x over {} min and {}.{:03}x over {} min (rule {}){}",
+        a.long.rate_milli / 1000,
+        a.long.rate_milli % 1000,
+        a.rule.long_minutes,
+        a.short.rate_milli / 1000,
+        a.short.rate_milli % 1000,
+        a.rule.short_minutes,
+        a.rule.name,
+        if firing { "" } else { ": stopped" },
+    );
+    let hook = json!({
+        "type": "careplane.burn",
+        "summary": summary,
+        "tenant": tenant, "environment": env,
+        "rule": a.rule, "long": a.long, "short": a.short, "firing": firing,
+    });
+    let alert = json!([{
+        "labels": {
+            "alertname": "CareplaneErrorBudgetBurn", "tenant": tenant, "environment": env,
+            "rule": a.rule.name, "severity": if a.rule.page { "page" } else { "ticket" },
+        },
+        "annotations": { "summary": summary },
+        "endsAt": if firing { lease() } else { ended() },
+    }]);
+    (hook, alert)
+}
+
+async fn post(c: &NotificationChannel, hook: &Value, alerts: &Value) -> Result<(), String> {
     let (url, body) = match (&c.webhook, &c.alertmanager) {
-        (Some(u), _) => (u.clone(), webhook_body(i, n)),
+        (Some(u), _) => (u.clone(), hook),
         (None, Some(base)) => (
             format!("{}/api/v2/alerts", base.trim_end_matches('/')),
-            alert_body(i, n, now),
+            alerts,
         ),
         (None, None) => return Err(format!("channel {:?} has no address", c.name)),
     };
-    match careplane_probe::post_json(&url, &body, None, TIMEOUT).await? {
+    match careplane_probe::post_json(&url, body, None, TIMEOUT).await? {
         s if (200..300).contains(&s) => Ok(()),
         s => Err(format!("channel {:?}: POST {url} answered {s}", c.name)),
     }
 }
 
+/// Fire-and-forget sends (burn-rate changes, alert refreshes): logged when they fail.
+fn spawn_post(c: NotificationChannel, hook: Value, alerts: Value, what: String) {
+    tokio::spawn(async move {
+        if let Err(e) = post(&c, &hook, &alerts).await {
+            eprintln!(
+                "careplane serve: {what}: notifying {:?} failed: {e}",
+                c.name
+            );
+        }
+    });
+}
+
+async fn send(c: &NotificationChannel, i: &Incident, n: &DueNotification) -> Result<(), String> {
+    post(c, &webhook_body(i, n), &alert_body(i, n)).await
+}
+
 /// Sends each due notification to each of its channels not yet served, in the background;
 /// records it on the incident once all took it.
-pub(crate) fn dispatch(state: &Arc<State>, due: Vec<(Incident, DueNotification)>, now: Timestamp) {
+pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: Timestamp) {
     let all = channels(state);
-    for (incident, n) in due {
+    burns(state, &all, ev.burns);
+    refresh(state, &all, &ev.open_incidents);
+    for (incident, n) in ev.due {
         for name in &n.recipients {
             let id = format!("{}/{}/{name}", incident.id, n.key);
             {
@@ -120,7 +191,7 @@ pub(crate) fn dispatch(state: &Arc<State>, due: Vec<(Incident, DueNotification)>
             };
             let (state, incident, n) = (state.clone(), incident.clone(), n.clone());
             tokio::spawn(async move {
-                let r = send(&channel, &incident, &n, now).await;
+                let r = send(&channel, &incident, &n).await;
                 let complete = {
                     let mut d = state.deliveries();
                     d.inflight.remove(&id);
@@ -160,6 +231,76 @@ pub(crate) fn dispatch(state: &Arc<State>, due: Vec<(Incident, DueNotification)>
                     }
                 }
             });
+        }
+    }
+}
+
+/// Announces burn-rate rules that started or stopped firing to every channel, and keeps the
+/// firing ones alive on Alertmanager.
+fn burns(state: &State, all: &[NotificationChannel], burns: Option<crate::probes::BurnsByEnv>) {
+    for (env, alerts) in burns.into_iter().flatten() {
+        for a in alerts {
+            let key = format!("{}/{}/{}", env.0, env.1, a.rule.name);
+            let was = state.deliveries().burning.contains(&key);
+            let changed = was != a.firing;
+            if changed {
+                let mut d = state.deliveries();
+                if a.firing {
+                    d.burning.insert(key.clone());
+                } else {
+                    d.burning.remove(&key);
+                }
+                eprintln!(
+                    "careplane serve: {key}: burn-rate rule {}",
+                    if a.firing { "firing" } else { "stopped" }
+                );
+            }
+            if !changed && !a.firing {
+                continue;
+            }
+            let (hook, alert) = burn_bodies(&env, &a, a.firing);
+            for c in all {
+                // Webhooks hear of changes; Alertmanager also gets the lease renewed.
+                if changed || c.alertmanager.is_some() {
+                    spawn_post(c.clone(), hook.clone(), alert.clone(), key.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Re-sends the alerts of open, announced incidents to their Alertmanager channels every
+/// [`REFRESH`], so Alertmanager does not resolve them by itself.
+fn refresh(state: &State, all: &[NotificationChannel], open: &[Incident]) {
+    {
+        let mut d = state.deliveries();
+        if d.refreshed.is_some_and(|t| t.elapsed() < REFRESH) {
+            return;
+        }
+        d.refreshed = Some(std::time::Instant::now());
+    }
+    for i in open {
+        let Some(last) = i.notifications.last() else {
+            continue;
+        };
+        let n = DueNotification {
+            key: last.key.clone(),
+            due_at: last.at,
+            recipients: last.recipients.clone(),
+            reason: careplane_sla::incident::Reason::Step { step: 0 },
+        };
+        for c in all.iter().filter(|c| {
+            c.alertmanager.is_some()
+                && i.notifications
+                    .iter()
+                    .any(|s| s.recipients.contains(&c.name))
+        }) {
+            spawn_post(
+                c.clone(),
+                Value::Null,
+                alert_body(i, &n),
+                format!("incident {}", i.id),
+            );
         }
     }
 }

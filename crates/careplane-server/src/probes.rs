@@ -413,7 +413,7 @@ async fn writer(state: Arc<State>, mut rx: mpsc::Receiver<schedule::Outcome>) {
             match tokio::task::spawn_blocking(move || evaluate(&st)).await {
                 Ok(Err(e)) => eprintln!("careplane serve: incident detection: {e}"),
                 Err(e) => eprintln!("careplane serve: incident detection: {e}"),
-                Ok(Ok(due)) => crate::notify::dispatch(&state, due, (state.clock)()),
+                Ok(Ok(ev)) => crate::notify::dispatch(&state, ev, (state.clock)()),
             }
         }
         if last_compact.elapsed() >= Duration::from_secs(3600) {
@@ -436,7 +436,7 @@ fn minutes_ago(now: Timestamp, m: u32) -> Timestamp {
 /// Opens incidents for critical journeys failing for N minutes, marks recoveries, and
 /// returns the notifications due (escalation steps, repeats, the executive notice, and the
 /// resolution of an incident that was announced), for `notify::dispatch` to deliver.
-pub(crate) fn evaluate(state: &State) -> Result<Vec<(Incident, DueNotification)>, Error> {
+pub(crate) fn evaluate(state: &State) -> Result<Evaluation, Error> {
     let now = (state.clock)();
     let probe = critical_probe(&state.specs);
     let envs: Vec<(String, String)> = state.live().environments.keys().cloned().collect();
@@ -509,7 +509,61 @@ pub(crate) fn evaluate(state: &State) -> Result<Vec<(Incident, DueNotification)>
         }
         Ok(((), changed))
     })?;
-    Ok(due)
+    let open_incidents = incidents::load(&state.data_dir)?
+        .into_iter()
+        .filter(|i| i.is_open())
+        .collect();
+    Ok(Evaluation {
+        due,
+        open_incidents,
+        burns: burn_rates(state, now)?,
+    })
+}
+
+/// Burn-rate evaluations per (tenant, environment).
+pub(crate) type BurnsByEnv = Vec<((String, String), Vec<careplane_sla::BurnAlert>)>;
+
+/// What one round of evaluation asks `notify` to do.
+pub(crate) struct Evaluation {
+    pub due: Vec<(Incident, DueNotification)>,
+    /// Open incidents, whose Alertmanager alerts are kept alive.
+    pub open_incidents: Vec<Incident>,
+    /// Burn-rate rules of each environment, evaluated once per (clock) minute; `None` in
+    /// the rounds between.
+    pub burns: Option<BurnsByEnv>,
+}
+
+/// The SRE workbook's burn-rate rules over each environment's critical journey, in its
+/// calendar (approved maintenance drops out), once per clock minute.
+fn burn_rates(state: &State, now: Timestamp) -> Result<Option<BurnsByEnv>, Error> {
+    let minute = now.as_second().div_euclid(60);
+    {
+        let mut d = state.deliveries();
+        if d.burn_minute == Some(minute) {
+            return Ok(None);
+        }
+        d.burn_minute = Some(minute);
+    }
+    let rules = careplane_sla::BurnRule::defaults();
+    let longest = rules.iter().map(|r| r.long_minutes).max().unwrap_or(0);
+    let probe = critical_probe(&state.specs);
+    let envs: Vec<(String, String)> = state.live().environments.keys().cloned().collect();
+    let mut out = Vec::new();
+    for (t, e) in envs {
+        let Ok(slo) = slo_for(&state.specs, &t) else {
+            continue;
+        };
+        let cal = crate::calendar::calendar_of(&state.specs, &t, &e)?;
+        let lead = slo.bad_minute.consecutive_failures.saturating_sub(1);
+        let from = minutes_ago(now, longest + lead + 1);
+        let tl =
+            state
+                .store()
+                .timeline(&SeriesKey::new(&t, &e, probe), from, longest + lead + 2)?;
+        let alerts = careplane_sla::evaluate_burn(&tl, &cal.entries, &cal.zone, &slo, &rules, now)?;
+        out.push(((t, e), alerts));
+    }
+    Ok(Some(out))
 }
 
 /// A resolved incident whose opening was announced tells the same channels it is over once.
