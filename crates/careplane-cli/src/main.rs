@@ -236,8 +236,8 @@ enum Command {
     /// serve, token, sla, incident (serve.rs).
     #[command(flatten)]
     Serve(serve::Command),
-    /// Backups of tenant environments: create, list, show, verify, prune,
-    /// run-due (docs/design/0010).
+    /// Backups of tenant environments: create, list, show, verify, restore,
+    /// prune, run-due (docs/design/0010, 0011).
     Backup {
         #[command(subcommand)]
         command: backup::BackupCommand,
