@@ -366,6 +366,38 @@ fn a_restore_into_another_environment_keeps_what_it_replaced_until_destroy() {
     let prod_now = checksums(&mut ca);
     drop(ca);
 
+    // A restore killed with production's Odoo stopped, before the swap:
+    // production's data is untouched, apply brings its Odoo back, and the
+    // next restore drops the half-made database.
+    crash(
+        &p,
+        &[
+            "backup",
+            "restore",
+            "alpha/production",
+            "--backup",
+            b["id"].as_str().unwrap(),
+        ],
+        "odoo-env/alpha/production@restore-stopped",
+    );
+    assert!(
+        cluster_databases(&p)
+            .iter()
+            .any(|d| d.contains("_restoring_")),
+        "{:?}",
+        cluster_databases(&p)
+    );
+    p.ok(&["apply"]);
+    let st = p.json(&["status"]);
+    assert_eq!(
+        status_env(&st, "alpha", "production")["odooHealth"]["ok"],
+        true,
+        "{st}"
+    );
+    let mut ca = tenant_client(&p, "alpha", "production");
+    assert_eq!(checksums(&mut ca), prod_now);
+    drop(ca);
+
     let r = p.json(&[
         "backup",
         "restore",
@@ -407,7 +439,9 @@ fn a_restore_into_another_environment_keeps_what_it_replaced_until_destroy() {
     assert_eq!(e["odooHealth"]["ok"], true, "{st}");
     assert_eq!(e["preRestoreDatabases"], serde_json::json!([kept]), "{st}");
     assert_eq!(e["lastRestore"]["from"], "alpha/production", "{st}");
-    assert!(cluster_databases(&p).contains(&kept));
+    let dbs = cluster_databases(&p);
+    assert!(dbs.contains(&kept));
+    assert!(!dbs.iter().any(|d| d.contains("_restoring_")), "{dbs:?}");
     assert_eq!(action_ids(&p.plan()), Vec::<String>::new());
 
     p.ok(&[

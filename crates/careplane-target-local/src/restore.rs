@@ -189,6 +189,7 @@ impl LocalDriver {
         }
         let (env_backup, target, base_id) =
             self.restore_point(req, &crec, &cluster_repo_url, &cluster_id)?;
+        self.finish_interrupted_restores(&cluster, &cluster_id)?;
         let target_text = match (&req.point, target) {
             (_, Target::Time(t)) => rfc3339(t),
             (RestorePoint::Backup(id), Target::EndOfBackup) => format!("end of backup {id}"),
@@ -280,6 +281,9 @@ impl LocalDriver {
         let _ = std::fs::remove_dir_all(&work);
         ensure_dir(&work, 0o700)?;
         let _work_guard = RemoveDirOnDrop(work.clone());
+        // Intent first: a restore killed from here on leaves names the next
+        // one finds (see finish_interrupted_restores).
+        self.set_restore_intent(&dst.db.id, Some((&work_db, &keep_as)))?;
         let staged = (|| -> Result<_, Error> {
             cluster.write_hba(&hba)?;
             cluster.create_database_for_restore(&work_db, &dst.tdb.role)?;
@@ -354,6 +358,7 @@ impl LocalDriver {
                 // database and its pg_hba line go.
                 let _ = cluster.drop_tenant_database_and_roles(&work_db, &[]);
                 let _ = cluster.write_hba(&runtime::hba_entries(&all, &cluster_id)?);
+                let _ = self.set_restore_intent(&dst.db.id, None);
                 return Err(e);
             }
         };
@@ -365,12 +370,13 @@ impl LocalDriver {
         progress(BackupEvent::Phase(format!(
             "switching {dst_name} to the restored database"
         )));
-        self.switch_in(&cluster, &dst, &work_db, &keep_as, files.as_ref())
-            .inspect_err(|_| {
-                let _ = cluster.drop_tenant_database_and_roles(&work_db, &[]);
-                let _ =
-                    cluster.write_hba(&runtime::hba_entries(&all, &cluster_id).unwrap_or_default());
-            })?;
+        if let Err(e) = self.switch_in(&cluster, &dst, &work_db, &keep_as, files.as_ref()) {
+            // Drops the new database if it was not swapped in, and records
+            // the old one if it could not be put back.
+            let _ = self.finish_interrupted_restores(&cluster, &cluster_id);
+            let _ = cluster.write_hba(&runtime::hba_entries(&all, &cluster_id).unwrap_or_default());
+            return Err(e);
+        }
         // The restored database has the environment's name now: its own
         // pg_hba line covers it.
         cluster.write_hba(&runtime::hba_entries(&all, &cluster_id)?)?;
@@ -437,8 +443,95 @@ impl LocalDriver {
             rec.observed["preRestore"] = json!(list);
         }
         rec.observed["lastRestorePreBackup"] = json!(pre.id);
+        if let Some(o) = rec.observed.as_object_mut() {
+            o.remove("restoreInProgress");
+        }
         self.store()?.put_resource(&rec)?;
         Ok(outcome)
+    }
+
+    /// Records on `db_id` the names a restore is about to make (the new
+    /// database and the name the replaced one will keep), or clears them.
+    fn set_restore_intent(
+        &mut self,
+        db_id: &str,
+        names: Option<(&str, &str)>,
+    ) -> Result<(), Error> {
+        let mut rec = self
+            .store()?
+            .resource(db_id)?
+            .ok_or_else(|| err(format!("{db_id} is not recorded")))?;
+        match names {
+            Some((work, keep)) => {
+                rec.observed["restoreInProgress"] = json!({"work": work, "keepAs": keep});
+            }
+            None => {
+                if let Some(o) = rec.observed.as_object_mut() {
+                    o.remove("restoreInProgress");
+                }
+            }
+        }
+        self.store()?.put_resource(&rec)?;
+        Ok(())
+    }
+
+    /// What a killed restore left on `cluster_id`: its new database, if it
+    /// was never swapped in, is dropped; a database it replaced is kept and
+    /// recorded (listed by `status`, dropped by `destroy`), since the
+    /// environment may now run on the restored one. Stale keys files and
+    /// scratch directories go too.
+    fn finish_interrupted_restores(
+        &mut self,
+        cluster: &PgCluster,
+        cluster_id: &str,
+    ) -> Result<(), Error> {
+        let restore_dir = self.data_dir.join("restore");
+        for e in std::fs::read_dir(&restore_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let _ = std::fs::remove_file(&path);
+            } else if path.is_dir() {
+                clear_leftover_scratch(&path)?;
+            }
+        }
+        let leftovers: Vec<ResourceRecord> = self
+            .records()?
+            .into_iter()
+            .filter(|r| r.kind == "pg-database")
+            .filter(|r| r.props.get("cluster").and_then(Value::as_str) == Some(cluster_id))
+            .filter(|r| r.observed.get("restoreInProgress").is_some())
+            .collect();
+        if leftovers.is_empty() {
+            return Ok(());
+        }
+        let present = cluster.databases()?;
+        for mut rec in leftovers {
+            let r = rec.observed["restoreInProgress"].clone();
+            let name = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_string);
+            if let Some(work) = name("work") {
+                if present.contains(&work) {
+                    cluster.drop_tenant_database_and_roles(&work, &[])?;
+                }
+            }
+            if let Some(keep) = name("keepAs") {
+                if present.contains(&keep) {
+                    let mut list = pre_restore_databases(&rec);
+                    if !list.contains(&keep) {
+                        list.push(keep);
+                    }
+                    rec.observed["preRestore"] = json!(list);
+                }
+            }
+            if let Some(o) = rec.observed.as_object_mut() {
+                o.remove("restoreInProgress");
+            }
+            self.store()?.put_resource(&rec)?;
+        }
+        Ok(())
     }
 
     /// The environment backup whose filestore is restored, the recovery
