@@ -513,16 +513,21 @@ pub(crate) fn print_status(s: &Status) {
 }
 
 /// `careplane backup-wal archive|restore --keys F --repository URL A B`:
-/// PostgreSQL's `archive_command` (`%p %f`) and `restore_command` (`%f %p`).
-pub(crate) fn wal(
-    verb: &str,
-    keys: &std::path::Path,
-    repository: &str,
-    store_options: &[String],
-    a: &str,
-    b: &str,
-) -> ExitCode {
-    match careplane_target_local::backup_wal(verb, keys, repository, store_options, a, b) {
+/// PostgreSQL's `archive_command` (`%p %f`) and `restore_command` (`%f %p`);
+/// `backup-wal fetch --socket S %f %p`: a restore's scratch server asking
+/// careplane (root) for a WAL file.
+pub(crate) fn wal(w: &WalArgs) -> ExitCode {
+    let r = match (w.verb.as_str(), &w.socket, &w.keys, &w.repository) {
+        ("fetch", Some(socket), _, _) => {
+            careplane_target_local::backup_wal_fetch(socket, &w.a, std::path::Path::new(&w.b))
+        }
+        ("fetch", None, _, _) => Err("fetch needs --socket".to_string()),
+        (verb, _, Some(keys), Some(repository)) => {
+            careplane_target_local::backup_wal(verb, keys, repository, &w.store_options, &w.a, &w.b)
+        }
+        (verb, _, _, _) => Err(format!("{verb} needs --keys and --repository")),
+    };
+    match r {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
             errln!("careplane backup-wal: {msg}");
@@ -534,16 +539,19 @@ pub(crate) fn wal(
 /// The hidden subcommand's arguments.
 #[derive(clap::Args)]
 pub(crate) struct WalArgs {
-    /// `archive` (`%p %f`) or `restore` (`%f %p`).
+    /// `archive` (`%p %f`), `restore` (`%f %p`) or `fetch` (`%f %p`).
     pub verb: String,
-    /// The WAL-keys file (the WAL key only).
+    /// The WAL-keys file (the WAL key only); archive and restore.
     #[arg(long)]
-    pub keys: PathBuf,
+    pub keys: Option<PathBuf>,
     #[arg(long)]
-    pub repository: String,
+    pub repository: Option<String>,
     /// Object store setting `key=value` (repeatable).
     #[arg(long = "store-option")]
     pub store_options: Vec<String>,
+    /// The socket of a restore's WAL server; fetch.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     pub a: String,
     pub b: String,
 }

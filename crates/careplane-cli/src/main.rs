@@ -472,16 +472,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             careplane_ingress::serve(&config)?;
         }
         Command::Backup { command } => return backup::run(command),
-        Command::BackupWal(w) => {
-            return Ok(backup::wal(
-                &w.verb,
-                &w.keys,
-                &w.repository,
-                &w.store_options,
-                &w.a,
-                &w.b,
-            ))
-        }
+        Command::BackupWal(w) => return Ok(backup::wal(&w)),
         Command::Modules {
             files,
             action,

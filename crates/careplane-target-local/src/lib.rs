@@ -32,6 +32,7 @@ use careplane_state::{ResourceRecord, Store};
 use resources::Host;
 
 pub use backup::backup_wal;
+pub use restore::backup_wal_fetch;
 
 /// What can go wrong on the local target. Converted into
 /// [`EngineError`] at the driver boundary, keeping refusals as refusals.

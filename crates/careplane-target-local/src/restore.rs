@@ -39,7 +39,7 @@ use careplane_local::pg::{PgCluster, TenantDb, ADMIN_ROLE};
 use careplane_state::{ResourceRecord, ResourceStatus};
 use serde_json::{json, Value};
 
-use crate::backup::{berr, cluster_repo_of, err, is_env_backup, label, rfc3339, wal_command};
+use crate::backup::{berr, cluster_repo_of, err, is_env_backup, label, rfc3339};
 use crate::runtime::{self, observed_str, str_prop};
 use crate::{Error, LocalDriver};
 
@@ -57,15 +57,6 @@ fn refused(problem: String) -> Error {
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
-}
-
-/// Removes a file when dropped: the keys file with careplane's identity.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// Removes a directory tree when dropped (root's staging directories).
@@ -219,21 +210,18 @@ impl LocalDriver {
         let scratch_dir = restore_dir.join(&src.tdb.database);
         clear_leftover_scratch(&scratch_dir)?;
         let owner = self.with_host(|d, h| d.service_owner(h))?;
-        let keys_path = restore_dir.join(format!("{}.wal-keys.json", src.tdb.database));
-        let keys_guard = RemoveOnDrop(keys_path.clone());
         let crepo = self.open_cluster_repo(&crec)?;
-        {
-            let secret_owner = cluster_repo_of(&crec).map(|(_, o)| o).unwrap_or_default();
-            let scope = str_prop(&crec, "scope")?.to_string();
-            let policy = self.cluster_policy(&scope);
-            let keys = self.repo_keys(&secret_owner, &policy)?;
-            // The service user's (the scratch server runs restore_command as
-            // it), 0600, removed as soon as recovery is done.
-            keys.wal_keys()
-                .map_err(berr(&format!("{cluster_id}: WAL keys")))?
-                .write_file(&keys_path, owner)
-                .map_err(berr(&format!("writing {}", keys_path.display())))?;
-        }
+        // The scratch server's restore_command asks root for each WAL file
+        // over a socket only the service user can open; careplane's identity
+        // stays in this process (it opens every repository: it must never
+        // be in a file the service user reads).
+        let socket = restore_dir.join(format!("{}.sock", src.tdb.database));
+        let wal_server = WalServer::start(
+            self.open_cluster_repo(&crec)?,
+            &socket,
+            &restore_dir.join(format!("{}.tmp", src.tdb.database)),
+            owner,
+        )?;
         progress(BackupEvent::Phase(format!(
             "recovering {} to {target_text} in {}",
             src.tdb.database,
@@ -248,12 +236,7 @@ impl LocalDriver {
                 bin_dir: cluster.bin.dir.clone(),
                 dir: scratch_dir.clone(),
                 owner,
-                restore_command: wal_command(
-                    &crec,
-                    "restore",
-                    &keys_path.display().to_string(),
-                    "%f %p",
-                ),
+                restore_command: wal_fetch_command(&crec, &socket),
                 admin_user: ADMIN_ROLE.into(),
                 timeout: RECOVERY_TIMEOUT,
             },
@@ -262,7 +245,7 @@ impl LocalDriver {
             "recovering {}/{} to {target_text} from base backup {base_id}",
             src.tenant, src.env
         )))?;
-        drop(keys_guard);
+        drop(wal_server);
         let recovered = scratch.recovered().clone();
         let recovery = t_recovery.elapsed();
 
@@ -492,10 +475,16 @@ impl LocalDriver {
             .flatten()
         {
             let path = e.path();
-            if path.extension().is_some_and(|x| x == "json") {
-                let _ = std::fs::remove_file(&path);
-            } else if path.is_dir() {
+            if path.is_dir() {
+                // A scratch directory, or a WAL server's temporary one.
+                if path.extension().is_some_and(|x| x == "tmp") {
+                    let _ = std::fs::remove_dir_all(&path);
+                    continue;
+                }
                 clear_leftover_scratch(&path)?;
+            } else {
+                // A WAL server's socket.
+                let _ = std::fs::remove_file(&path);
             }
         }
         let leftovers: Vec<ResourceRecord> = self
@@ -912,4 +901,178 @@ fn count_files(dir: &Path) -> u64 {
         }
     }
     n
+}
+
+/// The scratch server's `restore_command`: the archiver program asking the
+/// WAL server on `socket` for `%f` and writing it to `%p`.
+fn wal_fetch_command(crec: &ResourceRecord, socket: &Path) -> String {
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+    let program = crec
+        .observed
+        .get("archive")
+        .and_then(|a| a.get("program"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    format!(
+        "{} backup-wal fetch --socket {} %f %p",
+        quote(program),
+        quote(&socket.display().to_string())
+    )
+}
+
+/// Serves WAL files of a cluster's repository, decrypted by root, to the
+/// scratch server's `restore_command` (`careplane backup-wal fetch`) over a
+/// unix socket that only the service user (and root) may open. One request
+/// at a time (recovery asks for one file at a time); stopped when dropped.
+struct WalServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    socket: PathBuf,
+    tmp: PathBuf,
+}
+
+/// How long one request may take to arrive or be answered.
+const WAL_IO_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl WalServer {
+    fn start(
+        repo: careplane_backup::Repository,
+        socket: &Path,
+        tmp: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<WalServer, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        if socket.as_os_str().len() > 107 {
+            return Err(err(format!(
+                "the WAL socket path {} is over the 107-byte limit; use a shorter dataDir",
+                socket.display()
+            )));
+        }
+        let _ = std::fs::remove_file(socket);
+        let _ = std::fs::remove_dir_all(tmp);
+        ensure_dir(tmp, 0o700)?;
+        let listener = std::os::unix::net::UnixListener::bind(socket)
+            .map_err(io(format!("listening on {}", socket.display())))?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("setting the mode of {}", socket.display())))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(socket, Some(uid), Some(gid)).map_err(io(format!(
+                "handing {} to the service user",
+                socket.display()
+            )))?;
+        }
+        listener
+            .set_nonblocking(true)
+            .map_err(io(format!("configuring {}", socket.display())))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let file = tmp.join("wal");
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = serve_wal_request(&repo, stream, &file);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        Ok(WalServer {
+            stop,
+            thread: Some(thread),
+            socket: socket.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for WalServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// One request: a WAL file name and a newline; the answer `OK <length>\n`
+/// and the bytes, `NOTFOUND\n`, or `ERR <message>\n`.
+fn serve_wal_request(
+    repo: &careplane_backup::Repository,
+    mut stream: std::os::unix::net::UnixStream,
+    file: &Path,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(WAL_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(WAL_IO_TIMEOUT))?;
+    let mut name = String::new();
+    std::io::BufReader::new(std::io::Read::take(&stream, 128)).read_line(&mut name)?;
+    let name = name.trim_end_matches('\n');
+    let _ = std::fs::remove_file(file);
+    // restore_wal checks the name (WAL file names only, no path).
+    match repo.restore_wal(name, file) {
+        Ok(true) => {
+            let data = std::fs::read(file)?;
+            let _ = std::fs::remove_file(file);
+            stream.write_all(format!("OK {}\n", data.len()).as_bytes())?;
+            stream.write_all(&data)
+        }
+        Ok(false) => stream.write_all(b"NOTFOUND\n"),
+        Err(e) => {
+            let msg = careplane_backup::error_chain(&e).replace('\n', " ");
+            stream.write_all(format!("ERR {msg}\n").as_bytes())
+        }
+    }
+}
+
+/// `careplane backup-wal fetch --socket S %f %p`: the client of
+/// [`WalServer`], run by the scratch server as the service user. Exit 0
+/// with the file written, 1 when the repository has no such file (the end
+/// of recovery), 2 on an error.
+pub fn backup_wal_fetch(socket: &Path, name: &str, dest: &Path) -> Result<u8, String> {
+    use std::io::{BufRead, Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(WAL_IO_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(WAL_IO_TIMEOUT)))
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    stream
+        .write_all(format!("{name}\n").as_bytes())
+        .map_err(|e| format!("asking for WAL file {name}: {e}"))?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    reader
+        .read_line(&mut head)
+        .map_err(|e| format!("reading the answer for WAL file {name}: {e}"))?;
+    let head = head.trim_end();
+    if head == "NOTFOUND" {
+        return Ok(1);
+    }
+    if let Some(msg) = head.strip_prefix("ERR ") {
+        return Err(format!("restoring WAL file {name}: {msg}"));
+    }
+    let len: u64 = head
+        .strip_prefix("OK ")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("WAL file {name}: unexpected answer {head:?}"))?;
+    let mut data = Vec::new();
+    reader
+        .take(len)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("receiving WAL file {name}: {e}"))?;
+    if data.len() as u64 != len {
+        return Err(format!(
+            "WAL file {name}: received {} of {len} bytes",
+            data.len()
+        ));
+    }
+    std::fs::write(dest, &data).map_err(|e| format!("writing {}: {e}", dest.display()))?;
+    Ok(0)
 }
