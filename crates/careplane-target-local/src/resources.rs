@@ -417,9 +417,10 @@ impl LocalDriver {
             let roles: Vec<&str> = std::iter::once(runtime::db_role(&rec)?)
                 .chain(runtime::former_role(&rec))
                 .collect();
-            // Databases a restore replaced and kept belong to the role too:
-            // they go with the environment (else DROP ROLE would refuse).
-            for kept in crate::restore::pre_restore_databases(&rec) {
+            // Databases a restore replaced and kept, or a killed restore
+            // left, belong to the role too: they go with the environment
+            // (else DROP ROLE would refuse).
+            for kept in crate::restore::restore_leftovers(&rec) {
                 cluster.drop_database(&kept)?;
             }
             cluster.drop_tenant_database_and_roles(str_prop(&rec, "database")?, &roles)?;

@@ -773,6 +773,21 @@ pub(crate) fn pre_restore_databases(rec: &ResourceRecord) -> Vec<String> {
         .collect()
 }
 
+/// Every database a restore may have left for a `pg-database` record: the
+/// kept ones, and the names of a restore that was killed (they may or may
+/// not exist).
+pub(crate) fn restore_leftovers(rec: &ResourceRecord) -> Vec<String> {
+    let mut out = pre_restore_databases(rec);
+    if let Some(r) = rec.observed.get("restoreInProgress") {
+        for k in ["work", "keepAs"] {
+            if let Some(n) = r.get(k).and_then(Value::as_str) {
+                out.push(n.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// The environment's last restore, from its `pg-database` record.
 pub(crate) fn last_restore(rec: &ResourceRecord) -> Option<LastRestore> {
     serde_json::from_value(rec.observed.get("lastRestore")?.clone()).ok()
