@@ -262,6 +262,36 @@ fn one_tenant_goes_back_to_a_point_in_time_while_the_other_is_untouched() {
     ]);
     assert!(out.status.success(), "restore failed:\n{}", text(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // No secret in what it printed, nor careplane's identity (which
+    // decrypts every repository) in any file it left.
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let identity = store.secret("backup", "identity").unwrap().unwrap();
+    let identity = careplane_local::ExposeSecret::expose_secret(&identity).to_string();
+    drop(store);
+    for (t, e) in [("alpha", "production"), ("beta", "production")] {
+        let c = p.json(&["credentials", t, e]);
+        let pw = c["postgres"]["password"].as_str().unwrap();
+        assert!(!text(&out).contains(pw), "a password in the output");
+    }
+    assert!(!text(&out).contains(&identity));
+    let mut stack = vec![p.data_dir()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let ft = entry.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                let data = std::fs::read(entry.path()).unwrap_or_default();
+                // std's (optimised) substring search: the data dir holds
+                // the clusters' files too.
+                assert!(
+                    !String::from_utf8_lossy(&data).contains(identity.as_str()),
+                    "careplane's identity in clear in {}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
     assert_eq!(r["intoTenant"], "alpha", "{r}");
     assert_eq!(r["database"], a.database.as_str(), "{r}");
     let recovered = r["recoveredTo"].as_str().expect("a recovered point");
