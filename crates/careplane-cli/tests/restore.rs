@@ -474,6 +474,62 @@ fn a_restore_into_another_environment_keeps_what_it_replaced_until_destroy() {
     assert!(!dbs.iter().any(|d| d.contains("_restoring_")), "{dbs:?}");
     assert_eq!(action_ids(&p.plan()), Vec::<String>::new());
 
+    // Every archived WAL object with a flipped byte: the scratch recovery
+    // stops naming the WAL file, and production is as it was.
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let cluster = store.resource("pg-cluster/shared").unwrap().unwrap();
+    drop(store);
+    let wal_dir = PathBuf::from(
+        cluster.observed["archive"]["repository"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("file://")
+            .unwrap(),
+    )
+    .join("wal");
+    let mut originals = Vec::new();
+    for e in std::fs::read_dir(&wal_dir).unwrap().flatten() {
+        let data = std::fs::read(e.path()).unwrap();
+        let mut bad = data.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x01;
+        std::fs::write(e.path(), bad).unwrap();
+        originals.push((e.path(), data));
+    }
+    let mut ca = tenant_client(&p, "alpha", "production");
+    let t = server_now(&mut ca);
+    drop(ca);
+    let out = p.run(&["backup", "restore", "alpha/production", "--to-time", &t]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("restoring WAL file"), "{}", text(&out));
+    let mut ca = tenant_client(&p, "alpha", "production");
+    assert_eq!(checksums(&mut ca), prod_now);
+    drop(ca);
+    let st = p.json(&["status"]);
+    assert_eq!(
+        status_env(&st, "alpha", "production")["odooHealth"]["ok"],
+        true,
+        "{st}"
+    );
+    let dbs = cluster_databases(&p);
+    assert!(!dbs.iter().any(|d| d.contains("_restoring_")), "{dbs:?}");
+    assert_eq!(
+        dir_names(&p.data_dir().join("restore")),
+        Vec::<String>::new()
+    );
+    let audit = p.json(&["audit", "log", "--tenant", "alpha"]);
+    let last = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|e| e["action"] == "backup.restore")
+        .cloned()
+        .unwrap_or_else(|| panic!("no backup.restore in {audit}"));
+    assert_eq!(last["result"]["status"], "failed", "{last}");
+    for (path, data) in originals {
+        std::fs::write(path, data).unwrap();
+    }
+
     // Killed once more, after the swap, before Odoo started again: destroy
     // still drops every database the restores made or kept.
     crash(
