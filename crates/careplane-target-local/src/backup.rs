@@ -336,7 +336,7 @@ impl LocalDriver {
     /// Copies the running `careplane` into `<dataDir>/bin/` (0755, root's):
     /// the service user may not reach where it was built or installed
     /// (a 0700 home), and the copy is what `archive_command` runs.
-    fn install_archiver(&self) -> Result<PathBuf, Error> {
+    pub(crate) fn install_archiver(&self) -> Result<PathBuf, Error> {
         use std::os::unix::fs::PermissionsExt;
         // The running program's inode, even when its file was replaced or
         // removed since it started (an upgrade during an apply).

@@ -216,6 +216,9 @@ impl LocalDriver {
         // stays in this process (it opens every repository: it must never
         // be in a file the service user reads).
         let socket = restore_dir.join(format!("{}.sock", src.tdb.database));
+        // The copy restore_command runs must know `backup-wal fetch`: an
+        // older one (careplane upgraded since the last apply) is replaced.
+        self.install_archiver()?;
         let wal_server = WalServer::start(
             self.open_cluster_repo(&crec)?,
             &socket,
