@@ -795,16 +795,34 @@ pub fn copy_database_with_timeout(
     into: &str,
     timeout: Duration,
 ) -> Result<Copied> {
+    copy_database_as(scratch, &login.role, login, live, into, timeout)
+}
+
+/// [`copy_database`] where the dump connects to the scratch server as
+/// `dump_role` (the role owning the recovered database's objects, which
+/// needs no password there) and the restore as `login`: a restore of one
+/// environment of a tenant into another of its environments, whose role is
+/// another. Both are the tenant's own roles; never the superuser.
+pub fn copy_database_as(
+    scratch: &ScratchInstance,
+    dump_role: &str,
+    login: &TenantLogin,
+    live: &LiveCluster,
+    into: &str,
+    timeout: Duration,
+) -> Result<Copied> {
     let started = Instant::now();
     check_database_name(into)?;
-    if login.role.is_empty() || login.role.contains(['\0', '\n', '\r']) {
-        return Err(invalid(
-            format!("role name {:?}", login.role),
-            "must be a plain role name",
-        ));
+    for role in [dump_role, login.role.as_str()] {
+        if role.is_empty() || role.contains(['\0', '\n', '\r']) {
+            return Err(invalid(
+                format!("role name {role:?}"),
+                "must be a plain role name",
+            ));
+        }
     }
     let database = &scratch.recovered().database;
-    open_catalog_for_dump(scratch, database, &login.role)?;
+    open_catalog_for_dump(scratch, database, dump_role)?;
     let ca = scratch.dir.join("live-ca.crt");
     write_file(&ca, &live.ca_cert_pem, scratch.owner)?;
     let dump_program = scratch.bin_dir.join("pg_dump");
@@ -823,7 +841,7 @@ pub fn copy_database_with_timeout(
         .arg("-p")
         .arg(SCRATCH_PORT.to_string())
         .arg("-U")
-        .arg(&login.role)
+        .arg(dump_role)
         .arg("-d")
         .arg(database)
         .env("PGCONNECT_TIMEOUT", "10")

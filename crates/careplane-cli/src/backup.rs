@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use careplane_engine::{BackupEvent, BackupSummary, Status};
+use careplane_engine::{BackupEvent, BackupSummary, RestorePoint, RestoreRequest, Status};
 use clap::Subcommand;
 
 use crate::{load, print_json, print_table, write_out, Files, Output};
@@ -51,6 +51,42 @@ pub(crate) enum BackupCommand {
         /// Also decrypt and decompress every object.
         #[arg(long)]
         deep: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Take one environment's database back to a point in time on its
+    /// (possibly shared) cluster, and its filestore to the files referenced
+    /// then, while every other tenant of the cluster keeps running.
+    ///
+    /// Takes a `pre-restore` backup of the environment first, recovers the
+    /// database in a scratch PostgreSQL (only its files restored), copies it
+    /// into a new database as the tenant's own role, then swaps it in behind
+    /// the maintenance page and restarts Odoo. Anything that fails before
+    /// the swap leaves the environment untouched; a failure after it puts
+    /// the old database and filestore back. The replaced database is
+    /// dropped once Odoo answers, unless --keep-pre-restore.
+    #[command(group(clap::ArgGroup::new("point").required(true).args(["to_time", "backup"])))]
+    Restore {
+        #[command(flatten)]
+        files: Files,
+        /// `<tenant>/<environment>` whose backups to restore from.
+        environment: String,
+        /// RFC 3339 time (e.g. 2026-12-02T10:42:17Z): the last commit at or
+        /// before it. Not in the future, not before the oldest backup.
+        #[arg(long)]
+        to_time: Option<String>,
+        /// An environment backup id: the end of its cluster base backup.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Restore into another environment of the same tenant on the same
+        /// cluster (`<tenant>/<environment>`, e.g. a staging copy) instead of
+        /// in place; it gets its own Odoo identity.
+        #[arg(long = "as", value_name = "TENANT/ENV")]
+        into: Option<String>,
+        /// Keep the replaced database (`<db>_pre_restore_<stamp>`, closed to
+        /// connections; shown by `status`, dropped by `destroy`).
+        #[arg(long)]
+        keep_pre_restore: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -260,6 +296,76 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 (Err(e), Output::Text) => return Err(e.into()),
             }
         }
+        BackupCommand::Restore {
+            files,
+            environment,
+            to_time,
+            backup,
+            into,
+            keep_pre_restore,
+            output,
+        } => {
+            let (t, e) = split_env(&environment)?;
+            let into = into
+                .as_deref()
+                .map(split_env)
+                .transpose()?
+                .map(|(t, e)| (t.to_string(), e.to_string()));
+            let point = match (to_time, backup) {
+                (Some(t), None) => RestorePoint::Time(t),
+                (None, Some(b)) => RestorePoint::Backup(b),
+                _ => bail!("give exactly one of --to-time and --backup"),
+            };
+            let req = RestoreRequest {
+                tenant: t.to_string(),
+                environment: e.to_string(),
+                point,
+                into,
+                keep_pre_restore,
+            };
+            let engine = load(&files)?;
+            let p = Progress::new();
+            let r = engine.backup_restore(&req, &|ev| p.event(ev))?;
+            drop(p);
+            match output {
+                Output::Json => print_json(&r)?,
+                Output::Text => {
+                    outln!(
+                        "restored {}/{} from {}/{} to {} (recovered to {}) in {:.1} s{}",
+                        r.into_tenant,
+                        r.into_environment,
+                        r.tenant,
+                        r.environment,
+                        r.target,
+                        r.recovered_to
+                            .as_deref()
+                            .unwrap_or("the end of the base backup"),
+                        r.duration_ms as f64 / 1000.0,
+                        match (&r.rto, r.rto_met) {
+                            (Some(rto), Some(true)) => format!(" (within the tier's RTO {rto})"),
+                            (Some(rto), Some(false)) => format!(" (OVER the tier's RTO {rto})"),
+                            _ => String::new(),
+                        }
+                    );
+                    outln!(
+                        "  backup {} (base backup {}), {} filestore files",
+                        r.backup,
+                        r.cluster_backup,
+                        r.filestore_files
+                    );
+                    if let Some(kept) = &r.pre_restore_database {
+                        outln!("  the replaced database is kept as {kept}");
+                    }
+                    if !r.filestore_missing.is_empty() {
+                        errln!(
+                            "warning: {} files referenced at that point are in no backup: {}",
+                            r.filestore_missing.len(),
+                            r.filestore_missing.join(", ")
+                        );
+                    }
+                }
+            }
+        }
         BackupCommand::Prune { files, output } => {
             let engine = load(&files)?;
             let p = Progress::new();
@@ -378,19 +484,50 @@ pub(crate) fn print_status(s: &Status) {
         &[],
         &envs,
     );
+    for e in &s.environments {
+        if let Some(r) = &e.last_restore {
+            outln!(
+                "{}/{}: last restored {} from {} to {} (recovered to {}) in {:.1} s{}",
+                e.tenant,
+                e.environment,
+                r.finished,
+                r.from,
+                r.target,
+                r.recovered_to.as_deref().unwrap_or("-"),
+                r.duration_ms as f64 / 1000.0,
+                match (&r.rto, r.rto_met) {
+                    (Some(rto), Some(met)) =>
+                        format!(", RTO {rto} {}", if met { "met" } else { "MISSED" }),
+                    _ => String::new(),
+                }
+            );
+        }
+        for kept in &e.pre_restore_databases {
+            outln!(
+                "{}/{}: keeps database {kept} from before a restore (dropped with the environment)",
+                e.tenant,
+                e.environment
+            );
+        }
+    }
 }
 
 /// `careplane backup-wal archive|restore --keys F --repository URL A B`:
-/// PostgreSQL's `archive_command` (`%p %f`) and `restore_command` (`%f %p`).
-pub(crate) fn wal(
-    verb: &str,
-    keys: &std::path::Path,
-    repository: &str,
-    store_options: &[String],
-    a: &str,
-    b: &str,
-) -> ExitCode {
-    match careplane_target_local::backup_wal(verb, keys, repository, store_options, a, b) {
+/// PostgreSQL's `archive_command` (`%p %f`) and `restore_command` (`%f %p`);
+/// `backup-wal fetch --socket S %f %p`: a restore's scratch server asking
+/// careplane (root) for a WAL file.
+pub(crate) fn wal(w: &WalArgs) -> ExitCode {
+    let r = match (w.verb.as_str(), &w.socket, &w.keys, &w.repository) {
+        ("fetch", Some(socket), _, _) => {
+            careplane_target_local::backup_wal_fetch(socket, &w.a, std::path::Path::new(&w.b))
+        }
+        ("fetch", None, _, _) => Err("fetch needs --socket".to_string()),
+        (verb, _, Some(keys), Some(repository)) => {
+            careplane_target_local::backup_wal(verb, keys, repository, &w.store_options, &w.a, &w.b)
+        }
+        (verb, _, _, _) => Err(format!("{verb} needs --keys and --repository")),
+    };
+    match r {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
             errln!("careplane backup-wal: {msg}");
@@ -402,16 +539,19 @@ pub(crate) fn wal(
 /// The hidden subcommand's arguments.
 #[derive(clap::Args)]
 pub(crate) struct WalArgs {
-    /// `archive` (`%p %f`) or `restore` (`%f %p`).
+    /// `archive` (`%p %f`), `restore` (`%f %p`) or `fetch` (`%f %p`).
     pub verb: String,
-    /// The WAL-keys file (the WAL key only).
+    /// The WAL-keys file (the WAL key only); archive and restore.
     #[arg(long)]
-    pub keys: PathBuf,
+    pub keys: Option<PathBuf>,
     #[arg(long)]
-    pub repository: String,
+    pub repository: Option<String>,
     /// Object store setting `key=value` (repeatable).
     #[arg(long = "store-option")]
     pub store_options: Vec<String>,
+    /// The socket of a restore's WAL server; fetch.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     pub a: String,
     pub b: String,
 }

@@ -240,8 +240,8 @@ enum Command {
     /// serve, token, sla, incident (serve.rs).
     #[command(flatten)]
     Serve(serve::Command),
-    /// Backups of tenant environments: create, list, show, verify, prune,
-    /// run-due (docs/design/0010).
+    /// Backups of tenant environments: create, list, show, verify, restore,
+    /// prune, run-due (docs/design/0010, 0011).
     Backup {
         #[command(subcommand)]
         command: backup::BackupCommand,
@@ -499,16 +499,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             careplane_ingress::serve(&config)?;
         }
         Command::Backup { command } => return backup::run(command),
-        Command::BackupWal(w) => {
-            return Ok(backup::wal(
-                &w.verb,
-                &w.keys,
-                &w.repository,
-                &w.store_options,
-                &w.a,
-                &w.b,
-            ))
-        }
+        Command::BackupWal(w) => return Ok(backup::wal(&w)),
         Command::Modules {
             files,
             action,

@@ -113,6 +113,84 @@ pub struct RunDueOutcome {
     pub failures: Vec<String>,
 }
 
+/// Where `backup restore` takes an environment back to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestorePoint {
+    /// An instant (RFC 3339): the last commit at or before it.
+    Time(String),
+    /// The end of environment backup `id`'s base backup.
+    Backup(String),
+}
+
+/// `backup restore <tenant>/<env> --to-time T | --backup ID [--as <tenant>/<env>]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreRequest {
+    pub tenant: String,
+    pub environment: String,
+    pub point: RestorePoint,
+    /// Another environment (of the same tenant, on the same cluster) to
+    /// restore into instead of in place.
+    pub into: Option<(String, String)>,
+    /// Keep the replaced database (`<db>_pre_restore_<stamp>`, closed)
+    /// instead of dropping it once the restored environment answers.
+    pub keep_pre_restore: bool,
+}
+
+/// What `backup restore` did: the evidence of one restore (RTO: how long it
+/// took, against the service tier's target; RPO: the point recovered).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreOutcome {
+    /// The environment whose backups were restored from.
+    pub tenant: String,
+    pub environment: String,
+    /// The environment that was replaced (the same unless `--as`).
+    pub into_tenant: String,
+    pub into_environment: String,
+    pub database: String,
+    /// The environment backup whose filestore was restored.
+    pub backup: String,
+    /// The cluster's base backup recovery started from.
+    pub cluster_backup: String,
+    /// What was asked: an RFC 3339 time, or `end of backup <id>`.
+    pub target: String,
+    /// Commit time of the last transaction replayed (RFC 3339): the point
+    /// the database is at.
+    pub recovered_to: Option<String>,
+    /// When the restore began and ended (RFC 3339).
+    pub started: String,
+    pub finished: String,
+    /// Measured, from the start of the command to the environment answering
+    /// again (RTO evidence).
+    pub duration_ms: u64,
+    /// Of which: WAL archiving caught up, scratch recovery, copy, swap and
+    /// filestore with the restart.
+    pub archive_wait_ms: u64,
+    pub recovery_ms: u64,
+    pub copy_ms: u64,
+    pub switch_ms: u64,
+    /// Bytes of the cluster's files restored for the scratch recovery, and
+    /// other databases' bytes skipped (sparse placeholders).
+    pub bytes_restored: u64,
+    pub bytes_skipped: u64,
+    pub dump_bytes: u64,
+    pub filestore_files: u64,
+    /// Files referenced by `ir_attachment` at the recovered point that
+    /// neither the backup nor the live filestore has.
+    pub filestore_missing: Vec<String>,
+    /// The replaced database when kept (`--keep-pre-restore`).
+    pub pre_restore_database: Option<String>,
+    /// The service tier's restore-time target and whether it was met.
+    pub rto: Option<String>,
+    pub rto_met: Option<bool>,
+    /// The service tier's recovery-point target (the recovered point itself
+    /// is `recovered_to`).
+    pub rpo: Option<String>,
+    /// `--as` into another environment: the copy got its own
+    /// `database.uuid`/`database.secret`.
+    pub new_identity: bool,
+}
+
 /// Progress of long backup work, for the CLI to show.
 #[derive(Debug, Clone)]
 pub enum BackupEvent {
@@ -234,11 +312,55 @@ impl Engine {
         r
     }
 
-    // `backup restore <tenant>/<env> --to-time T [--as <tenant>/<env>]`
-    // belongs here, as `Driver::backup_restore` audited `backup.restore`: the
-    // local driver will call careplane-backup's per-tenant point-in-time
-    // restore with the environment backup's `cluster.backup` and
-    // `cluster.repository` labels (docs/design/0010, "Where restore goes").
+    /// `careplane backup restore`: one environment's database back to a
+    /// point in time (per-tenant PITR on a shared cluster, docs/design/0011)
+    /// and its filestore to the files referenced then, in place or into
+    /// another environment. One audit entry `backup.restore`, also when it
+    /// is refused or fails.
+    pub fn backup_restore(
+        &self,
+        req: &RestoreRequest,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<RestoreOutcome, EngineError> {
+        let mut core = self.core();
+        let r = core.driver.backup_restore(req, progress);
+        let (point, kind) = match &req.point {
+            RestorePoint::Time(t) => (t.clone(), "time"),
+            RestorePoint::Backup(b) => (b.clone(), "backup"),
+        };
+        let params = serde_json::json!({
+            "tenant": req.tenant,
+            "environment": req.environment,
+            kind: point,
+            "as": req.into.as_ref().map(|(t, e)| format!("{t}/{e}")),
+            "keepPreRestore": req.keep_pre_restore,
+        });
+        let mut out = audit::outcome(&r);
+        if let (Ok(o), None) = (&r, &out.message) {
+            out.message = Some(format!(
+                "restored to {} from backup {} in {} ms",
+                o.recovered_to
+                    .as_deref()
+                    .unwrap_or("the end of the base backup"),
+                o.backup,
+                o.duration_ms
+            ));
+        }
+        let (tt, te) = req
+            .into
+            .as_ref()
+            .map(|(t, e)| (t.as_str(), e.as_str()))
+            .unwrap_or((&req.tenant, &req.environment));
+        core.audit(
+            "backup.restore",
+            &format!("environment {tt}/{te}"),
+            Some(tt),
+            params,
+            out,
+            None,
+        )?;
+        r
+    }
 
     /// Runs what is due once: backups by their policy's schedule,
     /// verifications by `verify`, then pruning (for a systemd timer or cron).

@@ -16,8 +16,8 @@ use careplane_model::Kind;
 use careplane_state::ResourceRecord;
 
 use crate::backup::{
-    unsupported, BackupDetail, BackupEvent, BackupSummary, PruneOutcome, RunDueOutcome,
-    VerifyOutcome,
+    unsupported, BackupDetail, BackupEvent, BackupSummary, PruneOutcome, RestoreOutcome,
+    RestoreRequest, RunDueOutcome, VerifyOutcome,
 };
 use crate::error::EngineError;
 use crate::plan::{Action, Plan};
@@ -161,6 +161,16 @@ pub trait Driver: Send {
     ) -> Result<VerifyOutcome, EngineError> {
         let _ = (deep, progress);
         unsupported(&format!("backup {id}"))
+    }
+
+    /// `backup restore` (see [`crate::Engine::backup_restore`]).
+    fn backup_restore(
+        &mut self,
+        req: &RestoreRequest,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<RestoreOutcome, EngineError> {
+        let _ = progress;
+        unsupported(&format!("restore of {}/{}", req.tenant, req.environment))
     }
 
     fn backup_prune(

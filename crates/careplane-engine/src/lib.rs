@@ -32,7 +32,7 @@ use serde_json::Value;
 
 pub use backup::{
     BackupDetail, BackupEvent, BackupSummary, BackupTable, PruneOutcome, PrunedRepository,
-    RunDueOutcome, VerifyOutcome,
+    RestoreOutcome, RestorePoint, RestoreRequest, RunDueOutcome, VerifyOutcome,
 };
 pub use careplane_audit;
 pub use careplane_state::ExposeSecret;
@@ -42,7 +42,7 @@ pub use executor::{crash_point, finish, mark_deleting, prepare, run_all};
 pub use plan::{Action, Op, Plan};
 pub use report::{
     ApplyOptions, ApplyReport, Archiving, Credentials, DbCredentials, EnvStatus, Event,
-    ExportReport, Health, ImportReport, LastBackup, OdooCredentials, RedisCredentials,
+    ExportReport, Health, ImportReport, LastBackup, LastRestore, OdooCredentials, RedisCredentials,
     ServerStatus, Status,
 };
 

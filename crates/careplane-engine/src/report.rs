@@ -164,6 +164,11 @@ pub struct EnvStatus {
     /// Up to when the environment can be recovered: the time of the last
     /// WAL file its cluster archived (RFC 3339).
     pub recovery_point: Option<String>,
+    /// The environment's last restore (`backup restore`), as evidence.
+    pub last_restore: Option<LastRestore>,
+    /// Databases a restore replaced and kept (`--keep-pre-restore`), closed
+    /// to connections; `destroy` drops them with the environment.
+    pub pre_restore_databases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -173,6 +178,23 @@ pub struct LastBackup {
     pub finished: Option<String>,
     /// Why the repository could not be read (never a secret).
     pub error: Option<String>,
+}
+
+/// The last restore of an environment, recorded in the state store.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastRestore {
+    pub finished: String,
+    /// The environment backup restored from (of this or, with `--as`,
+    /// another environment: `from`).
+    pub backup: String,
+    pub from: String,
+    pub target: String,
+    pub recovered_to: Option<String>,
+    pub duration_ms: u64,
+    pub rto: Option<String>,
+    pub rto_met: Option<bool>,
+    pub rpo: Option<String>,
 }
 
 /// A cluster's WAL archiving, from `pg_stat_archiver`: failures are shown,

@@ -65,12 +65,12 @@ pub(crate) struct Policy {
     pub verify: Option<String>,
 }
 
-fn err(what: impl Into<String>) -> Error {
+pub(crate) fn err(what: impl Into<String>) -> Error {
     Error::inconsistent(what)
 }
 
 /// A backup error with the chain of its causes (which name the object).
-fn berr(context: &str) -> impl FnOnce(careplane_backup::BackupError) -> Error + '_ {
+pub(crate) fn berr(context: &str) -> impl FnOnce(careplane_backup::BackupError) -> Error + '_ {
     move |e| err(format!("{context}: {}", careplane_backup::error_chain(&e)))
 }
 
@@ -78,7 +78,7 @@ fn join_url(base: &str, rel: &str) -> String {
     format!("{}/{rel}", base.trim_end_matches('/'))
 }
 
-fn rfc3339(t: Timestamp) -> String {
+pub(crate) fn rfc3339(t: Timestamp) -> String {
     t.to_string()
 }
 
@@ -152,7 +152,7 @@ impl LocalDriver {
     /// backups: its tenant's for a dedicated cluster; the defaults for the
     /// shared one, which holds many tenants' data and so must not be
     /// encrypted to any one tenant's keys.
-    fn cluster_policy(&self, scope: &str) -> Policy {
+    pub(crate) fn cluster_policy(&self, scope: &str) -> Policy {
         let owner = self.specs.tenants.iter().find(|t| {
             t.spec.tenancy != Tenancy::Shared
                 && careplane_spec::names::pg_scope(&t.metadata.name, &t.spec) == scope
@@ -181,7 +181,7 @@ impl LocalDriver {
         Ok((id, r))
     }
 
-    fn repo_keys(&mut self, owner: &str, policy: &Policy) -> Result<RepoKeys, Error> {
+    pub(crate) fn repo_keys(&mut self, owner: &str, policy: &Policy) -> Result<RepoKeys, Error> {
         let (identity, recipient) = self.platform_identity()?;
         let store = self.store()?;
         let secret = match store.secret(owner, REPO_SECRET)? {
@@ -225,14 +225,14 @@ impl LocalDriver {
         }
     }
 
-    fn open_tenant_repo(&mut self, tenant: &str) -> Result<(Repository, Policy), Error> {
+    pub(crate) fn open_tenant_repo(&mut self, tenant: &str) -> Result<(Repository, Policy), Error> {
         let policy = self.tenant_policy(tenant)?;
         let url = self.tenant_repo_url(tenant, &policy);
         let repo = self.open_repo(&format!("backup/tenant/{tenant}"), &url, &policy)?;
         Ok((repo, policy))
     }
 
-    fn open_cluster_repo(&mut self, crec: &ResourceRecord) -> Result<Repository, Error> {
+    pub(crate) fn open_cluster_repo(&mut self, crec: &ResourceRecord) -> Result<Repository, Error> {
         let scope = str_prop(crec, "scope")?.to_string();
         let policy = self.cluster_policy(&scope);
         let (url, owner) = cluster_repo_of(crec).ok_or_else(|| {
@@ -325,7 +325,7 @@ impl LocalDriver {
         Ok(())
     }
 
-    fn service_owner(&mut self, host: &mut Host) -> Result<Option<(u32, u32)>, Error> {
+    pub(crate) fn service_owner(&mut self, host: &mut Host) -> Result<Option<(u32, u32)>, Error> {
         // SAFETY: geteuid(2) has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Ok(None);
@@ -336,7 +336,7 @@ impl LocalDriver {
     /// Copies the running `careplane` into `<dataDir>/bin/` (0755, root's):
     /// the service user may not reach where it was built or installed
     /// (a 0700 home), and the copy is what `archive_command` runs.
-    fn install_archiver(&self) -> Result<PathBuf, Error> {
+    pub(crate) fn install_archiver(&self) -> Result<PathBuf, Error> {
         use std::os::unix::fs::PermissionsExt;
         // The running program's inode, even when its file was replaced or
         // removed since it started (an upgrade during an apply).
@@ -359,7 +359,7 @@ impl LocalDriver {
         Ok(dest)
     }
 
-    fn records(&mut self) -> Result<Vec<ResourceRecord>, Error> {
+    pub(crate) fn records(&mut self) -> Result<Vec<ResourceRecord>, Error> {
         if !self.data_dir.join("state.db").exists() {
             return Ok(Vec::new());
         }
@@ -418,7 +418,7 @@ impl LocalDriver {
         problems
     }
 
-    fn create_backup_locked(
+    pub(crate) fn create_backup_locked(
         &mut self,
         tenant: &str,
         env: &str,
@@ -957,7 +957,31 @@ pub(crate) fn archive_settings(rec: &ResourceRecord) -> Vec<(String, String)> {
     let Some(a) = rec.observed.get("archive") else {
         return Vec::new();
     };
-    let s = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or_default();
+    let keys = a
+        .get("keysFile")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    vec![
+        ("archive_mode".into(), "on".into()),
+        (
+            "archive_command".into(),
+            wal_command(rec, "archive", keys, "%p %f"),
+        ),
+        ("archive_timeout".into(), ARCHIVE_TIMEOUT.into()),
+    ]
+}
+
+/// `careplane backup-wal <verb> …` for cluster `rec`'s repository (as in
+/// its `observed.archive`) with the WAL-keys file `keys`, every value
+/// single-quoted for the shell PostgreSQL runs it with.
+pub(crate) fn wal_command(rec: &ResourceRecord, verb: &str, keys: &str, args: &str) -> String {
+    let a = rec.observed.get("archive").cloned().unwrap_or(Value::Null);
+    let s = |k: &str| {
+        a.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
     let mut options = String::new();
     for o in a
@@ -969,24 +993,17 @@ pub(crate) fn archive_settings(rec: &ResourceRecord) -> Vec<(String, String)> {
     {
         options.push_str(&format!(" --store-option {}", quote(o)));
     }
-    let cmd = |verb: &str, args: &str| {
-        format!(
-            "{} backup-wal {verb} --keys {} --repository {}{options} {args}",
-            quote(s("program")),
-            quote(s("keysFile")),
-            quote(s("repository")),
-        )
-    };
-    vec![
-        ("archive_mode".into(), "on".into()),
-        ("archive_command".into(), cmd("archive", "%p %f")),
-        ("archive_timeout".into(), ARCHIVE_TIMEOUT.into()),
-    ]
+    format!(
+        "{} backup-wal {verb} --keys {} --repository {}{options} {args}",
+        quote(&s("program")),
+        quote(keys),
+        quote(&s("repository")),
+    )
 }
 
 /// The repository URL of a cluster and the vault owner of its secret, as
 /// recorded by [`LocalDriver::ensure_archiving`].
-fn cluster_repo_of(rec: &ResourceRecord) -> Option<(String, String)> {
+pub(crate) fn cluster_repo_of(rec: &ResourceRecord) -> Option<(String, String)> {
     let a = rec.observed.get("archive")?;
     Some((
         a.get("repository")?.as_str()?.to_string(),
@@ -994,15 +1011,15 @@ fn cluster_repo_of(rec: &ResourceRecord) -> Option<(String, String)> {
     ))
 }
 
-fn label<'a>(m: &'a Manifest, key: &str) -> &'a str {
+pub(crate) fn label<'a>(m: &'a Manifest, key: &str) -> &'a str {
     m.labels.get(key).map(String::as_str).unwrap_or("?")
 }
 
-fn is_env_backup(m: &Manifest) -> bool {
+pub(crate) fn is_env_backup(m: &Manifest) -> bool {
     m.labels.get("kind").map(String::as_str) == Some("environment")
 }
 
-fn summary(m: &Manifest, repository: &str) -> BackupSummary {
+pub(crate) fn summary(m: &Manifest, repository: &str) -> BackupSummary {
     BackupSummary {
         id: m.id.clone(),
         tenant: label(m, "tenant").into(),

@@ -13,6 +13,7 @@ mod backup;
 mod ingress;
 mod odoo;
 mod resources;
+mod restore;
 mod runtime;
 mod status;
 mod transfer;
@@ -31,6 +32,7 @@ use careplane_state::{ResourceRecord, Store};
 use resources::Host;
 
 pub use backup::backup_wal;
+pub use restore::backup_wal_fetch;
 
 /// What can go wrong on the local target. Converted into
 /// [`EngineError`] at the driver boundary, keeping refusals as refusals.
@@ -417,6 +419,14 @@ impl Driver for LocalDriver {
         progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
     ) -> Result<careplane_engine::VerifyOutcome, EngineError> {
         Ok(self.verify_backup(id, deep, progress)?)
+    }
+
+    fn backup_restore(
+        &mut self,
+        req: &careplane_engine::RestoreRequest,
+        progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
+    ) -> Result<careplane_engine::RestoreOutcome, EngineError> {
+        Ok(self.restore(req, progress)?)
     }
 
     fn backup_prune(

@@ -417,6 +417,12 @@ impl LocalDriver {
             let roles: Vec<&str> = std::iter::once(runtime::db_role(&rec)?)
                 .chain(runtime::former_role(&rec))
                 .collect();
+            // Databases a restore replaced and kept, or a killed restore
+            // left, belong to the role too: they go with the environment
+            // (else DROP ROLE would refuse).
+            for kept in crate::restore::restore_leftovers(&rec) {
+                cluster.drop_database(&kept)?;
+            }
             cluster.drop_tenant_database_and_roles(str_prop(&rec, "database")?, &roles)?;
         }
         crash_point(&a.id, "executed");

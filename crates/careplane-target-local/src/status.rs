@@ -101,6 +101,8 @@ impl LocalDriver {
                 .and_then(|s| s.archiving.as_ref())
                 .and_then(|a| a.last_archived_time.clone());
             env.last_backup = self.last_backup(&env.tenant, &env.environment);
+            env.last_restore = crate::restore::last_restore(db);
+            env.pre_restore_databases = crate::restore::pre_restore_databases(db);
             environments.push(env);
         }
         Ok(Status {
@@ -298,6 +300,8 @@ impl LocalDriver {
             redis_health,
             last_backup: None,
             recovery_point: None,
+            last_restore: None,
+            pre_restore_databases: Vec::new(),
         })
     }
 }
