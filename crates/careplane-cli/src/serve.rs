@@ -40,6 +40,8 @@ pub enum Output {
 pub enum ReportFormat {
     Html,
     Json,
+    /// The HTML report printed by headless Chromium.
+    Pdf,
 }
 
 #[derive(Subcommand)]
@@ -333,15 +335,24 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 tenant.as_deref(),
                 Timestamp::now(),
             )?;
-            let text = match format {
-                ReportFormat::Json => careplane_sla::render_json(&reports) + "\n",
-                ReportFormat::Html => careplane_sla::render_html(&reports)?,
+            let bytes = match format {
+                ReportFormat::Json => (careplane_sla::render_json(&reports) + "\n").into_bytes(),
+                ReportFormat::Html => careplane_sla::render_html(&reports)?.into_bytes(),
+                ReportFormat::Pdf => {
+                    careplane_server::report::render_pdf(&careplane_sla::render_html(&reports)?)?
+                }
             };
             match file {
                 Some(f) => {
-                    std::fs::write(&f, text).with_context(|| format!("writing {}", f.display()))?
+                    std::fs::write(&f, bytes).with_context(|| format!("writing {}", f.display()))?
                 }
-                None => out(&text)?,
+                None => {
+                    use std::io::Write as _;
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(&bytes)
+                        .and_then(|_| o.flush())
+                        .context("writing the report")?
+                }
             }
         }
         Command::Incident { command } => match command {

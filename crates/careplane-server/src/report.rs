@@ -108,3 +108,92 @@ pub fn open_snapshot(data_dir: &Path) -> Result<(Snapshot, Store), Error> {
     let store = Store::open(&snap.dir)?;
     Ok((snap, store))
 }
+
+/// How long Chromium may take to print a report.
+const PDF_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The headless Chromium that prints PDF reports: `$CAREPLANE_CHROMIUM`, else the first of
+/// `chromium`, `chromium-browser`, `google-chrome` on `PATH`.
+pub fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CAREPLANE_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|b| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(b))
+                .find(|c| c.is_file())
+        })
+}
+
+/// The HTML report printed to PDF by headless Chromium (the page is careplane's own,
+/// self-contained: no script, no remote resource). The work directory is private (0700) and
+/// removed afterwards.
+pub fn render_pdf(html: &str) -> Result<Vec<u8>, Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    let bin = chromium().ok_or_else(|| {
+        Error::Invalid(
+            "a PDF report needs headless Chromium: install chromium (Debian) or set \
+             CAREPLANE_CHROMIUM to its path, or use --format html"
+                .into(),
+        )
+    })?;
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_err(|e| Error::Invalid(format!("no randomness: {e}")))?;
+    let dir = std::env::temp_dir().join(format!("careplane-pdf-{}", hex::encode(b)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::io(&dir, e))?;
+    let _cleanup = Snapshot { dir: dir.clone() };
+    let page = dir.join("report.html");
+    let pdf = dir.join("report.pdf");
+    std::fs::write(&page, html).map_err(|e| Error::io(&page, e))?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args([
+        "--headless",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-pdf-header-footer",
+    ]);
+    // Chromium refuses to run as root with its sandbox; the page it renders is the one
+    // written just above, with nothing from outside.
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--no-sandbox");
+    }
+    let mut child = cmd
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg(format!("file://{}", page.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io(&bin, e))?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| Error::io(&bin, e))? {
+            break s;
+        }
+        if started.elapsed() > PDF_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Invalid(format!(
+                "{} did not print the report within {} s",
+                bin.display(),
+                PDF_DEADLINE.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    match std::fs::read(&pdf) {
+        Ok(bytes) if bytes.starts_with(b"%PDF-") => Ok(bytes),
+        _ => Err(Error::Invalid(format!(
+            "{} printed no PDF ({status})",
+            bin.display()
+        ))),
+    }
+}

@@ -147,4 +147,15 @@ fn chromium_renders_the_report_with_its_timeline() {
         dom.contains("down 120 min from 10:00 UTC"),
         "the outage run is not drawn: {dom}"
     );
+
+    // `--format pdf`: the same page printed by Chromium.
+    let pdf = careplane_server::report::render_pdf(&html).unwrap();
+    assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
+    let pages = pdf.windows(11).filter(|w| w == b"/Type /Page").count();
+    assert!(pages >= 1, "a PDF of no page ({} bytes)", pdf.len());
+    assert!(
+        pdf.len() > 5 * 1024,
+        "the PDF is too small to hold the report: {} bytes",
+        pdf.len()
+    );
 }
