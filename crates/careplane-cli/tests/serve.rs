@@ -390,7 +390,7 @@ fn serve_probes_records_opens_incidents_and_reports() {
     assert_eq!(code, 403, "{body}");
 
     // Every probe of the environment answers up.
-    for probe in ["odoo-login", "http", "postgres", "redis"] {
+    for probe in ["odoo-login", "http", "postgres", "redis", "odoo-cron"] {
         let mut last = None;
         let deadline = Instant::now() + Duration::from_secs(90);
         while !last.as_ref().is_some_and(|l: &Value| l["outcome"] == "up") {
@@ -412,6 +412,30 @@ fn serve_probes_records_opens_incidents_and_reports() {
     assert_eq!(steps, ["login", "read"], "{login}");
     let pg = latest(port, &read, "postgres").unwrap();
     assert!(pg["saturationPermille"].as_u64().unwrap() > 0, "{pg}");
+
+    // A scheduled action 20 minutes past its nextcall (a stuck cron worker) fails the cron
+    // probe, naming it; once it has run, the probe is up again.
+    let mut tenant = tenant_client(&p, "gamma", "prod");
+    tenant
+        .batch_execute(
+            "INSERT INTO ir_cron (cron_name, nextcall) \
+             VALUES ('Mail: Email Queue Manager', (now() AT TIME ZONE 'UTC') - interval '20 minutes')",
+        )
+        .unwrap();
+    wait_for("the cron probe to see the overdue action", 60, || {
+        latest(port, &read, "odoo-cron").is_some_and(|l| {
+            l["outcome"] == "down"
+                && l["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("1 scheduled action(s) overdue"))
+        })
+    });
+    tenant
+        .batch_execute("UPDATE ir_cron SET nextcall = now() AT TIME ZONE 'UTC' + interval '1 hour'")
+        .unwrap();
+    wait_for("the cron probe to be up again", 60, || {
+        latest(port, &read, "odoo-cron").is_some_and(|l| l["outcome"] == "up")
+    });
     let envs = get_json(port, "/v1/environments", &read);
     assert_eq!(envs[0]["kind"], "production", "{envs}");
     let status = get_json(port, "/v1/status", &read);

@@ -39,6 +39,8 @@ pub enum Check {
     OdooLogin(OdooLogin),
     Postgres(PgCheck),
     Redis(RedisCheck),
+    /// Odoo's scheduled actions (and `queue_job` where installed), as the tenant's role.
+    OdooCron(PgCheck),
 }
 
 impl Check {
@@ -49,6 +51,7 @@ impl Check {
             Check::OdooLogin(_) => "odoo-login",
             Check::Postgres(_) => "postgres",
             Check::Redis(_) => "redis",
+            Check::OdooCron(_) => "odoo-cron",
         }
     }
 }
@@ -131,6 +134,7 @@ pub async fn run(check: &Check, timeout: Duration, now: Timestamp) -> Report {
             Check::OdooLogin(c) => c.run(now).await,
             Check::Postgres(c) => c.run().await,
             Check::Redis(c) => c.run().await,
+            Check::OdooCron(c) => c.run_cron().await,
         }
     };
     let r = tokio::time::timeout(timeout, fut).await;

@@ -28,7 +28,9 @@ pub struct PgCheck {
 }
 
 impl PgCheck {
-    pub(crate) async fn run(&self) -> Result<Found> {
+    /// Connects as the tenant's application does; the connection task is aborted when the
+    /// returned guard is dropped.
+    async fn connect(&self) -> Result<(tokio_postgres::Client, AbortOnDrop, StepTiming, String)> {
         let tls = crate::client_tls(&self.ca_pem, &[]).map_err(Failure::Unknown)?;
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
         let mut cfg = tokio_postgres::Config::new();
@@ -50,12 +52,87 @@ impl PgCheck {
             .connect(tls)
             .await
             .map_err(|e| Failure::Down(format!("connecting to {at}: {}", pg_err(&e))))?;
-        let conn = tokio::spawn(conn);
-        let mut steps = vec![StepTiming {
+        let conn = AbortOnDrop(tokio::spawn(conn));
+        let step = StepTiming {
             name: "connect".into(),
             ms: millis(t.elapsed()),
             ok: true,
-        }];
+        };
+        Ok((client, conn, step, at))
+    }
+
+    /// Odoo's scheduled actions as the tenant sees them: any active one more than
+    /// [`CRON_GRACE_MINUTES`] past its `nextcall` means the cron worker is stuck or gone;
+    /// where OCA's `queue_job` is installed, jobs waiting that long are a backlog. Down with
+    /// the counts; up with "no ir_cron" on a database that is not Odoo's.
+    pub(crate) async fn run_cron(&self) -> Result<Found> {
+        let (client, _conn, connect, at) = self.connect().await?;
+        let t = Instant::now();
+        // Odoo stores nextcall as UTC without a zone.
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass('public.ir_cron') IS NOT NULL,                         pg_catalog.to_regclass('public.queue_job') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(|e| Failure::Down(format!("{at}: {}", pg_err(&e))))?;
+        let (has_cron, has_queue): (bool, bool) = (row.get(0), row.get(1));
+        let mut problems = Vec::new();
+        if has_cron {
+            let r = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*)::int8, min(nextcall)::text FROM public.ir_cron \
+                         WHERE active AND nextcall < (pg_catalog.now() AT TIME ZONE 'UTC') \
+                               - interval '{CRON_GRACE_MINUTES} minutes'"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| Failure::Down(format!("{at}: reading ir_cron: {}", pg_err(&e))))?;
+            let (n, oldest): (i64, Option<String>) = (r.get(0), r.get(1));
+            if n > 0 {
+                problems.push(format!(
+                    "{n} scheduled action(s) overdue, the oldest due {} UTC",
+                    oldest.unwrap_or_default()
+                ));
+            }
+        }
+        if has_queue {
+            let r = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*)::int8 FROM public.queue_job \
+                         WHERE state IN ('pending', 'enqueued') \
+                           AND date_created < (pg_catalog.now() AT TIME ZONE 'UTC') \
+                               - interval '{CRON_GRACE_MINUTES} minutes'"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| Failure::Down(format!("{at}: reading queue_job: {}", pg_err(&e))))?;
+            let n: i64 = r.get(0);
+            if n > 0 {
+                problems.push(format!("{n} queued job(s) waiting"));
+            }
+        }
+        let step = StepTiming {
+            name: "cron".into(),
+            ms: millis(t.elapsed()),
+            ok: problems.is_empty(),
+        };
+        if !problems.is_empty() {
+            return Err(Failure::Down(problems.join("; ")));
+        }
+        Ok(Found {
+            steps: vec![connect, step],
+            ..Found::default()
+        })
+    }
+
+    pub(crate) async fn run(&self) -> Result<Found> {
+        let (client, _conn, connect, at) = self.connect().await?;
+        let mut steps = vec![connect];
         let t = Instant::now();
         let r = async {
             client
@@ -87,12 +164,24 @@ impl PgCheck {
         }
         .await;
         drop(client);
-        conn.abort();
         let saturation = r?;
         Ok(Found {
             steps,
             saturation_permille: Some(saturation),
             ..Found::default()
         })
+    }
+}
+
+/// Minutes past `nextcall` before a scheduled action counts as overdue (Odoo's cron worker
+/// polls every minute; a long job delays the others).
+pub const CRON_GRACE_MINUTES: u32 = 15;
+
+/// Aborts the connection task when the check ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<std::result::Result<(), tokio_postgres::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -270,17 +270,18 @@ fn targets(
             })
         };
         if let Some(port) = creds.postgres.port {
-            add(
-                "postgres",
-                Check::Postgres(PgCheck {
-                    host: creds.postgres.host.clone(),
-                    port,
-                    database: creds.postgres.database.clone(),
-                    role: creds.postgres.role.clone(),
-                    password: creds.postgres.password.clone(),
-                    ca_pem: ca.clone(),
-                }),
-            );
+            let pg = PgCheck {
+                host: creds.postgres.host.clone(),
+                port,
+                database: creds.postgres.database.clone(),
+                role: creds.postgres.role.clone(),
+                password: creds.postgres.password.clone(),
+                ca_pem: ca.clone(),
+            };
+            if creds.odoo.is_some() {
+                add("odoo-cron", Check::OdooCron(pg.clone()));
+            }
+            add("postgres", Check::Postgres(pg));
         }
         if let Some(r) = creds.redis.as_ref() {
             if let Some(port) = r.port {

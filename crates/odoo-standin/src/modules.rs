@@ -82,6 +82,9 @@ CREATE TABLE IF NOT EXISTS res_users (
     id serial PRIMARY KEY, login text NOT NULL UNIQUE, password text, active boolean NOT NULL DEFAULT true);
 CREATE TABLE IF NOT EXISTS ir_attachment (
     id serial PRIMARY KEY, name text NOT NULL, res_model text, store_fname text, checksum text, file_size integer);
+CREATE TABLE IF NOT EXISTS ir_cron (
+    id serial PRIMARY KEY, cron_name text NOT NULL, active boolean NOT NULL DEFAULT true,
+    nextcall timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'));
 ";
 
 /// Odoo 18 Community modules the stand-in "ships", like the addons paths
