@@ -310,6 +310,14 @@ fn serve_probes_records_opens_incidents_and_reports() {
     if let Some(standin) = std::env::var_os("CAREPLANE_TEST_STANDIN") {
         std::fs::copy(standin, p.dir.path().join("bin/odoo-standin")).unwrap();
     }
+    // The tier backs up (the `backup` probe checks the recovery point against its RPO).
+    let pf = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&pf).unwrap().replacen(
+        "  supportHours: business-hours\n",
+        "  supportHours: business-hours\n  backupPolicy: nightly\n---\napiVersion: careplane.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {name: nightly}\nspec: {schedule: \"0 2 * * *\", retention: {daily: 7}}\n",
+        1,
+    );
+    std::fs::write(&pf, text).unwrap();
     ok(&p, &["apply"]);
     let log = p.dir.path().join("serve.log");
 
@@ -412,6 +420,21 @@ fn serve_probes_records_opens_incidents_and_reports() {
     assert_eq!(steps, ["login", "read"], "{login}");
     let pg = latest(port, &read, "postgres").unwrap();
     assert!(pg["saturationPermille"].as_u64().unwrap() > 0, "{pg}");
+
+    // No backup yet: the backup probe is down and says so; a backup brings it up.
+    wait_for("the backup probe to report no backup", 60, || {
+        latest(port, &read, "backup")
+            .is_some_and(|l| l["outcome"] == "down" && l["detail"] == "no backup yet")
+    });
+    ok(&p, &["backup", "create", "gamma/prod"]);
+    wait_for("the backup probe to be up", 60, || {
+        latest(port, &read, "backup").is_some_and(|l| {
+            l["outcome"] == "up"
+                && l["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with("within the RPO of 1h"))
+        })
+    });
 
     // A scheduled action 20 minutes past its nextcall (a stuck cron worker) fails the cron
     // probe, naming it; once it has run, the probe is up again.

@@ -183,9 +183,14 @@ pub(crate) fn start(state: Arc<State>, opts: &Options) -> Tasks {
                 })
                 .await;
                 match r {
-                    Ok((Ok((list, envs)), c)) => {
+                    Ok((Ok((list, envs, fresh)), c)) => {
                         creds = c;
                         state.live().environments = envs;
+                        for o in fresh {
+                            if tx.send(o).await.is_err() {
+                                return;
+                            }
+                        }
                         let mut running = guard(&probes);
                         let mut keep = std::collections::HashSet::new();
                         for p in list {
@@ -242,10 +247,17 @@ fn targets(
     cache: &mut HashMap<(String, String), Arc<Credentials>>,
     interval: Duration,
     timeout: Duration,
-) -> Result<(Vec<Scheduled>, EnvList), Error> {
+) -> Result<(Vec<Scheduled>, EnvList, Vec<schedule::Outcome>), Error> {
     let status = state.engine.status()?;
     let mut list = Vec::new();
     let mut envs = BTreeMap::new();
+    let now = (state.clock)();
+    let fresh = status
+        .environments
+        .iter()
+        .filter(|e| e.state == "ready")
+        .filter_map(|e| backup_freshness(&state.specs, e, Timestamp::now(), now))
+        .collect();
     for env in status.environments.iter().filter(|e| e.state == "ready") {
         let key = (env.tenant.clone(), env.environment.clone());
         let creds = match cache.get(&key) {
@@ -325,7 +337,78 @@ fn targets(
             );
         }
     }
-    Ok((list, envs))
+    Ok((list, envs, fresh))
+}
+
+/// The `backup` probe, read from the status the refresh just took: an environment whose
+/// tier names a BackupPolicy is up while it has a backup and its recovery point (the last
+/// archived WAL) is within the tier's RPO of `wall` (the real time, whatever clock `at`
+/// runs on).
+fn backup_freshness(
+    specs: &SpecSet,
+    env: &careplane_engine::EnvStatus,
+    wall: Timestamp,
+    at: Timestamp,
+) -> Option<schedule::Outcome> {
+    let tenant = specs.tenant(&env.tenant)?;
+    let tier = specs.tier_of(&tenant.spec)?;
+    tier.spec.backup_policy.as_ref()?;
+    let rpo = careplane_spec::parse_duration(&tier.spec.rpo).ok()?;
+    let rpo_s = rpo.as_secs() as i64;
+    let problem = match (&env.last_backup, &env.recovery_point) {
+        (None, _) => Some("no backup yet".to_string()),
+        (Some(b), _) if b.error.is_some() => Some(format!(
+            "the repository could not be read: {}",
+            b.error.as_deref().unwrap_or_default()
+        )),
+        (Some(b), _) if b.finished.is_none() => Some("no finished backup yet".to_string()),
+        (_, None) => Some("no WAL archived yet".to_string()),
+        (_, Some(rp)) => match rp.parse::<Timestamp>() {
+            Err(e) => Some(format!("recovery point {rp:?}: {e}")),
+            Ok(t) => {
+                let age = wall.as_second() - t.as_second();
+                (age > rpo_s).then(|| {
+                    format!(
+                        "recovery point {rp} is {} min old, over the RPO of {} ({} min)",
+                        age / 60,
+                        tier.spec.rpo,
+                        rpo_s / 60
+                    )
+                })
+            }
+        },
+    };
+    let (outcome, detail) = match problem {
+        Some(d) => (Outcome::Down, d),
+        None => (
+            Outcome::Up,
+            format!(
+                "recovery point {} within the RPO of {}",
+                env.recovery_point.as_deref().unwrap_or_default(),
+                tier.spec.rpo
+            ),
+        ),
+    };
+    let report = careplane_probe::Report {
+        outcome,
+        latency_ms: 0,
+        steps: Vec::new(),
+        detail,
+        cert_days_left: None,
+        saturation_permille: None,
+    };
+    Some(schedule::Outcome {
+        result: careplane_sla::ProbeResult {
+            probe: "backup".into(),
+            tenant: env.tenant.clone(),
+            environment: env.environment.clone(),
+            at,
+            outcome,
+            latency_ms: 0,
+            steps: Vec::new(),
+        },
+        report,
+    })
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
