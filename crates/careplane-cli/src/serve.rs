@@ -76,6 +76,12 @@ pub enum Command {
         /// The certificate's PEM private key.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve HTTPS with a certificate the platform CA issues at start for the
+        /// listen address and loopback (kept in memory only; clients trust the
+        /// platform's CA certificate, as for PostgreSQL). Required to listen on
+        /// anything but loopback unless --tls-cert is given.
+        #[arg(long, conflicts_with = "tls_cert")]
+        tls_platform_ca: bool,
         /// Stamp results on a clock running this many times faster, starting 6 hours
         /// behind the wall clock (tests, demos).
         #[arg(long, hide = true)]
@@ -226,8 +232,15 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             time_scale,
             tls_cert,
             tls_key,
+            tls_platform_ca,
         } => {
             let specs = files.specs()?;
+            if !listen.ip().is_loopback() && !tls_platform_ca && tls_cert.is_none() {
+                bail!(
+                    "--listen {listen}: not loopback, and no TLS: pass --tls-platform-ca, or \
+                     --tls-cert and --tls-key (API tokens must not cross a network in clear)"
+                );
+            }
             if print_systemd_unit {
                 let exe = std::env::current_exe().context("locating the careplane binary")?;
                 let data = careplane_engine::Engine::data_dir_of(&specs);
@@ -247,12 +260,22 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             opts.probe_timeout = Duration::from_secs(probe_timeout);
             opts.concurrency = concurrency;
             opts.refresh = Duration::from_secs(refresh);
-            opts.tls = tls_cert.zip(tls_key);
+            opts.tls = tls_cert
+                .zip(tls_key)
+                .map(|(c, k)| careplane_server::Tls::Files(c, k));
             if let Some(s) = time_scale {
                 opts.clock =
                     careplane_server::scaled_clock(s.max(1), Duration::from_secs(6 * 3600));
             }
-            careplane_server::run(careplane_target_local::engine(specs), opts)?;
+            let engine = careplane_target_local::engine(specs);
+            if tls_platform_ca {
+                let hosts = vec![listen.ip().to_string()];
+                let (cert, key) = engine
+                    .service_certificate("careplane serve", &hosts)
+                    .context("a certificate for the API from the platform CA")?;
+                opts.tls = Some(careplane_server::Tls::Pem { cert, key });
+            }
+            careplane_server::run(engine, opts)?;
         }
         Command::Token { command } => match command {
             TokenCommand::Create {

@@ -826,3 +826,74 @@ fn serve_speaks_https_with_the_given_certificate() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `--tls-platform-ca`: the API's certificate comes from the platform CA at start (kept in
+/// memory, audited), so clients trust the same CA as for PostgreSQL; without any TLS, serve
+/// refuses to listen beyond loopback.
+#[test]
+fn serve_takes_its_certificate_from_the_platform_ca() {
+    use careplane_probe::{Check, HttpCheck, Outcome};
+    let p = Platform::new(TENANTS);
+    let refused = run(&p, &["serve", "--listen", "0.0.0.0:0"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("--tls-platform-ca"), "{err}");
+
+    ok(&p, &["apply"]);
+    let creds = json(&p, &["credentials", "gamma", "prod"]);
+    let ca = std::fs::read_to_string(creds["postgres"]["sslrootcert"].as_str().unwrap()).unwrap();
+    let port = free_port();
+    let mut child = cmd(
+        &p,
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tls-platform-ca",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let probe = |ca: &str| {
+        rt.block_on(careplane_probe::run(
+            &Check::Http(HttpCheck {
+                url: format!("https://127.0.0.1:{port}/healthz"),
+                expect_status: 200,
+                body_contains: None,
+                ca_pem: Some(ca.to_string()),
+                host_header: None,
+            }),
+            Duration::from_secs(10),
+            jiff::Timestamp::now(),
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut r = probe(&ca);
+    while r.outcome != Outcome::Up {
+        assert!(
+            Instant::now() < deadline,
+            "no HTTPS answer within 60 s: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        r = probe(&ca);
+    }
+    // Another CA is not trusted: the certificate really is the platform's.
+    let other = careplane_local::pki::generate_ca("other CA").unwrap();
+    assert_eq!(probe(&other.cert_pem).outcome, Outcome::Down);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = json(&p, &["audit", "log"]);
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "certificate.issue" && e["result"]["status"] == "succeeded"),
+        "{log}"
+    );
+}

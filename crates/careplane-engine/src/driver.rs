@@ -94,6 +94,20 @@ pub trait Driver: Send {
     /// How to reach `tenant`/`env`, with its passwords.
     fn credentials(&mut self, tenant: &str, env: &str) -> Result<Credentials, EngineError>;
 
+    /// A server certificate for one of careplane's own services (`careplane serve`'s API)
+    /// from the platform CA, for `hosts` (DNS names or IP addresses) besides loopback:
+    /// the PEM chain and its private key, which the caller keeps in memory only.
+    fn service_certificate(
+        &mut self,
+        name: &str,
+        hosts: &[String],
+    ) -> Result<(String, careplane_state::SecretString), EngineError> {
+        let _ = (name, hosts);
+        Err(EngineError::Unsupported {
+            what: "service certificates on this target".into(),
+        })
+    }
+
     /// `careplane export`: an environment's database and filestore as one
     /// archive that Odoo's own database manager restores, written to `out`
     /// (nothing there unless it completed).

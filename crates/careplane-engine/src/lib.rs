@@ -227,6 +227,28 @@ impl Engine {
         r
     }
 
+    /// A certificate for careplane's own service `name` (e.g. `careplane serve`'s API)
+    /// from the platform CA, valid for loopback and `hosts`; audited `certificate.issue`.
+    /// The key is the caller's to keep in memory: nothing of it is stored.
+    pub fn service_certificate(
+        &self,
+        name: &str,
+        hosts: &[String],
+    ) -> Result<(String, careplane_state::SecretString), EngineError> {
+        let mut core = self.core();
+        let r = core.driver.service_certificate(name, hosts);
+        let params = serde_json::json!({"service": name, "hosts": hosts});
+        core.audit(
+            "certificate.issue",
+            &format!("service {name}"),
+            None,
+            params,
+            audit::outcome(&r),
+            None,
+        )?;
+        r
+    }
+
     /// `careplane modules install|upgrade`: stop web, run Odoo's `-i`/`-u`,
     /// start again, check health; journaled like an apply, and audited.
     pub fn modules(

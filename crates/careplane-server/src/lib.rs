@@ -114,8 +114,8 @@ pub struct Options {
     pub refresh: Duration,
     /// The time results are stamped with.
     pub clock: Clock,
-    /// PEM certificate chain and private key: serve HTTPS (rustls, ring) instead of HTTP.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve HTTPS (rustls, ring) instead of HTTP.
+    pub tls: Option<Tls>,
 }
 
 impl Options {
@@ -154,11 +154,7 @@ async fn serve(engine: Arc<Engine>, opts: Options) -> Result<(), Error> {
             addr: opts.listen,
             source,
         })?;
-    let tls = opts
-        .tls
-        .as_ref()
-        .map(|(c, k)| tls_config(c, k))
-        .transpose()?;
+    let tls = opts.tls.as_ref().map(tls_config).transpose()?;
     let state = probes::State::open(engine, &opts)?;
     let tasks = probes::start(state.clone(), &opts);
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -192,12 +188,43 @@ async fn serve(engine: Arc<Engine>, opts: Options) -> Result<(), Error> {
     r
 }
 
-/// The server's rustls configuration from PEM files (ring provider, HTTP/1.1).
-fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+/// Where the API's certificate comes from.
+#[derive(Clone)]
+pub enum Tls {
+    /// PEM files given by the operator (`--tls-cert`, `--tls-key`).
+    Files(PathBuf, PathBuf),
+    /// Issued by the platform CA at start (`--tls-platform-ca`), held in memory only.
+    Pem {
+        cert: String,
+        key: secrecy::SecretString,
+    },
+}
+
+/// The server's rustls configuration (ring provider, HTTP/1.1).
+fn tls_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+    use secrecy::ExposeSecret;
+    let (cert, cert_pem, key, key_pem): (PathBuf, String, PathBuf, secrecy::SecretString) =
+        match tls {
+            Tls::Files(c, k) => (
+                c.clone(),
+                std::fs::read_to_string(c).map_err(|e| Error::io(c, e))?,
+                k.clone(),
+                secrecy::SecretString::from(
+                    std::fs::read_to_string(k).map_err(|e| Error::io(k, e))?,
+                ),
+            ),
+            Tls::Pem { cert, key } => (
+                PathBuf::from("(platform CA certificate)"),
+                cert.clone(),
+                PathBuf::from("(platform CA certificate key)"),
+                key.clone(),
+            ),
+        };
+    let cert = cert.as_path();
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::File {
             path: cert.into(),
             message: format!("reading the certificate chain: {e}"),
@@ -208,9 +235,11 @@ fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Erro
             message: "holds no certificate".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::File {
-        path: key.into(),
-        message: format!("reading the private key: {e}"),
+    let key = PrivateKeyDer::from_pem_slice(key_pem.expose_secret().as_bytes()).map_err(|e| {
+        Error::File {
+            path: key.clone(),
+            message: format!("reading the private key: {e}"),
+        }
     })?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -363,6 +363,15 @@ impl Driver for LocalDriver {
         Ok(self.find_credentials(tenant, env)?)
     }
 
+    fn service_certificate(
+        &mut self,
+        name: &str,
+        hosts: &[String],
+    ) -> Result<(String, careplane_state::SecretString), EngineError> {
+        let ca = self.ca()?;
+        careplane_local::pki::issue_server_cert(&ca, name, hosts).map_err(|e| Error::from(e).into())
+    }
+
     fn modules(
         &mut self,
         tenant: &str,
