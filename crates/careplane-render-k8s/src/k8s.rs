@@ -610,6 +610,10 @@ pub struct CnpgClusterSpec {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CnpgCertificates {
+    /// With SOPS, the CA (certificate and key) the operator provides; CNPG
+    /// signs the server certificate with it. Absent: CNPG makes its own.
+    #[serde(rename = "serverCASecret", skip_serializing_if = "Option::is_none")]
+    pub server_ca_secret: Option<String>,
     #[serde(rename = "serverAltDNSNames")]
     pub server_alt_dns_names: Vec<String>,
 }
