@@ -1023,6 +1023,17 @@ pub struct FluxKustomizationSpec {
     pub source_ref: FluxSourceRef,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<NameRef>,
+    /// With SOPS: Flux decrypts the folder's SOPS files with the age
+    /// identity in this secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<FluxDecryption>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FluxDecryption {
+    pub provider: &'static str,
+    pub secret_ref: NameRef,
 }
 
 #[derive(Debug, Clone, Serialize)]

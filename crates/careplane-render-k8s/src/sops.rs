@@ -103,6 +103,46 @@ impl fmt::Debug for SecretValues {
     }
 }
 
+/// Reads the secret values from a SOPS file decrypted with the age identity
+/// file at `identity` (one `AGE-SECRET-KEY-1…` line, `#` comments; not
+/// readable by group or others). Errors name the file, never a value.
+pub fn load_values(values: &Path, identity: &Path) -> Result<SecretValues, crate::RenderError> {
+    use std::os::unix::fs::MetadataExt;
+    let fail = |p: &Path, message: String| crate::RenderError::Io {
+        path: p.display().to_string(),
+        message,
+    };
+    let meta = std::fs::metadata(identity).map_err(|e| fail(identity, e.to_string()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(fail(
+            identity,
+            format!(
+                "an age identity must be readable by its owner only (mode {:o}; chmod 600)",
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    let text = secrecy::zeroize::Zeroizing::new(
+        std::fs::read_to_string(identity).map_err(|e| fail(identity, e.to_string()))?,
+    );
+    let mut keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let id = match (keys.next(), keys.next()) {
+        (Some(k), None) => x25519::Identity::from_str(k).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        fail(
+            identity,
+            "expected exactly one AGE-SECRET-KEY-1… line".into(),
+        )
+    })?;
+    let text = std::fs::read_to_string(values).map_err(|e| fail(values, e.to_string()))?;
+    SecretValues::from_sops(&text, &id).map_err(|e| fail(values, e.to_string()))
+}
+
 /// What rendering SOPS files needs besides the specs.
 #[derive(Debug)]
 pub struct SecretInput<'a> {

@@ -137,6 +137,13 @@ fn sops_files_hold_every_credential_encrypted_and_sops_reads_them() {
             assert!(!text.contains(&v[..13]), "{file}: {key} {property}");
         }
     }
+    // Flux decrypts every folder with the cluster's identity.
+    let flux = &tree.files["flux/kustomizations.yaml"];
+    assert_eq!(
+        flux.matches("kind: Kustomization").count(),
+        flux.matches("provider: sops").count(),
+        "{flux}"
+    );
     let ca = "postgres/shared/cluster.yaml";
     assert!(
         tree.files[ca].contains("serverCASecret: postgres-server-ca"),
