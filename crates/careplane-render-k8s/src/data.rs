@@ -846,7 +846,7 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
             metadata: PodMeta {
                 labels: redis_pod_labels(),
                 // Redis reads its configuration and ACL file at start only.
-                annotations: [(crate::env::CONFIG_HASH.to_string(), config_hash)].into(),
+                annotations: [(crate::env::CONFIG_HASH.into(), config_hash.into())].into(),
             },
             spec: PodSpec {
                 service_account_name: "default".into(),

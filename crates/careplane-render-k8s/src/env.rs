@@ -295,7 +295,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
     let mut web = odoo_pod(ctx, p, uid, "web", web_size(p), Role::Web, &[]);
     web.metadata
         .annotations
-        .insert(CONFIG_HASH.into(), config_hash.clone());
+        .insert(CONFIG_HASH.into(), config_hash.as_str().into());
     put(
         tree,
         "deployment-odoo-web.yaml",
@@ -334,7 +334,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
     );
     cron.metadata
         .annotations
-        .insert(CONFIG_HASH.into(), config_hash.clone());
+        .insert(CONFIG_HASH.into(), config_hash.as_str().into());
     put(
         tree,
         "deployment-odoo-cron.yaml",
@@ -514,7 +514,11 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
                             ip_block: None,
                             namespace_selector: Some(ns_selector(&opts.ingress_namespace)),
                             pod_selector: Some(LabelSelector {
-                                match_labels: opts.ingress_pod_labels.clone(),
+                                match_labels: opts
+                                    .ingress_pod_labels
+                                    .iter()
+                                    .map(|(k, v)| (k.into(), v.into()))
+                                    .collect(),
                             }),
                         }],
                         ports: vec![PolicyPort::tcp(HTTP_PORT), PolicyPort::tcp(WEBSOCKET_PORT)],

@@ -346,7 +346,7 @@ pub(crate) fn secret_file(
         }
     }
     meta.annotations
-        .insert(FINGERPRINT_ANNOTATION.into(), fingerprint);
+        .insert(FINGERPRINT_ANNOTATION.into(), fingerprint.into());
 
     let key: [u8; 32] = random();
     let mut mac = Sha512::new();
@@ -557,11 +557,7 @@ mod tests {
         Meta {
             name: "odoo-credentials".into(),
             namespace: None,
-            labels: [(
-                "app.kubernetes.io/part-of".to_string(),
-                "careplane".to_string(),
-            )]
-            .into(),
+            labels: [("app.kubernetes.io/part-of".into(), "careplane".into())].into(),
             annotations: Default::default(),
         }
     }

@@ -606,17 +606,24 @@ fn plain_safe(s: &str) -> bool {
     let Some(&first) = b.first() else {
         return false;
     };
-    let mut prev = 0u8;
-    for &c in b {
-        let allowed = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'_' | b'.' | b'/' | b':' | b'@' | b'=' | b'+' | b',' | b' '
-            );
-        if !allowed || (prev == b':' && c == b' ') {
-            return false;
+    // One table look-up per byte: this loop runs over every string of a
+    // large render.
+    const ALLOWED: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'/' | b':' | b'@' | b'=' | b'+' | b',' | b' '
+                );
+            c += 1;
         }
-        prev = c;
+        t
+    };
+    if !b.iter().all(|&c| ALLOWED[c as usize]) || s.contains(": ") {
+        return false;
     }
     if s.ends_with([' ', ':'])
         || (s.len() <= 5 && SPECIAL.iter().any(|w| w.eq_ignore_ascii_case(s)))
