@@ -172,7 +172,12 @@ impl<'a> ser::Serializer for Value<'a> {
         if !matches!(pos, Pos::Top) {
             e.out.push(' ');
         }
-        if let Some(header) = block_header(v) {
+        // Most strings are plain (names, labels, quantities), and a plain
+        // one has no line break: decide that first, in one pass.
+        if plain_safe(v) {
+            e.out.push_str(v);
+            e.out.push('\n');
+        } else if let Some(header) = block_header(v) {
             e.out.push_str(header);
             e.out.push('\n');
             let indent = pos.inner();
@@ -186,7 +191,7 @@ impl<'a> ser::Serializer for Value<'a> {
                 e.out.push('\n');
             }
         } else {
-            write_string(&mut e.out, v);
+            write_quoted(&mut e.out, v);
             e.out.push('\n');
         }
         Ok(())
@@ -578,7 +583,13 @@ fn block_header(s: &str) -> Option<&'static str> {
 fn write_string(out: &mut String, s: &str) {
     if plain_safe(s) {
         out.push_str(s);
-    } else if s.chars().any(char::is_control) {
+    } else {
+        write_quoted(out, s);
+    }
+}
+
+fn write_quoted(out: &mut String, s: &str) {
+    if s.chars().any(char::is_control) {
         // JSON's escapes are valid in a YAML double-quoted scalar.
         out.push_str(&serde_json::to_string(s).expect("a string serializes"));
     } else {
@@ -622,8 +633,12 @@ fn plain_safe(s: &str) -> bool {
         }
         t
     };
-    if !b.iter().all(|&c| ALLOWED[c as usize]) || s.contains(": ") {
-        return false;
+    let mut prev = 0u8;
+    for &c in b {
+        if !ALLOWED[c as usize] || (prev == b':' && c == b' ') {
+            return false;
+        }
+        prev = c;
     }
     if s.ends_with([' ', ':'])
         || (s.len() <= 5 && SPECIAL.iter().any(|w| w.eq_ignore_ascii_case(s)))
