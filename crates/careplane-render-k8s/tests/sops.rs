@@ -241,6 +241,39 @@ fn unchanged_secrets_keep_their_bytes_and_changes_name_only_files() {
     let opts = common::opts();
     let first = write_with(&specs, &opts, &values, "2026-12-02T07:00:00Z", dir.path()).unwrap();
     assert!(first.written.iter().any(|f| f.contains("/secret-")));
+    // kustomize (which Flux runs before decrypting) builds folders holding
+    // SOPS files, keeping their metadata for the decryption.
+    if Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        for folder in [
+            "tenants/stmarys/production",
+            "postgres/shared",
+            "redis/shared",
+        ] {
+            let out = Command::new("kubectl")
+                .arg("kustomize")
+                .arg(dir.path().join(folder))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "kubectl kustomize {folder}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let built = String::from_utf8(out.stdout).unwrap();
+            assert!(built.contains("kind: Secret") && built.contains("ENC[AES256_GCM,"));
+            assert!(built.contains("mac: ENC[AES256_GCM,"), "{folder}");
+        }
+    } else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "kubectl is not available; scripts/install-deps installs it"
+        );
+        eprintln!("skipped: kubectl kustomize (kubectl is not available)");
+    }
     // Re-rendered later: nothing is rewritten, and the check sees no drift.
     let again = write_with(&specs, &opts, &values, "2026-12-03T07:00:00Z", dir.path()).unwrap();
     assert!(again.written.is_empty(), "{:?}", again.written);
