@@ -8,10 +8,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
-use careplane_render_k8s::{check_tree, render, write_tree, DriftKind, RenderError, Tree};
+use careplane_render_k8s::{
+    check_tree, render, render_with, write_tree, DriftKind, RenderError, SecretInput, SecretValues,
+    Tree,
+};
 use proptest::prelude::*;
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::Digest;
 
 fn docs(text: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(text)
@@ -767,6 +772,71 @@ proptest! {
                         "{} lists {}, which is not rendered", file, p
                     );
                 }
+            }
+        }
+
+        // The same platform choosing SOPS, with a value for every store key
+        // the ExternalSecrets read (and each cluster's CA key): no value, nor
+        // its SHA-256 (the Redis ACL's form), appears anywhere, and every
+        // SOPS file decrypts to values that were given.
+        let mut values = SecretValues::default();
+        let mut plain = BTreeSet::new();
+        let mut add = |key: &str, property: &str| {
+            let v = format!("value-{:016x}", {
+                let h = sha2::Sha256::digest(format!("{role_key}\0{key}\0{property}"));
+                u64::from_be_bytes(h[..8].try_into().unwrap())
+            });
+            values.insert(key, property, SecretString::from(v.clone()));
+            plain.insert(v);
+        };
+        for (_, obj) in all_objects(&tree) {
+            match obj["kind"].as_str() {
+                Some("ExternalSecret") => {
+                    for d in obj["spec"]["data"].as_array().unwrap() {
+                        let r = &d["remoteRef"];
+                        add(r["key"].as_str().unwrap(), r["property"].as_str().unwrap());
+                    }
+                }
+                Some("PushSecret") => {
+                    for d in obj["spec"]["data"].as_array().unwrap() {
+                        add(d["match"]["remoteRef"]["remoteKey"].as_str().unwrap(), "ca.key");
+                    }
+                }
+                _ => {}
+            }
+        }
+        let identity = age::x25519::Identity::generate();
+        let mut sops_specs = specs.clone();
+        sops_specs.platform.spec.kubernetes.as_mut().unwrap().secrets =
+            Some(careplane_spec::kubernetes::SecretsSettings {
+                sops: Some(careplane_spec::kubernetes::SopsSettings {
+                    age_recipients: vec![identity.to_public().to_string()],
+                }),
+            });
+        let input = SecretInput { values: &values, previous: None, now: "2026-12-02T07:00:00Z".into() };
+        let sops_tree = render_with(&sops_specs, &opts, Some(&input))
+            .unwrap_or_else(|e| panic!("SOPS render failed: {e}"));
+        let hashes: BTreeSet<String> = plain
+            .iter()
+            .map(|v| sha2::Sha256::digest(v.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        for (file, text) in &sops_tree.files {
+            prop_assert!(!text.contains("value-"), "{} holds a secret value in clear", file);
+            for h in &hashes {
+                prop_assert!(!text.contains(h.as_str()), "{} holds a value's hash", file);
+            }
+            prop_assert!(!text.contains("kind: ExternalSecret"), "{}", file);
+            if file.contains("/secret-") {
+                let got = careplane_render_k8s::sops::decrypt(text, &identity)
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                use secrecy::ExposeSecret;
+                let carries_a_value = got.iter().any(|(path, v)| {
+                    let v = v.expose_secret();
+                    path[0] == "stringData"
+                        && (plain.iter().any(|p| v.contains(p.as_str()))
+                            || hashes.iter().any(|h| v.contains(h.as_str())))
+                });
+                prop_assert!(carries_a_value, "{} decrypts to none of the values", file);
             }
         }
     }
