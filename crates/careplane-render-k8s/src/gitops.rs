@@ -188,7 +188,14 @@ pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
             },
         },
     );
-    tree.add("argocd/applicationset.yaml".into(), appset.yaml());
+    // Argo CD applies files as they are: a SOPS file would reach the API
+    // server with its ciphertext as the Secret's values (and a `sops` field
+    // it drops). It needs KSOPS generators in every kustomization, which
+    // careplane does not render; so with SOPS only Flux, which decrypts
+    // natively, gets its objects.
+    if ctx.sops.is_none() {
+        tree.add("argocd/applicationset.yaml".into(), appset.yaml());
+    }
 
     // Flux: one Kustomization per folder, environments after their data.
     // With SOPS, each decrypts with the cluster's age identity, a secret the

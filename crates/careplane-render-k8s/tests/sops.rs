@@ -137,6 +137,8 @@ fn sops_files_hold_every_credential_encrypted_and_sops_reads_them() {
             assert!(!text.contains(&v[..13]), "{file}: {key} {property}");
         }
     }
+    // Argo CD would apply the ciphertext as values: no ApplicationSet.
+    assert!(!tree.files.contains_key("argocd/applicationset.yaml"));
     // Flux decrypts every folder with the cluster's identity.
     let flux = &tree.files["flux/kustomizations.yaml"];
     assert_eq!(
