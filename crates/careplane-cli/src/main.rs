@@ -150,6 +150,14 @@ enum Command {
         /// Git repository Argo CD and Flux sync from.
         #[arg(long, value_name = "URL")]
         repo_url: Option<String>,
+        /// When the Platform keeps secrets in SOPS files
+        /// (spec.kubernetes.secrets.sops): the secret values, a SOPS file
+        /// (store key → property → value) that --age-identity decrypts.
+        #[arg(long, value_name = "FILE", requires = "age_identity")]
+        secret_values: Option<PathBuf>,
+        /// age identity file (mode 0600) that decrypts --secret-values.
+        #[arg(long, value_name = "FILE", env = "SOPS_AGE_KEY_FILE")]
+        age_identity: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -810,6 +818,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             postgres_image,
             role_key,
             repo_url,
+            secret_values,
+            age_identity,
             output,
         } => {
             let specs = careplane_spec::load(&files.files).map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -822,8 +832,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(url) = repo_url {
                 opts.repo_url = url;
             }
+            let values = match (&secret_values, &age_identity) {
+                (Some(v), Some(i)) => Some(careplane_render_k8s::sops::load_values(v, i)?),
+                _ => None,
+            };
             if check {
-                let drift = careplane_render_k8s::check(&specs, &opts, &out)?;
+                let drift = match &values {
+                    Some(v) => careplane_render_k8s::check_with(&specs, &opts, v, &out)?,
+                    None => careplane_render_k8s::check(&specs, &opts, &out)?,
+                };
                 match output {
                     Output::Json => {
                         print_json(&drift.iter().map(|d| d.to_string()).collect::<Vec<_>>())?
@@ -842,7 +859,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             } else {
-                let report = careplane_render_k8s::write(&specs, &opts, &out)?;
+                let report = match &values {
+                    Some(v) => {
+                        let now = jiff::Timestamp::now()
+                            .strftime("%Y-%m-%dT%H:%M:%SZ")
+                            .to_string();
+                        careplane_render_k8s::write_with(&specs, &opts, v, &now, &out)?
+                    }
+                    None => careplane_render_k8s::write(&specs, &opts, &out)?,
+                };
                 match output {
                     Output::Json => print_json(&serde_json::json!({
                         "written": report.written,

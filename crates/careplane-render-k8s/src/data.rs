@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::env::{es, external_secret, ns_selector, scope_of, ErasedYaml};
+use crate::env::{credentials, es, ns_selector, scope_of, ErasedYaml};
 use crate::k8s::*;
 use crate::names::{self, common_labels, labels, with, PG_CLUSTER, REDIS};
 use crate::{
@@ -59,8 +59,11 @@ pub fn redis_pod_labels() -> Labels {
     labels(&[("app.kubernetes.io/name", "redis")])
 }
 
-/// The Redis image's own unprivileged user.
-const REDIS_UID: u32 = 999;
+/// Redis runs as a high uid of its own rather than the image's 999, which
+/// could be a user of the node (checkov CKV_K8S_40); just below the Odoo
+/// range (`odoo.uids`' default), far from the node's users. The image needs
+/// no passwd entry for it: `/data` is the volume, group-owned via fsGroup.
+const REDIS_UID: u32 = 1_899_999_999;
 /// Volume of a `session` server's append-only file.
 const REDIS_STORAGE: &str = "2Gi";
 
@@ -129,6 +132,9 @@ fn default_deny(types: Vec<&'static str>) -> NetworkPolicySpec {
         egress: vec![],
     }
 }
+
+/// With SOPS: the Secret holding the cluster's server CA.
+const SERVER_CA: &str = "postgres-server-ca";
 
 pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), RenderError> {
     let opts = ctx.opts;
@@ -293,6 +299,7 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                             tolerations: pool.1.clone(),
                         },
                         certificates: CnpgCertificates {
+                            server_ca_secret: ctx.sops.as_ref().map(|_| SERVER_CA.to_string()),
                             server_alt_dns_names: vec![
                                 pooler_host.clone(),
                                 format!("{pooler_host}.cluster.local"),
@@ -351,22 +358,20 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                 ("username".to_string(), role),
             ]
             .into();
-            put(
-                tree,
-                format!("externalsecret-{secret}.yaml"),
-                &external_secret(
-                    ctx,
-                    meta(&secret, &obj_base),
-                    &secret,
-                    "kubernetes.io/basic-auth",
-                    template,
-                    vec![es(
-                        "password",
-                        ctx.store_key(&["postgres", &d.tenant, &d.environment]),
-                        "password",
-                    )],
-                ),
-            );
+            let (file, text) = credentials(
+                ctx,
+                &dir,
+                meta(&secret, &obj_base),
+                &secret,
+                "kubernetes.io/basic-auth",
+                template,
+                vec![es(
+                    "password",
+                    ctx.store_key(&["postgres", &d.tenant, &d.environment]),
+                    "password",
+                )],
+            )?;
+            put(tree, file, &text);
         }
         if let Some(b) = backups {
             put(
@@ -407,39 +412,37 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
                     },
                 ),
             );
-            put(
-                tree,
-                format!("externalsecret-{BACKUP_CREDENTIALS}.yaml"),
-                &external_secret(
-                    ctx,
-                    meta(BACKUP_CREDENTIALS, &base),
-                    BACKUP_CREDENTIALS,
-                    "Opaque",
-                    [
-                        (
-                            "ACCESS_KEY_ID".to_string(),
-                            "{{ .access_key_id }}".to_string(),
-                        ),
-                        (
-                            "ACCESS_SECRET_KEY".to_string(),
-                            "{{ .secret_access_key }}".to_string(),
-                        ),
-                    ]
-                    .into(),
-                    vec![
-                        es(
-                            "access_key_id",
-                            ctx.store_key(&["backup-store"]),
-                            "access_key_id",
-                        ),
-                        es(
-                            "secret_access_key",
-                            ctx.store_key(&["backup-store"]),
-                            "secret_access_key",
-                        ),
-                    ],
-                ),
-            );
+            let (file, text) = credentials(
+                ctx,
+                &dir,
+                meta(BACKUP_CREDENTIALS, &base),
+                BACKUP_CREDENTIALS,
+                "Opaque",
+                [
+                    (
+                        "ACCESS_KEY_ID".to_string(),
+                        "{{ .access_key_id }}".to_string(),
+                    ),
+                    (
+                        "ACCESS_SECRET_KEY".to_string(),
+                        "{{ .secret_access_key }}".to_string(),
+                    ),
+                ]
+                .into(),
+                vec![
+                    es(
+                        "access_key_id",
+                        ctx.store_key(&["backup-store"]),
+                        "access_key_id",
+                    ),
+                    es(
+                        "secret_access_key",
+                        ctx.store_key(&["backup-store"]),
+                        "secret_access_key",
+                    ),
+                ],
+            )?;
+            put(tree, file, &text);
             for (name, (schedule, _)) in &policies {
                 put(
                     tree,
@@ -513,42 +516,67 @@ pub fn render_postgres(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), 
             ),
         );
 
-        // The cluster's CA certificate (never its key) into the store, from
-        // where each environment's ExternalSecret fetches it for verify-full.
-        put(
-            tree,
-            "pushsecret-postgres-ca.yaml".into(),
-            &object(
-                "external-secrets.io/v1alpha1",
-                "PushSecret",
-                meta("postgres-ca", &base),
-                Spec {
-                    spec: PushSecretSpec {
-                        refresh_interval: "1h",
-                        update_policy: "Replace",
-                        deletion_policy: "None",
-                        secret_store_refs: vec![StoreRef {
-                            kind: "ClusterSecretStore",
-                            name: opts.secret_store.clone(),
-                        }],
-                        selector: PushSelector {
-                            secret: NameRef {
-                                name: format!("{PG_CLUSTER}-ca"),
-                            },
-                        },
-                        data: vec![PushData {
-                            matching: PushMatch {
-                                secret_key: "ca.crt".into(),
-                                remote_ref: PushRemoteRef {
-                                    remote_key: ctx.store_key(&["postgres-ca", scope]),
-                                    property: "ca.crt".into(),
+        if ctx.sops.is_some() {
+            // No store to push to: the operator provides the CA (certificate
+            // and key, in the secret values), CNPG signs the server's
+            // certificate with it, and each environment reads the same
+            // certificate from the values for verify-full.
+            let ca_key = ctx.store_key(&["postgres-ca", scope]);
+            let (file, text) = credentials(
+                ctx,
+                &dir,
+                meta(SERVER_CA, &base),
+                SERVER_CA,
+                "Opaque",
+                [
+                    ("ca.crt".to_string(), "{{ .ca_crt }}".to_string()),
+                    ("ca.key".to_string(), "{{ .ca_key }}".to_string()),
+                ]
+                .into(),
+                vec![
+                    es("ca_crt", ca_key.clone(), "ca.crt"),
+                    es("ca_key", ca_key, "ca.key"),
+                ],
+            )?;
+            put(tree, file, &text);
+        } else {
+            // The cluster's CA certificate (never its key) into the store, from
+            // where each environment's ExternalSecret fetches it for verify-full.
+            put(
+                tree,
+                "pushsecret-postgres-ca.yaml".into(),
+                &object(
+                    "external-secrets.io/v1alpha1",
+                    "PushSecret",
+                    meta("postgres-ca", &base),
+                    Spec {
+                        spec: PushSecretSpec {
+                            refresh_interval: "1h",
+                            update_policy: "Replace",
+                            deletion_policy: "None",
+                            secret_store_refs: vec![StoreRef {
+                                kind: "ClusterSecretStore",
+                                name: opts.secret_store.clone(),
+                            }],
+                            selector: PushSelector {
+                                secret: NameRef {
+                                    name: format!("{PG_CLUSTER}-ca"),
                                 },
                             },
-                        }],
+                            data: vec![PushData {
+                                matching: PushMatch {
+                                    secret_key: "ca.crt".into(),
+                                    remote_ref: PushRemoteRef {
+                                        remote_key: ctx.store_key(&["postgres-ca", scope]),
+                                        property: "ca.crt".into(),
+                                    },
+                                },
+                            }],
+                        },
                     },
-                },
-            ),
-        );
+                ),
+            );
+        }
         put(
             tree,
             "networkpolicy-default-deny-ingress.yaml".into(),
@@ -774,18 +802,16 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
         }
         // A new user or a changed configuration restarts the server.
         let config_hash = careplane_spec::names::fingerprint(&[conf_for_hash, acl.clone()]);
-        put(
-            tree,
-            "externalsecret-redis-acl.yaml",
-            &external_secret(
-                ctx,
-                meta("redis-acl", &base),
-                "redis-acl",
-                "Opaque",
-                [("users.acl".to_string(), acl)].into(),
-                data,
-            ),
-        );
+        let (file, text) = credentials(
+            ctx,
+            &dir,
+            meta("redis-acl", &base),
+            "redis-acl",
+            "Opaque",
+            [("users.acl".to_string(), acl)].into(),
+            data,
+        )?;
+        put(tree, &file, &text);
 
         let mount = |name: &'static str, mount_path: &'static str, read_only: bool| VolumeMount {
             name,
@@ -820,7 +846,7 @@ pub fn render_redis(ctx: &Ctx, model: &Model, tree: &mut Tree) -> Result<(), Ren
             metadata: PodMeta {
                 labels: redis_pod_labels(),
                 // Redis reads its configuration and ACL file at start only.
-                annotations: [(crate::env::CONFIG_HASH.to_string(), config_hash)].into(),
+                annotations: [(crate::env::CONFIG_HASH.into(), config_hash.into())].into(),
             },
             spec: PodSpec {
                 service_account_name: "default".into(),

@@ -1,6 +1,8 @@
 //! One tenant environment (`odoo-env`): its namespace and everything in it.
 
 use std::collections::BTreeMap;
+
+use secrecy::ExposeSecret;
 use std::fmt::Write as _;
 
 use careplane_model::OdooEnvProps;
@@ -256,18 +258,16 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    put(
-        tree,
-        "externalsecret-odoo-credentials.yaml",
-        &external_secret(
-            ctx,
-            meta(CREDENTIALS),
-            CREDENTIALS,
-            "Opaque",
-            template,
-            es_data,
-        ),
-    );
+    let (file, text) = credentials(
+        ctx,
+        &dir,
+        meta(CREDENTIALS),
+        CREDENTIALS,
+        "Opaque",
+        template,
+        es_data,
+    )?;
+    put(tree, &file, &text);
 
     put(
         tree,
@@ -295,7 +295,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
     let mut web = odoo_pod(ctx, p, uid, "web", web_size(p), Role::Web, &[]);
     web.metadata
         .annotations
-        .insert(CONFIG_HASH.into(), config_hash.clone());
+        .insert(CONFIG_HASH.into(), config_hash.as_str().into());
     put(
         tree,
         "deployment-odoo-web.yaml",
@@ -334,7 +334,7 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
     );
     cron.metadata
         .annotations
-        .insert(CONFIG_HASH.into(), config_hash.clone());
+        .insert(CONFIG_HASH.into(), config_hash.as_str().into());
     put(
         tree,
         "deployment-odoo-cron.yaml",
@@ -514,7 +514,11 @@ pub fn render(ctx: &Ctx, p: &OdooEnvProps, tree: &mut Tree) -> Result<(), Render
                             ip_block: None,
                             namespace_selector: Some(ns_selector(&opts.ingress_namespace)),
                             pod_selector: Some(LabelSelector {
-                                match_labels: opts.ingress_pod_labels.clone(),
+                                match_labels: opts
+                                    .ingress_pod_labels
+                                    .iter()
+                                    .map(|(k, v)| (k.into(), v.into()))
+                                    .collect(),
                             }),
                         }],
                         ports: vec![PolicyPort::tcp(HTTP_PORT), PolicyPort::tcp(WEBSOCKET_PORT)],
@@ -650,6 +654,74 @@ pub fn es(secret_key: &str, key: String, property: &str) -> EsData {
             property: property.into(),
         },
     }
+}
+
+impl ErasedYaml for String {
+    fn yaml(&self) -> String {
+        self.clone()
+    }
+}
+
+/// The object that makes the Secret `target` in the folder `dir`, and its
+/// file name: an `ExternalSecret` that fetches `data` from the store and
+/// fills `template`, or, when the Platform keeps secrets in SOPS files, the
+/// Secret itself with the template filled from the secret values, encrypted.
+#[allow(clippy::too_many_arguments)]
+pub fn credentials(
+    ctx: &Ctx,
+    dir: &str,
+    meta: Meta,
+    target: &str,
+    kind: &'static str,
+    template: BTreeMap<String, String>,
+    data: Vec<EsData>,
+) -> Result<(String, String), RenderError> {
+    let Some(s) = &ctx.sops else {
+        return Ok((
+            format!("externalsecret-{target}.yaml"),
+            external_secret(ctx, meta, target, kind, template, data).yaml(),
+        ));
+    };
+    let file = format!("secret-{target}.yaml");
+    let path = format!("{dir}/{file}");
+    let mut fetched = BTreeMap::new();
+    for d in &data {
+        let (key, property) = (&d.remote_ref.key, &d.remote_ref.property);
+        let value = s
+            .input
+            .values
+            .get(key, property)
+            .filter(|v| !v.expose_secret().is_empty())
+            .ok_or_else(|| RenderError::MissingSecretValue {
+                file: path.clone(),
+                key: key.clone(),
+                property: property.clone(),
+            })?;
+        fetched.insert(d.secret_key.clone(), value);
+    }
+    let mut values = BTreeMap::new();
+    for (k, tpl) in &template {
+        let v = crate::sops::eval_template(tpl, &fetched).map_err(|message| RenderError::Io {
+            path: path.clone(),
+            message,
+        })?;
+        values.insert(k.clone(), v);
+    }
+    let previous = s
+        .input
+        .previous
+        .and_then(|d| std::fs::read_to_string(d.join(&path)).ok());
+    let text = crate::sops::secret_file(
+        &path,
+        meta,
+        kind,
+        &values,
+        &s.recipients,
+        &s.fingerprint_key,
+        previous.as_deref(),
+        &s.input.now,
+    );
+    Ok((file, text))
 }
 
 pub fn external_secret(

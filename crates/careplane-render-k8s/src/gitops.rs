@@ -8,6 +8,9 @@ use crate::k8s::*;
 use crate::names::{common_labels, labels};
 use crate::{production_like, Ctx, Model, Tree, HEADER, PRIORITY_OTHER, PRIORITY_PRODUCTION};
 
+/// With SOPS: the Flux secret holding the cluster's age identity.
+pub const SOPS_AGE_SECRET: &str = "sops-age";
+
 fn kustomization(resources: Vec<String>) -> String {
     HEADER.to_string()
         + &crate::to_yaml(&Kustomization {
@@ -185,9 +188,18 @@ pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
             },
         },
     );
-    tree.add("argocd/applicationset.yaml".into(), appset.yaml());
+    // Argo CD applies files as they are: a SOPS file would reach the API
+    // server with its ciphertext as the Secret's values (and a `sops` field
+    // it drops). It needs KSOPS generators in every kustomization, which
+    // careplane does not render; so with SOPS only Flux, which decrypts
+    // natively, gets its objects.
+    if ctx.sops.is_none() {
+        tree.add("argocd/applicationset.yaml".into(), appset.yaml());
+    }
 
     // Flux: one Kustomization per folder, environments after their data.
+    // With SOPS, each decrypts with the cluster's age identity, a secret the
+    // cluster's bootstrap creates (never rendered: it is the private key).
     let flux = |name: String, path: String, depends_on: Vec<String>| {
         object(
             "kustomize.toolkit.fluxcd.io/v1",
@@ -213,6 +225,12 @@ pub fn render(ctx: &Ctx, model: &Model, tree: &mut Tree) {
                         .into_iter()
                         .map(|name| NameRef { name })
                         .collect(),
+                    decryption: ctx.sops.as_ref().map(|_| FluxDecryption {
+                        provider: "sops",
+                        secret_ref: NameRef {
+                            name: SOPS_AGE_SECRET.into(),
+                        },
+                    }),
                 },
             },
         )

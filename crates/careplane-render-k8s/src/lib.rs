@@ -19,6 +19,7 @@ mod gitops;
 pub mod k8s;
 mod names;
 mod route;
+pub mod sops;
 mod tree;
 mod yaml;
 
@@ -29,6 +30,7 @@ use careplane_spec::SpecSet;
 use serde::Serialize;
 
 pub use names::{env_namespace, odoo_uids, pg_namespace, redis_namespace, role_name};
+pub use sops::{SecretInput, SecretValues};
 pub use tree::{check_tree, write_tree, Drift, DriftKind, WriteReport};
 
 /// Top-level folders of the tree that careplane owns: [`write_tree`] removes
@@ -172,11 +174,61 @@ pub enum RenderError {
     },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[error(
+        "the Platform keeps its secrets in SOPS files (spec.kubernetes.secrets.sops): \
+         rendering needs the secret values (careplane render --secret-values FILE)"
+    )]
+    SecretValuesNeeded,
+    #[error(
+        "{file}: the secret values have no non-empty {property:?} under {key:?} \
+         (add it to the secret values file)"
+    )]
+    MissingSecretValue {
+        file: String,
+        key: String,
+        property: String,
+    },
 }
 
-/// The repository the specs ask for.
+/// The repository the specs ask for, when the Platform keeps its secrets in
+/// an External Secrets store (the default). A Platform that chose SOPS files
+/// needs [`render_with`] and the secret values.
 pub fn render(specs: &SpecSet, opts: &RenderOptions) -> Result<Tree, RenderError> {
+    render_with(specs, opts, None)
+}
+
+/// [`render`], with the secret values the SOPS files are made of (ignored
+/// when the Platform uses External Secrets).
+pub fn render_with(
+    specs: &SpecSet,
+    opts: &RenderOptions,
+    secrets: Option<&SecretInput>,
+) -> Result<Tree, RenderError> {
     check_options(opts)?;
+    let sops = match specs
+        .platform
+        .spec
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.secrets.as_ref())
+        .and_then(|s| s.sops.as_ref())
+    {
+        None => None,
+        Some(settings) => {
+            let input = secrets.ok_or(RenderError::SecretValuesNeeded)?;
+            let recipients = sops::recipients(&settings.age_recipients).map_err(|message| {
+                RenderError::Option {
+                    option: "platform spec.kubernetes.secrets.sops.ageRecipients",
+                    message,
+                }
+            })?;
+            Some(SopsCtx {
+                input,
+                recipients,
+                fingerprint_key: sops::fingerprint_key(&opts.role_key),
+            })
+        }
+    };
     let mut model = Model::default();
     for r in careplane_model::desired(specs) {
         match r.typed()? {
@@ -208,7 +260,7 @@ pub fn render(specs: &SpecSet, opts: &RenderOptions) -> Result<Tree, RenderError
         .odoo_envs
         .sort_by(|a, b| (&a.tenant, &a.environment).cmp(&(&b.tenant, &b.environment)));
 
-    let ctx = Ctx::new(specs, opts, &model);
+    let ctx = Ctx::new(specs, opts, &model, sops);
     // Environments render independently: split them over the cores, in
     // order, so the first error reported is the first environment's by
     // name whatever the machine. The data folders render meanwhile.
@@ -272,6 +324,41 @@ pub fn check(
     check_tree(&tree, dir)
 }
 
+/// [`render_with`] then [`write_tree`]; unchanged SOPS files in `dir` are
+/// kept as they are.
+pub fn write_with(
+    specs: &SpecSet,
+    opts: &RenderOptions,
+    values: &SecretValues,
+    now: &str,
+    dir: &std::path::Path,
+) -> Result<WriteReport, RenderError> {
+    let input = SecretInput {
+        values,
+        previous: Some(dir),
+        now: now.to_string(),
+    };
+    let tree = render_with(specs, opts, Some(&input))?;
+    write_tree(&tree, dir)
+}
+
+/// [`render_with`] then [`check_tree`]: a SOPS file whose secret values or
+/// recipients changed is reported (by file; its values never are).
+pub fn check_with(
+    specs: &SpecSet,
+    opts: &RenderOptions,
+    values: &SecretValues,
+    dir: &std::path::Path,
+) -> Result<Vec<Drift>, RenderError> {
+    let input = SecretInput {
+        values,
+        previous: Some(dir),
+        now: "1970-01-01T00:00:00Z".to_string(),
+    };
+    let tree = render_with(specs, opts, Some(&input))?;
+    check_tree(&tree, dir)
+}
+
 fn check_options(opts: &RenderOptions) -> Result<(), RenderError> {
     let bad = |option, message: &str| {
         Err(RenderError::Option {
@@ -332,10 +419,19 @@ struct Model {
     ingress: Option<careplane_model::IngressProps>,
 }
 
+/// With SOPS: the values, the recipients and the fingerprint key.
+struct SopsCtx<'a> {
+    input: &'a SecretInput<'a>,
+    recipients: Vec<age::x25519::Recipient>,
+    fingerprint_key: [u8; 32],
+}
+
 /// What every part of the rendering reads besides the resource at hand.
 struct Ctx<'a> {
     specs: &'a SpecSet,
     opts: &'a RenderOptions,
+    /// Set when the Platform keeps its secrets in SOPS files.
+    sops: Option<SopsCtx<'a>>,
     platform: &'a str,
     /// (tenant, env) → uid.
     uids: BTreeMap<(String, String), u32>,
@@ -350,7 +446,12 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(specs: &'a SpecSet, opts: &'a RenderOptions, model: &Model) -> Ctx<'a> {
+    fn new(
+        specs: &'a SpecSet,
+        opts: &'a RenderOptions,
+        model: &Model,
+        sops: Option<SopsCtx<'a>>,
+    ) -> Ctx<'a> {
         let range = specs
             .platform
             .spec
@@ -366,6 +467,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             specs,
             opts,
+            sops,
             platform: &specs.platform.metadata.name,
             uids: odoo_uids(&envs, range),
             tenants: specs

@@ -83,14 +83,14 @@ pub fn common_labels() -> Labels {
         ("app.kubernetes.io/part-of", "careplane"),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .map(|(k, v)| (k.into(), v.into()))
     .collect()
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| ((*k).into(), (*v).into()))
         .collect()
 }
 
@@ -103,11 +103,11 @@ pub fn with(mut base: Labels, pairs: &[(&str, &str)]) -> Labels {
 pub fn restricted(mut l: Labels) -> Labels {
     for mode in ["enforce", "audit", "warn"] {
         l.insert(
-            format!("pod-security.kubernetes.io/{mode}"),
+            format!("pod-security.kubernetes.io/{mode}").into(),
             "restricted".into(),
         );
         l.insert(
-            format!("pod-security.kubernetes.io/{mode}-version"),
+            format!("pod-security.kubernetes.io/{mode}-version").into(),
             "latest".into(),
         );
     }

@@ -231,7 +231,7 @@ pub fn objects(
     if let Some(class) = k.and_then(|k| k.ingress_class.as_ref()) {
         route_meta
             .annotations
-            .insert("kubernetes.io/ingress.class".into(), class.clone());
+            .insert("kubernetes.io/ingress.class".into(), class.into());
     }
     out.push((
         "ingressroute-odoo.yaml".into(),

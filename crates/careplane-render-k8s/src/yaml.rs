@@ -172,7 +172,12 @@ impl<'a> ser::Serializer for Value<'a> {
         if !matches!(pos, Pos::Top) {
             e.out.push(' ');
         }
-        if let Some(header) = block_header(v) {
+        // Most strings are plain (names, labels, quantities), and a plain
+        // one has no line break: decide that first, in one pass.
+        if plain_safe(v) {
+            e.out.push_str(v);
+            e.out.push('\n');
+        } else if let Some(header) = block_header(v) {
             e.out.push_str(header);
             e.out.push('\n');
             let indent = pos.inner();
@@ -186,7 +191,7 @@ impl<'a> ser::Serializer for Value<'a> {
                 e.out.push('\n');
             }
         } else {
-            write_string(&mut e.out, v);
+            write_quoted(&mut e.out, v);
             e.out.push('\n');
         }
         Ok(())
@@ -578,7 +583,13 @@ fn block_header(s: &str) -> Option<&'static str> {
 fn write_string(out: &mut String, s: &str) {
     if plain_safe(s) {
         out.push_str(s);
-    } else if s.chars().any(char::is_control) {
+    } else {
+        write_quoted(out, s);
+    }
+}
+
+fn write_quoted(out: &mut String, s: &str) {
+    if s.chars().any(char::is_control) {
         // JSON's escapes are valid in a YAML double-quoted scalar.
         out.push_str(&serde_json::to_string(s).expect("a string serializes"));
     } else {
@@ -606,14 +617,25 @@ fn plain_safe(s: &str) -> bool {
     let Some(&first) = b.first() else {
         return false;
     };
+    // One table look-up per byte: this loop runs over every string of a
+    // large render.
+    const ALLOWED: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'/' | b':' | b'@' | b'=' | b'+' | b',' | b' '
+                );
+            c += 1;
+        }
+        t
+    };
     let mut prev = 0u8;
     for &c in b {
-        let allowed = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'_' | b'.' | b'/' | b':' | b'@' | b'=' | b'+' | b',' | b' '
-            );
-        if !allowed || (prev == b':' && c == b' ') {
+        if !ALLOWED[c as usize] || (prev == b':' && c == b' ') {
             return false;
         }
         prev = c;

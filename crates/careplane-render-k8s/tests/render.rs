@@ -8,9 +8,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
-use careplane_render_k8s::{check_tree, render, write_tree, DriftKind, RenderError, Tree};
+use careplane_render_k8s::{
+    check_tree, render, render_with, write_tree, DriftKind, RenderError, SecretInput, SecretValues,
+    Tree,
+};
+use proptest::prelude::*;
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::Digest;
 
 fn docs(text: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(text)
@@ -582,29 +588,38 @@ fn a_short_role_key_is_refused() {
     assert!(!msg.contains("short"), "the key is never echoed: {msg}");
 }
 
-/// A small deterministic generator (xorshift64*), so every run checks the
-/// same 40 platforms and a failure names its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
+/// A random environment: name suffix, kind and workers.
+#[derive(Debug, Clone)]
+struct GenEnv {
+    suffix: &'static str,
+    kind: &'static str,
+    workers: u64,
 }
 
-/// A random platform as spec text, loaded (and so validated) like a user's.
-fn random_platform(seed: u64) -> careplane_spec::SpecSet {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let kinds = [
+#[derive(Debug, Clone)]
+struct GenTenant {
+    n: u64,
+    tenancy: &'static str,
+    tier: u64,
+    module: &'static str,
+    envs: Vec<GenEnv>,
+}
+
+#[derive(Debug, Clone)]
+struct GenPlatform {
+    log_ms: u64,
+    redis_role: &'static str,
+    max_memory_mb: u64,
+    odoo_version: u64,
+    default_tier: u64,
+    smtp: bool,
+    node_pools: bool,
+    admin_paths: bool,
+    tenants: Vec<GenTenant>,
+}
+
+fn gen_platform() -> impl Strategy<Value = GenPlatform> {
+    let kinds = prop::sample::select(vec![
         "dev",
         "test",
         "uat",
@@ -612,21 +627,81 @@ fn random_platform(seed: u64) -> careplane_spec::SpecSet {
         "staging",
         "production",
         "dr",
-    ];
-    let tenancies = ["shared", "dedicated-db", "dedicated-env"];
-    let modules = ["contacts", "stock", "purchase", "account", "survey", "hr"];
+    ]);
+    let env = (prop::sample::select(vec!["", "a", "blue"]), kinds, 1..5u64).prop_map(
+        |(suffix, kind, workers)| GenEnv {
+            suffix,
+            kind,
+            workers,
+        },
+    );
+    let tenant = (
+        0..100u64,
+        prop::sample::select(vec!["shared", "dedicated-db", "dedicated-env"]),
+        0..2u64,
+        prop::sample::select(vec![
+            "contacts", "stock", "purchase", "account", "survey", "hr",
+        ]),
+        prop::collection::vec(env, 1..5),
+    )
+        .prop_map(|(n, tenancy, tier, module, envs)| GenTenant {
+            n,
+            tenancy,
+            tier,
+            module,
+            envs,
+        });
+    (
+        (
+            0..1000u64,
+            prop::sample::select(vec!["cache", "session"]),
+            16..528u64,
+            16..20u64,
+            0..2u64,
+        ),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+        prop::collection::vec(tenant, 1..7),
+    )
+        .prop_map(
+            |(
+                (log_ms, redis_role, max_memory_mb, odoo_version, default_tier),
+                (smtp, node_pools, admin_paths),
+                tenants,
+            )| GenPlatform {
+                log_ms,
+                redis_role,
+                max_memory_mb,
+                odoo_version,
+                default_tier,
+                smtp,
+                node_pools,
+                admin_paths,
+                tenants,
+            },
+        )
+}
+
+/// The generated platform as spec text, loaded (and so validated) like a
+/// user's.
+fn platform_specs(g: &GenPlatform) -> careplane_spec::SpecSet {
+    let mut k8s = String::from("{backups: {destinationPath: s3://b/p}");
+    if g.admin_paths {
+        k8s.push_str(", adminAllow: [10.0.0.0/8], adminPaths: [/odoo/settings]");
+    }
+    if g.smtp {
+        k8s.push_str(", smtp: {cidrs: [192.0.2.25/32]}");
+    }
+    if g.node_pools {
+        k8s.push_str(", dedicatedNodePools: true");
+    }
+    k8s.push('}');
     let mut text = format!(
-        "apiVersion: careplane.dev/v1alpha1\nkind: Platform\nmetadata: {{name: p{seed}}}\n\
+        "apiVersion: careplane.dev/v1alpha1\nkind: Platform\nmetadata: {{name: p}}\n\
          spec:\n  dataDir: /tmp/careplane-k8s-unused\n  postgres: {{settings: {{max_connections: \"5000\", \
          log_min_duration_statement: \"{}\"}}}}\n  redis: {{role: {}, maxMemory: {}mb}}\n  \
          odoo: {{command: odoo, version: {}}}\n  defaults: {{serviceTier: t{}}}\n  \
-         ingress: {{domain: odoo.example.org}}\n  \
-         kubernetes: {{backups: {{destinationPath: s3://b/p}}, adminAllow: [10.0.0.0/8], adminPaths: [/odoo/settings]}}\n",
-        rng.below(1000),
-        rng.pick(&["cache", "session"]),
-        16 + rng.below(512),
-        16 + rng.below(4),
-        rng.below(2),
+         ingress: {{domain: odoo.example.org}}\n  kubernetes: {k8s}\n",
+        g.log_ms, g.redis_role, g.max_memory_mb, g.odoo_version, g.default_tier,
     );
     for (i, availability) in ["99.0", "99.95"].iter().enumerate() {
         text.push_str(&format!(
@@ -634,66 +709,134 @@ fn random_platform(seed: u64) -> careplane_spec::SpecSet {
              spec: {{availability: {availability}, rto: 4h, rpo: 1h, supportHours: 24x7}}\n"
         ));
     }
-    for t in 0..1 + rng.below(6) {
-        let envs = 1 + rng.below(4);
+    for (t, tenant) in g.tenants.iter().enumerate() {
         text.push_str(&format!(
             "---\napiVersion: careplane.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: h{t}x{}}}\n\
              spec:\n  tenancy: {}\n  serviceTier: t{}\n  modules: [base, {}]\n  environments:\n",
-            rng.below(100),
-            rng.pick(&tenancies),
-            rng.below(2),
-            rng.pick(&modules),
+            tenant.n, tenant.tenancy, tenant.tier, tenant.module,
         ));
-        for e in 0..envs {
+        for (e, env) in tenant.envs.iter().enumerate() {
             text.push_str(&format!(
                 "  - name: e{e}{}\n    kind: {}\n    sizing: {{workers: {}}}\n",
-                rng.pick(&["", "a", "blue"]),
-                rng.pick(&kinds),
-                1 + rng.below(4),
+                env.suffix, env.kind, env.workers,
             ));
         }
     }
-    careplane_spec::load_str(Path::new(&format!("random-{seed}.yaml")), &text)
-        .unwrap_or_else(|d| panic!("seed {seed}: the generator made an invalid spec:\n{d}\n{text}"))
+    careplane_spec::load_str(Path::new("random.yaml"), &text)
+        .unwrap_or_else(|d| panic!("the generator made an invalid spec:\n{d}\n{text}"))
 }
 
-#[test]
-fn random_platforms_render_safely() {
-    for seed in 0..40 {
-        let specs = random_platform(seed);
-        let tree = render(&specs, &common::opts()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        assert_eq!(
-            tree,
-            render(&specs, &common::opts()).unwrap(),
-            "seed {seed}: not deterministic"
-        );
+proptest! {
+    // Each case renders a platform and parses every file it renders: few
+    // cases, no failure files written into the source tree.
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// For random valid platforms: rendering never fails and is
+    /// deterministic, every tenant environment gets its folder, no secret
+    /// material is emitted (no Secret, no stringData, never the role key),
+    /// every NetworkPolicy selector matches a rendered workload, and every
+    /// kustomization lists only what exists.
+    #[test]
+    fn random_platforms_render_safely(g in gen_platform(), role_key in "[A-Za-z0-9]{16,40}") {
+        let specs = platform_specs(&g);
+        let mut opts = common::opts();
+        opts.role_key = role_key.clone();
+        let tree = render(&specs, &opts).unwrap_or_else(|e| panic!("render failed: {e}"));
+        prop_assert_eq!(&tree, &render(&specs, &opts).unwrap(), "not deterministic");
         let problems = policy_problems(&tree);
-        assert!(problems.is_empty(), "seed {seed}:\n{}", problems.join("\n"));
-        let envs: usize = specs
-            .tenants
-            .iter()
-            .map(|t| t.spec.environments.len())
-            .sum();
+        prop_assert!(problems.is_empty(), "{}", problems.join("\n"));
+        let envs: usize = specs.tenants.iter().map(|t| t.spec.environments.len()).sum();
         let folders = entry_points(&tree)
             .iter()
             .filter(|d| d.starts_with("tenants/"))
             .count();
-        assert_eq!(folders, envs, "seed {seed}");
-        for (file, obj) in all_objects(&tree) {
-            assert_ne!(obj["kind"], "Secret", "seed {seed}: {file}");
-            assert!(obj.get("stringData").is_none(), "seed {seed}: {file}");
+        prop_assert_eq!(folders, envs);
+        for (file, text) in &tree.files {
+            prop_assert!(!text.contains(&role_key), "{} contains the role key", file);
         }
-        // Every kustomization lists files and folders that exist.
+        for (file, obj) in all_objects(&tree) {
+            prop_assert_ne!(&obj["kind"], "Secret", "{}", file);
+            prop_assert!(obj.get("stringData").is_none(), "{}", file);
+        }
         for (file, text) in &tree.files {
             if let Some(dir) = file.strip_suffix("/kustomization.yaml") {
                 for r in docs(text)[0]["resources"].as_array().unwrap() {
                     let p = normalize(&format!("{dir}/{}", r.as_str().unwrap()));
-                    assert!(
+                    prop_assert!(
                         tree.files.contains_key(&p)
                             || tree.files.contains_key(&format!("{p}/kustomization.yaml")),
-                        "seed {seed}: {file} lists {p}, which is not rendered"
+                        "{} lists {}, which is not rendered", file, p
                     );
                 }
+            }
+        }
+
+        // The same platform choosing SOPS, with a value for every store key
+        // the ExternalSecrets read (and each cluster's CA key): no value, nor
+        // its SHA-256 (the Redis ACL's form), appears anywhere, and every
+        // SOPS file decrypts to values that were given.
+        let mut values = SecretValues::default();
+        let mut plain = BTreeSet::new();
+        let mut add = |key: &str, property: &str| {
+            let v = format!("value-{:016x}", {
+                let h = sha2::Sha256::digest(format!("{role_key}\0{key}\0{property}"));
+                u64::from_be_bytes(h[..8].try_into().unwrap())
+            });
+            values.insert(key, property, SecretString::from(v.clone()));
+            plain.insert(v);
+        };
+        for (_, obj) in all_objects(&tree) {
+            match obj["kind"].as_str() {
+                Some("ExternalSecret") => {
+                    for d in obj["spec"]["data"].as_array().unwrap() {
+                        let r = &d["remoteRef"];
+                        add(r["key"].as_str().unwrap(), r["property"].as_str().unwrap());
+                    }
+                }
+                Some("PushSecret") => {
+                    for d in obj["spec"]["data"].as_array().unwrap() {
+                        add(d["match"]["remoteRef"]["remoteKey"].as_str().unwrap(), "ca.key");
+                    }
+                }
+                _ => {}
+            }
+        }
+        let identity = age::x25519::Identity::generate();
+        let mut sops_specs = specs.clone();
+        sops_specs.platform.spec.kubernetes.as_mut().unwrap().secrets =
+            Some(careplane_spec::kubernetes::SecretsSettings {
+                sops: Some(careplane_spec::kubernetes::SopsSettings {
+                    age_recipients: vec![identity.to_public().to_string()],
+                }),
+            });
+        let input = SecretInput { values: &values, previous: None, now: "2026-12-02T07:00:00Z".into() };
+        let sops_tree = render_with(&sops_specs, &opts, Some(&input))
+            .unwrap_or_else(|e| panic!("SOPS render failed: {e}"));
+        let hashes: BTreeSet<String> = plain
+            .iter()
+            .map(|v| sha2::Sha256::digest(v.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        for (file, text) in &sops_tree.files {
+            prop_assert!(!text.contains("value-"), "{} holds a secret value in clear", file);
+            for h in &hashes {
+                prop_assert!(!text.contains(h.as_str()), "{} holds a value's hash", file);
+            }
+            prop_assert!(!text.contains("kind: ExternalSecret"), "{}", file);
+            if file.contains("/secret-") {
+                let got = careplane_render_k8s::sops::decrypt(text, &identity)
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                use secrecy::ExposeSecret;
+                let carries_a_value = got.iter().any(|(path, v)| {
+                    let v = v.expose_secret();
+                    path[0] == "stringData"
+                        && (plain.iter().any(|p| v.contains(p.as_str()))
+                            || hashes.iter().any(|h| v.contains(h.as_str())))
+                });
+                prop_assert!(carries_a_value, "{} decrypts to none of the values", file);
             }
         }
     }

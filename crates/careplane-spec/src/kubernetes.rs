@@ -45,6 +45,37 @@ pub struct KubernetesSettings {
     /// with this key; absent: no policy is rendered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_signatures: Option<ImageSignatures>,
+    /// How credentials reach the cluster: absent, External Secrets
+    /// `ExternalSecret`s referencing a secret store; with `sops`, SOPS files
+    /// in the repository encrypted to age recipients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct SecretsSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sops: Option<SopsSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct SopsSettings {
+    /// age public keys (`age1…`) every secret file is encrypted to: the
+    /// cluster's (Flux's `sops-age` secret, KSOPS) and the operators'.
+    pub age_recipients: Vec<String>,
+}
+
+/// An age X25519 recipient: `age1` and 58 bech32 characters.
+pub fn valid_age_recipient(s: &str) -> bool {
+    s.len() == 62
+        && s.starts_with("age1")
+        && s[4..]
+            .bytes()
+            .all(|b| b"qpzry9x8gf2tvdw0s3jn54khce6mua7l".contains(&b))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -275,6 +306,29 @@ pub(crate) fn check(cx: &mut Ctx<'_>, k: &KubernetesSettings) {
                 "must be a PEM public key (cosign.pub)",
                 None,
             );
+        }
+    }
+    if let Some(sops) = k.secrets.as_ref().and_then(|s| s.sops.as_ref()) {
+        if sops.age_recipients.is_empty() {
+            cx.at_value(
+                &at(&[key("secrets"), key("sops"), key("ageRecipients")]),
+                "name at least one age recipient (the cluster's key)",
+                None,
+            );
+        }
+        for (i, r) in sops.age_recipients.iter().enumerate() {
+            if !valid_age_recipient(r) {
+                cx.at_value(
+                    &at(&[
+                        key("secrets"),
+                        key("sops"),
+                        key("ageRecipients"),
+                        Seg::Index(i),
+                    ]),
+                    format!("{} is not an age public key", quoted(r)),
+                    Some("write the age1… line age-keygen prints as the public key".into()),
+                );
+            }
         }
     }
 }

@@ -1872,10 +1872,11 @@ spec:
     backups: {destinationPath: /var/backups}
     smtp: {cidrs: [], port: 0}
     imageSignatures: {publicKey: not-a-key}
+    secrets: {sops: {ageRecipients: [age1notakey]}}
     storageClasss: {}
 ";
     let err = load_str(Path::new("k.yaml"), text).unwrap_err().to_string();
-    let expected = "k.yaml:13:5: spec.kubernetes.storageClasss: unknown field \"storageClasss\"";
+    let expected = "k.yaml:14:5: spec.kubernetes.storageClasss: unknown field \"storageClasss\"";
     assert!(err.contains(expected), "{expected}\nin:\n{err}");
     let text = text.replace("    storageClasss: {}\n", "");
     let err = load_str(Path::new("k.yaml"), &text)
@@ -1889,6 +1890,7 @@ spec:
         "spec.kubernetes.smtp.cidrs: name at least one address of the mail relay",
         "spec.kubernetes.smtp.port: port 0 is not a port",
         "spec.kubernetes.imageSignatures.publicKey: must be a PEM public key",
+        "spec.kubernetes.secrets.sops.ageRecipients[0]: \"age1notakey\" is not an age public key",
     ] {
         assert!(err.contains(expected), "{expected}\nin:\n{err}");
     }
