@@ -496,7 +496,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if install { "installing" } else { "upgrading" },
                 modules.join(",")
             );
-            engine.modules(&tenant, &environment, install, &modules)?;
+            engine.modules(
+                &access::caller(&engine),
+                &tenant,
+                &environment,
+                install,
+                &modules,
+            )?;
             outln!(
                 "done: {tenant}/{environment} is up with {}",
                 modules.join(",")
@@ -512,7 +518,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let engine = load(&files)?;
             errln!("exporting {tenant}/{environment} to {} ...", out.display());
             let r = engine
-                .export(&tenant, &environment, &out)
+                .export(&access::caller(&engine), &tenant, &environment, &out)
                 .with_context(|| format!("export of {tenant}/{environment}"))?;
             if output == Output::Json {
                 print_json(&serde_json::to_value(&r)?)?;
@@ -559,7 +565,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 file.display()
             );
             let r = engine
-                .import(&tenant, &environment, &file)
+                .import(&access::caller(&engine), &tenant, &environment, &file)
                 .with_context(|| {
                     format!("import of {} into {tenant}/{environment}", file.display())
                 })?;
@@ -625,7 +631,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => {
             let engine = load(&files)?;
-            let report = with_progress(|p| engine.apply(&guards.options(), p))?;
+            let who = access::caller(&engine);
+            let report = with_progress(|p| engine.apply(&who, &guards.options(), p))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
@@ -645,7 +652,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             .filter_map(|id| id.strip_prefix("odoo-env/")?.split_once('/'))
                             .map(|(t, e)| (t.to_string(), e.to_string()))
                             .collect();
-                        print_new_odoo_envs(&engine, &envs)?;
+                        print_new_odoo_envs(&engine, &who, &envs)?;
                     }
                 }
             }
@@ -665,7 +672,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 final_backup: !no_final_backup,
                 ..guards.options()
             };
-            let report = with_progress(|p| engine.destroy(&tenants, &opts, p))?;
+            let who = access::caller(&engine);
+            let report = with_progress(|p| engine.destroy(&who, &tenants, &opts, p))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => outln!("Destroyed: {} actions.", report.applied.len()),
@@ -692,11 +700,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Start { files } => {
             let engine = load(&files)?;
-            with_progress(|p| engine.start_all(p))?;
+            let who = access::caller(&engine);
+            with_progress(|p| engine.start_all(&who, p))?;
         }
         Command::Stop { files } => {
             let engine = load(&files)?;
-            with_progress(|p| engine.stop_all(p))?;
+            let who = access::caller(&engine);
+            with_progress(|p| engine.stop_all(&who, p))?;
         }
         Command::Credentials {
             files,
@@ -706,7 +716,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let engine = load(&files)?;
             let c = engine
-                .credentials(&tenant, &environment)
+                .credentials(&access::caller(&engine), &tenant, &environment)
                 .with_context(|| format!("credentials of {tenant}/{environment}"))?;
             let pg = &c.postgres;
             let port = pg.port.map(|p| p.to_string()).unwrap_or_default();
@@ -1199,14 +1209,18 @@ fn print_status(s: &Status) {
 /// Where to log in to each Odoo environment this apply created. The admin
 /// password is shown here once, and only on a terminal: piped or captured
 /// output (CI logs, files) never gets it; `careplane credentials` always can.
-fn print_new_odoo_envs(engine: &Engine, created: &[(String, String)]) -> anyhow::Result<()> {
+fn print_new_odoo_envs(
+    engine: &Engine,
+    who: &careplane_engine::Principal,
+    created: &[(String, String)],
+) -> anyhow::Result<()> {
     if created.is_empty() {
         return Ok(());
     }
     let show = std::io::stdout().is_terminal();
     let mut rows = Vec::new();
     for (tenant, env) in created {
-        let Some(odoo) = engine.credentials(tenant, env)?.odoo else {
+        let Some(odoo) = engine.credentials(who, tenant, env)?.odoo else {
             continue;
         };
         let mut row = vec![format!("{tenant}/{env}"), odoo.url, odoo.login];

@@ -168,9 +168,14 @@ fn setup(window: usize) -> Setup {
     }
 }
 
+/// The host's root operator, as the CLI passes it without a session.
+fn root() -> careplane_engine::Principal {
+    careplane_engine::Principal::local_root(0)
+}
+
 fn apply(s: &mut Setup) -> Result<Vec<String>, EngineError> {
     s.engine
-        .apply(&ApplyOptions::default(), &mut |_| {})
+        .apply(&root(), &ApplyOptions::default(), &mut |_| {})
         .map(|r| r.applied)
 }
 
@@ -283,7 +288,7 @@ fn a_failed_wait_fails_one_and_keeps_the_others() {
     let mut failed = Vec::new();
     let err = s
         .engine
-        .apply(&ApplyOptions::default(), &mut |e| {
+        .apply(&root(), &ApplyOptions::default(), &mut |e| {
             if let careplane_engine::Event::Failed { action, error, .. } = e {
                 failed.push((action.id.clone(), error));
             }
@@ -336,6 +341,7 @@ fn destroy_removes_dependents_first() {
     take_log(&s);
     s.engine
         .destroy(
+            &root(),
             &[],
             &ApplyOptions {
                 delete_data: true,
@@ -368,7 +374,7 @@ fn one_engine_serves_several_threads() {
     let engine = &s.engine;
     let all = careplane_model::desired(engine.specs()).len();
     std::thread::scope(|scope| {
-        let applying = scope.spawn(|| engine.apply(&ApplyOptions::default(), &mut |_| {}));
+        let applying = scope.spawn(|| engine.apply(&root(), &ApplyOptions::default(), &mut |_| {}));
         let planners: Vec<_> = (0..4)
             .map(|_| scope.spawn(|| engine.plan().map(|p| p.counts())))
             .collect();
@@ -380,4 +386,153 @@ fn one_engine_serves_several_threads() {
         }
     });
     assert!(engine.plan().unwrap().is_empty());
+}
+
+fn person(
+    id: &str,
+    mfa: bool,
+    bindings: Vec<careplane_engine::careplane_identity::Binding>,
+) -> careplane_engine::Principal {
+    careplane_engine::Principal {
+        id: id.into(),
+        kind: careplane_engine::careplane_audit::ActorKind::User,
+        auth: "oidc".into(),
+        mfa,
+        bindings,
+    }
+}
+
+/// docs/design/0013, "Where the one check goes": every operation asks
+/// `authorize` once before any work; a refusal runs nothing at the target
+/// and is one audit entry, refused, with the reason and the principal.
+#[test]
+fn the_one_check_refuses_before_any_work_and_each_call_is_one_entry() {
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    let mut s = setup(8);
+    apply(&mut s).unwrap();
+    take_log(&s);
+    // Drift, so that an allowed apply has work to do.
+    Store::open(&s.data_dir)
+        .unwrap()
+        .delete_resource("odoo-env/alpha/dev")
+        .unwrap();
+
+    let viewer = person(
+        "vera",
+        true,
+        vec![Binding {
+            role: Role::Viewer,
+            scope: Scope::All,
+            source: Source::Group {
+                group: "viewers".into(),
+            },
+        }],
+    );
+    let err = s
+        .engine
+        .apply(&viewer, &ApplyOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Denied { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("tenant-operator, platform-operator, platform-admin"),
+        "{err}"
+    );
+    assert!(
+        take_log(&s).is_empty(),
+        "a refused apply reached the target"
+    );
+
+    // A tenant operator of alpha: beta is out of scope, the platform too.
+    let alpha_op = person(
+        "otto",
+        true,
+        vec![Binding {
+            role: Role::TenantOperator,
+            scope: Scope::Tenants(vec!["alpha".into()]),
+            source: Source::Grant {
+                id: "r1".into(),
+                approved_by: "bob".into(),
+                expires: "2099-01-01T00:00:00Z".into(),
+                reason: "INC-1".into(),
+            },
+        }],
+    );
+    let no_opts = ApplyOptions::default();
+    let err = s
+        .engine
+        .destroy(&alpha_op, &["beta".into()], &no_opts, &mut |_| {});
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("limited to other tenants"));
+    assert!(s.engine.stop_all(&alpha_op, &mut |_| {}).is_err());
+    assert!(take_log(&s).is_empty());
+    // Within scope the check passes and the target's own answer is what
+    // fails (the fake has no credentials): audited as failed, not refused.
+    let err = s.engine.credentials(&alpha_op, "alpha", "dev").unwrap_err();
+    assert!(err.to_string().contains("not in the fake target"), "{err}");
+
+    // Otto, also a platform operator through his IdP group, applies; the
+    // grant in force is recorded as his elevation.
+    let mut operator = alpha_op.clone();
+    operator.bindings.push(Binding {
+        role: Role::PlatformOperator,
+        scope: Scope::All,
+        source: Source::Group {
+            group: "ops".into(),
+        },
+    });
+    s.engine
+        .apply(&operator, &ApplyOptions::default(), &mut |_| {})
+        .unwrap();
+    assert!(!take_log(&s).is_empty());
+
+    let log = s
+        .engine
+        .audit_entries(&careplane_engine::careplane_audit::Filter::default())
+        .unwrap();
+    let rows: Vec<(&str, &str, &str)> = log
+        .iter()
+        .map(|e| {
+            (
+                e.action.as_str(),
+                e.actor.id.as_str(),
+                match e.result.status {
+                    careplane_engine::careplane_audit::Status::Succeeded => "succeeded",
+                    careplane_engine::careplane_audit::Status::Refused => "refused",
+                    careplane_engine::careplane_audit::Status::Failed => "failed",
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("apply", "uid:0", "succeeded"),
+            ("apply", "vera", "refused"),
+            ("destroy", "otto", "refused"),
+            ("stop", "otto", "refused"),
+            ("credentials.show", "otto", "failed"),
+            ("apply", "otto", "succeeded"),
+        ]
+    );
+    let refused = log[1].result.message.as_deref().unwrap_or_default();
+    assert!(refused.contains("vera may not apply"), "{refused}");
+    let elevation = log[5].actor.elevation.as_ref().expect("elevation in force");
+    assert_eq!(
+        (elevation.role.as_str(), elevation.approved_by.as_deref()),
+        ("tenant-operator", Some("bob"))
+    );
+    // The group role's use is known to access reviews.
+    let review = careplane_engine::careplane_identity::Store::open(&s.data_dir)
+        .unwrap()
+        .review(i64::MAX / 2)
+        .unwrap();
+    assert!(
+        review
+            .iter()
+            .any(|i| i.principal == "otto" && i.source == "group:ops" && i.last_used.is_some()),
+        "{review:?}"
+    );
 }

@@ -354,8 +354,15 @@ pub fn authorize(principal: &Principal, action: Action, target: &Target) -> Deci
         .collect();
     if fitting.is_empty() {
         let held: Vec<&str> = principal.bindings.iter().map(|b| b.role.as_str()).collect();
+        // Nobody signed in (an OS user other than root, or a session that
+        // did not verify): say how to become someone.
+        let hint = if held.is_empty() && matches!(principal.auth.as_str(), "none" | "local-user") {
+            " (not signed in: run careplane login)"
+        } else {
+            ""
+        };
         return Decision::deny(format!(
-            "{} may not {what}: it needs one of the roles {} and holds {}",
+            "{} may not {what}: it needs one of the roles {} and holds {}{hint}",
             principal.id,
             allowed_roles
                 .iter()

@@ -244,7 +244,11 @@ fn targets(
         let creds = match cache.get(&key) {
             Some(c) => c.clone(),
             None => {
-                let c = Arc::new(state.engine.credentials(&env.tenant, &env.environment)?);
+                let c = Arc::new(state.engine.credentials(
+                    &careplane_engine::host_principal(),
+                    &env.tenant,
+                    &env.environment,
+                )?);
                 cache.insert(key.clone(), c.clone());
                 c
             }
