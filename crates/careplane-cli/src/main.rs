@@ -24,7 +24,13 @@ mod serve;
                   the difference between them and what it holds, and applies it: isolated, \
                   hardened PostgreSQL and Redis per tenant environment on the local target.\n\n\
                   Typical use:\n  careplane validate -f specs/\n  careplane plan -f specs/\n  \
-                  careplane apply -f specs/\n  careplane status -f specs/"
+                  careplane apply -f specs/\n  careplane status -f specs/\n\n\
+                  Who acts: every operation (apply, destroy, start, stop, modules, credentials, \
+                  export, import, backup) is authorized for the caller and audited with it. \
+                  Signed in (`careplane login`), that is the provider's user with her role and \
+                  approved elevations (`careplane access request`); production apply/destroy, \
+                  import and approvals need MFA. Without a session, root on the host acts as \
+                  the local root operator (platform-admin); other users must sign in."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,6 +68,9 @@ enum Command {
         output: Output,
     },
     /// Make the platform match the specs. Safe to interrupt and re-run.
+    ///
+    /// Needs platform-operator or platform-admin (with MFA when the
+    /// platform has a production or DR environment), or root on the host.
     Apply {
         #[command(flatten)]
         files: Files,
@@ -150,7 +159,9 @@ enum Command {
         output: Output,
     },
     /// The tamper-evident audit log: every apply, destroy, start, stop,
-    /// modules run and credentials shown, who did it and how it ended.
+    /// modules run, credentials shown, export, import, backup and access
+    /// change — also refused ones — who did it (identity, MFA, elevation)
+    /// and how it ended.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,

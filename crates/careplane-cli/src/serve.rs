@@ -102,9 +102,12 @@ pub enum TokenCommand {
     Create {
         #[command(flatten)]
         files: Files,
-        /// Who or what uses it (shown as the actor of incident actions).
+        /// Who or what uses it (the audit log's actor: `token:<name>`).
         #[arg(long)]
         name: String,
+        /// The service identity's role: read is viewer, operate is
+        /// platform-operator (incident actions). People use their OIDC
+        /// token instead (`careplane login`'s session works as a bearer).
         #[arg(long, value_parser = ["read", "operate"], default_value = "read")]
         scope: String,
         /// Lifetime, e.g. `30d`, `12h`, `90m`.

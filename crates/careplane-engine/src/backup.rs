@@ -154,7 +154,7 @@ impl Engine {
             who,
             op,
             |core| core.driver.backup_create(tenant, env, "manual", progress),
-            |r| {
+            |r, _| {
                 let mut out = audit::outcome(r);
                 if let (Ok(b), None) = (r, &out.message) {
                     out.message = Some(format!("backup {}", b.id));
@@ -189,7 +189,16 @@ impl Engine {
             parameters: serde_json::json!({"id": id}),
             ..self.platform_op("backup.show", Action::Read)
         };
-        self.guarded(who, op, |core| core.driver.backup_show(id), plain)
+        self.guarded(
+            who,
+            op,
+            |core| core.driver.backup_show(id),
+            |r, op| {
+                // The entry names the backup's tenant, once it is known.
+                op.tenant = r.as_ref().ok().map(|d| d.summary.tenant.clone());
+                plain(r, op)
+            },
+        )
     }
 
     pub fn backup_verify(
@@ -208,7 +217,10 @@ impl Engine {
             who,
             op,
             |core| core.driver.backup_verify(id, deep, progress),
-            plain,
+            |r, op| {
+                op.tenant = r.as_ref().ok().map(|d| d.tenant.clone());
+                plain(r, op)
+            },
         )
     }
 
@@ -243,7 +255,7 @@ impl Engine {
             who,
             op,
             |core| core.driver.backup_run_due(progress),
-            |r| {
+            |r, _| {
                 let mut out = audit::outcome(r);
                 if let Ok(d) = r {
                     if !d.failures.is_empty() {

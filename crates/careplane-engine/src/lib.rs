@@ -63,7 +63,10 @@ pub(crate) struct Guarded {
 }
 
 /// The audit outcome of an operation without a journal operation id.
-pub(crate) fn plain<T>(r: &Result<T, EngineError>) -> (careplane_audit::Outcome, Option<i64>) {
+pub(crate) fn plain<T>(
+    r: &Result<T, EngineError>,
+    _: &mut Guarded,
+) -> (careplane_audit::Outcome, Option<i64>) {
     (audit::outcome(r), None)
 }
 
@@ -187,7 +190,7 @@ impl Engine {
             who,
             op,
             |core| core.apply(opts, progress),
-            |r| (audit::outcome(r), r.as_ref().ok().map(|r| r.operation)),
+            |r, _| (audit::outcome(r), r.as_ref().ok().map(|r| r.operation)),
         )
     }
 
@@ -224,7 +227,7 @@ impl Engine {
             who,
             op,
             |core| core.destroy(tenants, opts, progress),
-            |r| (audit::outcome(r), r.as_ref().ok().map(|r| r.operation)),
+            |r, _| (audit::outcome(r), r.as_ref().ok().map(|r| r.operation)),
         )
     }
 
@@ -240,7 +243,7 @@ impl Engine {
             who,
             op,
             |core| core.start_all(progress),
-            |r| (audit::outcome(r), r.as_ref().ok().copied()),
+            |r, _| (audit::outcome(r), r.as_ref().ok().copied()),
         )
     }
 
@@ -256,7 +259,7 @@ impl Engine {
             who,
             op,
             |core| core.stop_all(progress),
-            |r| (audit::outcome(r), r.as_ref().ok().copied()),
+            |r, _| (audit::outcome(r), r.as_ref().ok().copied()),
         )
     }
 
@@ -357,9 +360,12 @@ impl Engine {
     pub(crate) fn guarded<T>(
         &self,
         who: &Principal,
-        op: Guarded,
+        mut op: Guarded,
         run: impl FnOnce(&mut Core) -> Result<T, EngineError>,
-        recorded: impl FnOnce(&Result<T, EngineError>) -> (careplane_audit::Outcome, Option<i64>),
+        recorded: impl FnOnce(
+            &Result<T, EngineError>,
+            &mut Guarded,
+        ) -> (careplane_audit::Outcome, Option<i64>),
     ) -> Result<T, EngineError> {
         let mut core = self.core();
         let decision = authz::authorize(who, op.authz, &op.on);
@@ -370,7 +376,7 @@ impl Engine {
                 reason: decision.reason,
             })
         };
-        let (outcome, operation) = recorded(&r);
+        let (outcome, operation) = recorded(&r, &mut op);
         core.audit(
             who.actor(),
             &op.action,

@@ -78,10 +78,11 @@ pub enum Action {
     AccessReview,
     AuditRead,
     KeyRotate,
+    IncidentUpdate,
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::Read,
         Action::Apply,
         Action::Destroy,
@@ -97,6 +98,7 @@ impl Action {
         Action::AccessReview,
         Action::AuditRead,
         Action::KeyRotate,
+        Action::IncidentUpdate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +118,7 @@ impl Action {
             Action::AccessReview => "access.review",
             Action::AuditRead => "audit.read",
             Action::KeyRotate => "key.rotate",
+            Action::IncidentUpdate => "incident.update",
         }
     }
 
@@ -136,6 +139,7 @@ impl Action {
             | Action::Start
             | Action::Stop
             | Action::Modules
+            | Action::IncidentUpdate
             | Action::CredentialsShow
             | Action::BackupCreate => &[TenantOperator, PlatformOperator, PlatformAdmin],
             Action::BackupRestore => &[PlatformOperator, PlatformAdmin],
@@ -240,6 +244,9 @@ pub enum Source {
     },
     /// The local root operator on the host.
     LocalRoot,
+    /// The scope of one of `careplane serve`'s API tokens (a service
+    /// identity): `read` is viewer, `operate` is platform-operator.
+    ApiToken { scope: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +280,25 @@ impl Principal {
                 role: Role::PlatformAdmin,
                 scope: Scope::All,
                 source: Source::LocalRoot,
+            }],
+        }
+    }
+
+    /// A service identity holding `role` on all tenants through one of
+    /// serve's API tokens (its scope named in the binding's source). No
+    /// MFA: a token cannot take a privileged action.
+    pub fn api_token(name: &str, scope: &str, role: Role) -> Principal {
+        Principal {
+            id: format!("token:{name}"),
+            kind: ActorKind::Service,
+            auth: "api-token".into(),
+            mfa: false,
+            bindings: vec![Binding {
+                role,
+                scope: Scope::All,
+                source: Source::ApiToken {
+                    scope: scope.into(),
+                },
             }],
         }
     }

@@ -9,6 +9,7 @@
 //! `incidents.json`, and their lock files.
 
 mod api;
+mod authz;
 pub mod incidents;
 mod metrics;
 mod probes;

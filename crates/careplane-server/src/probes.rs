@@ -81,6 +81,9 @@ pub(crate) struct State {
     pub store: Mutex<Store>,
     pub live: Mutex<Live>,
     tokens: Mutex<TokenCache>,
+    /// The platform's identity provider (discovery and keys), once a
+    /// request first presented an OIDC token; a failed discovery is not kept.
+    pub oidc: Mutex<Option<Arc<crate::authz::Oidc>>>,
 }
 
 impl State {
@@ -99,6 +102,7 @@ impl State {
                 stamp: None,
                 records: Vec::new(),
             }),
+            oidc: Mutex::new(None),
         }))
     }
 
