@@ -74,6 +74,36 @@ fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str)
     (code, body)
 }
 
+/// `careplane serve` on `port`, answering /healthz (bounded wait).
+fn start_serve(p: &Platform, port: u16) -> Serve {
+    let log = std::fs::File::create(p.dir.path().join("serve.log")).unwrap();
+    let serve = Serve(
+        p.cmd(&[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--refresh",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn careplane serve"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err()
+        || request(port, "GET", "/healthz", None, "").0 != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "careplane serve did not answer /healthz within 60 s: {}",
+            std::fs::read_to_string(p.dir.path().join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    serve
+}
+
 /// Every route of the router (a route added without a row here fails
 /// `the_table_covers_every_route`).
 const ENDPOINTS: &[(&str, &str, &str)] = &[
@@ -299,31 +329,7 @@ fn every_role_against_every_endpoint_with_denials_audited() {
     ];
 
     let port = free_port();
-    let log = std::fs::File::create(p.dir.path().join("serve.log")).unwrap();
-    let _serve = Serve(
-        p.cmd(&[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--refresh",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn careplane serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err()
-        || request(port, "GET", "/healthz", None, "").0 != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "careplane serve did not answer /healthz within 60 s: {}",
-            std::fs::read_to_string(p.dir.path().join("serve.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let _serve = start_serve(&p, port);
 
     let mut denied = Vec::new();
     let mut mismatches = Vec::new();
@@ -451,4 +457,68 @@ fn every_role_against_every_endpoint_with_denials_audited() {
             assert!(!text.contains(&t[..t.len().min(40)]));
         }
     }
+}
+
+/// `schemathesis` (PyPI; scripts/install-deps) fuzzes every operation of
+/// `/openapi.json` with an operate token: no answer is a 5xx, and its
+/// `ignored_auth` check finds no route that answers without a valid token.
+#[test]
+fn fuzzing_the_openapi_document_finds_no_server_error_and_no_auth_bypass() {
+    let found = std::process::Command::new("schemathesis")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let msg =
+            "schemathesis is not installed: run scripts/install-deps (pip install schemathesis)";
+        assert!(std::env::var("CI").is_err(), "{msg}");
+        eprintln!("skipping: {msg}");
+        return;
+    }
+    let p = Platform::new(TENANTS);
+    careplane_state::Store::open(&p.data_dir()).unwrap();
+    let out = p.run(&[
+        "token", "create", "--name", "fuzz", "--scope", "operate", "--ttl", "1h",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let port = free_port();
+    let _serve = start_serve(&p, port);
+
+    let report = p.dir.path().join("schemathesis.txt");
+    let mut child = std::process::Command::new("schemathesis")
+        .current_dir(p.dir.path())
+        .args(["run", &format!("http://127.0.0.1:{port}/openapi.json")])
+        .args(["--checks", "not_a_server_error,ignored_auth"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args(["--max-examples", "15", "--generation-deterministic"])
+        .args(["--request-timeout", "20"])
+        .args(["--phases", "examples,coverage,fuzzing", "--no-color"])
+        .stdout(std::fs::File::create(&report).unwrap())
+        .stderr(std::fs::File::create(p.dir.path().join("schemathesis.err")).unwrap())
+        .spawn()
+        .expect("spawn schemathesis");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("schemathesis did not finish within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = std::fs::read_to_string(&report).unwrap_or_default()
+        + &std::fs::read_to_string(p.dir.path().join("schemathesis.err")).unwrap_or_default();
+    assert!(status.success(), "schemathesis found problems:\n{text}");
+    // It did test every documented operation (all but /healthz and
+    // /openapi.json, which are not in the document).
+    let tested = format!("Tested: {}", ENDPOINTS.len() - 2);
+    assert!(text.contains(&tested), "{text}");
 }
