@@ -536,3 +536,107 @@ fn the_one_check_refuses_before_any_work_and_each_call_is_one_entry() {
         "{review:?}"
     );
 }
+
+/// Every role against every engine operation (the CLI's actions), against
+/// this hand-written table from docs/design/0013 ("The one check"): `Y`
+/// means the check lets it through (the fake driver may then fail it),
+/// `-` means `EngineError::Denied` and nothing reached the driver.
+#[test]
+fn every_role_against_every_engine_operation() {
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    const OPS: [&str; 14] = [
+        "apply",
+        "destroy",
+        "start",
+        "stop",
+        "credentials",
+        "modules",
+        "export",
+        "import",
+        "backup.create",
+        "backup.list",
+        "backup.show",
+        "backup.verify",
+        "backup.prune",
+        "backup.run-due",
+    ];
+    // Columns in OPS order; the tenant-operator holds tenant alpha, every
+    // tenant-level operation is on alpha/dev (not production).
+    const TABLE: [(&str, &str); 6] = [
+        ("viewer", "---------YYY--"),
+        ("tenant-operator", "-Y--YYY-Y-----"),
+        ("platform-operator", "YYYYYYYYYYYYYY"),
+        ("security-officer", "---------YYY--"),
+        ("platform-admin", "YYYYYYYYYYYYYY"),
+        // Without MFA: import is a restore, which always needs it.
+        ("platform-admin-no-mfa", "YYYYYYY-YYYYYY"),
+    ];
+    let mut s = setup(8);
+    apply(&mut s).unwrap();
+    let who = |row: &str| {
+        let (role, mfa) = match row {
+            "platform-admin-no-mfa" => (Role::PlatformAdmin, false),
+            r => (r.parse::<Role>().unwrap(), true),
+        };
+        person(
+            row,
+            mfa,
+            vec![Binding {
+                role,
+                scope: if role == Role::TenantOperator {
+                    Scope::Tenants(vec!["alpha".into()])
+                } else {
+                    Scope::All
+                },
+                source: Source::Group {
+                    group: format!("g-{row}"),
+                },
+            }],
+        )
+    };
+    let out = s._dir.path().join("export.zip");
+    let mut wrong = Vec::new();
+    for (row, want) in TABLE {
+        let p = who(row);
+        let e = &s.engine;
+        let none = |_: careplane_engine::BackupEvent| {};
+        for (op, want) in OPS.iter().zip(want.chars()) {
+            take_log(&s);
+            let denied = |r: Result<(), EngineError>| matches!(r, Err(EngineError::Denied { .. }));
+            let opts = ApplyOptions::default();
+            let d = match *op {
+                "apply" => denied(e.apply(&p, &opts, &mut |_| {}).map(drop)),
+                "destroy" => denied(
+                    e.destroy(&p, &["alpha".into()], &opts, &mut |_| {})
+                        .map(drop),
+                ),
+                "start" => denied(e.start_all(&p, &mut |_| {}).map(drop)),
+                "stop" => denied(e.stop_all(&p, &mut |_| {}).map(drop)),
+                "credentials" => denied(e.credentials(&p, "alpha", "dev").map(drop)),
+                "modules" => denied(e.modules(&p, "alpha", "dev", true, &["sale".into()])),
+                "export" => denied(e.export(&p, "alpha", "dev", &out).map(drop)),
+                "import" => denied(e.import(&p, "alpha", "dev", &out).map(drop)),
+                "backup.create" => denied(e.backup_create(&p, "alpha", "dev", &none).map(drop)),
+                "backup.list" => denied(e.backup_list(&p, None).map(drop)),
+                "backup.show" => denied(e.backup_show(&p, "b1").map(drop)),
+                "backup.verify" => denied(e.backup_verify(&p, "b1", false, &none).map(drop)),
+                "backup.prune" => denied(e.backup_prune(&p, &none).map(drop)),
+                "backup.run-due" => denied(e.backup_run_due(&p, &none).map(drop)),
+                other => unreachable!("{other}"),
+            };
+            if d && !take_log(&s).is_empty() {
+                wrong.push(format!("{row} {op}: denied but reached the driver"));
+            }
+            if d != (want == '-') {
+                wrong.push(format!("{row} {op}: denied={d}, table says {want}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // One audit entry per call, after the first apply.
+    let entries = s
+        .engine
+        .audit_entries(&careplane_engine::careplane_audit::Filter::default())
+        .unwrap();
+    assert_eq!(entries.len(), 1 + TABLE.len() * OPS.len());
+}
