@@ -640,3 +640,58 @@ fn every_role_against_every_engine_operation() {
         .unwrap();
     assert_eq!(entries.len(), 1 + TABLE.len() * OPS.len());
 }
+
+/// What counts as production for the check: an environment's kind, a
+/// tenant or platform holding one, and — strictly — anything the specs do
+/// not name (being removed).
+#[test]
+fn production_is_read_from_the_specs_and_unknown_counts_as_production() {
+    let mut s = setup(8);
+    assert!(
+        !s.engine.production(None, None),
+        "the fixture has no production"
+    );
+    assert!(!s.engine.production(Some("alpha"), Some("dev")));
+    assert!(s.engine.production(Some("gone"), None));
+    assert!(s.engine.production(Some("alpha"), Some("gone")));
+    // With a production environment added to alpha.
+    let dir = tempfile::tempdir().unwrap();
+    let specs = include_str!("fixtures/platform.yaml")
+        .replace("DATA_DIR", &s.data_dir.display().to_string())
+        .replace(
+            "    - {name: uat, kind: uat}",
+            "    - {name: uat, kind: uat}\n    - {name: prod, kind: production}",
+        );
+    std::fs::write(dir.path().join("platform.yaml"), specs).unwrap();
+    let specs = careplane_spec::load(&[dir.path().to_path_buf()]).expect("specs validate");
+    let fake = Fake {
+        data_dir: s.data_dir.clone(),
+        script: s.script.clone(),
+        window: 8,
+    };
+    s.engine = Engine::new(specs, Box::new(fake));
+    assert!(s.engine.production(None, None));
+    assert!(s.engine.production(Some("alpha"), None));
+    assert!(s.engine.production(Some("alpha"), Some("prod")));
+    assert!(!s.engine.production(Some("alpha"), Some("dev")));
+    assert!(!s.engine.production(Some("beta"), None));
+    // So a platform-operator without MFA may no longer apply.
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    let op = person(
+        "pat",
+        false,
+        vec![Binding {
+            role: Role::PlatformOperator,
+            scope: Scope::All,
+            source: Source::Group {
+                group: "ops".into(),
+            },
+        }],
+    );
+    let err = s
+        .engine
+        .apply(&op, &ApplyOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("multi-factor"), "{err}");
+    assert!(take_log(&s).is_empty());
+}
