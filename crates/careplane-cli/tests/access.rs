@@ -786,4 +786,17 @@ fn a_production_change_needs_an_approved_elevation_and_mfa_and_the_log_tells_it(
     verify_inclusion(&leaf_hash(entry.as_bytes()), &inc, &root).expect("inclusion proof");
     let forged = entry.replace("\"bob\"", "\"eve\"");
     assert!(verify_inclusion(&leaf_hash(forged.as_bytes()), &inc, &root).is_err());
+    // And every other entry of the story proves against the same checkpoint.
+    for e in log.as_array().unwrap() {
+        let seq = e["seq"].as_u64().unwrap().to_string();
+        let proof: Value = serde_json::from_str(&s.p.ok(&["audit", "prove", &seq])).unwrap();
+        let inc: InclusionProof = serde_json::from_value(proof["proof"].clone()).unwrap();
+        let entry = proof["entry"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(entry).unwrap()["seq"],
+            e["seq"]
+        );
+        verify_inclusion(&leaf_hash(entry.as_bytes()), &inc, &root)
+            .unwrap_or_else(|err| panic!("entry {seq}: {err:?}"));
+    }
 }
