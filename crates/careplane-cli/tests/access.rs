@@ -672,6 +672,28 @@ fn a_production_change_needs_an_approved_elevation_and_mfa_and_the_log_tells_it(
     let (bob, _) = s.login("bob;mfa");
     let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
 
+    // A session that no longer verifies: refused, audited as unauthenticated.
+    let stale = s.p.dir.path().join("stale.session.json");
+    let n = idp::now() / 1_000_000;
+    let old = s.idp.sign(
+        json!({"iss": s.idp.issuer, "aud": "careplane-cli", "sub": "alice", "exp": n - 3600}),
+        "RS256",
+        None,
+        false,
+    );
+    std::fs::write(
+        &stale,
+        json!({"issuer": s.idp.issuer, "id_token": old}).to_string(),
+    )
+    .unwrap();
+    let out = s.run_as(&stale, &["apply"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("run careplane login"),
+        "{}",
+        stderr(&out)
+    );
+
     // A viewer may not apply; nothing is created.
     let out = s.run_as(&alice, &["apply"]);
     assert!(!out.status.success());
@@ -738,6 +760,7 @@ fn a_production_change_needs_an_approved_elevation_and_mfa_and_the_log_tells_it(
             ("login", "alice", "succeeded", true),
             ("login", "alice", "succeeded", false),
             ("login", "bob", "succeeded", true),
+            ("apply", "unauthenticated", "refused", false),
             ("apply", "alice", "refused", true),
             ("access.request", "alice", "succeeded", true),
             ("access.approve", "bob", "succeeded", true),
@@ -745,15 +768,15 @@ fn a_production_change_needs_an_approved_elevation_and_mfa_and_the_log_tells_it(
             ("apply", "alice", "succeeded", true),
         ]
     );
-    assert!(log[3]["result"]["message"]
+    assert!(log[4]["result"]["message"]
         .as_str()
         .unwrap()
         .contains("holds viewer"));
-    assert!(log[6]["result"]["message"]
+    assert!(log[7]["result"]["message"]
         .as_str()
         .unwrap()
         .contains("multi-factor"));
-    let apply = &log[7];
+    let apply = &log[8];
     assert_eq!(apply["actor"]["auth"], "oidc");
     assert_eq!(apply["actor"]["kind"], "user");
     assert_eq!(apply["actor"]["elevation"]["role"], "platform-operator");
@@ -765,7 +788,7 @@ fn a_production_change_needs_an_approved_elevation_and_mfa_and_the_log_tells_it(
     assert!(apply["operation"].as_str().is_some(), "{apply}");
 
     let verified = s.p.json(&["audit", "verify"]);
-    assert_eq!(verified["entries"], 8, "{verified}");
+    assert_eq!(verified["entries"], 9, "{verified}");
     assert_eq!(
         verified["problems"].as_array().unwrap().len(),
         0,

@@ -474,6 +474,35 @@ mod tests {
     }
 
     #[test]
+    fn nobody_signed_in_is_told_how_to_sign_in() {
+        let p = Principal {
+            id: "uid:1000".into(),
+            kind: ActorKind::User,
+            auth: "local-user".into(),
+            mfa: false,
+            bindings: vec![],
+        };
+        let d = authorize(&p, Action::Apply, &Target::platform(false));
+        assert!(!d.allowed);
+        assert!(
+            d.reason
+                .ends_with("holds none (not signed in: run careplane login)"),
+            "{}",
+            d.reason
+        );
+        // A signed-in user without a role is not told to sign in again.
+        let d = authorize(
+            &Principal {
+                auth: "oidc".into(),
+                ..p
+            },
+            Action::Apply,
+            &Target::platform(false),
+        );
+        assert!(d.reason.ends_with("holds none"), "{}", d.reason);
+    }
+
+    #[test]
     fn local_root_is_admin_without_mfa_and_says_so() {
         let d = authorize(
             &Principal::local_root(0),
