@@ -170,8 +170,8 @@ impl Engine {
 
     /// Runs the current plan under the apply lock for `who`; returns what
     /// ran and the journal's operation id. Authorized (`apply` on the
-    /// platform, production when it has a production or DR environment) and
-    /// audited, whatever the outcome.
+    /// platform, production when it has a production or DR environment or
+    /// removes one) and audited, whatever the outcome.
     pub fn apply(
         &self,
         who: &Principal,
@@ -181,7 +181,7 @@ impl Engine {
         let op = Guarded {
             action: "apply".into(),
             authz: authz::Action::Apply,
-            on: authz::Target::platform(self.production(None, None)),
+            on: authz::Target::platform(self.apply_touches_production()),
             target: self.platform(),
             tenant: None,
             parameters: serde_json::json!({"deleteData": opts.delete_data, "confirm": opts.confirm}),
@@ -206,10 +206,10 @@ impl Engine {
             [one] => Some(one.clone()),
             _ => None,
         };
-        let production = match tenants {
-            [] => self.production(None, None),
-            ts => ts.iter().any(|t| self.production(Some(t), None)),
-        };
+        // Everything careplane holds may include production the specs no
+        // longer name: the strict case.
+        let production =
+            tenants.is_empty() || tenants.iter().any(|t| self.production(Some(t), None));
         let op = Guarded {
             action: "destroy".into(),
             authz: authz::Action::Destroy,
@@ -425,6 +425,22 @@ impl Engine {
             return true;
         }
         envs.any(|e| e.kind.is_production_like())
+    }
+
+    /// Whether an apply may change production: the specs hold a production
+    /// or DR environment, or careplane still holds an environment the specs
+    /// no longer name (its removal is planned). Unreadable state: strict.
+    fn apply_touches_production(&self) -> bool {
+        if self.production(None, None) {
+            return true;
+        }
+        self.recorded().map_or(true, |records| {
+            records.iter().any(|r| {
+                r.id.strip_prefix("pg-database/")
+                    .and_then(|rest| rest.split_once('/'))
+                    .is_some_and(|(t, e)| self.production(Some(t), Some(e)))
+            })
+        })
     }
 
     pub(crate) fn platform_op(&self, action: &str, authz: authz::Action) -> Guarded {

@@ -694,4 +694,53 @@ fn production_is_read_from_the_specs_and_unknown_counts_as_production() {
         .unwrap_err();
     assert!(err.to_string().contains("multi-factor"), "{err}");
     assert!(take_log(&s).is_empty());
+    // Destroying everything is production whatever the specs say.
+    let err = s
+        .engine
+        .destroy(&op, &[], &ApplyOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("multi-factor"), "{err}");
+}
+
+/// An apply that removes an environment careplane still holds but the specs
+/// no longer name may be removing production: it needs MFA.
+#[test]
+fn an_apply_that_removes_an_unnamed_environment_counts_as_production() {
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    let mut s = setup(8);
+    apply(&mut s).unwrap();
+    let op = person(
+        "pat",
+        false,
+        vec![Binding {
+            role: Role::PlatformOperator,
+            scope: Scope::All,
+            source: Source::Group {
+                group: "ops".into(),
+            },
+        }],
+    );
+    // Nothing removed: not production, no MFA needed.
+    s.engine
+        .apply(&op, &ApplyOptions::default(), &mut |_| {})
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let specs = include_str!("fixtures/platform.yaml")
+        .replace("DATA_DIR", &s.data_dir.display().to_string())
+        .replace("    - {name: uat, kind: uat}\n", "");
+    std::fs::write(dir.path().join("platform.yaml"), specs).unwrap();
+    let specs = careplane_spec::load(&[dir.path().to_path_buf()]).expect("specs validate");
+    let fake = Fake {
+        data_dir: s.data_dir.clone(),
+        script: s.script.clone(),
+        window: 8,
+    };
+    s.engine = Engine::new(specs, Box::new(fake));
+    take_log(&s);
+    let err = s
+        .engine
+        .apply(&op, &ApplyOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("multi-factor"), "{err}");
+    assert!(take_log(&s).is_empty());
 }
