@@ -216,6 +216,40 @@ fn principal(engine: &Engine, store: &AccessStore) -> Result<Principal> {
     Ok(store.with_grants(p, now())?)
 }
 
+/// The principal an engine operation runs as: without a session file, the
+/// host's principal (root is the local root operator, audited as such;
+/// anyone else holds no role); with one, the verified OIDC user plus the
+/// grants in force. A session that does not verify (or an access.db that
+/// cannot be read) is said on stderr and yields a principal holding no
+/// role, so that the engine refuses the operation and audits the refusal.
+pub fn caller(engine: &Engine) -> Principal {
+    let session = match session_path() {
+        Ok(p) => p,
+        Err(e) => return unauthenticated(e),
+    };
+    if !session.exists() {
+        return careplane_engine::host_principal();
+    }
+    match AccessStore::open(engine.data_dir())
+        .map_err(anyhow::Error::from)
+        .and_then(|store| principal(engine, &store))
+    {
+        Ok(p) => p,
+        Err(e) => unauthenticated(e),
+    }
+}
+
+fn unauthenticated(why: anyhow::Error) -> Principal {
+    eprintln!("careplane: not signed in: {}", crate::error_line(&why));
+    Principal {
+        id: "unauthenticated".into(),
+        kind: ActorKind::User,
+        auth: "none".into(),
+        mfa: false,
+        bindings: Vec::new(),
+    }
+}
+
 /// The `sub` a token claims, before verification: only a rate-limit key.
 fn unverified_subject(token: &str) -> String {
     use base64::Engine as _;

@@ -188,8 +188,9 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
         } => {
             let (t, e) = split_env(&environment)?;
             let engine = load(&files)?;
+            let who = crate::access::caller(&engine);
             let p = Progress::new();
-            let b = engine.backup_create(t, e, &|ev| p.event(ev))?;
+            let b = engine.backup_create(&who, t, e, &|ev| p.event(ev))?;
             drop(p);
             match output {
                 Output::Json => print_json(&b)?,
@@ -211,7 +212,8 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
         } => {
             let scope = environment.as_deref().map(split_env).transpose()?;
             let engine = load(&files)?;
-            let list = engine.backup_list(scope)?;
+            let who = crate::access::caller(&engine);
+            let list = engine.backup_list(&who, scope)?;
             match output {
                 Output::Json => print_json(&list)?,
                 Output::Text if list.is_empty() => outln!("No backups."),
@@ -224,7 +226,8 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
         }
         BackupCommand::Show { files, id, output } => {
             let engine = load(&files)?;
-            let d = engine.backup_show(&id)?;
+            let who = crate::access::caller(&engine);
+            let d = engine.backup_show(&who, &id)?;
             match output {
                 Output::Json => print_json(&d)?,
                 Output::Text => {
@@ -267,8 +270,9 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
             output,
         } => {
             let engine = load(&files)?;
+            let who = crate::access::caller(&engine);
             let p = Progress::new();
-            let r = engine.backup_verify(&id, deep, &|ev| p.event(ev));
+            let r = engine.backup_verify(&who, &id, deep, &|ev| p.event(ev));
             drop(p);
             match (r, output) {
                 (Ok(v), Output::Json) => {
@@ -325,7 +329,8 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
             };
             let engine = load(&files)?;
             let p = Progress::new();
-            let r = engine.backup_restore(&req, &|ev| p.event(ev))?;
+            let who = crate::access::caller(&engine);
+            let r = engine.backup_restore(&who, &req, &|ev| p.event(ev))?;
             drop(p);
             match output {
                 Output::Json => print_json(&r)?,
@@ -368,8 +373,9 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
         }
         BackupCommand::Prune { files, output } => {
             let engine = load(&files)?;
+            let who = crate::access::caller(&engine);
             let p = Progress::new();
-            let r = engine.backup_prune(&|ev| p.event(ev))?;
+            let r = engine.backup_prune(&who, &|ev| p.event(ev))?;
             drop(p);
             match output {
                 Output::Json => print_json(&r)?,
@@ -395,8 +401,9 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
         }
         BackupCommand::RunDue { files, output } => {
             let engine = load(&files)?;
+            let who = crate::access::caller(&engine);
             let p = Progress::new();
-            let r = engine.backup_run_due(&|ev| p.event(ev))?;
+            let r = engine.backup_run_due(&who, &|ev| p.event(ev))?;
             drop(p);
             match output {
                 Output::Json => print_json(&r)?,

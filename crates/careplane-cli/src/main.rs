@@ -24,7 +24,13 @@ mod serve;
                   the difference between them and what it holds, and applies it: isolated, \
                   hardened PostgreSQL and Redis per tenant environment on the local target.\n\n\
                   Typical use:\n  careplane validate -f specs/\n  careplane plan -f specs/\n  \
-                  careplane apply -f specs/\n  careplane status -f specs/"
+                  careplane apply -f specs/\n  careplane status -f specs/\n\n\
+                  Who acts: every operation (apply, destroy, start, stop, modules, credentials, \
+                  export, import, backup) is authorized for the caller and audited with it. \
+                  Signed in (`careplane login`), that is the provider's user with her role and \
+                  approved elevations (`careplane access request`); production apply/destroy, \
+                  import and approvals need MFA. Without a session, root on the host acts as \
+                  the local root operator (platform-admin); other users must sign in."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,6 +68,9 @@ enum Command {
         output: Output,
     },
     /// Make the platform match the specs. Safe to interrupt and re-run.
+    ///
+    /// Needs platform-operator or platform-admin (with MFA when the
+    /// platform has a production or DR environment), or root on the host.
     Apply {
         #[command(flatten)]
         files: Files,
@@ -162,7 +171,9 @@ enum Command {
         output: Output,
     },
     /// The tamper-evident audit log: every apply, destroy, start, stop,
-    /// modules run and credentials shown, who did it and how it ended.
+    /// modules run, credentials shown, export, import, backup and access
+    /// change — also refused ones — who did it (identity, MFA, elevation)
+    /// and how it ended.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -522,7 +533,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if install { "installing" } else { "upgrading" },
                 modules.join(",")
             );
-            engine.modules(&tenant, &environment, install, &modules)?;
+            engine.modules(
+                &access::caller(&engine),
+                &tenant,
+                &environment,
+                install,
+                &modules,
+            )?;
             outln!(
                 "done: {tenant}/{environment} is up with {}",
                 modules.join(",")
@@ -538,7 +555,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let engine = load(&files)?;
             errln!("exporting {tenant}/{environment} to {} ...", out.display());
             let r = engine
-                .export(&tenant, &environment, &out)
+                .export(&access::caller(&engine), &tenant, &environment, &out)
                 .with_context(|| format!("export of {tenant}/{environment}"))?;
             if output == Output::Json {
                 print_json(&serde_json::to_value(&r)?)?;
@@ -585,7 +602,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 file.display()
             );
             let r = engine
-                .import(&tenant, &environment, &file)
+                .import(&access::caller(&engine), &tenant, &environment, &file)
                 .with_context(|| {
                     format!("import of {} into {tenant}/{environment}", file.display())
                 })?;
@@ -674,7 +691,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 override_freeze,
                 ..guards.options()
             };
-            let report = with_progress(|p| engine.apply(&opts, p))?;
+            let who = access::caller(&engine);
+            let report = with_progress(|p| engine.apply(&who, &opts, p))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
@@ -694,7 +712,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             .filter_map(|id| id.strip_prefix("odoo-env/")?.split_once('/'))
                             .map(|(t, e)| (t.to_string(), e.to_string()))
                             .collect();
-                        print_new_odoo_envs(&engine, &envs)?;
+                        print_new_odoo_envs(&engine, &who, &envs)?;
                     }
                 }
             }
@@ -714,7 +732,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 final_backup: !no_final_backup,
                 ..guards.options()
             };
-            let report = with_progress(|p| engine.destroy(&tenants, &opts, p))?;
+            let who = access::caller(&engine);
+            let report = with_progress(|p| engine.destroy(&who, &tenants, &opts, p))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => outln!("Destroyed: {} actions.", report.applied.len()),
@@ -741,11 +760,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Start { files } => {
             let engine = load(&files)?;
-            with_progress(|p| engine.start_all(p))?;
+            let who = access::caller(&engine);
+            with_progress(|p| engine.start_all(&who, p))?;
         }
         Command::Stop { files } => {
             let engine = load(&files)?;
-            with_progress(|p| engine.stop_all(p))?;
+            let who = access::caller(&engine);
+            with_progress(|p| engine.stop_all(&who, p))?;
         }
         Command::Credentials {
             files,
@@ -755,7 +776,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let engine = load(&files)?;
             let c = engine
-                .credentials(&tenant, &environment)
+                .credentials(&access::caller(&engine), &tenant, &environment)
                 .with_context(|| format!("credentials of {tenant}/{environment}"))?;
             let pg = &c.postgres;
             let port = pg.port.map(|p| p.to_string()).unwrap_or_default();
@@ -1265,14 +1286,18 @@ fn print_status(s: &Status) {
 /// Where to log in to each Odoo environment this apply created. The admin
 /// password is shown here once, and only on a terminal: piped or captured
 /// output (CI logs, files) never gets it; `careplane credentials` always can.
-fn print_new_odoo_envs(engine: &Engine, created: &[(String, String)]) -> anyhow::Result<()> {
+fn print_new_odoo_envs(
+    engine: &Engine,
+    who: &careplane_engine::Principal,
+    created: &[(String, String)],
+) -> anyhow::Result<()> {
     if created.is_empty() {
         return Ok(());
     }
     let show = std::io::stdout().is_terminal();
     let mut rows = Vec::new();
     for (tenant, env) in created {
-        let Some(odoo) = engine.credentials(tenant, env)?.odoo else {
+        let Some(odoo) = engine.credentials(who, tenant, env)?.odoo else {
             continue;
         };
         let mut row = vec![format!("{tenant}/{env}"), odoo.url, odoo.login];

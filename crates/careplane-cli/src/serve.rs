@@ -110,9 +110,12 @@ pub enum TokenCommand {
     Create {
         #[command(flatten)]
         files: Files,
-        /// Who or what uses it (shown as the actor of incident actions).
+        /// Who or what uses it (the audit log's actor: `token:<name>`).
         #[arg(long)]
         name: String,
+        /// The service identity's role: read is viewer, operate is
+        /// platform-operator (incident actions). People use their OIDC
+        /// token instead (`careplane login`'s session works as a bearer).
         #[arg(long, value_parser = ["read", "operate"], default_value = "read")]
         scope: String,
         /// Lifetime, e.g. `30d`, `12h`, `90m`.
@@ -271,7 +274,11 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             if tls_platform_ca {
                 let hosts = vec![listen.ip().to_string()];
                 let (cert, key) = engine
-                    .service_certificate("careplane serve", &hosts)
+                    .service_certificate(
+                        &careplane_engine::host_principal(),
+                        "careplane serve",
+                        &hosts,
+                    )
                     .context("a certificate for the API from the platform CA")?;
                 opts.tls = Some(careplane_server::Tls::Pem { cert, key });
             }

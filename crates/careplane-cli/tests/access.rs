@@ -397,54 +397,70 @@ fn hex_bytes(s: &str) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn login_signs_in_through_the_browser_with_pkce_and_is_audited() {
-    let Some(s) = setup() else { return };
-    let session = s.p.dir.path().join("carol.session.json");
-    let mut child =
-        s.p.cmd(&["login", "--timeout", "60s"])
+impl Setup {
+    /// `careplane login` through the provider's browser flow (PKCE,
+    /// loopback redirect) as `hint` ("carol;mfa"); returns the session file
+    /// and what login printed.
+    fn login(&self, hint: &str) -> (std::path::PathBuf, String) {
+        let session = self
+            .p
+            .dir
+            .path()
+            .join(format!("{}.session.json", hint.replace(';', "-")));
+        let mut child = self
+            .p
+            .cmd(&["login", "--timeout", "60s"])
             .env("CAREPLANE_SESSION", &session)
-            .env("CAREPLANE_LOGIN_HINT", "carol;mfa")
+            .env("CAREPLANE_LOGIN_HINT", hint)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.starts_with("http") {
-                let _ = tx.send(line);
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("http") {
+                    let _ = tx.send(line);
+                }
             }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("careplane login printed no URL within 60 s");
-    let redirect = url
-        .split("redirect_uri=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .replace("%3A", ":")
-        .replace("%2F", "/");
-    idp::browse(&url, &redirect);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "careplane login did not finish within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    assert!(status.success(), "{out}");
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("careplane login printed no URL within 60 s");
+        let redirect = url
+            .split("redirect_uri=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .replace("%3A", ":")
+            .replace("%2F", "/");
+        idp::browse(&url, &redirect);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("careplane login did not finish within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        assert!(status.success(), "{out}");
+        (session, out)
+    }
+}
+
+#[test]
+fn login_signs_in_through_the_browser_with_pkce_and_is_audited() {
+    let Some(s) = setup() else { return };
+    let (session, out) = s.login("carol;mfa");
+
     assert!(out.contains("signed in as carol (MFA)"), "{out}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -640,4 +656,170 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Issue 20's "Done when": alice signs in through the provider, tries to
+/// apply a production change and is refused (audited), asks for
+/// platform-operator, bob approves, her sign-in without MFA is still
+/// refused for production (a clear reason), with MFA she applies; the log
+/// tells the whole story, verifies, and proves the apply entry.
+#[test]
+fn a_production_change_needs_an_approved_elevation_and_mfa_and_the_log_tells_it() {
+    let Some(s) = setup() else { return };
+    let (alice, out) = s.login("alice;mfa");
+    assert!(out.contains("signed in as alice (MFA)"), "{out}");
+    let (alice_pwd, _) = s.login("alice");
+    let (bob, _) = s.login("bob;mfa");
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
+
+    // A session that no longer verifies: refused, audited as unauthenticated.
+    let stale = s.p.dir.path().join("stale.session.json");
+    let n = idp::now() / 1_000_000;
+    let old = s.idp.sign(
+        json!({"iss": s.idp.issuer, "aud": "careplane-cli", "sub": "alice", "exp": n - 3600}),
+        "RS256",
+        None,
+        false,
+    );
+    std::fs::write(
+        &stale,
+        json!({"issuer": s.idp.issuer, "id_token": old}).to_string(),
+    )
+    .unwrap();
+    let out = s.run_as(&stale, &["apply"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("run careplane login"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A viewer may not apply; nothing is created.
+    let out = s.run_as(&alice, &["apply"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "alice may not apply on the platform: it needs one of the roles \
+             tenant-operator, platform-operator, platform-admin and holds viewer"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(s.p.plan()["actions"].as_array().unwrap().len() > 1);
+
+    let req = s.json_as(
+        &alice,
+        &[
+            "access",
+            "request",
+            "--role",
+            "platform-operator",
+            "--for",
+            "1h",
+            "--reason",
+            "CHG-7 stmarys go-live",
+        ],
+    );
+    let id = req["id"].as_str().unwrap().to_string();
+    s.json_as(&bob, &["access", "approve", &id]);
+
+    // Elevated, but signed in without MFA: production needs it.
+    let out = s.run_as(&alice_pwd, &["apply"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "apply on the platform requires multi-factor authentication, and alice signed in without it"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    let applied = s.json_as(&alice, &["apply"]);
+    assert!(
+        !applied["applied"].as_array().unwrap().is_empty(),
+        "{applied}"
+    );
+
+    let log = s.p.json(&["audit", "log"]);
+    let rows: Vec<(&str, &str, &str, bool)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["actor"]["id"].as_str().unwrap(),
+                e["result"]["status"].as_str().unwrap(),
+                e["actor"]["mfa"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("login", "alice", "succeeded", true),
+            ("login", "alice", "succeeded", false),
+            ("login", "bob", "succeeded", true),
+            ("apply", "unauthenticated", "refused", false),
+            ("apply", "alice", "refused", true),
+            ("access.request", "alice", "succeeded", true),
+            ("access.approve", "bob", "succeeded", true),
+            ("apply", "alice", "refused", false),
+            ("apply", "alice", "succeeded", true),
+        ]
+    );
+    assert!(log[4]["result"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("holds viewer"));
+    assert!(log[7]["result"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("multi-factor"));
+    let apply = &log[8];
+    assert_eq!(apply["actor"]["auth"], "oidc");
+    assert_eq!(apply["actor"]["kind"], "user");
+    assert_eq!(apply["actor"]["elevation"]["role"], "platform-operator");
+    assert_eq!(apply["actor"]["elevation"]["approved_by"], "bob");
+    assert_eq!(
+        apply["actor"]["elevation"]["reason"],
+        "CHG-7 stmarys go-live"
+    );
+    assert!(apply["operation"].as_str().is_some(), "{apply}");
+
+    let verified = s.p.json(&["audit", "verify"]);
+    assert_eq!(verified["entries"], 9, "{verified}");
+    assert_eq!(
+        verified["problems"].as_array().unwrap().len(),
+        0,
+        "{verified}"
+    );
+    // The apply entry's inclusion proof checks against the signed checkpoint.
+    let seq = apply["seq"].as_u64().unwrap().to_string();
+    let proof: Value = serde_json::from_str(&s.p.ok(&["audit", "prove", &seq])).unwrap();
+    let cp: SignedCheckpoint = serde_json::from_value(proof["checkpoint"].clone()).unwrap();
+    let key_bytes: [u8; 32] = hex_bytes(proof["public_key"].as_str().unwrap())
+        .try_into()
+        .unwrap();
+    let key = careplane_audit::VerifyingKey::from_bytes(&key_bytes).unwrap();
+    let root = cp.verify(&key).expect("checkpoint signature");
+    let inc: InclusionProof = serde_json::from_value(proof["proof"].clone()).unwrap();
+    let entry = proof["entry"].as_str().unwrap();
+    assert!(entry.contains("\"approved_by\":\"bob\""), "{entry}");
+    verify_inclusion(&leaf_hash(entry.as_bytes()), &inc, &root).expect("inclusion proof");
+    let forged = entry.replace("\"bob\"", "\"eve\"");
+    assert!(verify_inclusion(&leaf_hash(forged.as_bytes()), &inc, &root).is_err());
+    // And every other entry of the story proves against the same checkpoint.
+    for e in log.as_array().unwrap() {
+        let seq = e["seq"].as_u64().unwrap().to_string();
+        let proof: Value = serde_json::from_str(&s.p.ok(&["audit", "prove", &seq])).unwrap();
+        let inc: InclusionProof = serde_json::from_value(proof["proof"].clone()).unwrap();
+        let entry = proof["entry"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(entry).unwrap()["seq"],
+            e["seq"]
+        );
+        verify_inclusion(&leaf_hash(entry.as_bytes()), &inc, &root)
+            .unwrap_or_else(|err| panic!("entry {seq}: {err:?}"));
+    }
 }

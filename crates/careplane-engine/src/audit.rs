@@ -1,13 +1,13 @@
 //! One audit event per engine operation (issue 20, M11): apply, destroy,
 //! start, stop, modules and credentials shown each append exactly one
-//! entry to `<dataDir>/audit` — also when they fail or are refused — with
-//! who ran it, what on, the parameters (never a secret), the result and the
+//! entry to `<dataDir>/audit` — also when they fail or are refused (by a
+//! guard or by the authorization check) — with the principal who ran it, what on, the parameters (never a secret), the result and the
 //! journal's operation id. The log is careplane-audit's: hash-chained,
 //! Merkle checkpoints signed with a key kept in careplane's vault.
 
 use std::path::{Path, PathBuf};
 
-use careplane_audit::{Actor, ActorKind, AuditLog, Event, Outcome, SigningKey, Status};
+use careplane_audit::{Actor, AuditLog, Event, Outcome, SigningKey, Status};
 use careplane_state::{ExposeSecret, Store};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -29,24 +29,6 @@ pub fn signing_key(store: &Store) -> Result<SigningKey, EngineError> {
     Ok(SigningKey::from_bytes(&h.finalize().into()))
 }
 
-/// Who runs this process: on the local target, the OS user (root or not),
-/// authenticated by the machine.
-fn local_actor() -> Actor {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    Actor {
-        kind: if uid == 0 {
-            ActorKind::LocalRoot
-        } else {
-            ActorKind::User
-        },
-        id: format!("uid:{uid}"),
-        auth: if uid == 0 { "local-root" } else { "local-user" }.into(),
-        mfa: false,
-        elevation: None,
-    }
-}
-
 /// What happened, for the entry: refusals are told apart from failures.
 pub fn outcome<T>(result: &Result<T, EngineError>) -> Outcome {
     match result {
@@ -58,6 +40,10 @@ pub fn outcome<T>(result: &Result<T, EngineError>) -> Outcome {
             status: Status::Refused,
             message: Some(problems.join("; ")),
         },
+        Err(EngineError::Denied { reason }) => Outcome {
+            status: Status::Refused,
+            message: Some(reason.clone()),
+        },
         Err(e) => Outcome {
             status: Status::Failed,
             message: Some(e.to_string()),
@@ -65,34 +51,9 @@ pub fn outcome<T>(result: &Result<T, EngineError>) -> Outcome {
     }
 }
 
-/// Appends one entry; signs a checkpoint with it, so that every operation
-/// is covered by a signature as soon as it is recorded.
-#[allow(clippy::too_many_arguments)]
-pub fn record(
-    store: &Store,
-    data_dir: &Path,
-    action: &str,
-    target: &str,
-    tenant: Option<&str>,
-    parameters: Value,
-    result: Outcome,
-    operation: Option<i64>,
-) -> Result<(), EngineError> {
-    record_as(
-        store,
-        data_dir,
-        local_actor(),
-        action,
-        target,
-        tenant,
-        parameters,
-        result,
-        operation,
-    )
-}
-
-/// [`record`] with the actor given by the caller (a signed-in principal:
-/// `careplane access …`, and the authorization check of docs/design/0013).
+/// Appends one entry for `actor` (the principal the operation was
+/// authorized for, docs/design/0013); signs a checkpoint with it, so that
+/// every operation is covered by a signature as soon as it is recorded.
 #[allow(clippy::too_many_arguments)]
 pub fn record_as(
     store: &Store,

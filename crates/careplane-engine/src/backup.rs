@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use careplane_identity::Action;
+
 use crate::audit;
 use crate::error::EngineError;
-use crate::Engine;
+use crate::{plain, Engine, Guarded, Principal};
 
 /// One environment backup: its database as of a base backup of its cluster
 /// (plus the WAL archived since), its filestore, and what was read from it.
@@ -214,116 +216,116 @@ impl Engine {
     /// the environment's filestore, into its tenant's repository.
     pub fn backup_create(
         &self,
+        who: &Principal,
         tenant: &str,
         env: &str,
         progress: &(dyn Fn(BackupEvent) + Sync),
     ) -> Result<BackupSummary, EngineError> {
-        let mut core = self.core();
-        let r = core.driver.backup_create(tenant, env, "manual", progress);
-        let params = serde_json::json!({"tenant": tenant, "environment": env});
-        let mut out = audit::outcome(&r);
-        if let (Ok(b), None) = (&r, &out.message) {
-            out.message = Some(format!("backup {}", b.id));
-        }
-        core.audit(
+        let op = self.env_op(
             "backup.create",
-            &format!("environment {tenant}/{env}"),
-            Some(tenant),
-            params,
-            out,
-            None,
-        )?;
-        r
+            Action::BackupCreate,
+            tenant,
+            env,
+            serde_json::json!({"tenant": tenant, "environment": env}),
+        );
+        self.guarded(
+            who,
+            op,
+            |core| core.driver.backup_create(tenant, env, "manual", progress),
+            |r, _| {
+                let mut out = audit::outcome(r);
+                if let (Ok(b), None) = (r, &out.message) {
+                    out.message = Some(format!("backup {}", b.id));
+                }
+                (out, None)
+            },
+        )
     }
 
     /// Environment backups, newest last (of one environment, or all).
     pub fn backup_list(
         &self,
+        who: &Principal,
         scope: Option<(&str, &str)>,
     ) -> Result<Vec<BackupSummary>, EngineError> {
-        let mut core = self.core();
-        let r = core.driver.backup_list(scope);
-        let (target, tenant) = match scope {
-            Some((t, e)) => (format!("environment {t}/{e}"), Some(t)),
-            None => (self.platform(), None),
+        let parameters = serde_json::json!({"scope": scope.map(|(t, e)| format!("{t}/{e}"))});
+        let op = match scope {
+            Some((t, e)) => self.env_op("backup.list", Action::Read, t, e, parameters),
+            None => Guarded {
+                parameters,
+                ..self.platform_op("backup.list", Action::Read)
+            },
         };
-        core.audit(
-            "backup.list",
-            &target,
-            tenant,
-            serde_json::json!({"scope": scope.map(|(t, e)| format!("{t}/{e}"))}),
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+        self.guarded(who, op, |core| core.driver.backup_list(scope), plain)
     }
 
-    pub fn backup_show(&self, id: &str) -> Result<BackupDetail, EngineError> {
-        let mut core = self.core();
-        let r = core.driver.backup_show(id);
-        let tenant = r.as_ref().ok().map(|d| d.summary.tenant.clone());
-        core.audit(
-            "backup.show",
-            &format!("backup {id}"),
-            tenant.as_deref(),
-            serde_json::json!({"id": id}),
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+    /// One backup by id (read: its tenant is known only from the backup, so
+    /// the check is platform-wide).
+    pub fn backup_show(&self, who: &Principal, id: &str) -> Result<BackupDetail, EngineError> {
+        let op = Guarded {
+            target: format!("backup {id}"),
+            parameters: serde_json::json!({"id": id}),
+            ..self.platform_op("backup.show", Action::Read)
+        };
+        self.guarded(
+            who,
+            op,
+            |core| core.driver.backup_show(id),
+            |r, op| {
+                // The entry names the backup's tenant, once it is known.
+                op.tenant = r.as_ref().ok().map(|d| d.summary.tenant.clone());
+                plain(r, op)
+            },
+        )
     }
 
     pub fn backup_verify(
         &self,
+        who: &Principal,
         id: &str,
         deep: bool,
         progress: &(dyn Fn(BackupEvent) + Sync),
     ) -> Result<VerifyOutcome, EngineError> {
-        let mut core = self.core();
-        let r = core.driver.backup_verify(id, deep, progress);
-        let tenant = r.as_ref().ok().map(|d| d.tenant.clone());
-        core.audit(
-            "backup.verify",
-            &format!("backup {id}"),
-            tenant.as_deref(),
-            serde_json::json!({"id": id, "deep": deep}),
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+        let op = Guarded {
+            target: format!("backup {id}"),
+            parameters: serde_json::json!({"id": id, "deep": deep}),
+            ..self.platform_op("backup.verify", Action::Read)
+        };
+        self.guarded(
+            who,
+            op,
+            |core| core.driver.backup_verify(id, deep, progress),
+            |r, op| {
+                op.tenant = r.as_ref().ok().map(|d| d.tenant.clone());
+                plain(r, op)
+            },
+        )
     }
 
     /// Deletes the backups no retention rule keeps, the WAL no kept base
-    /// backup needs, and unreferenced objects.
+    /// backup needs, and unreferenced objects (authorized as
+    /// `backup.create`: the policy's own maintenance, platform-wide).
     pub fn backup_prune(
         &self,
+        who: &Principal,
         progress: &(dyn Fn(BackupEvent) + Sync),
     ) -> Result<PruneOutcome, EngineError> {
-        let mut core = self.core();
-        let r = core.driver.backup_prune(progress);
-        core.audit(
-            "backup.prune",
-            &self.platform(),
-            None,
-            serde_json::Value::Null,
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+        let op = self.platform_op("backup.prune", Action::BackupCreate);
+        self.guarded(who, op, |core| core.driver.backup_prune(progress), plain)
     }
 
     /// `careplane backup restore`: one environment's database back to a
     /// point in time (per-tenant PITR on a shared cluster, docs/design/0011)
     /// and its filestore to the files referenced then, in place or into
-    /// another environment. One audit entry `backup.restore`, also when it
-    /// is refused or fails.
+    /// another environment. Authorized as `backup.restore` on the tenant of
+    /// the environment it replaces; one audit entry `backup.restore`, also
+    /// when it is refused or fails.
     pub fn backup_restore(
         &self,
+        who: &Principal,
         req: &RestoreRequest,
         progress: &(dyn Fn(BackupEvent) + Sync),
     ) -> Result<RestoreOutcome, EngineError> {
-        let mut core = self.core();
-        let r = core.driver.backup_restore(req, progress);
         let (point, kind) = match &req.point {
             RestorePoint::Time(t) => (t.clone(), "time"),
             RestorePoint::Backup(b) => (b.clone(), "backup"),
@@ -335,56 +337,55 @@ impl Engine {
             "as": req.into.as_ref().map(|(t, e)| format!("{t}/{e}")),
             "keepPreRestore": req.keep_pre_restore,
         });
-        let mut out = audit::outcome(&r);
-        if let (Ok(o), None) = (&r, &out.message) {
-            out.message = Some(format!(
-                "restored to {} from backup {} in {} ms",
-                o.recovered_to
-                    .as_deref()
-                    .unwrap_or("the end of the base backup"),
-                o.backup,
-                o.duration_ms
-            ));
-        }
         let (tt, te) = req
             .into
             .as_ref()
             .map(|(t, e)| (t.as_str(), e.as_str()))
             .unwrap_or((&req.tenant, &req.environment));
-        core.audit(
-            "backup.restore",
-            &format!("environment {tt}/{te}"),
-            Some(tt),
-            params,
-            out,
-            None,
-        )?;
-        r
+        let op = self.env_op("backup.restore", Action::BackupRestore, tt, te, params);
+        self.guarded(
+            who,
+            op,
+            |core| core.driver.backup_restore(req, progress),
+            |r, _| {
+                let mut out = audit::outcome(r);
+                if let (Ok(o), None) = (r, &out.message) {
+                    out.message = Some(format!(
+                        "restored to {} from backup {} in {} ms",
+                        o.recovered_to
+                            .as_deref()
+                            .unwrap_or("the end of the base backup"),
+                        o.backup,
+                        o.duration_ms
+                    ));
+                }
+                (out, None)
+            },
+        )
     }
 
     /// Runs what is due once: backups by their policy's schedule,
     /// verifications by `verify`, then pruning (for a systemd timer or cron).
     pub fn backup_run_due(
         &self,
+        who: &Principal,
         progress: &(dyn Fn(BackupEvent) + Sync),
     ) -> Result<RunDueOutcome, EngineError> {
-        let mut core = self.core();
-        let r = core.driver.backup_run_due(progress);
-        let mut out = audit::outcome(&r);
-        if let Ok(d) = &r {
-            if !d.failures.is_empty() {
-                out.status = careplane_audit::Status::Failed;
-                out.message = Some(d.failures.join("; "));
-            }
-        }
-        core.audit(
-            "backup.run-due",
-            &self.platform(),
-            None,
-            serde_json::Value::Null,
-            out,
-            None,
-        )?;
-        r
+        let op = self.platform_op("backup.run-due", Action::BackupCreate);
+        self.guarded(
+            who,
+            op,
+            |core| core.driver.backup_run_due(progress),
+            |r, _| {
+                let mut out = audit::outcome(r);
+                if let Ok(d) = r {
+                    if !d.failures.is_empty() {
+                        out.status = careplane_audit::Status::Failed;
+                        out.message = Some(d.failures.join("; "));
+                    }
+                }
+                (out, None)
+            },
+        )
     }
 }

@@ -25,6 +25,13 @@ pub enum EngineError {
     /// Guards that refused the plan before anything ran; one line each.
     #[error("nothing was changed:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Refused { problems: Vec<String> },
+    /// The one authorization check (docs/design/0013) said no: nothing
+    /// ran. The reason names the role or the MFA that is needed.
+    #[error("refused: {reason}")]
+    Denied { reason: String },
+    /// access.db (grants in force, role usage for access reviews).
+    #[error(transparent)]
+    Access(#[from] careplane_identity::Error),
     #[error("{what}: {source}")]
     Io {
         what: String,

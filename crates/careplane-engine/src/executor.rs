@@ -495,8 +495,10 @@ impl Core {
     }
 
     /// See [`crate::audit::record`].
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn audit(
         &mut self,
+        actor: careplane_audit::Actor,
         action: &str,
         target: &str,
         tenant: Option<&str>,
@@ -510,9 +512,10 @@ impl Core {
             // must not be what creates the platform's state.
             return Ok(());
         }
-        crate::audit::record(
+        crate::audit::record_as(
             self.store()?,
             &data_dir,
+            actor,
             action,
             target,
             tenant,

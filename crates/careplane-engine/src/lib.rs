@@ -35,6 +35,7 @@ pub use backup::{
     RestoreOutcome, RestorePoint, RestoreRequest, RunDueOutcome, VerifyOutcome,
 };
 pub use careplane_audit;
+pub use careplane_identity;
 pub use careplane_state::ExposeSecret;
 pub use driver::{Driver, Ensured, Started};
 pub use error::EngineError;
@@ -46,7 +47,54 @@ pub use report::{
     ServerStatus, Status,
 };
 
+use careplane_identity as authz;
+pub use careplane_identity::Principal;
 use executor::Core;
+
+/// One authorized operation: its audit action name, what `authorize` is
+/// asked (action and target), and what its audit entry names.
+pub(crate) struct Guarded {
+    pub action: String,
+    pub authz: authz::Action,
+    pub on: authz::Target,
+    pub target: String,
+    pub tenant: Option<String>,
+    pub parameters: Value,
+}
+
+/// The audit outcome of an operation without a journal operation id.
+pub(crate) fn plain<T>(
+    r: &Result<T, EngineError>,
+    _: &mut Guarded,
+) -> (careplane_audit::Outcome, Option<i64>) {
+    (audit::outcome(r), None)
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Who acts when nobody signed in: root on the host is the local root
+/// operator (platform-admin, authenticated by the machine, audited as
+/// such); any other OS user holds no role and must sign in.
+pub fn host_principal() -> Principal {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        Principal::local_root(uid)
+    } else {
+        Principal {
+            id: format!("uid:{uid}"),
+            kind: careplane_audit::ActorKind::User,
+            auth: "local-user".into(),
+            mfa: false,
+            bindings: Vec::new(),
+        }
+    }
+}
 
 /// A spec set bound to its data directory and the driver of its target.
 ///
@@ -120,111 +168,123 @@ impl Engine {
         self.core().destroy_plan(tenants)
     }
 
-    /// Runs the current plan under the apply lock; returns what ran and the
-    /// journal's operation id. Audited, whatever the outcome.
+    /// Runs the current plan under the apply lock for `who`; returns what
+    /// ran and the journal's operation id. Authorized (`apply` on the
+    /// platform, production when it has a production or DR environment or
+    /// removes one) and audited, whatever the outcome.
     pub fn apply(
         &self,
+        who: &Principal,
         opts: &ApplyOptions,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<ApplyReport, EngineError> {
-        let mut core = self.core();
-        let r = core.apply(opts, progress);
-        let mut params =
+        let mut parameters =
             serde_json::json!({"deleteData": opts.delete_data, "confirm": opts.confirm});
         if let Some(why) = &opts.override_freeze {
-            params["overrideFreeze"] = why.as_str().into();
+            parameters["overrideFreeze"] = why.as_str().into();
         }
-        let op = r.as_ref().ok().map(|r| r.operation);
-        core.audit(
-            "apply",
-            &self.platform(),
-            None,
-            params,
-            audit::outcome(&r),
+        let op = Guarded {
+            action: "apply".into(),
+            authz: authz::Action::Apply,
+            on: authz::Target::platform(self.apply_touches_production()),
+            target: self.platform(),
+            tenant: None,
+            parameters,
+        };
+        self.guarded(
+            who,
             op,
-        )?;
-        r
+            |core| core.apply(opts, progress),
+            |r, _| (audit::outcome(r), r.as_ref().ok().map(|r| r.operation)),
+        )
     }
 
     /// Removes what careplane holds for `tenants` (everything when empty).
     pub fn destroy(
         &self,
+        who: &Principal,
         tenants: &[String],
         opts: &ApplyOptions,
         progress: &mut dyn FnMut(Event<'_>),
     ) -> Result<ApplyReport, EngineError> {
-        let mut core = self.core();
-        let r = core.destroy(tenants, opts, progress);
-        let params = serde_json::json!({
-            "tenants": tenants, "deleteData": opts.delete_data, "confirm": opts.confirm
-        });
         let tenant = match tenants {
-            [one] => Some(one.as_str()),
+            [one] => Some(one.clone()),
             _ => None,
         };
-        let op = r.as_ref().ok().map(|r| r.operation);
-        core.audit(
-            "destroy",
-            &self.platform(),
+        // Everything careplane holds may include production the specs no
+        // longer name: the strict case.
+        let production =
+            tenants.is_empty() || tenants.iter().any(|t| self.production(Some(t), None));
+        let op = Guarded {
+            action: "destroy".into(),
+            authz: authz::Action::Destroy,
+            on: authz::Target {
+                tenant: tenant.clone(),
+                production,
+            },
+            target: self.platform(),
             tenant,
-            params,
-            audit::outcome(&r),
+            parameters: serde_json::json!({
+                "tenants": tenants, "deleteData": opts.delete_data, "confirm": opts.confirm
+            }),
+        };
+        self.guarded(
+            who,
             op,
-        )?;
-        r
+            |core| core.destroy(tenants, opts, progress),
+            |r, _| (audit::outcome(r), r.as_ref().ok().map(|r| r.operation)),
+        )
     }
 
     /// Starts every recorded server (after `stop` or a reboot); returns the
     /// journal's operation id.
-    pub fn start_all(&self, progress: &mut dyn FnMut(Event<'_>)) -> Result<i64, EngineError> {
-        let mut core = self.core();
-        let r = core.start_all(progress);
-        let op = r.as_ref().ok().copied();
-        core.audit(
-            "start",
-            &self.platform(),
-            None,
-            Value::Null,
-            audit::outcome(&r),
+    pub fn start_all(
+        &self,
+        who: &Principal,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<i64, EngineError> {
+        let op = self.platform_op("start", authz::Action::Start);
+        self.guarded(
+            who,
             op,
-        )?;
-        r
+            |core| core.start_all(progress),
+            |r, _| (audit::outcome(r), r.as_ref().ok().copied()),
+        )
     }
 
     /// Stops every recorded server, PostgreSQL with a fast shutdown; returns
     /// the journal's operation id.
-    pub fn stop_all(&self, progress: &mut dyn FnMut(Event<'_>)) -> Result<i64, EngineError> {
-        let mut core = self.core();
-        let r = core.stop_all(progress);
-        let op = r.as_ref().ok().copied();
-        core.audit(
-            "stop",
-            &self.platform(),
-            None,
-            Value::Null,
-            audit::outcome(&r),
+    pub fn stop_all(
+        &self,
+        who: &Principal,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<i64, EngineError> {
+        let op = self.platform_op("stop", authz::Action::Stop);
+        self.guarded(
+            who,
             op,
-        )?;
-        r
+            |core| core.stop_all(progress),
+            |r, _| (audit::outcome(r), r.as_ref().ok().copied()),
+        )
     }
 
     /// How to reach a tenant environment's database and Redis, with the
     /// generated passwords: only for the operator who asks explicitly, and
     /// audited (`credentials.show`; the passwords are not in the entry).
-    pub fn credentials(&self, tenant: &str, env: &str) -> Result<Credentials, EngineError> {
-        let mut core = self.core();
-        let r = core.credentials(tenant, env);
-        let target = format!("environment {tenant}/{env}");
-        let params = serde_json::json!({"tenant": tenant, "environment": env});
-        core.audit(
+    pub fn credentials(
+        &self,
+        who: &Principal,
+        tenant: &str,
+        env: &str,
+    ) -> Result<Credentials, EngineError> {
+        let op = self.env_op(
             "credentials.show",
-            &target,
-            Some(tenant),
-            params,
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+            authz::Action::CredentialsShow,
+            tenant,
+            env,
+            serde_json::json!({"tenant": tenant, "environment": env}),
+        );
+        self.guarded(who, op, |core| core.credentials(tenant, env), plain)
     }
 
     /// A certificate for careplane's own service `name` (e.g. `careplane serve`'s API)
@@ -232,97 +292,213 @@ impl Engine {
     /// The key is the caller's to keep in memory: nothing of it is stored.
     pub fn service_certificate(
         &self,
+        who: &Principal,
         name: &str,
         hosts: &[String],
     ) -> Result<(String, careplane_state::SecretString), EngineError> {
-        let mut core = self.core();
-        let r = core.driver.service_certificate(name, hosts);
-        let params = serde_json::json!({"service": name, "hosts": hosts});
-        core.audit(
-            "certificate.issue",
-            &format!("service {name}"),
-            None,
-            params,
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+        // Issuing from the platform CA is a key operation.
+        let op = Guarded {
+            action: "certificate.issue".into(),
+            target: format!("service {name}"),
+            parameters: serde_json::json!({"service": name, "hosts": hosts}),
+            ..self.platform_op("certificate.issue", authz::Action::KeyRotate)
+        };
+        self.guarded(
+            who,
+            op,
+            |core| core.driver.service_certificate(name, hosts),
+            plain,
+        )
     }
 
     /// `careplane modules install|upgrade`: stop web, run Odoo's `-i`/`-u`,
     /// start again, check health; journaled like an apply, and audited.
     pub fn modules(
         &self,
+        who: &Principal,
         tenant: &str,
         env: &str,
         install: bool,
         modules: &[String],
     ) -> Result<(), EngineError> {
-        let mut core = self.core();
-        let r = core.modules(tenant, env, install, modules);
         let action = if install {
             "modules.install"
         } else {
             "modules.upgrade"
         };
-        let target = format!("environment {tenant}/{env}");
-        let params = serde_json::json!({"modules": modules});
-        core.audit(
+        let op = self.env_op(
             action,
-            &target,
-            Some(tenant),
-            params,
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+            authz::Action::Modules,
+            tenant,
+            env,
+            serde_json::json!({"modules": modules}),
+        );
+        self.guarded(
+            who,
+            op,
+            |core| core.modules(tenant, env, install, modules),
+            plain,
+        )
     }
 
     /// `careplane export`: `tenant`/`env`'s database and filestore as an
     /// archive Odoo's database manager restores (`out`); audited, as every
-    /// read of a tenant's data is.
+    /// read of a tenant's data is. Authorized as `backup.create`: a full
+    /// copy of the tenant's data leaves careplane's custody.
     pub fn export(
         &self,
+        who: &Principal,
         tenant: &str,
         env: &str,
         out: &std::path::Path,
     ) -> Result<ExportReport, EngineError> {
-        let mut core = self.core();
-        let r = core.export(tenant, env, out);
-        let target = format!("environment {tenant}/{env}");
-        let params = serde_json::json!({"format": "odoo-zip", "path": out.display().to_string()});
-        core.audit(
+        let op = self.env_op(
             "export",
-            &target,
-            Some(tenant),
-            params,
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+            authz::Action::BackupCreate,
+            tenant,
+            env,
+            serde_json::json!({"format": "odoo-zip", "path": out.display().to_string()}),
+        );
+        self.guarded(who, op, |core| core.export(tenant, env, out), plain)
     }
 
     /// `careplane import`: `tenant`/`env`'s database and filestore replaced
-    /// by an Odoo zip or a `pg_dump` custom file; audited.
+    /// by an Odoo zip or a `pg_dump` custom file; audited. Authorized as
+    /// `backup.restore` (the data is replaced, as by a restore: MFA).
     pub fn import(
         &self,
+        who: &Principal,
         tenant: &str,
         env: &str,
         file: &std::path::Path,
     ) -> Result<ImportReport, EngineError> {
-        let mut core = self.core();
-        let r = core.import(tenant, env, file);
-        let target = format!("environment {tenant}/{env}");
-        let params = serde_json::json!({"path": file.display().to_string()});
-        core.audit(
+        let op = self.env_op(
             "import",
-            &target,
-            Some(tenant),
-            params,
-            audit::outcome(&r),
-            None,
+            authz::Action::BackupRestore,
+            tenant,
+            env,
+            serde_json::json!({"path": file.display().to_string()}),
+        );
+        self.guarded(who, op, |core| core.import(tenant, env, file), plain)
+    }
+
+    /// The one path of every authorized operation (docs/design/0013, "Where
+    /// the one check goes"): `authorize` once, before any work; on Deny
+    /// nothing runs; either way exactly one audit entry, whose actor is
+    /// `who` (kind, id, how authenticated, MFA, elevation in force).
+    pub(crate) fn guarded<T>(
+        &self,
+        who: &Principal,
+        mut op: Guarded,
+        run: impl FnOnce(&mut Core) -> Result<T, EngineError>,
+        recorded: impl FnOnce(
+            &Result<T, EngineError>,
+            &mut Guarded,
+        ) -> (careplane_audit::Outcome, Option<i64>),
+    ) -> Result<T, EngineError> {
+        let mut core = self.core();
+        let decision = authz::authorize(who, op.authz, &op.on);
+        let r = if decision.allowed {
+            self.note_use(who, &decision).and_then(|()| run(&mut core))
+        } else {
+            Err(EngineError::Denied {
+                reason: decision.reason,
+            })
+        };
+        let (outcome, operation) = recorded(&r, &mut op);
+        core.audit(
+            who.actor(),
+            &op.action,
+            &op.target,
+            op.tenant.as_deref(),
+            op.parameters,
+            outcome,
+            operation,
         )?;
         r
+    }
+
+    /// "Last used" for access reviews. The host's root operator holds no
+    /// reviewable grant: nothing to note (and no access.db created for it).
+    fn note_use(&self, who: &Principal, decision: &authz::Decision) -> Result<(), EngineError> {
+        match &decision.binding {
+            Some(b) if b.source != authz::Source::LocalRoot => {
+                let store = authz::Store::open(&self.data_dir)?;
+                store.note_use(&who.id, b, now_micros())?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether an operation on `tenant` (all tenants when `None`) and `env`
+    /// (all of the tenant's when `None`) touches a production or DR
+    /// environment. A tenant or environment the specs do not name (being
+    /// removed) counts as production: unknown is treated as the strict case.
+    pub fn production(&self, tenant: Option<&str>, env: Option<&str>) -> bool {
+        let tenants: Vec<_> = self
+            .specs
+            .tenants
+            .iter()
+            .filter(|t| tenant.is_none_or(|n| t.metadata.name == n))
+            .collect();
+        if tenant.is_some() && tenants.is_empty() {
+            return true;
+        }
+        let mut envs = tenants
+            .iter()
+            .flat_map(|t| t.spec.environments.iter())
+            .filter(|e| env.is_none_or(|n| e.name == n))
+            .peekable();
+        if env.is_some() && envs.peek().is_none() {
+            return true;
+        }
+        envs.any(|e| e.kind.is_production_like())
+    }
+
+    /// Whether an apply may change production: the specs hold a production
+    /// or DR environment, or careplane still holds an environment the specs
+    /// no longer name (its removal is planned). Unreadable state: strict.
+    fn apply_touches_production(&self) -> bool {
+        if self.production(None, None) {
+            return true;
+        }
+        self.recorded().map_or(true, |records| {
+            records.iter().any(|r| {
+                r.id.strip_prefix("pg-database/")
+                    .and_then(|rest| rest.split_once('/'))
+                    .is_some_and(|(t, e)| self.production(Some(t), Some(e)))
+            })
+        })
+    }
+
+    pub(crate) fn platform_op(&self, action: &str, authz: authz::Action) -> Guarded {
+        Guarded {
+            action: action.into(),
+            authz,
+            on: authz::Target::platform(self.production(None, None)),
+            target: self.platform(),
+            tenant: None,
+            parameters: Value::Null,
+        }
+    }
+
+    pub(crate) fn env_op(
+        &self,
+        action: &str,
+        authz: authz::Action,
+        tenant: &str,
+        env: &str,
+        parameters: Value,
+    ) -> Guarded {
+        Guarded {
+            action: action.into(),
+            authz,
+            on: authz::Target::tenant(tenant, self.production(Some(tenant), Some(env))),
+            target: format!("environment {tenant}/{env}"),
+            tenant: Some(tenant.into()),
+            parameters,
+        }
     }
 
     /// The audit log's directory.

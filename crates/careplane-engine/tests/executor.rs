@@ -168,9 +168,14 @@ fn setup(window: usize) -> Setup {
     }
 }
 
+/// The host's root operator, as the CLI passes it without a session.
+fn root() -> careplane_engine::Principal {
+    careplane_engine::Principal::local_root(0)
+}
+
 fn apply(s: &mut Setup) -> Result<Vec<String>, EngineError> {
     s.engine
-        .apply(&ApplyOptions::default(), &mut |_| {})
+        .apply(&root(), &ApplyOptions::default(), &mut |_| {})
         .map(|r| r.applied)
 }
 
@@ -247,7 +252,7 @@ fn a_frozen_environment_refuses_the_plan_unless_overridden() {
         frozen: vec![("alpha".into(), "dev".into(), why.into())],
         ..ApplyOptions::default()
     };
-    let err = s.engine.apply(&frozen, &mut |_| {}).unwrap_err();
+    let err = s.engine.apply(&root(), &frozen, &mut |_| {}).unwrap_err();
     assert!(matches!(err, EngineError::Refused { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains(why), "{msg}");
@@ -260,10 +265,10 @@ fn a_frozen_environment_refuses_the_plan_unless_overridden() {
         override_freeze: Some("CAB emergency change 42".into()),
         ..frozen.clone()
     };
-    s.engine.apply(&overridden, &mut |_| {}).unwrap();
+    s.engine.apply(&root(), &overridden, &mut |_| {}).unwrap();
     assert!(s.engine.plan().unwrap().is_empty());
     // With nothing to change, the freeze refuses nothing.
-    s.engine.apply(&frozen, &mut |_| {}).unwrap();
+    s.engine.apply(&root(), &frozen, &mut |_| {}).unwrap();
 }
 
 /// An apply that stops at any action (an error here; a kill in the CLI's
@@ -312,7 +317,7 @@ fn a_failed_wait_fails_one_and_keeps_the_others() {
     let mut failed = Vec::new();
     let err = s
         .engine
-        .apply(&ApplyOptions::default(), &mut |e| {
+        .apply(&root(), &ApplyOptions::default(), &mut |e| {
             if let careplane_engine::Event::Failed { action, error, .. } = e {
                 failed.push((action.id.clone(), error));
             }
@@ -365,6 +370,7 @@ fn destroy_removes_dependents_first() {
     take_log(&s);
     s.engine
         .destroy(
+            &root(),
             &[],
             &ApplyOptions {
                 delete_data: true,
@@ -398,7 +404,7 @@ fn one_engine_serves_several_threads() {
     let engine = &s.engine;
     let all = careplane_model::desired(engine.specs()).len();
     std::thread::scope(|scope| {
-        let applying = scope.spawn(|| engine.apply(&ApplyOptions::default(), &mut |_| {}));
+        let applying = scope.spawn(|| engine.apply(&root(), &ApplyOptions::default(), &mut |_| {}));
         let planners: Vec<_> = (0..4)
             .map(|_| scope.spawn(|| engine.plan().map(|p| p.counts())))
             .collect();
@@ -410,4 +416,361 @@ fn one_engine_serves_several_threads() {
         }
     });
     assert!(engine.plan().unwrap().is_empty());
+}
+
+fn person(
+    id: &str,
+    mfa: bool,
+    bindings: Vec<careplane_engine::careplane_identity::Binding>,
+) -> careplane_engine::Principal {
+    careplane_engine::Principal {
+        id: id.into(),
+        kind: careplane_engine::careplane_audit::ActorKind::User,
+        auth: "oidc".into(),
+        mfa,
+        bindings,
+    }
+}
+
+/// docs/design/0013, "Where the one check goes": every operation asks
+/// `authorize` once before any work; a refusal runs nothing at the target
+/// and is one audit entry, refused, with the reason and the principal.
+#[test]
+fn the_one_check_refuses_before_any_work_and_each_call_is_one_entry() {
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    let mut s = setup(8);
+    apply(&mut s).unwrap();
+    take_log(&s);
+    // Drift, so that an allowed apply has work to do.
+    Store::open(&s.data_dir)
+        .unwrap()
+        .delete_resource("odoo-env/alpha/dev")
+        .unwrap();
+
+    let viewer = person(
+        "vera",
+        true,
+        vec![Binding {
+            role: Role::Viewer,
+            scope: Scope::All,
+            source: Source::Group {
+                group: "viewers".into(),
+            },
+        }],
+    );
+    let err = s
+        .engine
+        .apply(&viewer, &ApplyOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Denied { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("tenant-operator, platform-operator, platform-admin"),
+        "{err}"
+    );
+    assert!(
+        take_log(&s).is_empty(),
+        "a refused apply reached the target"
+    );
+
+    // A tenant operator of alpha: beta is out of scope, the platform too.
+    let alpha_op = person(
+        "otto",
+        true,
+        vec![Binding {
+            role: Role::TenantOperator,
+            scope: Scope::Tenants(vec!["alpha".into()]),
+            source: Source::Grant {
+                id: "r1".into(),
+                approved_by: "bob".into(),
+                expires: "2099-01-01T00:00:00Z".into(),
+                reason: "INC-1".into(),
+            },
+        }],
+    );
+    let no_opts = ApplyOptions::default();
+    let err = s
+        .engine
+        .destroy(&alpha_op, &["beta".into()], &no_opts, &mut |_| {});
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("limited to other tenants"));
+    assert!(s.engine.stop_all(&alpha_op, &mut |_| {}).is_err());
+    assert!(take_log(&s).is_empty());
+    // Within scope the check passes and the target's own answer is what
+    // fails (the fake has no credentials): audited as failed, not refused.
+    let err = s.engine.credentials(&alpha_op, "alpha", "dev").unwrap_err();
+    assert!(err.to_string().contains("not in the fake target"), "{err}");
+
+    // Otto, also a platform operator through his IdP group, applies; the
+    // grant in force is recorded as his elevation.
+    let mut operator = alpha_op.clone();
+    operator.bindings.push(Binding {
+        role: Role::PlatformOperator,
+        scope: Scope::All,
+        source: Source::Group {
+            group: "ops".into(),
+        },
+    });
+    s.engine
+        .apply(&operator, &ApplyOptions::default(), &mut |_| {})
+        .unwrap();
+    assert!(!take_log(&s).is_empty());
+
+    let log = s
+        .engine
+        .audit_entries(&careplane_engine::careplane_audit::Filter::default())
+        .unwrap();
+    let rows: Vec<(&str, &str, &str)> = log
+        .iter()
+        .map(|e| {
+            (
+                e.action.as_str(),
+                e.actor.id.as_str(),
+                match e.result.status {
+                    careplane_engine::careplane_audit::Status::Succeeded => "succeeded",
+                    careplane_engine::careplane_audit::Status::Refused => "refused",
+                    careplane_engine::careplane_audit::Status::Failed => "failed",
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("apply", "uid:0", "succeeded"),
+            ("apply", "vera", "refused"),
+            ("destroy", "otto", "refused"),
+            ("stop", "otto", "refused"),
+            ("credentials.show", "otto", "failed"),
+            ("apply", "otto", "succeeded"),
+        ]
+    );
+    let refused = log[1].result.message.as_deref().unwrap_or_default();
+    assert!(refused.contains("vera may not apply"), "{refused}");
+    let elevation = log[5].actor.elevation.as_ref().expect("elevation in force");
+    assert_eq!(
+        (elevation.role.as_str(), elevation.approved_by.as_deref()),
+        ("tenant-operator", Some("bob"))
+    );
+    // The group role's use is known to access reviews.
+    let review = careplane_engine::careplane_identity::Store::open(&s.data_dir)
+        .unwrap()
+        .review(i64::MAX / 2)
+        .unwrap();
+    assert!(
+        review
+            .iter()
+            .any(|i| i.principal == "otto" && i.source == "group:ops" && i.last_used.is_some()),
+        "{review:?}"
+    );
+}
+
+/// Every role against every engine operation (the CLI's actions), against
+/// this hand-written table from docs/design/0013 ("The one check"): `Y`
+/// means the check lets it through (the fake driver may then fail it),
+/// `-` means `EngineError::Denied` and nothing reached the driver.
+#[test]
+fn every_role_against_every_engine_operation() {
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    const OPS: [&str; 14] = [
+        "apply",
+        "destroy",
+        "start",
+        "stop",
+        "credentials",
+        "modules",
+        "export",
+        "import",
+        "backup.create",
+        "backup.list",
+        "backup.show",
+        "backup.verify",
+        "backup.prune",
+        "backup.run-due",
+    ];
+    // Columns in OPS order; the tenant-operator holds tenant alpha, every
+    // tenant-level operation is on alpha/dev (not production).
+    const TABLE: [(&str, &str); 6] = [
+        ("viewer", "---------YYY--"),
+        ("tenant-operator", "-Y--YYY-Y-----"),
+        ("platform-operator", "YYYYYYYYYYYYYY"),
+        ("security-officer", "---------YYY--"),
+        ("platform-admin", "YYYYYYYYYYYYYY"),
+        // Without MFA: import is a restore, which always needs it.
+        ("platform-admin-no-mfa", "YYYYYYY-YYYYYY"),
+    ];
+    let mut s = setup(8);
+    apply(&mut s).unwrap();
+    let who = |row: &str| {
+        let (role, mfa) = match row {
+            "platform-admin-no-mfa" => (Role::PlatformAdmin, false),
+            r => (r.parse::<Role>().unwrap(), true),
+        };
+        person(
+            row,
+            mfa,
+            vec![Binding {
+                role,
+                scope: if role == Role::TenantOperator {
+                    Scope::Tenants(vec!["alpha".into()])
+                } else {
+                    Scope::All
+                },
+                source: Source::Group {
+                    group: format!("g-{row}"),
+                },
+            }],
+        )
+    };
+    let out = s._dir.path().join("export.zip");
+    let mut wrong = Vec::new();
+    for (row, want) in TABLE {
+        let p = who(row);
+        let e = &s.engine;
+        let none = |_: careplane_engine::BackupEvent| {};
+        for (op, want) in OPS.iter().zip(want.chars()) {
+            take_log(&s);
+            let denied = |r: Result<(), EngineError>| matches!(r, Err(EngineError::Denied { .. }));
+            let opts = ApplyOptions::default();
+            let d = match *op {
+                "apply" => denied(e.apply(&p, &opts, &mut |_| {}).map(drop)),
+                "destroy" => denied(
+                    e.destroy(&p, &["alpha".into()], &opts, &mut |_| {})
+                        .map(drop),
+                ),
+                "start" => denied(e.start_all(&p, &mut |_| {}).map(drop)),
+                "stop" => denied(e.stop_all(&p, &mut |_| {}).map(drop)),
+                "credentials" => denied(e.credentials(&p, "alpha", "dev").map(drop)),
+                "modules" => denied(e.modules(&p, "alpha", "dev", true, &["sale".into()])),
+                "export" => denied(e.export(&p, "alpha", "dev", &out).map(drop)),
+                "import" => denied(e.import(&p, "alpha", "dev", &out).map(drop)),
+                "backup.create" => denied(e.backup_create(&p, "alpha", "dev", &none).map(drop)),
+                "backup.list" => denied(e.backup_list(&p, None).map(drop)),
+                "backup.show" => denied(e.backup_show(&p, "b1").map(drop)),
+                "backup.verify" => denied(e.backup_verify(&p, "b1", false, &none).map(drop)),
+                "backup.prune" => denied(e.backup_prune(&p, &none).map(drop)),
+                "backup.run-due" => denied(e.backup_run_due(&p, &none).map(drop)),
+                other => unreachable!("{other}"),
+            };
+            if d && !take_log(&s).is_empty() {
+                wrong.push(format!("{row} {op}: denied but reached the driver"));
+            }
+            if d != (want == '-') {
+                wrong.push(format!("{row} {op}: denied={d}, table says {want}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // One audit entry per call, after the first apply.
+    let entries = s
+        .engine
+        .audit_entries(&careplane_engine::careplane_audit::Filter::default())
+        .unwrap();
+    assert_eq!(entries.len(), 1 + TABLE.len() * OPS.len());
+}
+
+/// What counts as production for the check: an environment's kind, a
+/// tenant or platform holding one, and — strictly — anything the specs do
+/// not name (being removed).
+#[test]
+fn production_is_read_from_the_specs_and_unknown_counts_as_production() {
+    let mut s = setup(8);
+    assert!(
+        !s.engine.production(None, None),
+        "the fixture has no production"
+    );
+    assert!(!s.engine.production(Some("alpha"), Some("dev")));
+    assert!(s.engine.production(Some("gone"), None));
+    assert!(s.engine.production(Some("alpha"), Some("gone")));
+    // With a production environment added to alpha.
+    let dir = tempfile::tempdir().unwrap();
+    let specs = include_str!("fixtures/platform.yaml")
+        .replace("DATA_DIR", &s.data_dir.display().to_string())
+        .replace(
+            "    - {name: uat, kind: uat}",
+            "    - {name: uat, kind: uat}\n    - {name: prod, kind: production}",
+        );
+    std::fs::write(dir.path().join("platform.yaml"), specs).unwrap();
+    let specs = careplane_spec::load(&[dir.path().to_path_buf()]).expect("specs validate");
+    let fake = Fake {
+        data_dir: s.data_dir.clone(),
+        script: s.script.clone(),
+        window: 8,
+    };
+    s.engine = Engine::new(specs, Box::new(fake));
+    assert!(s.engine.production(None, None));
+    assert!(s.engine.production(Some("alpha"), None));
+    assert!(s.engine.production(Some("alpha"), Some("prod")));
+    assert!(!s.engine.production(Some("alpha"), Some("dev")));
+    assert!(!s.engine.production(Some("beta"), None));
+    // So a platform-operator without MFA may no longer apply.
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    let op = person(
+        "pat",
+        false,
+        vec![Binding {
+            role: Role::PlatformOperator,
+            scope: Scope::All,
+            source: Source::Group {
+                group: "ops".into(),
+            },
+        }],
+    );
+    let err = s
+        .engine
+        .apply(&op, &ApplyOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("multi-factor"), "{err}");
+    assert!(take_log(&s).is_empty());
+    // Destroying everything is production whatever the specs say.
+    let err = s
+        .engine
+        .destroy(&op, &[], &ApplyOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("multi-factor"), "{err}");
+}
+
+/// An apply that removes an environment careplane still holds but the specs
+/// no longer name may be removing production: it needs MFA.
+#[test]
+fn an_apply_that_removes_an_unnamed_environment_counts_as_production() {
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    let mut s = setup(8);
+    apply(&mut s).unwrap();
+    let op = person(
+        "pat",
+        false,
+        vec![Binding {
+            role: Role::PlatformOperator,
+            scope: Scope::All,
+            source: Source::Group {
+                group: "ops".into(),
+            },
+        }],
+    );
+    // Nothing removed: not production, no MFA needed.
+    s.engine
+        .apply(&op, &ApplyOptions::default(), &mut |_| {})
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let specs = include_str!("fixtures/platform.yaml")
+        .replace("DATA_DIR", &s.data_dir.display().to_string())
+        .replace("    - {name: uat, kind: uat}\n", "");
+    std::fs::write(dir.path().join("platform.yaml"), specs).unwrap();
+    let specs = careplane_spec::load(&[dir.path().to_path_buf()]).expect("specs validate");
+    let fake = Fake {
+        data_dir: s.data_dir.clone(),
+        script: s.script.clone(),
+        window: 8,
+    };
+    s.engine = Engine::new(specs, Box::new(fake));
+    take_log(&s);
+    let err = s
+        .engine
+        .apply(&op, &ApplyOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("multi-factor"), "{err}");
+    assert!(take_log(&s).is_empty());
 }

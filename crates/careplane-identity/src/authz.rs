@@ -78,10 +78,11 @@ pub enum Action {
     AccessReview,
     AuditRead,
     KeyRotate,
+    IncidentUpdate,
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::Read,
         Action::Apply,
         Action::Destroy,
@@ -97,6 +98,7 @@ impl Action {
         Action::AccessReview,
         Action::AuditRead,
         Action::KeyRotate,
+        Action::IncidentUpdate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +118,7 @@ impl Action {
             Action::AccessReview => "access.review",
             Action::AuditRead => "audit.read",
             Action::KeyRotate => "key.rotate",
+            Action::IncidentUpdate => "incident.update",
         }
     }
 
@@ -136,6 +139,7 @@ impl Action {
             | Action::Start
             | Action::Stop
             | Action::Modules
+            | Action::IncidentUpdate
             | Action::CredentialsShow
             | Action::BackupCreate => &[TenantOperator, PlatformOperator, PlatformAdmin],
             Action::BackupRestore => &[PlatformOperator, PlatformAdmin],
@@ -240,6 +244,9 @@ pub enum Source {
     },
     /// The local root operator on the host.
     LocalRoot,
+    /// The scope of one of `careplane serve`'s API tokens (a service
+    /// identity): `read` is viewer, `operate` is platform-operator.
+    ApiToken { scope: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +280,25 @@ impl Principal {
                 role: Role::PlatformAdmin,
                 scope: Scope::All,
                 source: Source::LocalRoot,
+            }],
+        }
+    }
+
+    /// A service identity holding `role` on all tenants through one of
+    /// serve's API tokens (its scope named in the binding's source). No
+    /// MFA: a token cannot take a privileged action.
+    pub fn api_token(name: &str, scope: &str, role: Role) -> Principal {
+        Principal {
+            id: format!("token:{name}"),
+            kind: ActorKind::Service,
+            auth: "api-token".into(),
+            mfa: false,
+            bindings: vec![Binding {
+                role,
+                scope: Scope::All,
+                source: Source::ApiToken {
+                    scope: scope.into(),
+                },
             }],
         }
     }
@@ -354,8 +380,15 @@ pub fn authorize(principal: &Principal, action: Action, target: &Target) -> Deci
         .collect();
     if fitting.is_empty() {
         let held: Vec<&str> = principal.bindings.iter().map(|b| b.role.as_str()).collect();
+        // Nobody signed in (an OS user other than root, or a session that
+        // did not verify): say how to become someone.
+        let hint = if held.is_empty() && matches!(principal.auth.as_str(), "none" | "local-user") {
+            " (not signed in: run careplane login)"
+        } else {
+            ""
+        };
         return Decision::deny(format!(
-            "{} may not {what}: it needs one of the roles {} and holds {}",
+            "{} may not {what}: it needs one of the roles {} and holds {}{hint}",
             principal.id,
             allowed_roles
                 .iter()
@@ -438,6 +471,35 @@ mod tests {
         let d = authorize(&p, Action::Read, &Target::platform(false));
         assert!(!d.allowed);
         assert!(d.reason.contains("holds none"), "{}", d.reason);
+    }
+
+    #[test]
+    fn nobody_signed_in_is_told_how_to_sign_in() {
+        let p = Principal {
+            id: "uid:1000".into(),
+            kind: ActorKind::User,
+            auth: "local-user".into(),
+            mfa: false,
+            bindings: vec![],
+        };
+        let d = authorize(&p, Action::Apply, &Target::platform(false));
+        assert!(!d.allowed);
+        assert!(
+            d.reason
+                .ends_with("holds none (not signed in: run careplane login)"),
+            "{}",
+            d.reason
+        );
+        // A signed-in user without a role is not told to sign in again.
+        let d = authorize(
+            &Principal {
+                auth: "oidc".into(),
+                ..p
+            },
+            Action::Apply,
+            &Target::platform(false),
+        );
+        assert!(d.reason.ends_with("holds none"), "{}", d.reason);
     }
 
     #[test]

@@ -153,6 +153,7 @@ fn source_key(s: &Source) -> String {
         Source::Grant { id, .. } => format!("grant:{id}"),
         Source::BreakGlass { id, .. } => format!("break-glass:{id}"),
         Source::LocalRoot => "local-root".into(),
+        Source::ApiToken { scope } => format!("api-token:{scope}"),
     }
 }
 

@@ -23,6 +23,7 @@ const MATRIX: &[(&str, [bool; 5])] = &[
     ("access.review", [false, false, false, true, true]),
     ("audit.read", [false, false, false, true, true]),
     ("key.rotate", [false, false, false, false, true]),
+    ("incident.update", [false, true, true, false, true]),
 ];
 
 /// Privileged actions (design note, "MFA"): need MFA on a production target.

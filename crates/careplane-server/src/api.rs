@@ -1,6 +1,7 @@
 //! The REST API (`/v1/...`), `/openapi.json` (generated from these handlers with utoipa),
-//! `/metrics` and `/healthz`. Every `/v1` route and `/metrics` need a bearer token: `read`
-//! for reads, `operate` for incident actions. Tokens are never logged.
+//! `/metrics` and `/healthz`. Every `/v1` route and `/metrics` need a bearer token (an API
+//! token or an OIDC token) and pass the one authorization check (`authz.rs`): `read` for
+//! reads, `incident.update` for incident actions. Tokens are never logged.
 
 use std::sync::Arc;
 
@@ -9,20 +10,22 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use careplane_engine::careplane_audit::{Outcome, Status};
 use careplane_sla::{Month, SeriesKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
+use crate::authz::{check, record, Ask};
 use crate::incidents::{self, Action};
 use crate::probes::{Latest, State};
-use crate::tokens::{self, Scope, TokenRecord};
+use crate::tokens::{Scope, TokenRecord};
 use crate::Error;
 
 type St = AxState<Arc<State>>;
 
 /// An error answer: `{"error": "..."}`.
-pub(crate) struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -49,24 +52,6 @@ impl From<Error> for ApiError {
         };
         ApiError(code, e.to_string())
     }
-}
-
-fn auth(state: &State, headers: &HeaderMap, need: Scope) -> Result<TokenRecord, ApiError> {
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let records = state.tokens().map_err(ApiError::from)?;
-    // Expiry is a security matter: the wall clock, never the (possibly scaled) result clock.
-    tokens::check(&records, presented, need, jiff::Timestamp::now()).map_err(|r| {
-        let code = if r == tokens::Refusal::Scope {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::UNAUTHORIZED
-        };
-        ApiError(code, r.message().into())
-    })
 }
 
 async fn blocking<T: Send + 'static>(
@@ -127,9 +112,10 @@ pub struct ResolveBody {
 
 #[utoipa::path(get, path = "/v1/status", security(("bearer" = [])),
     responses((status = 200, description = "careplane status: servers and environments with health", body = AnyJson),
-              (status = 401, description = "no valid token")))]
+              (status = 401, description = "no valid token"),
+              (status = 403, description = "refused by the authorization check; the error says which role or MFA is needed")))]
 async fn status(AxState(s): St, h: HeaderMap) -> Result<Json<Value>, ApiError> {
-    auth(&s, &h, Scope::Read)?;
+    check(&s, &h, Ask::read("/v1/status")).await?;
     let st = s.clone();
     let v = blocking(move || {
         let status = st.engine.status()?;
@@ -145,7 +131,7 @@ async fn environments(
     AxState(s): St,
     h: HeaderMap,
 ) -> Result<Json<Vec<EnvironmentView>>, ApiError> {
-    auth(&s, &h, Scope::Read)?;
+    check(&s, &h, Ask::read("/v1/environments")).await?;
     let live = s.live();
     let out = live
         .environments
@@ -169,7 +155,7 @@ async fn environments(
 #[utoipa::path(get, path = "/v1/probes", security(("bearer" = [])),
     responses((status = 200, description = "The latest acknowledged result of every probe", body = [Latest])))]
 async fn probes(AxState(s): St, h: HeaderMap) -> Result<Json<Vec<Latest>>, ApiError> {
-    auth(&s, &h, Scope::Read)?;
+    check(&s, &h, Ask::read("/v1/probes")).await?;
     Ok(Json(s.live().latest.values().cloned().collect()))
 }
 
@@ -182,7 +168,12 @@ async fn minutes(
     Path((t, e, p)): Path<(String, String, String)>,
     Query(q): Query<MinutesQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    auth(&s, &h, Scope::Read)?;
+    check(
+        &s,
+        &h,
+        Ask::read_tenant(&format!("/v1/series/{t}/{e}/{p}/minutes"), &t),
+    )
+    .await?;
     let from: jiff::Timestamp = q
         .from
         .parse()
@@ -208,7 +199,7 @@ async fn minutes(
     params(("tenant" = String, Path)),
     responses((status = 200, description = "The tenant's SLO and this month's accounting per environment", body = AnyJson)))]
 async fn slo(AxState(s): St, h: HeaderMap, Path(t): Path<String>) -> Result<Json<Value>, ApiError> {
-    auth(&s, &h, Scope::Read)?;
+    check(&s, &h, Ask::read_tenant(&format!("/v1/slo/{t}"), &t)).await?;
     let st = s.clone();
     let v = blocking(move || {
         let slo = crate::slo::slo_for(&st.specs, &t)?;
@@ -250,7 +241,7 @@ async fn reports(
     h: HeaderMap,
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    auth(&s, &h, Scope::Read)?;
+    check(&s, &h, Ask::read("/v1/reports")).await?;
     let st = s.clone();
     let v = blocking(move || {
         let now = (st.clock)();
@@ -280,7 +271,7 @@ async fn incident_list(
     h: HeaderMap,
     Query(q): Query<IncidentQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    auth(&s, &h, Scope::Read)?;
+    check(&s, &h, Ask::read("/v1/incidents")).await?;
     let st = s.clone();
     let all = blocking(move || incidents::load(&st.data_dir)).await?;
     let v: Vec<_> = all.into_iter().filter(|i| !q.open || i.is_open()).collect();
@@ -293,16 +284,62 @@ async fn incident_action(
     id: String,
     action: Action,
 ) -> Result<Json<Value>, ApiError> {
-    let who = auth(&s, &h, Scope::Operate)?;
-    let actor = format!("token:{}", who.name);
+    // The incident's tenant scopes the check (platform-wide when there is
+    // no such incident: the answer is then 404 for whoever may act at all).
     let st = s.clone();
-    let i =
-        blocking(move || incidents::act(&st.data_dir, &id, &actor, &action, (st.clock)())).await?;
+    let find = id.clone();
+    let tenant = blocking(move || {
+        Ok(incidents::load(&st.data_dir)?
+            .into_iter()
+            .find(|i| i.id == find)
+            .map(|i| i.tenant))
+    })
+    .await?;
+    let name = match &action {
+        Action::Acknowledge => "incident.ack",
+        Action::Note(_) => "incident.note",
+        Action::Resolve(_) => "incident.resolve",
+    };
+    let ask = Ask {
+        action: careplane_identity::Action::IncidentUpdate,
+        on: match &tenant {
+            Some(t) => careplane_identity::Target::tenant(t, false),
+            None => careplane_identity::Target::platform(false),
+        },
+        audit_action: name.into(),
+        target: format!("incident {id}"),
+    };
+    let who = check(&s, &h, ask.clone()).await?;
+    let actor = match who.auth.as_str() {
+        "api-token" => who.id.clone(),
+        _ => format!("{} ({})", who.id, who.auth),
+    };
+    let st = s.clone();
+    // The action and its one audit entry, whatever its outcome.
+    let (r, recorded) = tokio::task::spawn_blocking(move || {
+        let r = incidents::act(&st.data_dir, &id, &actor, &action, (st.clock)());
+        let outcome = match &r {
+            Ok(_) => Outcome {
+                status: Status::Succeeded,
+                message: None,
+            },
+            Err(e) => Outcome {
+                status: Status::Failed,
+                message: Some(e.to_string()),
+            },
+        };
+        let recorded = record(&st, &who, &ask, outcome);
+        (r, recorded)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    recorded?;
+    let i = r.map_err(ApiError::from)?;
     Ok(Json(serde_json::to_value(i).expect("incident serializes")))
 }
 
 #[utoipa::path(post, path = "/v1/incidents/{id}/ack", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, description = "Acknowledged", body = AnyJson), (status = 403, description = "needs operate"), (status = 409, description = "refused (e.g. already acknowledged)")))]
+    responses((status = 200, description = "Acknowledged", body = AnyJson), (status = 403, description = "refused: needs tenant-operator of the incident's tenant, platform-operator or platform-admin"), (status = 409, description = "refused (e.g. already acknowledged)")))]
 async fn incident_ack(
     AxState(s): St,
     h: HeaderMap,
@@ -336,7 +373,7 @@ async fn incident_resolve(
 #[utoipa::path(get, path = "/metrics", security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(AxState(s): St, h: HeaderMap) -> Result<Response, ApiError> {
-    auth(&s, &h, Scope::Read)?;
+    check(&s, &h, Ask::read("/metrics")).await?;
     let st = s.clone();
     let text = blocking(move || crate::metrics::render(&st)).await?;
     Ok((

@@ -9,6 +9,7 @@
 //! `incidents.json`, and their lock files.
 
 mod api;
+mod authz;
 pub mod calendar;
 pub mod incidents;
 mod metrics;

@@ -83,6 +83,9 @@ pub(crate) struct State {
     pub live: Mutex<Live>,
     tokens: Mutex<TokenCache>,
     deliveries: Mutex<crate::notify::Deliveries>,
+    /// The platform's identity provider (discovery and keys), once a
+    /// request first presented an OIDC token; a failed discovery is not kept.
+    pub oidc: Mutex<Option<Arc<crate::authz::Oidc>>>,
 }
 
 impl State {
@@ -102,6 +105,7 @@ impl State {
                 records: Vec::new(),
             }),
             deliveries: Mutex::new(Default::default()),
+            oidc: Mutex::new(None),
         }))
     }
 
@@ -263,7 +267,11 @@ fn targets(
         let creds = match cache.get(&key) {
             Some(c) => c.clone(),
             None => {
-                let c = Arc::new(state.engine.credentials(&env.tenant, &env.environment)?);
+                let c = Arc::new(state.engine.credentials(
+                    &careplane_engine::host_principal(),
+                    &env.tenant,
+                    &env.environment,
+                )?);
                 cache.insert(key.clone(), c.clone());
                 c
             }
