@@ -522,9 +522,15 @@ pub(crate) fn wal(w: &WalArgs) -> ExitCode {
             careplane_target_local::backup_wal_fetch(socket, &w.a, std::path::Path::new(&w.b))
         }
         ("fetch", None, _, _) => Err("fetch needs --socket".to_string()),
-        (verb, _, Some(keys), Some(repository)) => {
-            careplane_target_local::backup_wal(verb, keys, repository, &w.store_options, &w.a, &w.b)
-        }
+        (verb, _, Some(keys), Some(repository)) => careplane_target_local::backup_wal(
+            verb,
+            keys,
+            repository,
+            &w.store_options,
+            w.credentials.as_deref(),
+            &w.a,
+            &w.b,
+        ),
         (verb, _, _, _) => Err(format!("{verb} needs --keys and --repository")),
     };
     match r {
@@ -549,6 +555,10 @@ pub(crate) struct WalArgs {
     /// Object store setting `key=value` (repeatable).
     #[arg(long = "store-option")]
     pub store_options: Vec<String>,
+    /// A 0600 JSON file of S3 credentials (`aws_access_key_id`, …), the
+    /// cluster service user's; archive and restore on `s3://`.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
     /// The socket of a restore's WAL server; fetch.
     #[arg(long)]
     pub socket: Option<PathBuf>,

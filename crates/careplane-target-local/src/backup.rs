@@ -49,6 +49,18 @@ const REPO_SECRET: &str = "backup-secret";
 /// is still uploading elsewhere; the apply lock already serialises ours).
 const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// S3 credentials for the archiver: careplane's environment variable, the
+/// vault entry it is kept under, and the object store option it becomes.
+const S3_CREDENTIALS: [(&str, &str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "s3-access-key-id", "aws_access_key_id"),
+    (
+        "AWS_SECRET_ACCESS_KEY",
+        "s3-secret-access-key",
+        "aws_secret_access_key",
+    ),
+    ("AWS_SESSION_TOKEN", "s3-session-token", "aws_session_token"),
+];
+
 /// PostgreSQL forces a WAL switch after this many idle-ish seconds, so the
 /// recovery point is never older than this while the cluster is written to.
 const ARCHIVE_TIMEOUT: &str = "60";
@@ -313,6 +325,14 @@ impl LocalDriver {
         wal_keys
             .write_file(&keys_file, owner)
             .map_err(berr(&format!("writing {}", keys_file.display())))?;
+        let credentials_file = if url.starts_with("s3://") {
+            let creds = self.archiver_credentials(&rec.id, &url, &vault_owner)?;
+            let path = conf.join("wal-store.json");
+            write_private_json(&path, &creds, owner)?;
+            Some(path.display().to_string())
+        } else {
+            None
+        };
         let program = self.install_archiver()?;
         rec.observed["archive"] = json!({
             "repository": url,
@@ -321,8 +341,58 @@ impl LocalDriver {
             "program": program.display().to_string(),
             "storeOptions": policy.store_options.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         });
+        if let Some(path) = credentials_file {
+            rec.observed["archive"]["credentialsFile"] = json!(path);
+        }
         self.store()?.put_resource(rec)?;
         Ok(())
+    }
+
+    /// The S3 credentials the archiver of cluster `id` signs with: those in
+    /// careplane's environment when set (kept in the vault under the
+    /// cluster repository's owner, so a later `apply` without them, or
+    /// after they were rotated in the environment, still writes the
+    /// current ones), else the vault's. As object store options.
+    fn archiver_credentials(
+        &mut self,
+        id: &str,
+        url: &str,
+        vault_owner: &str,
+    ) -> Result<BTreeMap<String, SecretString>, Error> {
+        let store = self.store()?;
+        let from_env = |var: &str| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from)
+        };
+        let env_has_keys =
+            from_env(S3_CREDENTIALS[0].0).is_some() && from_env(S3_CREDENTIALS[1].0).is_some();
+        let mut out = BTreeMap::new();
+        for (var, vault_name, option) in S3_CREDENTIALS {
+            let value = if env_has_keys {
+                let v = from_env(var);
+                match &v {
+                    Some(v) => store.put_secret(vault_owner, vault_name, v)?,
+                    None => store.delete_secret(vault_owner, vault_name)?,
+                }
+                v
+            } else {
+                store.secret(vault_owner, vault_name)?
+            };
+            if let Some(v) = value {
+                out.insert(option.to_string(), v);
+            }
+        }
+        if !out.contains_key(S3_CREDENTIALS[0].2) || !out.contains_key(S3_CREDENTIALS[1].2) {
+            return Err(err(format!(
+                "{id} archives its WAL to {url}: careplane needs {} and {} in its environment \
+                 (once: they are kept in careplane's vault and given to the archiver in a file \
+                 only the cluster's service user reads)",
+                S3_CREDENTIALS[0].0, S3_CREDENTIALS[1].0
+            )));
+        }
+        Ok(out)
     }
 
     pub(crate) fn service_owner(&mut self, host: &mut Host) -> Result<Option<(u32, u32)>, Error> {
@@ -993,6 +1063,9 @@ pub(crate) fn wal_command(rec: &ResourceRecord, verb: &str, keys: &str, args: &s
     {
         options.push_str(&format!(" --store-option {}", quote(o)));
     }
+    if let Some(c) = a.get("credentialsFile").and_then(Value::as_str) {
+        options.push_str(&format!(" --credentials {}", quote(c)));
+    }
     format!(
         "{} backup-wal {verb} --keys {} --repository {}{options} {args}",
         quote(&s("program")),
@@ -1321,12 +1394,13 @@ pub fn backup_wal(
     keys: &Path,
     repository: &str,
     store_options: &[String],
+    credentials: Option<&Path>,
     a: &str,
     b: &str,
 ) -> Result<u8, String> {
     use careplane_backup::{error_chain, WalArchive, WalKeys};
     let keys = WalKeys::read_file(keys).map_err(|e| error_chain(&e))?;
-    let options: Vec<(String, String)> = store_options
+    let mut options: Vec<(String, String)> = store_options
         .iter()
         .map(|o| {
             o.split_once('=')
@@ -1334,6 +1408,9 @@ pub fn backup_wal(
                 .ok_or_else(|| format!("--store-option {o:?} is not key=value"))
         })
         .collect::<Result<_, _>>()?;
+    if let Some(path) = credentials {
+        options.extend(read_credentials(path)?);
+    }
     let archive = WalArchive::open(repository, &keys, &options).map_err(|e| error_chain(&e))?;
     match verb {
         "archive" => archive
@@ -1347,6 +1424,71 @@ pub fn backup_wal(
         },
         other => Err(format!("unknown verb {other:?} (archive or restore)")),
     }
+}
+
+/// Writes `values` as a JSON object to `path`: 0600 from its creation,
+/// owned by `owner`, replaced by rename so a reader sees the old or the new.
+fn write_private_json(
+    path: &Path,
+    values: &BTreeMap<String, SecretString>,
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let json = SecretString::from(
+        serde_json::to_string(
+            &values
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.expose_secret()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .expect("a map of strings serializes"),
+    );
+    let tmp = path.with_extension("json.new");
+    let io = |what: String| move |e| Error::Io { what, source: e };
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(format!("creating {}", tmp.display())))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+            .map_err(io(format!("handing {} to the service user", tmp.display())))?;
+    }
+    f.write_all(json.expose_secret().as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("installing {}", path.display())))
+}
+
+/// The archiver's S3 credentials file (see [`write_private_json`]) as
+/// object store options. Errors name the file, never its content.
+fn read_credentials(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = SecretString::from(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("reading credentials file {}: {e}", path.display()))?,
+    );
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(text.expose_secret()).map_err(|_| {
+            format!(
+                "credentials file {} is not a JSON object of strings",
+                path.display()
+            )
+        })?;
+    map.into_iter()
+        .map(|(k, v)| {
+            if S3_CREDENTIALS.iter().any(|c| c.2 == k) {
+                Ok((k, v))
+            } else {
+                Err(format!(
+                    "credentials file {}: unexpected key {k:?} (only S3 credentials belong there)",
+                    path.display()
+                ))
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
