@@ -44,13 +44,28 @@ pub(crate) enum BackupCommand {
     },
     /// Check every object of a backup and of its cluster's base backup
     /// against the signed manifest (exit 1 naming the first bad object).
+    ///
+    /// With `--restore <tenant>/<environment>`: the environment's newest
+    /// backup (or `--backup ID`) is deep-verified, recovered into a scratch
+    /// PostgreSQL to the end of its base backup, and every table's row
+    /// count and checksum, read there as the tenant's role, compared with
+    /// the facts the backup's first restore verification recorded (the
+    /// first one records them). The result is kept as evidence (`backup
+    /// show`, `status`).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["id", "restore"])))]
     Verify {
         #[command(flatten)]
         files: Files,
-        id: String,
+        id: Option<String>,
         /// Also decrypt and decompress every object.
         #[arg(long)]
         deep: bool,
+        /// `<tenant>/<environment>`: prove a backup of it by restoring it.
+        #[arg(long, value_name = "TENANT/ENV", conflicts_with = "id")]
+        restore: Option<String>,
+        /// With --restore: which backup (default: the newest).
+        #[arg(long, requires = "restore")]
+        backup: Option<String>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -262,9 +277,62 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
         }
         BackupCommand::Verify {
             files,
-            id,
+            restore: Some(target),
+            backup,
+            output,
+            ..
+        } => {
+            let Some((tenant, env)) = target.split_once('/') else {
+                bail!("--restore {target:?}: expected <tenant>/<environment>");
+            };
+            let engine = load(&files)?;
+            let p = Progress::new();
+            let r = engine.backup_verify_restore(tenant, env, backup.as_deref(), &|ev| p.event(ev));
+            drop(p);
+            match (r, output) {
+                (Ok(c), Output::Json) => {
+                    let mut j = serde_json::to_value(&c)?;
+                    j["ok"] = true.into();
+                    print_json(&j)?;
+                }
+                (Ok(c), Output::Text) => outln!(
+                    "ok: backup {} of {}/{} restored{} in {} ms: {} tables, {} rows {}",
+                    c.backup,
+                    c.tenant,
+                    c.environment,
+                    c.recovered_to
+                        .as_deref()
+                        .map(|t| format!(" to {t}"))
+                        .unwrap_or_default(),
+                    c.duration_ms,
+                    c.tables,
+                    c.rows,
+                    if c.outcome == "baseline" {
+                        "recorded as its verified facts (its first restore verification)"
+                            .to_string()
+                    } else {
+                        format!(
+                            "equal to its verified facts ({})",
+                            c.baseline.as_deref().unwrap_or("-")
+                        )
+                    }
+                ),
+                (Err(e), Output::Json) => {
+                    print_json(&serde_json::json!({
+                        "restore": target, "backup": backup, "ok": false, "error": e.to_string()
+                    }))?;
+                    errln!("error: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                (Err(e), Output::Text) => return Err(e.into()),
+            }
+        }
+        BackupCommand::Verify {
+            files,
+            id: Some(id),
             deep,
             output,
+            ..
         } => {
             let engine = load(&files)?;
             let p = Progress::new();
@@ -296,6 +364,7 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 (Err(e), Output::Text) => return Err(e.into()),
             }
         }
+        BackupCommand::Verify { .. } => bail!("verify needs a backup ID or --restore"),
         BackupCommand::Restore {
             files,
             environment,

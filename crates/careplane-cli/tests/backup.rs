@@ -360,6 +360,12 @@ fn a_cluster_made_before_archiving_gets_it_at_the_next_apply() {
     assert_eq!(r["created"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(r["created"][0]["reason"], "schedule", "{r}");
     assert_eq!(r["failures"].as_array().unwrap().len(), 0, "{r}");
+    // ... and proves it by a restore, whose facts become the verified ones.
+    assert_eq!(r["restoreChecks"][0]["outcome"], "baseline", "{r}");
+    assert_eq!(
+        r["restoreChecks"][0]["backup"], r["created"][0]["id"],
+        "{r}"
+    );
     // A manual backup now; prune keeps the newest one only (keepLast 1,
     // no PITR window) and the cluster base backup it needs.
     let b = p.json(&["backup", "create", "gamma/dev"]);
@@ -369,6 +375,14 @@ fn a_cluster_made_before_archiving_gets_it_at_the_next_apply() {
     assert_eq!(tenant["deleted"].as_array().unwrap().len(), 1, "{pr}");
     let l = p.json(&["backup", "list"]);
     assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    // The pruned backup's restore check went with it.
+    let checks = tenant_repo(&p, "gamma")
+        .list_backups()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.labels.get("kind").map(String::as_str) == Some("restore-check"))
+        .count();
+    assert_eq!(checks, 0);
     p.json(&["backup", "verify", b["id"].as_str().unwrap(), "--deep"]);
 
     // A destroy that drops the environment's data backs it up first.
@@ -667,4 +681,227 @@ fn an_s3_repository_archives_backs_up_verifies_and_restores_with_no_secret_in_si
     }
     assert!(looked_at > 0, "postgresql.conf was not among the files");
     drop(moto);
+}
+
+// ---------------------------------------------------------------------------
+// verify --restore: a backup proven by restoring it into a scratch server.
+
+/// The tenant repository of `tenant`, opened with careplane's own keys from
+/// the vault, as careplane opens it.
+fn tenant_repo(p: &Platform, tenant: &str) -> careplane_backup::Repository {
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let get = |owner: &str, name: &str| store.secret(owner, name).unwrap().unwrap();
+    let keys = careplane_backup::RepoKeys {
+        secret: get(&format!("backup/tenant/{tenant}"), "backup-secret"),
+        recipients: vec![
+            careplane_local::ExposeSecret::expose_secret(&get("backup", "recipient")).to_string(),
+        ],
+        identities: vec![get("backup", "identity")],
+    };
+    let url = format!("file://{}/backups/tenants/{tenant}", p.data_dir().display());
+    careplane_backup::Repository::open_with(&url, &keys, careplane_backup::RepoOptions::default())
+        .unwrap()
+}
+
+#[test]
+fn verify_restore_records_the_restored_facts_then_compares_and_names_what_differs() {
+    let p = Platform::with_odoo(TENANTS);
+    p.ok(&["apply"]);
+    let mut c = tenant_client(&p, "gamma", "dev");
+    c.batch_execute(
+        "CREATE TABLE public.visits (id serial PRIMARY KEY, note text NOT NULL);
+         INSERT INTO public.visits (note) SELECT 'visit ' || i FROM generate_series(1, 50) i;",
+    )
+    .unwrap();
+    let b1 = p.json(&["backup", "create", "gamma/dev"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Written after the backup: no restore of it may see these.
+    c.batch_execute("INSERT INTO public.visits (note) SELECT 'later' FROM generate_series(1, 7)")
+        .unwrap();
+
+    // The first restore verification records what the restore holds.
+    let first = p.json(&["backup", "verify", "--restore", "gamma/dev"]);
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["backup"], b1.as_str(), "{first}");
+    assert_eq!(first["outcome"], "baseline", "{first}");
+    assert!(first["tables"].as_u64().unwrap() >= 1, "{first}");
+    let evidence = first["evidence"].as_str().unwrap().to_string();
+    let repo = tenant_repo(&p, "gamma");
+    let facts = repo
+        .index(&repo.manifest(&evidence).unwrap())
+        .unwrap()
+        .metadata
+        .tables;
+    let visits = facts
+        .iter()
+        .find(|t| t.table == "public.visits")
+        .unwrap_or_else(|| panic!("no public.visits among {facts:?}"));
+    assert_eq!(
+        visits.rows, 50,
+        "the restore is the backup's point, not now"
+    );
+
+    // The second restores again and compares.
+    let second = p.json(&[
+        "backup",
+        "verify",
+        "--restore",
+        "gamma/dev",
+        "--backup",
+        &b1,
+    ]);
+    assert_eq!(second["outcome"], "passed", "{second}");
+    assert_eq!(second["baseline"], evidence.as_str(), "{second}");
+    let show = p.json(&["backup", "show", &b1]);
+    let checks = show["restoreChecks"].as_array().unwrap();
+    let outcomes: Vec<&str> = checks
+        .iter()
+        .map(|c| c["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["baseline", "passed"], "{show}");
+    assert!(
+        checks.iter().all(|c| c["durationMs"].as_u64().unwrap() > 0),
+        "{show}"
+    );
+    let st = p.json(&["status"]);
+    let env = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tenant"] == "gamma")
+        .unwrap();
+    assert_eq!(env["lastRestoreVerification"]["outcome"], "passed", "{st}");
+
+    // Verified facts that the restore does not reproduce (signed with
+    // careplane's keys, every object intact): the check fails naming the
+    // table, and the failure is evidence too.
+    let b2 = p.json(&["backup", "create", "gamma/dev"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let real = p.json(&[
+        "backup",
+        "verify",
+        "--restore",
+        "gamma/dev",
+        "--backup",
+        &b2,
+    ]);
+    let real_facts = repo
+        .index(&repo.manifest(real["evidence"].as_str().unwrap()).unwrap())
+        .unwrap()
+        .metadata
+        .tables;
+    repo.delete_backup(real["evidence"].as_str().unwrap())
+        .unwrap();
+    let mut forged = real_facts.clone();
+    let v = forged
+        .iter_mut()
+        .find(|t| t.table == "public.visits")
+        .unwrap();
+    assert_eq!(v.rows, 57);
+    v.rows = 56;
+    let labels = std::collections::BTreeMap::from(
+        [
+            ("kind", "restore-check"),
+            ("tenant", "gamma"),
+            ("environment", "dev"),
+            ("backup", b2.as_str()),
+            ("outcome", "baseline"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let w = repo.start_backup(labels).unwrap();
+    w.commit(careplane_backup::BackupMetadata {
+        tables: forged,
+        ..Default::default()
+    })
+    .unwrap();
+    let out = p.run(&[
+        "backup",
+        "verify",
+        "--restore",
+        "gamma/dev",
+        "--backup",
+        &b2,
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("table public.visits: verified 56 rows"), "{t}");
+    assert!(t.contains("restored 57 rows"), "{t}");
+    assert!(t.contains(&b2), "{t}");
+    let st = p.json_allow_fail(&["status"]);
+    let env = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tenant"] == "gamma")
+        .unwrap();
+    assert_eq!(env["lastRestoreVerification"]["outcome"], "failed", "{st}");
+    assert!(
+        env["lastRestoreVerification"]["firstDifference"]
+            .as_str()
+            .unwrap()
+            .contains("public.visits"),
+        "{st}"
+    );
+
+    // A flipped byte in the base backup the restore needs: it fails before
+    // any scratch server starts, naming the object.
+    let clusters = p.data_dir().join("backups/clusters");
+    let cluster_repo = std::fs::read_dir(&clusters)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let chunk = files_under(&cluster_repo.join("chunks"))
+        .into_iter()
+        .max_by_key(|f| std::fs::metadata(f).unwrap().len())
+        .expect("a stored chunk of the base backup");
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&chunk, bytes).unwrap();
+    let stem = chunk
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = p.run(&[
+        "backup",
+        "verify",
+        "--restore",
+        "gamma/dev",
+        "--backup",
+        &b1,
+        "--output",
+        "json",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains(&stem), "the error names no object {stem}: {e}");
+    assert!(e.contains(&b1), "{e}");
+    let st = p.json_allow_fail(&["status"]);
+    let env = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tenant"] == "gamma")
+        .unwrap();
+    assert_eq!(env["lastRestoreVerification"]["outcome"], "failed", "{st}");
+    assert!(
+        env["lastRestoreVerification"]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&stem),
+        "{st}"
+    );
 }

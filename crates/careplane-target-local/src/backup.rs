@@ -716,6 +716,18 @@ impl LocalDriver {
             filestore_bytes: md.filestore.iter().map(|f| f.size).sum(),
             objects: m.chunks.len() as u64 + 1,
             labels: m.labels.clone(),
+            restore_checks: {
+                let mut v: Vec<Manifest> = repo
+                    .list_backups()
+                    .map_err(berr(&format!("backup {id}: listing its restore checks")))?
+                    .into_iter()
+                    .filter(|c| {
+                        crate::restore_check::is_restore_check(c) && label(c, "backup") == id
+                    })
+                    .collect();
+                v.sort_by_key(|c| c.finished);
+                v.iter().map(crate::restore_check::check_of).collect()
+            },
         })
     }
 
@@ -786,12 +798,13 @@ impl LocalDriver {
         let mut needed: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (t, repo, policy) in self.tenant_repos(None)? {
             progress(BackupEvent::Phase(format!("pruning tenant {t}")));
-            let ms: Vec<Manifest> = repo
+            let all_ms = repo
                 .list_backups()
-                .map_err(berr(&format!("listing the backups of tenant {t}")))?
+                .map_err(berr(&format!("listing the backups of tenant {t}")))?;
+            let (ms, checks): (Vec<Manifest>, Vec<Manifest>) = all_ms
                 .into_iter()
-                .filter(is_env_backup)
-                .collect();
+                .filter(|m| is_env_backup(m) || crate::restore_check::is_restore_check(m))
+                .partition(is_env_backup);
             // Retention per environment: one environment's backups never
             // count for another's.
             let mut by_env: BTreeMap<String, Vec<&Manifest>> = BTreeMap::new();
@@ -814,6 +827,14 @@ impl LocalDriver {
                 let keep = retention::select(&times, &policy.retention, now);
                 for (m, why) in list.iter().zip(keep) {
                     if why.is_empty() {
+                        // Its restore checks go with it (evidence of a
+                        // backup that no longer exists proves nothing).
+                        for c in checks.iter().filter(|c| label(c, "backup") == m.id) {
+                            repo.delete_backup(&c.id).map_err(berr(&format!(
+                                "deleting restore check {} of tenant {t}",
+                                c.id
+                            )))?;
+                        }
                         repo.delete_backup(&m.id)
                             .map_err(berr(&format!("deleting backup {} of tenant {t}", m.id)))?;
                         pr.deleted.push(m.id.clone());
@@ -926,7 +947,17 @@ impl LocalDriver {
             };
             if due(&policy.schedule) {
                 match self.create_backup(&t, &e, "schedule", progress) {
-                    Ok(b) => out.created.push(b),
+                    Ok(b) => {
+                        // Every scheduled backup is proven by a restore,
+                        // whose facts become the backup's verified ones.
+                        match self.verify_restore(&t, &e, Some(&b.id), progress) {
+                            Ok(c) => out.restore_checks.push(c),
+                            Err(err) => out
+                                .failures
+                                .push(format!("restore verification of {}: {err}", b.id)),
+                        }
+                        out.created.push(b);
+                    }
                     Err(err) => out.failures.push(format!("backup of {t}/{e}: {err}")),
                 }
             } else if let (Some(b), Some(_)) = (&last, &policy.verify) {
@@ -936,6 +967,12 @@ impl LocalDriver {
                     match self.verify_backup(&b.id, true, progress) {
                         Ok(v) => out.verified.push(v),
                         Err(err) => out.failures.push(format!("verify of {}: {err}", b.id)),
+                    }
+                    match self.verify_restore(&t, &e, Some(&b.id), progress) {
+                        Ok(c) => out.restore_checks.push(c),
+                        Err(err) => out
+                            .failures
+                            .push(format!("restore verification of {}: {err}", b.id)),
                     }
                 }
             }
@@ -1160,6 +1197,24 @@ fn read_facts(
             modules.push(name);
         }
     }
+    let tables = table_facts(&mut c, &tdb.database)?;
+    Ok(Facts {
+        postgres_version: Some(postgres_version),
+        odoo_version,
+        modules,
+        tables,
+    })
+}
+
+/// Each table's row count and checksum (md5 of the rows' md5s in order),
+/// of the tables `c`'s role may read: what a backup records and what a
+/// restore verification compares.
+pub(crate) fn table_facts(
+    c: &mut careplane_local::postgres::Client,
+    database: &str,
+) -> Result<Vec<TableStat>, Error> {
+    let pe =
+        |what: &'static str| move |e: careplane_local::postgres::Error| err(format!("{what}: {e}"));
     let tables: Vec<(String, String)> = c
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
@@ -1186,18 +1241,13 @@ fn read_facts(
             .map_err(|e| err(format!("counting rows of {schema}.{table}: {e}")))?;
         let rows: i64 = row.get(0);
         stats.push(TableStat {
-            database: tdb.database.clone(),
+            database: database.to_string(),
             table: format!("{schema}.{table}"),
             rows: rows as u64,
             checksum: row.get(1),
         });
     }
-    Ok(Facts {
-        postgres_version: Some(postgres_version),
-        odoo_version,
-        modules,
-        tables: stats,
-    })
+    Ok(stats)
 }
 
 /// An open directory descriptor, closed on drop.
