@@ -2,10 +2,11 @@
 //! under pgbench write load at 5 s or less: lose the cluster, restore, count
 //! committed transactions lost"), side by side in one run:
 //!
-//! - `archive_timeout = 60` (careplane's setting): WAL reaches the repository
-//!   through `archive_command` one 16 MB segment at a time, or when the
-//!   timeout forces a switch;
-//! - `archive_timeout = 5`: the same with a switch forced every 5 s;
+//! - `archive_timeout = 60` (careplane's setting before this benchmark): WAL
+//!   reaches the repository through `archive_command` one 16 MB segment at a
+//!   time, or when the timeout forces a switch;
+//! - `archive_timeout = 5` (careplane's setting): the same with a switch
+//!   forced every 5 s while WAL is written;
 //! - `pg_receivewal --synchronous` beside `archive_timeout = 60`: PostgreSQL's
 //!   own WAL receiver streaming over the replication protocol (the peer a
 //!   user would add for an RPO of seconds), its files used by the restore
@@ -90,7 +91,21 @@ struct Outcome {
     restored: u64,
     lost_span: f64,
     segments: usize,
+    repo_bytes: u64,
     recovery: Duration,
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    n
 }
 
 fn run(name: &str, archive_timeout: u32, receiver: bool) -> Outcome {
@@ -277,6 +292,7 @@ fn run(name: &str, archive_timeout: u32, receiver: bool) -> Outcome {
     // The backends of the dead postmaster exit when they notice.
     std::thread::sleep(Duration::from_secs(2));
     let segments = repo.list_wal().unwrap().len();
+    let repo_bytes = dir_size(&repo_dir.join("wal"));
 
     // The cluster is lost: only the repository (and the receiver's files) remain.
     std::fs::rename(pg.data_dir(), pg.root.join("data.lost")).unwrap();
@@ -314,26 +330,38 @@ fn run(name: &str, archive_timeout: u32, receiver: bool) -> Outcome {
         .unwrap()
         .get::<_, bool>(0)
     {
-        assert!(Instant::now() < deadline, "recovery did not finish in 600 s");
+        assert!(
+            Instant::now() < deadline,
+            "recovery did not finish in 600 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let recovery = t_recovery.elapsed();
     let mut c = pg.tenant_connect(&t, &platform.ca.cert_pem).unwrap();
+    // pgbench_history.mtime is a timestamp without time zone, written in
+    // the server's default TimeZone.
+    c.batch_execute("RESET TimeZone").unwrap();
     let row = c
         .query_one(
-            "SELECT count(*), coalesce(extract(epoch FROM max(mtime))::float8, 0) FROM pgbench_history",
+            "SELECT count(*), coalesce(extract(epoch FROM max(mtime) \
+             AT TIME ZONE pg_catalog.current_setting('TimeZone'))::float8, 0) \
+             FROM public.pgbench_history",
             &[],
         )
         .unwrap();
     let restored: i64 = row.get(0);
     let last_restored: f64 = row.get(1);
-    let _ = killed_at;
+    println!(
+        "{name}: killed at {killed_at:.3}, last commit pgbench saw {last_commit:.3}, \
+         last restored {last_restored:.3}"
+    );
     Outcome {
         name: name.to_string(),
         committed: committed_n,
         restored: restored as u64,
         lost_span: (last_commit - last_restored).max(0.0),
         segments,
+        repo_bytes,
         recovery,
     }
 }
@@ -349,23 +377,28 @@ fn main() {
         env_num("BENCH_RPO_LOAD", 30)
     );
     let runs = [
-        run("archive_command, archive_timeout 60 s (careplane)", 60, false),
-        run("archive_command, archive_timeout 5 s", 5, false),
-        run("pg_receivewal --synchronous (+ archive_timeout 60 s)", 60, true),
+        run("archive_command, archive_timeout 60 s", 60, false),
+        run("archive_command, archive_timeout 5 s (careplane)", 5, false),
+        run(
+            "pg_receivewal --synchronous (+ archive_timeout 60 s)",
+            60,
+            true,
+        ),
     ];
     println!(
-        "| WAL shipping | committed | restored | lost | span lost (s) | segments archived | restore (s) |"
+        "| WAL shipping | committed | restored | lost | span lost (s) | segments archived | WAL stored (MB) | restore (s) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for o in &runs {
         println!(
-            "| {} | {} | {} | {} | {:.1} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
             o.name,
             o.committed,
             o.restored,
             o.committed.saturating_sub(o.restored),
             o.lost_span,
             o.segments,
+            o.repo_bytes as f64 / 1e6,
             o.recovery.as_secs_f64()
         );
     }

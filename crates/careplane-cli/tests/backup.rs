@@ -850,6 +850,10 @@ fn verify_restore_records_the_restored_facts_then_compares_and_names_what_differ
 
     // A flipped byte in the base backup the restore needs: it fails before
     // any scratch server starts, naming the object.
+    let b1_base = p.json(&["backup", "show", &b1])["clusterBackup"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let clusters = p.data_dir().join("backups/clusters");
     let cluster_repo = std::fs::read_dir(&clusters)
         .unwrap()
@@ -857,10 +861,18 @@ fn verify_restore_records_the_restored_facts_then_compares_and_names_what_differ
         .unwrap()
         .unwrap()
         .path();
-    let chunk = files_under(&cluster_repo.join("chunks"))
-        .into_iter()
-        .max_by_key(|f| std::fs::metadata(f).unwrap().len())
-        .expect("a stored chunk of the base backup");
+    // The manifest is signed, not secret: its chunk list is in clear.
+    let signed: Value = serde_json::from_slice(
+        &std::fs::read(cluster_repo.join(format!("backups/{b1_base}.manifest"))).unwrap(),
+    )
+    .unwrap();
+    let manifest: Value = serde_json::from_str(signed["manifest"].as_str().unwrap()).unwrap();
+    let first = &manifest["chunks"][0];
+    let (cid, hash) = (
+        first["id"].as_str().unwrap(),
+        first["hash"].as_str().unwrap(),
+    );
+    let chunk = cluster_repo.join(format!("chunks/{}/{cid}.{hash}", &cid[..2]));
     let mut bytes = std::fs::read(&chunk).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;

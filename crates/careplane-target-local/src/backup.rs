@@ -61,9 +61,13 @@ const S3_CREDENTIALS: [(&str, &str, &str); 3] = [
     ("AWS_SESSION_TOKEN", "s3-session-token", "aws_session_token"),
 ];
 
-/// PostgreSQL forces a WAL switch after this many idle-ish seconds, so the
-/// recovery point is never older than this while the cluster is written to.
-const ARCHIVE_TIMEOUT: &str = "60";
+/// PostgreSQL forces a WAL switch after this many seconds in which WAL was
+/// written, so the archived recovery point trails the cluster by about this
+/// plus one archiver run. 5 s meets the RPO goal under pgbench load
+/// (60 s lost 10.8 s there, and up to a minute on a lightly written
+/// cluster); an idle cluster switches nothing, and the padded tail of a
+/// switched segment compresses to almost nothing (docs/benchmarks.md, RPO).
+const ARCHIVE_TIMEOUT: &str = "5";
 
 /// A policy with its defaults filled in.
 #[derive(Debug, Clone)]

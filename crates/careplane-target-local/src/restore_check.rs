@@ -323,3 +323,35 @@ impl LocalDriver {
         Ok(check_of(&evidence))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(table: &str, rows: u64, checksum: &str) -> TableStat {
+        TableStat {
+            database: "db".into(),
+            table: table.into(),
+            rows,
+            checksum: checksum.into(),
+        }
+    }
+
+    #[test]
+    fn the_first_differing_table_is_named_with_both_sides() {
+        let verified = vec![t("public.a", 1, "x"), t("public.b", 2, "y")];
+        assert_eq!(first_difference(&verified, &verified.clone()), None);
+        let d = first_difference(&verified, &[t("public.a", 1, "x"), t("public.b", 2, "z")]);
+        assert_eq!(
+            d.as_deref(),
+            Some("table public.b: verified 2 rows (checksum y), restored 2 rows (checksum z)")
+        );
+        let d = first_difference(&verified, &[t("public.b", 2, "y")]).unwrap();
+        assert!(
+            d.starts_with("table public.a: verified, but missing"),
+            "{d}"
+        );
+        let d = first_difference(&verified[..1], &verified).unwrap();
+        assert!(d.starts_with("table public.b: in the restore"), "{d}");
+    }
+}
