@@ -641,6 +641,22 @@ fn an_s3_repository_archives_backs_up_verifies_and_restores_with_no_secret_in_si
     assert_eq!(visits(&mut ca), at_t, "restored to T from S3: {r}");
     drop(ca);
 
+    // Without AWS_* in its environment (cron), careplane uses the vault's copy.
+    let out = p
+        .cmd(&["backup", "list", "citylab/production", "--output", "json"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        l.as_array().unwrap().len(),
+        2,
+        "the backup and the pre-restore one: {l}"
+    );
+    outputs.push(text(&out));
+
     // WAL really went to the bucket, by the archiver, and it is healthy.
     let prefix = repo.trim_start_matches("s3://careplane-it/");
     let wal: Vec<String> = bucket_keys(moto.port, "careplane-it", prefix)

@@ -219,11 +219,7 @@ impl LocalDriver {
 
     fn open_repo(&mut self, owner: &str, url: &str, policy: &Policy) -> Result<Repository, Error> {
         let keys = self.repo_keys(owner, policy)?;
-        let opts = RepoOptions {
-            compression_level: policy.compression_level,
-            store_options: policy.store_options.clone(),
-            ..RepoOptions::default()
-        };
+        let opts = self.repo_options(url, policy)?;
         Repository::open_with(url, &keys, opts)
             .map_err(berr(&format!("opening backup repository {url}")))
     }
@@ -291,11 +287,7 @@ impl LocalDriver {
             }
         };
         let keys = self.repo_keys(&vault_owner, &policy)?;
-        let opts = RepoOptions {
-            compression_level: policy.compression_level,
-            store_options: policy.store_options.clone(),
-            ..RepoOptions::default()
-        };
+        let opts = self.repo_options(&url, &policy)?;
         Repository::open_with(&url, &keys, opts)
             .map_err(berr(&format!("{}: backup repository {url}", rec.id)))?;
         let owner = self.service_owner(host)?;
@@ -330,7 +322,14 @@ impl LocalDriver {
             .write_file(&keys_file, owner)
             .map_err(berr(&format!("writing {}", keys_file.display())))?;
         let credentials_file = if url.starts_with("s3://") {
-            let creds = self.archiver_credentials(&rec.id, &url, &vault_owner)?;
+            let creds = self.s3_credentials()?.ok_or_else(|| {
+                err(format!(
+                    "{} archives its WAL to {url}: careplane needs {} and {} in its environment \
+                     (once: they are kept in careplane's vault and given to the archiver in a \
+                     file only the cluster's service user reads)",
+                    rec.id, S3_CREDENTIALS[0].0, S3_CREDENTIALS[1].0
+                ))
+            })?;
             let path = conf.join("wal-store.json");
             write_private_json(&path, &creds, owner)?;
             Some(path.display().to_string())
@@ -352,17 +351,12 @@ impl LocalDriver {
         Ok(())
     }
 
-    /// The S3 credentials the archiver of cluster `id` signs with: those in
-    /// careplane's environment when set (kept in the vault under the
-    /// cluster repository's owner, so a later `apply` without them, or
-    /// after they were rotated in the environment, still writes the
-    /// current ones), else the vault's. As object store options.
-    fn archiver_credentials(
-        &mut self,
-        id: &str,
-        url: &str,
-        vault_owner: &str,
-    ) -> Result<BTreeMap<String, SecretString>, Error> {
+    /// careplane's S3 credentials: those in its environment when set (then
+    /// kept in the vault, so that a command run without them, from cron or
+    /// after a rotation reached only the environment of the next `apply`,
+    /// still has the current ones), else the vault's. As object store
+    /// options; `None` when neither has an access key and a secret key.
+    fn s3_credentials(&mut self) -> Result<Option<BTreeMap<String, SecretString>>, Error> {
         let store = self.store()?;
         let from_env = |var: &str| {
             std::env::var(var)
@@ -377,26 +371,43 @@ impl LocalDriver {
             let value = if env_has_keys {
                 let v = from_env(var);
                 match &v {
-                    Some(v) => store.put_secret(vault_owner, vault_name, v)?,
-                    None => store.delete_secret(vault_owner, vault_name)?,
+                    Some(v) => store.put_secret(VAULT_PLATFORM, vault_name, v)?,
+                    None => store.delete_secret(VAULT_PLATFORM, vault_name)?,
                 }
                 v
             } else {
-                store.secret(vault_owner, vault_name)?
+                store.secret(VAULT_PLATFORM, vault_name)?
             };
             if let Some(v) = value {
                 out.insert(option.to_string(), v);
             }
         }
-        if !out.contains_key(S3_CREDENTIALS[0].2) || !out.contains_key(S3_CREDENTIALS[1].2) {
-            return Err(err(format!(
-                "{id} archives its WAL to {url}: careplane needs {} and {} in its environment \
-                 (once: they are kept in careplane's vault and given to the archiver in a file \
-                 only the cluster's service user reads)",
-                S3_CREDENTIALS[0].0, S3_CREDENTIALS[1].0
-            )));
+        let complete =
+            out.contains_key(S3_CREDENTIALS[0].2) && out.contains_key(S3_CREDENTIALS[1].2);
+        Ok(complete.then_some(out))
+    }
+
+    /// How to open repository `url`: the policy's settings, plus the
+    /// vault's S3 credentials when careplane's environment has none.
+    fn repo_options(&mut self, url: &str, policy: &Policy) -> Result<RepoOptions, Error> {
+        let mut store_options = policy.store_options.clone();
+        if url.starts_with("s3://") && std::env::var_os(S3_CREDENTIALS[0].0).is_none() {
+            if let Some(creds) = self.s3_credentials()? {
+                store_options.extend(
+                    creds
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.expose_secret().to_string())),
+                );
+            }
+        } else if url.starts_with("s3://") {
+            // Keeps the vault's copy current for the runs without them.
+            self.s3_credentials()?;
         }
-        Ok(out)
+        Ok(RepoOptions {
+            compression_level: policy.compression_level,
+            store_options,
+            ..RepoOptions::default()
+        })
     }
 
     pub(crate) fn service_owner(&mut self, host: &mut Host) -> Result<Option<(u32, u32)>, Error> {
