@@ -571,6 +571,26 @@ pub(crate) fn print_status(s: &Status) {
                 }
             );
         }
+        if let Some(c) = &e.last_restore_verification {
+            outln!(
+                "{}/{}: restore verification of backup {} {} at {} ({:.1} s){}",
+                e.tenant,
+                e.environment,
+                c.backup,
+                match c.outcome.as_str() {
+                    "failed" => "FAILED",
+                    "baseline" => "recorded its facts",
+                    _ => "passed",
+                },
+                c.verified_at,
+                c.duration_ms as f64 / 1000.0,
+                c.first_difference
+                    .as_deref()
+                    .or(c.error.as_deref())
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+        }
         for kept in &e.pre_restore_databases {
             outln!(
                 "{}/{}: keeps database {kept} from before a restore (dropped with the environment)",

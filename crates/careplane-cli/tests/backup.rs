@@ -789,6 +789,13 @@ fn verify_restore_records_the_restored_facts_then_compares_and_names_what_differ
         .find(|e| e["tenant"] == "gamma")
         .unwrap();
     assert_eq!(env["lastRestoreVerification"]["outcome"], "passed", "{st}");
+    let st = p.ok(&["status"]);
+    assert!(
+        st.contains(&format!(
+            "gamma/dev: restore verification of backup {b1} passed"
+        )),
+        "{st}"
+    );
 
     // Verified facts that the restore does not reproduce (signed with
     // careplane's keys, every object intact): the check fails naming the
