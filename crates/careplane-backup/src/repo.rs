@@ -25,7 +25,7 @@ const CHUNK_MAX: u32 = 4 * 1024 * 1024;
 const CONFIG: &str = "config.json";
 
 /// Tuning of a repository handle.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RepoOptions {
     /// zstd level (1–19; 3 is zstd's and pgBackRest's default).
     pub compression_level: i32,
@@ -35,6 +35,25 @@ pub struct RepoOptions {
     /// `("aws_endpoint", "http://127.0.0.1:9000")`); keys as `object_store`'s
     /// `AmazonS3ConfigKey` parses them.
     pub store_options: Vec<(String, String)>,
+}
+
+/// Option values may be credentials (`aws_secret_access_key`): only their
+/// keys are shown.
+impl std::fmt::Debug for RepoOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoOptions")
+            .field("compression_level", &self.compression_level)
+            .field("threads", &self.threads)
+            .field(
+                "store_options",
+                &self
+                    .store_options
+                    .iter()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Default for RepoOptions {

@@ -193,6 +193,26 @@ impl ScratchInstance {
             .connect(postgres::NoTls)
     }
 
+    /// A connection to the recovered database as `role`, a tenant's own
+    /// role (it needs no password on the scratch socket): whatever the
+    /// tenant planted in the database runs with the tenant's rights only.
+    pub fn connect_as(&self, role: &str) -> Result<postgres::Client> {
+        let database = &self.recovered().database;
+        postgres::Config::new()
+            .host_path(self.socket_dir())
+            .port(SCRATCH_PORT)
+            .user(role)
+            .dbname(database)
+            .application_name("careplane-verify")
+            .options("-c TimeZone=UTC")
+            .connect_timeout(Duration::from_secs(10))
+            .connect(postgres::NoTls)
+            .map_err(pg_err(
+                self,
+                "connecting to the recovered database as its role",
+            ))
+    }
+
     /// Stops the server and removes the directory; what dropping does, with
     /// the error reported.
     pub fn stop(mut self) -> Result<()> {

@@ -44,13 +44,28 @@ pub(crate) enum BackupCommand {
     },
     /// Check every object of a backup and of its cluster's base backup
     /// against the signed manifest (exit 1 naming the first bad object).
+    ///
+    /// With `--restore <tenant>/<environment>`: the environment's newest
+    /// backup (or `--backup ID`) is deep-verified, recovered into a scratch
+    /// PostgreSQL to the end of its base backup, and every table's row
+    /// count and checksum, read there as the tenant's role, compared with
+    /// the facts the backup's first restore verification recorded (the
+    /// first one records them). The result is kept as evidence (`backup
+    /// show`, `status`).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["id", "restore"])))]
     Verify {
         #[command(flatten)]
         files: Files,
-        id: String,
+        id: Option<String>,
         /// Also decrypt and decompress every object.
         #[arg(long)]
         deep: bool,
+        /// `<tenant>/<environment>`: prove a backup of it by restoring it.
+        #[arg(long, value_name = "TENANT/ENV", conflicts_with = "id")]
+        restore: Option<String>,
+        /// With --restore: which backup (default: the newest).
+        #[arg(long, requires = "restore")]
+        backup: Option<String>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -265,9 +280,62 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
         }
         BackupCommand::Verify {
             files,
-            id,
+            restore: Some(target),
+            backup,
+            output,
+            ..
+        } => {
+            let Some((tenant, env)) = target.split_once('/') else {
+                bail!("--restore {target:?}: expected <tenant>/<environment>");
+            };
+            let engine = load(&files)?;
+            let p = Progress::new();
+            let r = engine.backup_verify_restore(tenant, env, backup.as_deref(), &|ev| p.event(ev));
+            drop(p);
+            match (r, output) {
+                (Ok(c), Output::Json) => {
+                    let mut j = serde_json::to_value(&c)?;
+                    j["ok"] = true.into();
+                    print_json(&j)?;
+                }
+                (Ok(c), Output::Text) => outln!(
+                    "ok: backup {} of {}/{} restored{} in {} ms: {} tables, {} rows {}",
+                    c.backup,
+                    c.tenant,
+                    c.environment,
+                    c.recovered_to
+                        .as_deref()
+                        .map(|t| format!(" to {t}"))
+                        .unwrap_or_default(),
+                    c.duration_ms,
+                    c.tables,
+                    c.rows,
+                    if c.outcome == "baseline" {
+                        "recorded as its verified facts (its first restore verification)"
+                            .to_string()
+                    } else {
+                        format!(
+                            "equal to its verified facts ({})",
+                            c.baseline.as_deref().unwrap_or("-")
+                        )
+                    }
+                ),
+                (Err(e), Output::Json) => {
+                    print_json(&serde_json::json!({
+                        "restore": target, "backup": backup, "ok": false, "error": e.to_string()
+                    }))?;
+                    errln!("error: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                (Err(e), Output::Text) => return Err(e.into()),
+            }
+        }
+        BackupCommand::Verify {
+            files,
+            id: Some(id),
             deep,
             output,
+            ..
         } => {
             let engine = load(&files)?;
             let who = crate::access::caller(&engine);
@@ -300,6 +368,7 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 (Err(e), Output::Text) => return Err(e.into()),
             }
         }
+        BackupCommand::Verify { .. } => bail!("verify needs a backup ID or --restore"),
         BackupCommand::Restore {
             files,
             environment,
@@ -509,6 +578,26 @@ pub(crate) fn print_status(s: &Status) {
                 }
             );
         }
+        if let Some(c) = &e.last_restore_verification {
+            outln!(
+                "{}/{}: restore verification of backup {} {} at {} ({:.1} s){}",
+                e.tenant,
+                e.environment,
+                c.backup,
+                match c.outcome.as_str() {
+                    "failed" => "FAILED",
+                    "baseline" => "recorded its facts",
+                    _ => "passed",
+                },
+                c.verified_at,
+                c.duration_ms as f64 / 1000.0,
+                c.first_difference
+                    .as_deref()
+                    .or(c.error.as_deref())
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+        }
         for kept in &e.pre_restore_databases {
             outln!(
                 "{}/{}: keeps database {kept} from before a restore (dropped with the environment)",
@@ -529,9 +618,15 @@ pub(crate) fn wal(w: &WalArgs) -> ExitCode {
             careplane_target_local::backup_wal_fetch(socket, &w.a, std::path::Path::new(&w.b))
         }
         ("fetch", None, _, _) => Err("fetch needs --socket".to_string()),
-        (verb, _, Some(keys), Some(repository)) => {
-            careplane_target_local::backup_wal(verb, keys, repository, &w.store_options, &w.a, &w.b)
-        }
+        (verb, _, Some(keys), Some(repository)) => careplane_target_local::backup_wal(
+            verb,
+            keys,
+            repository,
+            &w.store_options,
+            w.credentials.as_deref(),
+            &w.a,
+            &w.b,
+        ),
         (verb, _, _, _) => Err(format!("{verb} needs --keys and --repository")),
     };
     match r {
@@ -556,6 +651,10 @@ pub(crate) struct WalArgs {
     /// Object store setting `key=value` (repeatable).
     #[arg(long = "store-option")]
     pub store_options: Vec<String>,
+    /// A 0600 JSON file of S3 credentials (`aws_access_key_id`, …), the
+    /// cluster service user's; archive and restore on `s3://`.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
     /// The socket of a restore's WAL server; fetch.
     #[arg(long)]
     pub socket: Option<PathBuf>,

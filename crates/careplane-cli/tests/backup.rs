@@ -360,6 +360,12 @@ fn a_cluster_made_before_archiving_gets_it_at_the_next_apply() {
     assert_eq!(r["created"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(r["created"][0]["reason"], "schedule", "{r}");
     assert_eq!(r["failures"].as_array().unwrap().len(), 0, "{r}");
+    // ... and proves it by a restore, whose facts become the verified ones.
+    assert_eq!(r["restoreChecks"][0]["outcome"], "baseline", "{r}");
+    assert_eq!(
+        r["restoreChecks"][0]["backup"], r["created"][0]["id"],
+        "{r}"
+    );
     // A manual backup now; prune keeps the newest one only (keepLast 1,
     // no PITR window) and the cluster base backup it needs.
     let b = p.json(&["backup", "create", "gamma/dev"]);
@@ -369,6 +375,14 @@ fn a_cluster_made_before_archiving_gets_it_at_the_next_apply() {
     assert_eq!(tenant["deleted"].as_array().unwrap().len(), 1, "{pr}");
     let l = p.json(&["backup", "list"]);
     assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    // The pruned backup's restore check went with it.
+    let checks = tenant_repo(&p, "gamma")
+        .list_backups()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.labels.get("kind").map(String::as_str) == Some("restore-check"))
+        .count();
+    assert_eq!(checks, 0);
     p.json(&["backup", "verify", b["id"].as_str().unwrap(), "--deep"]);
 
     // A destroy that drops the environment's data backs it up first.
@@ -382,4 +396,547 @@ fn a_cluster_made_before_archiving_gets_it_at_the_next_apply() {
     assert_eq!(last["reason"], "final", "{l}");
     let d = p.json(&["backup", "show", last["id"].as_str().unwrap()]);
     assert!(d.to_string().contains("public.notes"), "{d}");
+}
+
+// ---------------------------------------------------------------------------
+// s3:// from the CLI: a dedicated cluster whose tenant's policy names an S3
+// repository on moto (a real S3-compatible server on loopback).
+
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `moto_server` on a free loopback port with bucket `bucket`; `None` (the
+/// reason printed) when moto is not installed outside CI; in CI it fails.
+fn start_moto(bucket: &str) -> Option<Moto> {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::process::{Command, Stdio};
+    let found = Command::new("moto_server")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let msg = "moto_server is not installed (scripts/install-deps installs it with pip)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("skipping the s3:// test: {msg}");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting moto_server");
+    let moto = Moto { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not listen on {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // moto does not check signatures: a plain request makes the bucket.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "creating bucket: {answer}"
+    );
+    Some(moto)
+}
+
+/// The names of the bucket's objects below `prefix` (moto's ListObjects
+/// XML, unsigned; enough for names without markup in them).
+fn bucket_keys(port: u16, bucket: &str, prefix: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /{bucket}?prefix={prefix}&max-keys=1000 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+const S3_TENANTS: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: offsite
+spec:
+  schedule: "0 2 * * *"
+  retention:
+    daily: 7
+  repository: s3://careplane-it/hospital
+  endpoint: http://127.0.0.1:MOTO_PORT
+  region: eu-west-1
+---
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: offsite
+spec:
+  availability: 99.5
+  rto: 4h
+  rpo: 1h
+  supportHours: business-hours
+  backupPolicy: offsite
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: citylab
+spec:
+  tenancy: dedicated-db
+  serviceTier: offsite
+  modules: [base]
+  environments:
+    - name: production
+      kind: production
+"#;
+
+fn visits(c: &mut careplane_local::postgres::Client) -> (i64, String) {
+    let row = c
+        .query_one(
+            "SELECT count(*), coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') \
+             FROM public.visits AS x",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn an_s3_repository_archives_backs_up_verifies_and_restores_with_no_secret_in_sight() {
+    let Some(moto) = start_moto("careplane-it") else {
+        return;
+    };
+    let p = Platform::with_odoo(&S3_TENANTS.replace("MOTO_PORT", &moto.port.to_string()));
+    // Distinctive, so that finding it anywhere is a finding.
+    let key_id = format!("CPKEY{}", std::process::id());
+    let secret_key = format!("cp-s3-secret-{}-Zq9", std::process::id());
+    let run = |args: &[&str]| {
+        let out = p
+            .cmd(args)
+            .env("AWS_ACCESS_KEY_ID", &key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &secret_key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "careplane {args:?}:\n{}", text(&out));
+        out
+    };
+    let json = |args: &[&str]| -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        serde_json::from_slice(&run(&a).stdout).unwrap()
+    };
+    let mut outputs = vec![text(&run(&["apply"]))];
+
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let db = store
+        .resource("pg-database/citylab/production")
+        .unwrap()
+        .unwrap();
+    let cluster_id = db.props["cluster"].as_str().unwrap().to_string();
+    assert_ne!(cluster_id, "pg-cluster/shared");
+    let crec = store.resource(&cluster_id).unwrap().unwrap();
+    let repo = crec.observed["archive"]["repository"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        repo.starts_with("s3://careplane-it/hospital/clusters/"),
+        "{repo}"
+    );
+    let creds = PathBuf::from(
+        crec.observed["archive"]["credentialsFile"]
+            .as_str()
+            .expect("an s3 cluster records its archiver's credentials file"),
+    );
+
+    // The archiver's credentials: a file only the service user reads,
+    // holding the S3 keys and nothing else.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&creds).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600, "{}", creds.display());
+    let data_owner = std::fs::metadata(crec.observed["root"].as_str().unwrap())
+        .unwrap()
+        .uid();
+    assert_eq!(meta.uid(), data_owner, "{}", creds.display());
+    let c: Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    assert_eq!(c.as_object().unwrap().len(), 2, "only the S3 keys");
+    assert_eq!(c["aws_secret_access_key"], secret_key.as_str());
+
+    let mut ca = tenant_client(&p, "citylab", "production");
+    ca.batch_execute(
+        "CREATE TABLE public.visits (id integer PRIMARY KEY, note text NOT NULL);
+         INSERT INTO public.visits SELECT i, 'visit ' || i FROM generate_series(1, 20) i;",
+    )
+    .unwrap();
+    let b = json(&["backup", "create", "citylab/production"]);
+    let id = b["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        b["repository"], "s3://careplane-it/hospital/tenants/citylab",
+        "{b}"
+    );
+    assert_eq!(b["clusterRepository"], repo.as_str(), "{b}");
+
+    // After the backup: the rows at T come back only through WAL that the
+    // archiver (the service user, with the file above) put into S3.
+    ca.batch_execute(
+        "INSERT INTO public.visits SELECT i, 'visit ' || i FROM generate_series(21, 30) i",
+    )
+    .unwrap();
+    let at_t = visits(&mut ca);
+    let t: String = ca
+        .query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    ca.batch_execute("DELETE FROM public.visits WHERE id <= 5")
+        .unwrap();
+    assert_ne!(visits(&mut ca), at_t);
+    drop(ca);
+
+    let l = json(&["backup", "list", "citylab/production"]);
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    assert_eq!(l[0]["id"], id.as_str());
+    let v = json(&["backup", "verify", &id, "--deep"]);
+    assert_eq!(v["ok"], true, "{v}");
+
+    let r = json(&["backup", "restore", "citylab/production", "--to-time", &t]);
+    outputs.push(r.to_string());
+    let mut ca = tenant_client(&p, "citylab", "production");
+    assert_eq!(visits(&mut ca), at_t, "restored to T from S3: {r}");
+    drop(ca);
+
+    // Without AWS_* in its environment (cron), careplane uses the vault's copy.
+    let out = p
+        .cmd(&["backup", "list", "citylab/production", "--output", "json"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        l.as_array().unwrap().len(),
+        2,
+        "the backup and the pre-restore one: {l}"
+    );
+    outputs.push(text(&out));
+
+    // WAL really went to the bucket, by the archiver, and it is healthy.
+    let prefix = repo.trim_start_matches("s3://careplane-it/");
+    let wal: Vec<String> = bucket_keys(moto.port, "careplane-it", prefix)
+        .into_iter()
+        .filter(|k| k.contains("/wal/"))
+        .collect();
+    assert!(!wal.is_empty(), "no WAL object below {prefix}");
+    let st = json(&["status"]);
+    let arch = &server(&st, &cluster_id)["archiving"];
+    assert_eq!(arch["ok"], true, "{st}");
+    assert!(arch["archivedCount"].as_i64().unwrap() > 0, "{st}");
+    outputs.push(st.to_string());
+
+    // The secret: in no output, no command line, and no file but its own
+    // (postgresql.conf, the managed settings, logs and the records included).
+    for o in &outputs {
+        assert!(!o.contains(&secret_key), "secret in output: {o}");
+    }
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains(&secret_key));
+    let conf = Path::new(crec.observed["root"].as_str().unwrap());
+    let mut looked_at = 0;
+    for f in files_under(&p.data_dir()) {
+        if f == creds {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        let found = bytes
+            .windows(secret_key.len())
+            .any(|w| w == secret_key.as_bytes());
+        assert!(!found, "the S3 secret is in {}", f.display());
+        if f.starts_with(conf) && f.ends_with("postgresql.conf") {
+            looked_at += 1;
+        }
+    }
+    assert!(looked_at > 0, "postgresql.conf was not among the files");
+    drop(moto);
+}
+
+// ---------------------------------------------------------------------------
+// verify --restore: a backup proven by restoring it into a scratch server.
+
+/// The tenant repository of `tenant`, opened with careplane's own keys from
+/// the vault, as careplane opens it.
+fn tenant_repo(p: &Platform, tenant: &str) -> careplane_backup::Repository {
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let get = |owner: &str, name: &str| store.secret(owner, name).unwrap().unwrap();
+    let keys = careplane_backup::RepoKeys {
+        secret: get(&format!("backup/tenant/{tenant}"), "backup-secret"),
+        recipients: vec![
+            careplane_local::ExposeSecret::expose_secret(&get("backup", "recipient")).to_string(),
+        ],
+        identities: vec![get("backup", "identity")],
+    };
+    let url = format!("file://{}/backups/tenants/{tenant}", p.data_dir().display());
+    careplane_backup::Repository::open_with(&url, &keys, careplane_backup::RepoOptions::default())
+        .unwrap()
+}
+
+#[test]
+fn verify_restore_records_the_restored_facts_then_compares_and_names_what_differs() {
+    let p = Platform::with_odoo(TENANTS);
+    p.ok(&["apply"]);
+    let mut c = tenant_client(&p, "gamma", "dev");
+    c.batch_execute(
+        "CREATE TABLE public.visits (id serial PRIMARY KEY, note text NOT NULL);
+         INSERT INTO public.visits (note) SELECT 'visit ' || i FROM generate_series(1, 50) i;",
+    )
+    .unwrap();
+    let b1 = p.json(&["backup", "create", "gamma/dev"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Written after the backup: no restore of it may see these.
+    c.batch_execute("INSERT INTO public.visits (note) SELECT 'later' FROM generate_series(1, 7)")
+        .unwrap();
+
+    // The first restore verification records what the restore holds.
+    let first = p.json(&["backup", "verify", "--restore", "gamma/dev"]);
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["backup"], b1.as_str(), "{first}");
+    assert_eq!(first["outcome"], "baseline", "{first}");
+    assert!(first["tables"].as_u64().unwrap() >= 1, "{first}");
+    let evidence = first["evidence"].as_str().unwrap().to_string();
+    let repo = tenant_repo(&p, "gamma");
+    let facts = repo
+        .index(&repo.manifest(&evidence).unwrap())
+        .unwrap()
+        .metadata
+        .tables;
+    let visits = facts
+        .iter()
+        .find(|t| t.table == "public.visits")
+        .unwrap_or_else(|| panic!("no public.visits among {facts:?}"));
+    assert_eq!(
+        visits.rows, 50,
+        "the restore is the backup's point, not now"
+    );
+
+    // The second restores again and compares.
+    let second = p.json(&[
+        "backup",
+        "verify",
+        "--restore",
+        "gamma/dev",
+        "--backup",
+        &b1,
+    ]);
+    assert_eq!(second["outcome"], "passed", "{second}");
+    assert_eq!(second["baseline"], evidence.as_str(), "{second}");
+    let show = p.json(&["backup", "show", &b1]);
+    let checks = show["restoreChecks"].as_array().unwrap();
+    let outcomes: Vec<&str> = checks
+        .iter()
+        .map(|c| c["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["baseline", "passed"], "{show}");
+    assert!(
+        checks.iter().all(|c| c["durationMs"].as_u64().unwrap() > 0),
+        "{show}"
+    );
+    let st = p.json(&["status"]);
+    let env = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tenant"] == "gamma")
+        .unwrap();
+    assert_eq!(env["lastRestoreVerification"]["outcome"], "passed", "{st}");
+    let st = p.ok(&["status"]);
+    assert!(
+        st.contains(&format!(
+            "gamma/dev: restore verification of backup {b1} passed"
+        )),
+        "{st}"
+    );
+
+    // Verified facts that the restore does not reproduce (signed with
+    // careplane's keys, every object intact): the check fails naming the
+    // table, and the failure is evidence too.
+    let b2 = p.json(&["backup", "create", "gamma/dev"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let real = p.json(&[
+        "backup",
+        "verify",
+        "--restore",
+        "gamma/dev",
+        "--backup",
+        &b2,
+    ]);
+    let real_facts = repo
+        .index(&repo.manifest(real["evidence"].as_str().unwrap()).unwrap())
+        .unwrap()
+        .metadata
+        .tables;
+    repo.delete_backup(real["evidence"].as_str().unwrap())
+        .unwrap();
+    let mut forged = real_facts.clone();
+    let v = forged
+        .iter_mut()
+        .find(|t| t.table == "public.visits")
+        .unwrap();
+    assert_eq!(v.rows, 57);
+    v.rows = 56;
+    let labels = std::collections::BTreeMap::from(
+        [
+            ("kind", "restore-check"),
+            ("tenant", "gamma"),
+            ("environment", "dev"),
+            ("backup", b2.as_str()),
+            ("outcome", "baseline"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let w = repo.start_backup(labels).unwrap();
+    w.commit(careplane_backup::BackupMetadata {
+        tables: forged,
+        ..Default::default()
+    })
+    .unwrap();
+    let out = p.run(&[
+        "backup",
+        "verify",
+        "--restore",
+        "gamma/dev",
+        "--backup",
+        &b2,
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("table public.visits: verified 56 rows"), "{t}");
+    assert!(t.contains("restored 57 rows"), "{t}");
+    assert!(t.contains(&b2), "{t}");
+    let st = p.json_allow_fail(&["status"]);
+    let env = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tenant"] == "gamma")
+        .unwrap();
+    assert_eq!(env["lastRestoreVerification"]["outcome"], "failed", "{st}");
+    assert!(
+        env["lastRestoreVerification"]["firstDifference"]
+            .as_str()
+            .unwrap()
+            .contains("public.visits"),
+        "{st}"
+    );
+
+    // A flipped byte in the base backup the restore needs: it fails before
+    // any scratch server starts, naming the object.
+    let b1_base = p.json(&["backup", "show", &b1])["clusterBackup"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let clusters = p.data_dir().join("backups/clusters");
+    let cluster_repo = std::fs::read_dir(&clusters)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // The manifest is signed, not secret: its chunk list is in clear.
+    let signed: Value = serde_json::from_slice(
+        &std::fs::read(cluster_repo.join(format!("backups/{b1_base}.manifest"))).unwrap(),
+    )
+    .unwrap();
+    let manifest: Value = serde_json::from_str(signed["manifest"].as_str().unwrap()).unwrap();
+    let first = &manifest["chunks"][0];
+    let (cid, hash) = (
+        first["id"].as_str().unwrap(),
+        first["hash"].as_str().unwrap(),
+    );
+    let chunk = cluster_repo.join(format!("chunks/{}/{cid}.{hash}", &cid[..2]));
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&chunk, bytes).unwrap();
+    let stem = chunk
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = p.run(&[
+        "backup",
+        "verify",
+        "--restore",
+        "gamma/dev",
+        "--backup",
+        &b1,
+        "--output",
+        "json",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains(&stem), "the error names no object {stem}: {e}");
+    assert!(e.contains(&b1), "{e}");
+    let st = p.json_allow_fail(&["status"]);
+    let env = st["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tenant"] == "gamma")
+        .unwrap();
+    assert_eq!(env["lastRestoreVerification"]["outcome"], "failed", "{st}");
+    assert!(
+        env["lastRestoreVerification"]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&stem),
+        "{st}"
+    );
 }

@@ -67,6 +67,9 @@ pub struct BackupDetail {
     /// Objects (chunks and index) the manifest lists.
     pub objects: u64,
     pub labels: BTreeMap<String, String>,
+    /// Its restore verifications, oldest first.
+    #[serde(default)]
+    pub restore_checks: Vec<crate::RestoreCheck>,
 }
 
 /// `backup verify`: every object of the environment backup and of its
@@ -111,6 +114,9 @@ pub struct PruneOutcome {
 pub struct RunDueOutcome {
     pub created: Vec<BackupSummary>,
     pub verified: Vec<VerifyOutcome>,
+    /// Restore verifications: one after every scheduled backup (its facts
+    /// become the verified ones) and one when `verify` is due.
+    pub restore_checks: Vec<crate::RestoreCheck>,
     pub pruned: PruneOutcome,
     pub failures: Vec<String>,
 }
@@ -300,6 +306,32 @@ impl Engine {
                 plain(r, op)
             },
         )
+    }
+
+    /// `backup verify --restore <tenant>/<env> [--backup ID]`: the backup
+    /// (the environment's newest by default) deep-verified, recovered into a
+    /// scratch server and compared table by table with its verified facts.
+    /// One audit entry `backup.verify-restore`.
+    pub fn backup_verify_restore(
+        &self,
+        tenant: &str,
+        env: &str,
+        backup: Option<&str>,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<crate::RestoreCheck, EngineError> {
+        let mut core = self.core();
+        let r = core
+            .driver
+            .backup_verify_restore(tenant, env, backup, progress);
+        core.audit(
+            "backup.verify-restore",
+            &format!("{tenant}/{env}"),
+            Some(tenant),
+            serde_json::json!({"tenant": tenant, "environment": env, "backup": backup}),
+            audit::outcome(&r),
+            None,
+        )?;
+        r
     }
 
     /// Deletes the backups no retention rule keeps, the WAL no kept base

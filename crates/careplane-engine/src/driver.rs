@@ -178,6 +178,17 @@ pub trait Driver: Send {
     }
 
     /// `backup restore` (see [`crate::Engine::backup_restore`]).
+    fn backup_verify_restore(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        backup: Option<&str>,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<crate::RestoreCheck, EngineError> {
+        let _ = (backup, progress);
+        unsupported(&format!("restore verification of {tenant}/{env}"))
+    }
+
     fn backup_restore(
         &mut self,
         req: &RestoreRequest,

@@ -44,7 +44,7 @@ pub use plan::{Action, Op, Plan};
 pub use report::{
     ApplyOptions, ApplyReport, Archiving, Credentials, DbCredentials, EnvStatus, Event,
     ExportReport, Health, ImportReport, LastBackup, LastRestore, OdooCredentials, RedisCredentials,
-    ServerStatus, Status,
+    RestoreCheck, ServerStatus, Status,
 };
 
 use careplane_identity as authz;

@@ -166,6 +166,10 @@ pub struct EnvStatus {
     pub recovery_point: Option<String>,
     /// The environment's last restore (`backup restore`), as evidence.
     pub last_restore: Option<LastRestore>,
+    /// The last restore verification (`backup verify --restore`, and after
+    /// every scheduled backup), from the state store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore_verification: Option<RestoreCheck>,
     /// Databases a restore replaced and kept (`--keep-pre-restore`), closed
     /// to connections; `destroy` drops them with the environment.
     pub pre_restore_databases: Vec<String>,
@@ -178,6 +182,37 @@ pub struct LastBackup {
     pub finished: Option<String>,
     /// Why the repository could not be read (never a secret).
     pub error: Option<String>,
+}
+
+/// A restore verification: an environment backup recovered into a scratch
+/// server to the end of its base backup, and every table's row count and
+/// checksum compared with the facts its first such restore recorded.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreCheck {
+    pub backup: String,
+    pub tenant: String,
+    pub environment: String,
+    /// `baseline` (the first restore of this backup: its facts are now the
+    /// verified ones), `passed` or `failed`.
+    pub outcome: String,
+    pub verified_at: String,
+    pub duration_ms: u64,
+    pub recovery_ms: u64,
+    pub recovered_to: Option<String>,
+    pub tables: u64,
+    pub rows: u64,
+    /// The verification whose facts were compared with (`passed`/`failed`).
+    pub baseline: Option<String>,
+    /// The first table that differs, and how.
+    pub first_difference: Option<String>,
+    /// Why it failed before any table could be compared (a broken object,
+    /// a recovery that did not finish), naming the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The signed record of this check in the tenant's repository (none
+    /// when it failed before there were facts to record).
+    pub evidence: Option<String>,
 }
 
 /// The last restore of an environment, recorded in the state store.

@@ -14,6 +14,7 @@ mod ingress;
 mod odoo;
 mod resources;
 mod restore;
+mod restore_check;
 mod runtime;
 mod status;
 mod transfer;
@@ -428,6 +429,16 @@ impl Driver for LocalDriver {
         progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
     ) -> Result<careplane_engine::VerifyOutcome, EngineError> {
         Ok(self.verify_backup(id, deep, progress)?)
+    }
+
+    fn backup_verify_restore(
+        &mut self,
+        tenant: &str,
+        env: &str,
+        backup: Option<&str>,
+        progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
+    ) -> Result<careplane_engine::RestoreCheck, EngineError> {
+        Ok(self.verify_restore(tenant, env, backup, progress)?)
     }
 
     fn backup_restore(

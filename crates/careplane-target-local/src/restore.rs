@@ -47,7 +47,7 @@ use crate::{Error, LocalDriver};
 /// the target reachable.
 const ARCHIVE_WAIT: Duration = Duration::from_secs(120);
 /// Bound on the scratch server's start, WAL replay and promotion.
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn refused(problem: String) -> Error {
     Error::Refused {
@@ -70,12 +70,12 @@ impl Drop for RemoveDirOnDrop {
 
 /// One side of a restore: an environment's database record and, when
 /// careplane runs Odoo for it, its Odoo record.
-struct Side {
-    tenant: String,
-    env: String,
-    db: ResourceRecord,
-    tdb: TenantDb,
-    odoo: Option<ResourceRecord>,
+pub(crate) struct Side {
+    pub(crate) tenant: String,
+    pub(crate) env: String,
+    pub(crate) db: ResourceRecord,
+    pub(crate) tdb: TenantDb,
+    pub(crate) odoo: Option<ResourceRecord>,
 }
 
 impl Side {
@@ -88,7 +88,7 @@ impl Side {
 }
 
 impl LocalDriver {
-    fn restore_side(
+    pub(crate) fn restore_side(
         &mut self,
         all: &[ResourceRecord],
         tenant: &str,
@@ -874,7 +874,7 @@ fn archive_now(cluster: &PgCluster, cluster_id: &str) -> Result<(), Error> {
 
 /// A scratch directory left by a restore that was killed: its server is
 /// stopped (SIGKILL: it is thrown away) and the directory removed.
-fn clear_leftover_scratch(dir: &Path) -> Result<(), Error> {
+pub(crate) fn clear_leftover_scratch(dir: &Path) -> Result<(), Error> {
     if !dir.exists() {
         return Ok(());
     }
@@ -899,7 +899,7 @@ fn clear_leftover_scratch(dir: &Path) -> Result<(), Error> {
     )))
 }
 
-fn ensure_dir(path: &Path, mode: u32) -> Result<(), Error> {
+pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(path).map_err(io(format!("creating {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -923,7 +923,7 @@ fn count_files(dir: &Path) -> u64 {
 
 /// The scratch server's `restore_command`: the archiver program asking the
 /// WAL server on `socket` for `%f` and writing it to `%p`.
-fn wal_fetch_command(crec: &ResourceRecord, socket: &Path) -> String {
+pub(crate) fn wal_fetch_command(crec: &ResourceRecord, socket: &Path) -> String {
     let quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
     let program = crec
         .observed
@@ -942,7 +942,7 @@ fn wal_fetch_command(crec: &ResourceRecord, socket: &Path) -> String {
 /// scratch server's `restore_command` (`careplane backup-wal fetch`) over a
 /// unix socket that only the service user (and root) may open. One request
 /// at a time (recovery asks for one file at a time); stopped when dropped.
-struct WalServer {
+pub(crate) struct WalServer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     socket: PathBuf,
@@ -953,7 +953,7 @@ struct WalServer {
 const WAL_IO_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl WalServer {
-    fn start(
+    pub(crate) fn start(
         repo: careplane_backup::Repository,
         socket: &Path,
         tmp: &Path,

@@ -102,6 +102,10 @@ impl LocalDriver {
                 .and_then(|a| a.last_archived_time.clone());
             env.last_backup = self.last_backup(&env.tenant, &env.environment);
             env.last_restore = crate::restore::last_restore(db);
+            env.last_restore_verification = db
+                .observed
+                .get("lastRestoreVerification")
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
             env.pre_restore_databases = crate::restore::pre_restore_databases(db);
             environments.push(env);
         }
@@ -301,6 +305,7 @@ impl LocalDriver {
             last_backup: None,
             recovery_point: None,
             last_restore: None,
+            last_restore_verification: None,
             pre_restore_databases: Vec::new(),
         })
     }
