@@ -289,8 +289,10 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 bail!("--restore {target:?}: expected <tenant>/<environment>");
             };
             let engine = load(&files)?;
+            let who = crate::access::caller(&engine);
             let p = Progress::new();
-            let r = engine.backup_verify_restore(tenant, env, backup.as_deref(), &|ev| p.event(ev));
+            let r = engine
+                .backup_verify_restore(&who, tenant, env, backup.as_deref(), &|ev| p.event(ev));
             drop(p);
             match (r, output) {
                 (Ok(c), Output::Json) => {

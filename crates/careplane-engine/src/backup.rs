@@ -314,24 +314,30 @@ impl Engine {
     /// One audit entry `backup.verify-restore`.
     pub fn backup_verify_restore(
         &self,
+        who: &Principal,
         tenant: &str,
         env: &str,
         backup: Option<&str>,
         progress: &(dyn Fn(BackupEvent) + Sync),
     ) -> Result<crate::RestoreCheck, EngineError> {
-        let mut core = self.core();
-        let r = core
-            .driver
-            .backup_verify_restore(tenant, env, backup, progress);
-        core.audit(
+        // It recovers the tenant's data into a scratch server: an operator's
+        // work (as backup.create), not a viewer's.
+        let op = self.env_op(
             "backup.verify-restore",
-            &format!("{tenant}/{env}"),
-            Some(tenant),
+            Action::BackupCreate,
+            tenant,
+            env,
             serde_json::json!({"tenant": tenant, "environment": env, "backup": backup}),
-            audit::outcome(&r),
-            None,
-        )?;
-        r
+        );
+        self.guarded(
+            who,
+            op,
+            |core| {
+                core.driver
+                    .backup_verify_restore(tenant, env, backup, progress)
+            },
+            plain,
+        )
     }
 
     /// Deletes the backups no retention rule keeps, the WAL no kept base
