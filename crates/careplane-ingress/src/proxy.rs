@@ -59,12 +59,9 @@ impl Ctx {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        let time = log_time(now);
         self.shared.log.write(&Record {
-            time: format!(
-                "{}.{:03}Z",
-                careplane_sys::utc_datetime(now.as_secs()),
-                now.subsec_millis()
-            ),
+            time: &time,
             id: &self.id,
             route: self.route.as_ref().map(|r| r.host.as_str()).unwrap_or(""),
             host: &self.host,
@@ -75,10 +72,34 @@ impl Ctx {
             bytes_in,
             bytes_out,
             duration_ms: (secs * 1e6).round() / 1e3,
-            client: self.client.to_string(),
+            client: self.client,
             blocked: self.reason.map(Reason::as_str),
         });
     }
+}
+
+/// `2026-12-02T06:38:29.123Z`. The date part is formatted once per second
+/// per thread, not per request.
+fn log_time(now: Duration) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    SECOND.with_borrow_mut(|(secs, text)| {
+        if *secs != now.as_secs() {
+            *secs = now.as_secs();
+            *text = careplane_sys::utc_datetime(now.as_secs());
+        }
+        let mut t = String::with_capacity(text.len() + 5);
+        t.push_str(text);
+        let ms = now.subsec_millis();
+        t.push('.');
+        t.push(char::from(b'0' + (ms / 100) as u8));
+        t.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        t.push(char::from(b'0' + (ms % 10) as u8));
+        t.push('Z');
+        t
+    })
 }
 
 /// A response body that counts what it sends and writes the access log
