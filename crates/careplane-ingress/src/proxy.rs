@@ -30,6 +30,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The TLS server name the client asked for, lower-case.
     pub sni: Option<String>,
+    /// The pool of the worker thread serving this connection.
+    pub(crate) client: crate::server::Upstreams,
 }
 
 /// The facts of one request that end up in the access log and metrics.
@@ -614,7 +616,7 @@ async fn forward(
     );
 
     let timeout = Duration::from_secs(limits.upstream_timeout_secs);
-    match tokio::time::timeout(timeout, shared.client.request(up)).await {
+    match tokio::time::timeout(timeout, conn.client.request(up)).await {
         Err(_) => {
             let r = page(
                 StatusCode::GATEWAY_TIMEOUT,
