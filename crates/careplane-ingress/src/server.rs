@@ -51,12 +51,14 @@ impl Shared {
             .clone()
     }
 
-    pub(crate) fn next_request_id(&self) -> String {
-        format!(
-            "{:08x}{:08x}",
-            self.id_prefix,
-            self.request_seq.fetch_add(1, Relaxed) as u32
-        )
+    pub(crate) fn next_request_id(&self) -> HeaderValue {
+        let n = (u64::from(self.id_prefix) << 32)
+            | u64::from(self.request_seq.fetch_add(1, Relaxed) as u32);
+        let mut hex = [0u8; 16];
+        for (i, b) in hex.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[(n >> (60 - 4 * i)) as usize & 0xf];
+        }
+        HeaderValue::from_bytes(&hex).expect("hex digits")
     }
 
     /// Rereads the configuration file; on any error the routes in use stay.
@@ -395,6 +397,9 @@ fn conn_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
+        // One buffer for a response's head and first body bytes, so TLS
+        // sends them as one record (one seal, one write) rather than two.
+        .writev(false)
         // Slow clients may not hold a connection open by trickling headers.
         .header_read_timeout(Duration::from_secs(30))
         // Room for the per-route header limit, which is checked per request
@@ -444,7 +449,14 @@ async fn accept_https(
                 .1
                 .server_name()
                 .map(|s| s.to_ascii_lowercase());
-            let conn = Arc::new(Conn { peer, sni, client });
+            let forwarded_for =
+                HeaderValue::from_str(&peer.ip().to_string()).expect("an address is ASCII");
+            let conn = Arc::new(Conn {
+                peer,
+                sni,
+                forwarded_for,
+                client,
+            });
             let svc_shared = shared.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
                 let conn = conn.clone();
