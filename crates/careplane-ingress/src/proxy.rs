@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -30,12 +31,17 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The TLS server name the client asked for, lower-case.
     pub sni: Option<String>,
+    /// `peer`'s address as the upstream's `X-Forwarded-For`.
+    pub forwarded_for: HeaderValue,
+    /// The pool of the worker thread serving this connection.
+    pub(crate) client: crate::server::Upstreams,
 }
 
 /// The facts of one request that end up in the access log and metrics.
 struct Ctx {
     shared: Arc<Shared>,
-    id: String,
+    /// Hex digits: the `X-Request-Id` both ways and the log's `id`.
+    id: HeaderValue,
     start: Instant,
     host: String,
     route: Option<Arc<RouteState>>,
@@ -59,13 +65,10 @@ impl Ctx {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        let time = log_time(now);
         self.shared.log.write(&Record {
-            time: format!(
-                "{}.{:03}Z",
-                careplane_sys::utc_datetime(now.as_secs()),
-                now.subsec_millis()
-            ),
-            id: &self.id,
+            time: &time,
+            id: self.id.to_str().unwrap_or_default(),
             route: self.route.as_ref().map(|r| r.host.as_str()).unwrap_or(""),
             host: &self.host,
             method: self.method.as_str(),
@@ -75,10 +78,34 @@ impl Ctx {
             bytes_in,
             bytes_out,
             duration_ms: (secs * 1e6).round() / 1e3,
-            client: self.client.to_string(),
+            client: self.client,
             blocked: self.reason.map(Reason::as_str),
         });
     }
+}
+
+/// `2026-12-02T06:38:29.123Z`. The date part is formatted once per second
+/// per thread, not per request.
+fn log_time(now: Duration) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    SECOND.with_borrow_mut(|(secs, text)| {
+        if *secs != now.as_secs() {
+            *secs = now.as_secs();
+            *text = careplane_sys::utc_datetime(now.as_secs());
+        }
+        let mut t = String::with_capacity(text.len() + 5);
+        t.push_str(text);
+        let ms = now.subsec_millis();
+        t.push('.');
+        t.push(char::from(b'0' + (ms / 100) as u8));
+        t.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        t.push(char::from(b'0' + (ms % 10) as u8));
+        t.push('Z');
+        t
+    })
 }
 
 /// A response body that counts what it sends and writes the access log
@@ -243,17 +270,23 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Headers a client could use to lie about where it is.
-const CLIENT_SPOOFABLE: [&str; 9] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-real-ip",
-    "x-request-id",
+const CLIENT_SPOOFABLE: [HeaderName; 9] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-real-ip"),
+    X_REQUEST_ID,
 ];
+
+// Parsed once, not on every insert as a `&str` name would be.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
@@ -271,12 +304,12 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 fn upstream_headers(
     mut h: HeaderMap,
     raw_host: &str,
-    client: IpAddr,
-    id: &str,
+    forwarded_for: &HeaderValue,
+    id: &HeaderValue,
     websocket: bool,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut h);
-    for n in CLIENT_SPOOFABLE {
+    for n in &CLIENT_SPOOFABLE {
         h.remove(n);
     }
     // HTTP/2 may split cookies over several headers; HTTP/1.1 wants one
@@ -294,13 +327,10 @@ fn upstream_headers(
     }
     let host = HeaderValue::from_str(raw_host).expect("came from a header or authority");
     h.insert(header::HOST, host.clone());
-    h.insert("x-forwarded-host", host);
-    h.insert(
-        "x-forwarded-for",
-        HeaderValue::from_str(&client.to_string()).expect("address"),
-    );
-    h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    h.insert("x-request-id", HeaderValue::from_str(id).expect("hex"));
+    h.insert(X_FORWARDED_HOST, host);
+    h.insert(X_FORWARDED_FOR, forwarded_for.clone());
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    h.insert(X_REQUEST_ID, id.clone());
     if websocket {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -308,7 +338,7 @@ fn upstream_headers(
     h
 }
 
-fn security_headers(h: &mut HeaderMap, route: &RouteState, id: &str) {
+fn security_headers(h: &mut HeaderMap, route: &RouteState, id: &HeaderValue) {
     h.remove(header::SERVER);
     h.entry(header::STRICT_TRANSPORT_SECURITY)
         .or_insert_with(|| route.hsts.clone());
@@ -322,16 +352,20 @@ fn security_headers(h: &mut HeaderMap, route: &RouteState, id: &str) {
         .or_insert(HeaderValue::from_static(
             careplane_model::ingress_policy::REFERRER_POLICY,
         ));
-    if let Ok(v) = HeaderValue::from_str(id) {
-        h.insert("x-request-id", v);
-    }
+    h.insert(X_REQUEST_ID, id.clone());
 }
 
-fn upstream_uri(port: u16, uri: &Uri) -> Uri {
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("http://127.0.0.1:{port}{pq}")
-        .parse()
-        .expect("path and query came from a parsed URI")
+/// The request's own path and query (no copy) on the route's upstream.
+fn upstream_uri(authority: &Authority, uri: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).expect("scheme, authority and path")
 }
 
 fn proto(v: Version) -> &'static str {
@@ -522,7 +556,7 @@ async fn forward(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if websocket {
-        return websocket_tunnel(req, shared, route, raw_host, ctx).await;
+        return websocket_tunnel(req, conn, shared, route, raw_host, ctx).await;
     }
 
     let (mut parts, incoming) = req.into_parts();
@@ -582,18 +616,18 @@ async fn forward(
 
     let mut up = Request::new(body);
     *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = upstream_uri(route.http_port, &parts.uri);
+    *up.uri_mut() = upstream_uri(&route.upstream_authority, &parts.uri);
     *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = upstream_headers(
         std::mem::take(&mut parts.headers),
         raw_host,
-        ctx.client,
+        &conn.forwarded_for,
         &ctx.id,
         false,
     );
 
     let timeout = Duration::from_secs(limits.upstream_timeout_secs);
-    match tokio::time::timeout(timeout, shared.client.request(up)).await {
+    match tokio::time::timeout(timeout, conn.client.request(up)).await {
         Err(_) => {
             let r = page(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -639,6 +673,7 @@ async fn forward(
 /// upgraded streams are joined.
 async fn websocket_tunnel(
     mut req: Request<Incoming>,
+    conn: &Conn,
     shared: &Arc<Shared>,
     route: &Arc<RouteState>,
     raw_host: &str,
@@ -693,7 +728,7 @@ async fn websocket_tunnel(
     *up.headers_mut() = upstream_headers(
         std::mem::take(req.headers_mut()),
         raw_host,
-        ctx.client,
+        &conn.forwarded_for,
         &ctx.id,
         true,
     );

@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::accesslog::AccessLog;
 use crate::config::{self, Config};
@@ -35,7 +35,6 @@ pub struct Shared {
     pub(crate) registry: Registry,
     pub(crate) limiter: Limiter,
     pub(crate) log: AccessLog,
-    pub(crate) client: Client<HttpConnector, ProxyBody>,
     config_path: PathBuf,
     last_error: Mutex<Option<String>>,
     request_seq: AtomicU64,
@@ -52,12 +51,14 @@ impl Shared {
             .clone()
     }
 
-    pub(crate) fn next_request_id(&self) -> String {
-        format!(
-            "{:08x}{:08x}",
-            self.id_prefix,
-            self.request_seq.fetch_add(1, Relaxed) as u32
-        )
+    pub(crate) fn next_request_id(&self) -> HeaderValue {
+        let n = (u64::from(self.id_prefix) << 32)
+            | u64::from(self.request_seq.fetch_add(1, Relaxed) as u32);
+        let mut hex = [0u8; 16];
+        for (i, b) in hex.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[(n >> (60 - 4 * i)) as usize & 0xf];
+        }
+        HeaderValue::from_bytes(&hex).expect("hex digits")
     }
 
     /// Rereads the configuration file; on any error the routes in use stay.
@@ -150,10 +151,18 @@ impl Running {
     }
 
     /// Stops accepting, lets open requests finish (up to 10 s), then returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.done.await;
+        let _ = (&mut self.done).await;
         self.shared.log.flush();
+    }
+}
+
+impl Drop for Running {
+    /// The worker threads are not tied to the caller's runtime: a proxy
+    /// dropped without `shutdown` must still stop them.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
@@ -164,20 +173,33 @@ pub fn load_config(path: &Path) -> Result<Config, Error> {
     Ok(snap.config)
 }
 
-async fn bind(addrs: &[SocketAddr], path: &Path, what: &str) -> Result<Vec<TcpListener>, Error> {
+fn bind(
+    addrs: &[SocketAddr],
+    path: &Path,
+    what: &str,
+) -> Result<Vec<std::net::TcpListener>, Error> {
     let mut out = Vec::new();
     for a in addrs {
-        let l = TcpListener::bind(a).await.map_err(|e| Error::Io {
-            path: path.to_owned(),
-            what: "binding a listener",
-            source: std::io::Error::new(e.kind(), format!("{what} {a}: {e}")),
-        })?;
+        let l = std::net::TcpListener::bind(a)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| Error::Io {
+                path: path.to_owned(),
+                what: "binding a listener",
+                source: std::io::Error::new(e.kind(), format!("{what} {a}: {e}")),
+            })?;
         out.push(l);
     }
     Ok(out)
 }
 
-/// Starts the proxy on the current Tokio runtime.
+/// Starts the proxy: the admin listener on the current Tokio runtime, the
+/// HTTPS and HTTP listeners on worker threads of their own.
+///
+/// Each worker is a single-threaded runtime with its own upstream connection
+/// pool, accepting from the same listening sockets (as nginx's worker
+/// processes do): a request never changes threads. Tokio's work-stealing
+/// runtime spent a measurable share of the proxy's CPU waking and parking
+/// workers and handing tasks between them.
 pub async fn start(config_path: &Path) -> Result<Running, Error> {
     let config = config::parse_file(config_path)?;
     let ids = RouteIds::default();
@@ -185,20 +207,13 @@ pub async fn start(config_path: &Path) -> Result<Running, Error> {
     let snap = snapshot::build(config_path, config, &ids, &registry)?;
     let log = AccessLog::start(snap.config.access_log.as_deref())?;
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_millis(
-        snap.config.defaults.upstream_connect_timeout_ms,
-    )));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .set_host(false)
-        .build(connector);
-
-    let https = bind(&snap.config.listen.https, config_path, "https").await?;
-    let http = bind(&snap.config.listen.http, config_path, "http").await?;
-    let admin = bind(snap.config.listen.admin.as_slice(), config_path, "admin").await?;
+    let https = bind(&snap.config.listen.https, config_path, "https")?;
+    let http = bind(&snap.config.listen.http, config_path, "http")?;
+    let admin = bind(snap.config.listen.admin.as_slice(), config_path, "admin")?;
+    let workers = snap.config.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let connect_timeout = Duration::from_millis(snap.config.defaults.upstream_connect_timeout_ms);
 
     let id_prefix = {
         use std::hash::{BuildHasher, Hasher};
@@ -212,7 +227,6 @@ pub async fn start(config_path: &Path) -> Result<Running, Error> {
         registry,
         limiter: Limiter::default(),
         log,
-        client,
         config_path: config_path.to_owned(),
         last_error: Mutex::new(None),
         request_seq: AtomicU64::new(0),
@@ -235,26 +249,56 @@ pub async fn start(config_path: &Path) -> Result<Running, Error> {
     let running_admin = addrs(&admin).first().copied();
     let (stop, stop_rx) = watch::channel(false);
 
-    let graceful = Arc::new(GracefulShutdown::new());
+    let mut finished = Vec::new();
+    for i in 0..workers {
+        let clone = |ls: &[std::net::TcpListener]| {
+            ls.iter()
+                .map(std::net::TcpListener::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Io {
+                    path: config_path.to_owned(),
+                    what: "sharing a listener with a worker",
+                    source: e,
+                })
+        };
+        let listeners = (clone(&https)?, clone(&http)?);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io {
+                path: config_path.to_owned(),
+                what: "starting a worker's async runtime",
+                source: e,
+            })?;
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let worker = Worker {
+            shared: shared.clone(),
+            acceptor: acceptor.clone(),
+            stop: stop_rx.clone(),
+            connect_timeout,
+        };
+        std::thread::Builder::new()
+            .name(format!("ingress-{i}"))
+            .spawn(move || {
+                rt.block_on(worker.run(listeners.0, listeners.1));
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::Io {
+                path: config_path.to_owned(),
+                what: "starting a worker thread",
+                source: e,
+            })?;
+        finished.push(done_rx);
+    }
+    drop((https, http));
+
     let mut tasks = tokio::task::JoinSet::new();
-    for l in https {
-        tasks.spawn(accept_https(
-            l,
-            acceptor.clone(),
-            shared.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-        ));
-    }
-    for l in http {
-        tasks.spawn(accept_http(
-            l,
-            shared.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-        ));
-    }
     for l in admin {
+        let l = TcpListener::from_std(l).map_err(|e| Error::Io {
+            path: config_path.to_owned(),
+            what: "registering the admin listener",
+            source: e,
+        })?;
         tasks.spawn(accept_admin(l, shared.clone(), stop_rx.clone()));
     }
     {
@@ -272,9 +316,10 @@ pub async fn start(config_path: &Path) -> Result<Running, Error> {
     }
     let done = tokio::spawn(async move {
         while tasks.join_next().await.is_some() {}
-        // Accepting has stopped; wait for open connections to finish.
-        if let Ok(g) = Arc::try_unwrap(graceful) {
-            let _ = tokio::time::timeout(Duration::from_secs(10), g.shutdown()).await;
+        // Each worker stops accepting, then waits (up to 10 s) for its open
+        // connections; a worker that panicked drops its sender.
+        for f in finished {
+            let _ = f.await;
         }
     });
     Ok(Running {
@@ -287,7 +332,64 @@ pub async fn start(config_path: &Path) -> Result<Running, Error> {
     })
 }
 
-fn addrs(ls: &[TcpListener]) -> Vec<SocketAddr> {
+/// One worker thread: accepts on every HTTPS and HTTP listener and serves
+/// what it accepted, forwarding through its own upstream pool.
+struct Worker {
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stop: watch::Receiver<bool>,
+    connect_timeout: Duration,
+}
+
+/// The pooled keep-alive client to the upstreams; one per worker.
+pub(crate) type Upstreams = Client<HttpConnector, ProxyBody>;
+
+impl Worker {
+    async fn run(self, https: Vec<std::net::TcpListener>, http: Vec<std::net::TcpListener>) {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        let client: Upstreams = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .set_host(false)
+            .build(connector);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        let register = |l: std::net::TcpListener| match TcpListener::from_std(l) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("careplane-ingress: a worker could not use a listener: {e}");
+                None
+            }
+        };
+        for l in https.into_iter().filter_map(register) {
+            tasks.spawn(accept_https(
+                l,
+                self.acceptor.clone(),
+                self.shared.clone(),
+                client.clone(),
+                graceful.clone(),
+                self.stop.clone(),
+            ));
+        }
+        for l in http.into_iter().filter_map(register) {
+            tasks.spawn(accept_http(
+                l,
+                self.shared.clone(),
+                graceful.clone(),
+                self.stop.clone(),
+            ));
+        }
+        while tasks.join_next().await.is_some() {}
+        // Accepting has stopped; wait for open connections to finish.
+        if let Ok(g) = Arc::try_unwrap(graceful) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), g.shutdown()).await;
+        }
+    }
+}
+
+fn addrs(ls: &[std::net::TcpListener]) -> Vec<SocketAddr> {
     ls.iter().filter_map(|l| l.local_addr().ok()).collect()
 }
 
@@ -295,6 +397,9 @@ fn conn_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
+        // One buffer for a response's head and first body bytes, so TLS
+        // sends them as one record (one seal, one write) rather than two.
+        .writev(false)
         // Slow clients may not hold a connection open by trickling headers.
         .header_read_timeout(Duration::from_secs(30))
         // Room for the per-route header limit, which is checked per request
@@ -311,6 +416,7 @@ async fn accept_https(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
+    client: Upstreams,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -326,6 +432,7 @@ async fn accept_https(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
+        let client = client.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -342,7 +449,14 @@ async fn accept_https(
                 .1
                 .server_name()
                 .map(|s| s.to_ascii_lowercase());
-            let conn = Arc::new(Conn { peer, sni });
+            let forwarded_for =
+                HeaderValue::from_str(&peer.ip().to_string()).expect("an address is ASCII");
+            let conn = Arc::new(Conn {
+                peer,
+                sni,
+                forwarded_for,
+                client,
+            });
             let svc_shared = shared.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
                 let conn = conn.clone();
@@ -442,16 +556,16 @@ fn admin(req: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
 /// Runs the proxy described by `config_path` until SIGTERM or SIGINT,
 /// rereading the file on SIGHUP. What `careplane ingress-run` calls.
 pub fn serve(config_path: &Path) -> Result<(), Error> {
-    let config = config::parse_file(config_path)?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.workers {
-        rt.worker_threads(n);
-    }
-    let rt = rt.enable_all().build().map_err(|e| Error::Io {
-        path: config_path.to_owned(),
-        what: "starting the async runtime",
-        source: e,
-    })?;
+    // Signals and the admin listener only; requests are served by the
+    // worker threads `start` spawns.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io {
+            path: config_path.to_owned(),
+            what: "starting the async runtime",
+            source: e,
+        })?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let sig = |k| {

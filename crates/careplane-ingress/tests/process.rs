@@ -115,6 +115,24 @@ async fn the_process_reloads_on_sighup_stops_on_sigterm_and_restarts_after_kill_
         StatusCode::OK
     );
 
+    // Lines are written within a bounded time, with no flush or shutdown:
+    // the four answered so far are in the file before the process dies.
+    let log_path = dir.path().join("access.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 4
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the access log never got the first 4 lines: {:?}",
+            std::fs::read_to_string(&log_path)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     // kill -9, then the supervisor's restart: same file, same ports.
     write(&path, &v);
     child.kill().unwrap();
