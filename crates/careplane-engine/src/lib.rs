@@ -42,8 +42,8 @@ pub use executor::{crash_point, finish, mark_deleting, prepare, run_all};
 pub use plan::{Action, Op, Plan};
 pub use report::{
     ApplyOptions, ApplyReport, Archiving, Credentials, DbCredentials, EnvStatus, Event,
-    ExportReport, Health, ImportReport, LastBackup, LastRestore, OdooCredentials, RedisCredentials,
-    ServerStatus, Status,
+    ExportReport, Health, ImportReport, LastBackup, LastRestore, OdooCredentials, OdooLogin,
+    RedisCredentials, ServerStatus, Status,
 };
 
 use executor::Core;

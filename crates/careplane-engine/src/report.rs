@@ -87,6 +87,16 @@ pub struct OdooCredentials {
     pub login: String,
     pub password: SecretString,
     pub master_password: SecretString,
+    /// The low-privilege user the journeys log in as (`careplane-probe`), once apply has
+    /// made it.
+    pub probe: Option<OdooLogin>,
+}
+
+/// An Odoo login and its password.
+#[derive(Debug)]
+pub struct OdooLogin {
+    pub login: String,
+    pub password: SecretString,
 }
 
 #[derive(Debug)]
