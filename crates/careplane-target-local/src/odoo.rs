@@ -658,6 +658,15 @@ impl LocalDriver {
         self.finish(a, s.rec)
     }
 
+    /// [`Self::ensure_probe_user`] for a recorded, running environment: after an import or a
+    /// restore replaced its database (whose probe user, if any, has another password).
+    pub(crate) fn ensure_probe_user_of(&mut self, rec: &ResourceRecord) -> Result<(), EngineError> {
+        let p: OdooEnvProps = runtime::typed(&rec.id, &rec.props)?;
+        let writes = !matches!(p.environment_kind.as_str(), "production" | "dr");
+        let port = careplane_model::Observed::odoo_env(&rec.id, &rec.observed)?.http_port;
+        self.ensure_probe_user(&rec.id, port, &p.database, writes)
+    }
+
     /// Makes or resets the environment's `careplane-probe` user (its password from the
     /// vault) through its running Odoo, as its `admin`.
     pub(crate) fn ensure_probe_user(
