@@ -90,6 +90,9 @@ pub struct OdooCredentials {
     /// The low-privilege user the journeys log in as (`careplane-probe`), once apply has
     /// made it.
     pub probe: Option<OdooLogin>,
+    /// Web workers (`workers` in odoo.conf): with exactly 1 Odoo cannot print PDFs
+    /// (wkhtmltopdf fetches the page's assets from the one busy worker).
+    pub workers: u32,
 }
 
 /// An Odoo login and its password.

@@ -25,6 +25,10 @@ pub struct OdooLogin {
     pub password: SecretString,
     /// Trusted for an `https://` base URL (the platform CA).
     pub ca_pem: Option<String>,
+    /// Whether the journey renders a PDF. Not with exactly one web worker: wkhtmltopdf
+    /// fetches the report's assets from the same Odoo, whose only worker is busy waiting
+    /// for it, so the environment would hang for every user until the request times out.
+    pub render_pdf: bool,
 }
 
 /// The JSON-RPC `error` of an answer, as `name: message` (Odoo puts the exception's class in
@@ -184,6 +188,10 @@ impl OdooLogin {
                 Err("purchase not installed")
             }
         };
+        let latest = match latest {
+            Ok(_) if !self.render_pdf => Err("1 web worker: Odoo cannot print PDFs"),
+            l => l,
+        };
         match latest {
             Ok(id) => {
                 let t = Instant::now();
@@ -203,7 +211,13 @@ impl OdooLogin {
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or("");
                 if r.status != 200 {
-                    return Err(Failure::Down(format!("GET {path} answered {}", r.status)));
+                    return Err(Failure::Down(format!(
+                        "GET {path} answered {}{}",
+                        r.status,
+                        error_page_message(&r.body)
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    )));
                 }
                 if !ctype.starts_with("application/pdf") || !r.body.starts_with(b"%PDF") {
                     return Err(Failure::Down(format!(
@@ -305,6 +319,24 @@ impl OdooLogin {
     }
 }
 
+/// The message of Odoo's HTML error page (it sits in its only `<pre>`, e.g. "Unable to find
+/// Wkhtmltopdf on this system. The PDF can not be created."), at most 200 characters.
+fn error_page_message(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let start = text.find("<pre>")? + "<pre>".len();
+    let end = start + text[start..].find("</pre>")?;
+    let msg: String = text[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    (!msg.is_empty()).then(|| msg.chars().take(200).collect())
+}
+
 fn step(steps: &mut Vec<StepTiming>, name: &str, t: Instant) {
     steps.push(StepTiming {
         name: name.into(),
@@ -321,4 +353,20 @@ pub struct OdooWrite {
     pub vendor: String,
     /// The product's `default_code` (`CAREPLANE-PROBE`).
     pub product_code: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_page_message;
+
+    #[test]
+    fn odoo_error_pages_name_their_message() {
+        let page = b"<html><p>Take a look</p><strong>Error message:</strong>\n<pre>Unable to find \
+            Wkhtmltopdf on this system. The PDF can not be created.</pre></html>";
+        assert_eq!(
+            error_page_message(page).as_deref(),
+            Some("Unable to find Wkhtmltopdf on this system. The PDF can not be created.")
+        );
+        assert_eq!(error_page_message(b"<p>Bad Request</p>"), None);
+    }
 }

@@ -342,6 +342,7 @@ fn targets(
                 login,
                 password,
                 ca_pem: Some(ca.clone()),
+                render_pdf: o.workers != 1,
             };
             let writes = matches!(
                 environment_kind(&state.specs, &env.tenant, &env.environment),

@@ -800,6 +800,7 @@ impl LocalDriver {
                         login: careplane_odoo::rpc::PROBE_LOGIN.into(),
                         password,
                     }),
+                workers: o.props["workers"].as_u64().unwrap_or(0) as u32,
             }),
             None => None,
         };
