@@ -239,8 +239,8 @@ impl OdooLogin {
     }
 
     /// The write journey (only where writes are allowed): log in; create a purchase order
-    /// of one line of `product_code` from `vendor`; confirm it; cancel it, so probe orders
-    /// do not pile up as open purchases.
+    /// of one line of `product_code` from `vendor`; confirm it; cancel it; delete it (Odoo
+    /// lets a purchase user delete a cancelled order), so probe orders do not pile up.
     pub(crate) async fn run_write(&self, w: &OdooWrite) -> Result<Found> {
         let mut steps = Vec::new();
         let (_uid, session) = self.login(&mut steps).await?;
@@ -299,7 +299,11 @@ impl OdooLogin {
             })
             .ok_or_else(|| Failure::Down("purchase.order create: no id in the answer".into()))?;
         step(&mut steps, "create", t);
-        for (method, name) in [("button_confirm", "confirm"), ("button_cancel", "cancel")] {
+        for (method, name) in [
+            ("button_confirm", "confirm"),
+            ("button_cancel", "cancel"),
+            ("unlink", "delete"),
+        ] {
             let t = Instant::now();
             self.call_kw(
                 &session,

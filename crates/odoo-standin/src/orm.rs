@@ -4,7 +4,8 @@
 //! Rights, `base.group_erp_manager`; passwords hashed like passlib's pbkdf2-sha512;
 //! `groups_id` commands 6 and 4), `ir.model.data` and `ir.module.module` `search_read`,
 //! `res.partner` and `product.product` `search_read`/`create`, and `purchase.order`
-//! `search_read`/`create`/`button_confirm`/`button_cancel` for purchase users. Domains
+//! `search_read`/`create`/`button_confirm`/`button_cancel`/`unlink` (cancelled orders only)
+//! for purchase users. Domains
 //! are conjunctions of `=` terms; anything else is refused, never guessed.
 
 use postgres::Client;
@@ -169,7 +170,9 @@ fn search_read(c: &mut Client, m: &Model, params: &Value) -> Result<Value, Fault
     let active_test = kwargs["context"]["active_test"].as_bool().unwrap_or(true);
     let (cond, values) = condition(m, &domain, active_test)?;
     let limit = kwargs["limit"].as_i64().unwrap_or(80);
-    let wanted: Vec<&str> = match kwargs["fields"].as_array() {
+    // Fields by keyword or, as Odoo also takes them, as the second positional argument.
+    let fields = kwargs["fields"].as_array().or(params["args"][1].as_array());
+    let wanted: Vec<&str> = match fields {
         Some(f) if !f.is_empty() => f.iter().filter_map(Value::as_str).collect(),
         _ => m.fields.to_vec(),
     };
@@ -451,6 +454,32 @@ pub fn call(c: &mut Client, uid: i32, params: &Value) -> Result<Value, Fault> {
             } else {
                 Value::Null
             })
+        }
+        "unlink" if m.name == "purchase.order" => {
+            if !has_group(c, uid, m.create)? {
+                return Err(access("delete 'purchase.order' records"));
+            }
+            for id in ids(&args[0]) {
+                let state: Option<String> = c
+                    .query_opt("SELECT state FROM purchase_order WHERE id = $1", &[&id])
+                    .map_err(db)?
+                    .map(|r| r.get(0));
+                if state.as_deref() != Some("cancel") {
+                    // Odoo's _unlink_if_cancelled.
+                    return Err((
+                        "odoo.exceptions.UserError",
+                        "In order to delete a purchase order, you must cancel it first.".into(),
+                    ));
+                }
+                c.execute(
+                    "DELETE FROM purchase_order_line WHERE order_id = $1",
+                    &[&id],
+                )
+                .map_err(db)?;
+                c.execute("DELETE FROM purchase_order WHERE id = $1", &[&id])
+                    .map_err(db)?;
+            }
+            Ok(json!(true))
         }
         _ => Err((
             "builtins.AttributeError",
