@@ -794,6 +794,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "url": o.url, "login": o.login,
                     "password": o.password.expose_secret(),
                     "masterPassword": o.master_password.expose_secret(),
+                    "probe": o.probe.as_ref().map(|p| serde_json::json!({
+                        "login": p.login, "password": p.password.expose_secret(),
+                    })),
                 })),
                 "redis": c.redis.as_ref().map(|r| serde_json::json!({
                     "host": r.host, "port": r.port, "user": r.user, "keyPrefix": r.key_prefix,

@@ -142,6 +142,38 @@ fn attach(
     fname
 }
 
+/// Whether `/web/session/authenticate` on the environment of `creds` (`careplane
+/// credentials` JSON) accepts `login`/`password`.
+fn odoo_login_ok(creds: &Value, login: &str, password: &str) -> bool {
+    use std::io::{Read, Write};
+    let port: u16 = creds["odoo"]["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = serde_json::json!({"jsonrpc": "2.0", "method": "call", "id": 1, "params": {
+        "db": creds["postgres"]["database"], "login": login, "password": password}})
+    .to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "POST /web/session/authenticate HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let v: Value = serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap();
+    v["result"]["uid"].as_i64().is_some_and(|u| u > 0)
+}
+
 fn status_env<'a>(st: &'a Value, tenant: &str, environment: &str) -> &'a Value {
     st["environments"]
         .as_array()
@@ -463,6 +495,24 @@ fn a_restore_into_another_environment_keeps_what_it_replaced_until_destroy() {
     let mut ca = tenant_client(&p, "alpha", "production");
     assert_eq!(checksums(&mut ca), prod_now);
     drop(ca);
+
+    // The copy's probe user (production's, from the backup) answers to staging's password:
+    // the restore reset it, so staging's journeys still log in.
+    let creds = p.json(&["credentials", "alpha", "staging"]);
+    let probe = creds["odoo"]["probe"]["password"].as_str().unwrap();
+    let prod_probe = p.json(&["credentials", "alpha", "production"])["odoo"]["probe"]["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(probe, prod_probe);
+    assert!(
+        odoo_login_ok(&creds, "careplane-probe", probe),
+        "staging's probe user refuses staging's password"
+    );
+    assert!(
+        !odoo_login_ok(&creds, "careplane-probe", &prod_probe),
+        "staging's probe user still has production's password"
+    );
 
     let st = p.json(&["status"]);
     let e = status_env(&st, "alpha", "staging");

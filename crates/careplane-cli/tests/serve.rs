@@ -417,7 +417,16 @@ fn serve_probes_records_opens_incidents_and_reports() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(steps, ["login", "read"], "{login}");
+    // Without the purchase module the journey reads partners and has no order to print.
+    assert_eq!(
+        steps,
+        [
+            "login",
+            "read res.partner (purchase not installed)",
+            "report skipped (purchase not installed)"
+        ],
+        "{login}"
+    );
     let pg = latest(port, &read, "postgres").unwrap();
     assert!(pg["saturationPermille"].as_u64().unwrap() > 0, "{pg}");
 
@@ -895,5 +904,282 @@ fn serve_takes_its_certificate_from_the_platform_ca() {
             .iter()
             .any(|e| e["action"] == "certificate.issue" && e["result"]["status"] == "succeeded"),
         "{log}"
+    );
+}
+
+/// A JSON-RPC call to an environment's Odoo; (result or error, session cookie set).
+fn rpc(
+    port: u16,
+    path: &str,
+    params: Value,
+    session: Option<&str>,
+) -> (Result<Value, String>, Option<String>) {
+    let body = serde_json::json!({"jsonrpc": "2.0", "method": "call", "params": params, "id": 1})
+        .to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let cookie = session
+        .map(|c| format!("Cookie: session_id={c}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{cookie}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let sid = head.lines().find_map(|l| {
+        l.strip_prefix("Set-Cookie: session_id=")
+            .map(|c| c.split(';').next().unwrap().to_string())
+    });
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    match v.get("error") {
+        Some(e) => (Err(e["data"]["name"].as_str().unwrap().to_string()), sid),
+        None => (Ok(v["result"].clone()), sid),
+    }
+}
+
+fn odoo_login(port: u16, db: &str, login: &str, password: &str) -> String {
+    let (r, sid) = rpc(
+        port,
+        "/web/session/authenticate",
+        serde_json::json!({"db": db, "login": login, "password": password}),
+        None,
+    );
+    r.unwrap();
+    sid.unwrap()
+}
+
+fn call_kw(port: u16, sid: &str, model: &str, method: &str, args: Value) -> Result<Value, String> {
+    rpc(
+        port,
+        &format!("/web/dataset/call_kw/{model}/{method}"),
+        serde_json::json!({"model": model, "method": method, "args": args, "kwargs": {}}),
+        Some(sid),
+    )
+    .0
+}
+
+fn latest_in(port: u16, token: &str, env: &str, probe: &str) -> Option<Value> {
+    get_json(port, "/v1/probes", token)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["probe"] == probe && l["environment"] == env)
+        .cloned()
+}
+
+fn step_names(r: &Value) -> Vec<String> {
+    r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const JOURNEY_TENANTS: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: delta
+spec:
+  tenancy: shared
+  modules: [purchase]
+  environments:
+    - name: prod
+      kind: production
+    - name: dev
+      kind: dev
+"#;
+
+/// The journeys run as the `careplane-probe` user apply keeps in every environment: it
+/// exists with internal and purchase user rights and no admin rights; the read journey
+/// (log in, read purchase orders, print one as PDF) runs as it in every environment, the
+/// write journey (create, confirm, cancel an order) only outside production; a wrong
+/// probe password fails the journey with a clear detail that holds no password.
+#[test]
+fn serve_journeys_run_as_the_low_privilege_probe_user() {
+    let p = Platform::with_odoo(JOURNEY_TENANTS);
+    if let Some(standin) = std::env::var_os("CAREPLANE_TEST_STANDIN") {
+        std::fs::copy(standin, p.dir.path().join("bin/odoo-standin")).unwrap();
+    }
+    ok(&p, &["apply"]);
+    let creds = |env: &str| json(&p, &["credentials", "delta", env]);
+    let prod = creds("prod");
+    let probe = &prod["odoo"]["probe"];
+    assert_eq!(probe["login"], "careplane-probe", "{prod}");
+    let probe_pw = probe["password"].as_str().unwrap().to_string();
+    assert!(probe_pw.len() >= 16, "a generated password");
+    let url = prod["odoo"]["url"].as_str().unwrap();
+    let oport: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{url}"));
+    let db = prod["postgres"]["database"].as_str().unwrap().to_string();
+
+    // Its groups, as the admin sees them: internal and purchase user, nothing more.
+    let admin = odoo_login(
+        oport,
+        &db,
+        "admin",
+        prod["odoo"]["password"].as_str().unwrap(),
+    );
+    let group = |module: &str, name: &str| {
+        call_kw(
+            oport,
+            &admin,
+            "ir.model.data",
+            "search_read",
+            serde_json::json!([[["module", "=", module], ["name", "=", name]]]),
+        )
+        .unwrap()[0]["res_id"]
+            .as_i64()
+            .unwrap()
+    };
+    let user = call_kw(
+        oport,
+        &admin,
+        "res.users",
+        "search_read",
+        serde_json::json!([[["login", "=", "careplane-probe"]], ["groups_id"]]),
+    )
+    .unwrap();
+    let groups: Vec<i64> = user[0]["groups_id"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_i64().unwrap())
+        .collect();
+    assert!(groups.contains(&group("base", "group_user")), "{user}");
+    assert!(
+        groups.contains(&group("purchase", "group_purchase_user")),
+        "{user}"
+    );
+    for admin_group in ["group_system", "group_erp_manager"] {
+        assert!(
+            !groups.contains(&group("base", admin_group)),
+            "{admin_group}: {user}"
+        );
+    }
+    // ... and what that means: it can not make users.
+    let as_probe = odoo_login(oport, &db, "careplane-probe", &probe_pw);
+    let refused = call_kw(
+        oport,
+        &as_probe,
+        "res.users",
+        "create",
+        serde_json::json!([{"login": "intruder", "password": "x"}]),
+    );
+    assert_eq!(refused, Err("odoo.exceptions.AccessError".into()));
+
+    let log = p.dir.path().join("serve.log");
+    let s = start(&p, &log);
+    let read = token(&p, "dashboard", "read", "30d");
+    let wait_up = |env: &str, probe: &str| {
+        let mut last = None;
+        wait_for(&format!("{probe} of {env} to be up"), 90, || {
+            last = latest_in(s.port, &read, env, probe);
+            last.as_ref().is_some_and(|l| l["outcome"] == "up")
+        });
+        last.unwrap()
+    };
+    let r = wait_up("prod", "odoo-login");
+    assert_eq!(step_names(&r), ["login", "read", "report"], "{r}");
+    // dev has one web worker: a real Odoo would hang printing a PDF (wkhtmltopdf asks the
+    // same, busy worker for the page's assets), so the journey names the skipped step.
+    let r = wait_up("dev", "odoo-login");
+    assert_eq!(
+        step_names(&r),
+        [
+            "login",
+            "read",
+            "report skipped (1 web worker: Odoo cannot print PDFs)"
+        ],
+        "{r}"
+    );
+    let w = wait_up("dev", "odoo-write");
+    assert_eq!(
+        step_names(&w),
+        ["login", "create", "confirm", "cancel", "delete"],
+        "{w}"
+    );
+    assert!(
+        latest_in(s.port, &read, "prod", "odoo-write").is_none(),
+        "no write journey in production"
+    );
+    // Someone changes the probe user's password: the journey fails, saying who could not
+    // log in, and no password appears in the detail or the log.
+    let uid = user[0]["id"].as_i64().unwrap();
+    call_kw(
+        oport,
+        &admin,
+        "res.users",
+        "write",
+        serde_json::json!([[uid], {"password": "changed-by-someone"}]),
+    )
+    .unwrap();
+    let mut down = None;
+    wait_for("the journey to fail", 60, || {
+        down = latest_in(s.port, &read, "prod", "odoo-login");
+        down.as_ref().is_some_and(|l| l["outcome"] == "down")
+    });
+    let detail = down.unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("login as careplane-probe") && detail.contains("AccessDenied"),
+        "{detail}"
+    );
+    // The write journey has run every second all along: its orders are deleted, not piled
+    // up (the seeded one, and at most one of a run in flight, remain).
+    let dev = creds("dev");
+    let dport: u16 = dev["odoo"]["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dadmin = odoo_login(
+        dport,
+        dev["postgres"]["database"].as_str().unwrap(),
+        "admin",
+        dev["odoo"]["password"].as_str().unwrap(),
+    );
+    let orders = call_kw(
+        dport,
+        &dadmin,
+        "purchase.order",
+        "search_read",
+        serde_json::json!([[], ["name", "state"]]),
+    )
+    .unwrap();
+    assert!(orders.as_array().unwrap().len() <= 2, "{orders}");
+    assert!(
+        orders
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "P00001"),
+        "{orders}"
+    );
+    drop(s);
+    for secret in [probe_pw.as_str(), "changed-by-someone"] {
+        assert!(!detail.contains(secret), "{detail}");
+        assert!(
+            !std::fs::read_to_string(&log).unwrap().contains(secret),
+            "a password in the serve log"
+        );
+    }
+    assert!(
+        files_containing(&p.data_dir(), &probe_pw).is_empty(),
+        "the probe password in a file in clear"
     );
 }

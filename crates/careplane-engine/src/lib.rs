@@ -43,8 +43,8 @@ pub use executor::{crash_point, finish, mark_deleting, prepare, run_all};
 pub use plan::{Action, Op, Plan};
 pub use report::{
     ApplyOptions, ApplyReport, Archiving, Credentials, DbCredentials, EnvStatus, Event,
-    ExportReport, Health, ImportReport, LastBackup, LastRestore, OdooCredentials, RedisCredentials,
-    RestoreCheck, ServerStatus, Status,
+    ExportReport, Health, ImportReport, LastBackup, LastRestore, OdooCredentials, OdooLogin,
+    RedisCredentials, RestoreCheck, ServerStatus, Status,
 };
 
 use careplane_identity as authz;

@@ -87,6 +87,19 @@ pub struct OdooCredentials {
     pub login: String,
     pub password: SecretString,
     pub master_password: SecretString,
+    /// The low-privilege user the journeys log in as (`careplane-probe`), once apply has
+    /// made it.
+    pub probe: Option<OdooLogin>,
+    /// Web workers (`workers` in odoo.conf): with exactly 1 Odoo cannot print PDFs
+    /// (wkhtmltopdf fetches the page's assets from the one busy worker).
+    pub workers: u32,
+}
+
+/// An Odoo login and its password.
+#[derive(Debug)]
+pub struct OdooLogin {
+    pub login: String,
+    pub password: SecretString,
 }
 
 #[derive(Debug)]

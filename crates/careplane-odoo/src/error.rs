@@ -117,6 +117,16 @@ pub enum OdooError {
         /// What went wrong (connection refused, timed out, status 503, ...).
         message: String,
     },
+
+    /// A JSON-RPC call to an environment's Odoo failed (never names a
+    /// password: only the route, the model and method, and Odoo's error).
+    #[error("POST {url}: {message}")]
+    Rpc {
+        /// The URL posted to.
+        url: String,
+        /// What went wrong (Odoo's exception class and message, a status, ...).
+        message: String,
+    },
 }
 
 fn tail_suffix(tail: &str) -> String {

@@ -13,6 +13,8 @@
 //! * [`supervise`] and friends: a per-environment supervisor that keeps the
 //!   web and cron processes running, with restarts and backoff, rotated
 //!   logs, graceful stop, no orphans, and health probes.
+//! * [`rpc::ensure_probe_user`]: the low-privilege `careplane-probe` user the
+//!   journeys log in as, made through Odoo's ORM over JSON-RPC.
 //!
 //! The same code runs a real `odoo-bin` and careplane's test stand-in: it
 //! only relies on Odoo's command line (`-c`, `-d`, `-i`, `-u`,
@@ -34,6 +36,7 @@ mod http;
 mod passwd;
 mod process;
 mod rotate;
+pub mod rpc;
 mod supervisor;
 mod sys;
 pub mod tree;

@@ -2,8 +2,9 @@
 //! runs against every environment, and the scheduler that runs them.
 //!
 //! - [`Check`]: one probe's target and credentials. HTTP(S) (status, body match, latency,
-//!   days left on the TLS certificate, trusting only the platform CA), the Odoo login journey
-//!   over JSON-RPC (`/web/session/authenticate`, then a read through `/web/dataset/call_kw`),
+//!   days left on the TLS certificate, trusting only the platform CA), the Odoo journeys
+//!   over JSON-RPC as the `careplane-probe` user (log in, read purchase orders, render one
+//!   as a PDF; and, where writes are allowed, create, confirm and cancel one),
 //!   PostgreSQL as the tenant's own role over TLS (`SELECT 1`, connection saturation) and
 //!   Redis as the tenant's ACL user (`AUTH` + `PING`).
 //! - [`run`]: one probe run, bounded by its timeout whatever the target does (hangs, refuses,
@@ -28,7 +29,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 pub use http::HttpCheck;
-pub use odoo::OdooLogin;
+pub use odoo::{OdooLogin, OdooWrite};
 pub use pg::PgCheck;
 pub use redis::RedisCheck;
 
@@ -41,6 +42,8 @@ pub enum Check {
     Redis(RedisCheck),
     /// Odoo's scheduled actions (and `queue_job` where installed), as the tenant's role.
     OdooCron(PgCheck),
+    /// The write journey: create, confirm and cancel a purchase order.
+    OdooWrite(OdooWrite),
 }
 
 impl Check {
@@ -52,6 +55,7 @@ impl Check {
             Check::Postgres(_) => "postgres",
             Check::Redis(_) => "redis",
             Check::OdooCron(_) => "odoo-cron",
+            Check::OdooWrite(_) => "odoo-write",
         }
     }
 }
@@ -135,6 +139,7 @@ pub async fn run(check: &Check, timeout: Duration, now: Timestamp) -> Report {
             Check::Postgres(c) => c.run().await,
             Check::Redis(c) => c.run().await,
             Check::OdooCron(c) => c.run_cron().await,
+            Check::OdooWrite(c) => c.login.run_write(c).await,
         }
     };
     let r = tokio::time::timeout(timeout, fut).await;

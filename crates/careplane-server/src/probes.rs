@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use careplane_engine::{Credentials, Engine};
 use careplane_probe::schedule::{self, Clock, Scheduled};
-use careplane_probe::{Check, HttpCheck, OdooLogin, PgCheck, RedisCheck};
+use careplane_probe::{Check, HttpCheck, OdooLogin, OdooWrite, PgCheck, RedisCheck};
 use careplane_sla::{
     detect, due_notifications, observe_recovery, DueNotification, Impact, Incident, Outcome,
     SeriesKey, Store,
@@ -244,6 +244,11 @@ pub(crate) fn start(state: Arc<State>, opts: &Options) -> Tasks {
 
 type EnvList = BTreeMap<(String, String), String>;
 
+/// What the write journey orders: the vendor and product apply makes where writes are
+/// allowed (careplane_odoo::rpc::PROBE_VENDOR and PROBE_PRODUCT_CODE).
+const PROBE_VENDOR: &str = "careplane probe vendor";
+const PROBE_PRODUCT_CODE: &str = "CAREPLANE-PROBE";
+
 /// The probes of every ready environment, from the engine's status and each environment's
 /// credentials (asked once per environment and kept in memory, as the engine audits each).
 fn targets(
@@ -333,16 +338,35 @@ fn targets(
                     host_header: None,
                 }),
             );
-            add(
-                "odoo-login",
-                Check::OdooLogin(OdooLogin {
-                    base_url: base,
-                    database: env.database.clone(),
-                    login: o.login.clone(),
-                    password: o.password.clone(),
-                    ca_pem: Some(ca.clone()),
-                }),
+            // The journeys log in as the low-privilege probe user; an environment made
+            // before careplane kept one has only its admin until the next apply.
+            let (login, password) = match &o.probe {
+                Some(p) => (p.login.clone(), p.password.clone()),
+                None => (o.login.clone(), o.password.clone()),
+            };
+            let journey = OdooLogin {
+                base_url: base,
+                database: env.database.clone(),
+                login,
+                password,
+                ca_pem: Some(ca.clone()),
+                render_pdf: o.workers != 1,
+            };
+            let writes = matches!(
+                environment_kind(&state.specs, &env.tenant, &env.environment),
+                careplane_sla::EnvironmentKind::NonProduction
             );
+            if writes && o.probe.is_some() {
+                add(
+                    "odoo-write",
+                    Check::OdooWrite(OdooWrite {
+                        login: journey.clone(),
+                        vendor: PROBE_VENDOR.into(),
+                        product_code: PROBE_PRODUCT_CODE.into(),
+                    }),
+                );
+            }
+            add("odoo-login", Check::OdooLogin(journey));
         }
     }
     Ok((list, envs, fresh))

@@ -29,6 +29,10 @@ use crate::{Error as EngineError, LocalDriver};
 pub const MASTER_PASSWORD: &str = "master-password";
 pub const ADMIN_LOGIN_PASSWORD: &str = "admin-password";
 const MASTER_HASH: &str = "master-password-hash";
+/// The `careplane-probe` user's password (docs/design/0012-serve-and-probes.md).
+pub const PROBE_PASSWORD: &str = "probe-password";
+/// Bounds each JSON-RPC exchange that keeps the probe user.
+const PROBE_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a freshly started Odoo may take to answer `/web/login` (a real
 /// Odoo loads its registry on the first request).
@@ -637,13 +641,59 @@ impl LocalDriver {
         )?;
         rec.observed["supervisorPid"] = json!(pid);
         rec.observed["url"] = json!(format!("{base_url}/web/login"));
-        Ok(Starting { rec, ready })
+        Ok(Starting {
+            rec,
+            ready,
+            database: tdb.database.clone(),
+        })
     }
 
     /// Records an environment started by [`LocalDriver::ensure_odoo_env`] as
     /// ready, once its processes answer.
     pub(crate) fn finish_odoo_env(&mut self, a: &Action, s: Starting) -> Result<(), EngineError> {
+        let p: OdooEnvProps = runtime::typed(&a.id, &a.props)?;
+        // The write journey runs outside production and DR only (design 0012).
+        let writes = !matches!(p.environment_kind.as_str(), "production" | "dr");
+        self.ensure_probe_user(&a.id, s.ready.http_port, &s.database, writes)?;
         self.finish(a, s.rec)
+    }
+
+    /// [`Self::ensure_probe_user`] for a recorded, running environment: after an import or a
+    /// restore replaced its database (whose probe user, if any, has another password).
+    pub(crate) fn ensure_probe_user_of(&mut self, rec: &ResourceRecord) -> Result<(), EngineError> {
+        let p: OdooEnvProps = runtime::typed(&rec.id, &rec.props)?;
+        let writes = !matches!(p.environment_kind.as_str(), "production" | "dr");
+        let port = careplane_model::Observed::odoo_env(&rec.id, &rec.observed)?.http_port;
+        self.ensure_probe_user(&rec.id, port, &p.database, writes)
+    }
+
+    /// Makes or resets the environment's `careplane-probe` user (its password from the
+    /// vault) through its running Odoo, as its `admin`.
+    pub(crate) fn ensure_probe_user(
+        &mut self,
+        id: &str,
+        http_port: u16,
+        database: &str,
+        writes: bool,
+    ) -> Result<(), EngineError> {
+        let store = self.store()?;
+        let admin = store.get_or_create_secret(id, ADMIN_LOGIN_PASSWORD)?;
+        let probe = store.get_or_create_secret(id, PROBE_PASSWORD)?;
+        odoo::rpc::ensure_probe_user(
+            http_port,
+            database,
+            &admin,
+            &probe,
+            writes,
+            PROBE_USER_TIMEOUT,
+        )
+        .map_err(|e| {
+            EngineError::inconsistent(format!(
+                "{id}: keeping the {} user: {e}",
+                odoo::rpc::PROBE_LOGIN
+            ))
+        })?;
+        Ok(())
     }
 
     /// Writes the supervisor's spec and environment file and spawns it;
@@ -930,6 +980,7 @@ impl LocalDriver {
 pub(crate) struct Starting {
     rec: ResourceRecord,
     pub(crate) ready: Readiness,
+    database: String,
 }
 
 #[derive(Clone)]

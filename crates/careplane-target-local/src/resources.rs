@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use careplane_engine::{crash_point, run_all, ApplyOptions, Credentials, DbCredentials, Event};
-use careplane_engine::{OdooCredentials, RedisCredentials};
+use careplane_engine::{OdooCredentials, OdooLogin, RedisCredentials};
 use careplane_local::pg::{PgBinaries, TlsFiles};
 use careplane_local::pki;
 use careplane_local::system::{self, ServiceUser};
@@ -794,6 +794,13 @@ impl LocalDriver {
                 login: "admin".into(),
                 password: secret(store, &odoo_id, crate::odoo::ADMIN_LOGIN_PASSWORD)?,
                 master_password: secret(store, &odoo_id, crate::odoo::MASTER_PASSWORD)?,
+                probe: store
+                    .secret(&odoo_id, crate::odoo::PROBE_PASSWORD)?
+                    .map(|password| OdooLogin {
+                        login: careplane_odoo::rpc::PROBE_LOGIN.into(),
+                        password,
+                    }),
+                workers: o.props["workers"].as_u64().unwrap_or(0) as u32,
             }),
             None => None,
         };

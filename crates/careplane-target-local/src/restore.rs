@@ -729,7 +729,12 @@ impl LocalDriver {
             Ok(())
         })();
         let Err(e) = after else {
-            return Ok(());
+            // The restored database's probe user is the source's (another password after
+            // `--into`, or none in an older backup).
+            return match &dst.odoo {
+                Some(o) => self.ensure_probe_user_of(o),
+                None => Ok(()),
+            };
         };
         // Back to the old database and filestore.
         if let Some(o) = &dst.odoo {

@@ -455,6 +455,7 @@ impl LocalDriver {
         cluster.drop_database(aside)?;
         self.start_odoo_env(rec)?;
         self.set_maintenance(&rec.id, false)?;
+        self.ensure_probe_user_of(rec)?;
         Ok((unpacked, previous, new_identity))
     }
 

@@ -298,6 +298,7 @@ fn route(req: &Request, app: &App, port: Port) -> (Response, Option<String>) {
         p if p == "/web/dataset/call_kw" || p.starts_with("/web/dataset/call_kw/") => {
             crate::jsonrpc::call_kw(&req.rpc(), app)
         }
+        p if p.starts_with("/report/pdf/") => crate::jsonrpc::report(p, req.header("cookie"), app),
         _ => (
             Response::html(404, page("Not Found", "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again.")),
             None,

@@ -1,8 +1,9 @@
 //! Odoo 18's JSON-RPC web routes, as far as careplane's login journey probe uses them:
 //! `/web/session/authenticate` (checks the login against `res_users` with passlib's
 //! pbkdf2-sha512, sets the `session_id` cookie) and `/web/dataset/call_kw[/<path>]`
-//! (`res.users` `search_read` on `id`/`login`, for the session's user). Errors have Odoo's
-//! JSON-RPC shape (HTTP 200, `error.data.name` the exception class).
+//! (the ORM calls of `orm.rs`, as the session's user), and `/report/pdf/<report>/<ids>`
+//! (a small valid PDF for purchase orders). Errors have Odoo's JSON-RPC shape (HTTP 200,
+//! `error.data.name` the exception class).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -158,7 +159,7 @@ pub fn call_kw(req: &RpcRequest<'_>, app: &App) -> (Response, Option<String>) {
         Ok(p) => p,
         Err(r) => return (r, None),
     };
-    let Some((db, _uid)) = session_of(req.cookie) else {
+    let Some((db, uid)) = session_of(req.cookie) else {
         return (
             error(
                 &id,
@@ -170,42 +171,78 @@ pub fn call_kw(req: &RpcRequest<'_>, app: &App) -> (Response, Option<String>) {
             None,
         );
     };
-    let (model, method) = (params["model"].as_str(), params["method"].as_str());
-    if model != Some("res.users") || method != Some("search_read") {
+    let r = app
+        .settings
+        .pg
+        .connect(&db)
+        .map_err(|e| ("psycopg2.OperationalError", e.to_string()))
+        .and_then(|mut c| crate::orm::call(&mut c, uid, &params));
+    match r {
+        Ok(result) => (reply(&id, json!({ "result": result })), Some(db)),
+        Err((name, text)) => (server_error(&id, name, &text), Some(db)),
+    }
+}
+
+/// `/report/pdf/<report>/<ids>`, an `auth='user'` HTTP route: without a session Odoo
+/// redirects to the login page; `purchase.report_purchaseorder` needs a purchase user.
+pub fn report(path: &str, cookie: Option<&str>, app: &App) -> (Response, Option<String>) {
+    let Some((db, uid)) = session_of(cookie) else {
         return (
-            server_error(
-                &id,
-                "builtins.NotImplementedError",
-                "the stand-in only answers res.users search_read",
+            Response::new(303, "text/html; charset=utf-8", "")
+                .header("Location", &format!("/web/login?redirect={path}")),
+            None,
+        );
+    };
+    let rest = path.trim_start_matches("/report/pdf/");
+    let (report, docids) = rest.split_once('/').unwrap_or((rest, ""));
+    let ids: Vec<i32> = docids.split(',').filter_map(|i| i.parse().ok()).collect();
+    let r = app
+        .settings
+        .pg
+        .connect(&db)
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| {
+            if report != "purchase.report_purchaseorder" {
+                return Err(format!("ValueError: report {report:?} not found"));
+            }
+            let allowed = crate::orm::has_group(&mut c, uid, "purchase.group_purchase_user")
+                .map_err(|(n, m)| format!("{n}: {m}"))?;
+            if !allowed {
+                return Err(
+                    "AccessError: You are not allowed to access 'purchase.order' records.".into(),
+                );
+            }
+            let mut names = Vec::new();
+            for id in &ids {
+                let row = c
+                    .query_opt("SELECT name FROM purchase_order WHERE id = $1", &[id])
+                    .map_err(|e| pg::DbError::query(&e).message)?;
+                match row {
+                    Some(r) => names.push(r.get::<_, String>(0)),
+                    None => {
+                        return Err(format!(
+                            "MissingError: purchase.order({id},) does not exist"
+                        ))
+                    }
+                }
+            }
+            if names.is_empty() {
+                return Err("ValueError: no document ids".into());
+            }
+            Ok(names.join(", "))
+        });
+    match r {
+        Ok(title) => (
+            Response::new(
+                200,
+                "application/pdf",
+                crate::orm::pdf(&format!("Purchase Order {title}")),
             ),
             Some(db),
-        );
-    }
-    // Domain: [] or [["id", "=", N]]; fields among id and login.
-    let domain = params["args"].get(0).cloned().unwrap_or(json!([]));
-    let want_id = domain.as_array().and_then(|d| d.first()).and_then(|t| {
-        (t[0] == "id" && t[1] == "=")
-            .then(|| t[2].as_i64())
-            .flatten()
-    });
-    let limit = params["kwargs"]["limit"].as_i64().unwrap_or(80);
-    let rows = app.settings.pg.connect(&db).and_then(|mut c| {
-        c.query(
-            "SELECT id, login FROM res_users WHERE active AND ($1::int8 IS NULL OR id = $1) ORDER BY id LIMIT $2",
-            &[&want_id, &limit],
-        )
-        .map_err(|e| pg::DbError::query(&e))
-    });
-    match rows {
-        Ok(rows) => {
-            let result: Vec<Value> = rows
-                .iter()
-                .map(|r| json!({"id": r.get::<_, i32>(0), "login": r.get::<_, String>(1)}))
-                .collect();
-            (reply(&id, json!({ "result": result })), Some(db))
-        }
+        ),
+        // Odoo's report controller answers an error page with status 500.
         Err(e) => (
-            server_error(&id, "psycopg2.OperationalError", &e.to_string()),
+            Response::new(500, "text/html; charset=utf-8", util::html_escape(&e)),
             Some(db),
         ),
     }

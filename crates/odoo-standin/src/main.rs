@@ -82,6 +82,7 @@ mod jsonrpc;
 mod log;
 mod modules;
 mod options;
+mod orm;
 mod pg;
 mod util;
 

@@ -82,10 +82,73 @@ CREATE TABLE IF NOT EXISTS res_users (
     id serial PRIMARY KEY, login text NOT NULL UNIQUE, password text, active boolean NOT NULL DEFAULT true);
 CREATE TABLE IF NOT EXISTS ir_attachment (
     id serial PRIMARY KEY, name text NOT NULL, res_model text, store_fname text, checksum text, file_size integer);
+CREATE TABLE IF NOT EXISTS res_groups (
+    id serial PRIMARY KEY, name text NOT NULL);
+CREATE TABLE IF NOT EXISTS res_groups_users_rel (
+    gid integer NOT NULL, uid integer NOT NULL, PRIMARY KEY (gid, uid));
+CREATE TABLE IF NOT EXISTS ir_model_data (
+    id serial PRIMARY KEY, module text NOT NULL, name text NOT NULL, model text NOT NULL,
+    res_id integer NOT NULL, UNIQUE (module, name));
+CREATE TABLE IF NOT EXISTS res_partner (
+    id serial PRIMARY KEY, name text NOT NULL);
 CREATE TABLE IF NOT EXISTS ir_cron (
     id serial PRIMARY KEY, cron_name text NOT NULL, active boolean NOT NULL DEFAULT true,
     nextcall timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'));
 ";
+
+/// The tables of `purchase` (and of `product`, which it depends on).
+const PURCHASE_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS product_product (
+    id serial PRIMARY KEY, name text NOT NULL, default_code text, purchase_ok boolean NOT NULL DEFAULT true);
+CREATE TABLE IF NOT EXISTS purchase_order (
+    id serial PRIMARY KEY, name text NOT NULL, state text NOT NULL DEFAULT 'draft',
+    partner_id integer NOT NULL, amount_total float8 NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS purchase_order_line (
+    id serial PRIMARY KEY, order_id integer NOT NULL, product_id integer NOT NULL,
+    product_qty float8 NOT NULL, price_unit float8 NOT NULL);
+";
+
+/// A group with XML id `module.name`, and its members.
+fn add_group(
+    tx: &mut Transaction,
+    module: &str,
+    name: &str,
+    members: &[&str],
+) -> Result<(), String> {
+    let id: i32 = match tx
+        .query_opt(
+            "SELECT res_id FROM ir_model_data WHERE module = $1 AND name = $2",
+            &[&module, &name],
+        )
+        .map_err(q)?
+    {
+        Some(r) => r.get(0),
+        None => {
+            let id: i32 = tx
+                .query_one(
+                    "INSERT INTO res_groups (name) VALUES ($1) RETURNING id",
+                    &[&format!("{module}.{name}")],
+                )
+                .map_err(q)?
+                .get(0);
+            tx.execute(
+                "INSERT INTO ir_model_data (module, name, model, res_id) VALUES ($1, $2, 'res.groups', $3)",
+                &[&module, &name, &id],
+            )
+            .map_err(q)?;
+            id
+        }
+    };
+    for login in members {
+        tx.execute(
+            "INSERT INTO res_groups_users_rel (gid, uid) SELECT $1, id FROM res_users WHERE login = $2
+             ON CONFLICT DO NOTHING",
+            &[&id, login],
+        )
+        .map_err(q)?;
+    }
+    Ok(())
+}
 
 /// Odoo 18 Community modules the stand-in "ships", like the addons paths
 /// of a real installation: `-i` of any other name is Odoo's `invalid module
@@ -146,6 +209,21 @@ fn install(tx: &mut Transaction, db: &str, name: &str, req: &Request) -> Result<
         &[&name, &version],
     )
     .map_err(q)?;
+    if name == "purchase" {
+        // Like Odoo: the module's models, its groups (the admin is a purchase manager),
+        // and, unlike an Odoo without demo data, one confirmed order, so the journey's
+        // report step has a record.
+        tx.batch_execute(PURCHASE_TABLES).map_err(q)?;
+        add_group(tx, "purchase", "group_purchase_user", &["admin"])?;
+        add_group(tx, "purchase", "group_purchase_manager", &["admin"])?;
+        tx.execute(
+            "INSERT INTO purchase_order (name, state, partner_id, amount_total)
+             SELECT 'P00001', 'purchase', min(id), 100 FROM res_partner
+             WHERE NOT EXISTS (SELECT 1 FROM purchase_order)",
+            &[],
+        )
+        .map_err(q)?;
+    }
     let table = quote_ident(&format!("standin_{name}"));
     tx.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {table} (id integer PRIMARY KEY, name text NOT NULL, payload text NOT NULL)"
@@ -225,6 +303,12 @@ pub fn load(c: &mut Client, db: &str, req: &Request) -> Result<Outcome, String> 
                 &[&util::pbkdf2_sha512("admin")],
             )
             .map_err(q)?;
+            // base's groups; the admin has them all (Settings implies Access Rights).
+            add_group(&mut tx, "base", "group_user", &["admin"])?;
+            add_group(&mut tx, "base", "group_erp_manager", &["admin"])?;
+            add_group(&mut tx, "base", "group_system", &["admin"])?;
+            tx.execute("INSERT INTO res_partner (name) VALUES ('My Company')", &[])
+                .map_err(q)?;
         }
 
         let mut invalid: Vec<String> = Vec::new();
