@@ -682,10 +682,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => {
             let engine = load(&files)?;
-            let frozen = freezes_over(&engine, &engine.plan()?)?
-                .into_iter()
-                .map(|f| (f.tenant.clone(), f.environment.clone(), f.to_string()))
-                .collect();
+            // Planning observes every server; without a freeze window in the
+            // specs there is nothing to ask it, and apply plans again anyway.
+            let has_freezes = engine
+                .specs()
+                .maintenance_windows
+                .iter()
+                .any(|w| w.spec.window_type == careplane_spec::WindowType::Freeze);
+            let frozen = if has_freezes {
+                freezes_over(&engine, &engine.plan()?)?
+                    .into_iter()
+                    .map(|f| (f.tenant.clone(), f.environment.clone(), f.to_string()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let opts = ApplyOptions {
                 frozen,
                 override_freeze,
