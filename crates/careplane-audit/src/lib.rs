@@ -16,6 +16,7 @@ mod log;
 pub mod merkle;
 mod read;
 mod redact;
+mod scan;
 mod verify;
 
 use std::path::{Path, PathBuf};

@@ -197,19 +197,21 @@ impl AuditLog {
         let mut pos = 0usize;
         let mut last_time = i64::MIN;
         let mut bad: Option<String> = None;
-        while pos < data.len() {
-            let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') else {
-                bad = Some("incomplete last line".into());
-                break;
-            };
-            let line = &data[pos..pos + nl];
+        let (lines, end) = crate::scan::split_lines(&data);
+        let scanned = crate::scan::map_lines(&lines, |line| {
+            let head = serde_json::from_slice::<Head>(line)
+                .map(|h| (h.seq, parse_time(h.time)))
+                .map_err(|e| e.to_string());
+            (leaf_hash(line), head)
+        });
+        for (line, (leaf, head)) in lines.iter().zip(scanned) {
             let seq = tree.len();
-            match serde_json::from_slice::<Head>(line) {
-                Ok(h) if h.seq == seq => {
-                    last_time = parse_time(h.time).unwrap_or(last_time).max(last_time);
+            match head {
+                Ok((s, time)) if s == seq => {
+                    last_time = time.unwrap_or(last_time).max(last_time);
                 }
-                Ok(h) => {
-                    bad = Some(format!("line {} holds seq {}", seq + 1, h.seq));
+                Ok((s, _)) => {
+                    bad = Some(format!("line {} holds seq {s}", seq + 1));
                     break;
                 }
                 Err(e) => {
@@ -217,9 +219,13 @@ impl AuditLog {
                     break;
                 }
             }
-            tree.push(leaf_hash(line));
-            pos += nl + 1;
+            tree.push(leaf);
+            pos += line.len() + 1;
         }
+        if bad.is_none() && end < data.len() {
+            bad = Some("incomplete last line".into());
+        }
+        drop(lines);
         let mut recovery = None;
         if let Some(why) = bad {
             let seq = tree.len();

@@ -78,16 +78,19 @@ impl Snapshot {
         let mut data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         data.truncate(complete);
-        let mut offsets = vec![0];
-        let mut tree = Tree::new();
+        let (lines, _) = crate::scan::split_lines(&data);
+        let leaves = crate::scan::map_lines(&lines, leaf_hash);
+        let mut offsets = Vec::with_capacity(lines.len() + 1);
+        offsets.push(0);
         let mut pos = 0;
-        for line in data.split(|&b| b == b'\n') {
-            if pos == data.len() {
-                break;
-            }
-            tree.push(leaf_hash(line));
+        for line in &lines {
             pos += line.len() + 1;
             offsets.push(pos);
+        }
+        drop(lines);
+        let mut tree = Tree::new();
+        for leaf in leaves {
+            tree.push(leaf);
         }
         Ok(Snapshot {
             dir: dir.to_path_buf(),

@@ -294,50 +294,53 @@ pub fn verify(
     if let Some(r) = roots.get_mut(&0) {
         *r = Some(frontier.root());
     }
-    let mut start = 0usize;
-    let mut eof = false;
+    // Read in large chunks; hash and parse each chunk's lines on all cores
+    // (`scan`), then walk them in order for the tree and the chain.
+    let tail;
     loop {
-        // Refill when no complete line is left in the buffer.
-        let nl = buf[start..].iter().position(|&b| b == b'\n');
-        let Some(nl) = nl else {
-            if eof {
-                break;
+        let len = buf.len();
+        buf.resize(len + (8 << 20), 0);
+        let n = file
+            .read(&mut buf[len..])
+            .map_err(|e| Error::io(&path, e))?;
+        buf.truncate(len + n);
+        let eof = n == 0;
+        let (lines, end) = crate::scan::split_lines(&buf);
+        let scanned = crate::scan::map_lines(&lines, |line| {
+            let head = serde_json::from_slice::<Head>(line).ok();
+            (
+                leaf_hash(line),
+                head.as_ref().and_then(|h| h.seq),
+                head.as_ref().and_then(|h| h.prev).and_then(from_hex::<32>),
+            )
+        });
+        for (leaf, seq, prev) in scanned {
+            let rec = Rec {
+                seq,
+                prev,
+                leaf,
+                line: frontier.size() + 1,
+                expected: 0,
+                flagged: false,
+                out_of_order: false,
+            };
+            frontier.push(leaf);
+            if let Some(r) = roots.get_mut(&frontier.size()) {
+                *r = Some(frontier.root());
             }
-            buf.drain(..start);
-            start = 0;
-            let len = buf.len();
-            buf.resize(len + (8 << 20), 0);
-            let n = file
-                .read(&mut buf[len..])
-                .map_err(|e| Error::io(&path, e))?;
-            buf.truncate(len + n);
-            eof = n == 0;
-            continue;
-        };
-        let line = &buf[start..start + nl];
-        let leaf = leaf_hash(line);
-        let head = serde_json::from_slice::<Head>(line).ok();
-        let rec = Rec {
-            seq: head.as_ref().and_then(|h| h.seq),
-            prev: head.as_ref().and_then(|h| h.prev).and_then(from_hex::<32>),
-            leaf,
-            line: frontier.size() + 1,
-            expected: 0,
-            flagged: false,
-            out_of_order: false,
-        };
-        start += nl + 1;
-        frontier.push(leaf);
-        if let Some(r) = roots.get_mut(&frontier.size()) {
-            *r = Some(frontier.root());
+            chain.window.push(rec);
+            if chain.window.len() >= 2 {
+                let i = chain.window.len() - 2;
+                chain.evaluate(i, Some(rec));
+            }
+            if chain.window.len() > 4 {
+                chain.window.remove(0);
+            }
         }
-        chain.window.push(rec);
-        if chain.window.len() >= 2 {
-            let i = chain.window.len() - 2;
-            chain.evaluate(i, Some(rec));
-        }
-        if chain.window.len() > 4 {
-            chain.window.remove(0);
+        buf.drain(..end);
+        if eof {
+            tail = buf.len();
+            break;
         }
     }
     if !chain.window.is_empty() {
@@ -345,7 +348,7 @@ pub fn verify(
         chain.evaluate(i, None);
     }
     let entries = frontier.size();
-    let incomplete_tail_bytes = (buf.len() - start) as u64;
+    let incomplete_tail_bytes = tail as u64;
     let structural = chain.problems;
 
     // Checkpoints against the roots.
