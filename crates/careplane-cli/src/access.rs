@@ -166,9 +166,12 @@ fn principal(engine: &Engine, store: &AccessStore) -> Result<Principal> {
     let path = session_path()?;
     let p = match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let cfg = config(engine)?;
             let session: Value = serde_json::from_str(&text)
                 .with_context(|| format!("session file {} is not JSON", path.display()))?;
+            if session["kind"] == "break-glass" {
+                return break_glass_principal(store, &session, &path);
+            }
+            let cfg = config(engine)?;
             if session["issuer"] != cfg.issuer.as_str() {
                 bail!(
                     "session {} is for issuer {}, the platform's is {}: run careplane login",
@@ -184,7 +187,7 @@ fn principal(engine: &Engine, store: &AccessStore) -> Result<Principal> {
             // uid) and per claimed identity (the token's unverified subject).
             // SAFETY: geteuid(2) has no preconditions and cannot fail.
             let source = format!("local-uid:{}", unsafe { libc::geteuid() });
-            let claimed = unverified_subject(token);
+            let claimed = careplane_identity::oidc::claimed_subject(token);
             store.check_rate(&source, &claimed, now())?;
             let v = Verifier::discover(&cfg.issuer, &cfg.client_id, now())?;
             let claims = match v.verify_id_token(token, None, now()) {
@@ -239,6 +242,30 @@ pub fn caller(engine: &Engine) -> Principal {
     }
 }
 
+/// The principal of a break-glass session file (written by `careplane
+/// access break-glass`): the account with its elevation, while that is in
+/// force. Failures are rate-limited like an OIDC session's.
+fn break_glass_principal(store: &AccessStore, session: &Value, path: &Path) -> Result<Principal> {
+    let token = session["token"]
+        .as_str()
+        .with_context(|| format!("break-glass session file {} has no token", path.display()))?;
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let source = format!("local-uid:{}", unsafe { libc::geteuid() });
+    let claimed = format!("break-glass:{}", session["account"].as_str().unwrap_or("?"));
+    store.check_rate(&source, &claimed, now())?;
+    match store.break_glass_session(&SecretString::from(token.to_string()), now()) {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            store.fail_rate(&source, &claimed, now())?;
+            Err(careplane_identity::Error::AuthFailed(format!(
+                "{e} (session file {}): sign in again with careplane login, or run careplane access break-glass",
+                path.display()
+            ))
+            .into())
+        }
+    }
+}
+
 fn unauthenticated(why: anyhow::Error) -> Principal {
     eprintln!("careplane: not signed in: {}", crate::error_line(&why));
     Principal {
@@ -248,22 +275,6 @@ fn unauthenticated(why: anyhow::Error) -> Principal {
         mfa: false,
         bindings: Vec::new(),
     }
-}
-
-/// The `sub` a token claims, before verification: only a rate-limit key.
-fn unverified_subject(token: &str) -> String {
-    use base64::Engine as _;
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v["sub"].as_str().map(|s| format!("sub:{s}")))
-        .unwrap_or_else(|| "sub:?".into())
 }
 
 fn outcome(r: &Result<Value>) -> Outcome {
@@ -599,6 +610,24 @@ pub fn run(cmd: AccessCommand) -> Result<ExitCode> {
             )?;
             let v = r?;
             errln!("BREAK-GLASS in force: flagged for review by a security officer (careplane access review).");
+            // Later commands run as the break-glass account through a
+            // session of their own: the IdP is down, so `careplane login`
+            // cannot give one.
+            let id = v["id"].as_str().unwrap_or_default();
+            let token = store.open_break_glass_session(id)?;
+            let path = session_path()?;
+            let body = json!({
+                "kind": "break-glass",
+                "account": account,
+                "request": id,
+                "expires": v["expires"],
+                "token": token.expose_secret(),
+            });
+            write_session(&path, &body)?;
+            errln!(
+                "break-glass session in {}: later commands run as break-glass:{account} until it expires or is revoked",
+                path.display()
+            );
             match output {
                 Output::Json => print_json(&v)?,
                 Output::Text => outln!(
@@ -693,7 +722,10 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         errln!("{}", login.url);
         let tokens = v.finish_login(login, Duration::from_secs(wait), now)?;
         let p = store.with_grants(cfg.principal(&tokens.claims)?, now())?;
-        write_session(&path, &cfg.issuer, tokens.id_token.expose_secret())?;
+        write_session(
+            &path,
+            &json!({"issuer": cfg.issuer, "id_token": tokens.id_token.expose_secret()}),
+        )?;
         Ok((p, tokens.claims))
     })();
     let (actor, r) = match result {
@@ -728,7 +760,7 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
 }
 
 /// The session file holds a bearer token: created 0600, replaced atomically.
-fn write_session(path: &Path, issuer: &str, id_token: &str) -> Result<()> {
+fn write_session(path: &Path, body: &Value) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().context("session path has no directory")?;
@@ -741,13 +773,9 @@ fn write_session(path: &Path, issuer: &str, id_token: &str) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(
-        json!({"issuer": issuer, "id_token": id_token})
-            .to_string()
-            .as_bytes(),
-    )
-    .and_then(|_| f.sync_all())
-    .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(body.to_string().as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }

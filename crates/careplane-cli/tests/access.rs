@@ -595,11 +595,45 @@ fn break_glass_as_the_local_root_operator_is_immediate_audited_and_flagged() {
         (Some(true), Some(true))
     );
 
-    // The local root operator (no session) sees it flagged in the review.
+    // Later commands run as the break-glass account: `access break-glass`
+    // left a session (0600) whose bearer secret it never printed.
+    let session_file = p.dir.path().join("no-session.json");
+    let session: Value =
+        serde_json::from_slice(&std::fs::read(&session_file).expect("a break-glass session"))
+            .unwrap();
+    assert_eq!(session["kind"], "break-glass");
+    let token = session["token"].as_str().unwrap().to_string();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&session_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!printed.contains(&token), "the session secret was printed");
     let review: Value = serde_json::from_slice(
         &run_with_stdin(&p, &["access", "review", "--output", "json"], "").stdout,
     )
     .unwrap();
+    // A session whose secret was altered is refused (and audited as such).
+    let mut forged = session.clone();
+    forged["token"] = Value::from(format!("{}0", &token[..token.len() - 1]));
+    std::fs::write(&session_file, forged.to_string()).unwrap();
+    let refused = run_with_stdin(&p, &["access", "list"], "");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("break-glass session token is not valid"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Without the session file, root is the local root operator again.
+    std::fs::remove_file(&session_file).unwrap();
     assert!(
         review
             .as_array()
@@ -628,8 +662,16 @@ fn break_glass_as_the_local_root_operator_is_immediate_audited_and_flagged() {
             ("access.break-glass.setup", "local-root", "succeeded"),
             ("access.break-glass", "break-glass", "refused"),
             ("access.break-glass", "break-glass", "succeeded"),
-            ("access.review", "local-root", "succeeded"),
+            ("access.review", "break-glass", "succeeded"),
+            ("access.list", "none", "refused"),
         ]
+    );
+    // The review ran under the break-glass elevation, and says so.
+    assert_eq!(log[3]["actor"]["id"], "break-glass:oncall");
+    assert_eq!(log[3]["actor"]["elevation"]["break_glass"], true);
+    assert!(
+        !log.to_string().contains(&token),
+        "the session secret is in the log"
     );
     assert_eq!(log[2]["actor"]["elevation"]["break_glass"], true);
     assert_eq!(log[2]["parameters"]["flagged_for_review"], true);
@@ -638,7 +680,7 @@ fn break_glass_as_the_local_root_operator_is_immediate_audited_and_flagged() {
         let bytes = std::fs::read(&f).unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes);
         assert!(
-            !text.contains(password) && !text.contains(secret),
+            !text.contains(password) && !text.contains(secret) && !text.contains(&token),
             "{}",
             f.display()
         );

@@ -48,7 +48,26 @@ fn free_port() -> u16 {
 
 /// One HTTP/1.1 request; (status, body).
 fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    request_from([127, 0, 0, 1], port, method, path, token, body).0
+}
+
+/// One HTTP/1.1 request from the loopback address `from` (every 127/8
+/// address is this host's; the server's failed-authentication limits are
+/// per client address); ((status, body), the response's headers).
+fn request_from(
+    from: [u8; 4],
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> ((u16, String), String) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from((from, 0)).into())
+        .unwrap();
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     if let Some(t) = token {
@@ -67,11 +86,11 @@ fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str)
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
+        .map(|(h, b)| (h.to_string(), b.to_string()))
         .unwrap_or_default();
-    (code, body)
+    ((code, body), head)
 }
 
 /// `careplane serve` on `port`, answering /healthz (bounded wait).
@@ -263,7 +282,7 @@ fn every_role_against_every_endpoint_with_denials_audited() {
         (
             "expired",
             Some(sign(
-                "carol",
+                "erin",
                 "careplane-cli",
                 &["careplane-admins"],
                 n - 3600,
@@ -276,10 +295,14 @@ fn every_role_against_every_endpoint_with_denials_audited() {
 
     let mut denied = Vec::new();
     let mut mismatches = Vec::new();
-    for ((name, token), (row, want)) in callers.iter().zip(MATRIX) {
+    for (i, ((name, token), (row, want))) in callers.iter().zip(MATRIX).enumerate() {
         assert_eq!(name, row, "callers and MATRIX rows in the same order");
+        // A client address per caller: the rows that fail authentication on
+        // every endpoint stay within one address's failed-auth burst.
+        let from = [127, 0, 1, i as u8 + 1];
         for ((method, path, body), want) in ENDPOINTS.iter().zip(want) {
-            let (code, answer) = request(port, method, path, token.as_deref(), body);
+            let ((code, answer), _) =
+                request_from(from, port, method, path, token.as_deref(), body);
             if code != *want {
                 mismatches.push(format!(
                     "{name} {method} {path}: {code}, want {want}: {answer}"
@@ -297,13 +320,52 @@ fn every_role_against_every_endpoint_with_denials_audited() {
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 
-    // Each 403 is one refused entry, with who asked.
+    // Each 403 is one refused entry, with who asked; each presented token
+    // that did not authenticate is one refused entry for the identity it
+    // claimed, with the client address (a request with no token is none).
     let log = p.json(&["audit", "log"]);
+    let failed_auth: Vec<(String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["result"]["status"] == "refused")
+        .filter(|e| {
+            e["actor"]["id"]
+                .as_str()
+                .unwrap()
+                .starts_with("unauthenticated:")
+        })
+        .map(|e| {
+            (
+                e["actor"]["id"].as_str().unwrap().to_string(),
+                e["parameters"]["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut want_failed = Vec::new();
+    for (i, (name, _)) in callers.iter().enumerate() {
+        let claimed = match *name {
+            "bad-api-token" => "unauthenticated:token:0000",
+            "wrong-audience" => "unauthenticated:sub:carol",
+            "expired" => "unauthenticated:sub:erin",
+            _ => continue,
+        };
+        for _ in 0..ENDPOINTS.len() - 2 {
+            want_failed.push((claimed.to_string(), format!("127.0.1.{}", i + 1)));
+        }
+    }
+    assert_eq!(failed_auth, want_failed);
     let refused: Vec<(String, String)> = log
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["result"]["status"] == "refused")
+        .filter(|e| {
+            !e["actor"]["id"]
+                .as_str()
+                .unwrap()
+                .starts_with("unauthenticated:")
+        })
         .map(|e| {
             (
                 e["actor"]["id"].as_str().unwrap().to_string(),
@@ -464,4 +526,139 @@ fn fuzzing_the_openapi_document_finds_no_server_error_and_no_auth_bypass() {
     // /openapi.json, which are not in the document).
     let tested = format!("Tested: {}", ENDPOINTS.len() - 2);
     assert!(text.contains(&tested), "{text}");
+}
+
+/// Failed authentications are limited per client address and per claimed
+/// identity (a burst of 20), answered 429 with `Retry-After` before any
+/// verification, and every refusal, 401 or 429, is one audit entry that
+/// names the claimed identity and the address, never the token.
+#[test]
+fn failed_authentications_are_rate_limited_per_address_and_identity_and_audited() {
+    let p = Platform::new(TENANTS);
+    careplane_state::Store::open(&p.data_dir()).unwrap();
+    let out = p.run(&[
+        "token", "create", "--name", "board", "--scope", "read", "--ttl", "1h",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let valid = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let valid_id = valid.split('_').nth(1).unwrap().to_string();
+    let port = free_port();
+    let _serve = start_serve(&p, port);
+    let get = |from: [u8; 4], token: Option<&str>| {
+        request_from(from, port, "GET", "/v1/probes", token, "")
+    };
+
+    // One address guessing API tokens: 20 refusals, then 429 for anything it
+    // presents, a valid token included; another address is not affected.
+    let guesser = [127, 0, 2, 1];
+    let mut guesses = Vec::new();
+    for i in 0..20 {
+        let guess = format!("cpt_0000_guess{i:04}secret");
+        let ((code, body), _) = get(guesser, Some(&guess));
+        assert_eq!(code, 401, "guess {i}: {body}");
+        guesses.push(guess);
+    }
+    let ((code, body), head) = get(guesser, Some("cpt_0000_guess9999secret"));
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("from this address"), "{body}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no Retry-After in {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        get(guesser, Some(&valid)).0 .0,
+        429,
+        "the address is limited"
+    );
+    assert_eq!(get([127, 0, 2, 2], Some(&valid)).0 .0, 200);
+    // A request with no token guesses nothing: a plain 401, not counted.
+    assert_eq!(get(guesser, None).0 .0, 401);
+
+    // Many addresses claiming one identity (an unverifiable JWT for `zed`):
+    // the identity runs out even though no address did.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let forged = format!(
+        "{}.{}.{}",
+        b64.encode(r#"{"alg":"none"}"#),
+        b64.encode(r#"{"sub":"zed","aud":"careplane-cli"}"#),
+        b64.encode("sig")
+    );
+    for i in 1..=20u8 {
+        let ((code, body), _) = get([127, 0, 3, i], Some(&forged));
+        assert_eq!(code, 401, "address {i}: {body}");
+    }
+    let ((code, body), _) = get([127, 0, 3, 21], Some(&forged));
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("for this identity"), "{body}");
+    assert_eq!(get([127, 0, 3, 21], Some(&valid)).0 .0, 200);
+    // Guessing the secret of a known token id, from many addresses: once
+    // the id's bucket is empty a wrong secret is a 429, and the real token
+    // still passes (a claim costs nothing, so it must not lock anyone out).
+    for i in 1..=20u8 {
+        let wrong = format!("cpt_{valid_id}_wrongsecret{i}");
+        assert_eq!(get([127, 0, 4, i], Some(&wrong)).0 .0, 401);
+    }
+    let ((code, body), _) = get([127, 0, 4, 21], Some(&format!("cpt_{valid_id}_wrong21")));
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("for this identity"), "{body}");
+    assert_eq!(get([127, 0, 4, 22], Some(&valid)).0 .0, 200);
+
+    // The audit log: one refused entry per 401 and per 429, by claimed
+    // identity and address; no presented token appears anywhere in it.
+    let log = p.json(&["audit", "log"]);
+    let entries = log.as_array().unwrap();
+    let refused = |id: &str, source: &str| {
+        entries
+            .iter()
+            .filter(|e| e["result"]["status"] == "refused")
+            .filter(|e| e["actor"]["id"] == id && e["parameters"]["source"] == source)
+            .count()
+    };
+    assert_eq!(refused("unauthenticated:token:0000", "127.0.2.1"), 21);
+    assert_eq!(
+        refused(&format!("unauthenticated:token:{valid_id}"), "127.0.2.1"),
+        1
+    );
+    let wrong_secret: usize = (1..=21)
+        .map(|i| {
+            refused(
+                &format!("unauthenticated:token:{valid_id}"),
+                &format!("127.0.4.{i}"),
+            )
+        })
+        .sum();
+    assert_eq!(wrong_secret, 21);
+    let zed: usize = (1..=21)
+        .map(|i| refused("unauthenticated:sub:zed", &format!("127.0.3.{i}")))
+        .sum();
+    assert_eq!(zed, 21);
+    let too_many = entries
+        .iter()
+        .filter(|e| {
+            e["result"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("too many failed authentications"))
+        })
+        .count();
+    assert_eq!(too_many, 4);
+    let text = log.to_string();
+    for secret in guesses.iter().chain([&valid, &forged]) {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a presented token is in the audit log"
+        );
+    }
 }

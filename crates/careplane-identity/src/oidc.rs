@@ -468,6 +468,23 @@ fn enc(s: &str) -> String {
 }
 
 /// The PKCE S256 challenge of a verifier (RFC 7636 §4.2).
+/// The `sub` a JWT claims, before any verification (`sub:<sub>`, or
+/// `sub:?`): only a rate-limit key and an audit label, never an identity.
+/// Cut to 128 characters so that a forged token cannot bloat either.
+pub fn claimed_subject(token: &str) -> String {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| B64.decode(p).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| {
+            v["sub"]
+                .as_str()
+                .map(|s| format!("sub:{}", s.chars().take(128).collect::<String>()))
+        })
+        .unwrap_or_else(|| "sub:?".into())
+}
+
 pub fn pkce_challenge(verifier: &str) -> String {
     B64.encode(Sha256::digest(verifier.as_bytes()))
 }

@@ -65,6 +65,9 @@ impl Bucket {
     }
 }
 
+/// Past this many buckets, `failure` drops the full ones first.
+const MAX_BUCKETS: usize = 100_000;
+
 /// In-memory limiter for a long-running server; the CLI keeps the same
 /// buckets in access.db ([`crate::Store::check_rate`]).
 #[derive(Default)]
@@ -89,17 +92,40 @@ impl RateLimiter {
     /// source's or the identity's bucket is empty.
     pub fn check(&mut self, source: &str, identity: &str, now: i64) -> Result<(), (String, u64)> {
         for key in Self::keys(source, identity) {
-            let limits = self.limits;
-            let b = self
-                .buckets
-                .entry(key.clone())
-                .or_insert_with(|| Bucket::full(limits, now));
-            b.check(limits, now).map_err(|secs| (key, secs))?;
+            self.check_key(&key, now).map_err(|secs| (key, secs))?;
         }
         Ok(())
     }
 
+    /// The source's bucket alone: the seconds to wait while it is empty.
+    pub fn check_source(&mut self, source: &str, now: i64) -> Result<(), u64> {
+        self.check_key(&format!("source:{source}"), now)
+    }
+
+    /// The identity's bucket alone: the seconds to wait while it is empty.
+    pub fn check_identity(&mut self, identity: &str, now: i64) -> Result<(), u64> {
+        self.check_key(&format!("identity:{identity}"), now)
+    }
+
+    fn check_key(&mut self, key: &str, now: i64) -> Result<(), u64> {
+        let limits = self.limits;
+        match self.buckets.get_mut(key) {
+            Some(b) => b.check(limits, now),
+            // An unknown key is a full bucket; keep the map to failures.
+            None => Ok(()),
+        }
+    }
+
     pub fn failure(&mut self, source: &str, identity: &str, now: i64) {
+        // Many addresses or claimed identities must not grow the map without
+        // bound: a full bucket holds nothing worth keeping.
+        if self.buckets.len() >= MAX_BUCKETS {
+            let limits = self.limits;
+            self.buckets.retain(|_, b| {
+                b.refill(limits, now);
+                b.millitokens < limits.capacity * 1000
+            });
+        }
         for key in Self::keys(source, identity) {
             let limits = self.limits;
             self.buckets
@@ -144,5 +170,21 @@ mod tests {
         b.fail(l, 0);
         b.check(l, 3600 * S).unwrap();
         assert_eq!(b.millitokens, 5000);
+    }
+
+    #[test]
+    fn full_buckets_are_dropped_when_the_map_is_large() {
+        let mut rl = RateLimiter::new(Limits::default());
+        for i in 0..MAX_BUCKETS {
+            rl.failure(&format!("10.0.{}.{}", i / 256, i % 256), "x", 0);
+        }
+        // An hour later all of them are full again; one more failure prunes.
+        rl.failure("192.0.2.1", "y", 3600 * S);
+        assert_eq!(rl.buckets.len(), 2, "only the new pair's buckets remain");
+        // An empty bucket survives pruning.
+        for _ in 0..5 {
+            rl.failure("192.0.2.1", "y", 3600 * S);
+        }
+        assert!(rl.check("192.0.2.1", "z", 3600 * S).is_err());
     }
 }

@@ -23,7 +23,8 @@ pub const MAX_BREAK_GLASS_SECS: u64 = 3600;
 /// A pending request nobody approved within this is stale.
 pub const REQUEST_TTL_SECS: i64 = 24 * 3600;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE requests (
         id           TEXT PRIMARY KEY NOT NULL,
         requester    TEXT NOT NULL,
@@ -76,7 +77,16 @@ const MIGRATIONS: &[&str] = &[r#"
         millitokens INTEGER NOT NULL,
         updated     INTEGER NOT NULL
     ) STRICT;
-"#];
+"#,
+    r#"
+    -- A break-glass elevation's session for later commands (the IdP is down,
+    -- so there is no OIDC session): the SHA-256 of its bearer secret.
+    CREATE TABLE break_glass_sessions (
+        request    TEXT PRIMARY KEY NOT NULL REFERENCES requests (id),
+        token_hash TEXT NOT NULL
+    ) STRICT;
+"#,
+];
 
 /// An elevation request, approved or not; break-glass elevations are
 /// requests approved by nobody, flagged for review.
@@ -155,6 +165,14 @@ fn source_key(s: &Source) -> String {
         Source::LocalRoot => "local-root".into(),
         Source::ApiToken { scope } => format!("api-token:{scope}"),
     }
+}
+
+fn session_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 fn new_id(prefix: &str) -> Result<String, Error> {
@@ -885,6 +903,91 @@ impl Store {
         };
         let principal = self.with_grants(principal, now)?;
         Ok((principal, self.get(&id, now)?))
+    }
+
+    /// A bearer secret for later commands under break-glass elevation
+    /// `request` (`cpbg_<request>_<secret>`); only its SHA-256 is kept.
+    /// The session lasts as long as the elevation: expiry or revocation of
+    /// the elevation ends it.
+    pub fn open_break_glass_session(&self, request: &str) -> Result<SecretString, Error> {
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).map_err(|e| Error::Invalid {
+            field: "session".into(),
+            detail: format!("no randomness: {e}"),
+        })?;
+        let token = format!(
+            "cpbg_{request}_{}",
+            secret
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+        );
+        secret.iter_mut().for_each(|b| *b = 0);
+        let n = self
+            .conn
+            .execute(
+                "INSERT INTO break_glass_sessions (request, token_hash)
+                 SELECT id, ?2 FROM requests WHERE id = ?1 AND break_glass = 1",
+                params![request, session_hash(&token)],
+            )
+            .map_err(self.db("record the break-glass session"))?;
+        if n != 1 {
+            return Err(Error::Invalid {
+                field: "request".into(),
+                detail: format!("{request} is not a break-glass elevation"),
+            });
+        }
+        Ok(SecretString::from(token))
+    }
+
+    /// The principal of a break-glass session token: the break-glass
+    /// account with its elevation, while the elevation is in force.
+    pub fn break_glass_session(&self, token: &SecretString, now: i64) -> Result<Principal, Error> {
+        let token = token.expose_secret();
+        let refused = |why: &str| Err(Error::AuthFailed(format!("the break-glass session {why}")));
+        let Some(request) = token
+            .strip_prefix("cpbg_")
+            .and_then(|r| r.rsplit_once('_'))
+            .map(|(id, _)| id)
+        else {
+            return refused("token is malformed");
+        };
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT token_hash FROM break_glass_sessions WHERE request = ?1",
+                params![request],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db("read break-glass sessions"))?;
+        let presented = session_hash(token);
+        // Both are hex SHA-256 digests of one length: the comparison leaks nothing useful.
+        let same = stored.is_some_and(|h| {
+            h.len() == presented.len()
+                && h.bytes()
+                    .zip(presented.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !same {
+            return refused("token is not valid");
+        }
+        let r = self.get(request, now)?;
+        if !r.break_glass || r.status != "approved" {
+            return refused(&format!(
+                "ended: elevation {request} is {} (careplane access list)",
+                r.status
+            ));
+        }
+        let principal = Principal {
+            id: r.requester.clone(),
+            kind: careplane_audit::ActorKind::User,
+            auth: "break-glass".into(),
+            mfa: true,
+            bindings: Vec::new(),
+        };
+        self.with_grants(principal, now)
     }
 
     fn bucket(&self, key: &str, now: i64) -> Result<Bucket, Error> {

@@ -6,7 +6,7 @@ use careplane_identity::{
     authorize, totp, Action, Binding, Error, Principal, ReviewDecision, Role, Scope, Source, Store,
     Target,
 };
-use secrecy::{SecretSlice, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 const T0: i64 = 1_780_000_000 * 1_000_000;
 const MIN: i64 = 60 * 1_000_000;
@@ -238,6 +238,73 @@ fn break_glass_is_immediate_flagged_and_rate_limited() {
     for bytes in [db, wal] {
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains(PASSWORD) && !text.contains("12345678901234567890"));
+    }
+}
+
+/// A break-glass session (for later commands while the IdP is down) is the
+/// break-glass principal while its elevation is in force, and nothing
+/// after the elevation expires; an altered secret or a normal grant's id
+/// is refused; only the secret's hash is stored.
+#[test]
+fn break_glass_sessions_last_as_long_as_the_elevation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.set_break_glass_account("oncall", &SecretString::from(PASSWORD.to_string()))
+        .unwrap();
+    let code = totp::code(SEED, (T0 / 1_000_000) as u64, 30, 6);
+    let (_, r) = glass(&s, PASSWORD, &code, T0).unwrap();
+    let token = s.open_break_glass_session(&r.id).unwrap();
+    assert!(token
+        .expose_secret()
+        .starts_with(&format!("cpbg_{}_", r.id)));
+
+    let p = s.break_glass_session(&token, T0 + 60 * 1_000_000).unwrap();
+    assert_eq!(
+        (p.id.as_str(), p.auth.as_str(), p.mfa),
+        ("break-glass:oncall", "break-glass", true)
+    );
+    assert!(authorize(&p, Action::Destroy, &Target::tenant("stmarys", true)).allowed);
+    assert!(p.actor().elevation.unwrap().break_glass);
+
+    let mut altered = token.expose_secret().to_string();
+    let last = altered.pop().unwrap();
+    altered.push(if last == '0' { '1' } else { '0' });
+    let e = s
+        .break_glass_session(&SecretString::from(altered), T0)
+        .unwrap_err();
+    assert!(e.to_string().contains("not valid"), "{e}");
+    let e = s
+        .break_glass_session(&SecretString::from("cpbg_nonsense".to_string()), T0)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("malformed") || e.to_string().contains("not valid"),
+        "{e}"
+    );
+
+    // The elevation lasts an hour; so does the session.
+    let e = s
+        .break_glass_session(&token, T0 + 3601 * 1_000_000)
+        .unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+
+    // Sessions are for break-glass elevations only.
+    let alice = user("alice", Role::Viewer, true);
+    let req = s
+        .request(
+            &alice,
+            Role::PlatformOperator,
+            Scope::All,
+            3600,
+            "INC-1",
+            T0,
+        )
+        .unwrap();
+    assert!(s.open_break_glass_session(&req.id).is_err());
+
+    let db = std::fs::read(dir.path().join("access.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("access.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(!String::from_utf8_lossy(&bytes).contains(token.expose_secret()));
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State as AxState};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::authz::{check, record, Ask};
+use crate::authz::{check, record, Ask, Caller};
 use crate::incidents::{self, Action};
 use crate::probes::{Latest, State};
 use crate::tokens::{Scope, TokenRecord};
@@ -24,8 +24,23 @@ use crate::Error;
 
 type St = AxState<Arc<State>>;
 
-/// An error answer: `{"error": "..."}`.
-pub(crate) struct ApiError(pub StatusCode, pub String);
+/// An error answer: `{"error": "..."}`; the third field is a 429's
+/// `Retry-After` in seconds.
+pub(crate) struct ApiError(pub StatusCode, pub String, pub Option<u64>);
+
+impl ApiError {
+    pub fn new(code: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(code, message.into(), None)
+    }
+
+    pub fn too_many(retry_after_secs: u64, message: impl Into<String>) -> ApiError {
+        ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            message.into(),
+            Some(retry_after_secs),
+        )
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -35,6 +50,10 @@ impl IntoResponse for ApiError {
                 "www-authenticate",
                 "Bearer realm=\"careplane\"".parse().expect("valid"),
             );
+        }
+        if let Some(secs) = self.2 {
+            r.headers_mut()
+                .insert("retry-after", secs.to_string().parse().expect("digits"));
         }
         r
     }
@@ -50,7 +69,7 @@ impl From<Error> for ApiError {
             Error::Sla(careplane_sla::Error::Invalid { .. }) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -59,7 +78,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(ApiError::from)
 }
 
@@ -114,7 +133,7 @@ pub struct ResolveBody {
     responses((status = 200, description = "careplane status: servers and environments with health", body = AnyJson),
               (status = 401, description = "no valid token"),
               (status = 403, description = "refused by the authorization check; the error says which role or MFA is needed")))]
-async fn status(AxState(s): St, h: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn status(AxState(s): St, h: Caller) -> Result<Json<Value>, ApiError> {
     check(&s, &h, Ask::read("/v1/status")).await?;
     let st = s.clone();
     let v = blocking(move || {
@@ -127,10 +146,7 @@ async fn status(AxState(s): St, h: HeaderMap) -> Result<Json<Value>, ApiError> {
 
 #[utoipa::path(get, path = "/v1/environments", security(("bearer" = [])),
     responses((status = 200, description = "Environments being probed, with their latest results", body = [EnvironmentView])))]
-async fn environments(
-    AxState(s): St,
-    h: HeaderMap,
-) -> Result<Json<Vec<EnvironmentView>>, ApiError> {
+async fn environments(AxState(s): St, h: Caller) -> Result<Json<Vec<EnvironmentView>>, ApiError> {
     check(&s, &h, Ask::read("/v1/environments")).await?;
     let live = s.live();
     let out = live
@@ -154,7 +170,7 @@ async fn environments(
 
 #[utoipa::path(get, path = "/v1/probes", security(("bearer" = [])),
     responses((status = 200, description = "The latest acknowledged result of every probe", body = [Latest])))]
-async fn probes(AxState(s): St, h: HeaderMap) -> Result<Json<Vec<Latest>>, ApiError> {
+async fn probes(AxState(s): St, h: Caller) -> Result<Json<Vec<Latest>>, ApiError> {
     check(&s, &h, Ask::read("/v1/probes")).await?;
     Ok(Json(s.live().latest.values().cloned().collect()))
 }
@@ -164,7 +180,7 @@ async fn probes(AxState(s): St, h: HeaderMap) -> Result<Json<Vec<Latest>>, ApiEr
     responses((status = 200, description = "Stored minute observations (no-data, unknown, up, failed)", body = AnyJson)))]
 async fn minutes(
     AxState(s): St,
-    h: HeaderMap,
+    h: Caller,
     Path((t, e, p)): Path<(String, String, String)>,
     Query(q): Query<MinutesQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -177,11 +193,11 @@ async fn minutes(
     let from: jiff::Timestamp = q
         .from
         .parse()
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("from: {e}")))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("from: {e}")))?;
     if q.minutes > 44_640 {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "minutes: at most 44640".into(),
+            "minutes: at most 44640",
         ));
     }
     let st = s.clone();
@@ -198,7 +214,7 @@ async fn minutes(
 #[utoipa::path(get, path = "/v1/slo/{tenant}", security(("bearer" = [])),
     params(("tenant" = String, Path)),
     responses((status = 200, description = "The tenant's SLO and this month's accounting per environment", body = AnyJson)))]
-async fn slo(AxState(s): St, h: HeaderMap, Path(t): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn slo(AxState(s): St, h: Caller, Path(t): Path<String>) -> Result<Json<Value>, ApiError> {
     check(&s, &h, Ask::read_tenant(&format!("/v1/slo/{t}"), &t)).await?;
     let st = s.clone();
     let v = blocking(move || {
@@ -238,7 +254,7 @@ async fn slo(AxState(s): St, h: HeaderMap, Path(t): Path<String>) -> Result<Json
     responses((status = 200, description = "Monthly SLA reports (careplane_sla::MonthlyReport)", body = AnyJson)))]
 async fn reports(
     AxState(s): St,
-    h: HeaderMap,
+    h: Caller,
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
     check(&s, &h, Ask::read("/v1/reports")).await?;
@@ -268,7 +284,7 @@ async fn reports(
     responses((status = 200, description = "Incidents (careplane_sla::Incident), oldest first", body = AnyJson)))]
 async fn incident_list(
     AxState(s): St,
-    h: HeaderMap,
+    h: Caller,
     Query(q): Query<IncidentQuery>,
 ) -> Result<Json<Value>, ApiError> {
     check(&s, &h, Ask::read("/v1/incidents")).await?;
@@ -280,7 +296,7 @@ async fn incident_list(
 
 async fn incident_action(
     s: Arc<State>,
-    h: HeaderMap,
+    h: Caller,
     id: String,
     action: Action,
 ) -> Result<Json<Value>, ApiError> {
@@ -332,7 +348,7 @@ async fn incident_action(
         (r, recorded)
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     recorded?;
     let i = r.map_err(ApiError::from)?;
     Ok(Json(serde_json::to_value(i).expect("incident serializes")))
@@ -342,7 +358,7 @@ async fn incident_action(
     responses((status = 200, description = "Acknowledged", body = AnyJson), (status = 403, description = "refused: needs tenant-operator of the incident's tenant, platform-operator or platform-admin"), (status = 409, description = "refused (e.g. already acknowledged)")))]
 async fn incident_ack(
     AxState(s): St,
-    h: HeaderMap,
+    h: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     incident_action(s, h, id, Action::Acknowledge).await
@@ -352,7 +368,7 @@ async fn incident_ack(
     responses((status = 200, description = "Noted", body = AnyJson)))]
 async fn incident_note(
     AxState(s): St,
-    h: HeaderMap,
+    h: Caller,
     Path(id): Path<String>,
     Json(b): Json<NoteBody>,
 ) -> Result<Json<Value>, ApiError> {
@@ -363,7 +379,7 @@ async fn incident_note(
     responses((status = 200, description = "Resolved", body = AnyJson)))]
 async fn incident_resolve(
     AxState(s): St,
-    h: HeaderMap,
+    h: Caller,
     Path(id): Path<String>,
     Json(b): Json<ResolveBody>,
 ) -> Result<Json<Value>, ApiError> {
@@ -372,7 +388,7 @@ async fn incident_resolve(
 
 #[utoipa::path(get, path = "/metrics", security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")))]
-async fn metrics(AxState(s): St, h: HeaderMap) -> Result<Response, ApiError> {
+async fn metrics(AxState(s): St, h: Caller) -> Result<Response, ApiError> {
     check(&s, &h, Ask::read("/metrics")).await?;
     let st = s.clone();
     let text = blocking(move || crate::metrics::render(&st)).await?;

@@ -171,10 +171,13 @@ async fn serve(engine: Arc<Engine>, opts: Options) -> Result<(), Error> {
         }
     };
     let r = match tls {
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::Invalid(format!("serving: {e}"))),
+        None => axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Invalid(format!("serving: {e}"))),
         Some(cfg) => {
             serve_tls(listener, app, cfg, shutdown).await;
             Ok(())
@@ -267,7 +270,7 @@ async fn serve_tls(
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -281,6 +284,9 @@ async fn serve_tls(
             else {
                 return;
             };
+            // What `into_make_service_with_connect_info` gives the plain
+            // listener: the client's address for the rate limits.
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)

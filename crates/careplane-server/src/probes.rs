@@ -86,6 +86,10 @@ pub(crate) struct State {
     /// The platform's identity provider (discovery and keys), once a
     /// request first presented an OIDC token; a failed discovery is not kept.
     pub oidc: Mutex<Option<Arc<crate::authz::Oidc>>>,
+    /// Failed authentications per client address and per claimed identity
+    /// (`authz.rs`); in memory: a restart forgives, as a lockout should not
+    /// outlive the process that can lift it.
+    pub failed_auth: Mutex<careplane_identity::ratelimit::RateLimiter>,
 }
 
 impl State {
@@ -106,6 +110,9 @@ impl State {
             }),
             deliveries: Mutex::new(Default::default()),
             oidc: Mutex::new(None),
+            failed_auth: Mutex::new(careplane_identity::ratelimit::RateLimiter::new(
+                crate::authz::FAILED_AUTH_LIMITS,
+            )),
         }))
     }
 
