@@ -30,6 +30,46 @@ pub(crate) struct Deliveries {
     pub refreshed: Option<std::time::Instant>,
 }
 
+/// Where the burn-rate rules firing are kept across restarts (`tenant/env/rule` per
+/// line in a JSON array), so that a restarted server neither announces a rule that
+/// was already firing again nor forgets to announce that it stopped.
+pub(crate) fn burning_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    crate::report::store_dir(data_dir).join("burning.json")
+}
+
+/// The firing rules a previous server left; an unreadable file is said on stderr and
+/// counts as none (the next evaluation announces what fires).
+pub(crate) fn load_burning(data_dir: &std::path::Path) -> BTreeSet<String> {
+    let path = burning_path(data_dir);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            eprintln!(
+                "careplane serve: {}: {e}; burn-rate rules will be announced afresh",
+                path.display()
+            );
+            BTreeSet::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(e) => {
+            eprintln!(
+                "careplane serve: {}: {e}; burn-rate rules will be announced afresh",
+                path.display()
+            );
+            BTreeSet::new()
+        }
+    }
+}
+
+fn save_burning(data_dir: &std::path::Path, burning: &BTreeSet<String>) {
+    let path = burning_path(data_dir);
+    let body = serde_json::to_vec(burning).expect("a set of strings serializes");
+    if let Err(e) = std::fs::create_dir_all(crate::report::store_dir(data_dir))
+        .and_then(|()| careplane_sys::atomic_write(&path, &body, 0o640, None))
+    {
+        eprintln!("careplane serve: {}: {e}", path.display());
+    }
+}
+
 /// Alertmanager resolves an alert nobody re-sent within its `resolve_timeout`, so careplane
 /// re-sends the active ones (as Prometheus does) with an `endsAt` this far ahead.
 const ALERT_LEASE_SECONDS: i64 = 300;
@@ -250,6 +290,7 @@ fn burns(state: &State, all: &[NotificationChannel], burns: Option<crate::probes
                 } else {
                     d.burning.remove(&key);
                 }
+                save_burning(&state.data_dir, &d.burning);
                 eprintln!(
                     "careplane serve: {key}: burn-rate rule {}",
                     if a.firing { "firing" } else { "stopped" }
@@ -302,5 +343,21 @@ fn refresh(state: &State, all: &[NotificationChannel], open: &[Incident]) {
                 format!("incident {}", i.id),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod burning_tests {
+    use super::*;
+
+    #[test]
+    fn firing_rules_survive_a_restart_and_a_damaged_file_counts_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_burning(dir.path()).is_empty());
+        let set: BTreeSet<String> = ["stmarys/production/page-fast".to_string()].into();
+        save_burning(dir.path(), &set);
+        assert_eq!(load_burning(dir.path()), set);
+        std::fs::write(burning_path(dir.path()), b"{not json").unwrap();
+        assert!(load_burning(dir.path()).is_empty());
     }
 }

@@ -95,6 +95,7 @@ pub(crate) struct State {
 impl State {
     pub fn open(engine: Arc<Engine>, opts: &Options) -> Result<Arc<State>, Error> {
         let data_dir = engine.data_dir().to_path_buf();
+        let burning = crate::notify::load_burning(&data_dir);
         // Replays what a killed server flushed but did not compact.
         let store = Store::open(report::store_dir(&data_dir))?;
         Ok(Arc::new(State {
@@ -108,7 +109,10 @@ impl State {
                 stamp: None,
                 records: Vec::new(),
             }),
-            deliveries: Mutex::new(Default::default()),
+            deliveries: Mutex::new(crate::notify::Deliveries {
+                burning,
+                ..Default::default()
+            }),
             oidc: Mutex::new(None),
             failed_auth: Mutex::new(careplane_identity::ratelimit::RateLimiter::new(
                 crate::authz::FAILED_AUTH_LIMITS,
