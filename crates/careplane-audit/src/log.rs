@@ -5,7 +5,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -73,6 +75,9 @@ struct State {
     flushing: bool,
     tree: Tree,
     poisoned: Option<(u64, String)>,
+    /// Appenders parked until their entry is durable (or until they are to
+    /// flush the next batch), with their entry's seq.
+    waiters: Vec<(u64, Thread)>,
 }
 
 struct CpState {
@@ -91,7 +96,11 @@ pub struct AuditLog {
     file: File,
     _lock: File,
     state: Mutex<State>,
-    durable: Condvar,
+    /// `State::durable`, readable without the lock: a woken appender
+    /// checks it and returns without queueing on the mutex behind every
+    /// other woken appender (that convoy, not the disk, bounded group
+    /// commit with hundreds of appenders).
+    durable_at: AtomicU64,
     cp: Mutex<CpState>,
     recovery: Option<Recovery>,
 }
@@ -304,8 +313,9 @@ impl AuditLog {
                 flushing: false,
                 tree,
                 poisoned: None,
+                waiters: Vec::new(),
             }),
-            durable: Condvar::new(),
+            durable_at: AtomicU64::new(size),
             cp: Mutex::new(CpState {
                 file: cp_file,
                 last_size: checkpointed,
@@ -384,15 +394,41 @@ impl AuditLog {
         st.tree.push(leaf);
         st.next_seq += 1;
 
-        while st.durable <= seq {
+        // Group commit: whoever finds no flush under way writes and syncs
+        // everything buffered, then wakes the appenders it made durable and,
+        // when more is buffered, one of those waiting to lead the next batch.
+        // The others park; a woken appender whose entry is durable returns
+        // without taking the lock.
+        loop {
             if let Some((seq, detail)) = &st.poisoned {
                 return Err(Error::Poisoned {
                     seq: *seq,
                     detail: detail.clone(),
                 });
             }
+            if st.durable > seq {
+                break;
+            }
             if st.flushing {
-                st = self.durable.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.waiters.push((seq, std::thread::current()));
+                drop(st);
+                loop {
+                    std::thread::park();
+                    let durable = self.durable_at.load(Ordering::Acquire);
+                    if durable > seq {
+                        self.maybe_checkpoint(durable);
+                        return Ok(Receipt {
+                            seq,
+                            leaf_hash: leaf,
+                        });
+                    }
+                    // Woken to lead, poisoned, or spuriously: look under the lock.
+                    let g = lock_poison(&self.state);
+                    if g.poisoned.is_some() || !g.waiters.iter().any(|(s, _)| *s == seq) {
+                        break;
+                    }
+                }
+                st = lock_poison(&self.state);
                 continue;
             }
             st.flushing = true;
@@ -403,7 +439,10 @@ impl AuditLog {
             st = lock_poison(&self.state);
             st.flushing = false;
             match written {
-                Ok(()) => st.durable = end,
+                Ok(()) => {
+                    st.durable = end;
+                    self.durable_at.store(end, Ordering::Release);
+                }
                 Err(e) => {
                     let at = st.durable;
                     st.poisoned = Some((at, e.to_string()));
@@ -415,7 +454,20 @@ impl AuditLog {
                 b.clear();
                 st.buf = b;
             }
-            self.durable.notify_all();
+            let (durable, more, poisoned) = (st.durable, !st.buf.is_empty(), st.poisoned.is_some());
+            let mut leader_woken = !more;
+            st.waiters.retain(|(s, t)| {
+                if *s < durable || poisoned {
+                    t.unpark();
+                    false
+                } else if !leader_woken {
+                    leader_woken = true;
+                    t.unpark();
+                    false
+                } else {
+                    true
+                }
+            });
         }
         let durable = st.durable;
         drop(st);

@@ -50,12 +50,22 @@ fn appends_are_numbered_chained_and_survive_reopening() {
 fn concurrent_appenders_get_a_gapless_sequence() {
     let tmp = tempfile::tempdir().unwrap();
     let l = Arc::new(open(tmp.path(), None));
-    let threads: Vec<_> = (0..8)
+    // Enough appenders that most park while another flushes (the group
+    // commit's waiting and hand-over paths), each checking that what it was
+    // told is durable is.
+    let threads: Vec<_> = (0..64)
         .map(|t| {
             let l = l.clone();
             std::thread::spawn(move || {
-                (0..150)
-                    .map(|i| l.append(event(t * 1000 + i)).unwrap().seq)
+                (0..60)
+                    .map(|i| {
+                        let seq = l.append(event(t * 1000 + i)).unwrap().seq;
+                        assert!(
+                            l.size() > seq,
+                            "append returned before seq {seq} was durable"
+                        );
+                        seq
+                    })
                     .collect::<Vec<_>>()
             })
         })
@@ -66,13 +76,13 @@ fn concurrent_appenders_get_a_gapless_sequence() {
             assert!(seqs.insert(s), "seq {s} handed out twice");
         }
     }
-    assert_eq!(seqs.len(), 1200);
+    assert_eq!(seqs.len(), 3840);
     assert_eq!(
         seqs.iter().copied().collect::<Vec<_>>(),
-        (0..1200).collect::<Vec<_>>()
+        (0..3840).collect::<Vec<_>>()
     );
     let cp = l.checkpoint().unwrap();
-    assert_eq!(cp.size, 1200);
+    assert_eq!(cp.size, 3840);
     // Times never go backwards along the sequence.
     let times: Vec<i64> = lines(tmp.path())
         .iter()
