@@ -97,7 +97,10 @@ pub enum Command {
         #[command(subcommand)]
         command: SlaCommand,
     },
-    /// Incidents opened by `careplane serve`: list, acknowledge, annotate, resolve.
+    /// Incidents opened by `careplane serve`: list, acknowledge, annotate,
+    /// resolve. With --server URL through that server's API, as the
+    /// signed-in user (audited there; acting needs tenant-operator of the
+    /// incident's tenant, platform-operator or platform-admin).
     Incident {
         #[command(subcommand)]
         command: IncidentCommand,
@@ -219,6 +222,27 @@ fn out(text: &str) -> Result<()> {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     o.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// `incident list`'s output, here and with --server.
+pub fn print_incidents(all: &[careplane_sla::Incident], output: Output) -> Result<()> {
+    if output == Output::Json {
+        return out(&format!("{}\n", serde_json::to_string_pretty(all)?));
+    }
+    for i in all {
+        let state = if let Some(r) = &i.resolved {
+            format!("resolved {}", r.at)
+        } else if let Some(a) = &i.acknowledged {
+            format!("acknowledged by {}", a.actor)
+        } else {
+            "open".into()
+        };
+        out(&format!(
+            "{}  {:?}  {}/{}  {} since {}  {state}\n",
+            i.id, i.severity, i.tenant, i.environment, i.probe, i.started_at
+        ))?;
+    }
     Ok(())
 }
 
@@ -395,23 +419,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                     .into_iter()
                     .filter(|i| !open || i.is_open())
                     .collect();
-                if output == Output::Json {
-                    out(&format!("{}\n", serde_json::to_string_pretty(&all)?))?;
-                } else {
-                    for i in all {
-                        let state = if let Some(r) = &i.resolved {
-                            format!("resolved {}", r.at)
-                        } else if let Some(a) = &i.acknowledged {
-                            format!("acknowledged by {}", a.actor)
-                        } else {
-                            "open".into()
-                        };
-                        out(&format!(
-                            "{}  {:?}  {}/{}  {} since {}  {state}\n",
-                            i.id, i.severity, i.tenant, i.environment, i.probe, i.started_at
-                        ))?;
-                    }
-                }
+                print_incidents(&all, output)?;
             }
             IncidentCommand::Ack { files, id } => {
                 let i = incidents::act(
