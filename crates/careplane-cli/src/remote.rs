@@ -103,7 +103,16 @@ impl Remote {
             r.call()
         };
         // ureq's errors name the URL and the cause, never a header.
-        let mut resp = resp.with_context(|| what.clone())?;
+        let mut resp = resp.map_err(|e| {
+            let e = e.to_string();
+            let hint = if e.contains("certificate") {
+                " (the server's certificate is not signed by the CA --ca-cert or CAREPLANE_CA_CERT \
+                 names: give the platform CA's certificate, <dataDir>/pki/ca.crt)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("{what}: {e}{hint}")
+        })?;
         let status = resp.status();
         let text = resp
             .body_mut()

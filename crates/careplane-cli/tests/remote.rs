@@ -137,7 +137,14 @@ impl Outputs {
 /// verification address on stderr and polls; the test plays the user in
 /// the provider's pages. Returns the session's ID token.
 fn device_login(outs: &mut Outputs, server: &str, session: &Path, hint: &str) -> String {
-    let mut child = remote(session, &["login", "--server", server, "--device"])
+    let login = remote(session, &["login", "--server", server, "--device"]);
+    device_login_with(outs, login, session, hint)
+}
+
+/// Runs `login` (a `careplane login --device` command) as `hint`.
+fn device_login_with(outs: &mut Outputs, mut login: Command, session: &Path, hint: &str) -> String {
+    let mut child = login
+        .env("CAREPLANE_SESSION", session)
         .env("CAREPLANE_LOGIN_HINT", hint)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,6 +264,22 @@ fn remote_cli_signs_in_by_device_code_and_acts_as_that_user() {
         &["--server", "http://ops.example.org:8470", "status"],
     ));
     assert!(e.contains("plain http only"), "{e}");
+
+    // On the host, `login --device` signs in at identity.json's provider
+    // and is audited there, with how.
+    let carol = home.join("carol.session.json");
+    device_login_with(
+        &mut outs,
+        p.cmd(&["login", "--device"]),
+        &carol,
+        "carol;mfa",
+    );
+    let log = p.json(&["audit", "log"]);
+    let login = log.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(login["action"], "login", "{login}");
+    assert_eq!(login["actor"]["id"], "carol");
+    assert_eq!(login["actor"]["mfa"], true);
+    assert_eq!(login["parameters"]["method"], "device-code");
 
     // alice (viewer) signs in by device code, and reads as herself.
     let alice_token = device_login(&mut outs, &server, &alice, "alice");
@@ -380,5 +403,92 @@ fn remote_cli_signs_in_by_device_code_and_acts_as_that_user() {
         for o in &outs.0 {
             assert!(!o.contains(t.as_str()), "a token in the output: {o}");
         }
+    }
+}
+
+/// `https://` is verified against the CA `--ca-cert` (or CAREPLANE_CA_CERT)
+/// names, and only against it: the server's certificate from another CA,
+/// or no CA given (the web PKI does not know a platform CA), is refused
+/// before the token is sent.
+#[test]
+fn https_is_verified_against_the_given_ca_only() {
+    use careplane_local::pki;
+    use careplane_local::ExposeSecret as _;
+    let p = Platform::new(TENANTS);
+    careplane_state::Store::open(&p.data_dir()).unwrap();
+    let dir = p.dir.path();
+    let ca = pki::generate_ca("careplane test CA").unwrap();
+    let (cert, key) = pki::issue_server_cert(&ca, "careplane serve", &[]).unwrap();
+    let other = pki::generate_ca("another CA").unwrap();
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.join("other.crt"), &other.cert_pem).unwrap();
+    std::fs::write(dir.join("not-a-cert.crt"), "hello\n").unwrap();
+    std::fs::write(dir.join("serve.crt"), cert).unwrap();
+    std::fs::write(dir.join("serve.key"), key.expose_secret()).unwrap();
+    set_mode(&dir.join("serve.key"), 0o600);
+    let out = p.run(&[
+        "token",
+        "create",
+        "--name",
+        "dashboard",
+        "--scope",
+        "read",
+        "--ttl",
+        "1h",
+    ]);
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let _serve = Serve(
+        p.cmd(&["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--tls-cert", dir.join("serve.crt").to_str().unwrap()])
+            .args(["--tls-key", dir.join("serve.key").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn careplane serve"),
+    );
+    let server = format!("https://127.0.0.1:{port}");
+    let nobody = dir.join("nobody.session.json");
+    let status = |ca: Option<&str>, env_ca: Option<&str>| {
+        let mut c = remote(&nobody, &["--server", &server, "status"]);
+        if let Some(ca) = ca {
+            c.args(["--ca-cert", dir.join(ca).to_str().unwrap()]);
+        }
+        if let Some(ca) = env_ca {
+            c.env("CAREPLANE_CA_CERT", dir.join(ca));
+        }
+        c.env("CAREPLANE_TOKEN", &token);
+        c
+    };
+    let mut outs = Outputs::default();
+    // Bounded wait for the server to listen, through the client itself.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let (ok, o, e) = outs.run(status(Some("ca.crt"), None));
+        if ok {
+            break o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer over https within 60 s: {e}\n{}",
+            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(text, p.ok(&["status"]));
+    outs.ok(status(None, Some("ca.crt")));
+    for (ca, want) in [
+        (Some("other.crt"), "not signed by the CA"),
+        (None, "not signed by the CA"),
+        (Some("not-a-cert.crt"), "no PEM certificate"),
+    ] {
+        let e = outs.refused(status(ca, None));
+        assert!(e.contains(want), "--ca-cert {ca:?}: {e}");
+    }
+    for o in &outs.0 {
+        assert!(!o.contains(&token), "the token in the output: {o}");
     }
 }
