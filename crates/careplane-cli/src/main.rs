@@ -386,10 +386,11 @@ fn main() -> ExitCode {
     }
     let matches = command.get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let r = match cli.server.clone() {
+    // An empty CAREPLANE_SERVER (or CAREPLANE_CA_CERT) is an unset one.
+    let r = match cli.server.clone().filter(|s| !s.is_empty()) {
         Some(server) => remote::run(
             &server,
-            cli.ca_cert.as_deref(),
+            cli.ca_cert.as_deref().filter(|p| !p.as_os_str().is_empty()),
             cli.command,
             &remote::command_name(&matches),
         ),
