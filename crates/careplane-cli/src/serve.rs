@@ -98,9 +98,10 @@ pub enum Command {
         command: SlaCommand,
     },
     /// Incidents opened by `careplane serve`: list, acknowledge, annotate,
-    /// resolve. With --server URL through that server's API, as the
-    /// signed-in user (audited there; acting needs tenant-operator of the
-    /// incident's tenant, platform-operator or platform-admin).
+    /// resolve. Acting needs tenant-operator of the incident's tenant,
+    /// platform-operator or platform-admin (root on the host is the local
+    /// root operator) and is audited; with --server URL it goes through
+    /// that server's API as the signed-in user.
     Incident {
         #[command(subcommand)]
         command: IncidentCommand,
@@ -209,6 +210,58 @@ fn parse_ttl(s: &str) -> Result<jiff::SignedDuration> {
         _ => bail!("--ttl {s:?}: a number and d, h, m or s, e.g. 30d"),
     };
     Ok(jiff::SignedDuration::from_secs(n.saturating_mul(secs)))
+}
+
+/// `incident ack|note|resolve` on the host: the caller (root without a
+/// session is the local root operator) passes the API's check —
+/// `incident.update` on the incident's tenant — and the action is one audit
+/// entry with that actor, refused, failed or succeeded, as through serve.
+fn act_on_host(files: &Files, id: &str, action: Action) -> Result<careplane_sla::Incident> {
+    use careplane_engine::careplane_audit::{Outcome, Status};
+    let engine = careplane_target_local::engine(files.specs()?);
+    let data = engine.data_dir().to_path_buf();
+    let who = crate::access::caller(&engine);
+    let tenant = incidents::load(&data)?
+        .into_iter()
+        .find(|i| i.id == id)
+        .map(|i| i.tenant);
+    let on = match &tenant {
+        Some(t) => careplane_identity::Target::tenant(t, false),
+        None => careplane_identity::Target::platform(false),
+    };
+    let name = match &action {
+        Action::Acknowledge => "incident.ack",
+        Action::Note(_) => "incident.note",
+        Action::Resolve(_) => "incident.resolve",
+    };
+    let target = format!("incident {id}");
+    let record = |status, message| {
+        engine.audit_record_as(
+            who.actor(),
+            name,
+            &target,
+            tenant.as_deref(),
+            serde_json::Value::Null,
+            Outcome { status, message },
+        )
+    };
+    let d = careplane_identity::authorize(&who, careplane_identity::Action::IncidentUpdate, &on);
+    if !d.allowed {
+        record(Status::Refused, Some(d.reason.clone()))?;
+        bail!("refused: {}", d.reason);
+    }
+    // The incident names who acted as the server's API does; the local root
+    // operator by the OS user behind it (sudo's too).
+    let label = match who.auth.as_str() {
+        "local-root" => format!("{} (local-root)", actor()),
+        _ => format!("{} ({})", who.id, who.auth),
+    };
+    let r = incidents::act(&data, id, &label, &action, Timestamp::now());
+    match &r {
+        Ok(_) => record(Status::Succeeded, None)?,
+        Err(e) => record(Status::Failed, Some(e.to_string()))?,
+    }
+    Ok(r?)
 }
 
 fn actor() -> String {
@@ -422,33 +475,15 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 print_incidents(&all, output)?;
             }
             IncidentCommand::Ack { files, id } => {
-                let i = incidents::act(
-                    &files.data_dir()?,
-                    &id,
-                    &actor(),
-                    &Action::Acknowledge,
-                    Timestamp::now(),
-                )?;
+                let i = act_on_host(&files, &id, Action::Acknowledge)?;
                 out(&format!("acknowledged {}\n", i.id))?;
             }
             IncidentCommand::Note { files, id, text } => {
-                let i = incidents::act(
-                    &files.data_dir()?,
-                    &id,
-                    &actor(),
-                    &Action::Note(text),
-                    Timestamp::now(),
-                )?;
+                let i = act_on_host(&files, &id, Action::Note(text))?;
                 out(&format!("noted on {}\n", i.id))?;
             }
             IncidentCommand::Resolve { files, id, summary } => {
-                let i = incidents::act(
-                    &files.data_dir()?,
-                    &id,
-                    &actor(),
-                    &Action::Resolve(summary),
-                    Timestamp::now(),
-                )?;
+                let i = act_on_host(&files, &id, Action::Resolve(summary))?;
                 out(&format!("resolved {}\n", i.id))?;
             }
         },

@@ -398,6 +398,44 @@ fn remote_cli_signs_in_by_device_code_and_acts_as_that_user() {
         );
     }
 
+    // On the host, incident actions pass the same check and are audited
+    // the same way: alice's session is refused, root without one is the
+    // local root operator.
+    let resolve = |session: &Path| {
+        let mut c = p.cmd(&["incident", "resolve", "inc-1", "--summary", "fixed"]);
+        c.env("CAREPLANE_SESSION", session);
+        c
+    };
+    let e = outs.refused(resolve(&alice));
+    assert!(e.contains("refused: alice may not incident.update"), "{e}");
+    let log = p.json(&["audit", "log"]);
+    let last = log.as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (
+            &last["action"],
+            &last["actor"]["id"],
+            &last["result"]["status"]
+        ),
+        (
+            &"incident.resolve".into(),
+            &"alice".into(),
+            &"refused".into()
+        ),
+        "{last}"
+    );
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(outs.ok(resolve(&nobody)), "resolved inc-1\n");
+        let log = p.json(&["audit", "log"]);
+        let last = log.as_array().unwrap().last().unwrap();
+        assert_eq!(last["action"], "incident.resolve", "{last}");
+        assert_eq!(last["actor"]["auth"], "local-root", "{last}");
+        assert_eq!(last["result"]["status"], "succeeded", "{last}");
+        assert_eq!(last["tenant"], "stmarys", "{last}");
+        let list = outs.ok(remote(&alice, &["--server", &server, "incident", "list"]));
+        assert!(list.contains("resolved "), "{list}");
+    }
+
     // No token in any command's output.
     for t in [&alice_token, &dave_token, &api_token] {
         for o in &outs.0 {
