@@ -33,12 +33,13 @@ mod serve;
                   the local root operator (platform-admin); other users must sign in.\n\n\
                   From another machine: `careplane login --server https://HOST:8470 --ca-cert ca.crt \
                   [--device]`, then `careplane --server https://HOST:8470 --ca-cert ca.crt status` \
-                  (also incident list|ack|note|resolve) through `careplane serve`'s API, as the \
+                  (also incident list|ack|note|resolve, sla report) through `careplane serve`'s \
+                  API, as the \
                   signed-in user or with an API token in CAREPLANE_TOKEN."
 )]
 struct Cli {
     /// Run against a remote `careplane serve` API instead of this host
-    /// (status, incident list|ack|note|resolve, login). https://, or
+    /// (status, incident list|ack|note|resolve, sla report, login). https://, or
     /// http:// to this host only. Without a session, CAREPLANE_TOKEN holds
     /// an API token (`careplane token create`). No -f needed.
     #[arg(long, global = true, env = "CAREPLANE_SERVER", value_name = "URL")]

@@ -1,6 +1,6 @@
 //! `--server URL` (issue 20, M12; docs/design/0013, "The CLI"): the
 //! commands `careplane serve`'s API answers — `status`, `incident
-//! list|ack|note|resolve` — run against a remote server with the same
+//! list|ack|note|resolve`, `sla report` — run against a remote server with the same
 //! output, and `login --server` finds the server's identity provider. The
 //! bearer token is `$CAREPLANE_TOKEN` (an API token) or the session's ID
 //! token; it never appears in output or errors. Everything else works on
@@ -239,6 +239,30 @@ pub fn run(server: &str, ca_cert: Option<&Path>, cmd: Command, name: &str) -> Re
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::Serve(serve::Command::Sla {
+            command:
+                serve::SlaCommand::Report {
+                    month,
+                    tenant,
+                    format,
+                    out,
+                    ..
+                },
+        }) => {
+            careplane_sla::Month::parse(&month)?;
+            let mut path = format!("/v1/reports?month={}", path_segment(&month));
+            if let Some(t) = &tenant {
+                path.push_str(&format!("&tenant={}", path_segment(t)));
+            }
+            let v = remote.call("GET", &path, Some(&bearer(server)?), None)?;
+            let reports: Vec<careplane_sla::MonthlyReport> = serde_json::from_value(v)
+                .with_context(|| {
+                    format!(
+                        "careplane serve at {server}: /v1/reports is not a list of monthly reports"
+                    )
+                })?;
+            serve::write_report(&reports, format, out)?;
+        }
         Command::Serve(serve::Command::Incident { command }) => {
             let token = bearer(server)?;
             let act = |id: &str, verb: &str, body: Value| -> Result<Value> {
@@ -279,7 +303,7 @@ pub fn run(server: &str, ca_cert: Option<&Path>, cmd: Command, name: &str) -> Re
         }
         _ => bail!(
             "careplane {name} runs on the platform's host; not available with --server (remotely: \
-             status, incident list|ack|note|resolve, login)"
+             status, incident list|ack|note|resolve, sla report, login)"
         ),
     }
     Ok(ExitCode::SUCCESS)

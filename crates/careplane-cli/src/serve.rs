@@ -92,7 +92,8 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Service-level reports from the stored probe results.
+    /// Service-level reports from the stored probe results (with --server
+    /// URL, from that server's `/v1/reports`, rendered here).
     Sla {
         #[command(subcommand)]
         command: SlaCommand,
@@ -278,6 +279,31 @@ fn out(text: &str) -> Result<()> {
     Ok(())
 }
 
+/// `sla report`'s output (to stdout or `file`), here and with --server.
+pub fn write_report(
+    reports: &[careplane_sla::MonthlyReport],
+    format: ReportFormat,
+    file: Option<PathBuf>,
+) -> Result<()> {
+    let bytes = match format {
+        ReportFormat::Json => (careplane_sla::render_json(reports) + "\n").into_bytes(),
+        ReportFormat::Html => careplane_sla::render_html(reports)?.into_bytes(),
+        ReportFormat::Pdf => {
+            careplane_server::report::render_pdf(&careplane_sla::render_html(reports)?)?
+        }
+    };
+    match file {
+        Some(f) => std::fs::write(&f, bytes).with_context(|| format!("writing {}", f.display())),
+        None => {
+            use std::io::Write as _;
+            let mut o = std::io::stdout().lock();
+            o.write_all(&bytes)
+                .and_then(|_| o.flush())
+                .context("writing the report")
+        }
+    }
+}
+
 /// `incident list`'s output, here and with --server.
 pub fn print_incidents(all: &[careplane_sla::Incident], output: Output) -> Result<()> {
     if output == Output::Json {
@@ -442,25 +468,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 tenant.as_deref(),
                 Timestamp::now(),
             )?;
-            let bytes = match format {
-                ReportFormat::Json => (careplane_sla::render_json(&reports) + "\n").into_bytes(),
-                ReportFormat::Html => careplane_sla::render_html(&reports)?.into_bytes(),
-                ReportFormat::Pdf => {
-                    careplane_server::report::render_pdf(&careplane_sla::render_html(&reports)?)?
-                }
-            };
-            match file {
-                Some(f) => {
-                    std::fs::write(&f, bytes).with_context(|| format!("writing {}", f.display()))?
-                }
-                None => {
-                    use std::io::Write as _;
-                    let mut o = std::io::stdout().lock();
-                    o.write_all(&bytes)
-                        .and_then(|_| o.flush())
-                        .context("writing the report")?
-                }
-            }
+            write_report(&reports, format, file)?;
         }
         Command::Incident { command } => match command {
             IncidentCommand::List {

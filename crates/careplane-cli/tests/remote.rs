@@ -309,6 +309,14 @@ fn remote_cli_signs_in_by_device_code_and_acts_as_that_user() {
     )))
     .unwrap();
     assert_eq!(json[0]["id"], "inc-1");
+    // The SLA report of a past month: rendered here from /v1/reports,
+    // byte for byte what the host renders.
+    let args = ["sla", "report", "--month", "2026-01", "--format", "json"];
+    let mut a = vec!["--server", server.as_str()];
+    a.extend(args);
+    let report = outs.ok(remote(&alice, &a));
+    assert!(report.contains("\"stmarys\""), "{report}");
+    assert_eq!(report, p.ok(&args));
     // A viewer may not act: the server's 403 and its reason.
     let e = outs.refused(remote(
         &alice,
