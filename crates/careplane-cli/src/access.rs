@@ -693,7 +693,10 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         let v = Verifier::discover(&cfg.issuer, &cfg.client_id, now())?;
         let tokens = sign_in(&v, device, wait)?;
         let p = store.with_grants(cfg.principal(&tokens.claims)?, now())?;
-        write_session(&path, &cfg.issuer, tokens.id_token.expose_secret())?;
+        write_session(
+            &path,
+            &json!({"issuer": cfg.issuer, "id_token": tokens.id_token.expose_secret()}),
+        )?;
         Ok((p, tokens.claims))
     })();
     let (actor, r) = match result {
@@ -768,7 +771,10 @@ pub fn login_remote(remote: &crate::remote::Remote, args: LoginArgs) -> Result<E
     let path = session_path()?;
     let v = Verifier::discover(&issuer, &client_id, now())?;
     let tokens = sign_in(&v, args.device, wait)?;
-    write_session(&path, &issuer, tokens.id_token.expose_secret())?;
+    write_session(
+        &path,
+        &json!({"issuer": issuer, "id_token": tokens.id_token.expose_secret()}),
+    )?;
     outln!(
         "signed in as {} at {issuer} for {}; session in {}",
         tokens.claims["sub"].as_str().unwrap_or("?"),
@@ -779,7 +785,7 @@ pub fn login_remote(remote: &crate::remote::Remote, args: LoginArgs) -> Result<E
 }
 
 /// The session file holds a bearer token: created 0600, replaced atomically.
-fn write_session(path: &Path, issuer: &str, id_token: &str) -> Result<()> {
+fn write_session(path: &Path, body: &Value) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().context("session path has no directory")?;
@@ -792,13 +798,9 @@ fn write_session(path: &Path, issuer: &str, id_token: &str) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(
-        json!({"issuer": issuer, "id_token": id_token})
-            .to_string()
-            .as_bytes(),
-    )
-    .and_then(|_| f.sync_all())
-    .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(body.to_string().as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }

@@ -174,6 +174,13 @@ fn bearer(server: &str) -> Result<SecretString> {
     };
     let session: Value = serde_json::from_str(&text)
         .with_context(|| format!("session file {} is not JSON", path.display()))?;
+    if session["kind"] == "break-glass" {
+        bail!(
+            "the session in {} is a break-glass session, valid on the platform's host only: \
+             sign in with careplane login --server {server}, or set CAREPLANE_TOKEN",
+            path.display()
+        );
+    }
     let token = session["id_token"]
         .as_str()
         .with_context(|| format!("session file {} has no id_token", path.display()))?;
