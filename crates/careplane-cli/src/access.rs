@@ -122,14 +122,21 @@ pub enum Decide {
 pub struct LoginArgs {
     #[command(flatten)]
     files: Files,
-    /// How long to wait for the browser's redirect.
+    /// Sign in with a device code (RFC 8628) instead of a browser on this
+    /// machine: open the address shown on stderr on any device, enter the
+    /// code, and this command picks the session up (for SSH sessions and
+    /// hosts without a browser).
+    #[arg(long)]
+    device: bool,
+    /// How long to wait for the browser's redirect (or, with --device, for
+    /// the code to be entered; at most as long as the provider's code lives).
     #[arg(long, default_value = "5m", value_name = "DURATION")]
     timeout: String,
 }
 
 /// The session file: `$CAREPLANE_SESSION`, or
 /// `$XDG_CONFIG_HOME/careplane/session.json` (`~/.config/…`).
-fn session_path() -> Result<PathBuf> {
+pub(crate) fn session_path() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("CAREPLANE_SESSION") {
         return Ok(PathBuf::from(p));
     }
@@ -710,17 +717,10 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
     let path = session_path()?;
     let store = AccessStore::open(engine.data_dir())?;
+    let device = args.device;
     let result = (|| -> Result<(Principal, Value)> {
         let v = Verifier::discover(&cfg.issuer, &cfg.client_id, now())?;
-        let mut extra = Vec::new();
-        let hint = std::env::var("CAREPLANE_LOGIN_HINT").unwrap_or_default();
-        if !hint.is_empty() {
-            extra.push(("login_hint", hint.as_str()));
-        }
-        let login = v.start_login("openid email groups", &extra)?;
-        errln!("Open this address in a browser to sign in (waiting {wait} s):");
-        errln!("{}", login.url);
-        let tokens = v.finish_login(login, Duration::from_secs(wait), now)?;
+        let tokens = sign_in(&v, device, wait)?;
         let p = store.with_grants(cfg.principal(&tokens.claims)?, now())?;
         write_session(
             &path,
@@ -746,7 +746,8 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         "login",
         "session",
         None,
-        json!({"issuer": cfg.issuer, "client": cfg.client_id}),
+        json!({"issuer": cfg.issuer, "client": cfg.client_id,
+               "method": if device { "device-code" } else { "browser" }}),
         outcome(&r),
     )?;
     r?;
@@ -754,6 +755,59 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         "signed in as {} ({}MFA); session in {}",
         actor.id,
         if actor.mfa { "" } else { "no " },
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A sign-in at `v`'s provider, in a browser (PKCE, loopback redirect) or
+/// with a device code; the URL or the code go to stderr.
+/// `CAREPLANE_LOGIN_HINT` passes a `login_hint` (which account to sign in).
+fn sign_in(v: &Verifier, device: bool, wait: u64) -> Result<careplane_identity::oidc::Tokens> {
+    const SCOPE: &str = "openid email groups";
+    let mut extra = Vec::new();
+    let hint = std::env::var("CAREPLANE_LOGIN_HINT").unwrap_or_default();
+    if !hint.is_empty() {
+        extra.push(("login_hint", hint.as_str()));
+    }
+    if device {
+        let d = v.start_device_login(SCOPE, &extra)?;
+        errln!(
+            "To sign in, open {} on any device and enter the code {} (waiting {} s).",
+            d.verification_uri,
+            d.user_code,
+            wait.min(d.expires_in)
+        );
+        if let Some(complete) = &d.verification_uri_complete {
+            errln!("Or open {complete}");
+        }
+        return Ok(v.finish_device_login(d, Duration::from_secs(wait), now)?);
+    }
+    let login = v.start_login(SCOPE, &extra)?;
+    errln!("Open this address in a browser to sign in (waiting {wait} s):");
+    errln!("{}", login.url);
+    Ok(v.finish_login(login, Duration::from_secs(wait), now)?)
+}
+
+/// `careplane login --server URL`: signs in at the provider the server
+/// names (`GET /v1/identity`) and keeps the ID token in the same session
+/// file. There is no data directory here, so nothing is audited locally;
+/// the server audits what the session then does.
+pub fn login_remote(remote: &crate::remote::Remote, args: LoginArgs) -> Result<ExitCode> {
+    let wait = careplane_identity::parse_duration(&args.timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let (issuer, client_id) = remote.identity()?;
+    let path = session_path()?;
+    let v = Verifier::discover(&issuer, &client_id, now())?;
+    let tokens = sign_in(&v, args.device, wait)?;
+    write_session(
+        &path,
+        &json!({"issuer": issuer, "id_token": tokens.id_token.expose_secret()}),
+    )?;
+    outln!(
+        "signed in as {} at {issuer} for {}; session in {}",
+        tokens.claims["sub"].as_str().unwrap_or("?"),
+        remote.base,
         path.display()
     );
     Ok(ExitCode::SUCCESS)

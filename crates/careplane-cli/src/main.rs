@@ -30,9 +30,24 @@ mod serve;
                   Signed in (`careplane login`), that is the provider's user with her role and \
                   approved elevations (`careplane access request`); production apply/destroy, \
                   import and approvals need MFA. Without a session, root on the host acts as \
-                  the local root operator (platform-admin); other users must sign in."
+                  the local root operator (platform-admin); other users must sign in.\n\n\
+                  From another machine: `careplane login --server https://HOST:8470 --ca-cert ca.crt \
+                  [--device]`, then `careplane --server https://HOST:8470 --ca-cert ca.crt status` \
+                  (also incident list|ack|note|resolve, sla report) through `careplane serve`'s \
+                  API, as the \
+                  signed-in user or with an API token in CAREPLANE_TOKEN."
 )]
 struct Cli {
+    /// Run against a remote `careplane serve` API instead of this host
+    /// (status, incident list|ack|note|resolve, sla report, login). https://, or
+    /// http:// to this host only. Without a session, CAREPLANE_TOKEN holds
+    /// an API token (`careplane token create`). No -f needed.
+    #[arg(long, global = true, env = "CAREPLANE_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// The CA certificate (PEM) that signed the server's certificate: the
+    /// platform CA's, for `careplane serve --tls-platform-ca`.
+    #[arg(long, global = true, env = "CAREPLANE_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -185,9 +200,12 @@ enum Command {
         #[command(subcommand)]
         command: access::AccessCommand,
     },
-    /// Sign in through the platform's OpenID provider (authorization code
-    /// flow with PKCE, loopback redirect); the session is kept in
-    /// ~/.config/careplane/session.json (0600).
+    /// Sign in through the platform's OpenID provider: in a browser
+    /// (authorization code flow with PKCE, loopback redirect) or, with
+    /// --device, by entering a code on any device (RFC 8628). The session
+    /// is kept in ~/.config/careplane/session.json (0600; $CAREPLANE_SESSION).
+    /// With --server URL the provider is the one that server names, and
+    /// no -f is needed.
     Login(access::LoginArgs),
     /// Recent operations and their steps, from the journal.
     Journal {
@@ -359,10 +377,27 @@ fn write_out(args: std::fmt::Arguments<'_>) {
 mod access;
 mod audit_verbs;
 mod backup;
+mod remote;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let mut command = Cli::command();
+    if remote::requested() {
+        command = remote::without_specs(command);
+    }
+    let matches = command.get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // An empty CAREPLANE_SERVER (or CAREPLANE_CA_CERT) is an unset one.
+    let r = match cli.server.clone().filter(|s| !s.is_empty()) {
+        Some(server) => remote::run(
+            &server,
+            cli.ca_cert.as_deref().filter(|p| !p.as_os_str().is_empty()),
+            cli.command,
+            &remote::command_name(&matches),
+        ),
+        None => run(cli),
+    };
+    match r {
         Ok(code) => code,
         Err(e) => {
             errln!("error: {}", error_line(&e));
@@ -757,15 +792,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Output::Json => print_json(&status)?,
                 Output::Text => print_status(&status),
             }
-            let healthy = status.environments.iter().all(|e| {
-                e.pg_health.ok
-                    && e.redis_health.as_ref().is_none_or(|h| h.ok)
-                    && e.odoo_health.as_ref().is_none_or(|h| h.ok)
-            }) && status
-                .servers
-                .iter()
-                .all(|s| s.archiving.as_ref().is_none_or(|a| a.ok));
-            if !healthy {
+            if !healthy(&status) {
                 return Ok(ExitCode::from(3));
             }
         }
@@ -1171,6 +1198,19 @@ fn print_table(headers: &[&str], right: &[&str], rows: &[Vec<String>]) {
     for r in rows {
         line(r.iter().map(String::as_str).collect());
     }
+}
+
+/// Every environment's checks pass and every cluster archives its WAL
+/// (`status` exits 3 otherwise).
+fn healthy(status: &Status) -> bool {
+    status.environments.iter().all(|e| {
+        e.pg_health.ok
+            && e.redis_health.as_ref().is_none_or(|h| h.ok)
+            && e.odoo_health.as_ref().is_none_or(|h| h.ok)
+    }) && status
+        .servers
+        .iter()
+        .all(|s| s.archiving.as_ref().is_none_or(|a| a.ok))
 }
 
 fn print_status(s: &Status) {

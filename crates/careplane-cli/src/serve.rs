@@ -92,12 +92,17 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Service-level reports from the stored probe results.
+    /// Service-level reports from the stored probe results (with --server
+    /// URL, from that server's `/v1/reports`, rendered here).
     Sla {
         #[command(subcommand)]
         command: SlaCommand,
     },
-    /// Incidents opened by `careplane serve`: list, acknowledge, annotate, resolve.
+    /// Incidents opened by `careplane serve`: list, acknowledge, annotate,
+    /// resolve. Acting needs tenant-operator of the incident's tenant,
+    /// platform-operator or platform-admin (root on the host is the local
+    /// root operator) and is audited; with --server URL it goes through
+    /// that server's API as the signed-in user.
     Incident {
         #[command(subcommand)]
         command: IncidentCommand,
@@ -208,6 +213,58 @@ fn parse_ttl(s: &str) -> Result<jiff::SignedDuration> {
     Ok(jiff::SignedDuration::from_secs(n.saturating_mul(secs)))
 }
 
+/// `incident ack|note|resolve` on the host: the caller (root without a
+/// session is the local root operator) passes the API's check —
+/// `incident.update` on the incident's tenant — and the action is one audit
+/// entry with that actor, refused, failed or succeeded, as through serve.
+fn act_on_host(files: &Files, id: &str, action: Action) -> Result<careplane_sla::Incident> {
+    use careplane_engine::careplane_audit::{Outcome, Status};
+    let engine = careplane_target_local::engine(files.specs()?);
+    let data = engine.data_dir().to_path_buf();
+    let who = crate::access::caller(&engine);
+    let tenant = incidents::load(&data)?
+        .into_iter()
+        .find(|i| i.id == id)
+        .map(|i| i.tenant);
+    let on = match &tenant {
+        Some(t) => careplane_identity::Target::tenant(t, false),
+        None => careplane_identity::Target::platform(false),
+    };
+    let name = match &action {
+        Action::Acknowledge => "incident.ack",
+        Action::Note(_) => "incident.note",
+        Action::Resolve(_) => "incident.resolve",
+    };
+    let target = format!("incident {id}");
+    let record = |status, message| {
+        engine.audit_record_as(
+            who.actor(),
+            name,
+            &target,
+            tenant.as_deref(),
+            serde_json::Value::Null,
+            Outcome { status, message },
+        )
+    };
+    let d = careplane_identity::authorize(&who, careplane_identity::Action::IncidentUpdate, &on);
+    if !d.allowed {
+        record(Status::Refused, Some(d.reason.clone()))?;
+        bail!("refused: {}", d.reason);
+    }
+    // The incident names who acted as the server's API does; the local root
+    // operator by the OS user behind it (sudo's too).
+    let label = match who.auth.as_str() {
+        "local-root" => format!("{} (local-root)", actor()),
+        _ => format!("{} ({})", who.id, who.auth),
+    };
+    let r = incidents::act(&data, id, &label, &action, Timestamp::now());
+    match &r {
+        Ok(_) => record(Status::Succeeded, None)?,
+        Err(e) => record(Status::Failed, Some(e.to_string()))?,
+    }
+    Ok(r?)
+}
+
 fn actor() -> String {
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
@@ -219,6 +276,52 @@ fn out(text: &str) -> Result<()> {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     o.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// `sla report`'s output (to stdout or `file`), here and with --server.
+pub fn write_report(
+    reports: &[careplane_sla::MonthlyReport],
+    format: ReportFormat,
+    file: Option<PathBuf>,
+) -> Result<()> {
+    let bytes = match format {
+        ReportFormat::Json => (careplane_sla::render_json(reports) + "\n").into_bytes(),
+        ReportFormat::Html => careplane_sla::render_html(reports)?.into_bytes(),
+        ReportFormat::Pdf => {
+            careplane_server::report::render_pdf(&careplane_sla::render_html(reports)?)?
+        }
+    };
+    match file {
+        Some(f) => std::fs::write(&f, bytes).with_context(|| format!("writing {}", f.display())),
+        None => {
+            use std::io::Write as _;
+            let mut o = std::io::stdout().lock();
+            o.write_all(&bytes)
+                .and_then(|_| o.flush())
+                .context("writing the report")
+        }
+    }
+}
+
+/// `incident list`'s output, here and with --server.
+pub fn print_incidents(all: &[careplane_sla::Incident], output: Output) -> Result<()> {
+    if output == Output::Json {
+        return out(&format!("{}\n", serde_json::to_string_pretty(all)?));
+    }
+    for i in all {
+        let state = if let Some(r) = &i.resolved {
+            format!("resolved {}", r.at)
+        } else if let Some(a) = &i.acknowledged {
+            format!("acknowledged by {}", a.actor)
+        } else {
+            "open".into()
+        };
+        out(&format!(
+            "{}  {:?}  {}/{}  {} since {}  {state}\n",
+            i.id, i.severity, i.tenant, i.environment, i.probe, i.started_at
+        ))?;
+    }
     Ok(())
 }
 
@@ -365,25 +468,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 tenant.as_deref(),
                 Timestamp::now(),
             )?;
-            let bytes = match format {
-                ReportFormat::Json => (careplane_sla::render_json(&reports) + "\n").into_bytes(),
-                ReportFormat::Html => careplane_sla::render_html(&reports)?.into_bytes(),
-                ReportFormat::Pdf => {
-                    careplane_server::report::render_pdf(&careplane_sla::render_html(&reports)?)?
-                }
-            };
-            match file {
-                Some(f) => {
-                    std::fs::write(&f, bytes).with_context(|| format!("writing {}", f.display()))?
-                }
-                None => {
-                    use std::io::Write as _;
-                    let mut o = std::io::stdout().lock();
-                    o.write_all(&bytes)
-                        .and_then(|_| o.flush())
-                        .context("writing the report")?
-                }
-            }
+            write_report(&reports, format, file)?;
         }
         Command::Incident { command } => match command {
             IncidentCommand::List {
@@ -395,52 +480,18 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                     .into_iter()
                     .filter(|i| !open || i.is_open())
                     .collect();
-                if output == Output::Json {
-                    out(&format!("{}\n", serde_json::to_string_pretty(&all)?))?;
-                } else {
-                    for i in all {
-                        let state = if let Some(r) = &i.resolved {
-                            format!("resolved {}", r.at)
-                        } else if let Some(a) = &i.acknowledged {
-                            format!("acknowledged by {}", a.actor)
-                        } else {
-                            "open".into()
-                        };
-                        out(&format!(
-                            "{}  {:?}  {}/{}  {} since {}  {state}\n",
-                            i.id, i.severity, i.tenant, i.environment, i.probe, i.started_at
-                        ))?;
-                    }
-                }
+                print_incidents(&all, output)?;
             }
             IncidentCommand::Ack { files, id } => {
-                let i = incidents::act(
-                    &files.data_dir()?,
-                    &id,
-                    &actor(),
-                    &Action::Acknowledge,
-                    Timestamp::now(),
-                )?;
+                let i = act_on_host(&files, &id, Action::Acknowledge)?;
                 out(&format!("acknowledged {}\n", i.id))?;
             }
             IncidentCommand::Note { files, id, text } => {
-                let i = incidents::act(
-                    &files.data_dir()?,
-                    &id,
-                    &actor(),
-                    &Action::Note(text),
-                    Timestamp::now(),
-                )?;
+                let i = act_on_host(&files, &id, Action::Note(text))?;
                 out(&format!("noted on {}\n", i.id))?;
             }
             IncidentCommand::Resolve { files, id, summary } => {
-                let i = incidents::act(
-                    &files.data_dir()?,
-                    &id,
-                    &actor(),
-                    &Action::Resolve(summary),
-                    Timestamp::now(),
-                )?;
+                let i = act_on_host(&files, &id, Action::Resolve(summary))?;
                 out(&format!("resolved {}\n", i.id))?;
             }
         },

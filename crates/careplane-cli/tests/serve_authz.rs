@@ -128,6 +128,7 @@ fn start_serve(p: &Platform, port: u16) -> Serve {
 const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("GET", "/healthz", ""),
     ("GET", "/openapi.json", ""),
+    ("GET", "/v1/identity", ""),
     ("GET", "/metrics", ""),
     ("GET", "/v1/status", ""),
     ("GET", "/v1/environments", ""),
@@ -154,23 +155,24 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
 /// only its tenant: series and SLO of stmarys); incident actions need
 /// tenant-operator (of the incident's tenant), platform-operator or
 /// platform-admin — and an allowed action on no such incident is a 404.
-/// API tokens: read is viewer, operate is platform-operator.
+/// API tokens: read is viewer, operate is platform-operator. `/v1/identity`
+/// is public (it tells `careplane login --server` where to sign in).
 #[rustfmt::skip]
-const MATRIX: &[(&str, [u16; 13])] = &[
-    // healthz, openapi, metrics, status, environments, probes, series, slo, reports,
+const MATRIX: &[(&str, [u16; 14])] = &[
+    // healthz, openapi, identity, metrics, status, environments, probes, series, slo, reports,
     // incidents, ack, note, resolve
-    ("none",                 [200, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
-    ("bad-api-token",        [200, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
-    ("token-read",           [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403, 403, 403]),
-    ("token-operate",        [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 404, 404, 404]),
-    ("no-role",              [200, 200, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403]),
-    ("viewer",               [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403, 403, 403]),
-    ("tenant-operator",      [200, 200, 403, 403, 403, 403, 200, 200, 403, 403, 403, 403, 403]),
-    ("platform-operator",    [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 404, 404, 404]),
-    ("security-officer",     [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403, 403, 403]),
-    ("platform-admin",       [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 404, 404, 404]),
-    ("wrong-audience",       [200, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
-    ("expired",              [200, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
+    ("none",                 [200, 200, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
+    ("bad-api-token",        [200, 200, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
+    ("token-read",           [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403, 403, 403]),
+    ("token-operate",        [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 404, 404, 404]),
+    ("no-role",              [200, 200, 200, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403]),
+    ("viewer",               [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403, 403, 403]),
+    ("tenant-operator",      [200, 200, 200, 403, 403, 403, 403, 200, 200, 403, 403, 403, 403, 403]),
+    ("platform-operator",    [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 404, 404, 404]),
+    ("security-officer",     [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403, 403, 403]),
+    ("platform-admin",       [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 404, 404, 404]),
+    ("wrong-audience",       [200, 200, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
+    ("expired",              [200, 200, 200, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401]),
 ];
 
 #[test]
@@ -350,7 +352,7 @@ fn every_role_against_every_endpoint_with_denials_audited() {
             "expired" => "unauthenticated:sub:erin",
             _ => continue,
         };
-        for _ in 0..ENDPOINTS.len() - 2 {
+        for _ in 0..ENDPOINTS.len() - 3 {
             want_failed.push((claimed.to_string(), format!("127.0.1.{}", i + 1)));
         }
     }

@@ -123,7 +123,7 @@ pub struct RedisCredentials {
 }
 
 /// Health of one check: `ok`, or what failed (never a secret).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     pub ok: bool,
@@ -145,7 +145,7 @@ impl Health {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvStatus {
     pub tenant: String,
@@ -188,7 +188,7 @@ pub struct EnvStatus {
     pub pre_restore_databases: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LastBackup {
     pub id: Option<String>,
@@ -247,7 +247,7 @@ pub struct LastRestore {
 
 /// A cluster's WAL archiving, from `pg_stat_archiver`: failures are shown,
 /// never hidden (`ok` is false while the last attempt failed).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Archiving {
     pub enabled: bool,
@@ -262,7 +262,7 @@ pub struct Archiving {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerStatus {
     pub id: String,
@@ -276,14 +276,14 @@ pub struct ServerStatus {
     pub members: Option<Vec<String>>,
     /// Odoo template databases careplane recorded on this cluster (they are
     /// members too, but belong to no environment).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<String>,
     /// WAL archiving of a PostgreSQL cluster (`None` for other servers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archiving: Option<Archiving>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub platform: String,

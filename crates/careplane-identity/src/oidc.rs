@@ -1,5 +1,6 @@
-//! OpenID Connect: discovery, JWKS, token verification and the
-//! authorization code flow with PKCE over a loopback redirect
+//! OpenID Connect: discovery, JWKS, token verification, the authorization
+//! code flow with PKCE over a loopback redirect, and the device
+//! authorization grant (RFC 8628) for a terminal without a browser
 //! (docs/design/0013, "Tokens"). Signatures are checked with `ring`; the
 //! checks of the header and the claims are here, each with its own error.
 
@@ -64,6 +65,9 @@ pub struct Metadata {
     pub jwks_uri: String,
     #[serde(default)]
     pub code_challenge_methods_supported: Vec<String>,
+    /// RFC 8628's endpoint, when the provider offers the device flow.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -373,22 +377,28 @@ impl Verifier {
             .and_then(Value::as_str)
             .ok_or(TokenError::MissingClaim("sub"))?;
         if let Some(want) = expected_nonce {
-            let got = claims
-                .get("nonce")
-                .and_then(Value::as_str)
-                .ok_or(TokenError::MissingClaim("nonce"))?;
-            if !constant_eq(got.as_bytes(), want.as_bytes()) {
-                return Err(TokenError::NonceMismatch.into());
-            }
-            let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
-            let mut seen = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-            seen.retain(|_, e| (*e + LEEWAY_SECS) * 1_000_000 > now);
-            if seen.contains_key(got) {
-                return Err(TokenError::NonceReplayed.into());
-            }
-            seen.insert(got.to_string(), exp);
+            self.check_nonce(&claims, want, now)?;
         }
         Ok(claims)
+    }
+
+    /// The nonce must be this sign-in's, and seen for the first time.
+    fn check_nonce(&self, claims: &Value, want: &str, now: i64) -> Result<(), TokenError> {
+        let got = claims
+            .get("nonce")
+            .and_then(Value::as_str)
+            .ok_or(TokenError::MissingClaim("nonce"))?;
+        if !constant_eq(got.as_bytes(), want.as_bytes()) {
+            return Err(TokenError::NonceMismatch);
+        }
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        let mut seen = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, e| (*e + LEEWAY_SECS) * 1_000_000 > now);
+        if seen.contains_key(got) {
+            return Err(TokenError::NonceReplayed);
+        }
+        seen.insert(got.to_string(), exp);
+        Ok(())
     }
 
     /// Verifies a JWT access token (RFC 9068) for `audience` (the API).
@@ -402,6 +412,12 @@ impl Verifier {
         self.check_common(&claims, audience, now)?;
         Ok(claims)
     }
+}
+
+/// https, or http to a loopback address (a provider, or a `careplane
+/// serve`, on the same host): where a bearer token may be sent.
+pub fn https_or_loopback(url: &str) -> bool {
+    issuer_transport_ok(url)
 }
 
 /// https, or http to a loopback address (a provider on the same host).
@@ -571,20 +587,45 @@ impl Verifier {
         now: impl Fn() -> i64,
     ) -> Result<Tokens, Error> {
         let code = receive_code(&login, wait)?;
-        let http = |detail: String| Error::Http {
-            url: self.metadata.token_endpoint.clone(),
-            detail,
-        };
-        let mut resp = self
-            .agent
-            .post(&self.metadata.token_endpoint)
-            .send_form([
+        let (ok, status, v) = self.post_form(
+            &self.metadata.token_endpoint,
+            &[
                 ("grant_type", "authorization_code"),
                 ("code", code.expose_secret()),
                 ("redirect_uri", login.redirect_uri.as_str()),
                 ("client_id", self.client_id.as_str()),
                 ("code_verifier", login.verifier.expose_secret()),
-            ])
+            ],
+        )?;
+        let http = |detail: String| Error::Http {
+            url: self.metadata.token_endpoint.clone(),
+            detail,
+        };
+        if !ok {
+            return Err(http(format!("HTTP {status}: {}", oauth_error(&v))));
+        }
+        let (id_token, access_token) = token_pair(&v).map_err(http)?;
+        let claims = self.verify_id_token(id_token.expose_secret(), Some(&login.nonce), now())?;
+        Ok(Tokens {
+            id_token,
+            access_token,
+            claims,
+        })
+    }
+}
+
+impl Verifier {
+    /// POSTs a form; (2xx?, status, the JSON answer). The form (codes,
+    /// verifiers) never goes into an error.
+    fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<(bool, u16, Value), Error> {
+        let http = |detail: String| Error::Http {
+            url: url.to_string(),
+            detail,
+        };
+        let mut resp = self
+            .agent
+            .post(url)
+            .send_form(form.iter().copied())
             .map_err(|e| http(e.to_string()))?;
         let status = resp.status();
         let body = resp
@@ -595,24 +636,245 @@ impl Verifier {
             .map_err(|e| http(e.to_string()))?;
         let v: Value = serde_json::from_str(&body)
             .map_err(|e| http(format!("HTTP {status}, not JSON: {e}")))?;
-        if !status.is_success() {
-            return Err(http(format!(
-                "HTTP {status}: {} {}",
-                v.get("error").and_then(Value::as_str).unwrap_or("?"),
-                v.get("error_description")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-            )));
+        Ok((status.is_success(), status.as_u16(), v))
+    }
+}
+
+/// An OAuth error answer as `error error_description`.
+fn oauth_error(v: &Value) -> String {
+    format!(
+        "{} {}",
+        v.get("error").and_then(Value::as_str).unwrap_or("?"),
+        v.get("error_description")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    )
+    .trim_end()
+    .to_string()
+}
+
+/// The ID and access tokens of a token response.
+fn token_pair(v: &Value) -> Result<(SecretString, SecretString), String> {
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(|s| SecretString::from(s.to_string()))
+            .ok_or_else(|| format!("the token response has no {k}"))
+    };
+    Ok((get("id_token")?, get("access_token")?))
+}
+
+/// RFC 8628 §3.4's grant type.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// The poll interval when the provider names none (RFC 8628 §3.2).
+pub const DEVICE_DEFAULT_INTERVAL_SECS: u64 = 5;
+/// What `slow_down` adds to the interval, for good (RFC 8628 §3.5).
+pub const DEVICE_SLOW_DOWN_SECS: u64 = 5;
+
+/// A device sign-in in progress (RFC 8628): what the user is shown, and
+/// the device code this process polls with (a bearer secret until used:
+/// not in `Debug`, never in an error).
+pub struct DeviceLogin {
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    /// Seconds the codes are valid for, from when they were issued.
+    pub expires_in: u64,
+    /// Seconds between two polls of the token endpoint.
+    pub interval: u64,
+    device_code: SecretString,
+    nonce: String,
+}
+
+impl std::fmt::Debug for DeviceLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceLogin")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One answer of the token endpoint to a device-code poll.
+#[derive(Debug, PartialEq, Eq)]
+enum Poll {
+    Tokens,
+    Pending,
+    SlowDown,
+    Denied(String),
+    Expired,
+    Failed(String),
+}
+
+fn classify_poll(ok: bool, v: &Value) -> Poll {
+    if ok {
+        return Poll::Tokens;
+    }
+    match v.get("error").and_then(Value::as_str) {
+        Some("authorization_pending") => Poll::Pending,
+        Some("slow_down") => Poll::SlowDown,
+        Some("access_denied") => Poll::Denied(oauth_error(v)),
+        Some("expired_token") => Poll::Expired,
+        _ => Poll::Failed(oauth_error(v)),
+    }
+}
+
+/// The interval after an answer: `slow_down` adds 5 s, for the rest of the
+/// sign-in.
+fn next_interval(interval: u64, answer: &Poll) -> u64 {
+    match answer {
+        Poll::SlowDown => interval.saturating_add(DEVICE_SLOW_DOWN_SECS),
+        _ => interval,
+    }
+}
+
+impl Verifier {
+    /// Starts the device authorization grant (RFC 8628 §3.1): asks the
+    /// provider's `device_authorization_endpoint` for a user code. A
+    /// provider whose discovery names no such endpoint is a clear error.
+    /// `extra` adds parameters such as `login_hint`. A nonce is sent too:
+    /// an ID token that carries one must carry this one.
+    pub fn start_device_login(
+        &self,
+        scope: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<DeviceLogin, Error> {
+        let Some(endpoint) = self.metadata.device_authorization_endpoint.clone() else {
+            return Err(Error::Invalid {
+                field: "device_authorization_endpoint".into(),
+                detail: format!(
+                    "the identity provider {} does not offer sign-in with a device code (its discovery document names no device_authorization_endpoint, RFC 8628): sign in through the browser instead",
+                    self.metadata.issuer
+                ),
+            });
+        };
+        if !issuer_transport_ok(&endpoint) {
+            return Err(Error::Invalid {
+                field: "device_authorization_endpoint".into(),
+                detail: format!(
+                    "{endpoint:?}: reached over https only (plain http only on loopback)"
+                ),
+            });
         }
-        let get = |k: &str| {
+        let nonce = random_b64(24)?;
+        let mut form = vec![
+            ("client_id", self.client_id.as_str()),
+            ("scope", scope),
+            ("nonce", nonce.as_str()),
+        ];
+        form.extend(extra.iter().copied());
+        let (ok, status, v) = self.post_form(&endpoint, &form)?;
+        let http = |detail: String| Error::Http {
+            url: endpoint.clone(),
+            detail,
+        };
+        if !ok {
+            return Err(http(format!("HTTP {status}: {}", oauth_error(&v))));
+        }
+        let text = |k: &str| {
             v.get(k)
                 .and_then(Value::as_str)
-                .map(|s| SecretString::from(s.to_string()))
-                .ok_or_else(|| http(format!("the token response has no {k}")))
+                .map(str::to_string)
+                .ok_or_else(|| http(format!("the device authorization response has no {k}")))
         };
-        let id_token = get("id_token")?;
-        let access_token = get("access_token")?;
-        let claims = self.verify_id_token(id_token.expose_secret(), Some(&login.nonce), now())?;
+        let device_code = SecretString::from(text("device_code")?);
+        let user_code = text("user_code")?;
+        let verification_uri = text("verification_uri")?;
+        let verification_uri_complete = text("verification_uri_complete").ok();
+        let expires_in = v
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| http("the device authorization response has no expires_in".into()))?;
+        let interval = v
+            .get("interval")
+            .and_then(Value::as_u64)
+            .unwrap_or(DEVICE_DEFAULT_INTERVAL_SECS)
+            .max(1);
+        Ok(DeviceLogin {
+            user_code,
+            verification_uri,
+            verification_uri_complete,
+            expires_in,
+            interval,
+            device_code,
+            nonce,
+        })
+    }
+
+    /// Polls the token endpoint (RFC 8628 §3.4–3.5) every `interval`
+    /// seconds — `authorization_pending` waits on, `slow_down` adds 5 s —
+    /// until the user approved at the provider, refused (`access_denied`),
+    /// the code expired (`expired_token`, or its `expires_in` passed here),
+    /// or `max_wait` passed. The ID token is verified as a browser
+    /// sign-in's is (signature with the provider's keys, issuer, audience,
+    /// expiry; and this sign-in's nonce when it carries one).
+    pub fn finish_device_login(
+        &self,
+        login: DeviceLogin,
+        max_wait: Duration,
+        now: impl Fn() -> i64,
+    ) -> Result<Tokens, Error> {
+        let started = Instant::now();
+        let lifetime = Duration::from_secs(login.expires_in);
+        let deadline = started + lifetime.min(max_wait);
+        let token_endpoint = self.metadata.token_endpoint.clone();
+        let http = |detail: String| Error::Http {
+            url: token_endpoint.clone(),
+            detail,
+        };
+        let mut interval = login.interval;
+        let v = loop {
+            if Instant::now() + Duration::from_secs(interval) > deadline {
+                return Err(Error::AuthFailed(if lifetime <= max_wait {
+                    format!(
+                        "the device code expired after {} s before the sign-in at {} was completed: sign in again",
+                        login.expires_in, login.verification_uri
+                    )
+                } else {
+                    format!(
+                        "no sign-in at {} was completed within {} s",
+                        login.verification_uri,
+                        max_wait.as_secs()
+                    )
+                }));
+            }
+            std::thread::sleep(Duration::from_secs(interval));
+            let (ok, status, v) = self.post_form(
+                &token_endpoint,
+                &[
+                    ("grant_type", DEVICE_CODE_GRANT),
+                    ("device_code", login.device_code.expose_secret()),
+                    ("client_id", self.client_id.as_str()),
+                ],
+            )?;
+            let answer = classify_poll(ok, &v);
+            interval = next_interval(interval, &answer);
+            match answer {
+                Poll::Tokens => break v,
+                Poll::Pending | Poll::SlowDown => {}
+                Poll::Denied(why) => {
+                    return Err(Error::AuthFailed(format!(
+                        "the sign-in was refused at the identity provider ({why})"
+                    )))
+                }
+                Poll::Expired => {
+                    return Err(Error::AuthFailed(format!(
+                        "the device code expired before the sign-in at {} was completed (expired_token): sign in again",
+                        login.verification_uri
+                    )))
+                }
+                Poll::Failed(why) => return Err(http(format!("HTTP {status}: {why}"))),
+            }
+        };
+        let (id_token, access_token) = token_pair(&v).map_err(http)?;
+        let claims = self.verify_id_token(id_token.expose_secret(), None, now())?;
+        // RFC 8628 has no nonce, so a provider need not echo one; one that
+        // does must echo this sign-in's, once.
+        if claims.get("nonce").is_some() {
+            self.check_nonce(&claims, &login.nonce, now())?;
+        }
         Ok(Tokens {
             id_token,
             access_token,
@@ -724,6 +986,7 @@ impl<R: std::io::Read> TakeBounded for R {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// RFC 7636 Appendix B.
     #[test]
@@ -742,6 +1005,50 @@ mod tests {
         assert!(!issuer_transport_ok("http://login.example.org"));
         assert!(!issuer_transport_ok("http://127.0.0.1.evil.org"));
         assert!(!issuer_transport_ok("ftp://127.0.0.1"));
+    }
+
+    #[test]
+    fn device_polls_wait_slow_down_and_end_on_refusal_or_expiry() {
+        let e = |code: &str| json!({"error": code, "error_description": "why"});
+        assert_eq!(classify_poll(true, &json!({})), Poll::Tokens);
+        assert_eq!(
+            classify_poll(false, &e("authorization_pending")),
+            Poll::Pending
+        );
+        assert_eq!(classify_poll(false, &e("slow_down")), Poll::SlowDown);
+        assert_eq!(classify_poll(false, &e("expired_token")), Poll::Expired);
+        assert_eq!(
+            classify_poll(false, &e("access_denied")),
+            Poll::Denied("access_denied why".into())
+        );
+        assert_eq!(
+            classify_poll(false, &e("invalid_grant")),
+            Poll::Failed("invalid_grant why".into())
+        );
+        // slow_down adds 5 s, and the interval stays longer afterwards.
+        let mut i = 5;
+        for a in [Poll::Pending, Poll::SlowDown, Poll::Pending, Poll::SlowDown] {
+            i = next_interval(i, &a);
+        }
+        assert_eq!(i, 15);
+    }
+
+    #[test]
+    fn device_login_debug_hides_the_device_code() {
+        let d = DeviceLogin {
+            user_code: "WDJB-MJHT".into(),
+            verification_uri: "https://idp.example/device".into(),
+            verification_uri_complete: None,
+            expires_in: 600,
+            interval: 5,
+            device_code: SecretString::from("secret-device-code".to_string()),
+            nonce: "n".into(),
+        };
+        let text = format!("{d:?}");
+        assert!(
+            text.contains("WDJB-MJHT") && !text.contains("secret-device"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -307,3 +307,71 @@ fn discovery_refuses_an_issuer_that_does_not_match() {
         .expect("a mismatching issuer is refused");
     assert!(err.to_string().contains("discovery names issuer"), "{err}");
 }
+
+/// A device-code sign-in (RFC 8628) as `hint`: the CLI's half here, the
+/// user's (the provider's pages, `approve` or abort) in another thread.
+fn device_sign_in(v: &Verifier, hint: &str, approve: bool) -> Result<Tokens, Error> {
+    let login = v
+        .start_device_login("openid email groups", &[("login_hint", hint)])
+        .unwrap();
+    assert!(!login.user_code.is_empty());
+    assert!(login.verification_uri.starts_with(&v.metadata.issuer));
+    let url = login.verification_uri_complete.clone().unwrap();
+    let user = std::thread::spawn(move || device_browse(&url, approve));
+    let r = v.finish_device_login(login, Duration::from_secs(60), now);
+    user.join().unwrap();
+    r
+}
+
+#[test]
+fn device_code_sign_in_yields_a_verified_id_token() {
+    let Some(idp) = idp() else { return };
+    let v = Verifier::discover(&idp.issuer, "careplane-cli", now()).unwrap();
+    assert!(v.metadata.device_authorization_endpoint.is_some());
+    let t = device_sign_in(&v, "carol;mfa", true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.claims["sub"], "carol");
+    assert_eq!(t.claims["aud"], "careplane-cli");
+    assert_eq!(t.claims["iss"], idp.issuer.as_str());
+    let p = config(&idp.issuer, "careplane-cli")
+        .principal(&t.claims)
+        .unwrap();
+    assert_eq!(p.id, "carol");
+    assert!(p.mfa, "{}", t.claims);
+    assert_eq!(p.bindings[0].role, Role::PlatformAdmin);
+    // The token is what a stored session presents later.
+    v.verify_id_token(t.id_token.expose_secret(), None, now())
+        .unwrap();
+    // Verified like a browser sign-in's: after its expiry it is refused.
+    let later = (t.claims["exp"].as_i64().unwrap() + 61) * 1_000_000;
+    assert!(matches!(
+        token_err(v.verify_id_token(t.id_token.expose_secret(), None, later)),
+        TokenError::Expired { .. }
+    ));
+    // Tokens never show in Debug (they end up in error chains and logs).
+    assert!(!format!("{t:?}").contains(t.id_token.expose_secret()));
+}
+
+#[test]
+fn refused_and_expired_device_codes_are_clear_errors() {
+    let Some(idp) = idp() else { return };
+    let v = Verifier::discover(&idp.issuer, "careplane-cli", now()).unwrap();
+    match device_sign_in(&v, "alice", false) {
+        Err(Error::AuthFailed(m)) => {
+            assert!(m.contains("refused") && m.contains("access_denied"), "{m}")
+        }
+        other => panic!("an aborted device sign-in: {other:?}"),
+    }
+    // careplane-short's device codes expire after 2 s (provider.mjs); nobody
+    // enters this one.
+    let v = Verifier::discover(&idp.issuer, "careplane-short", now()).unwrap();
+    let login = v
+        .start_device_login("openid email groups", &[("login_hint", "alice")])
+        .unwrap();
+    assert_eq!(login.expires_in, 2);
+    let d = format!("{login:?}");
+    match v.finish_device_login(login, Duration::from_secs(60), now) {
+        Err(Error::AuthFailed(m)) => assert!(m.contains("expired"), "{m}"),
+        other => panic!("an expired device code: {other:?}"),
+    }
+    assert!(!d.contains("device_code"), "{d}");
+}

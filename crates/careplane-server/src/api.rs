@@ -1,7 +1,8 @@
 //! The REST API (`/v1/...`), `/openapi.json` (generated from these handlers with utoipa),
 //! `/metrics` and `/healthz`. Every `/v1` route and `/metrics` need a bearer token (an API
 //! token or an OIDC token) and pass the one authorization check (`authz.rs`): `read` for
-//! reads, `incident.update` for incident actions. Tokens are never logged.
+//! reads, `incident.update` for incident actions. Tokens are never logged. `/v1/identity`
+//! is public like `/healthz`: it names the identity provider to sign in with.
 
 use std::sync::Arc;
 
@@ -399,6 +400,45 @@ async fn metrics(AxState(s): St, h: Caller) -> Result<Response, ApiError> {
         .into_response())
 }
 
+/// What a client needs to sign in for this API: the identity provider and
+/// careplane's client id there (public values, as in the IdP's discovery).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityView {
+    /// The OpenID provider's issuer URL.
+    pub issuer: String,
+    /// careplane's public client id at the provider (ID tokens' audience).
+    pub client_id: String,
+    /// The audience of JWT access tokens the API accepts, if any.
+    pub api_audience: Option<String>,
+}
+
+/// Unauthenticated, like `/healthz`: `careplane login --server URL` asks it
+/// before anyone is signed in (it has no data directory to read).
+#[utoipa::path(get, path = "/v1/identity",
+    responses((status = 200, description = "The identity provider to sign in with (issuer, client id, API audience); no authentication needed", body = IdentityView),
+              (status = 404, description = "No identity provider is configured: API tokens only")))]
+async fn identity(AxState(s): St) -> Result<Json<IdentityView>, ApiError> {
+    let path = s.data_dir.join("identity.json");
+    let cfg = blocking(move || {
+        if !path.exists() {
+            return Err(Error::NotFound(
+                "identity provider: none is configured for this platform (identity.json in its data directory); use an API token (careplane token create)".into(),
+            ));
+        }
+        careplane_identity::IdentityConfig::load(&path).map_err(|e| Error::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })
+    })
+    .await?;
+    Ok(Json(IdentityView {
+        issuer: cfg.issuer,
+        client_id: cfg.client_id,
+        api_audience: cfg.api_audience,
+    }))
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -419,8 +459,8 @@ impl utoipa::Modify for Bearer {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "careplane", description = "careplane serve: status, probes, SLOs, incidents and reports. Tokens: `careplane token create`."),
-    paths(status, environments, probes, minutes, slo, reports, incident_list, incident_ack, incident_note, incident_resolve, metrics),
-    components(schemas(AnyJson, EnvironmentView, Latest, crate::probes::StepView, NoteBody, ResolveBody, TokenRecord, Scope)),
+    paths(status, environments, probes, minutes, slo, reports, incident_list, incident_ack, incident_note, incident_resolve, metrics, identity),
+    components(schemas(AnyJson, EnvironmentView, IdentityView, Latest, crate::probes::StepView, NoteBody, ResolveBody, TokenRecord, Scope)),
     modifiers(&Bearer)
 )]
 pub(crate) struct ApiDoc;
@@ -440,6 +480,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .route("/v1/identity", get(identity))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/environments", get(environments))

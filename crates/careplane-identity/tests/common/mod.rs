@@ -177,6 +177,148 @@ pub fn browse(url: &str, redirect_uri: &str) {
     panic!("more than 10 redirects from the provider: {seen:#?}");
 }
 
+/// A browser session of the tests: cookies kept across requests (paths
+/// ignored: each flow's cookies have their own names), no automatic
+/// redirects.
+struct Browser {
+    agent: ureq::Agent,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        Browser {
+            agent: ureq::Agent::config_builder()
+                .max_redirects(0)
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(15)))
+                .build()
+                .into(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    /// GET, or POST of a form; (status, absolute Location, body).
+    fn send(
+        &mut self,
+        url: &str,
+        form: Option<&[(String, String)]>,
+    ) -> (u16, Option<String>, String) {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut resp = match form {
+            None => {
+                let mut r = self.agent.get(url);
+                if !cookie.is_empty() {
+                    r = r.header("cookie", &cookie);
+                }
+                r.call()
+            }
+            Some(f) => {
+                let mut r = self.agent.post(url);
+                if !cookie.is_empty() {
+                    r = r.header("cookie", &cookie);
+                }
+                r.send_form(f.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            }
+        }
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        for c in resp.headers().get_all("set-cookie") {
+            let kv = c.to_str().unwrap().split(';').next().unwrap();
+            if let Some((k, v)) = kv.split_once('=') {
+                self.cookies.insert(k.trim().to_string(), v.to_string());
+            }
+        }
+        let origin = url.split('/').take(3).collect::<Vec<_>>().join("/");
+        let location = resp.headers().get("location").map(|l| {
+            let l = l.to_str().unwrap();
+            if l.starts_with('/') {
+                format!("{origin}{l}")
+            } else {
+                l.to_string()
+            }
+        });
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, location, body)
+    }
+}
+
+/// The first HTML form of `page`: its absolute action and hidden inputs.
+fn form_of(page: &str, origin: &str) -> (String, Vec<(String, String)>) {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = tag[start..].find('"')? + start;
+        Some(tag[start..end].replace("&amp;", "&").replace("&#x3D;", "="))
+    };
+    let form = page
+        .split("<form")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no form in the provider's page: {page}"));
+    let action = attr(form.split('>').next().unwrap(), "action").expect("form action");
+    let action = if action.starts_with('/') {
+        format!("{origin}{action}")
+    } else {
+        action
+    };
+    let inputs = form
+        .split("<input")
+        .skip(1)
+        .filter(|i| i.contains("type=\"hidden\""))
+        .filter_map(|i| Some((attr(i, "name")?, attr(i, "value")?)))
+        .collect();
+    (action, inputs)
+}
+
+/// Plays the user of a device sign-in (RFC 8628) in the provider's own
+/// pages: opens `verification_uri_complete`, submits the code, then
+/// confirms (or, with `approve` false, aborts) and follows the redirects
+/// through the (automatic) login to the provider's last page, which must
+/// say the sign-in succeeded (or was interrupted).
+pub fn device_browse(verification_uri_complete: &str, approve: bool) {
+    let origin = verification_uri_complete
+        .split('/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/");
+    let mut b = Browser::new();
+    let (status, _, page) = b.send(verification_uri_complete, None);
+    assert_eq!(status, 200, "{verification_uri_complete}: {page}");
+    // The page posts the code back with its xsrf token (a script would).
+    let (action, inputs) = form_of(&page, &origin);
+    let (status, _, page) = b.send(&action, Some(&inputs));
+    assert_eq!(status, 200, "submitting the user code: {page}");
+    let (action, mut inputs) = form_of(&page, &origin);
+    assert!(
+        inputs.iter().any(|(k, v)| k == "confirm" && v == "yes"),
+        "not the confirmation page: {page}"
+    );
+    if !approve {
+        inputs.retain(|(k, _)| k != "confirm");
+        inputs.push(("abort".into(), "yes".into()));
+    }
+    let (mut status, mut location, mut page) = b.send(&action, Some(&inputs));
+    for _ in 0..10 {
+        let Some(next) = location.take() else { break };
+        (status, location, page) = b.send(&next, None);
+    }
+    if approve {
+        assert!(
+            status == 200 && page.contains("Sign-in Success"),
+            "the device sign-in did not succeed ({status}): {page}"
+        );
+    } else {
+        assert!(
+            page.contains("interrupted"),
+            "not aborted ({status}): {page}"
+        );
+    }
+}
+
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

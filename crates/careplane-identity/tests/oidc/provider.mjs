@@ -7,6 +7,11 @@
 // - The interaction (login) step is automatic: the account is taken from the
 //   authorization request's `login_hint` ("alice" or "alice;mfa", which adds
 //   amr ["pwd","otp"]), so the Rust test plays the browser with plain HTTP.
+// - The device flow (RFC 8628) answers with `interval: 1` (the default of
+//   5 s would only slow the tests down) and the client `careplane-short`'s
+//   device codes expire after 2 s (for the expiry test). Its user-code page
+//   is the provider's own: the tests submit its forms over HTTP, and the
+//   login step is automatic from the device request's `login_hint`.
 // - POST /test/sign signs arbitrary claims with the provider's own keys (or
 //   with a fresh key under the same kid, `"key":"other"`), so the tests can
 //   present a real provider's signature on an expired or wrong-issuer token.
@@ -41,7 +46,7 @@ const client = (client_id, alg) => ({
   application_type: 'native',
   token_endpoint_auth_method: 'none',
   redirect_uris: ['http://127.0.0.1/callback'],
-  grant_types: ['authorization_code'],
+  grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
   response_types: ['code'],
   id_token_signed_response_alg: alg,
 });
@@ -52,13 +57,15 @@ const provider = new Provider(issuer, {
     client('careplane-es', 'ES256'),
     client('careplane-ed', 'EdDSA'),
     client('other-app', 'RS256'),
+    client('careplane-short', 'RS256'),
   ],
   jwks: { keys },
   cookies: { keys: ['careplane-test-cookie-key'] },
   pkce: { required: () => true },
   claims: { openid: ['sub', 'amr', 'acr'], email: ['email'], groups: ['groups'] },
   scopes: ['openid', 'email', 'groups'],
-  features: { devInteractions: { enabled: false } },
+  features: { devInteractions: { enabled: false }, deviceFlow: { enabled: true } },
+  ttl: { DeviceCode: (ctx, token, client) => (client.clientId === 'careplane-short' ? 2 : 600) },
   conformIdTokenClaims: false,
   async findAccount(ctx, id) {
     if (!GROUPS[id]) return undefined;
@@ -77,6 +84,7 @@ const provider = new Provider(issuer, {
     return grant;
   },
 });
+provider.on('device_authorization.success', (ctx, body) => { body.interval = 1; });
 // Plain HTTP on loopback: tell koa the (test) connection is what it is.
 provider.proxy = true;
 
