@@ -352,6 +352,7 @@ fn every_role_against_every_endpoint_with_denials_audited() {
             "expired" => "unauthenticated:sub:erin",
             _ => continue,
         };
+        // Every endpoint but the three public ones (healthz, openapi, identity).
         for _ in 0..ENDPOINTS.len() - 3 {
             want_failed.push((claimed.to_string(), format!("127.0.1.{}", i + 1)));
         }
