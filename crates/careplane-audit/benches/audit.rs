@@ -81,6 +81,48 @@ fn careplane(dir: &Path, threads: usize, secs: f64) -> (u64, f64) {
     r
 }
 
+/// `tasks` futures on a 2-worker Tokio runtime, each appending with
+/// `append_async` until `secs` elapse (what an async server's request
+/// handlers would do); returns appends/s.
+fn careplane_async(dir: &Path, tasks: usize, secs: f64) -> (u64, f64) {
+    let opts = Options {
+        checkpoint_every: 100_000,
+        ..Options::default()
+    };
+    let log = Arc::new(AuditLog::open_with(dir, SigningKey::from_bytes(&[1; 32]), opts).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (log, stop, count) = (log.clone(), stop.clone(), count.clone());
+            rt.spawn(async move {
+                let mut i = t as u64 * 1_000_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    log.append_async(event(i)).await.unwrap();
+                    i += 1;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    let n = count.load(Ordering::Relaxed);
+    assert_eq!(log.size(), n, "every counted append is durable");
+    (n, n as f64 / start.elapsed().as_secs_f64())
+}
+
 fn jsonl_fsync(dir: &Path, threads: usize, secs: f64) -> (u64, f64) {
     let file = OpenOptions::new()
         .create(true)
@@ -146,6 +188,19 @@ fn main() {
             cp / jl,
             cp / sq
         );
+    }
+
+    println!("\ndurable appends/s with append_async: N tasks on a 2-worker Tokio runtime");
+    println!(
+        "{:>9} {:>14} {:>20}",
+        "tasks", "careplane", "vs jsonl (1 thread)"
+    );
+    let d = tempfile::tempdir_in(&base).unwrap();
+    let (_, jl1) = jsonl_fsync(d.path(), 1, secs);
+    for tasks in [64usize, 256, 1024, 4096] {
+        let d = tempfile::tempdir_in(&base).unwrap();
+        let (_, cp) = careplane_async(&d.path().join("audit"), tasks, secs);
+        println!("{tasks:>9} {cp:>14.0} {:>19.1}x", cp / jl1);
     }
 
     // A log of verify_n entries, written through the API.

@@ -26,7 +26,7 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use event::{
     format_time, parse_time, Actor, ActorKind, Elevation, Entry, Event, Outcome, Status,
 };
-pub use log::{AuditLog, Options, Receipt, Recovery, MAX_ENTRY_BYTES};
+pub use log::{Appending, AuditLog, Options, Receipt, Recovery, MAX_ENTRY_BYTES};
 pub use merkle::{
     leaf_hash, verify_consistency, verify_inclusion, ConsistencyProof, Hash, InclusionProof,
     ProofError,

@@ -1,13 +1,16 @@
 //! The writer: durable, group-committed appends and checkpoints.
 
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::thread::Thread;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -78,6 +81,23 @@ struct State {
     /// Appenders parked until their entry is durable (or until they are to
     /// flush the next batch), with their entry's seq.
     waiters: Vec<(u64, Thread)>,
+    /// `append_async` futures waiting for their entry, with its seq.
+    wakers: Vec<(u64, Waker)>,
+    /// Set when the log is dropped: the flusher thread ends.
+    stop: bool,
+}
+
+/// What the appenders and the flusher thread share.
+struct Core {
+    file: File,
+    state: Mutex<State>,
+    /// `State::durable`, readable without the lock: a woken appender
+    /// checks it and returns without queueing on the mutex behind every
+    /// other woken appender (that convoy, not the disk, bounded group
+    /// commit with hundreds of appenders).
+    durable_at: AtomicU64,
+    /// Wakes the flusher thread: `append_async` buffered an entry.
+    flush_wanted: Condvar,
 }
 
 struct CpState {
@@ -93,14 +113,11 @@ pub struct AuditLog {
     origin: String,
     key: SigningKey,
     options: Options,
-    file: File,
     _lock: File,
-    state: Mutex<State>,
-    /// `State::durable`, readable without the lock: a woken appender
-    /// checks it and returns without queueing on the mutex behind every
-    /// other woken appender (that convoy, not the disk, bounded group
-    /// commit with hundreds of appenders).
-    durable_at: AtomicU64,
+    core: Arc<Core>,
+    /// Flushes what `append_async` buffers: a future cannot wait for an
+    /// `fdatasync` on the executor's thread.
+    flusher: Option<JoinHandle<()>>,
     cp: Mutex<CpState>,
     recovery: Option<Recovery>,
 }
@@ -297,13 +314,8 @@ impl AuditLog {
         } else {
             tree.leaf(size - 1).expect("leaf below size")
         };
-        Ok(AuditLog {
-            dir: dir.to_path_buf(),
-            origin: meta.origin,
-            key,
-            options,
+        let core = Arc::new(Core {
             file,
-            _lock: lock,
             state: Mutex::new(State {
                 next_seq: size,
                 prev,
@@ -314,8 +326,27 @@ impl AuditLog {
                 tree,
                 poisoned: None,
                 waiters: Vec::new(),
+                wakers: Vec::new(),
+                stop: false,
             }),
             durable_at: AtomicU64::new(size),
+            flush_wanted: Condvar::new(),
+        });
+        let flusher = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("audit-flusher".into())
+                .spawn(move || core.flusher())
+                .map_err(|e| Error::io(dir, e))?
+        };
+        Ok(AuditLog {
+            dir: dir.to_path_buf(),
+            origin: meta.origin,
+            key,
+            options,
+            _lock: lock,
+            core,
+            flusher: Some(flusher),
             cp: Mutex::new(CpState {
                 file: cp_file,
                 last_size: checkpointed,
@@ -341,7 +372,7 @@ impl AuditLog {
 
     /// How many entries are durable.
     pub fn size(&self) -> u64 {
-        lock_poison(&self.state).durable
+        lock_poison(&self.core.state).durable
     }
 
     /// The torn tail `open` cut off, if it had to.
@@ -356,7 +387,75 @@ impl AuditLog {
 
     /// Redacts, stamps and appends `event`; returns once it is durable.
     /// Concurrent callers share `fdatasync`s.
-    pub fn append(&self, mut event: Event) -> Result<Receipt, Error> {
+    pub fn append(&self, event: Event) -> Result<Receipt, Error> {
+        let (seq, leaf, mut st) = self.buffer(event)?;
+        // Group commit: whoever finds no flush under way writes and syncs
+        // everything buffered, then wakes the appenders it made durable and,
+        // when more is buffered, one of those waiting to lead the next batch.
+        // The others park; a woken appender whose entry is durable returns
+        // without taking the lock.
+        loop {
+            if let Some((seq, detail)) = &st.poisoned {
+                return Err(Error::Poisoned {
+                    seq: *seq,
+                    detail: detail.clone(),
+                });
+            }
+            if st.durable > seq {
+                break;
+            }
+            if st.flushing {
+                st.waiters.push((seq, std::thread::current()));
+                drop(st);
+                loop {
+                    std::thread::park();
+                    let durable = self.core.durable_at.load(Ordering::Acquire);
+                    if durable > seq {
+                        self.maybe_checkpoint(durable);
+                        return Ok(Receipt {
+                            seq,
+                            leaf_hash: leaf,
+                        });
+                    }
+                    // Woken to lead, poisoned, or spuriously: look under the lock.
+                    let g = lock_poison(&self.core.state);
+                    if g.poisoned.is_some() || !g.waiters.iter().any(|(s, _)| *s == seq) {
+                        break;
+                    }
+                }
+                st = lock_poison(&self.core.state);
+                continue;
+            }
+            st = self.core.lead(st);
+        }
+        let durable = st.durable;
+        drop(st);
+        self.maybe_checkpoint(durable);
+        Ok(Receipt {
+            seq,
+            leaf_hash: leaf,
+        })
+    }
+
+    /// As [`append`](Self::append), for async callers: the entry is
+    /// buffered at once (its seq fixed) and the future resolves once it is
+    /// durable, flushed by the log's flusher thread together with whatever
+    /// else is buffered; no executor thread waits for the disk.
+    pub fn append_async(&self, event: Event) -> Appending<'_> {
+        let state = match self.buffer(event) {
+            Ok((seq, leaf, st)) => {
+                drop(st);
+                self.core.flush_wanted.notify_one();
+                Ok((seq, leaf))
+            }
+            Err(e) => Err(Some(e)),
+        };
+        Appending { log: self, state }
+    }
+
+    /// Redacts, stamps and buffers `event`: its seq, its leaf hash, and the
+    /// state still locked.
+    fn buffer(&self, mut event: Event) -> Result<(u64, Hash, MutexGuard<'_, State>), Error> {
         if let Some(path) = find_fraction(&event.parameters, &mut String::new()) {
             return Err(Error::InvalidEvent {
                 field: format!("parameters{path}"),
@@ -366,7 +465,7 @@ impl AuditLog {
         redact_event(&mut event, &self.options.known_secrets);
         let prepared = prepare(&event);
 
-        let mut st = lock_poison(&self.state);
+        let mut st = lock_poison(&self.core.state);
         if let Some((seq, detail)) = &st.poisoned {
             return Err(Error::Poisoned {
                 seq: *seq,
@@ -393,107 +492,7 @@ impl AuditLog {
         st.prev = leaf;
         st.tree.push(leaf);
         st.next_seq += 1;
-
-        // Group commit: whoever finds no flush under way writes and syncs
-        // everything buffered, then wakes the appenders it made durable and,
-        // when more is buffered, one of those waiting to lead the next batch.
-        // The others park; a woken appender whose entry is durable returns
-        // without taking the lock.
-        loop {
-            if let Some((seq, detail)) = &st.poisoned {
-                return Err(Error::Poisoned {
-                    seq: *seq,
-                    detail: detail.clone(),
-                });
-            }
-            if st.durable > seq {
-                break;
-            }
-            if st.flushing {
-                st.waiters.push((seq, std::thread::current()));
-                drop(st);
-                loop {
-                    std::thread::park();
-                    let durable = self.durable_at.load(Ordering::Acquire);
-                    if durable > seq {
-                        self.maybe_checkpoint(durable);
-                        return Ok(Receipt {
-                            seq,
-                            leaf_hash: leaf,
-                        });
-                    }
-                    // Woken to lead, poisoned, or spuriously: look under the lock.
-                    let g = lock_poison(&self.state);
-                    if g.poisoned.is_some() || !g.waiters.iter().any(|(s, _)| *s == seq) {
-                        break;
-                    }
-                }
-                st = lock_poison(&self.state);
-                continue;
-            }
-            st.flushing = true;
-            let batch = std::mem::take(&mut st.buf);
-            let end = st.next_seq;
-            drop(st);
-            let written = self.write_batch(&batch);
-            st = lock_poison(&self.state);
-            st.flushing = false;
-            match written {
-                Ok(()) => {
-                    st.durable = end;
-                    self.durable_at.store(end, Ordering::Release);
-                }
-                Err(e) => {
-                    let at = st.durable;
-                    st.poisoned = Some((at, e.to_string()));
-                }
-            }
-            if st.buf.is_empty() {
-                // Keep the allocation for the next batch.
-                let mut b = batch;
-                b.clear();
-                st.buf = b;
-            }
-            let (durable, more, poisoned) = (st.durable, !st.buf.is_empty(), st.poisoned.is_some());
-            let mut leader_woken = !more;
-            st.waiters.retain(|(s, t)| {
-                if *s < durable || poisoned {
-                    t.unpark();
-                    false
-                } else if !leader_woken {
-                    leader_woken = true;
-                    t.unpark();
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        let durable = st.durable;
-        drop(st);
-        self.maybe_checkpoint(durable);
-        Ok(Receipt {
-            seq,
-            leaf_hash: leaf,
-        })
-    }
-
-    /// Writes whole lines, at most MAX_BATCH_BYTES per fdatasync.
-    fn write_batch(&self, batch: &[u8]) -> std::io::Result<()> {
-        let mut rest = batch;
-        while !rest.is_empty() {
-            let mut cut = rest.len().min(MAX_BATCH_BYTES);
-            if cut < rest.len() {
-                cut = rest[..cut]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(cut, |i| i + 1);
-            }
-            (&self.file).write_all(&rest[..cut])?;
-            self.file.sync_data()?;
-            rest = &rest[cut..];
-        }
-        Ok(())
+        Ok((seq, leaf, st))
     }
 
     fn maybe_checkpoint(&self, durable: u64) {
@@ -523,7 +522,7 @@ impl AuditLog {
 
     fn checkpoint_locked(&self, cp: &mut CpState) -> Result<SignedCheckpoint, Error> {
         let (size, root) = {
-            let st = lock_poison(&self.state);
+            let st = lock_poison(&self.core.state);
             (
                 st.durable,
                 st.tree
@@ -561,6 +560,163 @@ impl AuditLog {
             return self.checkpoint().map(Some);
         }
         Ok(None)
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        lock_poison(&self.core.state).stop = true;
+        self.core.flush_wanted.notify_all();
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+    }
+}
+
+/// The future of [`AuditLog::append_async`].
+pub struct Appending<'a> {
+    log: &'a AuditLog,
+    /// The buffered entry's seq and leaf, or the error buffering it gave
+    /// (taken by the first poll).
+    state: Result<(u64, Hash), Option<Error>>,
+}
+
+impl Future for Appending<'_> {
+    type Output = Result<Receipt, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let (seq, leaf) = match &mut this.state {
+            Ok(x) => *x,
+            Err(e) => {
+                return Poll::Ready(Err(e.take().unwrap_or_else(|| {
+                    Error::Request("an append_async future was polled after it completed".into())
+                })))
+            }
+        };
+        let done = |durable: u64| {
+            this.log.maybe_checkpoint(durable);
+            Poll::Ready(Ok(Receipt {
+                seq,
+                leaf_hash: leaf,
+            }))
+        };
+        let durable = this.log.core.durable_at.load(Ordering::Acquire);
+        if durable > seq {
+            return done(durable);
+        }
+        let mut st = lock_poison(&this.log.core.state);
+        if let Some((at, detail)) = &st.poisoned {
+            return Poll::Ready(Err(Error::Poisoned {
+                seq: *at,
+                detail: detail.clone(),
+            }));
+        }
+        if st.durable > seq {
+            let durable = st.durable;
+            drop(st);
+            return done(durable);
+        }
+        st.wakers.push((seq, cx.waker().clone()));
+        if !st.flushing {
+            this.log.core.flush_wanted.notify_one();
+        }
+        Poll::Pending
+    }
+}
+
+impl Core {
+    /// Writes whole lines, at most MAX_BATCH_BYTES per fdatasync.
+    fn write_batch(&self, batch: &[u8]) -> std::io::Result<()> {
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_BATCH_BYTES);
+            if cut < rest.len() {
+                cut = rest[..cut]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(cut, |i| i + 1);
+            }
+            (&self.file).write_all(&rest[..cut])?;
+            self.file.sync_data()?;
+            rest = &rest[cut..];
+        }
+        Ok(())
+    }
+
+    /// Flushes everything buffered (the caller holds the lock and found no
+    /// flush under way), then wakes the appenders and futures it made
+    /// durable and whoever is to lead the next batch: one parked appender,
+    /// or the flusher thread when only futures wait.
+    fn lead<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.flushing = true;
+        let batch = std::mem::take(&mut st.buf);
+        let end = st.next_seq;
+        drop(st);
+        let written = self.write_batch(&batch);
+        let mut st = lock_poison(&self.state);
+        st.flushing = false;
+        match written {
+            Ok(()) => {
+                st.durable = end;
+                self.durable_at.store(end, Ordering::Release);
+            }
+            Err(e) => {
+                let at = st.durable;
+                st.poisoned = Some((at, e.to_string()));
+            }
+        }
+        if st.buf.is_empty() {
+            // Keep the allocation for the next batch.
+            let mut b = batch;
+            b.clear();
+            st.buf = b;
+        }
+        let (durable, more, poisoned) = (st.durable, !st.buf.is_empty(), st.poisoned.is_some());
+        st.wakers.retain(|(s, w)| {
+            let wake = *s < durable || poisoned;
+            if wake {
+                w.wake_by_ref();
+            }
+            !wake
+        });
+        let mut leader_woken = !more;
+        st.waiters.retain(|(s, t)| {
+            if *s < durable || poisoned {
+                t.unpark();
+                false
+            } else if !leader_woken {
+                leader_woken = true;
+                t.unpark();
+                false
+            } else {
+                true
+            }
+        });
+        if !leader_woken && !poisoned {
+            self.flush_wanted.notify_one();
+        }
+        st
+    }
+
+    /// The flusher thread: leads a flush whenever something is buffered and
+    /// nobody flushes (`append_async` buffered it; a parked appender would
+    /// lead by itself), until the log is dropped.
+    fn flusher(&self) {
+        let mut st = lock_poison(&self.state);
+        loop {
+            if st.stop {
+                return;
+            }
+            if !st.buf.is_empty() && !st.flushing && st.poisoned.is_none() {
+                st = self.lead(st);
+                continue;
+            }
+            st = self
+                .flush_wanted
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 

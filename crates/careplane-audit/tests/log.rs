@@ -94,6 +94,83 @@ fn concurrent_appenders_get_a_gapless_sequence() {
     assert_eq!(r.checkpoints_ok, 1);
 }
 
+/// `append_async` futures on a real executor and blocking appenders on
+/// threads, at once: one gapless sequence, every receipt durable when it
+/// arrives, and a log that verifies.
+#[test]
+fn async_and_blocking_appenders_share_one_gapless_durable_sequence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Arc::new(open(tmp.path(), None));
+    let blocking: Vec<_> = (0..8)
+        .map(|t| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| l.append(event(t * 1000 + i)).unwrap().seq)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let from_tasks: Vec<u64> = rt.block_on(async {
+        let tasks: Vec<_> = (0..200u64)
+            .map(|t| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let mut seqs = Vec::new();
+                    for i in 0..10 {
+                        let r = l.append_async(event(100_000 + t * 100 + i)).await.unwrap();
+                        assert!(
+                            l.size() > r.seq,
+                            "seq {} resolved before it was durable",
+                            r.seq
+                        );
+                        seqs.push(r.seq);
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    let mut seqs: BTreeSet<u64> = BTreeSet::new();
+    for s in from_tasks
+        .into_iter()
+        .chain(blocking.into_iter().flat_map(|t| t.join().unwrap()))
+    {
+        assert!(seqs.insert(s), "seq {s} handed out twice");
+    }
+    assert_eq!(seqs.len(), 2400);
+    assert_eq!(seqs.last(), Some(&2399));
+    assert_eq!(l.size(), 2400);
+    l.checkpoint().unwrap();
+    let r = verify(tmp.path(), &key().verifying_key(), None).unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
+    assert_eq!(r.entries, 2400);
+}
+
+/// An event `append` refuses is refused by `append_async` too, at once.
+#[test]
+fn append_async_refuses_what_append_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = open(tmp.path(), None);
+    let mut e = event(1);
+    e.parameters = json!({"ratio": 0.5});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = rt.block_on(l.append_async(e)).unwrap_err();
+    assert!(matches!(err, Error::InvalidEvent { .. }), "{err:?}");
+    assert_eq!(l.size(), 0);
+}
+
 #[test]
 fn a_torn_tail_is_cut_off_kept_aside_and_the_log_goes_on() {
     for tail in [
