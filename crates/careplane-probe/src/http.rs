@@ -40,9 +40,9 @@ pub(crate) fn tls_for(ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>>
     use std::collections::HashMap;
     use std::sync::Mutex;
     static CACHE: Mutex<Option<HashMap<String, Arc<rustls::ClientConfig>>>> = Mutex::new(None);
-    let pem = ca_pem.ok_or_else(|| {
-        Failure::Unknown("an https:// probe needs the platform CA, and none was given".into())
-    })?;
+    let Some(pem) = ca_pem else {
+        return Ok(public_tls());
+    };
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
     if let Some(c) = map.get(pem) {
@@ -51,6 +51,29 @@ pub(crate) fn tls_for(ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>>
     let c = crate::client_tls(pem, &[b"http/1.1"]).map_err(Failure::Unknown)?;
     map.insert(pem.to_string(), c.clone());
     Ok(c)
+}
+
+/// Without the platform CA: Mozilla's roots (`webpki-roots`), for https endpoints
+/// outside the platform such as a chat or paging service's webhook. Platform
+/// endpoints are always given the platform CA, which these roots do not hold.
+pub(crate) fn public_tls() -> Arc<rustls::ClientConfig> {
+    static PUBLIC: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    PUBLIC
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        })
+        .clone()
 }
 
 /// One request on a new connection.
@@ -216,4 +239,56 @@ impl HttpCheck {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod public_roots_tests {
+    use super::*;
+
+    /// Without a CA the client trusts the public web's roots, and a server
+    /// whose certificate comes from elsewhere (here: a throwaway CA) is refused.
+    #[tokio::test]
+    async fn without_a_ca_public_roots_are_trusted_and_a_private_ca_is_not() {
+        assert!(public_tls().alpn_protocols == vec![b"http/1.1".to_vec()]);
+        assert!(webpki_roots::TLS_SERVER_ROOTS.len() > 50);
+        let ca = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.is_ca = rcgen::IsCa::NoCa;
+        let cert = params.self_signed(&ca).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ca.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            if let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let r = request(
+            Method::POST,
+            &format!("https://localhost:{port}/hook"),
+            &[],
+            Some(b"{}".to_vec()),
+            None,
+        )
+        .await;
+        let e = format!(
+            "{:?}",
+            r.err().expect("a self-signed certificate is refused")
+        );
+        assert!(
+            e.contains("certificate") || e.contains("Certificate"),
+            "{e}"
+        );
+    }
 }

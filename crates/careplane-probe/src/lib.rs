@@ -93,8 +93,9 @@ pub(crate) enum Failure {
 pub(crate) type Result<T> = std::result::Result<T, Failure>;
 
 /// POSTs `body` as JSON to `url` within `timeout` and returns the answer's status: how
-/// `careplane serve` delivers notifications, with the probes' client (HTTP/1.1; https only
-/// with `ca_pem`, the platform CA). The error names the URL and what failed.
+/// `careplane serve` delivers notifications, with the probes' client (HTTP/1.1; https
+/// trusts `ca_pem`, the platform CA, when given, else Mozilla's roots for endpoints on the
+/// public web). The error names the URL and what failed.
 pub async fn post_json(
     url: &str,
     body: &serde_json::Value,
