@@ -40,9 +40,9 @@ pub(crate) fn tls_for(ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>>
     use std::collections::HashMap;
     use std::sync::Mutex;
     static CACHE: Mutex<Option<HashMap<String, Arc<rustls::ClientConfig>>>> = Mutex::new(None);
-    let Some(pem) = ca_pem else {
-        return Ok(public_tls());
-    };
+    let pem = ca_pem.ok_or_else(|| {
+        Failure::Unknown("an https:// probe needs the platform CA, and none was given".into())
+    })?;
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
     if let Some(c) = map.get(pem) {
@@ -83,6 +83,26 @@ pub(crate) async fn request(
     headers: &[(&str, String)],
     body: Option<Vec<u8>>,
     ca_pem: Option<&str>,
+) -> Result<Response> {
+    request_trusting(method, url, headers, body, Trust::Platform(ca_pem)).await
+}
+
+/// Whom an https request trusts.
+pub(crate) enum Trust<'a> {
+    /// The platform CA; none given is careplane's misconfiguration (a probe's
+    /// `unknown`), never the public web's roots.
+    Platform(Option<&'a str>),
+    /// The given CA if any, else Mozilla's roots (notification endpoints).
+    PlatformOrPublic(Option<&'a str>),
+}
+
+/// One request on a new connection, trusting `trust` for https.
+pub(crate) async fn request_trusting(
+    method: Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<Vec<u8>>,
+    trust: Trust<'_>,
 ) -> Result<Response> {
     let uri: Uri = url
         .parse()
@@ -128,7 +148,11 @@ pub(crate) async fn request(
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| Failure::Unknown(format!("building the request: {e}")))?;
     if https {
-        let tls = tls_for(ca_pem)?;
+        let tls = match trust {
+            Trust::Platform(ca) => tls_for(ca)?,
+            Trust::PlatformOrPublic(None) => public_tls(),
+            Trust::PlatformOrPublic(ca) => tls_for(ca)?,
+        };
         let name = rustls::pki_types::ServerName::try_from(
             host.trim_start_matches('[')
                 .trim_end_matches(']')
@@ -274,12 +298,12 @@ mod public_roots_tests {
                 let _ = acceptor.accept(tcp).await;
             }
         });
-        let r = request(
+        let r = request_trusting(
             Method::POST,
             &format!("https://localhost:{port}/hook"),
             &[],
             Some(b"{}".to_vec()),
-            None,
+            Trust::PlatformOrPublic(None),
         )
         .await;
         let e = format!(

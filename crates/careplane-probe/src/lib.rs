@@ -103,12 +103,12 @@ pub async fn post_json(
     timeout: Duration,
 ) -> std::result::Result<u16, String> {
     let headers = [("content-type", "application/json".to_string())];
-    let send = http::request(
+    let send = http::request_trusting(
         ::http::Method::POST,
         url,
         &headers,
         Some(body.to_string().into_bytes()),
-        ca_pem,
+        http::Trust::PlatformOrPublic(ca_pem),
     );
     match tokio::time::timeout(timeout, send).await {
         Ok(Ok(r)) => Ok(r.status),
