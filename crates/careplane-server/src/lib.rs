@@ -12,6 +12,7 @@ mod api;
 mod authz;
 pub mod calendar;
 pub mod incidents;
+pub mod mail;
 mod metrics;
 pub mod notify;
 mod probes;

@@ -1,10 +1,12 @@
-//! Delivery of incident notifications to the platform's channels (docs/design/0014):
-//! a JSON POST to a webhook, or an alert on an Alertmanager's `/api/v2/alerts` (resolved
-//! when the incident is). A notification is recorded on the incident only once every one of
-//! its channels took it; a failed channel is retried on the next round, the others are not
-//! sent twice.
+//! Delivery of incident notifications to the platform's channels (docs/design/0012):
+//! a JSON POST to a webhook, an alert on an Alertmanager's `/api/v2/alerts` (resolved
+//! when the incident is), or a plain-text e-mail over SMTP (`mail.rs`). Every attempt of a
+//! channel is recorded on the incident (`deliveries`: attempts, the last failure, when it
+//! was delivered); a notification is recorded as sent only once every one of its channels
+//! took it. A failed channel is retried with a growing pause (5 s doubling up to 5 min), the
+//! others are not sent twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,18 @@ pub(crate) struct Deliveries {
     pub burning: BTreeSet<String>,
     pub burn_minute: Option<i64>,
     pub refreshed: Option<std::time::Instant>,
+    /// Failed deliveries by `incident/key/channel`: failures so far and when to try again.
+    pub retry: BTreeMap<String, (u32, std::time::Instant)>,
+}
+
+/// The pause after the `n`th consecutive failure of a delivery: 5 s, doubling, at most
+/// 5 minutes (a relay down for hours is not hammered, nor the incident file rewritten, every
+/// second).
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(
+        5u64.saturating_mul(1 << n.saturating_sub(1).min(6))
+            .min(300),
+    )
 }
 
 /// Alertmanager resolves an alert nobody re-sent within its `resolve_timeout`, so careplane
@@ -136,6 +150,9 @@ fn burn_bodies(
 }
 
 async fn post(c: &NotificationChannel, hook: &Value, alerts: &Value) -> Result<(), String> {
+    if c.smtp.is_some() {
+        return Err(format!("channel {:?}: e-mail takes incidents only", c.name));
+    }
     let (url, body) = match (&c.webhook, &c.alertmanager) {
         (Some(u), _) => (u.clone(), hook),
         (None, Some(base)) => (
@@ -163,6 +180,15 @@ fn spawn_post(c: NotificationChannel, hook: Value, alerts: Value, what: String) 
 }
 
 async fn send(c: &NotificationChannel, i: &Incident, n: &DueNotification) -> Result<(), String> {
+    if let Some(smtp) = &c.smtp {
+        return crate::mail::send(
+            smtp,
+            &crate::mail::subject(i, n),
+            crate::mail::body(i, n),
+            TIMEOUT,
+        )
+        .await;
+    }
     post(c, &webhook_body(i, n), &alert_body(i, n)).await
 }
 
@@ -177,7 +203,12 @@ pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: T
             let id = format!("{}/{}/{name}", incident.id, n.key);
             {
                 let mut d = state.deliveries();
-                if d.done.contains(&id) || !d.inflight.insert(id.clone()) {
+                if d.done.contains(&id)
+                    || d.retry
+                        .get(&id)
+                        .is_some_and(|(_, at)| std::time::Instant::now() < *at)
+                    || !d.inflight.insert(id.clone())
+                {
                     continue;
                 }
             }
@@ -196,13 +227,18 @@ pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: T
                     let mut d = state.deliveries();
                     d.inflight.remove(&id);
                     if r.is_ok() {
+                        d.retry.remove(&id);
                         d.done.insert(id);
+                    } else {
+                        let failures = d.retry.get(&id).map_or(0, |(f, _)| *f) + 1;
+                        let at = std::time::Instant::now() + backoff(failures);
+                        d.retry.insert(id, (failures, at));
                     }
                     n.recipients
                         .iter()
                         .all(|c| d.done.contains(&format!("{}/{}/{c}", incident.id, n.key)))
                 };
-                match r {
+                match &r {
                     Err(e) => eprintln!(
                         "careplane serve: incident {}: notifying {:?} failed (retried): {e}",
                         incident.id, channel.name
@@ -212,23 +248,24 @@ pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: T
                         incident.id, channel.name, n.key
                     ),
                 }
-                if complete {
-                    let data_dir = state.data_dir.clone();
-                    let recorded = tokio::task::spawn_blocking(move || {
-                        crate::incidents::update(&data_dir, |all| {
-                            match all.iter_mut().find(|i| i.id == incident.id) {
-                                Some(i) => {
+                let data_dir = state.data_dir.clone();
+                let recorded = tokio::task::spawn_blocking(move || {
+                    crate::incidents::update(&data_dir, |all| {
+                        match all.iter_mut().find(|i| i.id == incident.id) {
+                            Some(i) => {
+                                i.record_delivery(&n.key, &channel.name, now, r);
+                                if complete {
                                     i.record_notification(&n, now);
-                                    Ok(((), true))
                                 }
-                                None => Ok(((), false)),
+                                Ok(((), true))
                             }
-                        })
+                            None => Ok(((), false)),
+                        }
                     })
-                    .await;
-                    if let Ok(Err(e)) = recorded {
-                        eprintln!("careplane serve: recording a notification: {e}");
-                    }
+                })
+                .await;
+                if let Ok(Err(e)) = recorded {
+                    eprintln!("careplane serve: recording a notification: {e}");
                 }
             });
         }
@@ -259,7 +296,9 @@ fn burns(state: &State, all: &[NotificationChannel], burns: Option<crate::probes
                 continue;
             }
             let (hook, alert) = burn_bodies(&env, &a, a.firing);
-            for c in all {
+            // E-mail hears of incidents only: burn-rate rules start and stop with every
+            // few bad minutes, which mail cannot group as Alertmanager does.
+            for c in all.iter().filter(|c| c.smtp.is_none()) {
                 // Webhooks hear of changes; Alertmanager also gets the lease renewed.
                 if changed || c.alertmanager.is_some() {
                     spawn_post(c.clone(), hook.clone(), alert.clone(), key.clone());

@@ -283,7 +283,8 @@ impl SmtpChannel {
         self.host_port().is_some_and(|(h, _)| {
             h == "localhost"
                 || h.ends_with(".localhost")
-                || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
         })
     }
 }

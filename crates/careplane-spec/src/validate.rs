@@ -601,7 +601,11 @@ fn check_channels(cx: &mut Ctx<'_>, n: &crate::model::NotificationSettings) {
                 None,
             );
         }
-        let kinds = [c.webhook.is_some(), c.alertmanager.is_some(), c.smtp.is_some()];
+        let kinds = [
+            c.webhook.is_some(),
+            c.alertmanager.is_some(),
+            c.smtp.is_some(),
+        ];
         if kinds.iter().filter(|k| **k).count() != 1 {
             cx.at_value(
                 &base,
@@ -644,12 +648,12 @@ fn is_mail_address(a: &str) -> bool {
     !local.is_empty()
         && local.len() <= 64
         && domain.len() <= 253
-        && domain.split('.').all(|l| {
-            !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-        && local.chars().all(|c| {
-            c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c)
-        })
+        && domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
 }
 
 fn is_env_name(n: &str) -> bool {
@@ -708,11 +712,9 @@ fn check_smtp(cx: &mut Ctx<'_>, base: &[Seg], smtp: &crate::model::SmtpChannel) 
             "a `username` needs `passwordEnv`, the environment variable holding its password",
             None,
         ),
-        (None, Some(_)) => cx.at_value(
-            &at("passwordEnv"),
-            "`passwordEnv` needs a `username`",
-            None,
-        ),
+        (None, Some(_)) => {
+            cx.at_value(&at("passwordEnv"), "`passwordEnv` needs a `username`", None)
+        }
         _ => {}
     }
     if let Some(env) = &smtp.password_env {

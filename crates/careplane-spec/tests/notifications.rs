@@ -88,7 +88,8 @@ fn smtp_channels_are_checked_where_they_are_written() {
         "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n",
         "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n      - name: mail\n        smtp: {server: \"smtp.example.org:587\", from: careplane@example.org, to: [oncall@example.org], username: careplane, passwordEnv: CAREPLANE_SMTP_PASSWORD}\n      - name: relay\n        smtp: {server: \"127.0.0.1:2525\", tls: none, from: careplane@example.org, to: [a@example.org, b@example.org]}\n",
     );
-    let mail_tier = tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [mail, relay]}]\n");
+    let mail_tier =
+        tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [mail, relay]}]\n");
     assert!(
         problems(&good, &mail_tier).is_empty(),
         "{:?}",
@@ -99,7 +100,8 @@ fn smtp_channels_are_checked_where_they_are_written() {
         "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n",
         "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n      - name: mail\n        smtp: {server: \"smtp.example.org:587\", tls: none, from: \"Careplane <careplane@example.org>\", to: [\"a@example.org, b@example.org\"], username: careplane, passwordEnv: \"hunter2 secret\"}\n      - name: relay\n        smtp: {server: \"smtp.example.org:99999\", tls: implicit, from: careplane@example.org, to: [], passwordEnv: PW}\n      - name: both\n        webhook: \"http://127.0.0.1/x\"\n        smtp: {server: \"127.0.0.1\", from: a@b.c, to: [a@b.c]}\n",
     );
-    let tier_ok = tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [on-call]}]\n");
+    let tier_ok =
+        tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [on-call]}]\n");
     let got = problems(&bad, &tier_ok);
     assert_eq!(
         got,
