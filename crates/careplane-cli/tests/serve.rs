@@ -950,6 +950,7 @@ fn serve_prints_a_hardened_systemd_unit() {
         "ExecStart=",
         "serve -f ",
         "ReadWritePaths=",
+        "EnvironmentFile=-/etc/careplane/serve.env",
     ] {
         assert!(unit.contains(want), "{want} missing:\n{unit}");
     }
