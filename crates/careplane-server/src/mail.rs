@@ -169,3 +169,85 @@ fn describe(e: &lettre::transport::smtp::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use careplane_sla::incident::ActorTime;
+    use careplane_sla::{EnvironmentKind, Severity};
+
+    fn incident() -> Incident {
+        serde_json::from_value(serde_json::json!({
+            "id": "stmarys-production-1", "tenant": "stmarys", "environment": "production",
+            "environmentKind": "production", "probe": "odoo-login", "impact": "down",
+            "severity": "P1", "startedAt": "2026-03-10T10:00:00Z",
+            "openedAt": "2026-03-10T10:02:00Z", "restoredAt": null, "acknowledged": null,
+            "resolved": null, "notes": [], "notifications": []
+        }))
+        .unwrap()
+    }
+
+    fn due(reason: Reason) -> DueNotification {
+        DueNotification {
+            key: "step-0".into(),
+            due_at: "2026-03-10T10:02:00Z".parse().unwrap(),
+            recipients: vec!["mail".into()],
+            reason,
+        }
+    }
+
+    #[test]
+    fn subject_and_body_carry_the_incident_and_how_to_acknowledge() {
+        let i = incident();
+        assert_eq!(i.environment_kind, EnvironmentKind::Production);
+        assert_eq!(i.severity, Severity::P1);
+        let n = due(Reason::Step { step: 0 });
+        assert_eq!(subject(&i, &n), "[careplane P1] stmarys/production down");
+        let b = body(&i, &n);
+        for want in [
+            "Incident stmarys-production-1",
+            "Tenant:       stmarys",
+            "What failed:  the odoo-login probe, failing since 2026-03-10T10:00:00Z",
+            "Opened at:    2026-03-10T10:02:00Z",
+            "careplane incident ack stmarys-production-1",
+            "escalation step 1 (notification step-0)",
+        ] {
+            assert!(b.contains(want), "no {want:?} in {b}");
+        }
+        assert_eq!(
+            subject(&i, &due(Reason::Executive)),
+            "[careplane P1] stmarys/production down (executive notice)"
+        );
+        let mut acked = i.clone();
+        acked.acknowledged = Some(ActorTime {
+            actor: "token:on-call".into(),
+            at: "2026-03-10T10:05:00Z".parse().unwrap(),
+        });
+        let b = body(&acked, &due(Reason::Repeat { step: 0, repeat: 1 }));
+        assert!(
+            b.contains("Acknowledged: 2026-03-10T10:05:00Z by token:on-call"),
+            "{b}"
+        );
+        assert!(!b.contains("careplane incident ack"), "{b}");
+        assert_eq!(
+            subject(&i, &due(Reason::Resolved)),
+            "[careplane P1] stmarys/production resolved"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_clear_text_relay_off_loopback_whatever_the_spec_says() {
+        let c = SmtpChannel {
+            server: "smtp.example.org:25".into(),
+            tls: SmtpTls::None,
+            from: "careplane@example.org".into(),
+            to: vec!["oncall@example.org".into()],
+            username: None,
+            password_env: None,
+        };
+        let e = send(&c, "s", "b".into(), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.contains("tls none is only allowed on loopback"), "{e}");
+    }
+}

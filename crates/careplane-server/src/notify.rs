@@ -192,6 +192,25 @@ async fn send(c: &NotificationChannel, i: &Incident, n: &DueNotification) -> Res
     post(c, &webhook_body(i, n), &alert_body(i, n)).await
 }
 
+/// A webhook's URL is often its credential (chat services put the token in the path), and
+/// failures are recorded on the incident, which read tokens see: only the URL's origin is
+/// kept in an error.
+pub fn redact(c: &NotificationChannel, e: String) -> String {
+    let mut e = e;
+    for url in [&c.webhook, &c.alertmanager].into_iter().flatten() {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let host_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let origin_len = url.len() - rest.len() + host_len;
+        let am = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
+        for full in [am.as_str(), url.as_str()] {
+            if full.len() > origin_len {
+                e = e.replace(full, &format!("{}/…", &url[..origin_len]));
+            }
+        }
+    }
+    e
+}
+
 /// Sends each due notification to each of its channels not yet served, in the background;
 /// records it on the incident once all took it.
 pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: Timestamp) {
@@ -222,7 +241,9 @@ pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: T
             };
             let (state, incident, n) = (state.clone(), incident.clone(), n.clone());
             tokio::spawn(async move {
-                let r = send(&channel, &incident, &n).await;
+                let r = send(&channel, &incident, &n)
+                    .await
+                    .map_err(|e| redact(&channel, e));
                 let complete = {
                     let mut d = state.deliveries();
                     d.inflight.remove(&id);
@@ -341,5 +362,39 @@ fn refresh(state: &State, all: &[NotificationChannel], open: &[Incident]) {
                 format!("incident {}", i.id),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_paths_stay_out_of_recorded_errors() {
+        let c = NotificationChannel {
+            name: "chat".into(),
+            webhook: Some("https://hooks.example.org/services/T0/B0/s3cr3t".into()),
+            alertmanager: None,
+            smtp: None,
+        };
+        let e = redact(
+            &c,
+            "POST https://hooks.example.org/services/T0/B0/s3cr3t: connection refused".into(),
+        );
+        assert_eq!(e, "POST https://hooks.example.org/…: connection refused");
+        let c = NotificationChannel {
+            name: "am".into(),
+            webhook: None,
+            alertmanager: Some("http://127.0.0.1:9093".into()),
+            smtp: None,
+        };
+        let e = redact(
+            &c,
+            "channel \"am\": POST http://127.0.0.1:9093/api/v2/alerts answered 500".into(),
+        );
+        assert_eq!(
+            e,
+            "channel \"am\": POST http://127.0.0.1:9093/… answered 500"
+        );
     }
 }
