@@ -50,6 +50,14 @@ pub enum Command {
     /// detection and the API (`/v1/...`, `/openapi.json`, `/metrics`) in the
     /// foreground, on loopback unless told otherwise. SIGTERM stops it after
     /// storing every result received. API calls need a token (`careplane token create`).
+    ///
+    /// Incidents are sent to the Platform's `notifications.channels` (webhook,
+    /// Alertmanager, or `smtp` e-mail; an SMTP password is read from the
+    /// environment variable its channel's `passwordEnv` names, so set it in
+    /// serve's environment: the unit of `--print-systemd-unit` reads
+    /// `/etc/careplane/serve.env`). Every delivery
+    /// attempt, failed or not, is recorded on the incident (`careplane incident
+    /// list --output json`, `deliveries`).
     Serve {
         #[command(flatten)]
         files: Files,

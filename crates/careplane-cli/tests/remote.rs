@@ -215,6 +215,7 @@ fn open_incident(p: &Platform, id: &str) {
         resolved: None,
         notes: Vec::new(),
         notifications: Vec::new(),
+        deliveries: Vec::new(),
     };
     careplane_server::incidents::update(&p.data_dir(), |all| {
         all.push(inc);

@@ -216,6 +216,98 @@ fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
     (port, got)
 }
 
+/// A real SMTP server on loopback: Python's aiosmtpd (PyPI, installed by
+/// scripts/install-deps), plain SMTP. It refuses recipients whose address starts with
+/// `refused` with a 550, and writes every message it accepts to `dir` as JSON
+/// (envelope sender, recipients, the message text). Killed on drop.
+struct Smtp {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SMTP_SERVER: &str = r#"
+import json, os, sys, threading
+from aiosmtpd.controller import Controller
+
+port, out = int(sys.argv[1]), sys.argv[2]
+
+class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("refused"):
+            return "550 5.1.1 mailbox refused by the test relay"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        path = os.path.join(out, "%04d.json" % len(os.listdir(out)))
+        with open(path + ".tmp", "w") as f:
+            json.dump({"from": envelope.mail_from, "to": envelope.rcpt_tos,
+                       "text": envelope.content.decode("utf-8", "replace")}, f)
+        os.rename(path + ".tmp", path)
+        return "250 Message accepted"
+
+c = Controller(Handler(), hostname="127.0.0.1", port=port)
+c.start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+fn smtp() -> Option<Smtp> {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        let msg = "python3 with aiosmtpd is needed (scripts/install-deps installs it)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("skipping the SMTP channel: {msg}");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("smtp.py");
+    std::fs::write(&script, SMTP_SERVER).unwrap();
+    let mail = dir.path().join("mail");
+    std::fs::create_dir(&mail).unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&mail)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python3 (aiosmtpd)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
+    Some(Smtp { child, port, dir })
+}
+
+/// The messages the SMTP server accepted, in order.
+fn mails(s: &Smtp) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(s.dir.path().join("mail"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect()
+}
+
 /// A real Alertmanager (Debian's prometheus-alertmanager) on a free port, killed on drop.
 struct Alertmanager {
     child: Child,
@@ -321,17 +413,41 @@ fn serve_probes_records_opens_incidents_and_reports() {
     ok(&p, &["apply"]);
     let log = p.dir.path().join("serve.log");
 
-    // Notification channels: a webhook and a real Alertmanager.
+    // Notification channels: a webhook, a real Alertmanager and a real SMTP server.
     let (hook_port, hooks) = webhook();
     let am = alertmanager();
+    let mail = smtp();
     let mut channels = format!(
         "  notifications:\n    channels:\n      - {{name: on-call, webhook: \"http://127.0.0.1:{hook_port}/hook\"}}\n"
     );
+    let mut first_step = vec!["on-call"];
     if let Some(am) = &am {
         channels.push_str(&format!(
             "      - {{name: alerts, alertmanager: \"http://127.0.0.1:{}\"}}\n",
             am.port
         ));
+        first_step.push("alerts");
+    }
+    if let Some(m) = &mail {
+        // `mail` takes the first step; the executive notice goes to a recipient the server
+        // refuses (550) and to a port where nothing listens: both recorded as failed.
+        let closed = free_port();
+        channels.push_str(&format!(
+            "      - name: mail\n        smtp: {{server: \"127.0.0.1:{p}\", tls: none, from: careplane@example.org, to: [oncall@example.org, lead@example.org]}}\n\
+             \x20     - name: mail-refused\n        smtp: {{server: \"127.0.0.1:{p}\", tls: none, from: careplane@example.org, to: [refused@example.org]}}\n\
+             \x20     - name: mail-down\n        smtp: {{server: \"127.0.0.1:{closed}\", tls: none, from: careplane@example.org, to: [exec@example.org]}}\n",
+            p = m.port
+        ));
+        first_step.push("mail");
+        let text = std::fs::read_to_string(&pf).unwrap().replacen(
+            "  backupPolicy: nightly\n",
+            &format!(
+                "  backupPolicy: nightly\n  slo:\n    escalation:\n      - severity: P1\n        steps: [{{afterMinutes: 0, notify: [{}]}}]\n        executiveAfterMinutes: 1\n        executive: [mail-refused, mail-down]\n",
+                first_step.join(", ")
+            ),
+            1,
+        );
+        std::fs::write(&pf, text).unwrap();
     }
     let pf = p.specs.join("platform.yaml");
     let text = std::fs::read_to_string(&pf).unwrap();
@@ -612,6 +728,80 @@ fn serve_probes_records_opens_incidents_and_reports() {
         "the webhook was told twice"
     );
 
+    // The e-mail of the first step arrived, to both recipients, recorded as delivered;
+    // the executive notice's refused recipient and unreachable relay are recorded as
+    // failed with what went wrong.
+    if let Some(m) = &mail {
+        wait_for("the incident e-mail", 60, || !mails(m).is_empty());
+        let got = mails(m);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let e = &got[0];
+        assert_eq!(e["from"], "careplane@example.org", "{e}");
+        assert_eq!(
+            e["to"],
+            serde_json::json!(["oncall@example.org", "lead@example.org"]),
+            "{e}"
+        );
+        let text = e["text"].as_str().unwrap();
+        assert!(
+            text.contains("Subject: [careplane P1] gamma/prod down\r\n"),
+            "{text}"
+        );
+        for want in [
+            "Tenant:       gamma",
+            "Severity:     P1",
+            "What failed:  the odoo-login probe",
+            &format!("careplane incident ack {id}"),
+            "Content-Type: text/plain",
+        ] {
+            assert!(text.contains(want), "no {want:?} in {text}");
+        }
+        let mut i = Value::Null;
+        wait_for("the failed e-mail deliveries to be recorded", 60, || {
+            i = json(&p, &["incident", "list"])[0].clone();
+            let d = |c: &str| {
+                i["deliveries"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|d| d["channel"] == c).cloned())
+            };
+            d("mail").is_some_and(|d| d["deliveredAt"].is_string())
+                && d("mail-refused").is_some_and(|d| d["lastError"].is_string())
+                && d("mail-down").is_some_and(|d| d["lastError"].is_string())
+        });
+        let d = |c: &str| {
+            i["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["channel"] == c)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(d("mail")["key"], "step-0", "{i}");
+        assert_eq!(d("mail")["attempts"], 1, "{i}");
+        let refused = d("mail-refused");
+        assert_eq!(refused["key"], "executive", "{i}");
+        assert!(refused["deliveredAt"].is_null(), "{i}");
+        let err = refused["lastError"].as_str().unwrap();
+        assert!(
+            err.contains("550") && err.contains("mailbox refused by the test relay"),
+            "the server's reply is not in {err:?}"
+        );
+        let err = d("mail-down")["lastError"].as_str().unwrap().to_string();
+        assert!(
+            err.contains("Connection refused") && err.contains("smtp 127.0.0.1:"),
+            "{err:?}"
+        );
+        assert!(
+            !i["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["key"] == "executive"),
+            "a notice no channel took is recorded as sent: {i}"
+        );
+    }
+
     // Acknowledge through the API (operate), note and resolve with the CLI.
     let (code, body) = request(
         port,
@@ -671,6 +861,16 @@ fn serve_probes_records_opens_incidents_and_reports() {
             alerts_for(am, &id).is_empty()
         });
     }
+    if let Some(m) = &mail {
+        wait_for("the resolution e-mail", 60, || {
+            mails(m).iter().any(|e| {
+                e["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Subject: [careplane P1] gamma/prod resolved\r\n")
+            })
+        });
+    }
 
     // A clean stop flushes and compacts.
     let mut s = s;
@@ -724,8 +924,15 @@ fn serve_probes_records_opens_incidents_and_reports() {
         secrets.push(s.as_str().unwrap().to_string());
     }
     let log = std::fs::read_to_string(&log).unwrap();
+    let sent: Vec<Value> = mail.as_ref().map(mails).unwrap_or_default();
     for secret in &secrets {
         assert!(!log.contains(secret.as_str()), "a secret in serve's log");
+        for e in &sent {
+            assert!(
+                !e.to_string().contains(secret.as_str()),
+                "a secret in an e-mail"
+            );
+        }
         for dir in ["serve", "sla"] {
             let found = files_containing(&p.data_dir().join(dir), secret);
             assert!(found.is_empty(), "a secret in {found:?}");
@@ -743,6 +950,7 @@ fn serve_prints_a_hardened_systemd_unit() {
         "ExecStart=",
         "serve -f ",
         "ReadWritePaths=",
+        "EnvironmentFile=-/etc/careplane/serve.env",
     ] {
         assert!(unit.contains(want), "{want} missing:\n{unit}");
     }

@@ -6,7 +6,8 @@
 //!   over JSON-RPC as the `careplane-probe` user (log in, read purchase orders, render one
 //!   as a PDF; and, where writes are allowed, create, confirm and cancel one),
 //!   PostgreSQL as the tenant's own role over TLS (`SELECT 1`, connection saturation) and
-//!   Redis as the tenant's ACL user (`AUTH` + `PING`).
+//!   Redis as the tenant's ACL user (`AUTH` + `PING`), and the server's memory headroom
+//!   (`INFO memory`) as careplane's own user.
 //! - [`run`]: one probe run, bounded by its timeout whatever the target does (hangs, refuses,
 //!   answers slowly or endlessly): a run always ends with a [`Report`].
 //! - [`schedule`]: per-probe interval and timeout, jitter, bounded concurrency; the time a
@@ -31,7 +32,7 @@ use serde::Serialize;
 pub use http::HttpCheck;
 pub use odoo::{OdooLogin, OdooWrite};
 pub use pg::PgCheck;
-pub use redis::RedisCheck;
+pub use redis::{RedisCheck, RedisMemory, DEFAULT_MIN_HEADROOM_PERCENT};
 
 /// What to probe. `Debug` of every variant redacts its secrets.
 #[derive(Clone, Debug)]
@@ -78,6 +79,20 @@ pub struct Report {
     /// PostgreSQL: the tenant role's connections over its limit, in per mille.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub saturation_permille: Option<u32>,
+    /// Redis: the server's memory (when the check reads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryUse>,
+}
+
+/// A Redis server's memory: `used_memory` and `maxmemory` (0: no limit) in bytes, and the
+/// share of `maxmemory` in use in per mille (none without a limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryUse {
+    pub used_bytes: u64,
+    pub max_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_permille: Option<u32>,
 }
 
 /// Why a run failed: `Down` is evidence against the target, `Unknown` says the prober could
@@ -123,6 +138,7 @@ pub(crate) struct Found {
     pub steps: Vec<StepTiming>,
     pub cert_days_left: Option<i64>,
     pub saturation_permille: Option<u32>,
+    pub memory: Option<MemoryUse>,
 }
 
 fn millis(d: Duration) -> u32 {
@@ -164,6 +180,7 @@ pub async fn run(check: &Check, timeout: Duration, now: Timestamp) -> Report {
         detail,
         cert_days_left: found.cert_days_left,
         saturation_permille: found.saturation_permille,
+        memory: found.memory,
     }
 }
 

@@ -117,6 +117,7 @@ async fn redis_probe_fails_on_refusal_and_on_a_hang_without_leaking_the_password
             port,
             user: "alice".into(),
             password: password.clone(),
+            memory: None,
         })
     };
     let wrong = target(

@@ -12,6 +12,7 @@ mod api;
 mod authz;
 pub mod calendar;
 pub mod incidents;
+pub mod mail;
 mod metrics;
 pub mod notify;
 mod probes;
@@ -315,6 +316,9 @@ Type=simple
 ExecStart={exe} serve {files} --listen {listen}
 Restart=on-failure
 RestartSec=5
+# Passwords of SMTP notification channels (their `passwordEnv`), as NAME=value lines in a
+# root-owned 0600 file; never in the specs. Optional.
+EnvironmentFile=-/etc/careplane/serve.env
 # SIGTERM flushes and compacts the result store.
 KillSignal=SIGTERM
 TimeoutStopSec=30

@@ -90,6 +90,22 @@ pub(crate) fn render(state: &State) -> Result<String, Error> {
     }
     head(
         &mut out,
+        "careplane_redis_memory_used_ratio",
+        "gauge",
+        "The Redis server's used_memory over its maxmemory.",
+    );
+    for l in live.latest.values() {
+        if let Some(s) = l.memory_used_permille {
+            let _ = writeln!(
+                out,
+                "careplane_redis_memory_used_ratio{{{}}} {:.3}",
+                labels(&l.tenant, &l.environment, &l.probe),
+                f64::from(s) / 1000.0
+            );
+        }
+    }
+    head(
+        &mut out,
         "careplane_probe_results_total",
         "counter",
         "Probe results received, by outcome.",

@@ -1,10 +1,12 @@
-//! Delivery of incident notifications to the platform's channels (docs/design/0014):
-//! a JSON POST to a webhook, or an alert on an Alertmanager's `/api/v2/alerts` (resolved
-//! when the incident is). A notification is recorded on the incident only once every one of
-//! its channels took it; a failed channel is retried on the next round, the others are not
-//! sent twice.
+//! Delivery of incident notifications to the platform's channels (docs/design/0012):
+//! a JSON POST to a webhook, an alert on an Alertmanager's `/api/v2/alerts` (resolved
+//! when the incident is), or a plain-text e-mail over SMTP (`mail.rs`). Every attempt of a
+//! channel is recorded on the incident (`deliveries`: attempts, the last failure, when it
+//! was delivered); a notification is recorded as sent only once every one of its channels
+//! took it. A failed channel is retried with a growing pause (5 s doubling up to 5 min), the
+//! others are not sent twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,18 @@ pub(crate) struct Deliveries {
     pub burning: BTreeSet<String>,
     pub burn_minute: Option<i64>,
     pub refreshed: Option<std::time::Instant>,
+    /// Failed deliveries by `incident/key/channel`: failures so far and when to try again.
+    pub retry: BTreeMap<String, (u32, std::time::Instant)>,
+}
+
+/// The pause after the `n`th consecutive failure of a delivery: 5 s, doubling, at most
+/// 5 minutes (a relay down for hours is not hammered, nor the incident file rewritten, every
+/// second).
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(
+        5u64.saturating_mul(1 << n.saturating_sub(1).min(6))
+            .min(300),
+    )
 }
 
 /// Where the burn-rate rules firing are kept across restarts (`tenant/env/rule` per
@@ -176,6 +190,9 @@ fn burn_bodies(
 }
 
 async fn post(c: &NotificationChannel, hook: &Value, alerts: &Value) -> Result<(), String> {
+    if c.smtp.is_some() {
+        return Err(format!("channel {:?}: e-mail takes incidents only", c.name));
+    }
     let (url, body) = match (&c.webhook, &c.alertmanager) {
         (Some(u), _) => (u.clone(), hook),
         (None, Some(base)) => (
@@ -203,7 +220,35 @@ fn spawn_post(c: NotificationChannel, hook: Value, alerts: Value, what: String) 
 }
 
 async fn send(c: &NotificationChannel, i: &Incident, n: &DueNotification) -> Result<(), String> {
+    if let Some(smtp) = &c.smtp {
+        return crate::mail::send(
+            smtp,
+            &crate::mail::subject(i, n),
+            crate::mail::body(i, n),
+            TIMEOUT,
+        )
+        .await;
+    }
     post(c, &webhook_body(i, n), &alert_body(i, n)).await
+}
+
+/// A webhook's URL is often its credential (chat services put the token in the path), and
+/// failures are recorded on the incident, which read tokens see: only the URL's origin is
+/// kept in an error.
+pub fn redact(c: &NotificationChannel, e: String) -> String {
+    let mut e = e;
+    for url in [&c.webhook, &c.alertmanager].into_iter().flatten() {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let host_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let origin_len = url.len() - rest.len() + host_len;
+        let am = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
+        for full in [am.as_str(), url.as_str()] {
+            if full.len() > origin_len {
+                e = e.replace(full, &format!("{}/…", &url[..origin_len]));
+            }
+        }
+    }
+    e
 }
 
 /// Sends each due notification to each of its channels not yet served, in the background;
@@ -217,7 +262,12 @@ pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: T
             let id = format!("{}/{}/{name}", incident.id, n.key);
             {
                 let mut d = state.deliveries();
-                if d.done.contains(&id) || !d.inflight.insert(id.clone()) {
+                if d.done.contains(&id)
+                    || d.retry
+                        .get(&id)
+                        .is_some_and(|(_, at)| std::time::Instant::now() < *at)
+                    || !d.inflight.insert(id.clone())
+                {
                     continue;
                 }
             }
@@ -231,18 +281,25 @@ pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: T
             };
             let (state, incident, n) = (state.clone(), incident.clone(), n.clone());
             tokio::spawn(async move {
-                let r = send(&channel, &incident, &n).await;
+                let r = send(&channel, &incident, &n)
+                    .await
+                    .map_err(|e| redact(&channel, e));
                 let complete = {
                     let mut d = state.deliveries();
                     d.inflight.remove(&id);
                     if r.is_ok() {
+                        d.retry.remove(&id);
                         d.done.insert(id);
+                    } else {
+                        let failures = d.retry.get(&id).map_or(0, |(f, _)| *f) + 1;
+                        let at = std::time::Instant::now() + backoff(failures);
+                        d.retry.insert(id, (failures, at));
                     }
                     n.recipients
                         .iter()
                         .all(|c| d.done.contains(&format!("{}/{}/{c}", incident.id, n.key)))
                 };
-                match r {
+                match &r {
                     Err(e) => eprintln!(
                         "careplane serve: incident {}: notifying {:?} failed (retried): {e}",
                         incident.id, channel.name
@@ -252,23 +309,24 @@ pub(crate) fn dispatch(state: &Arc<State>, ev: crate::probes::Evaluation, now: T
                         incident.id, channel.name, n.key
                     ),
                 }
-                if complete {
-                    let data_dir = state.data_dir.clone();
-                    let recorded = tokio::task::spawn_blocking(move || {
-                        crate::incidents::update(&data_dir, |all| {
-                            match all.iter_mut().find(|i| i.id == incident.id) {
-                                Some(i) => {
+                let data_dir = state.data_dir.clone();
+                let recorded = tokio::task::spawn_blocking(move || {
+                    crate::incidents::update(&data_dir, |all| {
+                        match all.iter_mut().find(|i| i.id == incident.id) {
+                            Some(i) => {
+                                i.record_delivery(&n.key, &channel.name, now, r);
+                                if complete {
                                     i.record_notification(&n, now);
-                                    Ok(((), true))
                                 }
-                                None => Ok(((), false)),
+                                Ok(((), true))
                             }
-                        })
+                            None => Ok(((), false)),
+                        }
                     })
-                    .await;
-                    if let Ok(Err(e)) = recorded {
-                        eprintln!("careplane serve: recording a notification: {e}");
-                    }
+                })
+                .await;
+                if let Ok(Err(e)) = recorded {
+                    eprintln!("careplane serve: recording a notification: {e}");
                 }
             });
         }
@@ -300,7 +358,9 @@ fn burns(state: &State, all: &[NotificationChannel], burns: Option<crate::probes
                 continue;
             }
             let (hook, alert) = burn_bodies(&env, &a, a.firing);
-            for c in all {
+            // E-mail hears of incidents only: burn-rate rules start and stop with every
+            // few bad minutes, which mail cannot group as Alertmanager does.
+            for c in all.iter().filter(|c| c.smtp.is_none()) {
                 // Webhooks hear of changes; Alertmanager also gets the lease renewed.
                 if changed || c.alertmanager.is_some() {
                     spawn_post(c.clone(), hook.clone(), alert.clone(), key.clone());
@@ -359,5 +419,39 @@ mod burning_tests {
         assert_eq!(load_burning(dir.path()), set);
         std::fs::write(burning_path(dir.path()), b"{not json").unwrap();
         assert!(load_burning(dir.path()).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_paths_stay_out_of_recorded_errors() {
+        let c = NotificationChannel {
+            name: "chat".into(),
+            webhook: Some("https://hooks.example.org/services/T0/B0/s3cr3t".into()),
+            alertmanager: None,
+            smtp: None,
+        };
+        let e = redact(
+            &c,
+            "POST https://hooks.example.org/services/T0/B0/s3cr3t: connection refused".into(),
+        );
+        assert_eq!(e, "POST https://hooks.example.org/…: connection refused");
+        let c = NotificationChannel {
+            name: "am".into(),
+            webhook: None,
+            alertmanager: Some("http://127.0.0.1:9093".into()),
+            smtp: None,
+        };
+        let e = redact(
+            &c,
+            "channel \"am\": POST http://127.0.0.1:9093/api/v2/alerts answered 500".into(),
+        );
+        assert_eq!(
+            e,
+            "channel \"am\": POST http://127.0.0.1:9093/… answered 500"
+        );
     }
 }

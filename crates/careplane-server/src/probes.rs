@@ -55,6 +55,10 @@ pub struct Latest {
     pub steps: Vec<StepView>,
     pub cert_days_left: Option<i64>,
     pub saturation_permille: Option<u32>,
+    /// Redis: the server's memory in use, when the probe reads it.
+    pub memory_used_bytes: Option<u64>,
+    pub memory_max_bytes: Option<u64>,
+    pub memory_used_permille: Option<u32>,
 }
 
 #[derive(Default)]
@@ -328,6 +332,9 @@ fn targets(
                         port,
                         user: r.user.clone(),
                         password: r.password.clone(),
+                        // Memory headroom needs careplane's own Redis user (tenants may
+                        // not run INFO), which the engine does not hand to serve yet.
+                        memory: None,
                     }),
                 );
             }
@@ -439,6 +446,7 @@ fn backup_freshness(
         detail,
         cert_days_left: None,
         saturation_permille: None,
+        memory: None,
     };
     Some(schedule::Outcome {
         result: careplane_sla::ProbeResult {
@@ -524,6 +532,9 @@ async fn writer(state: Arc<State>, mut rx: mpsc::Receiver<schedule::Outcome>) {
                                     .collect(),
                                 cert_days_left: o.report.cert_days_left,
                                 saturation_permille: o.report.saturation_permille,
+                                memory_used_bytes: o.report.memory.map(|m| m.used_bytes),
+                                memory_max_bytes: o.report.memory.map(|m| m.max_bytes),
+                                memory_used_permille: o.report.memory.and_then(|m| m.used_permille),
                             },
                         );
                     }

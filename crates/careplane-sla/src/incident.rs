@@ -91,6 +91,22 @@ pub struct SentNotification {
     pub recipients: Vec<String>,
 }
 
+/// One channel's delivery of one notification: every attempt counted, the last failure
+/// kept (what the channel answered, never a secret), `delivered_at` once it took it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// The notification's key (`step-0`, `repeat-…`, `executive`, `resolved`).
+    pub key: String,
+    pub channel: String,
+    pub attempts: u32,
+    pub last_attempt_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Incident {
@@ -110,6 +126,10 @@ pub struct Incident {
     pub resolved: Option<Resolution>,
     pub notes: Vec<Note>,
     pub notifications: Vec<SentNotification>,
+    /// Each channel's attempts at each notification (incidents written before this
+    /// field have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<Delivery>,
 }
 
 /// Where a clock stands against its target.
@@ -180,6 +200,7 @@ impl Incident {
             resolved: None,
             notes: Vec::new(),
             notifications: Vec::new(),
+            deliveries: Vec::new(),
         }
     }
 
@@ -275,6 +296,45 @@ impl Incident {
                 at,
                 recipients: n.recipients.clone(),
             });
+        }
+    }
+
+    /// Records one attempt of `channel` at the notification `key`: `Ok` once it took it,
+    /// else what failed. A delivery already done is not counted again.
+    pub fn record_delivery(
+        &mut self,
+        key: &str,
+        channel: &str,
+        at: Timestamp,
+        result: Result<(), String>,
+    ) {
+        let i = match self
+            .deliveries
+            .iter()
+            .position(|d| d.key == key && d.channel == channel)
+        {
+            Some(i) => i,
+            None => {
+                self.deliveries.push(Delivery {
+                    key: key.into(),
+                    channel: channel.into(),
+                    attempts: 0,
+                    last_attempt_at: at,
+                    delivered_at: None,
+                    last_error: None,
+                });
+                self.deliveries.len() - 1
+            }
+        };
+        let d = &mut self.deliveries[i];
+        if d.delivered_at.is_some() {
+            return;
+        }
+        d.attempts = d.attempts.saturating_add(1);
+        d.last_attempt_at = at;
+        match result {
+            Ok(()) => d.delivered_at = Some(at),
+            Err(e) => d.last_error = Some(e),
         }
     }
 

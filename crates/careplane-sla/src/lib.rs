@@ -30,7 +30,8 @@ pub use burn::{evaluate_burn, Burn, BurnAlert, BurnRule};
 pub use calendar::{CalendarEntry, EntryKind, Month, MonthSpan, Schedule, SupportHours, Weekday};
 pub use error::Error;
 pub use incident::{
-    detect, due_notifications, observe_recovery, ClockStatus, Detection, DueNotification, Incident,
+    detect, due_notifications, observe_recovery, ClockStatus, Delivery, Detection, DueNotification,
+    Incident,
 };
 pub use model::{
     BadMinuteRule, CreditTier, EnvironmentKind, EscalationPolicy, EscalationStep, Impact, Outcome,

@@ -181,7 +181,7 @@ pub struct NotificationSettings {
     pub channels: Vec<NotificationChannel>,
 }
 
-/// One channel: exactly one of `webhook` and `alertmanager`.
+/// One channel: exactly one of `webhook`, `alertmanager` and `smtp`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
@@ -197,6 +197,96 @@ pub struct NotificationChannel {
     /// incident as an alert on `/api/v2/alerts`, resolved when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alertmanager: Option<String>,
+    /// E-mail over SMTP: one plain-text message per notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpChannel>,
+}
+
+/// How an SMTP channel's connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required (default;
+    /// port 587 unless given).
+    #[default]
+    Starttls,
+    /// TLS from the first byte ("SMTPS", port 465 unless given).
+    Implicit,
+    /// No TLS: only for a relay on loopback (port 25 unless given).
+    None,
+}
+
+/// An e-mail channel. The password is never in the spec: `passwordEnv` names
+/// the environment variable of `careplane serve` that holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct SmtpChannel {
+    /// `host` or `host:port` of the relay (`[::1]:25` for IPv6).
+    pub server: String,
+    /// `starttls` (default), `implicit` or `none` (loopback relays only).
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// Sender address, e.g. `careplane@example.org`.
+    pub from: String,
+    /// Recipient addresses (at least one).
+    pub to: Vec<String>,
+    /// User to authenticate as (AUTH PLAIN/LOGIN); requires `passwordEnv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password, e.g.
+    /// `CAREPLANE_SMTP_PASSWORD`; requires `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+impl SmtpChannel {
+    /// Host and port of `server`, the port defaulting by `tls`; `None` when
+    /// `server` is not `host[:port]`.
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let default = match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Implicit => 465,
+            SmtpTls::None => 25,
+        };
+        let s = self.server.as_str();
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, after) = rest.split_once(']')?;
+            h.parse::<std::net::Ipv6Addr>().ok()?;
+            match after {
+                "" => (h, None),
+                p => (h, Some(p.strip_prefix(':')?)),
+            }
+        } else {
+            match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        if !host_ok {
+            return None;
+        }
+        let port = match port {
+            None => default,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0)?,
+        };
+        Some((host.to_string(), port))
+    }
+
+    /// Whether the relay is on this machine: `localhost`, 127.0.0.0/8 or `::1`.
+    pub fn is_loopback(&self) -> bool {
+        self.host_port().is_some_and(|(h, _)| {
+            h == "localhost"
+                || h.ends_with(".localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]

@@ -601,12 +601,27 @@ fn check_channels(cx: &mut Ctx<'_>, n: &crate::model::NotificationSettings) {
                 None,
             );
         }
-        match (&c.webhook, &c.alertmanager) {
-            (None, None) | (Some(_), Some(_)) => cx.at_value(
+        let kinds = [
+            c.webhook.is_some(),
+            c.alertmanager.is_some(),
+            c.smtp.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            cx.at_value(
                 &base,
-                "a channel has exactly one of `webhook` and `alertmanager`",
+                "a channel has exactly one of `webhook`, `alertmanager` and `smtp`",
                 None,
-            ),
+            );
+            continue;
+        }
+        if let Some(smtp) = &c.smtp {
+            let mut p = base.to_vec();
+            p.push(key("smtp"));
+            check_smtp(cx, &p, smtp);
+            continue;
+        }
+        match (&c.webhook, &c.alertmanager) {
+            (None, None) | (Some(_), Some(_)) => {}
             (Some(u), None) | (None, Some(u)) => {
                 if !(u.starts_with("http://") || u.starts_with("https://"))
                     || u.contains(char::is_whitespace)
@@ -620,6 +635,96 @@ fn check_channels(cx: &mut Ctx<'_>, n: &crate::model::NotificationSettings) {
                     cx.at_value(&p, "not an http:// or https:// URL", None);
                 }
             }
+        }
+    }
+}
+
+/// A plain `local@domain` address: no display name, spaces, angle brackets or
+/// separators (one address per list entry, so nothing can smuggle in a header).
+fn is_mail_address(a: &str) -> bool {
+    let Some((local, domain)) = a.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && domain.len() <= 253
+        && domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+}
+
+fn is_env_name(n: &str) -> bool {
+    !n.is_empty()
+        && !n.starts_with(|c: char| c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_smtp(cx: &mut Ctx<'_>, base: &[Seg], smtp: &crate::model::SmtpChannel) {
+    let at = |k: &str| {
+        let mut p = base.to_vec();
+        p.push(key(k));
+        p
+    };
+    if smtp.host_port().is_none() {
+        cx.at_value(
+            &at("server"),
+            format!("{} is not `host` or `host:port`", quoted(&smtp.server)),
+            Some("e.g. `smtp.example.org:587`, `127.0.0.1:25`, `[::1]:25`".into()),
+        );
+    } else if smtp.tls == crate::model::SmtpTls::None && !smtp.is_loopback() {
+        cx.at_value(
+            &at("tls"),
+            format!(
+                "`tls: none` sends mail (and any password) in clear: only allowed for a relay \
+                 on loopback, not {}",
+                quoted(&smtp.server)
+            ),
+            Some("use `starttls` (the default) or `implicit`".into()),
+        );
+    }
+    if !is_mail_address(&smtp.from) {
+        cx.at_value(
+            &at("from"),
+            format!("{} is not an e-mail address", quoted(&smtp.from)),
+            Some("a plain address such as `careplane@example.org`".into()),
+        );
+    }
+    if smtp.to.is_empty() {
+        cx.at_value(&at("to"), "at least one recipient is needed", None);
+    }
+    for (i, a) in smtp.to.iter().enumerate() {
+        if !is_mail_address(a) {
+            let mut p = at("to");
+            p.push(Seg::Index(i));
+            cx.at_value(
+                &p,
+                format!("{} is not an e-mail address", quoted(a)),
+                Some("one plain address per entry, such as `oncall@example.org`".into()),
+            );
+        }
+    }
+    match (&smtp.username, &smtp.password_env) {
+        (Some(_), None) => cx.at_value(
+            &at("username"),
+            "a `username` needs `passwordEnv`, the environment variable holding its password",
+            None,
+        ),
+        (None, Some(_)) => {
+            cx.at_value(&at("passwordEnv"), "`passwordEnv` needs a `username`", None)
+        }
+        _ => {}
+    }
+    if let Some(env) = &smtp.password_env {
+        if !is_env_name(env) {
+            cx.at_value(
+                &at("passwordEnv"),
+                // Not echoed: someone may have put the password itself here.
+                "not an environment variable name (letters, digits, `_`)",
+                Some("name the variable holding the password, e.g. `CAREPLANE_SMTP_PASSWORD`; the password itself never goes in the spec".into()),
+            );
         }
     }
 }

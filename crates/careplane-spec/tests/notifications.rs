@@ -76,8 +76,49 @@ fn malformed_escalations_and_channels_are_refused() {
     assert_eq!(
         problems(&platform, &good),
         [
-            "p.yaml:8 spec.notifications.channels[0]: a channel has exactly one of `webhook` and `alertmanager`",
+            "p.yaml:8 spec.notifications.channels[0]: a channel has exactly one of `webhook`, `alertmanager` and `smtp`",
             "p.yaml:9 spec.notifications.channels[1].alertmanager: not an http:// or https:// URL",
         ]
+    );
+}
+
+#[test]
+fn smtp_channels_are_checked_where_they_are_written() {
+    let good = PLATFORM.replace(
+        "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n",
+        "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n      - name: mail\n        smtp: {server: \"smtp.example.org:587\", from: careplane@example.org, to: [oncall@example.org], username: careplane, passwordEnv: CAREPLANE_SMTP_PASSWORD}\n      - name: relay\n        smtp: {server: \"127.0.0.1:2525\", tls: none, from: careplane@example.org, to: [a@example.org, b@example.org]}\n",
+    );
+    let mail_tier =
+        tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [mail, relay]}]\n");
+    assert!(
+        problems(&good, &mail_tier).is_empty(),
+        "{:?}",
+        problems(&good, &mail_tier)
+    );
+
+    let bad = PLATFORM.replace(
+        "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n",
+        "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n      - name: mail\n        smtp: {server: \"smtp.example.org:587\", tls: none, from: \"Careplane <careplane@example.org>\", to: [\"a@example.org, b@example.org\"], username: careplane, passwordEnv: \"hunter2 secret\"}\n      - name: relay\n        smtp: {server: \"smtp.example.org:99999\", tls: implicit, from: careplane@example.org, to: [], passwordEnv: PW}\n      - name: both\n        webhook: \"http://127.0.0.1/x\"\n        smtp: {server: \"127.0.0.1\", from: a@b.c, to: [a@b.c]}\n",
+    );
+    let tier_ok =
+        tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [on-call]}]\n");
+    let got = problems(&bad, &tier_ok);
+    assert_eq!(
+        got,
+        [
+            "p.yaml:11 spec.notifications.channels[2].smtp.tls: `tls: none` sends mail (and any password) in clear: only allowed for a relay on loopback, not \"smtp.example.org:587\"",
+            "p.yaml:11 spec.notifications.channels[2].smtp.from: \"Careplane <careplane@example.org>\" is not an e-mail address",
+            "p.yaml:11 spec.notifications.channels[2].smtp.to[0]: \"a@example.org, b@example.org\" is not an e-mail address",
+            "p.yaml:11 spec.notifications.channels[2].smtp.passwordEnv: not an environment variable name (letters, digits, `_`)",
+            "p.yaml:13 spec.notifications.channels[3].smtp.server: \"smtp.example.org:99999\" is not `host` or `host:port`",
+            "p.yaml:13 spec.notifications.channels[3].smtp.to: at least one recipient is needed",
+            "p.yaml:13 spec.notifications.channels[3].smtp.passwordEnv: `passwordEnv` needs a `username`",
+            "p.yaml:14 spec.notifications.channels[4]: a channel has exactly one of `webhook`, `alertmanager` and `smtp`",
+        ],
+        "{got:#?}"
+    );
+    assert!(
+        !got.iter().any(|p| p.contains("hunter2")),
+        "a password-like value echoed: {got:?}"
     );
 }
