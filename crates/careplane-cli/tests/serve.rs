@@ -74,14 +74,6 @@ impl Drop for Serve {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(p: &Platform, log: &std::path::Path) -> Serve {
     let port = free_port();
     let log = std::fs::OpenOptions::new()
