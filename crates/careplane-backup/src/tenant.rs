@@ -706,6 +706,16 @@ fn start(scratch: &ScratchInstance, opts: &ScratchOptions) -> Result<()> {
         .output()
         .map_err(io(format!("running {}", program.display())))?;
     if !out.status.success() {
+        // Recovery that fails fast (a target past the archived WAL) may end
+        // the server before pg_ctl sees it start: the same failure as one
+        // `wait_promoted` sees later, and said the same way.
+        let log = scratch.log_tail();
+        if scratch.pid().is_none()
+            && (log.contains("starting point-in-time recovery")
+                || log.contains("starting archive recovery"))
+        {
+            return Err(recovery_stopped(scratch));
+        }
         return Err(BackupError::Program {
             program: program.display().to_string(),
             status: out.status.to_string(),
@@ -719,19 +729,24 @@ fn start(scratch: &ScratchInstance, opts: &ScratchOptions) -> Result<()> {
     Ok(())
 }
 
+/// The scratch server ended during recovery.
+fn recovery_stopped(scratch: &ScratchInstance) -> BackupError {
+    invalid(
+        format!("scratch PostgreSQL in {}", scratch.dir.display()),
+        format!(
+            "stopped before recovery finished (a target the archived WAL does not \
+             reach, or a WAL file that failed its check); server log:\n{}",
+            scratch.log_tail()
+        ),
+    )
+}
+
 fn wait_promoted(scratch: &ScratchInstance, opts: &ScratchOptions) -> Result<()> {
     let deadline = Instant::now() + opts.timeout;
     let what = || format!("scratch PostgreSQL in {}", scratch.dir.display());
     loop {
         let Some(_) = scratch.pid() else {
-            return Err(invalid(
-                what(),
-                format!(
-                    "stopped before recovery finished (a target the archived WAL does not \
-                     reach, or a WAL file that failed its check); server log:\n{}",
-                    scratch.log_tail()
-                ),
-            ));
+            return Err(recovery_stopped(scratch));
         };
         // Connections are refused until promotion (hot_standby off).
         if let Ok(mut c) = scratch.admin(&opts.admin_user) {
