@@ -147,7 +147,7 @@ fn principal(state: &State, caller: &Caller, ask: &Ask) -> Result<Principal, Api
     let claimed = claimed_identity(token);
     let now = now_micros();
     let (source_wait, identity_wait) = {
-        let mut rl = lock(&state.failed_auth);
+        let mut rl = crate::probes::guard(&state.failed_auth);
         (
             rl.check_source(&source, now).err(),
             rl.check_identity(&claimed, now).err(),
@@ -164,7 +164,7 @@ fn principal(state: &State, caller: &Caller, ask: &Ask) -> Result<Principal, Api
         // real holder out.
         Ok(p) => Ok(p),
         Err(e) if e.0 == StatusCode::UNAUTHORIZED => {
-            lock(&state.failed_auth).failure(&source, &claimed, now);
+            crate::probes::guard(&state.failed_auth).failure(&source, &claimed, now);
             if let Some(secs) = identity_wait {
                 let msg =
                     format!("too many failed authentications for this identity; retry in {secs} s");
@@ -176,10 +176,6 @@ fn principal(state: &State, caller: &Caller, ask: &Ask) -> Result<Principal, Api
         }
         Err(e) => Err(e),
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One audit entry for a presented token that did not authenticate (or was

@@ -24,7 +24,7 @@ use crate::slo::{critical_probe, environment_kind, slo_for};
 use crate::tokens::TokenRecord;
 use crate::{incidents, report, Error, Options};
 
-fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing is left half-updated under these locks by a panic that matters: the store's
     // durability is its journal's.
     m.lock().unwrap_or_else(|p| p.into_inner())
