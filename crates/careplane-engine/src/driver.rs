@@ -94,6 +94,12 @@ pub trait Driver: Send {
     /// How to reach `tenant`/`env`, with its passwords.
     fn credentials(&mut self, tenant: &str, env: &str) -> Result<Credentials, EngineError>;
 
+    /// How careplane reads each running Redis server's memory (see
+    /// [`crate::RedisMonitor`]); none on targets where careplane runs no Redis itself.
+    fn redis_monitors(&mut self) -> Result<Vec<crate::RedisMonitor>, EngineError> {
+        Ok(Vec::new())
+    }
+
     /// A server certificate for one of careplane's own services (`careplane serve`'s API)
     /// from the platform CA, for `hosts` (DNS names or IP addresses) besides loopback:
     /// the PEM chain and its private key, which the caller keeps in memory only.

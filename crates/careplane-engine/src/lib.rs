@@ -44,7 +44,7 @@ pub use plan::{Action, Op, Plan};
 pub use report::{
     ApplyOptions, ApplyReport, Archiving, Credentials, DbCredentials, EnvStatus, Event,
     ExportReport, Health, ImportReport, LastBackup, LastRestore, OdooCredentials, OdooLogin,
-    RedisCredentials, RestoreCheck, ServerStatus, Status,
+    RedisCredentials, RedisMonitor, RestoreCheck, ServerStatus, Status,
 };
 
 use careplane_identity as authz;
@@ -285,6 +285,15 @@ impl Engine {
             serde_json::json!({"tenant": tenant, "environment": env}),
         );
         self.guarded(who, op, |core| core.credentials(tenant, env), plain)
+    }
+
+    /// The monitor credentials of every running Redis server (see [`RedisMonitor`]),
+    /// for `careplane serve`'s memory headroom probes: a platform-wide credential, so
+    /// only principals whose `credentials.show` covers the platform get it; audited
+    /// `credentials.monitor`.
+    pub fn redis_monitors(&self, who: &Principal) -> Result<Vec<RedisMonitor>, EngineError> {
+        let op = self.platform_op("credentials.monitor", authz::Action::CredentialsShow);
+        self.guarded(who, op, |core| core.driver.redis_monitors(), plain)
     }
 
     /// A certificate for careplane's own service `name` (e.g. `careplane serve`'s API)

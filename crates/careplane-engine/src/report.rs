@@ -122,6 +122,20 @@ pub struct RedisCredentials {
     pub password: SecretString,
 }
 
+/// How careplane reads one Redis server's own state (`INFO`, `PING`) as its
+/// `careplane-monitor` ACL user, which may touch no key and no channel: for the memory
+/// headroom probe of `careplane serve`. Never a tenant's to hold: `INFO` describes every
+/// tenant on the server.
+#[derive(Debug, Clone)]
+pub struct RedisMonitor {
+    /// The server's scope (`shared-cache`, `stmarys-sessions`, ...).
+    pub server: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: SecretString,
+}
+
 /// Health of one check: `ok`, or what failed (never a secret).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

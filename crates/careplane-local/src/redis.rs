@@ -29,6 +29,14 @@ use crate::system::{self, ServiceUser};
 /// The ACL user careplane administers the server with (all commands).
 pub const ADMIN_USER: &str = "careplane-admin";
 
+/// The ACL user `careplane serve` reads the server's memory with: `INFO` and `PING`,
+/// no key, no channel, nothing that changes the server. Careplane's, never a tenant's:
+/// `INFO` describes the whole instance (every tenant's memory, clients and key counts).
+pub const MONITOR_USER: &str = "careplane-monitor";
+
+/// The monitor user's rules: nothing but reading the server's state.
+pub const MONITOR_COMMAND_RULES: &str = "resetkeys resetchannels -@all +auth +hello +ping +info";
+
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,6 +130,9 @@ pub struct RedisServer {
     pub max_memory: String,
     /// Password of the `careplane-admin` ACL user.
     pub admin_password: SecretString,
+    /// Password of the `careplane-monitor` ACL user ([`MONITOR_USER`]); `None`: no such
+    /// user (a server made before careplane had one, until its next apply).
+    pub monitor_password: Option<SecretString>,
     /// Who runs the server; `None` when careplane itself is not root.
     pub user: Option<ServiceUser>,
 }
@@ -228,6 +239,13 @@ impl RedisServer {
             "user {ADMIN_USER} on #{} ~* &* +@all\n",
             sha256_hex(self.admin_password.expose_secret())
         ));
+        if let Some(monitor) = &self.monitor_password {
+            validate_password("monitor password", monitor)?;
+            out.push_str(&format!(
+                "user {MONITOR_USER} on #{} {MONITOR_COMMAND_RULES}\n",
+                sha256_hex(monitor.expose_secret())
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for user in users {
             validate_acl_name(&user.name)?;
@@ -441,14 +459,14 @@ impl RedisServer {
     }
 
     /// Tenant ACL users the running server knows (ACL USERS without
-    /// `default` and the admin), sorted: what status reports as members.
+    /// `default`, the admin and the monitor), sorted: what status reports as members.
     pub fn tenant_users(&self) -> Result<Vec<String>> {
         let mut conn = self.admin()?;
         let mut users: Vec<String> = ::redis::cmd("ACL")
             .arg("USERS")
             .query(&mut conn)
             .map_err(|e| LocalError::redis(&self.name, "ACL USERS", e))?;
-        users.retain(|u| u != "default" && u != ADMIN_USER);
+        users.retain(|u| u != "default" && u != ADMIN_USER && u != MONITOR_USER);
         users.sort();
         Ok(users)
     }
@@ -582,7 +600,7 @@ fn validate_acl_name(name: &str) -> Result<()> {
             "may only contain ASCII letters, digits, `_`, `-`, `.` and `:`",
         ));
     }
-    if name == "default" || name == ADMIN_USER {
+    if name == "default" || name == ADMIN_USER || name == MONITOR_USER {
         return Err(LocalError::invalid("Redis user name", name, "is reserved"));
     }
     Ok(())
@@ -657,6 +675,7 @@ mod tests {
             persistence: Persistence::None,
             max_memory: "256mb".into(),
             admin_password: SecretString::from("admin-secret-value"),
+            monitor_password: Some(SecretString::from("monitor-secret-value")),
             user: None,
         }
     }
@@ -671,6 +690,11 @@ mod tests {
         let acl = server().acl_content(&users).unwrap();
         assert!(!acl.contains("tenant-secret-value"));
         assert!(!acl.contains("admin-secret-value"));
+        assert!(!acl.contains("monitor-secret-value"));
+        assert!(acl.contains(&format!(
+            "user {MONITOR_USER} on #{} resetkeys resetchannels -@all +auth",
+            sha256_hex("monitor-secret-value")
+        )));
         assert!(acl.contains(&format!("#{}", sha256_hex("tenant-secret-value"))));
         assert!(acl.contains("~stmarys:production:* resetchannels &stmarys:production:*"));
         assert!(acl.starts_with("user default off"));
@@ -714,7 +738,7 @@ mod tests {
             assert!(validate_prefix(bad).is_err(), "{bad:?}");
         }
         validate_prefix("stmarys:production:").unwrap();
-        for bad in ["default", ADMIN_USER, "a b", ""] {
+        for bad in ["default", ADMIN_USER, MONITOR_USER, "a b", ""] {
             assert!(validate_acl_name(bad).is_err(), "{bad:?}");
         }
         let users = [

@@ -112,6 +112,7 @@ impl TestPlatform {
             persistence,
             max_memory: "64mb".into(),
             admin_password: password(),
+            monitor_password: Some(password()),
             user: self.user.clone(),
         }
     }

@@ -746,3 +746,61 @@ fn removed_prefix_takes_binary_key_names_and_only_its_own() {
     let left: Option<String> = cb.get("b:prod:keep").unwrap();
     assert_eq!(left.as_deref(), Some("b"));
 }
+
+/// The monitor user `careplane serve` reads memory headroom with may read the server's
+/// state (`INFO`, `PING`) and nothing a tenant put there: no key, no channel, no
+/// command that changes the server or watches other connections.
+#[test]
+fn monitor_user_reads_info_and_nothing_of_the_tenants() {
+    let platform = TestPlatform::new();
+    let a = user("stmarys-prod", "a:prod:");
+    let server = platform.start_redis("cache", Persistence::None, std::slice::from_ref(&a));
+    let mut ca = redis::connect_user(server.port, &a.name, &a.password).unwrap();
+    let _: () = ca.set("a:prod:session:1", "tenant-value").unwrap();
+
+    let monitor = server.monitor_password.clone().expect("a monitor password");
+    let mut m = redis::connect_user(server.port, redis::MONITOR_USER, &monitor).unwrap();
+    let info = allowed(&mut m, &["INFO", "memory"]);
+    let info = match info {
+        redis_client::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis_client::Value::VerbatimString { text, .. } => text,
+        other => panic!("INFO answered {other:?}"),
+    };
+    assert!(info.contains("used_memory:"), "{info}");
+    assert!(info.contains("maxmemory:"), "{info}");
+    allowed(&mut m, &["PING"]);
+    for args in [
+        &["GET", "a:prod:session:1"][..],
+        &["SET", "a:prod:session:1", "x"],
+        &["DEL", "a:prod:session:1"],
+        &["KEYS", "*"],
+        &["SCAN", "0"],
+        &["DUMP", "a:prod:session:1"],
+        &["SUBSCRIBE", "a:prod:chan"],
+        &["PSUBSCRIBE", "*"],
+        &["MONITOR"],
+        &["CLIENT", "LIST"],
+        &["CLIENT", "KILL", "ID", "1"],
+        &["CONFIG", "GET", "*"],
+        &["CONFIG", "SET", "maxmemory", "1"],
+        &["ACL", "LIST"],
+        &["FLUSHALL"],
+        &["DEBUG", "SLEEP", "0"],
+        &["EVAL", "return 1", "0"],
+        &["SLOWLOG", "GET"],
+        &["SHUTDOWN"],
+    ] {
+        let err = denied(&mut m, args);
+        // DEBUG is off in careplane's config before the ACL is even asked.
+        assert!(
+            err.contains("NOPERM") || err.contains("NOT ALLOWED"),
+            "{args:?}: {err}"
+        );
+    }
+    // A wrong password is refused like any other.
+    let wrong = careplane_local::SecretString::from("not-the-password".to_string());
+    assert!(redis::connect_user(server.port, redis::MONITOR_USER, &wrong).is_err());
+    // The tenant's value was untouched by all of it.
+    let v: String = ca.get("a:prod:session:1").unwrap();
+    assert_eq!(v, "tenant-value");
+}

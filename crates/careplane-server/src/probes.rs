@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use careplane_engine::{Credentials, Engine};
+use careplane_engine::{Credentials, Engine, RedisMonitor};
 use careplane_probe::schedule::{self, Clock, Scheduled};
-use careplane_probe::{Check, HttpCheck, OdooLogin, OdooWrite, PgCheck, RedisCheck};
+use careplane_probe::{Check, HttpCheck, OdooLogin, OdooWrite, PgCheck, RedisCheck, RedisMemory};
 use careplane_sla::{
     detect, due_notifications, observe_recovery, DueNotification, Impact, Incident, Outcome,
     SeriesKey, Store,
@@ -192,7 +192,7 @@ pub(crate) fn start(state: Arc<State>, opts: &Options) -> Tasks {
     let refresher = {
         let (state, probes, opts) = (state.clone(), probes.clone(), opts.clone());
         tokio::spawn(async move {
-            let mut creds: HashMap<(String, String), Arc<Credentials>> = HashMap::new();
+            let mut creds = CredentialCache::default();
             loop {
                 let st = state.clone();
                 let (interval, timeout) = (opts.probe_interval, opts.probe_timeout);
@@ -264,11 +264,45 @@ type EnvList = BTreeMap<(String, String), String>;
 const PROBE_VENDOR: &str = "careplane probe vendor";
 const PROBE_PRODUCT_CODE: &str = "CAREPLANE-PROBE";
 
+/// Credentials the probes use, asked of the engine once and kept in memory (the engine
+/// audits each ask).
+#[derive(Default)]
+struct CredentialCache {
+    envs: HashMap<(String, String), Arc<Credentials>>,
+    /// Each Redis server's monitor user, by port.
+    monitors: HashMap<u16, RedisMonitor>,
+    /// Redis ports the monitors were last asked for: asked again only when a server
+    /// appears (one that has no monitor user yet gets none until apply changes it).
+    monitors_asked: std::collections::BTreeSet<u16>,
+}
+
+impl CredentialCache {
+    /// The memory check of the Redis server on `port`, as careplane's monitor user.
+    fn redis_memory(&mut self, state: &State, ports: &[u16], port: u16) -> Option<RedisMemory> {
+        if !self.monitors_asked.contains(&port) {
+            self.monitors_asked = ports.iter().copied().collect();
+            match state
+                .engine
+                .redis_monitors(&careplane_engine::host_principal())
+            {
+                Ok(list) => self.monitors = list.into_iter().map(|m| (m.port, m)).collect(),
+                // Without it the probe still checks the tenant's PING; memory is unknown.
+                Err(e) => eprintln!("careplane serve: Redis memory headroom is off: {e}"),
+            }
+        }
+        self.monitors.get(&port).map(|m| RedisMemory {
+            user: m.user.clone(),
+            password: m.password.clone(),
+            min_headroom_percent: careplane_probe::DEFAULT_MIN_HEADROOM_PERCENT,
+        })
+    }
+}
+
 /// The probes of every ready environment, from the engine's status and each environment's
 /// credentials (asked once per environment and kept in memory, as the engine audits each).
 fn targets(
     state: &State,
-    cache: &mut HashMap<(String, String), Arc<Credentials>>,
+    cache: &mut CredentialCache,
     interval: Duration,
     timeout: Duration,
 ) -> Result<(Vec<Scheduled>, EnvList, Vec<schedule::Outcome>), Error> {
@@ -280,11 +314,19 @@ fn targets(
         .environments
         .iter()
         .filter(|e| e.state == "ready")
-        .filter_map(|e| backup_freshness(&state.specs, e, Timestamp::now(), now))
+        .flat_map(|e| {
+            [
+                backup_freshness(&state.specs, e, Timestamp::now(), now),
+                wal_archiving(&status, e, now),
+            ]
+        })
+        .flatten()
         .collect();
+    let mut redis_ports: Vec<u16> = Vec::new();
+    let mut ready = Vec::new();
     for env in status.environments.iter().filter(|e| e.state == "ready") {
         let key = (env.tenant.clone(), env.environment.clone());
-        let creds = match cache.get(&key) {
+        let creds = match cache.envs.get(&key) {
             Some(c) => c.clone(),
             None => {
                 let c = Arc::new(state.engine.credentials(
@@ -292,10 +334,14 @@ fn targets(
                     &env.tenant,
                     &env.environment,
                 )?);
-                cache.insert(key.clone(), c.clone());
+                cache.envs.insert(key.clone(), c.clone());
                 c
             }
         };
+        redis_ports.extend(creds.redis.as_ref().and_then(|r| r.port));
+        ready.push((env, key, creds));
+    }
+    for (env, key, creds) in ready {
         envs.insert(key, env.kind.clone());
         let ca_path = std::path::Path::new(&creds.postgres.sslrootcert);
         let ca = std::fs::read_to_string(ca_path).map_err(|e| Error::io(ca_path, e))?;
@@ -332,9 +378,8 @@ fn targets(
                         port,
                         user: r.user.clone(),
                         password: r.password.clone(),
-                        // Memory headroom needs careplane's own Redis user (tenants may
-                        // not run INFO), which the engine does not hand to serve yet.
-                        memory: None,
+                        // As careplane's monitor user: tenants may not run INFO.
+                        memory: cache.redis_memory(state, &redis_ports, port),
                     }),
                 );
             }
@@ -439,6 +484,49 @@ fn backup_freshness(
             ),
         ),
     };
+    Some(computed(env, "backup", outcome, detail, at))
+}
+
+/// The `wal-archiving` result of an environment: its cluster's WAL archiving as the
+/// engine's status read it (`pg_stat_archiver`, as careplane): down while
+/// `archive_command` fails or archiving is off, since every minute of that is a minute
+/// that no restore can reach. `None` when the status has no reading of the cluster.
+fn wal_archiving(
+    status: &careplane_engine::Status,
+    env: &careplane_engine::EnvStatus,
+    at: Timestamp,
+) -> Option<schedule::Outcome> {
+    let server = status.servers.iter().find(|s| s.id == env.cluster)?;
+    let a = server.archiving.as_ref()?;
+    let (outcome, detail) = if a.ok {
+        (
+            Outcome::Up,
+            format!(
+                "{} WAL files archived, the last {}",
+                a.archived_count,
+                a.last_archived_time.as_deref().unwrap_or("not yet")
+            ),
+        )
+    } else {
+        let why = a.detail.clone().unwrap_or_else(|| "not archiving".into());
+        let failed = a
+            .last_failed_time
+            .as_deref()
+            .map(|t| format!(" ({} failures, the last at {t})", a.failed_count))
+            .unwrap_or_default();
+        (Outcome::Down, format!("{why}{failed}"))
+    };
+    Some(computed(env, "wal-archiving", outcome, detail, at))
+}
+
+/// A result careplane computes from the engine's status rather than by a probe run.
+fn computed(
+    env: &careplane_engine::EnvStatus,
+    probe: &str,
+    outcome: Outcome,
+    detail: String,
+    at: Timestamp,
+) -> schedule::Outcome {
     let report = careplane_probe::Report {
         outcome,
         latency_ms: 0,
@@ -448,9 +536,9 @@ fn backup_freshness(
         saturation_permille: None,
         memory: None,
     };
-    Some(schedule::Outcome {
+    schedule::Outcome {
         result: careplane_sla::ProbeResult {
-            probe: "backup".into(),
+            probe: probe.into(),
             tenant: env.tenant.clone(),
             environment: env.environment.clone(),
             at,
@@ -459,7 +547,7 @@ fn backup_freshness(
             steps: Vec::new(),
         },
         report,
-    })
+    }
 }
 
 fn outcome_name(o: Outcome) -> &'static str {

@@ -364,6 +364,10 @@ impl Driver for LocalDriver {
         Ok(self.find_credentials(tenant, env)?)
     }
 
+    fn redis_monitors(&mut self) -> Result<Vec<careplane_engine::RedisMonitor>, EngineError> {
+        Ok(self.find_redis_monitors()?)
+    }
+
     fn service_certificate(
         &mut self,
         name: &str,

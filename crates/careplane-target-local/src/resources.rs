@@ -439,6 +439,8 @@ impl LocalDriver {
             }))
         })?;
         self.store()?.get_or_create_secret(&a.id, ADMIN_PASSWORD)?;
+        self.store()?
+            .get_or_create_secret(&a.id, MONITOR_PASSWORD)?;
         if a.op == Op::Create {
             crash_point(&a.id, "prepared");
         }
@@ -480,6 +482,10 @@ impl LocalDriver {
         let server_id = typed::<RedisUserProps>(&a.id, &a.props)?.server;
         let all = self.store()?.resources()?;
         let srec = ready(&all, &server_id)?;
+        // A server made before careplane had a monitor user gets one with its users'
+        // next change (the reload below brings it in).
+        self.store()?
+            .get_or_create_secret(&server_id, MONITOR_PASSWORD)?;
         let server = self.redis_handle(&srec, host)?;
         server.write_config(&acl_users(self.store()?, &all, &server_id)?)?;
         server.reload_acl()?;
@@ -728,6 +734,34 @@ impl LocalDriver {
         }
         self.store()?.finish_operation(op, "succeeded", None)?;
         Ok(op)
+    }
+
+    /// Each ready Redis server's monitor user (INFO and PING only), where the server
+    /// has one (made or changed since careplane had it).
+    pub(crate) fn find_redis_monitors(
+        &mut self,
+    ) -> Result<Vec<careplane_engine::RedisMonitor>, EngineError> {
+        let all = self.recorded()?;
+        let store = self.store()?;
+        let mut out = Vec::new();
+        for r in all
+            .iter()
+            .filter(|r| r.kind == "redis-server" && r.status == ResourceStatus::Ready)
+        {
+            let (Some(password), Ok(port)) =
+                (store.secret(&r.id, MONITOR_PASSWORD)?, observed_port(r))
+            else {
+                continue;
+            };
+            out.push(careplane_engine::RedisMonitor {
+                server: str_prop(r, "scope")?.to_string(),
+                host: "127.0.0.1".into(),
+                port,
+                user: careplane_local::redis::MONITOR_USER.into(),
+                password,
+            });
+        }
+        Ok(out)
     }
 
     /// How to reach a tenant environment's database and Redis, with the

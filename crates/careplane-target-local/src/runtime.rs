@@ -18,6 +18,8 @@ use crate::Error as EngineError;
 
 /// Names of secrets in the state store, per resource.
 pub const ADMIN_PASSWORD: &str = "admin-password";
+/// A Redis server's `careplane-monitor` user (INFO and PING only).
+pub const MONITOR_PASSWORD: &str = "monitor-password";
 pub const PASSWORD: &str = "password";
 pub const TLS_KEY: &str = "tls-key";
 pub const CA_KEY: &str = "ca-key";
@@ -112,6 +114,7 @@ pub fn redis_server(
         persistence,
         max_memory: str_prop(rec, "maxMemory")?.to_string(),
         admin_password: secret(store, &rec.id, ADMIN_PASSWORD)?,
+        monitor_password: store.secret(&rec.id, MONITOR_PASSWORD)?,
         user,
     })
 }
