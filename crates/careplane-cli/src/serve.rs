@@ -90,6 +90,12 @@ pub enum Command {
         /// anything but loopback unless --tls-cert is given.
         #[arg(long, conflicts_with = "tls_cert")]
         tls_platform_ca: bool,
+        /// Seconds between two checks of what the backup policies make due: base
+        /// backups by their schedule (each proven by a restore verification),
+        /// scheduled verifications and pruning, as `careplane backup run-due` does.
+        /// 0 turns it off (when cron or a systemd timer runs `backup run-due`).
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        backups_every: u64,
         /// Stamp results on a clock running this many times faster, starting 6 hours
         /// behind the wall clock (tests, demos).
         #[arg(long, hide = true)]
@@ -343,6 +349,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             probe_timeout,
             concurrency,
             refresh,
+            backups_every,
             time_scale,
             tls_cert,
             tls_key,
@@ -374,6 +381,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             opts.probe_timeout = Duration::from_secs(probe_timeout);
             opts.concurrency = concurrency;
             opts.refresh = Duration::from_secs(refresh);
+            opts.backups_every = Duration::from_secs(backups_every);
             opts.tls = tls_cert
                 .zip(tls_key)
                 .map(|(c, k)| careplane_server::Tls::Files(c, k));

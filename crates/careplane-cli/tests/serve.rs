@@ -74,7 +74,13 @@ impl Drop for Serve {
     }
 }
 
+/// `careplane serve` with fast probes and no backup schedule of its own (the tests make
+/// their backups when they need them).
 fn start(p: &Platform, log: &std::path::Path) -> Serve {
+    start_with(p, log, &["--backups-every", "0"])
+}
+
+fn start_with(p: &Platform, log: &std::path::Path, extra: &[&str]) -> Serve {
     let port = free_port();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -95,7 +101,10 @@ fn start(p: &Platform, log: &std::path::Path) -> Serve {
             "1",
             "--time-scale",
             "60",
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     )
     .stdout(Stdio::null())
     .stderr(log)
@@ -506,7 +515,14 @@ fn serve_probes_records_opens_incidents_and_reports() {
     assert_eq!(code, 403, "{body}");
 
     // Every probe of the environment answers up.
-    for probe in ["odoo-login", "http", "postgres", "redis", "odoo-cron"] {
+    for probe in [
+        "odoo-login",
+        "http",
+        "postgres",
+        "redis",
+        "odoo-cron",
+        "wal-archiving",
+    ] {
         let mut last = None;
         let deadline = Instant::now() + Duration::from_secs(90);
         while !last.as_ref().is_some_and(|l: &Value| l["outcome"] == "up") {
@@ -537,6 +553,10 @@ fn serve_probes_records_opens_incidents_and_reports() {
     );
     let pg = latest(port, &read, "postgres").unwrap();
     assert!(pg["saturationPermille"].as_u64().unwrap() > 0, "{pg}");
+    // Redis memory headroom, read as careplane's monitor user (the tenant may not INFO).
+    let redis = latest(port, &read, "redis").unwrap();
+    assert!(redis["memoryMaxBytes"].as_u64().unwrap() > 0, "{redis}");
+    assert!(redis["memoryUsedBytes"].as_u64().unwrap() > 0, "{redis}");
 
     // No backup yet: the backup probe is down and says so; a backup brings it up.
     wait_for("the backup probe to report no backup", 60, || {
@@ -1382,4 +1402,102 @@ fn serve_journeys_run_as_the_low_privilege_probe_user() {
         files_containing(&p.data_dir(), &probe_pw).is_empty(),
         "the probe password in a file in clear"
     );
+}
+
+/// `careplane serve` runs the backup policies' schedules itself (as `backup run-due` from
+/// cron would): an environment without a backup gets one, proven by a restore
+/// verification, and later runs make no more until the schedule comes round again.
+#[test]
+fn serve_runs_the_backup_schedule() {
+    let p = Platform::new(TENANTS);
+    let pf = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&pf).unwrap().replacen(
+        "  supportHours: business-hours\n",
+        "  supportHours: business-hours\n  backupPolicy: nightly\n---\napiVersion: careplane.dev/v1alpha1\nkind: BackupPolicy\nmetadata: {name: nightly}\nspec: {schedule: \"0 2 * * *\", retention: {daily: 7}}\n",
+        1,
+    );
+    std::fs::write(&pf, text).unwrap();
+    ok(&p, &["apply"]);
+    assert_eq!(json(&p, &["backup", "list"]), serde_json::json!([]));
+    let log = p.dir.path().join("serve.log");
+    let s = start_with(&p, &log, &["--backups-every", "1"]);
+    let runs = || {
+        json(&p, &["audit", "log"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "backup.run-due" && e["result"]["status"] == "succeeded")
+            .count()
+    };
+    let mut made = Value::Null;
+    wait_for("serve's scheduled backup", 180, || {
+        made = json(&p, &["backup", "list"]);
+        made.as_array().is_some_and(|l| !l.is_empty())
+    });
+    let made = made.as_array().unwrap().clone();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["reason"], "schedule", "{made:?}");
+    assert_eq!(made[0]["tenant"], "gamma", "{made:?}");
+    // Proven by a restore: the environment's last restore verification is of it.
+    let id = made[0]["id"].as_str().unwrap().to_string();
+    wait_for(
+        "the restore verification of the scheduled backup",
+        120,
+        || {
+            let st = json(&p, &["status"]);
+            st["environments"].as_array().unwrap().iter().any(|e| {
+                e["tenant"] == "gamma"
+                    && e["lastRestoreVerification"]["backup"] == id.as_str()
+                    && e["lastRestoreVerification"]["outcome"] == "baseline"
+            })
+        },
+    );
+    // Three more runs later, still the one backup: the nightly slot has not come again.
+    let after = runs();
+    wait_for("three more scheduled runs", 120, || runs() >= after + 3);
+    let still = json(&p, &["backup", "list"]);
+    assert_eq!(still.as_array().unwrap().len(), 1, "{still}");
+
+    // WAL archiving is probed from the engine's status: up now; once the archiver fails
+    // (it can no longer read its keys) the environment's `wal-archiving` is down, naming
+    // the WAL file that failed.
+    let read = token(&p, "dashboard", "read", "1d");
+    wait_for("wal-archiving up", 60, || {
+        latest(s.port, &read, "wal-archiving").is_some_and(|l| l["outcome"] == "up")
+    });
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let cluster = store.resource("pg-cluster/shared").unwrap().unwrap();
+    drop(store);
+    let keys = std::path::PathBuf::from(cluster.observed["archive"]["keysFile"].as_str().unwrap());
+    let saved = std::fs::read(&keys).unwrap();
+    std::fs::write(&keys, "{}").unwrap();
+    admin_client(&p, "pg-cluster/shared")
+        .batch_execute(
+            "CREATE TABLE public.churn (); DROP TABLE public.churn; SELECT pg_switch_wal();",
+        )
+        .unwrap();
+    let mut down = None;
+    wait_for("wal-archiving down", 90, || {
+        down = latest(s.port, &read, "wal-archiving");
+        down.as_ref().is_some_and(|l| l["outcome"] == "down")
+    });
+    let d = down.unwrap();
+    assert!(
+        d["detail"]
+            .as_str()
+            .is_some_and(|t| t.contains("archive_command is failing (last failed WAL 0000")),
+        "{d}"
+    );
+    // Repaired, it archives again and the probe comes back up.
+    std::fs::write(&keys, saved).unwrap();
+    wait_for("wal-archiving up again", 120, || {
+        latest(s.port, &read, "wal-archiving").is_some_and(|l| l["outcome"] == "up")
+    });
+    drop(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("backups: 1 made, 0 verified, 1 restore verifications"),
+        "{text}"
+    );
+    assert!(!text.contains("backups: failed"), "{text}");
 }

@@ -10,6 +10,7 @@
 
 mod api;
 mod authz;
+mod backups;
 pub mod calendar;
 pub mod incidents;
 pub mod mail;
@@ -118,6 +119,9 @@ pub struct Options {
     pub clock: Clock,
     /// Serve HTTPS (rustls, ring) instead of HTTP.
     pub tls: Option<Tls>,
+    /// How often to run what is due of the backup policies (as `careplane backup
+    /// run-due`); zero: not at all (cron or a systemd timer runs it).
+    pub backups_every: Duration,
 }
 
 impl Options {
@@ -130,6 +134,7 @@ impl Options {
             refresh: Duration::from_secs(60),
             clock: system_clock(),
             tls: None,
+            backups_every: Duration::from_secs(60),
         }
     }
 }
@@ -159,6 +164,7 @@ async fn serve(engine: Arc<Engine>, opts: Options) -> Result<(), Error> {
     let tls = opts.tls.as_ref().map(tls_config).transpose()?;
     let state = probes::State::open(engine, &opts)?;
     let tasks = probes::start(state.clone(), &opts);
+    let backups = backups::start(state.engine.clone(), opts.backups_every);
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("careplane serve: listening on {scheme}://{}", opts.listen);
     let app = api::router(state.clone());
@@ -184,6 +190,10 @@ async fn serve(engine: Arc<Engine>, opts: Options) -> Result<(), Error> {
             Ok(())
         }
     };
+    if let Some(b) = backups {
+        // A run in progress finishes on its blocking thread before the runtime ends.
+        b.abort();
+    }
     tasks.stop().await;
     let st = state.clone();
     tokio::task::spawn_blocking(move || st.close())

@@ -122,8 +122,7 @@ pub async fn send(
         .body(body)
         .map_err(|e| format!("{at}: building the message: {e}"))?;
     // The server name in the certificate is the host as written (IP addresses too).
-    let tls =
-        |h: &str| TlsParameters::new(h.to_string()).map_err(|e| format!("{at}: TLS setup: {e}"));
+    let tls = |h: &str| tls_parameters(c, h).map_err(|e| format!("{at}: {e}"));
     let tls = match c.tls {
         SmtpTls::Starttls => Tls::Required(tls(&host)?),
         SmtpTls::Implicit => Tls::Wrapper(tls(&host)?),
@@ -152,6 +151,30 @@ pub async fn send(
         Ok(Err(e)) => Err(format!("{at}: {}", describe(&e))),
         Err(_) => Err(format!("{at}: no answer within {timeout:?}")),
     }
+}
+
+/// TLS towards the relay at `host`: the public roots compiled in, or only the CAs of the
+/// channel's `caFile` (an internal relay's own CA; the public roots then are not trusted,
+/// so a certificate from elsewhere is refused).
+fn tls_parameters(c: &SmtpChannel, host: &str) -> Result<TlsParameters, String> {
+    let mut b = TlsParameters::builder(host.to_string());
+    if let Some(path) = &c.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("reading caFile {}: {e}", path.display()))?;
+        // lettre takes every certificate of the PEM; one without any is a mistake.
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(format!(
+                "caFile {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        let cert = lettre::transport::smtp::client::Certificate::from_pem(&pem)
+            .map_err(|e| format!("caFile {}: {e}", path.display()))?;
+        b = b
+            .certificate_store(lettre::transport::smtp::client::CertificateStore::None)
+            .add_root_certificate(cert);
+    }
+    b.build().map_err(|e| format!("TLS setup: {e}"))
 }
 
 /// lettre's error with its source chain (the OS error of a refused connection, the
@@ -244,6 +267,7 @@ mod tests {
             to: vec!["oncall@example.org".into()],
             username: None,
             password_env: None,
+            ca_file: None,
         };
         let e = send(&c, "s", "b".into(), Duration::from_secs(1))
             .await

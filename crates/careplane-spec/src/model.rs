@@ -238,6 +238,11 @@ pub struct SmtpChannel {
     /// `CAREPLANE_SMTP_PASSWORD`; requires `username`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// Absolute path of a PEM file of the CA certificates to trust for this relay
+    /// *instead of* the public (Mozilla) roots: for a hospital's internal relay whose
+    /// certificate comes from its own CA. Read when a message is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl SmtpChannel {

@@ -717,6 +717,24 @@ fn check_smtp(cx: &mut Ctx<'_>, base: &[Seg], smtp: &crate::model::SmtpChannel) 
         }
         _ => {}
     }
+    if let Some(ca) = &smtp.ca_file {
+        if smtp.tls == crate::model::SmtpTls::None {
+            cx.at_value(
+                &at("caFile"),
+                "`caFile` says which CA to trust over TLS, and this relay has `tls: none`",
+                Some("use `starttls` or `implicit`, or leave `caFile` out".into()),
+            );
+        } else if !ca.is_absolute() {
+            cx.at_value(
+                &at("caFile"),
+                format!(
+                    "{} is not an absolute path",
+                    quoted(&ca.display().to_string())
+                ),
+                Some("`careplane serve` reads it, from whatever directory it runs in".into()),
+            );
+        }
+    }
     if let Some(env) = &smtp.password_env {
         if !is_env_name(env) {
             cx.at_value(

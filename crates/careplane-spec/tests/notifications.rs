@@ -86,7 +86,7 @@ fn malformed_escalations_and_channels_are_refused() {
 fn smtp_channels_are_checked_where_they_are_written() {
     let good = PLATFORM.replace(
         "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n",
-        "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n      - name: mail\n        smtp: {server: \"smtp.example.org:587\", from: careplane@example.org, to: [oncall@example.org], username: careplane, passwordEnv: CAREPLANE_SMTP_PASSWORD}\n      - name: relay\n        smtp: {server: \"127.0.0.1:2525\", tls: none, from: careplane@example.org, to: [a@example.org, b@example.org]}\n",
+        "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n      - name: mail\n        smtp: {server: \"smtp.example.org:587\", from: careplane@example.org, to: [oncall@example.org], username: careplane, passwordEnv: CAREPLANE_SMTP_PASSWORD, caFile: /etc/careplane/relay-ca.pem}\n      - name: relay\n        smtp: {server: \"127.0.0.1:2525\", tls: none, from: careplane@example.org, to: [a@example.org, b@example.org]}\n",
     );
     let mail_tier =
         tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [mail, relay]}]\n");
@@ -98,7 +98,7 @@ fn smtp_channels_are_checked_where_they_are_written() {
 
     let bad = PLATFORM.replace(
         "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n",
-        "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n      - name: mail\n        smtp: {server: \"smtp.example.org:587\", tls: none, from: \"Careplane <careplane@example.org>\", to: [\"a@example.org, b@example.org\"], username: careplane, passwordEnv: \"hunter2 secret\"}\n      - name: relay\n        smtp: {server: \"smtp.example.org:99999\", tls: implicit, from: careplane@example.org, to: [], passwordEnv: PW}\n      - name: both\n        webhook: \"http://127.0.0.1/x\"\n        smtp: {server: \"127.0.0.1\", from: a@b.c, to: [a@b.c]}\n",
+        "      - {name: alerts, alertmanager: \"http://127.0.0.1:9093\"}\n      - name: mail\n        smtp: {server: \"smtp.example.org:587\", tls: none, from: \"Careplane <careplane@example.org>\", to: [\"a@example.org, b@example.org\"], username: careplane, passwordEnv: \"hunter2 secret\", caFile: /etc/ca.pem}\n      - name: relay\n        smtp: {server: \"smtp.example.org:99999\", tls: implicit, from: careplane@example.org, to: [], passwordEnv: PW, caFile: ca.pem}\n      - name: both\n        webhook: \"http://127.0.0.1/x\"\n        smtp: {server: \"127.0.0.1\", from: a@b.c, to: [a@b.c]}\n",
     );
     let tier_ok =
         tier("      - severity: P1\n        steps: [{afterMinutes: 0, notify: [on-call]}]\n");
@@ -110,9 +110,11 @@ fn smtp_channels_are_checked_where_they_are_written() {
             "p.yaml:11 spec.notifications.channels[2].smtp.from: \"Careplane <careplane@example.org>\" is not an e-mail address",
             "p.yaml:11 spec.notifications.channels[2].smtp.to[0]: \"a@example.org, b@example.org\" is not an e-mail address",
             "p.yaml:11 spec.notifications.channels[2].smtp.passwordEnv: not an environment variable name (letters, digits, `_`)",
+            "p.yaml:11 spec.notifications.channels[2].smtp.caFile: `caFile` says which CA to trust over TLS, and this relay has `tls: none`",
             "p.yaml:13 spec.notifications.channels[3].smtp.server: \"smtp.example.org:99999\" is not `host` or `host:port`",
             "p.yaml:13 spec.notifications.channels[3].smtp.to: at least one recipient is needed",
             "p.yaml:13 spec.notifications.channels[3].smtp.passwordEnv: `passwordEnv` needs a `username`",
+            "p.yaml:13 spec.notifications.channels[3].smtp.caFile: \"ca.pem\" is not an absolute path",
             "p.yaml:14 spec.notifications.channels[4]: a channel has exactly one of `webhook`, `alertmanager` and `smtp`",
         ],
         "{got:#?}"

@@ -937,14 +937,24 @@ impl LocalDriver {
         let now = Timestamp::now();
         let mut out = RunDueOutcome::default();
         let existing = self.list_backups(None)?;
-        let envs: Vec<(String, String)> = self
+        // With each environment, when a restore verification last ran (whatever its
+        // outcome): a scheduled verification is due once per slot, not once per run.
+        let envs: Vec<(String, String, Option<Timestamp>)> = self
             .records()?
             .iter()
             .filter(|r| r.kind == "pg-database" && r.status == ResourceStatus::Ready)
-            .filter_map(|r| r.id.strip_prefix("pg-database/")?.split_once('/'))
-            .map(|(t, e)| (t.to_string(), e.to_string()))
+            .filter_map(|r| {
+                let (t, e) = r.id.strip_prefix("pg-database/")?.split_once('/')?;
+                let verified = r
+                    .observed
+                    .get("lastRestoreVerification")
+                    .and_then(|v| v.get("verifiedAt"))
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| v.parse::<Timestamp>().ok());
+                Some((t.to_string(), e.to_string(), verified))
+            })
             .collect();
-        for (t, e) in envs {
+        for (t, e, last_verified) in envs {
             let Ok(policy) = self.tenant_policy(&t) else {
                 continue;
             };
@@ -976,9 +986,16 @@ impl LocalDriver {
                     Err(err) => out.failures.push(format!("backup of {t}/{e}: {err}")),
                 }
             } else if let (Some(b), Some(_)) = (&last, &policy.verify) {
-                // Verification is due when its schedule came since the
-                // backup was made (it is re-checked at most once per slot).
-                if due(&policy.verify) {
+                // Verification is due when its schedule came since the backup was
+                // made and since the last verification (once per slot, so that
+                // `careplane serve` running this every minute verifies once).
+                let since = last_time.max(last_verified);
+                let verify_due = match (&policy.verify, since) {
+                    (Some(c), Some(t)) => cron_due(c, t, now),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if verify_due {
                     match self.verify_backup(&b.id, true, progress) {
                         Ok(v) => out.verified.push(v),
                         Err(err) => out.failures.push(format!("verify of {}: {err}", b.id)),
