@@ -502,6 +502,14 @@ fn the_one_check_refuses_before_any_work_and_each_call_is_one_entry() {
     // fails (the fake has no credentials): audited as failed, not refused.
     let err = s.engine.credentials(&alpha_op, "alpha", "dev").unwrap_err();
     assert!(err.to_string().contains("not in the fake target"), "{err}");
+    // The Redis monitor credentials read every tenant's server state (INFO): a
+    // platform-wide credential, refused to a tenant's operator.
+    let err = s.engine.redis_monitors(&alpha_op).unwrap_err();
+    assert!(
+        matches!(err, careplane_engine::EngineError::Denied { .. }),
+        "{err}"
+    );
+    assert!(take_log(&s).is_empty());
 
     // Otto, also a platform operator through his IdP group, applies; the
     // grant in force is recorded as his elevation.
@@ -544,12 +552,13 @@ fn the_one_check_refuses_before_any_work_and_each_call_is_one_entry() {
             ("destroy", "otto", "refused"),
             ("stop", "otto", "refused"),
             ("credentials.show", "otto", "failed"),
+            ("credentials.monitor", "otto", "refused"),
             ("apply", "otto", "succeeded"),
         ]
     );
     let refused = log[1].result.message.as_deref().unwrap_or_default();
     assert!(refused.contains("vera may not apply"), "{refused}");
-    let elevation = log[5].actor.elevation.as_ref().expect("elevation in force");
+    let elevation = log[6].actor.elevation.as_ref().expect("elevation in force");
     assert_eq!(
         (elevation.role.as_str(), elevation.approved_by.as_deref()),
         ("tenant-operator", Some("bob"))
