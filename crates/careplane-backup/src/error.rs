@@ -42,6 +42,14 @@ pub enum BackupError {
     /// The repository was created with other keys or another format.
     #[error("repository {repository}: {problem}")]
     Repository { repository: String, problem: String },
+    /// S3 Object Lock keeps the backup until `until`: it was not deleted
+    /// (nothing of it was); deleting it again after that date succeeds.
+    #[error("repository {repository}: backup {backup} is kept by object lock until {until}")]
+    Locked {
+        repository: String,
+        backup: String,
+        until: jiff::Timestamp,
+    },
     /// A WAL segment of this name is already archived with other content.
     #[error("repository {repository}: WAL segment {name} is already archived with different content; refusing to overwrite it")]
     WalConflict { repository: String, name: String },

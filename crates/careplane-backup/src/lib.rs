@@ -10,6 +10,7 @@
 
 mod error;
 mod keys;
+mod objectlock;
 pub mod pg;
 mod repo;
 pub mod retention;
@@ -20,6 +21,7 @@ mod wal;
 pub use error::{error_chain, BackupError, Result};
 pub use jiff::{SignedDuration, Timestamp};
 pub use keys::{generate_identity, generate_secret, RepoKeys, WalKeys};
+pub use objectlock::{Immutability, LockMode};
 pub use repo::{
     BackupIndex, BackupMetadata, BackupWriter, ChunkRef, FileEntry, FileKind, FilestoreEntry,
     GcReport, Manifest, ObjectRef, Progress, ProgressFn, RepoOptions, Repository, TableStat,

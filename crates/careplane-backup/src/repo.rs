@@ -23,6 +23,16 @@ const CHUNK_AVG: u32 = 1024 * 1024;
 const CHUNK_MAX: u32 = 4 * 1024 * 1024;
 
 const CONFIG: &str = "config.json";
+/// Since when this repository has been immutable without a break
+/// (docs/design/0015): chunks written before were not locked and are not
+/// reused by an immutable backup.
+const LOCK_MARKER: &str = "object-lock.json";
+
+#[derive(Serialize, Deserialize)]
+struct LockMarker {
+    /// Absent in the first version: the period started when it was written.
+    since: Option<Timestamp>,
+}
 
 /// Tuning of a repository handle.
 #[derive(Clone)]
@@ -273,6 +283,11 @@ pub struct GcReport {
     pub deleted_objects: u64,
     pub deleted_bytes: u64,
     pub kept_objects: u64,
+    /// Unreferenced objects Object Lock still keeps (counted in
+    /// `kept_objects` too); a later `gc` deletes them.
+    pub locked_objects: u64,
+    /// The latest retain-until date among them.
+    pub locked_until: Option<Timestamp>,
 }
 
 /// A handle on one repository. Blocking; share it between threads by reference.
@@ -281,6 +296,8 @@ pub struct Repository {
     pub(crate) keys: Keys,
     config: Config,
     opts: RepoOptions,
+    /// With immutability: chunks written before this were not locked.
+    locked_since: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -315,6 +332,8 @@ impl Repository {
         }
         let keys = Keys::new(keys)?;
         let store = Store::open(url, &opts.store_options)?;
+        // Before anything is written: a wrong bucket stays untouched.
+        store.check_bucket_lock()?;
         let (chunk_check, wal_check) = keys.check_values();
         let verifying = hex::encode(keys.verifying_key().to_bytes());
         let config = match store.get(CONFIG)? {
@@ -343,6 +362,17 @@ impl Repository {
                         problem,
                     });
                 }
+                // Every backup needs the config: with immutability it is
+                // written again (same bytes, a new locked version) before
+                // its lock could end inside a new backup's lock period.
+                if let Some(lock) = store.lock() {
+                    let needed = Timestamp::now()
+                        .checked_add(jiff::SignedDuration::from_hours(24 * lock.days as i64 + 1))
+                        .unwrap_or(Timestamp::MAX);
+                    if store.locked_until(CONFIG)?.is_none_or(|u| u < needed) {
+                        store.put_shared(CONFIG, bytes)?;
+                    }
+                }
                 c
             }
             None => {
@@ -356,15 +386,17 @@ impl Repository {
                     verifying_key: verifying,
                 };
                 let json = serde_json::to_vec_pretty(&c).expect("config serializes");
-                store.put(CONFIG, json)?;
+                store.put_shared(CONFIG, json)?;
                 c
             }
         };
+        let locked_since = lock_marker(&store)?;
         Ok(Repository {
             store,
             keys,
             config,
             opts,
+            locked_since,
         })
     }
 
@@ -388,7 +420,34 @@ impl Repository {
             random_hex(4)
         );
         let mut known = HashMap::new();
+        let lock = self.store.lock().zip(self.locked_since);
         for l in self.store.list("chunks")? {
+            // A chunk written unlocked, or whose lock ends too soon for this
+            // backup, is uploaded again rather than reused (docs/design/0015).
+            if let Some((lock, since)) = lock {
+                // Listings and HEAD give whole seconds: a chunk of the
+                // marker's second may be from before it, so its own lock
+                // decides (a HEAD for the few written in that second).
+                let fresh = match l.modified.as_second().cmp(&since.as_second()) {
+                    std::cmp::Ordering::Less => false,
+                    std::cmp::Ordering::Equal => {
+                        let needed = started
+                            .checked_add(jiff::SignedDuration::from_hours(
+                                24 * lock.days as i64 + 1,
+                            ))
+                            .unwrap_or(Timestamp::MAX);
+                        self.store
+                            .locked_until(&l.name)?
+                            .is_some_and(|u| u >= needed)
+                    }
+                    std::cmp::Ordering::Greater => {
+                        crate::objectlock::reusable(l.modified, lock.days, started)
+                    }
+                };
+                if !fresh {
+                    continue;
+                }
+            }
             // chunks/xx/<id>.<hash>; anything else is not ours and ignored.
             let Some(file) = l.name.rsplit('/').next() else {
                 continue;
@@ -833,8 +892,18 @@ impl Repository {
         }
     }
 
+    /// Until when S3 Object Lock keeps a backup: its manifest's retain-until
+    /// date (the manifest is its last object written, so its lock ends
+    /// last). `None` when the repository is not immutable or the lock ended.
+    pub fn locked_until(&self, backup: &str) -> Result<Option<Timestamp>> {
+        check_backup_id(backup)?;
+        self.store.locked_until(&Self::manifest_object(backup))
+    }
+
     /// Deletes a backup: its manifest first (so it is no longer listed), then
-    /// its index. Its chunks go at the next [`Repository::gc`].
+    /// its index. Its chunks go at the next [`Repository::gc`]. A backup
+    /// Object Lock still keeps is refused with [`BackupError::Locked`]
+    /// before anything is deleted, so it stays whole and listed.
     pub fn delete_backup(&self, backup: &str) -> Result<()> {
         check_backup_id(backup)?;
         let object = Self::manifest_object(backup);
@@ -842,6 +911,13 @@ impl Repository {
             return Err(BackupError::NotFound {
                 repository: self.store.url.clone(),
                 backup: backup.to_string(),
+            });
+        }
+        if let Some(until) = self.store.locked_until(&object)? {
+            return Err(BackupError::Locked {
+                repository: self.store.url.clone(),
+                backup: backup.to_string(),
+                until,
             });
         }
         self.store.delete(&object)?;
@@ -876,6 +952,12 @@ impl Repository {
                 report.kept_objects += 1;
                 continue;
             }
+            if let Some(until) = self.store.locked_until(&l.name)? {
+                report.kept_objects += 1;
+                report.locked_objects += 1;
+                report.locked_until = report.locked_until.max(Some(until));
+                continue;
+            }
             self.store.delete(&l.name)?;
             report.deleted_objects += 1;
             report.deleted_bytes += l.size;
@@ -888,6 +970,52 @@ impl Repository {
             .map_err(crate::error::io("compressing"))?;
         self.keys.encrypt(&compressed)
     }
+}
+
+/// With immutability: since when the repository has been immutable, in
+/// the store's clock (what chunk listings are compared with): the time the
+/// locked marker object was first written. The marker is written again
+/// before its lock runs out, like the config, carrying that time. A marker
+/// whose lock ran out, or none, starts a new period. Without immutability
+/// the marker is removed, so that immutability turned on again later
+/// starts afresh.
+fn lock_marker(store: &Store) -> Result<Option<Timestamp>> {
+    let Some(lock) = store.lock() else {
+        if store.exists(LOCK_MARKER)? {
+            store.delete(LOCK_MARKER)?;
+        }
+        return Ok(None);
+    };
+    let first_written = |store: &Store| -> Result<Timestamp> {
+        store
+            .modified(LOCK_MARKER)?
+            .ok_or_else(|| BackupError::Repository {
+                repository: store.url.clone(),
+                problem: format!("{LOCK_MARKER} vanished right after it was written"),
+            })
+    };
+    let Some(until) = store.locked_until(LOCK_MARKER)? else {
+        let json = serde_json::to_vec(&LockMarker { since: None }).expect("marker serializes");
+        store.put_shared(LOCK_MARKER, json)?;
+        return first_written(store).map(Some);
+    };
+    let since = match store
+        .get(LOCK_MARKER)?
+        .and_then(|b| serde_json::from_slice::<LockMarker>(&b).ok())
+        .and_then(|m| m.since)
+    {
+        Some(since) => since,
+        None => first_written(store)?,
+    };
+    let needed = Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * lock.days as i64 + 1))
+        .unwrap_or(Timestamp::MAX);
+    if until < needed {
+        let json =
+            serde_json::to_vec(&LockMarker { since: Some(since) }).expect("marker serializes");
+        store.put_shared(LOCK_MARKER, json)?;
+    }
+    Ok(Some(since))
 }
 
 /// The repository's config, if it has one.
@@ -1077,7 +1205,9 @@ impl BackupWriter<'_> {
                 let sealed = self.repo.compress_and_seal(data)?;
                 let hash = blake3::hash(&sealed).to_hex().to_string();
                 let size = sealed.len() as u64;
-                self.repo.store.put(&chunk_object(id, &hash), sealed)?;
+                self.repo
+                    .store
+                    .put_shared(&chunk_object(id, &hash), sealed)?;
                 self.known
                     .lock()
                     .unwrap()

@@ -10,12 +10,15 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectMeta, ObjectStore, PutPayload};
 
 use crate::error::{invalid, BackupError, Result};
+use crate::objectlock::{lock_error, long_days, Direct, Immutability};
 
 pub(crate) struct Store {
     rt: tokio::runtime::Runtime,
     inner: Arc<dyn ObjectStore>,
     /// The URL as shown in messages (no user info).
     pub(crate) url: String,
+    /// With immutability, puts go through here with Object Lock retention.
+    pub(crate) locked: Option<Direct>,
 }
 
 /// An object as listed: its name below the repository prefix and its size.
@@ -30,8 +33,13 @@ impl Store {
     /// and credentials come from the environment (`AWS_ENDPOINT`,
     /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_ALLOW_HTTP`...), overridden by `options` (same keys, e.g.
-    /// `aws_endpoint`).
+    /// `aws_endpoint`). careplane's own `object_lock_mode` and
+    /// `object_lock_days` (see [`Immutability::store_options`]) make every
+    /// put carry Object Lock retention; they need an s3:// repository.
     pub(crate) fn open(url: &str, options: &[(String, String)]) -> Result<Store> {
+        let (lock, options) = Immutability::take_from(options)?;
+        let options = &options[..];
+        let mut locked = None;
         let parsed = url::Url::parse(url)
             .map_err(|e| invalid(format!("repository URL {url:?}"), e.to_string()))?;
         let mut shown = parsed.clone();
@@ -39,6 +47,12 @@ impl Store {
         let _ = shown.set_password(None);
         let shown = shown.to_string();
         let inner: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "file" if lock.is_some() => {
+                return Err(invalid(
+                    format!("repository {shown}"),
+                    "immutability (S3 Object Lock) needs an s3:// repository; a file:// repository cannot lock its files",
+                ))
+            }
             "file" => {
                 let path = parsed.to_file_path().map_err(|_| {
                     invalid(
@@ -66,15 +80,36 @@ impl Store {
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(url)
                     .with_retry(retry)
-                    .with_client_options(client);
+                    .with_client_options(client.clone());
                 for (k, v) in options {
                     let key = k
                         .parse::<object_store::aws::AmazonS3ConfigKey>()
                         .map_err(|e| invalid(format!("repository option {k}"), e.to_string()))?;
                     b = b.with_config(key, v);
                 }
-                let s3 = b.build().map_err(|e| store_error(&shown, "opening", e))?;
+                let s3 = b
+                    .clone()
+                    .build()
+                    .map_err(|e| store_error(&shown, "opening", e))?;
                 let prefix = parsed.path().trim_matches('/');
+                if let Some(lock) = lock {
+                    // Object Lock puts are careplane's own requests, which
+                    // do not send object_store's encryption headers.
+                    let sse = "aws_server_side_encryption"
+                        .parse::<object_store::aws::AmazonS3ConfigKey>()
+                        .expect("object_store knows its own key");
+                    if b.get_config_value(&sse).is_some() {
+                        return Err(invalid(
+                            format!("repository {shown}"),
+                            "immutability (S3 Object Lock) with server-side encryption options is not supported yet; \
+                             use the bucket's default encryption instead",
+                        ));
+                    }
+                    locked = Some(
+                        Direct::new(&b, &s3, client, parsed.host_str().unwrap_or(""), prefix, lock)
+                            .map_err(|e| store_error(&shown, "opening", e))?,
+                    );
+                }
                 if prefix.is_empty() {
                     Arc::new(s3)
                 } else {
@@ -100,7 +135,13 @@ impl Store {
             rt,
             inner,
             url: shown,
+            locked,
         })
+    }
+
+    /// The policy's immutability, if this store locks what it writes.
+    pub(crate) fn lock(&self) -> Option<Immutability> {
+        self.locked.as_ref().map(|d| d.lock)
     }
 
     fn err(&self, action: String, e: object_store::Error) -> BackupError {
@@ -131,12 +172,98 @@ impl Store {
         }
     }
 
+    /// Writes an object; with immutability, locked for the policy's days
+    /// (objects of one backup: manifest, index, state, WAL).
     pub(crate) fn put(&self, name: &str, data: Vec<u8>) -> Result<()> {
+        match &self.locked {
+            Some(d) => self.put_locked(name, data, d.lock.days),
+            None => self.put_plain(name, data),
+        }
+    }
+
+    /// Writes an object later backups reuse (chunks, the config); with
+    /// immutability, locked for twice the policy's days (docs/design/0015).
+    pub(crate) fn put_shared(&self, name: &str, data: Vec<u8>) -> Result<()> {
+        match &self.locked {
+            Some(d) => self.put_locked(name, data, long_days(d.lock.days)),
+            None => self.put_plain(name, data),
+        }
+    }
+
+    fn put_locked(&self, name: &str, data: Vec<u8>, days: u32) -> Result<()> {
+        let d = self.locked.as_ref().expect("only called when locked");
+        let until = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_hours(24 * days as i64))
+            .unwrap_or(jiff::Timestamp::MAX);
+        self.rt
+            .block_on(d.put(name, data, until))
+            .map_err(|e| lock_error(&self.url, format!("writing {name} with object lock"), e))
+    }
+
+    /// When Object Lock keeps the object until a later time than now: its
+    /// retain-until date. `None` without immutability, or when the object
+    /// has no retention left (or is gone).
+    pub(crate) fn locked_until(&self, name: &str) -> Result<Option<jiff::Timestamp>> {
+        let Some(d) = &self.locked else {
+            return Ok(None);
+        };
+        let until = self
+            .rt
+            .block_on(d.retain_until(name))
+            .map_err(|e| lock_error(&self.url, format!("reading the object lock of {name}"), e))?;
+        Ok(until.filter(|u| *u > jiff::Timestamp::now()))
+    }
+
+    /// With immutability: fails unless the bucket has Object Lock enabled
+    /// (which S3 allows only on versioned buckets), naming the bucket. A
+    /// bucket's default retention is not needed: every put sets its own.
+    pub(crate) fn check_bucket_lock(&self) -> Result<()> {
+        let Some(d) = &self.locked else {
+            return Ok(());
+        };
+        let lock = self.rt.block_on(d.bucket_lock()).map_err(|e| {
+            lock_error(
+                &self.url,
+                format!(
+                    "reading the Object Lock configuration of bucket {}",
+                    d.bucket
+                ),
+                e,
+            )
+        })?;
+        if !lock.enabled {
+            return Err(BackupError::Repository {
+                repository: self.url.clone(),
+                problem: format!(
+                    "the policy asks for immutability but bucket {} does not have S3 Object Lock enabled; \
+                     create the bucket with Object Lock (`aws s3api create-bucket --object-lock-enabled-for-bucket`, \
+                     or enable it with put-object-lock-configuration), or remove `immutability` from the policy",
+                    d.bucket
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn put_plain(&self, name: &str, data: Vec<u8>) -> Result<()> {
         let path = ObjPath::from(name);
         self.rt
             .block_on(self.inner.put(&path, PutPayload::from(data)))
             .map(|_| ())
             .map_err(|e| self.err(format!("writing {name}"), e))
+    }
+
+    /// When the object was last written, in the store's clock.
+    pub(crate) fn modified(&self, name: &str) -> Result<Option<jiff::Timestamp>> {
+        let path = ObjPath::from(name);
+        match self.rt.block_on(self.inner.head(&path)) {
+            Ok(m) => Ok(Some(
+                jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis())
+                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(format!("looking up {name}"), e)),
+        }
     }
 
     pub(crate) fn exists(&self, name: &str) -> Result<bool> {

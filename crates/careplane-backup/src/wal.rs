@@ -179,7 +179,8 @@ impl Repository {
     /// `wal.start` label) can need: segments, `.partial` and `.backup` files
     /// whose position (log and segment number, any timeline) is before it.
     /// Timeline `.history` files are always kept (they are tiny and every
-    /// later timeline needs them). Returns how many objects were deleted.
+    /// later timeline needs them). Files Object Lock still keeps are left
+    /// for a later call. Returns how many objects were deleted.
     pub fn delete_wal_before(&self, first_needed: &str) -> Result<u64> {
         check_wal_name(first_needed)?;
         let position = |name: &str| {
@@ -198,6 +199,9 @@ impl Repository {
                 continue;
             }
             if position(&name).is_some_and(|p| p < cutoff) {
+                if self.store.locked_until(&object(&name))?.is_some() {
+                    continue;
+                }
                 self.store.delete(&object(&name))?;
                 deleted += 1;
             }

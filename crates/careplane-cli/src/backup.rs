@@ -466,6 +466,15 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                             repo.gc_deleted_objects,
                             size(repo.gc_deleted_bytes)
                         );
+                        for l in &repo.locked {
+                            outln!("  {l}");
+                        }
+                        if repo.gc_locked_objects > 0 {
+                            outln!(
+                                "  {} unreferenced objects kept by object lock",
+                                repo.gc_locked_objects
+                            );
+                        }
                     }
                 }
             }

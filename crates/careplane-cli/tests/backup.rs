@@ -414,9 +414,10 @@ impl Drop for Moto {
     }
 }
 
-/// `moto_server` on a free loopback port with bucket `bucket`; `None` (the
-/// reason printed) when moto is not installed outside CI; in CI it fails.
-fn start_moto(bucket: &str) -> Option<Moto> {
+/// `moto_server` on a free loopback port with bucket `bucket` (with S3
+/// Object Lock enabled if `object_lock`); `None` (the reason printed) when
+/// moto is not installed outside CI; in CI it fails.
+fn start_moto(bucket: &str, object_lock: bool) -> Option<Moto> {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::process::{Command, Stdio};
@@ -454,9 +455,14 @@ fn start_moto(bucket: &str) -> Option<Moto> {
     }
     // moto does not check signatures: a plain request makes the bucket.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let lock = if object_lock {
+        "x-amz-bucket-object-lock-enabled: true\r\n"
+    } else {
+        ""
+    };
     write!(
         s,
-        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n{lock}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
@@ -537,7 +543,7 @@ fn visits(c: &mut careplane_local::postgres::Client) -> (i64, String) {
 
 #[test]
 fn an_s3_repository_archives_backs_up_verifies_and_restores_with_no_secret_in_sight() {
-    let Some(moto) = start_moto("careplane-it") else {
+    let Some(moto) = start_moto("careplane-it", false) else {
         return;
     };
     let p = Platform::with_odoo(&S3_TENANTS.replace("MOTO_PORT", &moto.port.to_string()));
@@ -696,6 +702,122 @@ fn an_s3_repository_archives_backs_up_verifies_and_restores_with_no_secret_in_si
         }
     }
     assert!(looked_at > 0, "postgresql.conf was not among the files");
+    drop(moto);
+}
+
+/// The Object Lock mode moto reports for an object (lowercase), if any.
+/// moto checks no signature but treats a request without Authorization as
+/// anonymous, which private objects refuse.
+fn lock_mode(port: u16, bucket: &str, key: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "HEAD /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=k/20260101/eu-west-1/s3/aws4_request, \
+         SignedHeaders=host, Signature=0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let answer = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "HEAD {key}: {answer}");
+    answer.lines().find_map(|l| {
+        l.strip_prefix("x-amz-object-lock-mode:")
+            .map(|m| m.trim().to_string())
+    })
+}
+
+/// An immutable policy (S3 Object Lock, on moto): what careplane and the
+/// WAL archiver write is locked, and prune keeps a backup retention lets
+/// go of while its lock lasts, saying until when.
+#[test]
+fn an_immutable_s3_policy_locks_backups_and_wal_and_prune_keeps_them_while_locked() {
+    let Some(moto) = start_moto("careplane-lock", true) else {
+        return;
+    };
+    let tenants = S3_TENANTS
+        .replace("MOTO_PORT", &moto.port.to_string())
+        .replace("careplane-it", "careplane-lock")
+        .replace(
+            "    daily: 7\n",
+            "    daily: 1\n  keepLast: 1\n  pitrWindow: 0s\n  immutability: {mode: governance, days: 1}\n",
+        );
+    assert!(tenants.contains("immutability"), "{tenants}");
+    let p = Platform::with_odoo(&tenants);
+    let run = |args: &[&str]| {
+        let out = p
+            .cmd(args)
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "careplane {args:?}:\n{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json = |args: &[&str]| -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        serde_json::from_str(&run(&a)).unwrap()
+    };
+    run(&["apply"]);
+    let b1 = json(&["backup", "create", "citylab/production"]);
+    let b2 = json(&["backup", "create", "citylab/production"]);
+    let (id1, id2) = (b1["id"].as_str().unwrap(), b2["id"].as_str().unwrap());
+
+    // Locked: the backup's manifest, its chunks, and the WAL the archiver
+    // (archive_command, as the service user) wrote.
+    let keys = bucket_keys(moto.port, "careplane-lock", "hospital");
+    let manifest = keys
+        .iter()
+        .find(|k| k.ends_with(&format!("{id1}.manifest")))
+        .unwrap_or_else(|| panic!("no manifest of {id1} in {keys:?}"));
+    let wal = keys
+        .iter()
+        .find(|k| k.contains("/wal/"))
+        .unwrap_or_else(|| panic!("no WAL in {keys:?}"));
+    let chunk = keys.iter().find(|k| k.contains("/chunks/")).unwrap();
+    for k in [manifest, wal, chunk] {
+        assert_eq!(
+            lock_mode(moto.port, "careplane-lock", k).as_deref(),
+            Some("governance"),
+            "{k}"
+        );
+    }
+
+    // Retention keeps only the newest; the lock keeps the older one whole.
+    let pr = json(&["backup", "prune"]);
+    let tenant = pr["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["repository"] == "s3://careplane-lock/hospital/tenants/citylab")
+        .unwrap_or_else(|| panic!("{pr}"));
+    assert_eq!(tenant["deleted"], serde_json::json!([]), "{pr}");
+    let locked = tenant["locked"].as_array().unwrap();
+    assert_eq!(locked.len(), 1, "{pr}");
+    assert!(
+        locked[0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{id1}: kept by object lock until ")),
+        "{pr}"
+    );
+    let l = json(&["backup", "list", "citylab/production"]);
+    let ids: Vec<&str> = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&id1) && ids.contains(&id2), "{l}");
+    let v = json(&["backup", "verify", id1, "--deep"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let out = run(&["backup", "prune"]);
+    assert!(
+        out.contains(&format!("{id1}: kept by object lock until")),
+        "{out}"
+    );
     drop(moto);
 }
 

@@ -98,6 +98,18 @@ pub struct PrunedRepository {
     pub wal_deleted: u64,
     pub gc_deleted_objects: u64,
     pub gc_deleted_bytes: u64,
+    /// Backups retention would delete that S3 Object Lock still keeps
+    /// (also in `kept`), each as "<id>: kept by object lock until <date>";
+    /// a prune after the date deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locked: Vec<String>,
+    /// Unreferenced objects Object Lock still keeps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gc_locked_objects: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]

@@ -595,6 +595,37 @@ pub struct BackupPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^\s*\S+(\s+\S+){4}\s*$"))]
     pub verify: Option<String>,
+    /// Makes every backup undeletable and unchangeable for `days` days after
+    /// it is taken, with S3 Object Lock (docs/design/0015), e.g.
+    /// `{mode: compliance, days: 30}`. Only for `s3://` repositories whose
+    /// bucket has Object Lock enabled (checked when the repository is
+    /// opened). Objects later backups reuse (chunks) are locked for twice
+    /// `days`. Pruning leaves a backup whose lock has not ended and says
+    /// until when; a later prune deletes it. Default: no lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutability: Option<Immutability>,
+}
+
+/// S3 Object Lock retention of a [`BackupPolicySpec`]'s backups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Immutability {
+    /// `compliance`: nobody can delete or overwrite a locked backup before
+    /// its date, not even the bucket owner's root user. `governance`: users
+    /// granted `s3:BypassGovernanceRetention` still can.
+    pub mode: LockMode,
+    /// How long each backup stays locked after it is taken, 1 to 36500.
+    #[schemars(range(min = 1, max = 36500))]
+    pub days: u32,
+}
+
+/// [`Immutability::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Governance,
+    Compliance,
 }
 
 /// [`BackupPolicySpec::keep_last`]'s default.

@@ -1156,6 +1156,39 @@ pub(crate) fn backup_policy(cx: &mut Ctx<'_>, spec: &BackupPolicySpec) {
             }
         },
     };
+    if let Some(lock) = &spec.immutability {
+        let (name, _) = cx.root.find(&[key("metadata"), key("name")]);
+        let policy = name.as_str().map(quoted).unwrap_or_else(|| "?".into());
+        if !(1..=36500).contains(&lock.days) {
+            cx.at_value(
+                &[key("spec"), key("immutability"), key("days")],
+                format!(
+                    "BackupPolicy {policy}: immutability.days {} is out of range: 1 to 36500 (100 years)",
+                    lock.days
+                ),
+                Some("how long each backup stays locked after it is taken, e.g. `days: 30`".into()),
+            );
+        }
+        if !s3 {
+            let repo = spec
+                .repository
+                .as_deref()
+                .map(quoted)
+                .unwrap_or_else(|| "the default file://<dataDir>/backups".into());
+            cx.at_value(
+                &[key("spec"), key("immutability")],
+                format!(
+                    "BackupPolicy {policy}: immutability needs an s3:// repository (S3 Object Lock), \
+                     but the repository is {repo}"
+                ),
+                Some(
+                    "set `repository: s3://bucket/prefix` on a bucket created with Object Lock \
+                     enabled, or remove immutability"
+                        .into(),
+                ),
+            );
+        }
+    }
     for (field, value) in [("endpoint", &spec.endpoint), ("region", &spec.region)] {
         let Some(value) = value else { continue };
         if !s3 {

@@ -862,6 +862,133 @@ spec:
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Immutability (S3 Object Lock) is for s3:// repositories only, named
+/// with its policy; days are 1 to 36500; the mode is one of two words.
+#[test]
+fn backup_policy_immutability_rules() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: locked-local
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+  repository: file:///srv/backups
+  immutability: {mode: compliance, days: 30}
+---
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: default-repo
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+  immutability:
+    mode: governance
+    days: 0
+---
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: too-long
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+  repository: s3://hospital-backups/careplane
+  immutability: {mode: compliance, days: 36501}
+---
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: bad-mode
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+  repository: s3://hospital-backups/careplane
+  immutability: {mode: legal-hold, days: 30}
+";
+    let all = problems(text);
+    let got: Vec<(usize, &str, &str, Option<&str>)> = all
+        .iter()
+        .map(|d| {
+            (
+                d.line,
+                d.path.as_str(),
+                d.message.as_str(),
+                d.help.as_deref(),
+            )
+        })
+        .collect();
+    let has = |line: usize, path: &str, needle: &str| {
+        assert!(
+            got.iter()
+                .any(|(l, p, m, _)| *l == line && *p == path && m.contains(needle)),
+            "no problem at line {line} {path} containing {needle:?} in {got:#?}"
+        );
+    };
+    has(
+        9,
+        "spec.immutability",
+        "BackupPolicy \"locked-local\": immutability needs an s3:// repository (S3 Object Lock), \
+         but the repository is \"file:///srv/backups\"",
+    );
+    has(
+        19,
+        "spec.immutability",
+        "BackupPolicy \"default-repo\": immutability needs an s3:// repository",
+    );
+    has(
+        20,
+        "spec.immutability.days",
+        "days 0 is out of range: 1 to 36500",
+    );
+    has(
+        30,
+        "spec.immutability.days",
+        "BackupPolicy \"too-long\": immutability.days 36501 is out of range",
+    );
+    has(
+        40,
+        "spec.immutability.mode",
+        "unknown variant \"legal-hold\"",
+    );
+    assert_eq!(got.len(), 5, "{got:#?}");
+    let help = got
+        .iter()
+        .find(|(l, ..)| *l == 9)
+        .and_then(|(.., h)| *h)
+        .unwrap();
+    assert!(help.contains("Object Lock enabled"), "{help}");
+
+    // On s3:// it loads.
+    let ok = "\
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: locked
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+  repository: s3://hospital-backups/careplane
+  immutability: {mode: governance, days: 14}
+";
+    let set = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", ok),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let policy = set.backup_policy("locked").unwrap();
+    assert_eq!(
+        policy.spec.immutability,
+        Some(careplane_spec::Immutability {
+            mode: careplane_spec::LockMode::Governance,
+            days: 14
+        })
+    );
+}
+
 #[test]
 fn backup_policy_rules() {
     let text = "\

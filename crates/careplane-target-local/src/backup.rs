@@ -119,6 +119,20 @@ impl LocalDriver {
             if let Some(r) = &s.region {
                 store_options.push(("aws_region".to_string(), r.clone()));
             }
+            // As store options, so archive_command locks WAL too.
+            if let Some(lock) = &s.immutability {
+                let mode = match lock.mode {
+                    careplane_spec::LockMode::Governance => careplane_backup::LockMode::Governance,
+                    careplane_spec::LockMode::Compliance => careplane_backup::LockMode::Compliance,
+                };
+                store_options.extend(
+                    careplane_backup::Immutability {
+                        mode,
+                        days: lock.days,
+                    }
+                    .store_options(),
+                );
+            }
         }
         let r = spec.map(|s| s.retention.clone()).unwrap_or_default();
         let window = spec
@@ -836,12 +850,39 @@ impl LocalDriver {
                 wal_deleted: 0,
                 gc_deleted_objects: 0,
                 gc_deleted_bytes: 0,
+                locked: Vec::new(),
+                gc_locked_objects: 0,
             };
             for list in by_env.values() {
                 let times: Vec<Timestamp> = list.iter().map(|m| m.finished).collect();
                 let keep = retention::select(&times, &policy.retention, now);
-                for (m, why) in list.iter().zip(keep) {
-                    if why.is_empty() {
+                // Backups retention lets go but Object Lock still keeps.
+                let mut held = vec![false; list.len()];
+                for ((m, why), held) in list.iter().zip(&keep).zip(&mut held) {
+                    if !why.is_empty() {
+                        continue;
+                    }
+                    // Its restore checks were written after it, so their
+                    // locks end later: the backup waits for theirs too.
+                    let mut until = repo.locked_until(&m.id).map_err(berr(&format!(
+                        "reading the lock of backup {} of tenant {t}",
+                        m.id
+                    )))?;
+                    for c in checks.iter().filter(|c| label(c, "backup") == m.id) {
+                        let u = repo.locked_until(&c.id).map_err(berr(&format!(
+                            "reading the lock of restore check {} of tenant {t}",
+                            c.id
+                        )))?;
+                        until = until.max(u);
+                    }
+                    if let Some(until) = until {
+                        pr.locked
+                            .push(format!("{}: kept by object lock until {until}", m.id));
+                        *held = true;
+                    }
+                }
+                for ((m, why), held) in list.iter().zip(keep).zip(held) {
+                    if why.is_empty() && !held {
                         // Its restore checks go with it (evidence of a
                         // backup that no longer exists proves nothing).
                         for c in checks.iter().filter(|c| label(c, "backup") == m.id) {
@@ -869,6 +910,7 @@ impl LocalDriver {
             )))?;
             pr.gc_deleted_objects = gc.deleted_objects;
             pr.gc_deleted_bytes = gc.deleted_bytes;
+            pr.gc_locked_objects = gc.locked_objects;
             out.repositories.push(pr);
         }
         let clusters: Vec<ResourceRecord> = self
@@ -891,12 +933,28 @@ impl LocalDriver {
                 wal_deleted: 0,
                 gc_deleted_objects: 0,
                 gc_deleted_bytes: 0,
+                locked: Vec::new(),
+                gc_locked_objects: 0,
             };
             let mut oldest_wal: Option<String> = None;
             for m in &ms {
+                let needed = keep.contains(&m.id) || newest.as_deref() == Some(m.id.as_str());
+                let locked = if needed {
+                    None
+                } else {
+                    repo.locked_until(&m.id).map_err(berr(&format!(
+                        "reading the lock of base backup {} of {}",
+                        m.id, crec.id
+                    )))?
+                };
+                if let Some(until) = locked {
+                    pr.locked
+                        .push(format!("{}: kept by object lock until {until}", m.id));
+                }
                 // The newest base backup stays: the parent of the next
-                // incremental one and the base for recovery to now.
-                if keep.contains(&m.id) || newest.as_deref() == Some(m.id.as_str()) {
+                // incremental one and the base for recovery to now. One
+                // Object Lock keeps stays whole, its WAL with it.
+                if needed || locked.is_some() {
                     pr.kept.push(m.id.clone());
                     if let Some(w) = m.labels.get("wal.start") {
                         if oldest_wal.as_ref().is_none_or(|o| w < o) {
@@ -922,6 +980,7 @@ impl LocalDriver {
             )))?;
             pr.gc_deleted_objects = gc.deleted_objects;
             pr.gc_deleted_bytes = gc.deleted_bytes;
+            pr.gc_locked_objects = gc.locked_objects;
             out.repositories.push(pr);
         }
         Ok(out)
