@@ -354,6 +354,9 @@ pub(crate) fn wait_for_archive(
     };
     let (_, failed_at_start, _) = read(client)?;
     let deadline = std::time::Instant::now() + limit;
+    // Archiving one segment takes a few hundred milliseconds: poll often at first
+    // (the query is one row of shared memory), then back off.
+    let mut pause = std::time::Duration::from_millis(10);
     loop {
         let (archived, failed, failed_wal) = read(client)?;
         // Names within a timeline sort by position; `.backup` and
@@ -384,7 +387,8 @@ pub(crate) fn wait_for_archive(
                 ),
             ));
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
     }
 }
 
