@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -34,7 +34,7 @@ pub struct Conn {
     /// `peer`'s address as the upstream's `X-Forwarded-For`.
     pub forwarded_for: HeaderValue,
     /// The pool of the worker thread serving this connection.
-    pub(crate) client: crate::server::Upstreams,
+    pub(crate) client: crate::upstream::Upstreams,
 }
 
 /// The facts of one request that end up in the access log and metrics.
@@ -382,17 +382,13 @@ fn security_headers(h: &mut HeaderMap, route: &RouteState, id: &HeaderValue) {
     h.insert(X_REQUEST_ID, id.clone());
 }
 
-/// The request's own path and query (no copy) on the route's upstream.
-fn upstream_uri(authority: &Authority, uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(
+/// The request's own path and query (no copy), in origin form.
+fn upstream_uri(uri: &Uri) -> Uri {
+    Uri::from(
         uri.path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).expect("scheme, authority and path")
+    )
 }
 
 fn proto(v: Version) -> &'static str {
@@ -643,7 +639,7 @@ async fn forward(
 
     let mut up = Request::new(body);
     *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = upstream_uri(&route.upstream_authority, &parts.uri);
+    *up.uri_mut() = upstream_uri(&parts.uri);
     *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = upstream_headers(
         std::mem::take(&mut parts.headers),
@@ -654,7 +650,7 @@ async fn forward(
     );
 
     let timeout = Duration::from_secs(limits.upstream_timeout_secs);
-    match tokio::time::timeout(timeout, conn.client.request(up)).await {
+    match tokio::time::timeout(timeout, conn.client.send(route.http_port, up)).await {
         Err(_) => {
             let r = page(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -665,10 +661,7 @@ async fn forward(
         }
         Ok(Err(_)) if over.load(Relaxed) => refuse!(Reason::BodyTooLarge, too_large()),
         Ok(Err(e)) => {
-            let timed_out = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<std::io::Error>())
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-            if timed_out {
+            if matches!(e, crate::upstream::Error::ConnectTimeout) {
                 let r = page(
                     StatusCode::GATEWAY_TIMEOUT,
                     "Gateway timeout",
