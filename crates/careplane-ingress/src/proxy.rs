@@ -232,16 +232,18 @@ fn retry_after(r: &mut Response<ProxyBody>, secs: u64) {
         .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
 }
 
-/// Host as the client wrote it (for `X-Forwarded-Host`) and the bare,
-/// lower-case name (for routing).
-fn request_host(req: &Request<Incoming>) -> Option<(String, String)> {
+/// Host as the client wrote it (for `X-Forwarded-Host`; the header itself
+/// when there is one, not a copy) and the bare, lower-case name (for
+/// routing).
+fn request_host(req: &Request<Incoming>) -> Option<(HeaderValue, String)> {
     let raw = match req.uri().authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?.to_owned(),
+        Some(a) => HeaderValue::from_str(a.as_str()).ok()?,
+        None => req.headers().get(header::HOST)?.clone(),
     };
-    let name = match raw.rsplit_once(':') {
+    let text = raw.to_str().ok()?;
+    let name = match text.rsplit_once(':') {
         Some((h, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => raw.as_str(),
+        _ => text,
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     Some((raw, name))
@@ -333,7 +335,7 @@ fn strip(h: &mut HeaderMap, also: fn(&str) -> bool) {
 
 fn upstream_headers(
     mut h: HeaderMap,
-    raw_host: &str,
+    raw_host: &HeaderValue,
     forwarded_for: &HeaderValue,
     id: &HeaderValue,
     websocket: bool,
@@ -352,9 +354,8 @@ fn upstream_headers(
             h.insert(header::COOKIE, v);
         }
     }
-    let host = HeaderValue::from_str(raw_host).expect("came from a header or authority");
-    h.insert(header::HOST, host.clone());
-    h.insert(X_FORWARDED_HOST, host);
+    h.insert(header::HOST, raw_host.clone());
+    h.insert(X_FORWARDED_HOST, raw_host.clone());
     h.insert(X_FORWARDED_FOR, forwarded_for.clone());
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     h.insert(X_REQUEST_ID, id.clone());
@@ -405,12 +406,13 @@ pub async fn handle(
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
     let snapshot = shared.current();
-    let (raw_host, host) = request_host(&req).unwrap_or_default();
+    let (raw_host, host) =
+        request_host(&req).unwrap_or_else(|| (HeaderValue::from_static(""), String::new()));
     let route = snapshot.route(&host).cloned();
     let mut ctx = Ctx {
         id: shared.next_request_id(),
         start: Instant::now(),
-        host: host.clone(),
+        host,
         route: route.clone(),
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
@@ -445,7 +447,7 @@ async fn forward(
     conn: &Conn,
     shared: &Arc<Shared>,
     route: &Arc<RouteState>,
-    raw_host: &str,
+    raw_host: &HeaderValue,
     ctx: &mut Ctx,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let limits = &route.limits;
@@ -582,9 +584,10 @@ async fn forward(
         return websocket_tunnel(req, conn, shared, route, raw_host, ctx).await;
     }
 
+    let jsonrpc = filter::is_jsonrpc(&path);
     let (mut parts, incoming) = req.into_parts();
     let over = Arc::new(AtomicBool::new(false));
-    let body: ProxyBody = if filter::is_jsonrpc(&path) {
+    let body: ProxyBody = if jsonrpc {
         let cap = limits.max_inspected_body_bytes.min(limits.max_body_bytes);
         let collected = http_body_util::Limited::new(incoming, cap as usize)
             .collect()
@@ -696,7 +699,7 @@ async fn websocket_tunnel(
     conn: &Conn,
     shared: &Arc<Shared>,
     route: &Arc<RouteState>,
-    raw_host: &str,
+    raw_host: &HeaderValue,
     ctx: &mut Ctx,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let bad_gateway = || {
@@ -824,7 +827,7 @@ pub async fn redirect(
     shared: Arc<Shared>,
 ) -> Response<ProxyBody> {
     let snapshot = shared.current();
-    let (_, host) = request_host(&req).unwrap_or_default();
+    let host = request_host(&req).map(|(_, h)| h).unwrap_or_default();
     let route = snapshot.route(&host).cloned();
     let ctx = Ctx {
         id: shared.next_request_id(),
@@ -932,7 +935,13 @@ mod tests {
         pairs.extend([("Cookie", "a=1"), ("Cookie", "b=2"), ("Accept", "*/*")]);
         let ip = HeaderValue::from_static("192.0.2.7");
         let id = HeaderValue::from_static("00000000000000ab");
-        let h = upstream_headers(map(&pairs), "a.example:8443", &ip, &id, false);
+        let h = upstream_headers(
+            map(&pairs),
+            &HeaderValue::from_static("a.example:8443"),
+            &ip,
+            &id,
+            false,
+        );
         assert_eq!(
             names(&h),
             [
