@@ -49,6 +49,140 @@ pub struct Record<'a> {
     pub blocked: Option<&'a str>,
 }
 
+impl Record<'_> {
+    /// The record as one JSON object, byte for byte what `serde_json` makes
+    /// of it (a test holds the two together). Written by hand because
+    /// serde's per-field dispatch and escaping were ~5% of the proxy's
+    /// instructions per request.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":");
+        json_str(out, self.time);
+        out.extend_from_slice(b",\"id\":");
+        json_str(out, self.id);
+        out.extend_from_slice(b",\"route\":");
+        json_str(out, self.route);
+        out.extend_from_slice(b",\"host\":");
+        json_str(out, self.host);
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path);
+        out.extend_from_slice(b",\"proto\":");
+        json_str(out, self.proto);
+        out.extend_from_slice(b",\"status\":");
+        decimal(out, u64::from(self.status));
+        out.extend_from_slice(b",\"bytes_in\":");
+        decimal(out, self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        decimal(out, self.bytes_out);
+        out.extend_from_slice(b",\"duration_ms\":");
+        millis(out, self.duration_ms);
+        out.extend_from_slice(b",\"client\":\"");
+        match self.client {
+            IpAddr::V4(a) => {
+                for (i, o) in a.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    decimal(out, u64::from(o));
+                }
+            }
+            // Only hex digits and colons: nothing to escape.
+            IpAddr::V6(a) => {
+                let _ = write!(out, "{a}");
+            }
+        }
+        out.push(b'"');
+        if let Some(b) = self.blocked {
+            out.extend_from_slice(b",\"blocked\":");
+            json_str(out, b);
+        }
+        out.push(b'}');
+    }
+}
+
+/// A JSON string as `serde_json` escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let b = s.as_bytes();
+    // Nearly every value needs no escape; a pass without early exit (which
+    // the compiler vectorizes) finds out, at a fraction of the loop below.
+    let plain = b
+        .iter()
+        .fold(true, |ok, &c| ok & (c >= 0x20) & (c != b'"') & (c != b'\\'));
+    if plain {
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                out.extend_from_slice(&b[start..i]);
+                out.extend_from_slice(b"\\u00");
+                out.push(b"0123456789abcdef"[usize::from(c >> 4)]);
+                out.push(b"0123456789abcdef"[usize::from(c & 0xf)]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&b[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Milliseconds with at most three decimals (what the proxy records), as
+/// `serde_json` prints such an `f64`: `12.0`, `1.5`, `0.042`. Anything else
+/// (not a whole number of microseconds, or huge) goes through `serde_json`.
+fn millis(out: &mut Vec<u8>, ms: f64) {
+    let micros = (ms * 1e3).round();
+    if !(0.0..1e12).contains(&micros) || micros / 1e3 != ms {
+        let _ = serde_json::to_writer(&mut *out, &ms);
+        return;
+    }
+    let micros = micros as u64;
+    decimal(out, micros / 1000);
+    out.push(b'.');
+    let frac = micros % 1000;
+    let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    let keep = if frac.is_multiple_of(100) {
+        1
+    } else if frac.is_multiple_of(10) {
+        2
+    } else {
+        3
+    };
+    for d in &digits[..keep] {
+        out.push(b'0' + *d as u8);
+    }
+}
+
 type Ack = mpsc::Sender<Result<(), String>>;
 
 #[derive(Default)]
@@ -140,7 +274,7 @@ impl AccessLog {
     pub fn write(&self, r: &Record<'_>) {
         LINE.with_borrow_mut(|line| {
             line.clear();
-            serde_json::to_writer(&mut *line, r).expect("record serializes");
+            r.write_json(line);
             line.push(b'\n');
             let mut st = self.inner.lock();
             let was_empty = st.pending.is_empty();
@@ -269,6 +403,60 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect()
+    }
+
+    #[test]
+    fn hand_written_json_is_what_serde_json_writes() {
+        let paths = [
+            "/web",
+            "/a\"b\\c",
+            "/ctl\u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f}",
+            "/é/日本/😀",
+            "",
+        ];
+        let durations = [
+            0.0,
+            0.001,
+            0.01,
+            0.042,
+            0.1,
+            1.5,
+            12.0,
+            12.34,
+            999.999,
+            1234567.891,
+            0.0005,
+            1e300,
+            f64::NAN,
+        ];
+        let clients = [
+            "192.0.2.7",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "::ffff:192.0.2.1",
+        ];
+        for (i, path) in paths.iter().enumerate() {
+            for (j, d) in durations.iter().enumerate() {
+                let client = clients[(i + j) % clients.len()];
+                let mut r = record("00ab", "2026-12-02T06:00:00.000Z");
+                r.path = path;
+                r.host = path;
+                r.duration_ms = *d;
+                r.client = client.parse().unwrap();
+                r.status = [200, 101, 404, 503][j % 4];
+                r.bytes_in = [0, 9, 10, 18446744073709551615][j % 4];
+                r.blocked = (j % 2 == 0).then_some("db-service");
+                let mut mine = Vec::new();
+                r.write_json(&mut mine);
+                let theirs = serde_json::to_vec(&r).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&mine),
+                    String::from_utf8_lossy(&theirs)
+                );
+            }
+        }
     }
 
     #[test]

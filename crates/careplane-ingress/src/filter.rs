@@ -2,12 +2,17 @@
 //! JSON-RPC bodies call the `db` service. The lists are
 //! `careplane_model::ingress_policy`'s, shared with the Kubernetes target.
 
+use std::borrow::Cow;
+
 use careplane_model::ingress_policy as policy;
 
 /// The path as Odoo's router (Werkzeug) will see it: percent-decoded once,
 /// repeated slashes collapsed, `.` and `..` segments resolved. `None` when it
 /// cannot be decoded (invalid UTF-8, NUL), which is refused.
-pub fn normalize_path(raw: &str) -> Option<String> {
+pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
+    if is_normal(raw) {
+        return Some(Cow::Borrowed(raw));
+    }
     let decoded = percent_decode(raw.as_bytes())?;
     let s = String::from_utf8(decoded).ok()?;
     if s.contains('\0') {
@@ -31,7 +36,28 @@ pub fn normalize_path(raw: &str) -> Option<String> {
     if path.is_empty() || (s.ends_with('/') && !out.is_empty()) {
         path.push('/');
     }
-    Some(path)
+    Some(Cow::Owned(path))
+}
+
+/// Whether `raw` is already what [`normalize_path`] would make of it (most
+/// request paths are), so the decoding and rebuilding can be skipped: it
+/// starts with `/`, has no `%` escape, no empty segment but a trailing one,
+/// and no `.` or `..` segment.
+fn is_normal(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    if rest.contains('%') || rest.contains('\0') {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || seg == "." || seg == ".." {
+            return false;
+        }
+    }
+    true
 }
 
 fn percent_decode(b: &[u8]) -> Option<Vec<u8>> {
@@ -146,6 +172,39 @@ mod tests {
         assert_eq!(normalize_path("/a%ffb"), None);
         assert_eq!(normalize_path("/100%").unwrap(), "/100%");
         assert_eq!(normalize_path("/a/b/").unwrap(), "/a/b/");
+        // Already normal paths are returned as they are; the rest match
+        // what the full decoding makes of them.
+        for p in [
+            "/",
+            "/web",
+            "/web/",
+            "/a/b/c",
+            "/a.b/c..d/.e",
+            "//",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/.",
+            "/..",
+            "/a/.",
+            "/a/..",
+            "/a/..b",
+            "/%2e%2e/x",
+            "*",
+            "",
+            "a/b",
+            "/a/b//",
+        ] {
+            let fast = is_normal(p);
+            let got = normalize_path(p).unwrap();
+            assert_eq!(matches!(got, Cow::Borrowed(_)), fast, "{p}");
+            if fast {
+                assert_eq!(got, p);
+            }
+        }
+        assert_eq!(normalize_path("/a/b//").unwrap(), "/a/b/");
+        assert_eq!(normalize_path("/a/..b").unwrap(), "/a/..b");
+        assert_eq!(normalize_path("*").unwrap(), "/*");
     }
 
     #[test]

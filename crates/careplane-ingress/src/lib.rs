@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod ratelimit;
 mod server;
 pub mod snapshot;
+mod upstream;
 
 use std::path::PathBuf;
 

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -26,6 +24,7 @@ use crate::metrics::Registry;
 use crate::proxy::{self, Conn, ProxyBody};
 use crate::ratelimit::Limiter;
 use crate::snapshot::{self, RouteIds, Snapshot};
+use crate::upstream::{self, Upstreams};
 use crate::Error;
 
 /// Everything the connections share; the routes are one swappable snapshot.
@@ -359,23 +358,14 @@ struct Worker {
     connect_timeout: Duration,
 }
 
-/// The pooled keep-alive client to the upstreams; one per worker.
-pub(crate) type Upstreams = Client<HttpConnector, ProxyBody>;
-
 impl Worker {
     async fn run(
         self,
         mut https: mpsc::UnboundedReceiver<Accepted>,
         mut http: mpsc::UnboundedReceiver<Accepted>,
     ) {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        let client: Upstreams = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .set_host(false)
-            .build(connector);
+        let client = Upstreams::new(self.connect_timeout);
+        let mut sweep = tokio::time::interval(upstream::IDLE_TIMEOUT / 3);
         let graceful = GracefulShutdown::new();
         let builder = Arc::new(conn_builder());
         let mut stop = self.stop.clone();
@@ -405,6 +395,7 @@ impl Worker {
                     }
                     None => http_open = false,
                 },
+                _ = sweep.tick() => client.sweep(),
                 _ = stop.changed() => break,
             }
         }

@@ -21,8 +21,6 @@ pub struct RouteState {
     /// Stable for a host across reloads (rate-limit buckets are keyed by it).
     pub id: u32,
     pub http_port: u16,
-    /// `127.0.0.1:<http_port>`, parsed once.
-    pub upstream_authority: http::uri::Authority,
     pub websocket_port: u16,
     pub limits: Limits,
     pub admin_paths: Vec<String>,
@@ -152,9 +150,6 @@ pub fn build(
                 host: r.host.clone(),
                 id: ids.get(&r.host),
                 http_port: r.upstream.http,
-                upstream_authority: format!("127.0.0.1:{}", r.upstream.http)
-                    .parse()
-                    .expect("address and port"),
                 websocket_port: r.upstream.websocket.unwrap_or(r.upstream.http),
                 limits,
                 admin_paths: r.admin_paths.clone(),

@@ -807,3 +807,72 @@ async fn a_route_added_under_load_loses_no_request() {
     let env = std::sync::Arc::try_unwrap(env).ok().unwrap();
     env.running.shutdown().await;
 }
+
+/// An upstream that counts the connections it accepts and closes one after
+/// answering `/close` (as Odoo's server may close an idle keep-alive one).
+async fn counting_upstream() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            n.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let mut r = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if req.uri().path() == "/close" {
+                            r.headers_mut()
+                                .insert(http::header::CONNECTION, "close".parse().unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_a_closed_one_is_replaced() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let a = Upstream::start("a").await;
+    let (port, accepted) = counting_upstream().await;
+    let env = Env::start(|ca, dir| {
+        let mut r = route(ca, A, &a);
+        r["upstream"]["http"] = json!(port);
+        let mut c = config(dir, vec![r]);
+        // One worker: one set of upstream connections to count.
+        c["workers"] = json!(1);
+        c
+    })
+    .await;
+    let mut c = env.client(A, false).await;
+    for _ in 0..5 {
+        let r = c.get(&env.host(A), "/web").await;
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    let mut h2 = env.client(A, true).await;
+    assert_eq!(h2.get(&env.host(A), "/web").await.status, StatusCode::OK);
+    assert_eq!(
+        accepted.load(SeqCst),
+        1,
+        "one kept-alive upstream connection"
+    );
+
+    assert_eq!(c.get(&env.host(A), "/close").await.status, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(c.get(&env.host(A), "/web").await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        accepted.load(SeqCst),
+        2,
+        "the closed connection was replaced by one new one"
+    );
+    env.running.shutdown().await;
+}
