@@ -4,6 +4,12 @@
 //! `careplane-spec`, and calls `careplane-engine`. Output goes to stdout
 //! (results, `--output json`) and stderr (progress, errors).
 
+// The ingress proxy runs as `careplane ingress-run`: mimalloc took ~7 % of its
+// instructions per request off glibc's malloc (docs/benchmarks.md, session 9), and
+// `careplane serve` allocates per probe and per request the same way.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
