@@ -113,10 +113,6 @@ pub struct ChunkRef {
     pub hash: String,
 }
 
-/// How much of a file one restore worker writes at a time (whole chunks, at least
-/// this many bytes unless the file ends first).
-const RESTORE_RUN_BYTES: u64 = 8 << 20;
-
 impl ChunkRef {
     /// The chunk's object name.
     pub fn object(&self) -> String {
@@ -760,106 +756,44 @@ impl Repository {
                 FileKind::File => files.push((target, entry)),
             }
         }
-        // Work is cut into runs of consecutive chunks (a few MiB) rather than whole
-        // files, each written at its offset: a PostgreSQL data directory is mostly
-        // 1 GiB segments, and one thread decrypting and decompressing a whole
-        // segment would leave the others idle. Files are created (and their chunk
-        // sums checked against the index) before any byte is written.
-        let mut handles = Vec::with_capacity(files.len());
-        let mut runs: Vec<(usize, usize, usize, u64)> = Vec::new();
-        for (target, entry) in &files {
-            let mut total = 0u64;
-            let mut run_start = 0usize;
-            let mut run_offset = 0u64;
-            let mut run_bytes = 0u64;
-            for (i, id) in entry.chunks.iter().enumerate() {
-                let c = table.get(id.as_str()).ok_or_else(|| {
-                    corrupt(
-                        &manifest.id,
-                        &entry.path,
-                        format!("chunk {id} is not in the manifest's chunk table"),
-                    )
-                })?;
-                if run_bytes >= RESTORE_RUN_BYTES {
-                    runs.push((handles.len(), run_start, i, run_offset));
-                    run_start = i;
-                    run_offset = total;
-                    run_bytes = 0;
-                }
-                total += c.plain_size;
-                run_bytes += c.plain_size;
-            }
-            if run_start < entry.chunks.len() {
-                runs.push((handles.len(), run_start, entry.chunks.len(), run_offset));
-            }
-            if total != entry.size {
-                return Err(corrupt(
-                    &manifest.id,
-                    &entry.path,
-                    format!(
-                        "chunks add up to {total} bytes, the index says {}",
-                        entry.size
-                    ),
-                ));
-            }
-            let f = std::fs::OpenOptions::new()
+        let next = AtomicU64::new(0);
+        let bytes = AtomicU64::new(0);
+        let failed: Mutex<Option<BackupError>> = Mutex::new(None);
+        let restore_file = |target: &std::path::Path, entry: &FileEntry| -> Result<()> {
+            let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(entry.mode & 0o7777)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(target)
                 .map_err(io(format!("creating {}", target.display())))?;
-            handles.push(f);
-        }
-        let bytes = AtomicU64::new(0);
-        let failed: Mutex<Option<BackupError>> = Mutex::new(None);
-        let write_run = |&(file, from, to, offset): &(usize, usize, usize, u64)| -> Result<()> {
-            use std::os::unix::fs::FileExt;
-            let (target, entry) = &files[file];
-            let mut at = offset;
-            for id in &entry.chunks[from..to] {
-                // Present: checked when the runs were cut.
-                let data = self.read_chunk(&manifest.id, table[id.as_str()])?;
-                handles[file]
-                    .write_all_at(&data, at)
-                    .map_err(io(format!("writing {}", target.display())))?;
-                at += data.len() as u64;
-                bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            Ok(())
-        };
-        let finish_file = |i: usize| -> Result<()> {
-            let target = &files[i].0;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+            let n = self.write_entry(&manifest, &table, entry, &mut w)?;
+            w.flush()
+                .map_err(io(format!("writing {}", target.display())))?;
+            drop(w);
             if sync {
-                handles[i]
-                    .sync_all()
+                f.sync_all()
                     .map_err(io(format!("syncing {}", target.display())))?;
             }
-            chown(target)
+            chown(target)?;
+            bytes.fetch_add(n, Ordering::Relaxed);
+            Ok(())
         };
-        let threads = self.opts.threads.max(1);
-        let parallel = |count: usize, work: &(dyn Fn(usize) -> Result<()> + Sync)| {
-            let next_item = AtomicU64::new(0);
-            std::thread::scope(|s| {
-                for _ in 0..threads {
-                    s.spawn(|| loop {
-                        let i = next_item.fetch_add(1, Ordering::Relaxed) as usize;
-                        if i >= count || failed.lock().unwrap().is_some() {
-                            break;
-                        }
-                        if let Err(e) = work(i) {
-                            failed.lock().unwrap().get_or_insert(e);
-                        }
-                    });
-                }
-            });
-        };
-        parallel(runs.len(), &|i| write_run(&runs[i]));
-        // Then every file's fsync (and owner), also spread over the threads: the
-        // device can take several flushes at once.
-        if failed.lock().unwrap().is_none() {
-            parallel(files.len(), &finish_file);
-        }
+        std::thread::scope(|s| {
+            for _ in 0..self.opts.threads.max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= files.len() || failed.lock().unwrap().is_some() {
+                        break;
+                    }
+                    let (target, entry) = &files[i];
+                    if let Err(e) = restore_file(target, entry) {
+                        failed.lock().unwrap().get_or_insert(e);
+                    }
+                });
+            }
+        });
         if let Some(e) = failed.into_inner().unwrap() {
             return Err(e);
         }

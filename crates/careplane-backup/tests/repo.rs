@@ -596,12 +596,11 @@ fn refuses_bad_urls_and_keys() {
     assert!(err.contains("no config.json"), "{err}");
 }
 
-/// Files larger than one restore run (8 MiB of chunks) are written by several threads
-/// at once, each at its offset: the result is byte for byte the original, an empty
-/// file stays empty, and a damaged chunk in the middle of a large file fails the
-/// restore naming the backup and the object.
+/// Large files of many chunks restore byte for byte beside an empty and a small one,
+/// and a damaged chunk in the middle of a large file fails the restore naming the
+/// backup and the object.
 #[test]
-fn large_files_restore_in_parallel_runs() {
+fn large_files_restore_whole_and_a_damaged_chunk_is_named() {
     let b = common::file_backend();
     let repo = b.open(&keys()).unwrap();
     let src = tempfile::tempdir().unwrap();
