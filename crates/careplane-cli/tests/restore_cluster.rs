@@ -336,3 +336,43 @@ fn restore_cluster_refuses_and_changes_nothing() {
         .count();
     assert_eq!(refusals, 7, "{log}");
 }
+
+#[test]
+fn the_environments_odoo_is_stopped_and_started_again_around_the_restore() {
+    let tenants = TENANTS.replace(
+        "  tenancy: shared\n",
+        "  tenancy: shared\n  modules: [base]\n",
+    );
+    let p = Platform::with_odoo(&tenants);
+    p.ok(&["apply"]);
+    insert(&p, "alpha", &[1]);
+    p.ok(&["backup", "create", "alpha/production"]);
+    insert(&p, "alpha", &[2]);
+    archive_now(&p);
+    let odoo_pids = |p: &Platform| -> Vec<Value> {
+        let s = p.json_allow_fail(&["status"]);
+        s["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["odooProcesses"].clone())
+            .collect()
+    };
+    let before = odoo_pids(&p);
+    lose_cluster(&p, false);
+
+    let r = p.json(&["backup", "restore-cluster", "shared", "--confirm", "shared"]);
+    assert_eq!(
+        r["environments"],
+        serde_json::json!(["alpha/production", "beta/production"]),
+        "{r}"
+    );
+    assert_eq!(ids(&p, "alpha"), vec![1, 2]);
+    let s = p.json(&["status"]);
+    for e in s["environments"].as_array().unwrap() {
+        assert_eq!(e["pgHealth"]["ok"], true, "{e}");
+        assert_eq!(e["odooHealth"]["ok"], true, "{e}");
+    }
+    assert_ne!(odoo_pids(&p), before, "Odoo was restarted");
+    assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+}
