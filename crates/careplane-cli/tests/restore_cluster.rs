@@ -252,6 +252,9 @@ fn restore_cluster_to_a_time_between_two_inserts_resumes_after_being_killed() {
     // Killed once the base backup's files are in place, before recovery.
     crash(&p, &args, "pg-cluster/shared@restore-cluster-files");
     assert!(root.join("data/PG_VERSION").exists());
+    // Killed again once promoted: that run's server runs on a timeline of
+    // its own and archives it; the next run must not follow it.
+    crash(&p, &args, "pg-cluster/shared@restore-cluster-promoted");
     let mut json_args = args.to_vec();
     json_args.extend(["--output", "json"]);
     let r: Value = serde_json::from_str(&p.ok(&json_args)).unwrap();

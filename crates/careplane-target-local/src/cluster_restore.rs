@@ -182,11 +182,11 @@ impl LocalDriver {
                 )
             }
         };
+        let wal = repo
+            .list_wal()
+            .map_err(|e| unreadable(careplane_backup::error_chain(&e)))?;
         if label(&base, "method") == "direct" {
             let first = label(&base, "wal.start");
-            let wal = repo
-                .list_wal()
-                .map_err(|e| unreadable(careplane_backup::error_chain(&e)))?;
             if !first.is_empty() && !wal.iter().any(|w| w == first) {
                 return Err(refused(format!(
                     "the repository {repo_url} lacks WAL file {first}, where base backup {} \
@@ -218,9 +218,19 @@ impl LocalDriver {
             None if std::fs::symlink_metadata(&data).is_ok() => Some(lost_path(&root)),
             None => None,
         };
+        // The timeline to follow, fixed by the first run: a run killed after
+        // its promotion archived a timeline of its own, which `latest` would
+        // follow on the next run.
+        let timeline = resumed
+            .as_ref()
+            .and_then(|r| r.get("timeline"))
+            .and_then(Value::as_u64)
+            .map(|t| t as u32)
+            .unwrap_or_else(|| newest_timeline(&wal, &base));
         self.set_cluster_intent(
             &cluster_id,
             Some(json!({
+                "timeline": timeline,
                 "lost": lost.as_ref().map(|p| p.display().to_string()),
                 "started": rfc3339(started_at),
                 "backup": base.id,
@@ -244,6 +254,7 @@ impl LocalDriver {
             &cluster,
             &base,
             target,
+            timeline,
             &target_text,
             lost.as_deref(),
             progress,
@@ -349,6 +360,7 @@ impl LocalDriver {
         cluster: &PgCluster,
         base: &Manifest,
         target: Option<Target>,
+        timeline: u32,
         target_text: &str,
         lost: Option<&Path>,
         progress: &(dyn Fn(BackupEvent) + Sync),
@@ -422,7 +434,7 @@ impl LocalDriver {
         )?;
         let mut recovering =
             self.with_host(|d, h| d.cluster_handle(&crec, h).map_err(Error::from))?;
-        for (k, v) in recovery_settings(&crec, &socket, target) {
+        for (k, v) in recovery_settings(&crec, &socket, target, timeline) {
             recovering.settings.insert(k, v);
         }
         recovering.init(&tls)?;
@@ -444,8 +456,8 @@ impl LocalDriver {
                 log_tail(&recovering)
             ))
         })?;
-        careplane_engine::crash_point(&cluster_id, "restore-cluster-recovering");
         let recovered = wait_promoted(&recovering, &cluster_id)?;
+        careplane_engine::crash_point(&cluster_id, "restore-cluster-promoted");
         let recovery_ms = t_recovery.elapsed().as_millis() as u64;
         drop(wal_server);
 
@@ -538,6 +550,19 @@ struct Recovered {
     timeline: Option<u32>,
 }
 
+/// The newest timeline the repository knows (its highest `.history` file,
+/// or the base backup's own): what `recovery_target_timeline = 'latest'`
+/// would follow now.
+fn newest_timeline(wal: &[String], base: &Manifest) -> u32 {
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+    let from_history = wal
+        .iter()
+        .filter_map(|n| n.strip_suffix(".history"))
+        .filter_map(hex);
+    let from_base = label(base, "wal.start").get(..8).and_then(hex);
+    from_history.chain(from_base).max().unwrap_or(1)
+}
+
 /// `<root>/data.lost-<UTC stamp>`, unused so far.
 fn lost_path(root: &Path) -> PathBuf {
     let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
@@ -559,11 +584,12 @@ fn recovery_settings(
     crec: &ResourceRecord,
     socket: &Path,
     target: Option<Target>,
+    timeline: u32,
 ) -> Vec<(String, String)> {
     let mut out = vec![
         ("restore_command".into(), wal_fetch_command(crec, socket)),
         ("recovery_target_action".into(), "promote".into()),
-        ("recovery_target_timeline".into(), "latest".into()),
+        ("recovery_target_timeline".into(), timeline.to_string()),
     ];
     match target {
         Some(Target::Time(t)) => {
