@@ -223,6 +223,30 @@ fn a_lost_shared_cluster_comes_back_with_every_archived_commit_and_keeps_the_los
     insert(&p, "beta", &[40]);
     archive_now(&p);
     assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+
+    // A running cluster, with --force: from the same base backup, through
+    // the first restore's new timeline, to its last archived commit.
+    let again = p.json(&[
+        "backup",
+        "restore-cluster",
+        "shared",
+        "--confirm",
+        "shared",
+        "--force",
+    ]);
+    assert!(
+        again["timeline"].as_u64().unwrap() > r["timeline"].as_u64().unwrap(),
+        "{again}"
+    );
+    assert_eq!(again["clusterBackup"], r["clusterBackup"]);
+    assert_eq!(ids(&p, "beta"), vec![10, 20, 30, 40]);
+    assert_eq!(ids(&p, "alpha"), vec![1, 2, 3, 4, 5]);
+    assert_eq!(lost_dirs(&root).len(), 2);
+    let kept = PathBuf::from(again["lostDataDir"].as_str().unwrap());
+    assert!(
+        kept.join("global/pg_control").exists(),
+        "the healthy one, whole"
+    );
 }
 
 #[test]
