@@ -192,6 +192,7 @@ fn a_lost_shared_cluster_comes_back_with_every_archived_commit_and_keeps_the_los
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("restore-cluster outcome: {r}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("restoring base backup"),
         "progress on stderr: {}",

@@ -237,13 +237,11 @@ impl LocalDriver {
                 "target": target_text,
             })),
         )?;
-        let mut stopped = Vec::new();
         for e in &envs {
             if let Some(o) = &e.odoo {
                 progress(BackupEvent::Phase(format!("stopping Odoo of {}", e.name)));
                 self.set_maintenance(&o.id, true)?;
                 self.stop_odoo_env(o)?;
-                stopped.push(e.name.clone());
             }
         }
         careplane_engine::crash_point(&cluster_id, "restore-cluster-stopped-envs");
