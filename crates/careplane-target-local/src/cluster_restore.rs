@@ -195,7 +195,7 @@ impl LocalDriver {
                 )));
             }
         }
-        let cluster = self.with_host(|d, h| d.cluster_handle(&crec, h).map_err(Error::from))?;
+        let cluster = self.with_host(|d, h| d.cluster_handle(&crec, h))?;
         let resumed = crec.observed.get("clusterRestore").cloned();
         if resumed.is_none() && !req.force && healthy(&cluster) {
             return Err(refused(format!(
@@ -370,18 +370,16 @@ impl LocalDriver {
         // half-restored one removed.
         let data_present = std::fs::symlink_metadata(&data).is_ok();
         match lost {
-            Some(lost) if !lost.exists() => {
-                if data_present {
-                    progress(BackupEvent::Phase(format!(
-                        "moving {} aside to {}",
-                        data.display(),
-                        lost.display()
-                    )));
-                    std::fs::rename(&data, lost).map_err(|e| Error::Io {
-                        what: format!("moving {} to {}", data.display(), lost.display()),
-                        source: e,
-                    })?;
-                }
+            Some(lost) if !lost.exists() && data_present => {
+                progress(BackupEvent::Phase(format!(
+                    "moving {} aside to {}",
+                    data.display(),
+                    lost.display()
+                )));
+                std::fs::rename(&data, lost).map_err(|e| Error::Io {
+                    what: format!("moving {} to {}", data.display(), lost.display()),
+                    source: e,
+                })?;
             }
             _ if data_present => {
                 // The intent says the original is aside already (or there
@@ -430,8 +428,7 @@ impl LocalDriver {
             &restore_dir.join(format!("cluster-{}.tmp", req.scope)),
             owner,
         )?;
-        let mut recovering =
-            self.with_host(|d, h| d.cluster_handle(&crec, h).map_err(Error::from))?;
+        let mut recovering = self.with_host(|d, h| d.cluster_handle(&crec, h))?;
         for (k, v) in recovery_settings(&crec, &socket, target, timeline) {
             recovering.settings.insert(k, v);
         }
@@ -464,7 +461,7 @@ impl LocalDriver {
         progress(BackupEvent::Phase(format!(
             "restarting {cluster_id} with its configuration"
         )));
-        let normal = self.with_host(|d, h| d.cluster_handle(&crec, h).map_err(Error::from))?;
+        let normal = self.with_host(|d, h| d.cluster_handle(&crec, h))?;
         // Stopped first: init reloads a running server, which refuses a
         // reload that changes the recovery settings.
         normal.stop()?;
@@ -520,7 +517,7 @@ impl LocalDriver {
         crec: &mut ResourceRecord,
     ) -> Result<careplane_local::pg::TlsFiles, Error> {
         let scope = runtime::str_prop(crec, "scope")?.to_string();
-        Ok(self.server_tls(crec, &format!("careplane pg {scope}"))?)
+        self.server_tls(crec, &format!("careplane pg {scope}"))
     }
 
     fn set_cluster_intent(&mut self, id: &str, intent: Option<Value>) -> Result<(), Error> {
