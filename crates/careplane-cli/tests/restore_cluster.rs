@@ -274,6 +274,32 @@ fn restore_cluster_to_a_time_between_two_inserts_resumes_after_being_killed() {
         "--confirm",
         "shared",
     ];
+    // A time after the last archived WAL (the cluster archives nothing
+    // more): refused, nothing changed.
+    let late = p.run(&[
+        "backup",
+        "restore-cluster",
+        "shared",
+        "--to-time",
+        &careplane_backup::Timestamp::now().to_string(),
+        "--confirm",
+        "shared",
+    ]);
+    assert!(!late.status.success());
+    assert!(
+        text(&late).contains("after the last archived WAL"),
+        "{}",
+        text(&late)
+    );
+    assert!(!root.join("data").exists() && root.join("gone").exists());
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let rec = store.resource(CLUSTER).unwrap().unwrap();
+    assert!(
+        rec.observed.get("clusterRestore").is_none(),
+        "{}",
+        rec.observed
+    );
+    drop(store);
     // Killed once the base backup's files are in place, before recovery.
     crash(&p, &args, "pg-cluster/shared@restore-cluster-files");
     assert!(root.join("data/PG_VERSION").exists());
@@ -283,12 +309,13 @@ fn restore_cluster_to_a_time_between_two_inserts_resumes_after_being_killed() {
     let mut json_args = args.to_vec();
     json_args.extend(["--output", "json"]);
     let r: Value = serde_json::from_str(&p.ok(&json_args)).unwrap();
-    assert_eq!(r["target"], t.as_str());
+    let at = |s: &str| s.parse::<careplane_backup::Timestamp>().unwrap();
+    assert_eq!(at(r["target"].as_str().unwrap()), at(&t), "{r}");
     // No data directory was there to keep.
     assert!(r["lostDataDir"].is_null(), "{r}");
     assert!(lost_dirs(&root).is_empty());
     let recovered: String = r["recoveredTo"].as_str().unwrap().to_string();
-    assert!(recovered.as_str() <= t.as_str(), "{recovered} after {t}");
+    assert!(at(&recovered) <= at(&t), "{recovered} after {t}");
 
     assert_eq!(ids(&p, "alpha"), vec![1, 2]);
     assert_eq!(ids(&p, "beta"), vec![20]);

@@ -166,6 +166,17 @@ impl LocalDriver {
                         oldest.id, oldest.finished
                     )));
                 };
+                // Recovery to T stops at the first commit after T; an archive
+                // written entirely before T holds none, and PostgreSQL would
+                // stop with the cluster half-replaced.
+                let newest = repo
+                    .newest_wal()
+                    .map_err(|e| unreadable(careplane_backup::error_chain(&e)))?;
+                if let Some((name, at)) = newest.filter(|(_, at)| t >= *at) {
+                    return Err(refused(format!(
+                        "--to-time {t} is after the last archived WAL of {cluster_id} ({name},                          archived {at}): nothing later can be recovered; leave --to-time out to                          recover to the end of the archive"
+                    )));
+                }
                 (b.clone(), Some(Target::Time(t)), rfc3339(t))
             }
             Some(RestorePoint::Backup(id)) => {
