@@ -227,7 +227,7 @@ fn a_lost_shared_cluster_comes_back_with_every_archived_commit_and_keeps_the_los
 
     // A running cluster, with --force: from the same base backup, through
     // the first restore's new timeline, to its last archived commit.
-    let again = p.json(&[
+    let said = p.ok(&[
         "backup",
         "restore-cluster",
         "shared",
@@ -235,6 +235,13 @@ fn a_lost_shared_cluster_comes_back_with_every_archived_commit_and_keeps_the_los
         "shared",
         "--force",
     ]);
+    assert!(
+        said.starts_with("restored pg-cluster/shared from base backup")
+            && said.contains("the replaced data directory is kept at"),
+        "{said}"
+    );
+    let again = status_server(&p)["lastRestore"].clone();
+    assert_ne!(again["started"], r["started"], "{again}");
     assert!(
         again["timeline"].as_u64().unwrap() > r["timeline"].as_u64().unwrap(),
         "{again}"
