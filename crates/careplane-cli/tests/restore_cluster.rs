@@ -157,6 +157,13 @@ fn lose_cluster(p: &Platform, remove: bool) {
     }
 }
 
+/// A restore-cluster run's intent on the cluster's record, while unfinished.
+fn intent(p: &Platform) -> Option<Value> {
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let rec = store.resource(CLUSTER).unwrap().unwrap();
+    rec.observed.get("clusterRestore").cloned()
+}
+
 fn status_server(p: &Platform) -> Value {
     let s = p.json(&["status"]);
     s["servers"]
@@ -299,20 +306,14 @@ fn restore_cluster_to_a_time_between_two_inserts_resumes_after_being_killed() {
         text(&late)
     );
     assert!(!root.join("data").exists() && root.join("gone").exists());
-    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
-    let rec = store.resource(CLUSTER).unwrap().unwrap();
-    assert!(
-        rec.observed.get("clusterRestore").is_none(),
-        "{}",
-        rec.observed
-    );
-    drop(store);
+    assert!(intent(&p).is_none());
     // Killed once the base backup's files are in place, before recovery.
     crash(&p, &args, "pg-cluster/shared@restore-cluster-files");
     assert!(root.join("data/PG_VERSION").exists());
     // Killed again once promoted: that run's server runs on a timeline of
     // its own and archives it; the next run must not follow it.
     crash(&p, &args, "pg-cluster/shared@restore-cluster-promoted");
+    assert!(intent(&p).is_some(), "the intent survives for the next run");
     let mut json_args = args.to_vec();
     json_args.extend(["--output", "json"]);
     let r: Value = serde_json::from_str(&p.ok(&json_args)).unwrap();
@@ -437,4 +438,65 @@ fn the_environments_odoo_is_stopped_and_started_again_around_the_restore() {
     }
     assert_ne!(odoo_pids(&p), before, "Odoo was restarted");
     assert!(p.plan()["actions"].as_array().unwrap().is_empty());
+}
+
+/// A WAL object that fails its check stops the recovery (it must not end
+/// there and promote, which would silently lose what follows): the command
+/// fails naming it, the lost directory stays, and once the object is good
+/// again the next run finishes with everything.
+#[test]
+fn a_restore_that_fails_midway_keeps_the_lost_directory_and_the_next_run_finishes() {
+    let p = Platform::new(TENANTS);
+    p.ok(&["apply"]);
+    insert(&p, "alpha", &[1, 2]);
+    p.ok(&["backup", "create", "alpha/production"]);
+    insert(&p, "alpha", &[3]);
+    archive_now(&p);
+    let root = root(&p);
+    lose_cluster(&p, false);
+
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let cluster = store.resource(CLUSTER).unwrap().unwrap();
+    drop(store);
+    let wal_dir = PathBuf::from(
+        cluster.observed["archive"]["repository"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("file://")
+            .unwrap(),
+    )
+    .join("wal");
+    // The newest segment: the one with row 3.
+    let newest = dir_names(&wal_dir)
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .max()
+        .unwrap();
+    let path = wal_dir.join(&newest);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&path, &bad).unwrap();
+
+    let args = ["backup", "restore-cluster", "shared", "--confirm", "shared"];
+    let out = p.run(&args);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&newest), "{}", text(&out));
+    let lost = lost_dirs(&root);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(root.join(&lost[0]).join("PG_VERSION").exists());
+    assert!(postmaster_pid(&root).is_none_or(|pid| unsafe { libc::kill(pid, 0) } != 0));
+    assert!(intent(&p).is_some(), "the intent survives for the next run");
+
+    std::fs::write(&path, &good).unwrap();
+    let mut json_args = args.to_vec();
+    json_args.extend(["--output", "json"]);
+    let r: Value = serde_json::from_str(&p.ok(&json_args)).unwrap();
+    assert_eq!(
+        r["lostDataDir"].as_str().unwrap(),
+        root.join(&lost[0]).display().to_string()
+    );
+    assert_eq!(lost_dirs(&root), lost);
+    assert_eq!(ids(&p, "alpha"), vec![1, 2, 3]);
 }

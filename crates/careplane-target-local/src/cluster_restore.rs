@@ -427,7 +427,12 @@ impl LocalDriver {
         // the archiver's program and keys (in the root's conf/, which may be
         // gone too) and the TLS files are written again as apply would.
         cluster.mark_initialized()?;
-        let mut crec = crec.clone();
+        // The stored record, intent included: ensure_archiving writes it back
+        // whole, and a stale copy would drop the intent a re-run needs.
+        let mut crec = self
+            .store()?
+            .resource(&cluster_id)?
+            .ok_or_else(|| err(format!("{cluster_id} vanished during the restore")))?;
         self.with_host(|d, h| d.ensure_archiving(&mut crec, h))?;
         let tls = self.cluster_tls(&mut crec)?;
         let restore_dir = self.data_dir.join("restore");
