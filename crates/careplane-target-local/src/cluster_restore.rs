@@ -237,7 +237,7 @@ impl LocalDriver {
             .and_then(|r| r.get("timeline"))
             .and_then(Value::as_u64)
             .map(|t| t as u32)
-            .unwrap_or_else(|| newest_timeline(&wal, &base));
+            .unwrap_or_else(|| newest_timeline(&wal, label(&base, "wal.start")));
         self.set_cluster_intent(
             &cluster_id,
             Some(json!({
@@ -562,15 +562,15 @@ struct Recovered {
 }
 
 /// The newest timeline the repository knows (its highest `.history` file,
-/// or the base backup's own): what `recovery_target_timeline = 'latest'`
-/// would follow now.
-fn newest_timeline(wal: &[String], base: &Manifest) -> u32 {
+/// or that of the base backup's first WAL file `base_start`): what
+/// `recovery_target_timeline = 'latest'` would follow now.
+fn newest_timeline(wal: &[String], base_start: &str) -> u32 {
     let hex = |s: &str| u32::from_str_radix(s, 16).ok();
     let from_history = wal
         .iter()
         .filter_map(|n| n.strip_suffix(".history"))
         .filter_map(hex);
-    let from_base = label(base, "wal.start").get(..8).and_then(hex);
+    let from_base = base_start.get(..8).and_then(hex);
     from_history.chain(from_base).max().unwrap_or(1)
 }
 
@@ -677,5 +677,30 @@ fn wait_promoted(cluster: &PgCluster, cluster_id: &str) -> Result<Recovered, Err
             )));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newest_timeline;
+
+    #[test]
+    fn the_timeline_followed_is_the_newest_history_or_the_base_backups() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(newest_timeline(&[], "000000010000000000000003"), 1);
+        assert_eq!(newest_timeline(&[], ""), 1);
+        let wal = names(&[
+            "000000010000000000000003",
+            "00000002.history",
+            "000000020000000000000004",
+            "0000000A.history",
+            "000000010000000000000003.00000028.backup",
+        ]);
+        assert_eq!(newest_timeline(&wal, "000000010000000000000003"), 10);
+        // A base backup taken on a later timeline than any history names.
+        assert_eq!(
+            newest_timeline(&names(&["00000002.history"]), "0000000C0000000000000009"),
+            12
+        );
     }
 }
