@@ -681,7 +681,7 @@ fn write_config(scratch: &ScratchInstance, opts: &ScratchOptions, target: &Targe
 
 /// A time as PostgreSQL's timestamptz input reads it (it refuses RFC 3339's
 /// `T…Z` in `recovery_target_time`), to the microsecond, in UTC.
-fn pg_timestamp(t: &Timestamp) -> String {
+pub fn pg_timestamp(t: &Timestamp) -> String {
     let micros = t.subsec_microsecond().rem_euclid(1_000_000);
     let whole =
         Timestamp::from_second(t.as_second() - i64::from(t.subsec_microsecond() < 0)).unwrap_or(*t);

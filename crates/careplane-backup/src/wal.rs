@@ -209,6 +209,18 @@ impl Repository {
         Ok(deleted)
     }
 
+    /// The archived WAL file written last and when, in the store's clock:
+    /// nothing in the archive was written by PostgreSQL after that time, so
+    /// no recovery can reach a later point. `None` when nothing is archived.
+    pub fn newest_wal(&self) -> Result<Option<(String, jiff::Timestamp)>> {
+        Ok(self
+            .store
+            .list("wal")?
+            .into_iter()
+            .filter_map(|l| Some((l.name.strip_prefix("wal/")?.to_string(), l.modified)))
+            .max_by_key(|(_, at)| *at))
+    }
+
     /// Names of the archived WAL files, sorted.
     pub fn list_wal(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = self

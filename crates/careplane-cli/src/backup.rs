@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use careplane_engine::{BackupEvent, BackupSummary, RestorePoint, RestoreRequest, Status};
+use careplane_engine::{
+    BackupEvent, BackupSummary, ClusterRestoreRequest, RestorePoint, RestoreRequest, Status,
+};
 use clap::Subcommand;
 
 use crate::{load, print_json, print_table, write_out, Files, Output};
@@ -102,6 +104,41 @@ pub(crate) enum BackupCommand {
         /// connections; shown by `status`, dropped by `destroy`).
         #[arg(long)]
         keep_pre_restore: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Bring a lost PostgreSQL cluster back (its data directory gone or
+    /// corrupt, the server will not start) from its base backup and archived
+    /// WAL: every tenant's database on it as of the recovered point.
+    ///
+    /// Stops the environments on the cluster (maintenance page, Odoo
+    /// stopped) and the cluster, moves the data directory aside to
+    /// `<root>/data.lost-<stamp>` (kept, never deleted), restores the newest
+    /// base backup before the target, replays WAL from the repository to
+    /// the target (default: the end of the archived WAL), promotes, restarts
+    /// with archiving on and brings the environments back. A cluster that
+    /// runs and answers is refused without --force. Interrupted, it is run
+    /// again.
+    #[command(group(clap::ArgGroup::new("point").args(["to_time", "backup"])))]
+    RestoreCluster {
+        #[command(flatten)]
+        files: Files,
+        /// The cluster's scope: `shared`, or a dedicated cluster's tenant.
+        cluster: String,
+        /// RFC 3339 time: the last commit at or before it. Not in the
+        /// future, not before the cluster's oldest base backup.
+        #[arg(long)]
+        to_time: Option<String>,
+        /// A base backup of the cluster (`clusterBackup` in `backup list`):
+        /// the end of that backup.
+        #[arg(long)]
+        backup: Option<String>,
+        /// The cluster's scope again: every tenant's data on it is replaced.
+        #[arg(long, value_name = "CLUSTER", required = true)]
+        confirm: String,
+        /// Restore even though the cluster runs and answers.
+        #[arg(long)]
+        force: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -442,6 +479,56 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 }
             }
         }
+        BackupCommand::RestoreCluster {
+            files,
+            cluster,
+            to_time,
+            backup,
+            confirm,
+            force,
+            output,
+        } => {
+            let point = match (to_time, backup) {
+                (Some(t), None) => Some(RestorePoint::Time(t)),
+                (None, Some(b)) => Some(RestorePoint::Backup(b)),
+                (None, None) => None,
+                _ => bail!("give at most one of --to-time and --backup"),
+            };
+            let req = ClusterRestoreRequest {
+                scope: cluster,
+                point,
+                confirm,
+                force,
+            };
+            let engine = load(&files)?;
+            let p = Progress::new();
+            let who = crate::access::caller(&engine);
+            let r = engine.backup_restore_cluster(&who, &req, &|ev| p.event(ev))?;
+            drop(p);
+            match output {
+                Output::Json => print_json(&r)?,
+                Output::Text => {
+                    outln!(
+                        "restored {} from base backup {} to {} (recovered to {}, timeline {}) in \
+                         {:.1} s",
+                        r.cluster,
+                        r.cluster_backup,
+                        r.target,
+                        r.recovered_to
+                            .as_deref()
+                            .unwrap_or("the end of the base backup"),
+                        r.timeline.map_or("?".to_string(), |t| t.to_string()),
+                        r.duration_ms as f64 / 1000.0
+                    );
+                    if let Some(lost) = &r.lost_data_dir {
+                        outln!("  the replaced data directory is kept at {lost}");
+                    }
+                    if !r.environments.is_empty() {
+                        outln!("  environments back: {}", r.environments.join(", "));
+                    }
+                }
+            }
+        }
         BackupCommand::Prune { files, output } => {
             let engine = load(&files)?;
             let who = crate::access::caller(&engine);
@@ -541,6 +628,22 @@ pub(crate) fn print_status(s: &Status) {
             &["FAILED"],
             &clusters,
         );
+    }
+    for sv in &s.servers {
+        if let Some(r) = &sv.last_restore {
+            outln!(
+                "{}: restored {} from base backup {} (recovered to {}) in {:.1} s{}",
+                sv.id,
+                r.finished,
+                r.cluster_backup,
+                r.recovered_to.as_deref().unwrap_or("-"),
+                r.duration_ms as f64 / 1000.0,
+                r.lost_data_dir
+                    .as_deref()
+                    .map(|p| format!("; the replaced data directory is kept at {p}"))
+                    .unwrap_or_default()
+            );
+        }
     }
     outln!();
     let envs: Vec<Vec<String>> = s
@@ -644,7 +747,15 @@ pub(crate) fn wal(w: &WalArgs) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
             errln!("careplane backup-wal: {msg}");
-            ExitCode::from(2)
+            // PostgreSQL takes any other failing restore_command for the end
+            // of the archive and promotes there: a WAL server that is gone
+            // (its careplane killed) or a WAL object failing its check would
+            // end recovery early, silently. Above 125 it stops instead.
+            if w.verb == "fetch" {
+                ExitCode::from(126)
+            } else {
+                ExitCode::from(2)
+            }
         }
     }
 }

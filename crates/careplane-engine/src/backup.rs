@@ -211,6 +211,57 @@ pub struct RestoreOutcome {
     pub new_identity: bool,
 }
 
+/// `backup restore-cluster <scope> [--to-time T | --backup ID] --confirm
+/// <scope> [--force]`: a whole PostgreSQL cluster brought back from its
+/// base backup and archived WAL (disaster recovery, docs/design/0010,
+/// "Restoring a lost cluster").
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRestoreRequest {
+    /// The cluster's scope (`shared`, or a dedicated tenant's).
+    pub scope: String,
+    /// Where to: `None` for the end of the archived WAL; a time; or the end
+    /// of a base backup of the cluster (its id in the cluster repository).
+    pub point: Option<RestorePoint>,
+    /// Must equal `scope`.
+    pub confirm: String,
+    /// Restore even though the cluster runs and answers.
+    pub force: bool,
+}
+
+/// What `backup restore-cluster` did: the evidence of one disaster
+/// recovery (RTO: its measured duration; RPO: the recovered point).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRestoreOutcome {
+    /// `pg-cluster/<scope>`.
+    pub cluster: String,
+    /// The base backup recovery started from.
+    pub cluster_backup: String,
+    /// `end of archived WAL`, an RFC 3339 time, or `end of backup <id>`.
+    pub target: String,
+    /// Commit time of the last transaction replayed (RFC 3339): the point
+    /// the cluster is at.
+    pub recovered_to: Option<String>,
+    /// The last WAL location replayed, and the timeline the cluster runs on
+    /// now (a new one: recovery ends by promotion).
+    pub replayed_lsn: Option<String>,
+    pub timeline: Option<u32>,
+    /// Where the replaced data directory was moved (kept, never deleted);
+    /// `None` when there was none.
+    pub lost_data_dir: Option<String>,
+    pub started: String,
+    pub finished: String,
+    /// From the command's start to the environments answering again.
+    pub duration_ms: u64,
+    /// Of which: restoring the base backup's files, and WAL replay up to
+    /// promotion.
+    pub files_ms: u64,
+    pub recovery_ms: u64,
+    pub bytes_restored: u64,
+    /// The environments on the cluster, brought back (`<tenant>/<env>`).
+    pub environments: Vec<String>,
+}
+
 /// Progress of long backup work, for the CLI to show.
 #[derive(Debug, Clone)]
 pub enum BackupEvent {
@@ -406,6 +457,65 @@ impl Engine {
                             .as_deref()
                             .unwrap_or("the end of the base backup"),
                         o.backup,
+                        o.duration_ms
+                    ));
+                }
+                (out, None)
+            },
+        )
+    }
+
+    /// `careplane backup restore-cluster`: a lost cluster (its data
+    /// directory gone or corrupt) recovered from its newest base backup
+    /// before the target and its archived WAL, every environment on it
+    /// stopped and brought back. The strongest restore there is: it
+    /// replaces every tenant's data on the cluster, so it is authorized as
+    /// `backup.restore` on the whole platform with production included,
+    /// and refused unless `confirm` names the cluster. One audit entry
+    /// `backup.restore-cluster`, also when refused or failed.
+    pub fn backup_restore_cluster(
+        &self,
+        who: &Principal,
+        req: &ClusterRestoreRequest,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<ClusterRestoreOutcome, EngineError> {
+        let mut params = serde_json::json!({
+            "scope": req.scope, "confirm": req.confirm, "force": req.force,
+        });
+        match &req.point {
+            Some(RestorePoint::Time(t)) => params["time"] = t.as_str().into(),
+            Some(RestorePoint::Backup(b)) => params["backup"] = b.as_str().into(),
+            None => {}
+        }
+        let op = Guarded {
+            action: "backup.restore-cluster".into(),
+            authz: Action::BackupRestore,
+            on: careplane_identity::Target::platform(true),
+            target: format!("cluster {}", req.scope),
+            tenant: None,
+            parameters: params,
+        };
+        self.guarded(
+            who,
+            op,
+            |core| {
+                if req.confirm != req.scope {
+                    return Err(EngineError::Refused {
+                        problems: vec![format!(
+                            "restoring cluster {} replaces every tenant's data on it: confirm                              with --confirm {}",
+                            req.scope, req.scope
+                        )],
+                    });
+                }
+                core.driver.backup_restore_cluster(req, progress)
+            },
+            |r, _| {
+                let mut out = audit::outcome(r);
+                if let (Ok(o), None) = (r, &out.message) {
+                    out.message = Some(format!(
+                        "recovered to {} from base backup {} in {} ms",
+                        o.recovered_to.as_deref().unwrap_or("the end of the base backup"),
+                        o.cluster_backup,
                         o.duration_ms
                     ));
                 }

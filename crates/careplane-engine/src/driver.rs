@@ -16,8 +16,9 @@ use careplane_model::Kind;
 use careplane_state::ResourceRecord;
 
 use crate::backup::{
-    unsupported, BackupDetail, BackupEvent, BackupSummary, PruneOutcome, RestoreOutcome,
-    RestoreRequest, RunDueOutcome, VerifyOutcome,
+    unsupported, BackupDetail, BackupEvent, BackupSummary, ClusterRestoreOutcome,
+    ClusterRestoreRequest, PruneOutcome, RestoreOutcome, RestoreRequest, RunDueOutcome,
+    VerifyOutcome,
 };
 use crate::error::EngineError;
 use crate::plan::{Action, Plan};
@@ -202,6 +203,17 @@ pub trait Driver: Send {
     ) -> Result<RestoreOutcome, EngineError> {
         let _ = progress;
         unsupported(&format!("restore of {}/{}", req.tenant, req.environment))
+    }
+
+    /// `backup restore-cluster` (see
+    /// [`crate::Engine::backup_restore_cluster`]).
+    fn backup_restore_cluster(
+        &mut self,
+        req: &ClusterRestoreRequest,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<ClusterRestoreOutcome, EngineError> {
+        let _ = progress;
+        unsupported(&format!("restore of cluster {}", req.scope))
     }
 
     fn backup_prune(

@@ -31,8 +31,9 @@ use careplane_state::{ResourceRecord, StepRecord};
 use serde_json::Value;
 
 pub use backup::{
-    BackupDetail, BackupEvent, BackupSummary, BackupTable, PruneOutcome, PrunedRepository,
-    RestoreOutcome, RestorePoint, RestoreRequest, RunDueOutcome, VerifyOutcome,
+    BackupDetail, BackupEvent, BackupSummary, BackupTable, ClusterRestoreOutcome,
+    ClusterRestoreRequest, PruneOutcome, PrunedRepository, RestoreOutcome, RestorePoint,
+    RestoreRequest, RunDueOutcome, VerifyOutcome,
 };
 pub use careplane_audit;
 pub use careplane_identity;

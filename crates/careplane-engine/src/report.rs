@@ -295,6 +295,10 @@ pub struct ServerStatus {
     /// WAL archiving of a PostgreSQL cluster (`None` for other servers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archiving: Option<Archiving>,
+    /// The last `backup restore-cluster` of a PostgreSQL cluster (its
+    /// recorded evidence), from the state store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore: Option<crate::ClusterRestoreOutcome>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

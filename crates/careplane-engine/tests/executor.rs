@@ -783,3 +783,73 @@ fn an_apply_that_removes_an_unnamed_environment_counts_as_production() {
     assert!(err.to_string().contains("multi-factor"), "{err}");
     assert!(take_log(&s).is_empty());
 }
+
+/// `backup restore-cluster` replaces every tenant's data on a cluster: only
+/// a platform operator or admin with MFA may ask, the cluster must be named
+/// again, and every attempt is one audit entry.
+#[test]
+fn restore_cluster_needs_a_platform_restorer_and_the_cluster_named_again() {
+    use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
+    use careplane_engine::{ClusterRestoreRequest, RestorePoint};
+    let mut s = setup(8);
+    apply(&mut s).unwrap();
+    take_log(&s);
+    let req = |confirm: &str| ClusterRestoreRequest {
+        scope: "shared".into(),
+        point: Some(RestorePoint::Time("2026-01-01T00:00:00Z".into())),
+        confirm: confirm.into(),
+        force: false,
+    };
+    let with = |id: &str, mfa: bool, role: Role| {
+        person(
+            id,
+            mfa,
+            vec![Binding {
+                role,
+                scope: Scope::All,
+                source: Source::Group { group: "g".into() },
+            }],
+        )
+    };
+    let restore = |who: &careplane_engine::Principal, confirm: &str| {
+        s.engine.backup_restore_cluster(who, &req(confirm), &|_| {})
+    };
+    for who in [
+        with("tina", true, Role::TenantOperator),
+        with("paul", false, Role::PlatformOperator),
+    ] {
+        let err = restore(&who, "shared").unwrap_err();
+        assert!(matches!(err, EngineError::Denied { .. }), "{err}");
+    }
+    let paula = with("paula", true, Role::PlatformOperator);
+    let err = restore(&paula, "alpha").unwrap_err();
+    assert!(matches!(err, EngineError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("--confirm shared"), "{err}");
+    assert!(
+        take_log(&s).is_empty(),
+        "a refused restore reached the target"
+    );
+    // Past the checks, the target answers: the fake takes no backups.
+    let err = restore(&paula, "shared").unwrap_err();
+    assert!(matches!(err, EngineError::Unsupported { .. }), "{err}");
+
+    let log = s
+        .engine
+        .audit_entries(&careplane_engine::careplane_audit::Filter::default())
+        .unwrap();
+    let rows: Vec<(&str, &str, careplane_engine::careplane_audit::Status)> = log
+        .iter()
+        .filter(|e| e.action == "backup.restore-cluster")
+        .map(|e| (e.actor.id.as_str(), e.target.as_str(), e.result.status))
+        .collect();
+    use careplane_engine::careplane_audit::Status::{Failed, Refused};
+    assert_eq!(
+        rows,
+        [
+            ("tina", "cluster shared", Refused),
+            ("paul", "cluster shared", Refused),
+            ("paula", "cluster shared", Refused),
+            ("paula", "cluster shared", Failed),
+        ]
+    );
+}

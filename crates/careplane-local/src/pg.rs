@@ -473,6 +473,32 @@ impl PgCluster {
         self.marker_path().exists() && self.data_dir().join("PG_VERSION").exists()
     }
 
+    /// Records a data directory careplane did not initdb itself (one
+    /// restored from a base backup) as initialized, so that `init` keeps it:
+    /// without the marker `init` takes the directory for a killed initdb and
+    /// wipes it. Refused unless the directory holds a `PG_VERSION`.
+    pub fn mark_initialized(&self) -> Result<()> {
+        if !self.data_dir().join("PG_VERSION").exists() {
+            return Err(LocalError::state(
+                self.subject(),
+                format!(
+                    "{} has no PG_VERSION: not a data directory",
+                    self.data_dir().display()
+                ),
+            ));
+        }
+        fsutil::ensure_dir(&self.conf_dir(), 0o700, self.owner())?;
+        if self.marker_path().exists() {
+            return Ok(());
+        }
+        fsutil::write_file(
+            &self.marker_path(),
+            b"data directory restored from a base backup; careplane wipes PGDATA on init when this file is absent\n",
+            0o600,
+            self.owner(),
+        )
+    }
+
     /// initdb --data-checksums unless already initialized, then (re)writes careplane's managed config and TLS files, chowned to the service user.
     ///
     /// Crash safety: completion is recorded by a marker written only after

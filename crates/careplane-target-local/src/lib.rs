@@ -10,6 +10,7 @@
 //! [`engine`], and the executor reaches the target only through [`Driver`].
 
 mod backup;
+mod cluster_restore;
 mod ingress;
 mod odoo;
 mod resources;
@@ -451,6 +452,14 @@ impl Driver for LocalDriver {
         progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
     ) -> Result<careplane_engine::RestoreOutcome, EngineError> {
         Ok(self.restore(req, progress)?)
+    }
+
+    fn backup_restore_cluster(
+        &mut self,
+        req: &careplane_engine::ClusterRestoreRequest,
+        progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
+    ) -> Result<careplane_engine::ClusterRestoreOutcome, EngineError> {
+        Ok(self.restore_cluster(req, progress)?)
     }
 
     fn backup_prune(

@@ -295,7 +295,11 @@ impl LocalDriver {
 
     /// A server certificate issued once per resource and kept, so re-runs
     /// rewrite the same files.
-    fn server_tls(&mut self, rec: &mut ResourceRecord, cn: &str) -> Result<TlsFiles, EngineError> {
+    pub(crate) fn server_tls(
+        &mut self,
+        rec: &mut ResourceRecord,
+        cn: &str,
+    ) -> Result<TlsFiles, EngineError> {
         let ca = self.ca()?;
         let store = self.store()?;
         let key = store.secret(&rec.id, TLS_KEY)?;

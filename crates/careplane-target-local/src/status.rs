@@ -78,6 +78,10 @@ impl LocalDriver {
                     .then(|| self.archiving_status(r, &mut host));
             servers.push(ServerStatus {
                 archiving,
+                last_restore: r
+                    .observed
+                    .get("lastClusterRestore")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok()),
                 members,
                 templates,
                 id: r.id.clone(),
