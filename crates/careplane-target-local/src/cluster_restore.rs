@@ -37,15 +37,9 @@ use careplane_state::{ResourceRecord, ResourceStatus};
 use serde_json::{json, Value};
 
 use crate::backup::{berr, cluster_repo_of, err, label, rfc3339};
-use crate::restore::{ensure_dir, wal_fetch_command, WalServer, RECOVERY_TIMEOUT};
+use crate::restore::{ensure_dir, refused, wal_fetch_command, WalServer, RECOVERY_TIMEOUT};
 use crate::runtime;
 use crate::{Error, LocalDriver};
-
-fn refused(problem: String) -> Error {
-    Error::Refused {
-        problems: vec![problem],
-    }
-}
 
 /// The last lines of the cluster's newest server log.
 fn log_tail(cluster: &PgCluster) -> String {
@@ -147,17 +141,7 @@ impl LocalDriver {
         let (base, target, target_text) = match &req.point {
             None => (newest, None, "end of archived WAL".to_string()),
             Some(RestorePoint::Time(text)) => {
-                let t: Timestamp = text.parse().map_err(|e| {
-                    refused(format!(
-                        "--to-time {text:?} is not an RFC 3339 time (e.g. 2026-12-02T10:42:17Z): {e}"
-                    ))
-                })?;
-                let now = Timestamp::now();
-                if t > now {
-                    return Err(refused(format!(
-                        "--to-time {t} is in the future (now is {now})"
-                    )));
-                }
+                let t = crate::restore::parse_past_time(text)?;
                 let Some(b) = bases.iter().rfind(|m| m.finished <= t) else {
                     let oldest = &bases[0];
                     return Err(refused(format!(

@@ -49,10 +49,26 @@ const ARCHIVE_WAIT: Duration = Duration::from_secs(120);
 /// Bound on the scratch server's start, WAL replay and promotion.
 pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
 
-fn refused(problem: String) -> Error {
+pub(crate) fn refused(problem: String) -> Error {
     Error::Refused {
         problems: vec![problem],
     }
+}
+
+/// `--to-time` read as an instant that has passed: anything else is refused, naming it.
+pub(crate) fn parse_past_time(text: &str) -> Result<Timestamp, Error> {
+    let t: Timestamp = text.parse().map_err(|e| {
+        refused(format!(
+            "--to-time {text:?} is not an RFC 3339 time (e.g. 2026-12-02T10:42:17Z): {e}"
+        ))
+    })?;
+    let now = Timestamp::now();
+    if t > now {
+        return Err(refused(format!(
+            "--to-time {t} is in the future (now is {now})"
+        )));
+    }
+    Ok(t)
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -548,17 +564,7 @@ impl LocalDriver {
         backups.sort_by_key(|m| m.finished);
         let (backup, target) = match &req.point {
             RestorePoint::Time(text) => {
-                let t: Timestamp = text.parse().map_err(|e| {
-                    refused(format!(
-                        "--to-time {text:?} is not an RFC 3339 time (e.g. 2026-12-02T10:42:17Z): {e}"
-                    ))
-                })?;
-                let now = Timestamp::now();
-                if t > now {
-                    return Err(refused(format!(
-                        "--to-time {t} is in the future (now is {now})"
-                    )));
-                }
+                let t = parse_past_time(text)?;
                 let Some(b) = backups.iter().rfind(|m| m.finished <= t) else {
                     return Err(refused(match backups.first() {
                         Some(o) => format!(
