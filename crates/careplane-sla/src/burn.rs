@@ -89,11 +89,20 @@ pub fn evaluate_burn(
         Timestamp::from_second(end - 60 * i64::from(longest)).map_err(|e| Error::time("now", e))?;
     let excluded = excluded_between(calendar, zone, window_start, longest)?;
     let unknown_bad = slo.unknown == UnknownPolicy::Down;
+    // Minutes before the first result in the whole span are the time before careplane
+    // watched this environment at all (just created, or serve just started after a
+    // longer absence): they count for nothing rather than as bad, or every environment
+    // would page on a fresh start. A gap *after* results is a blind spot and follows
+    // the unknown policy like in the monthly report.
+    let first_seen = obs
+        .iter()
+        .position(|o| *o != Observation::NoData)
+        .unwrap_or(obs.len());
     // Per minute of the longest window: 0 = not counted, 1 = good, 2 = bad.
     let class: Vec<u8> = (0..longest as usize)
         .map(|i| {
             let k = i + lead as usize;
-            if excluded[i] {
+            if excluded[i] || k < first_seen {
                 0
             } else if bad[k] {
                 2

@@ -248,6 +248,41 @@ fn maintenance_and_missing_data_follow_the_report_rules() {
     );
 }
 
+/// Before the first result there is nothing to burn: an environment careplane has watched
+/// for ten minutes, all up, pages nobody (under the "down" policy those empty days would
+/// otherwise be three days of outage). Once it has results, a gap is a blind spot again.
+#[test]
+fn minutes_before_the_first_result_burn_nothing() {
+    let s = slo("99", 3, UnknownPolicy::Down);
+    let rules = BurnRule::defaults();
+    let fresh = timeline(|ago| {
+        if ago <= 10 {
+            Observation::Up
+        } else {
+            Observation::NoData
+        }
+    });
+    assert_eq!(fire(&fresh, &s, &rules, &[]), [false, false, false]);
+    // Ten minutes up, then blind for the last ten: the blind minutes count again.
+    let then_blind = timeline(|ago| {
+        if (11..=20).contains(&ago) {
+            Observation::Up
+        } else {
+            Observation::NoData
+        }
+    });
+    assert_eq!(fire(&then_blind, &s, &rules, &[]), [true, true, true]);
+    // And a fresh environment that fails from its first minutes still pages.
+    let failing = timeline(|ago| {
+        if ago <= 10 {
+            Observation::Failed
+        } else {
+            Observation::NoData
+        }
+    });
+    assert_eq!(fire(&failing, &s, &rules, &[]), [true, true, true]);
+}
+
 #[test]
 fn an_incident_opens_after_n_failed_minutes_with_severity_from_the_matrix() {
     let s = slo("99.9", 3, UnknownPolicy::Down);
