@@ -526,17 +526,7 @@ fn a_restore_into_another_environment_keeps_what_it_replaced_until_destroy() {
 
     // Every archived WAL object with a flipped byte: the scratch recovery
     // stops naming the WAL file, and production is as it was.
-    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
-    let cluster = store.resource("pg-cluster/shared").unwrap().unwrap();
-    drop(store);
-    let wal_dir = PathBuf::from(
-        cluster.observed["archive"]["repository"]
-            .as_str()
-            .unwrap()
-            .strip_prefix("file://")
-            .unwrap(),
-    )
-    .join("wal");
+    let wal_dir = archived_wal_dir(&p, "pg-cluster/shared");
     let mut originals = Vec::new();
     for e in std::fs::read_dir(&wal_dir).unwrap().flatten() {
         let data = std::fs::read(e.path()).unwrap();

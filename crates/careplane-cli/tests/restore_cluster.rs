@@ -455,17 +455,7 @@ fn a_restore_that_fails_midway_keeps_the_lost_directory_and_the_next_run_finishe
     let root = root(&p);
     lose_cluster(&p, false);
 
-    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
-    let cluster = store.resource(CLUSTER).unwrap().unwrap();
-    drop(store);
-    let wal_dir = PathBuf::from(
-        cluster.observed["archive"]["repository"]
-            .as_str()
-            .unwrap()
-            .strip_prefix("file://")
-            .unwrap(),
-    )
-    .join("wal");
+    let wal_dir = archived_wal_dir(&p, CLUSTER);
     // The newest segment: the one with row 3.
     let newest = dir_names(&wal_dir)
         .into_iter()

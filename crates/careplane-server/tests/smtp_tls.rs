@@ -96,6 +96,25 @@ fn relay(dir: &Path, mode: &str, cert: &Path, key: &Path) -> Relay {
     Relay { child, port, out }
 }
 
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A CA of the test's own and the relay's certificate and key from it, written to
+/// `dir`: (CA file, certificate file, key file).
+fn relay_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use secrecy::ExposeSecret;
+    let ca = careplane_local::pki::generate_ca("relay test CA").unwrap();
+    let (cert, key) = careplane_local::pki::issue_server_cert(&ca, "relay", &[]).unwrap();
+    (
+        write(dir, "ca.crt", &ca.cert_pem),
+        write(dir, "relay.crt", &cert),
+        write(dir, "relay.key", key.expose_secret()),
+    )
+}
+
 fn received(r: &Relay) -> Vec<serde_json::Value> {
     let mut files: Vec<_> = std::fs::read_dir(&r.out)
         .unwrap()
@@ -132,20 +151,10 @@ async fn starttls_and_implicit_tls_trust_only_the_channels_ca() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = careplane_local::pki::generate_ca("relay test CA").unwrap();
-    let (cert, key) = careplane_local::pki::issue_server_cert(&ca, "relay", &[]).unwrap();
+    let (ca_file, cert, key) = relay_pki(d);
     let other = careplane_local::pki::generate_ca("some other CA").unwrap();
-    let write = |name: &str, text: &str| {
-        let p = d.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let ca_file = write("ca.crt", &ca.cert_pem);
-    let other_ca = write("other.crt", &other.cert_pem);
-    let not_pem = write("not.pem", "this is not a certificate\n");
-    use secrecy::ExposeSecret;
-    let cert = write("relay.crt", &cert);
-    let key = write("relay.key", key.expose_secret());
+    let other_ca = write(d, "other.crt", &other.cert_pem);
+    let not_pem = write(d, "not.pem", "this is not a certificate\n");
 
     for (mode, tls) in [
         ("starttls", SmtpTls::Starttls),
@@ -215,14 +224,8 @@ async fn a_relay_requiring_starttls_gets_no_clear_text_message() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = careplane_local::pki::generate_ca("relay test CA").unwrap();
-    let (cert, key) = careplane_local::pki::issue_server_cert(&ca, "relay", &[]).unwrap();
-    use secrecy::ExposeSecret;
-    let cert_path = d.join("relay.crt");
-    std::fs::write(&cert_path, cert).unwrap();
-    let key_path = d.join("relay.key");
-    std::fs::write(&key_path, key.expose_secret()).unwrap();
-    let r = relay(d, "starttls", &cert_path, &key_path);
+    let (_, cert, key) = relay_pki(d);
+    let r = relay(d, "starttls", &cert, &key);
     let e = send(&channel(r.port, SmtpTls::None, None), "clear")
         .await
         .unwrap_err();

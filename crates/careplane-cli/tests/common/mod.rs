@@ -360,3 +360,15 @@ impl Drop for Serve {
         let _ = self.0.wait();
     }
 }
+
+/// Where the cluster `cluster_id` archives its WAL, for a `file://` repository.
+pub fn archived_wal_dir(p: &Platform, cluster_id: &str) -> PathBuf {
+    let store = careplane_state::Store::open(&p.data_dir()).unwrap();
+    let cluster = store.resource(cluster_id).unwrap().unwrap();
+    let repo = cluster.observed["archive"]["repository"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("file://")
+        .expect("a file:// cluster repository");
+    PathBuf::from(repo).join("wal")
+}
