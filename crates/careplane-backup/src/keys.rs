@@ -264,6 +264,16 @@ impl Keys {
         self.sealer.decrypt(data, what)
     }
 
+    /// [`Keys::decrypt`] into `out` (cleared first), reusing its allocation.
+    pub(crate) fn decrypt_into(
+        &self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        self.sealer.decrypt_into(data, out, what)
+    }
+
     /// The id of a chunk: keyed BLAKE3 of its plaintext.
     pub(crate) fn chunk_id(&self, data: &[u8]) -> String {
         blake3::keyed_hash(self.chunk.expose_secret(), data)
@@ -345,7 +355,20 @@ impl Sealer {
 
     /// Decrypts an age object; `what` names it in errors.
     pub(crate) fn decrypt(&self, data: &[u8], what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.decrypt_into(data, &mut out, what)?;
+        Ok(out)
+    }
+
+    /// [`Sealer::decrypt`] into `out` (cleared first), reusing its allocation.
+    pub(crate) fn decrypt_into(
+        &self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
         use std::io::Read;
+        out.clear();
         if self.identities.is_empty() {
             return Err(BackupError::NoPrivateKey { what: what() });
         }
@@ -353,12 +376,11 @@ impl Sealer {
         let mut r = dec
             .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
             .map_err(|e| decrypt_error(e, what))?;
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).map_err(|e| BackupError::Invalid {
+        r.read_to_end(out).map_err(|e| BackupError::Invalid {
             what: what(),
             problem: format!("encrypted content is damaged: {e}"),
         })?;
-        Ok(out)
+        Ok(())
     }
 }
 
