@@ -290,6 +290,22 @@ pub struct GcReport {
     pub locked_until: Option<Timestamp>,
 }
 
+/// The chunk `id` of `entry`, from the backup's chunk table.
+fn chunk_of<'a>(
+    manifest: &Manifest,
+    table: &HashMap<&str, &'a ChunkRef>,
+    entry: &FileEntry,
+    id: &str,
+) -> Result<&'a ChunkRef> {
+    table.get(id).copied().ok_or_else(|| {
+        corrupt(
+            &manifest.id,
+            &entry.path,
+            format!("chunk {id} is not in the manifest's chunk table"),
+        )
+    })
+}
+
 /// About how many bytes of a file one restore thread writes at a time (see
 /// [`Repository::restore_tree`]).
 const RESTORE_RUN: u64 = 32 << 20;
@@ -706,13 +722,7 @@ impl Repository {
     ) -> Result<u64> {
         let mut written = 0u64;
         for id in &entry.chunks {
-            let c = table.get(id.as_str()).ok_or_else(|| {
-                corrupt(
-                    &manifest.id,
-                    &entry.path,
-                    format!("chunk {id} is not in the manifest's chunk table"),
-                )
-            })?;
+            let c = chunk_of(manifest, table, entry, id)?;
             self.read_chunk_into(&manifest.id, c, scratch)?;
             out.write_all(&scratch.plain)
                 .map_err(crate::error::io(format!("writing {}", entry.path)))?;
@@ -846,14 +856,7 @@ impl Repository {
             let (mut first, mut start, mut end) = (0, 0u64, 0u64);
             let before = runs.len();
             for (ci, id) in entry.chunks.iter().enumerate() {
-                let c = table.get(id.as_str()).ok_or_else(|| {
-                    corrupt(
-                        &manifest.id,
-                        &entry.path,
-                        format!("chunk {id} is not in the manifest's chunk table"),
-                    )
-                })?;
-                end += c.plain_size;
+                end += chunk_of(&manifest, &table, entry, id)?.plain_size;
                 if end - start >= RESTORE_RUN {
                     runs.push(Run {
                         file: fi,
