@@ -153,8 +153,7 @@ pub fn generate_identity() -> (SecretString, String) {
 pub fn read_identity_file(path: &std::path::Path) -> Result<Vec<SecretString>> {
     let what = || format!("age identity file {}", path.display());
     let text = SecretString::from(
-        std::fs::read_to_string(path)
-            .map_err(crate::error::io(format!("reading {}", what())))?,
+        std::fs::read_to_string(path).map_err(crate::error::io(format!("reading {}", what())))?,
     );
     let mut out = Vec::new();
     for (n, line) in text.expose_secret().lines().enumerate() {

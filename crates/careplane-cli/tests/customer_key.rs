@@ -104,7 +104,12 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// A repository opened as careplane would have: its secret from the vault,
 /// and `identity` to decrypt with.
-fn open_repo(url: &str, secret: SecretString, recipient: &str, identity: SecretString) -> Repository {
+fn open_repo(
+    url: &str,
+    secret: SecretString,
+    recipient: &str,
+    identity: SecretString,
+) -> Repository {
     let keys = RepoKeys {
         secret,
         recipients: vec![recipient.to_string()],
@@ -177,7 +182,10 @@ fn a_customer_held_key_is_the_only_key_to_the_backups_and_restore_needs_it() {
             .contains("customer-held key"),
         "{r}"
     );
-    assert!(check["evidence"].is_null(), "a skipped check proves nothing: {r}");
+    assert!(
+        check["evidence"].is_null(),
+        "a skipped check proves nothing: {r}"
+    );
     let (ok, t, out) = run(&["status", "--output", "json"]);
     outputs.push(t.clone());
     let st: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -261,7 +269,10 @@ fn a_customer_held_key_is_the_only_key_to_the_backups_and_restore_needs_it() {
     );
     let bm = crepo.manifest(&base).unwrap();
     wrong_key(crepo.index(&bm).map(|_| ()), "the base backup's index");
-    wrong_key(crepo.verify(&base, true).map(|_| ()), "the base backup's chunks");
+    wrong_key(
+        crepo.verify(&base, true).map(|_| ()),
+        "the base backup's chunks",
+    );
     let wal = crepo.list_wal().unwrap();
     let segments: Vec<&String> = wal.iter().filter(|w| w.len() == 24).collect();
     assert!(!segments.is_empty(), "no WAL archived: {wal:?}");
@@ -272,17 +283,29 @@ fn a_customer_held_key_is_the_only_key_to_the_backups_and_restore_needs_it() {
             &format!("WAL {w}"),
         );
     }
-    let trepo = open_repo(&tenant_url, tenant_secret, &careplane_recipient, customer.clone());
+    let trepo = open_repo(
+        &tenant_url,
+        tenant_secret,
+        &careplane_recipient,
+        customer.clone(),
+    );
     trepo.verify(&id, true).unwrap();
-    let crepo = open_repo(&cluster_url, cluster_secret, &careplane_recipient, customer.clone());
+    let crepo = open_repo(
+        &cluster_url,
+        cluster_secret,
+        &careplane_recipient,
+        customer.clone(),
+    );
     crepo.verify(&base, true).unwrap();
     assert!(crepo.restore_wal(segments[0], &scratch).unwrap());
     drop(store);
 
     // Rows after the backup; T; then changes a restore to T must undo.
     let mut c = tenant_client(&p, "clinic", "production");
-    c.batch_execute("INSERT INTO public.visits SELECT i, 'visit ' || i FROM generate_series(21, 30) i")
-        .unwrap();
+    c.batch_execute(
+        "INSERT INTO public.visits SELECT i, 'visit ' || i FROM generate_series(21, 30) i",
+    )
+    .unwrap();
     let at_t = visits(&mut c);
     let t: String = c
         .query_one(
@@ -327,7 +350,10 @@ fn a_customer_held_key_is_the_only_key_to_the_backups_and_restore_needs_it() {
             Some(wrong.as_path()),
             "encrypted to neither careplane's key nor the identity given with --identity",
         ),
-        (Some(garbage.as_path()), "line 1 is not an age X25519 identity"),
+        (
+            Some(garbage.as_path()),
+            "line 1 is not an age X25519 identity",
+        ),
     ] {
         let (ok, out, _) = restore(identity);
         assert!(!ok, "restore with {identity:?} succeeded: {out}");
@@ -387,7 +413,10 @@ fn a_customer_held_key_is_the_only_key_to_the_backups_and_restore_needs_it() {
         s.expose_secret().to_string()
     };
     for o in &outputs {
-        assert!(!o.contains(customer.expose_secret()), "customer key in: {o}");
+        assert!(
+            !o.contains(customer.expose_secret()),
+            "customer key in: {o}"
+        );
         assert!(!o.contains(other.expose_secret()), "a key in: {o}");
         assert!(!o.contains(&careplane_identity), "careplane's key in: {o}");
     }

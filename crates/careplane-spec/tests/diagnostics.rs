@@ -921,7 +921,10 @@ spec:
     ])
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        set.backup_policy("customer-only").unwrap().spec.careplane_key,
+        set.backup_policy("customer-only")
+            .unwrap()
+            .spec
+            .careplane_key,
         Some(false)
     );
     assert_eq!(set.backup_policy("plain").unwrap().spec.careplane_key, None);
