@@ -593,7 +593,9 @@ pub struct BackupPolicySpec {
     /// verifies hashes and signatures, prunes and collects garbage (none of
     /// that decrypts); restore, `verify --deep` and `verify --restore` need
     /// the customer's identity (`--identity FILE`), and scheduled restore
-    /// verification is recorded as skipped. Needs at least one recipient.
+    /// verification is recorded as skipped. Needs at least one recipient,
+    /// and is refused for a shared tenant (its database is backed up in the
+    /// shared cluster's repository, which careplane's key reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub careplane_key: Option<bool>,
     /// zstd level, 1–19. Default 3.

@@ -928,6 +928,59 @@ spec:
         Some(false)
     );
     assert_eq!(set.backup_policy("plain").unwrap().spec.careplane_key, None);
+
+    // A shared tenant's database is in the shared cluster's repository,
+    // which careplane's key must read: refused at the tenant; a dedicated
+    // tenant on the same tier loads.
+    let tier = "\
+---
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: held
+spec:
+  availability: 99.5
+  rto: 4h
+  rpo: 1h
+  supportHours: business-hours
+  backupPolicy: customer-only
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: clinic
+spec:
+  serviceTier: held
+  tenancy: TENANCY
+  environments:
+    - name: production
+      kind: production
+";
+    let shared = format!("{ok}{}", tier.replace("TENANCY", "shared"));
+    let got: Vec<(usize, String, String)> = problems(&shared)
+        .iter()
+        .map(|d| (d.line, d.path.clone(), d.message.clone()))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        (got[0].0, got[0].1.as_str()),
+        (36, "spec.tenancy"),
+        "{got:#?}"
+    );
+    assert!(
+        got[0].2.contains(
+            "tenant \"clinic\" is shared, but its service tier \"held\" backs up with \
+             BackupPolicy \"customer-only\", which has careplaneKey: false"
+        ),
+        "{got:#?}"
+    );
+    let dedicated = format!("{ok}{}", tier.replace("TENANCY", "dedicated-db"));
+    load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", dedicated.as_str()),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Immutability (S3 Object Lock) is for s3:// repositories only, named
