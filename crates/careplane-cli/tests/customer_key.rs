@@ -118,6 +118,42 @@ fn open_repo(
     Repository::open_with(url, &keys, careplane_backup::RepoOptions::default()).unwrap()
 }
 
+fn postmaster_pid(root: &Path) -> Option<String> {
+    std::fs::read_to_string(root.join("data/postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_string))
+}
+
+/// Switches WAL and waits (bounded) until that segment is archived.
+fn archive_now(p: &Platform, cluster_id: &str) {
+    let mut c = admin_client(p, cluster_id);
+    let want: String = c
+        .query_one(
+            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let last: String = c
+            .query_one(
+                "SELECT coalesce(last_archived_wal, '') FROM pg_catalog.pg_stat_archiver",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if last >= want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{want} was not archived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn status_env(st: &Value) -> &Value {
     st["environments"]
         .as_array()
@@ -404,6 +440,49 @@ fn a_customer_held_key_is_the_only_key_to_the_backups_and_restore_needs_it() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["outcome"], "baseline", "{v}");
     outputs.push(text(&out));
+
+    // The whole dedicated cluster back from its base backup and WAL (only
+    // the customer's key reads them): refused without it, the postmaster
+    // and data directory untouched; with it, every archived commit is back.
+    let mut c = tenant_client(&p, "clinic", "production");
+    c.batch_execute("INSERT INTO public.visits VALUES (1000, 'after the restore')")
+        .unwrap();
+    let before_cluster_restore = visits(&mut c);
+    drop(c);
+    archive_now(&p, &cluster_id);
+    let root = PathBuf::from(crec.observed["root"].as_str().unwrap());
+    let pid = postmaster_pid(&root);
+    assert!(pid.is_some());
+    let rc = [
+        "backup",
+        "restore-cluster",
+        "clinic",
+        "--confirm",
+        "clinic",
+        "--force",
+    ];
+    let (ok, out, _) = run(&rc);
+    assert!(!ok, "restore-cluster without the key: {out}");
+    assert!(out.contains("a customer key is needed"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert_eq!(
+        postmaster_pid(&root),
+        pid,
+        "a refused restore-cluster touched it"
+    );
+    assert!(
+        !dir_names(&root).iter().any(|n| n.starts_with("data.lost-")),
+        "a refused restore-cluster moved the data directory"
+    );
+    outputs.push(out);
+    let mut with_key = rc.to_vec();
+    with_key.extend(["--identity", right.to_str().unwrap()]);
+    let (ok, out, _) = run(&with_key);
+    assert!(ok, "restore-cluster with the customer's key: {out}");
+    outputs.push(out);
+    let mut c = tenant_client(&p, "clinic", "production");
+    assert_eq!(visits(&mut c), before_cluster_restore);
+    drop(c);
 
     // Neither key in any output, nor the customer's anywhere careplane
     // writes (state, audit log, repositories, the cluster's files).
