@@ -317,6 +317,69 @@ struct Run {
     offset: u64,
 }
 
+/// Which run a restore thread writes next. A file's runs are handed out in
+/// order, biggest files first, and a thread takes a file no other thread is
+/// writing whenever there is one: file systems serialize writes to one file
+/// (ext4 on its inode lock, where the waiting thread spins), and two threads
+/// on one 1 GiB table segment spent a sixth of the restore's CPU spinning.
+/// They share a file only when nothing else is left.
+struct RunQueue {
+    /// Files with runs not yet handed out, biggest first.
+    pending: std::collections::VecDeque<usize>,
+    /// Per file: its next run (index into the runs) and the end of its runs.
+    next: Vec<usize>,
+    end: Vec<usize>,
+    /// Per file: how many threads are writing it.
+    busy: Vec<u32>,
+}
+
+impl RunQueue {
+    /// `runs` holds each file's runs together and in order; `work(file)`
+    /// is how much there is to write in it.
+    fn new(runs: &[Run], files: usize, work: impl Fn(usize) -> u64) -> RunQueue {
+        let (mut next, mut end) = (vec![0; files], vec![0; files]);
+        for (i, r) in runs.iter().enumerate().rev() {
+            next[r.file] = i;
+        }
+        for (i, r) in runs.iter().enumerate() {
+            end[r.file] = i + 1;
+        }
+        let mut order: Vec<usize> = (0..files).filter(|&f| next[f] < end[f]).collect();
+        order.sort_by_key(|&f| std::cmp::Reverse(work(f)));
+        RunQueue {
+            pending: order.into(),
+            next,
+            end,
+            busy: vec![0; files],
+        }
+    }
+
+    /// The next run to write, or `None` when all are handed out. Looks past
+    /// at most as many files as there are threads.
+    fn take(&mut self) -> Option<usize> {
+        let pos = self.pending.iter().position(|&f| self.busy[f] == 0).or(
+            if self.pending.is_empty() {
+                None
+            } else {
+                Some(0)
+            },
+        )?;
+        let f = self.pending[pos];
+        let run = self.next[f];
+        self.next[f] += 1;
+        self.busy[f] += 1;
+        if self.next[f] == self.end[f] {
+            self.pending.remove(pos);
+        }
+        Some(run)
+    }
+
+    /// A run of `file` is written.
+    fn done(&mut self, file: usize) {
+        self.busy[file] -= 1;
+    }
+}
+
 /// A file being restored: open while some of its runs are unwritten.
 struct OpenFile {
     file: Mutex<Option<std::sync::Arc<std::fs::File>>>,
@@ -910,7 +973,13 @@ impl Repository {
                 runs_left: AtomicU64::new(n),
             })
             .collect();
-        let next = AtomicU64::new(0);
+        let sched = Mutex::new(RunQueue::new(&runs, files.len(), |fi| {
+            if files[fi].2 {
+                0
+            } else {
+                files[fi].1.size
+            }
+        }));
         let bytes = AtomicU64::new(0);
         let failed: Mutex<Option<BackupError>> = Mutex::new(None);
         let restore_run = |run: &Run, scratch: &mut ChunkScratch| -> Result<()> {
@@ -984,13 +1053,16 @@ impl Repository {
                 s.spawn(|| {
                     let mut scratch = ChunkScratch::new();
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        if i >= runs.len() || failed.lock().unwrap().is_some() {
+                        let Some(i) = sched.lock().unwrap().take() else {
+                            break;
+                        };
+                        if failed.lock().unwrap().is_some() {
                             break;
                         }
                         if let Err(e) = restore_run(&runs[i], &mut scratch) {
                             failed.lock().unwrap().get_or_insert(e);
                         }
+                        sched.lock().unwrap().done(runs[i].file);
                     }
                 });
             }
@@ -1790,5 +1862,56 @@ impl BackupWriter<'_> {
             serde_json::to_vec_pretty(&env).expect("envelope serializes"),
         )?;
         Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Run, RunQueue};
+
+    fn runs(per_file: &[usize]) -> Vec<Run> {
+        let mut out = Vec::new();
+        for (file, &n) in per_file.iter().enumerate() {
+            for k in 0..n {
+                out.push(Run {
+                    file,
+                    chunks: k..k + 1,
+                    offset: k as u64,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn two_threads_share_a_file_only_when_nothing_else_is_left() {
+        // File 1 is the big one; files 0 and 2 are small.
+        let runs = runs(&[1, 4, 2]);
+        let sizes = [10u64, 400, 20];
+        let mut q = RunQueue::new(&runs, 3, |f| sizes[f]);
+        let a = q.take().unwrap();
+        assert_eq!(runs[a].file, 1, "biggest file first");
+        let b = q.take().unwrap();
+        assert_eq!(runs[b].file, 2, "a file nobody writes, the next biggest");
+        q.done(runs[b].file);
+        let b = q.take().unwrap();
+        assert_eq!(
+            (runs[b].file, runs[b].offset),
+            (2, 1),
+            "a file's runs in order"
+        );
+        q.done(runs[b].file);
+        let b = q.take().unwrap();
+        assert_eq!(runs[b].file, 0);
+        q.done(runs[b].file);
+        // Only file 1 is left, and thread A still writes it: B joins it.
+        let b = q.take().unwrap();
+        assert_eq!((runs[b].file, runs[b].offset), (1, 1));
+        q.done(1);
+        q.done(1);
+        let mut rest = vec![q.take().unwrap(), q.take().unwrap()];
+        rest.sort();
+        assert_eq!(rest, [a + 2, a + 3]);
+        assert_eq!(q.take(), None, "every run handed out once");
     }
 }
