@@ -149,6 +149,11 @@ pub struct Manifest {
     pub index: ObjectRef,
     /// Every chunk the files reference, sorted by id.
     pub chunks: Vec<ChunkRef>,
+    /// The stream of a record (`Repository::start_record`); `None` for a
+    /// backup. Signed with the rest, so a record moved to another stream or
+    /// among the backups is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 impl Manifest {
@@ -472,25 +477,87 @@ impl Repository {
             new_stored: AtomicU64::new(0),
             parent: HashMap::new(),
             state: Mutex::new(BTreeMap::new()),
+            stream: None,
         })
     }
 
     fn manifest_object(id: &str) -> String {
-        format!("backups/{id}.manifest")
-    }
-
-    fn index_object(id: &str) -> String {
-        format!("backups/{id}.index")
+        object_in(None, id, "manifest")
     }
 
     fn state_object(id: &str) -> String {
-        format!("backups/{id}.state")
+        object_in(None, id, "state")
     }
 
     /// The manifest of one backup, its signature and identity checked.
     pub fn manifest(&self, id: &str) -> Result<Manifest> {
+        self.manifest_in(None, id)
+    }
+
+    /// Starts a record of `stream` (`streams/<stream>/<id>.*`): written
+    /// like a backup (chunks, sealed index, signed manifest last) but listed
+    /// apart from the backups, so a stream of many small records (e.g. files
+    /// shipped between backups) costs nothing to `list_backups`.
+    pub fn start_record(
+        &self,
+        stream: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<BackupWriter<'_>> {
+        check_backup_id(stream)?;
+        let mut w = self.start_backup(labels)?;
+        w.stream = Some(stream.to_string());
+        Ok(w)
+    }
+
+    /// The ids of `stream`'s committed records, oldest first (ids start
+    /// with their start time). Reads object names only.
+    pub fn list_record_ids(&self, stream: &str) -> Result<Vec<String>> {
+        check_backup_id(stream)?;
+        let dir = format!("streams/{stream}/");
+        let mut ids: Vec<String> = self
+            .store
+            .list(&format!("streams/{stream}"))?
+            .into_iter()
+            .filter_map(|l| {
+                l.name
+                    .strip_prefix(&dir)
+                    .and_then(|n| n.strip_suffix(".manifest"))
+                    .filter(|n| !n.contains('/'))
+                    .map(str::to_string)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// One record of `stream`, its signature, identity and stream checked.
+    pub fn record(&self, stream: &str, id: &str) -> Result<Manifest> {
+        check_backup_id(stream)?;
+        self.manifest_in(Some(stream), id)
+    }
+
+    /// Every committed record of `stream`, oldest first.
+    pub fn list_records(&self, stream: &str) -> Result<Vec<Manifest>> {
+        let mut all = self
+            .list_record_ids(stream)?
+            .iter()
+            .map(|id| self.record(stream, id))
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Deletes a record of `stream` (manifest first); its chunks go at the
+    /// next [`Repository::gc`]. Refused with [`BackupError::Locked`] while
+    /// Object Lock keeps it.
+    pub fn delete_record(&self, stream: &str, id: &str) -> Result<()> {
+        check_backup_id(stream)?;
+        self.delete_in(Some(stream), id)
+    }
+
+    fn manifest_in(&self, stream: Option<&str>, id: &str) -> Result<Manifest> {
         check_backup_id(id)?;
-        let object = Self::manifest_object(id);
+        let object = object_in(stream, id, "manifest");
         let bytes = self
             .store
             .get(&object)?
@@ -526,6 +593,23 @@ impl Repository {
                 format!(
                     "the manifest belongs to repository {}, not {}",
                     m.repository, self.config.repository
+                ),
+            ));
+        }
+        if m.stream.as_deref() != stream {
+            return Err(corrupt(
+                id,
+                &object,
+                format!(
+                    "the manifest is {}, not {} (moved)",
+                    m.stream
+                        .as_deref()
+                        .map_or("a backup".to_string(), |s| format!(
+                            "a record of stream {s}"
+                        )),
+                    stream.map_or("a backup".to_string(), |s| format!(
+                        "a record of stream {s}"
+                    )),
                 ),
             ));
         }
@@ -660,6 +744,29 @@ impl Repository {
             .find(|f| f.path == path && f.kind == FileKind::File)
             .ok_or_else(|| invalid(format!("backup {backup}"), format!("has no file {path:?}")))?;
         self.write_entry(&manifest, &Self::chunk_table(&manifest), entry, out)
+    }
+
+    /// Writes file `path` of a backup or record whose manifest and index
+    /// the caller read already (many files of one record, one index read);
+    /// returns its size. Every chunk is checked against the manifest.
+    pub fn read_file_of(
+        &self,
+        manifest: &Manifest,
+        index: &BackupIndex,
+        path: &str,
+        out: &mut dyn Write,
+    ) -> Result<u64> {
+        let entry = index
+            .files
+            .iter()
+            .find(|f| f.path == path && f.kind == FileKind::File)
+            .ok_or_else(|| {
+                invalid(
+                    format!("backup {}", manifest.id),
+                    format!("has no file {path:?}"),
+                )
+            })?;
+        self.write_entry(manifest, &Self::chunk_table(manifest), entry, out)
     }
 
     /// Restores the files of a backup for which `select(path)` holds into
@@ -905,8 +1012,12 @@ impl Repository {
     /// Object Lock still keeps is refused with [`BackupError::Locked`]
     /// before anything is deleted, so it stays whole and listed.
     pub fn delete_backup(&self, backup: &str) -> Result<()> {
+        self.delete_in(None, backup)
+    }
+
+    fn delete_in(&self, stream: Option<&str>, backup: &str) -> Result<()> {
         check_backup_id(backup)?;
-        let object = Self::manifest_object(backup);
+        let object = object_in(stream, backup, "manifest");
         if !self.store.exists(&object)? {
             return Err(BackupError::NotFound {
                 repository: self.store.url.clone(),
@@ -921,19 +1032,32 @@ impl Repository {
             });
         }
         self.store.delete(&object)?;
-        self.store.delete(&Self::index_object(backup))?;
-        self.store.delete(&Self::state_object(backup))
+        self.store.delete(&object_in(stream, backup, "index"))?;
+        self.store.delete(&object_in(stream, backup, "state"))
     }
 
     /// Deletes chunks and indexes that no manifest references and that are
     /// older than `grace` (so a backup still uploading keeps its objects).
     /// Must not run concurrently with a backup that reuses chunks.
     pub fn gc(&self, grace: std::time::Duration) -> Result<GcReport> {
-        let manifests = self.list_backups()?;
+        let mut manifests = self.list_backups()?;
+        // Every stream's records keep their chunks too.
+        let records = self.store.list("streams")?;
+        for l in &records {
+            let Some((stream, id)) = l
+                .name
+                .strip_prefix("streams/")
+                .and_then(|n| n.strip_suffix(".manifest"))
+                .and_then(|n| n.split_once('/'))
+            else {
+                continue;
+            };
+            manifests.push(self.record(stream, id)?);
+        }
         let mut referenced: HashSet<String> = HashSet::new();
         for m in &manifests {
             referenced.insert(m.index.object.clone());
-            referenced.insert(Self::state_object(&m.id));
+            referenced.insert(object_in(m.stream.as_deref(), &m.id, "state"));
             referenced.extend(m.chunks.iter().map(|c| c.object()));
         }
         let cutoff = Timestamp::now()
@@ -945,6 +1069,7 @@ impl Repository {
             self.store
                 .list("backups")?
                 .into_iter()
+                .chain(records)
                 .filter(|l| l.name.ends_with(".index") || l.name.ends_with(".state")),
         );
         for l in candidates {
@@ -1031,6 +1156,15 @@ pub(crate) fn read_config(store: &Store) -> Result<Option<Config>> {
         })
 }
 
+/// The name of a backup's (`stream` None) or a record's object `ext`
+/// (`manifest`, `index`, `state`).
+fn object_in(stream: Option<&str>, id: &str, ext: &str) -> String {
+    match stream {
+        None => format!("backups/{id}.{ext}"),
+        Some(s) => format!("streams/{s}/{id}.{ext}"),
+    }
+}
+
 fn check_backup_id(id: &str) -> Result<()> {
     if id.is_empty()
         || id.len() > 64
@@ -1084,6 +1218,8 @@ pub struct BackupWriter<'r> {
     /// File states of this backup (from `put_tree`; files modified less
     /// than 2 s before the walk are left out, so they are read next time).
     state: Mutex<BTreeMap<String, FileState>>,
+    /// A record's stream (`Repository::start_record`); `None` for a backup.
+    stream: Option<String>,
 }
 
 /// Called with the running totals after each chunk.
@@ -1548,8 +1684,9 @@ impl BackupWriter<'_> {
         let index = BackupIndex { files, metadata };
         let json = serde_json::to_vec(&index).expect("index serializes");
         let sealed = repo.compress_and_seal(&json)?;
+        let stream = self.stream.as_deref();
         let index_ref = ObjectRef {
-            object: Repository::index_object(&self.id),
+            object: object_in(stream, &self.id, "index"),
             size: sealed.len() as u64,
             hash: blake3::hash(&sealed).to_hex().to_string(),
         };
@@ -1557,7 +1694,7 @@ impl BackupWriter<'_> {
         let state = self.state.into_inner().unwrap();
         let mut state_size = 0;
         if !state.is_empty() {
-            let object = Repository::state_object(&self.id);
+            let object = object_in(stream, &self.id, "state");
             let json = serde_json::to_vec(&state).expect("file state serializes");
             let compressed =
                 zstd::bulk::compress(&json, 3).map_err(crate::error::io("compressing"))?;
@@ -1577,6 +1714,7 @@ impl BackupWriter<'_> {
             new_stored_bytes: self.new_stored.load(Ordering::Relaxed) + index_ref.size + state_size,
             index: index_ref,
             chunks: self.used.into_inner().unwrap().into_values().collect(),
+            stream: self.stream.clone(),
         };
         let body = serde_json::to_string(&manifest).expect("manifest serializes");
         let env = Envelope {
@@ -1585,7 +1723,7 @@ impl BackupWriter<'_> {
             manifest: body,
         };
         repo.store.put(
-            &Repository::manifest_object(&self.id),
+            &object_in(stream, &self.id, "manifest"),
             serde_json::to_vec_pretty(&env).expect("envelope serializes"),
         )?;
         Ok(manifest)
