@@ -1466,6 +1466,17 @@ impl BackupWriter<'_> {
         Ok(entry)
     }
 
+    /// Takes file `path` out of this backup again (found unusable after it
+    /// was stored, e.g. its content did not match its name). Its chunks
+    /// stay in the manifest's table, so in the repository, until the
+    /// backup is deleted. Returns whether it was there.
+    pub fn forget(&mut self, path: &str) -> bool {
+        let before = self.files.len();
+        self.files.retain(|f| f.path != path);
+        self.paths.remove(path);
+        self.files.len() != before
+    }
+
     /// Records a directory (with its mode).
     pub fn put_dir(&mut self, path: &str, mode: u32) -> Result<()> {
         self.add_path(path)?;

@@ -339,7 +339,7 @@ fn stream_records(b: &Backend) {
 
     assert_eq!(
         repo.list_record_ids("filestore-prod").unwrap(),
-        [r1.id.clone()]
+        vec![r1.id.clone()]
     );
     let ids: Vec<String> = repo
         .list_backups()
@@ -347,7 +347,11 @@ fn stream_records(b: &Backend) {
         .into_iter()
         .map(|m| m.id)
         .collect();
-    assert_eq!(ids, [backup.id.clone()], "a record is listed as a backup");
+    assert_eq!(
+        ids,
+        vec![backup.id.clone()],
+        "a record is listed as a backup"
+    );
     let m = repo.record("filestore-prod", &r1.id).unwrap();
     let index = repo.index(&m).unwrap();
     let mut out = Vec::new();
