@@ -786,4 +786,25 @@ fn a_file_added_after_the_backup_and_deleted_before_the_restore_comes_back_from_
         "{:?}",
         dir_names(&stream)
     );
+    // With no PITR window and one backup kept (the restore's pre-restore
+    // one, newer than the shipment), no restore needs it: prune deletes it.
+    let file = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "  supportHours: business-hours",
+        "  supportHours: business-hours\n  backupPolicy: short",
+    );
+    std::fs::write(&file, text).unwrap();
+    std::fs::write(
+        p.specs.join("policy.yaml"),
+        "apiVersion: careplane.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: short\n\
+         spec:\n  schedule: \"0 3 1 1 *\"\n  keepLast: 1\n  pitrWindow: 0s\n",
+    )
+    .unwrap();
+    let pr = p.json(&["backup", "prune"]);
+    assert_eq!(pr["repositories"][0]["shipmentsDeleted"], 1, "{pr}");
+    assert!(
+        !stream.join(format!("{shipment}.manifest")).exists(),
+        "{:?}",
+        dir_names(&stream)
+    );
 }
