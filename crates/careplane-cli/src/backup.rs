@@ -642,9 +642,11 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 Output::Json => print_json(&r)?,
                 Output::Text => {
                     outln!(
-                        "{} backups made, {} verified, {} repositories pruned",
+                        "{} backups made, {} verified, {} filestore files shipped, {} repositories \
+                         pruned",
                         r.created.len(),
                         r.verified.len(),
+                        r.shipped.iter().map(|s| s.files).sum::<u64>(),
                         r.pruned.repositories.len()
                     );
                     for f in &r.failures {

@@ -786,8 +786,10 @@ fn a_file_added_after_the_backup_and_deleted_before_the_restore_comes_back_from_
         "{:?}",
         dir_names(&stream)
     );
-    // With no PITR window and one backup kept (the restore's pre-restore
-    // one, newer than the shipment), no restore needs it: prune deletes it.
+    // Under a policy (what `run-due`, and so `serve`, ships for) with no
+    // PITR window and one backup kept (the restore's pre-restore one, newer
+    // than the shipment): run-due ships a new file, and its prune deletes
+    // the old shipment, which no restore needs any more.
     let file = p.specs.join("platform.yaml");
     let text = std::fs::read_to_string(&file).unwrap().replace(
         "  supportHours: business-hours",
@@ -800,10 +802,22 @@ fn a_file_added_after_the_backup_and_deleted_before_the_restore_comes_back_from_
          spec:\n  schedule: \"0 3 1 1 *\"\n  keepLast: 1\n  pitrWindow: 0s\n",
     )
     .unwrap();
-    let pr = p.json(&["backup", "prune"]);
-    assert_eq!(pr["repositories"][0]["shipmentsDeleted"], 1, "{pr}");
+    let later = b"a discharge letter".to_vec();
+    let later_name = odoo_name(&later);
+    std::fs::create_dir_all(a.filestore().join(&later_name[..2])).unwrap();
+    std::fs::write(a.filestore().join(&later_name), &later).unwrap();
+    let r = p.json(&["backup", "run-due"]);
+    assert_eq!(r["created"], serde_json::json!([]), "{r}");
+    assert_eq!(r["failures"], serde_json::json!([]), "{r}");
+    // The new file, and the restored scan: the newest backup (the
+    // restore's pre-restore one) was taken after it had been deleted.
+    assert_eq!(r["shipped"][0]["files"], 2, "{r}");
+    assert_eq!(r["shipped"][0]["bytes"], later.len() + scan.len(), "{r}");
+    let newer = r["shipped"][0]["id"].as_str().unwrap();
+    assert_eq!(r["pruned"]["repositories"][0]["shipmentsDeleted"], 1, "{r}");
     assert!(
-        !stream.join(format!("{shipment}.manifest")).exists(),
+        !stream.join(format!("{shipment}.manifest")).exists()
+            && stream.join(format!("{newer}.manifest")).is_file(),
         "{:?}",
         dir_names(&stream)
     );
