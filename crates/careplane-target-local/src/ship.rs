@@ -100,7 +100,12 @@ impl LocalDriver {
                 Some((t.to_string(), e.to_string()))
             })
             .filter(|(t, e)| scope.is_none_or(|(st, se)| st == t && se == e))
-            .filter(|(t, e)| all.iter().any(|r| r.id == format!("odoo-env/{t}/{e}")))
+            .filter(|(t, e)| {
+                // One still being made has no filestore yet, nor a backup.
+                all.iter().any(|r| {
+                    r.id == format!("odoo-env/{t}/{e}") && r.status == ResourceStatus::Ready
+                })
+            })
             .collect();
         if let Some((t, e)) = scope {
             if envs.is_empty() {
