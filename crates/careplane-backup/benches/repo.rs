@@ -7,7 +7,9 @@
 //! encryption, no deduplication) as the floor a script would reach.
 //!
 //! Part 2, a real PostgreSQL 15 cluster filled by `pgbench -i -s SCALE`
-//! (BENCH_PG_SCALE, default 50, about 1.5 GB): careplane's base backups
+//! (BENCH_PG_SCALE, default 100, about 1.5 GB of tables) and a filestore of
+//! BENCH_FILESTORE_FILES (default 3000) Odoo-like attachments in the data
+//! directory, so both tools carry it: careplane's base backups
 //! (pg_basebackup stream, and direct: pg_backup_start + the data directory
 //! read on the repository's threads, the second one with the first as
 //! parent) against `pgbackrest backup` (zstd level 3,
@@ -16,7 +18,8 @@
 //! Skipped with a printed reason when pgbackrest or pgbench is missing.
 //!
 //! Run: `cargo bench -p careplane-backup --bench repo` (BENCH_SIZE_MB scales
-//! part 1, BENCH_PG_SCALE part 2, BENCH_SKIP_PG=1 skips part 2).
+//! part 1, BENCH_PG_SCALE and BENCH_FILESTORE_FILES part 2, BENCH_SKIP_PG=1
+//! skips part 2).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -72,6 +75,43 @@ fn table_like(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// `n` files laid out like an Odoo filestore (`ab/abcdef…`, SHA-1-like
+/// names): mostly scans and photos (incompressible, 4–200 KB), a third
+/// text-heavy PDFs (compressible, 20–400 KB), one in twenty a large scan
+/// (1–2 MB). Returns (files, bytes).
+fn make_filestore(root: &Path, n: u64) -> (u64, u64) {
+    let mut bytes = 0u64;
+    for i in 0..n {
+        let name = format!(
+            "{:040x}",
+            (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u128 * 2_654_435_761
+        );
+        let dir = root.join(&name[..2]);
+        std::fs::create_dir_all(&dir).unwrap();
+        let spread = (i * 7919) % 1000;
+        let d = if i % 20 == 0 {
+            noise(5000 + i, (1 << 20) + (spread as usize) * 1000)
+        } else if i % 3 == 0 {
+            table_like(5000 + i, 20_000 + (spread as usize) * 380)
+        } else {
+            noise(5000 + i, 4096 + (spread as usize) * 196)
+        };
+        bytes += d.len() as u64;
+        std::fs::write(dir.join(&name), d).unwrap();
+    }
+    (n, bytes)
+}
+
+fn chown_tree(root: &Path, owner: Option<(u32, u32)>) {
+    let Some((uid, gid)) = owner else { return };
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid)).unwrap();
+    if root.is_dir() {
+        for e in std::fs::read_dir(root).unwrap() {
+            chown_tree(&e.unwrap().path(), owner);
+        }
+    }
 }
 
 fn make_dataset(root: &Path, total_mb: usize) -> u64 {
@@ -285,7 +325,7 @@ fn run_as(user: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Duration {
     d
 }
 
-fn part2(platform: &TestPlatform, scale: u32) {
+fn part2(platform: &TestPlatform, scale: u32, filestore_files: u64) {
     println!("\n## Part 2: PostgreSQL 15, pgbench scale {scale}, file:// vs pgBackRest");
     if !have("pgbackrest") || !have("pgbench") {
         println!("skipped: pgbackrest or pgbench not installed (apt-get install pgbackrest)");
@@ -375,11 +415,19 @@ fn part2(platform: &TestPlatform, scale: u32) {
     );
     let mut c = pg.admin().unwrap();
     c.batch_execute("CHECKPOINT").unwrap();
+    let pgbench_secs = secs(t.elapsed());
+    // The environment's Odoo filestore, inside the data directory so that
+    // both tools back up and restore the same bytes (pgBackRest copies
+    // every file under pg1-path it does not know to leave out).
+    let (fs_files, fs_bytes) =
+        make_filestore(&pg.data_dir().join("filestore/bench"), filestore_files);
+    chown_tree(&pg.data_dir().join("filestore"), owner);
     let size = dir_size(&pg.data_dir());
     println!(
-        "cluster: {:.0} MB data directory (pgbench -i in {:.0} s)",
+        "cluster: {:.0} MB data directory (pgbench -i in {:.0} s), of which a filestore of {fs_files} files, {:.0} MB",
         size as f64 / MB,
-        secs(t.elapsed())
+        pgbench_secs,
+        fs_bytes as f64 / MB,
     );
     let conf_arg = format!("--config={}", conf.display());
     let pgbr = |args: &[&str]| {
@@ -460,6 +508,11 @@ fn part2(platform: &TestPlatform, scale: u32) {
     restore_base_backup(&repo, &m2.id, &dest, owner).unwrap();
     drop_caches();
     let cp_restore = t.elapsed();
+    assert_eq!(
+        dir_size(&dest.join("filestore")),
+        fs_bytes,
+        "careplane's restored filestore"
+    );
     std::fs::remove_dir_all(&dest).unwrap();
 
     // pgBackRest
@@ -481,6 +534,11 @@ fn part2(platform: &TestPlatform, scale: u32) {
     pgbr(&[&path_arg, "restore"]);
     drop_caches();
     let br_restore = t.elapsed();
+    assert_eq!(
+        dir_size(&br_dest.join("filestore")),
+        fs_bytes,
+        "pgBackRest's restored filestore"
+    );
 
     let mbps = |d: Duration| size as f64 / MB / secs(d);
     println!();
@@ -541,7 +599,11 @@ fn main() {
     let scale: u32 = std::env::var("BENCH_PG_SCALE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(100);
+    let filestore_files: u64 = std::env::var("BENCH_FILESTORE_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
     let platform = TestPlatform::new();
     println!(
         "careplane-backup benchmark, {} cores",
@@ -553,6 +615,6 @@ fn main() {
     std::fs::create_dir_all(&work).unwrap();
     part1(&work, total_mb);
     if std::env::var("BENCH_SKIP_PG").as_deref() != Ok("1") {
-        part2(&platform, scale);
+        part2(&platform, scale, filestore_files);
     }
 }

@@ -147,6 +147,41 @@ pub fn generate_identity() -> (SecretString, String) {
     )
 }
 
+/// Reads an age identity file as `age-keygen` writes it: `#` comments and
+/// one `AGE-SECRET-KEY-1…` per line (the customer's key to their backups).
+/// Errors name the file and the line, never what is in it.
+pub fn read_identity_file(path: &std::path::Path) -> Result<Vec<SecretString>> {
+    let what = || format!("age identity file {}", path.display());
+    let text = SecretString::from(
+        std::fs::read_to_string(path).map_err(crate::error::io(format!("reading {}", what())))?,
+    );
+    let mut out = Vec::new();
+    for (n, line) in text.expose_secret().lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if age::x25519::Identity::from_str(line).is_err() {
+            return Err(invalid(
+                what(),
+                format!(
+                    "line {} is not an age X25519 identity (AGE-SECRET-KEY-1…, as `age-keygen` \
+                     writes); its content is not shown",
+                    n + 1
+                ),
+            ));
+        }
+        out.push(SecretString::from(line.to_string()));
+    }
+    if out.is_empty() {
+        return Err(invalid(
+            what(),
+            "holds no identity (AGE-SECRET-KEY-1…, as `age-keygen` writes)",
+        ));
+    }
+    Ok(out)
+}
+
 const CHUNK_CONTEXT: &str = "careplane-backup 2026-12 chunk id key";
 const WAL_CONTEXT: &str = "careplane-backup 2026-12 WAL MAC key";
 const SIGN_CONTEXT: &str = "careplane-backup 2026-12 manifest signing key";
@@ -264,6 +299,16 @@ impl Keys {
         self.sealer.decrypt(data, what)
     }
 
+    /// [`Keys::decrypt`] into `out` (cleared first), reusing its allocation.
+    pub(crate) fn decrypt_into(
+        &self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        self.sealer.decrypt_into(data, out, what)
+    }
+
     /// The id of a chunk: keyed BLAKE3 of its plaintext.
     pub(crate) fn chunk_id(&self, data: &[u8]) -> String {
         blake3::keyed_hash(self.chunk.expose_secret(), data)
@@ -345,7 +390,20 @@ impl Sealer {
 
     /// Decrypts an age object; `what` names it in errors.
     pub(crate) fn decrypt(&self, data: &[u8], what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.decrypt_into(data, &mut out, what)?;
+        Ok(out)
+    }
+
+    /// [`Sealer::decrypt`] into `out` (cleared first), reusing its allocation.
+    pub(crate) fn decrypt_into(
+        &self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
         use std::io::Read;
+        out.clear();
         if self.identities.is_empty() {
             return Err(BackupError::NoPrivateKey { what: what() });
         }
@@ -353,12 +411,11 @@ impl Sealer {
         let mut r = dec
             .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
             .map_err(|e| decrypt_error(e, what))?;
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).map_err(|e| BackupError::Invalid {
+        r.read_to_end(out).map_err(|e| BackupError::Invalid {
             what: what(),
             problem: format!("encrypted content is damaged: {e}"),
         })?;
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -369,5 +426,46 @@ fn decrypt_error(e: age::DecryptError, what: &dyn Fn() -> String) -> BackupError
             what: what(),
             problem: format!("cannot be decrypted: {other}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_files_are_read_as_age_keygen_writes_them_and_errors_show_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, public) = generate_identity();
+        let good = dir.path().join("key.txt");
+        std::fs::write(
+            &good,
+            format!(
+                "# created: 2026-12-02T10:00:00Z\n# public key: {public}\n{}\n\n",
+                id.expose_secret()
+            ),
+        )
+        .unwrap();
+        let read = read_identity_file(&good).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].expose_secret(), id.expose_secret());
+
+        // A damaged key: named by line, its text nowhere in the error.
+        let damaged = format!("{}x", &id.expose_secret()[..40]);
+        let bad = dir.path().join("bad.txt");
+        std::fs::write(&bad, format!("# a comment\n{damaged}\n")).unwrap();
+        let e = read_identity_file(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 2 is not an age X25519 identity"), "{e}");
+        assert!(e.contains("bad.txt"), "{e}");
+        assert!(!e.contains(&damaged[..20]), "{e}");
+
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, "# nothing\n").unwrap();
+        let e = read_identity_file(&empty).unwrap_err().to_string();
+        assert!(e.contains("holds no identity"), "{e}");
+        let e = read_identity_file(&dir.path().join("missing.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.txt"), "{e}");
     }
 }

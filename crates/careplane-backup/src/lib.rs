@@ -20,7 +20,7 @@ mod wal;
 
 pub use error::{error_chain, BackupError, Result};
 pub use jiff::{SignedDuration, Timestamp};
-pub use keys::{generate_identity, generate_secret, RepoKeys, WalKeys};
+pub use keys::{generate_identity, generate_secret, read_identity_file, RepoKeys, WalKeys};
 pub use objectlock::{Immutability, LockMode};
 pub use repo::{
     BackupIndex, BackupMetadata, BackupWriter, ChunkRef, FileEntry, FileKind, FilestoreEntry,

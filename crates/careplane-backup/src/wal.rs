@@ -134,7 +134,16 @@ fn restore(store: &Store, key: &WalKey, sealer: &Sealer, name: &str, dest: &Path
     }
     let what = || format!("WAL archive: object {obj}");
     let compressed = sealer.decrypt(&bytes[MAC_LEN..], &what)?;
-    let data = zstd::stream::decode_all(&compressed[..])
+    // zstd::bulk::compress wrote the segment's size into the frame: one
+    // allocation of exactly that (a growing Vec copied 16 MiB segments
+    // around twice). A frame without it, or claiming more than a WAL file
+    // can be (1 GiB), is not one this archive wrote.
+    let size = zstd::zstd_safe::get_frame_content_size(&compressed)
+        .ok()
+        .flatten()
+        .filter(|&n| n <= 1 << 30)
+        .ok_or_else(|| corrupt(wal, &obj, "is not a zstd frame of a WAL file"))?;
+    let data = zstd::bulk::decompress(&compressed, size as usize)
         .map_err(|e| corrupt(wal, &obj, format!("does not decompress: {e}")))?;
     if key.mac(name, &data)[..] != bytes[..MAC_LEN] {
         return Err(corrupt(
@@ -148,8 +157,11 @@ fn restore(store: &Store, key: &WalKey, sealer: &Sealer, name: &str, dest: &Path
         "creating a temporary file in {}",
         dir.display()
     )))?;
+    // Not fsynced: PostgreSQL treats what restore_command wrote as
+    // transient (it fetches it again after a crash) and makes durable,
+    // itself, any restored segment it keeps. An fsync of 16 MiB per
+    // segment was most of a replay's time on a slow disk.
     tmp.write_all(&data)
-        .and_then(|_| tmp.as_file().sync_all())
         .map_err(io(format!("writing {}", dest.display())))?;
     tmp.persist(dest).map_err(|e| BackupError::Io {
         what: format!("renaming into {}", dest.display()),

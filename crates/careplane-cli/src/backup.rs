@@ -41,6 +41,12 @@ pub(crate) enum BackupCommand {
         #[command(flatten)]
         files: Files,
         id: String,
+        /// The customer's age identity file (as `age-keygen` writes it) for
+        /// backups whose policy has `careplaneKey: false`: tried with
+        /// careplane's own key, read for this command only, never stored
+        /// or printed.
+        #[arg(long, value_name = "FILE", env = "CAREPLANE_BACKUP_IDENTITY_FILE")]
+        identity: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -68,6 +74,12 @@ pub(crate) enum BackupCommand {
         /// With --restore: which backup (default: the newest).
         #[arg(long, requires = "restore")]
         backup: Option<String>,
+        /// The customer's age identity file (as `age-keygen` writes it) for
+        /// backups whose policy has `careplaneKey: false`: tried with
+        /// careplane's own key, read for this command only, never stored
+        /// or printed.
+        #[arg(long, value_name = "FILE", env = "CAREPLANE_BACKUP_IDENTITY_FILE")]
+        identity: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -104,6 +116,12 @@ pub(crate) enum BackupCommand {
         /// connections; shown by `status`, dropped by `destroy`).
         #[arg(long)]
         keep_pre_restore: bool,
+        /// The customer's age identity file (as `age-keygen` writes it) for
+        /// backups whose policy has `careplaneKey: false`: tried with
+        /// careplane's own key, read for this command only, never stored
+        /// or printed.
+        #[arg(long, value_name = "FILE", env = "CAREPLANE_BACKUP_IDENTITY_FILE")]
+        identity: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -139,6 +157,12 @@ pub(crate) enum BackupCommand {
         /// Restore even though the cluster runs and answers.
         #[arg(long)]
         force: bool,
+        /// The customer's age identity file (as `age-keygen` writes it) for
+        /// backups whose policy has `careplaneKey: false`: tried with
+        /// careplane's own key, read for this command only, never stored
+        /// or printed.
+        #[arg(long, value_name = "FILE", env = "CAREPLANE_BACKUP_IDENTITY_FILE")]
+        identity: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -225,6 +249,17 @@ impl Drop for Progress {
     }
 }
 
+/// Gives the engine the customer's identities from `--identity FILE`; the
+/// file's content is in no error (careplane-backup names file and line).
+fn use_identity(engine: &careplane_engine::Engine, file: Option<&std::path::Path>) -> Result<()> {
+    if let Some(file) = file {
+        let ids = careplane_target_local::read_identity_file(file)
+            .map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
+        engine.set_backup_identities(ids);
+    }
+    Ok(())
+}
+
 fn split_env(arg: &str) -> Result<(&str, &str)> {
     match arg.split_once('/') {
         Some((t, e)) if !t.is_empty() && !e.is_empty() && !e.contains('/') => Ok((t, e)),
@@ -298,8 +333,14 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 ),
             }
         }
-        BackupCommand::Show { files, id, output } => {
+        BackupCommand::Show {
+            files,
+            id,
+            identity,
+            output,
+        } => {
             let engine = load(&files)?;
+            use_identity(&engine, identity.as_deref())?;
             let who = crate::access::caller(&engine);
             let d = engine.backup_show(&who, &id)?;
             match output {
@@ -341,6 +382,7 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
             files,
             restore: Some(target),
             backup,
+            identity,
             output,
             ..
         } => {
@@ -348,6 +390,7 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 bail!("--restore {target:?}: expected <tenant>/<environment>");
             };
             let engine = load(&files)?;
+            use_identity(&engine, identity.as_deref())?;
             let who = crate::access::caller(&engine);
             let p = Progress::new();
             let r = engine
@@ -395,10 +438,12 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
             files,
             id: Some(id),
             deep,
+            identity,
             output,
             ..
         } => {
             let engine = load(&files)?;
+            use_identity(&engine, identity.as_deref())?;
             let who = crate::access::caller(&engine);
             let p = Progress::new();
             let r = engine.backup_verify(&who, &id, deep, &|ev| p.event(ev));
@@ -437,6 +482,7 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
             backup,
             into,
             keep_pre_restore,
+            identity,
             output,
         } => {
             let (t, e) = split_env(&environment)?;
@@ -458,6 +504,7 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 keep_pre_restore,
             };
             let engine = load(&files)?;
+            use_identity(&engine, identity.as_deref())?;
             let p = Progress::new();
             let who = crate::access::caller(&engine);
             let r = engine.backup_restore(&who, &req, &|ev| p.event(ev))?;
@@ -508,6 +555,7 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
             backup,
             confirm,
             force,
+            identity,
             output,
         } => {
             let point = match (to_time, backup) {
@@ -523,6 +571,7 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 force,
             };
             let engine = load(&files)?;
+            use_identity(&engine, identity.as_deref())?;
             let p = Progress::new();
             let who = crate::access::caller(&engine);
             let r = engine.backup_restore_cluster(&who, &req, &|ev| p.event(ev))?;
@@ -769,6 +818,7 @@ pub(crate) fn print_status(s: &Status) {
                 match c.outcome.as_str() {
                     "failed" => "FAILED",
                     "baseline" => "recorded its facts",
+                    "skipped" => "SKIPPED",
                     _ => "passed",
                 },
                 c.verified_at,
@@ -776,6 +826,7 @@ pub(crate) fn print_status(s: &Status) {
                 c.first_difference
                     .as_deref()
                     .or(c.error.as_deref())
+                    .or(c.skipped.as_deref())
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default()
             );

@@ -149,6 +149,13 @@ pub trait Driver: Send {
         modules: &[String],
     ) -> Result<(), EngineError>;
 
+    /// The caller's own private keys (age identities, e.g. the customer's
+    /// from `--identity FILE`) that later backup operations may decrypt
+    /// with besides careplane's (see [`crate::Engine::set_backup_identities`]).
+    fn set_backup_identities(&mut self, identities: Vec<careplane_state::SecretString>) {
+        let _ = identities;
+    }
+
     /// A backup of `tenant`/`env` (see [`crate::Engine::backup_create`]);
     /// `reason` is recorded with it (`manual`, `final`).
     fn backup_create(

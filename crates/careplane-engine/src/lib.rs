@@ -147,6 +147,16 @@ impl Engine {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Private keys the caller holds (a customer's age identities, read
+    /// from `--identity FILE`) that this engine's backup operations may
+    /// decrypt with besides careplane's own: what restore and deep
+    /// verification of a policy with `careplaneKey: false` need. Kept in
+    /// memory for the engine's life only; never written to state, the
+    /// journal or the audit log, and never in an error.
+    pub fn set_backup_identities(&self, identities: Vec<careplane_state::SecretString>) {
+        self.core().driver.set_backup_identities(identities);
+    }
+
     /// The newest `limit` steps of the operation journal, newest first.
     pub fn journal(&self, limit: usize) -> Result<Vec<StepRecord>, EngineError> {
         self.core().journal(limit)

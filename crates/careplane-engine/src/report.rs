@@ -221,7 +221,8 @@ pub struct RestoreCheck {
     pub tenant: String,
     pub environment: String,
     /// `baseline` (the first restore of this backup: its facts are now the
-    /// verified ones), `passed` or `failed`.
+    /// verified ones), `passed`, `failed`, or `skipped` (`run-due` without
+    /// the customer's key to a backup only the customer can read).
     pub outcome: String,
     pub verified_at: String,
     pub duration_ms: u64,
@@ -240,6 +241,10 @@ pub struct RestoreCheck {
     /// The signed record of this check in the tenant's repository (none
     /// when it failed before there were facts to record).
     pub evidence: Option<String>,
+    /// Why no restore was attempted (outcome `skipped`): the backup is
+    /// encrypted to a customer-held key careplane does not have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// The last restore of an environment, recorded in the state store.

@@ -51,12 +51,23 @@ fn log(o: &RunDueOutcome) {
         || pruned > 0
         || shipped > 0
     {
+        // Skipped ones (a customer-held key) are no verification: said apart.
+        let skipped = o
+            .restore_checks
+            .iter()
+            .filter(|c| c.outcome == "skipped")
+            .count();
         eprintln!(
-            "careplane serve: backups: {} made, {} verified, {} restore verifications, {} pruned, \
+            "careplane serve: backups: {} made, {} verified, {} restore verifications{}, {} pruned, \
              {shipped} filestore files shipped",
             o.created.len(),
             o.verified.len(),
-            o.restore_checks.len(),
+            o.restore_checks.len() - skipped,
+            if skipped > 0 {
+                format!(" ({skipped} skipped: customer-held key)")
+            } else {
+                String::new()
+            },
             pruned
         );
     }

@@ -261,3 +261,64 @@ pub(crate) fn check_socket_paths(docs: &[(&Path, &ParsedDocument)], diags: &mut 
         )),
     );
 }
+
+/// `careplaneKey: false` promises that only the customer can read a
+/// tenant's backups. A shared tenant's database is backed up as WAL and
+/// base backups of the shared cluster, in a repository that holds every
+/// shared tenant's data and so is encrypted to careplane's key: the promise
+/// could not be kept, so it is refused at the tenant.
+pub(crate) fn check_customer_keys(docs: &[(&Path, &ParsedDocument)], diags: &mut Vec<Diagnostic>) {
+    let default_tier = docs.iter().find_map(|(_, d)| match &d.document {
+        AnyDocument::Platform(p) => p.spec.defaults.service_tier.clone(),
+        _ => None,
+    });
+    let tier_policy = |tier: &str| {
+        docs.iter().find_map(|(_, d)| match &d.document {
+            AnyDocument::ServiceTier(t) if t.metadata.name == tier => t.spec.backup_policy.clone(),
+            _ => None,
+        })
+    };
+    let customer_only = |policy: &str| {
+        docs.iter().any(|(_, d)| {
+            matches!(&d.document, AnyDocument::BackupPolicy(b)
+                if b.metadata.name == policy && b.spec.careplane_key == Some(false))
+        })
+    };
+    for (file, d) in docs {
+        let AnyDocument::Tenant(t) = &d.document else {
+            continue;
+        };
+        if t.spec.tenancy != crate::model::Tenancy::Shared {
+            continue;
+        }
+        let Some(tier) = t.spec.service_tier.clone().or(default_tier.clone()) else {
+            continue;
+        };
+        let Some(policy) = tier_policy(&tier).filter(|p| customer_only(p)) else {
+            continue;
+        };
+        let path = [key("spec"), key("tenancy")];
+        let pos = d.tree.value_pos(&path);
+        diags.push(
+            Diagnostic::new(
+                file,
+                pos.line,
+                pos.column,
+                path_string(&path),
+                format!(
+                    "tenant {} is shared, but its service tier {} backs up with BackupPolicy {}, \
+                     which has careplaneKey: false: a shared tenant's database is backed up in \
+                     the shared cluster's repository, which holds every shared tenant's data \
+                     and is encrypted to careplane's key",
+                    quoted(&t.metadata.name),
+                    quoted(&tier),
+                    quoted(&policy)
+                ),
+            )
+            .with_help(
+                "use `tenancy: dedicated-db` (its own cluster, whose WAL and base backups are \
+                 encrypted to the policy's recipients only), or remove `careplaneKey: false`",
+            ),
+        );
+    }
+}

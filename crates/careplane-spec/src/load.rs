@@ -534,6 +534,7 @@ fn check_set(
     crate::derived::check_names(&docs, &mut diags);
     crate::derived::check_connection_budget(&docs, &mut diags);
     crate::derived::check_socket_paths(&docs, &mut diags);
+    crate::derived::check_customer_keys(&docs, &mut diags);
 
     if !diags.is_empty() {
         return Err(finish(diags, order));

@@ -586,6 +586,18 @@ pub struct BackupPolicySpec {
     /// the customer can read them with their own private key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<String>,
+    /// Whether careplane's own age key is a recipient too. Default `true`.
+    /// `false`: the tenant's backups, and the WAL and base backups of its
+    /// dedicated cluster, are encrypted to `recipients` only, so the
+    /// customer holds the only private key. careplane still backs up, lists,
+    /// verifies hashes and signatures, prunes and collects garbage (none of
+    /// that decrypts); restore, `verify --deep` and `verify --restore` need
+    /// the customer's identity (`--identity FILE`), and scheduled restore
+    /// verification is recorded as skipped. Needs at least one recipient,
+    /// and is refused for a shared tenant (its database is backed up in the
+    /// shared cluster's repository, which careplane's key reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub careplane_key: Option<bool>,
     /// zstd level, 1–19. Default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 19))]

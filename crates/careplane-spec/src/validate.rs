@@ -1142,6 +1142,22 @@ pub(crate) fn backup_policy(cx: &mut Ctx<'_>, spec: &BackupPolicySpec) {
             );
         }
     }
+    if spec.careplane_key == Some(false) && spec.recipients.is_empty() {
+        let (name, _) = cx.root.find(&[key("metadata"), key("name")]);
+        let policy = name.as_str().map(quoted).unwrap_or_else(|| "?".into());
+        cx.at_value(
+            &[key("spec"), key("careplaneKey")],
+            format!(
+                "BackupPolicy {policy}: careplaneKey is false and recipients is empty: \
+                 its backups would be encrypted to nobody"
+            ),
+            Some(
+                "add the customer's age public key to `recipients` (`age-keygen -y key.txt`), \
+                 or remove `careplaneKey: false`"
+                    .into(),
+            ),
+        );
+    }
     let s3 = match spec.repository.as_deref() {
         None => false,
         Some(url) => match check_repository_url(url) {

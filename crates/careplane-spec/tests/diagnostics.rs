@@ -862,6 +862,127 @@ spec:
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// `careplaneKey: false` takes careplane's own key out of the recipients:
+/// with no customer recipient left, nobody could read the backups, which is
+/// refused at the field, naming the policy. With one it loads, and a policy
+/// that says nothing keeps careplane's key (the default).
+#[test]
+fn backup_policy_customer_only_keys_need_a_recipient() {
+    let text = "\
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: customer-only
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+  careplaneKey: false
+";
+    let all = problems(text);
+    let got: Vec<(usize, &str, &str)> = all
+        .iter()
+        .map(|d| (d.line, d.path.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(
+            8,
+            "spec.careplaneKey",
+            "BackupPolicy \"customer-only\": careplaneKey is false and recipients is empty: \
+             its backups would be encrypted to nobody"
+        )],
+        "{got:#?}"
+    );
+    assert!(all[0].help.as_deref().unwrap_or("").contains("recipients"));
+
+    let ok = "\
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: customer-only
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+  careplaneKey: false
+  recipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
+---
+apiVersion: careplane.dev/v1alpha1
+kind: BackupPolicy
+metadata:
+  name: plain
+spec:
+  schedule: 0 2 * * *
+  retention: {daily: 7}
+";
+    let set = load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", ok),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        set.backup_policy("customer-only")
+            .unwrap()
+            .spec
+            .careplane_key,
+        Some(false)
+    );
+    assert_eq!(set.backup_policy("plain").unwrap().spec.careplane_key, None);
+
+    // A shared tenant's database is in the shared cluster's repository,
+    // which careplane's key must read: refused at the tenant; a dedicated
+    // tenant on the same tier loads.
+    let tier = "\
+---
+apiVersion: careplane.dev/v1alpha1
+kind: ServiceTier
+metadata:
+  name: held
+spec:
+  availability: 99.5
+  rto: 4h
+  rpo: 1h
+  supportHours: business-hours
+  backupPolicy: customer-only
+---
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: clinic
+spec:
+  serviceTier: held
+  tenancy: TENANCY
+  environments:
+    - name: production
+      kind: production
+";
+    let shared = format!("{ok}{}", tier.replace("TENANCY", "shared"));
+    let got: Vec<(usize, String, String)> = problems(&shared)
+        .iter()
+        .map(|d| (d.line, d.path.clone(), d.message.clone()))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        (got[0].0, got[0].1.as_str()),
+        (36, "spec.tenancy"),
+        "{got:#?}"
+    );
+    assert!(
+        got[0].2.contains(
+            "tenant \"clinic\" is shared, but its service tier \"held\" backs up with \
+             BackupPolicy \"customer-only\", which has careplaneKey: false"
+        ),
+        "{got:#?}"
+    );
+    let dedicated = format!("{ok}{}", tier.replace("TENANCY", "dedicated-db"));
+    load_sources([
+        ("platform.yaml", PLATFORM),
+        ("tiers.yaml", TIERS),
+        ("t.yaml", dedicated.as_str()),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Immutability (S3 Object Lock) is for s3:// repositories only, named
 /// with its policy; days are 1 to 36500; the mode is one of two words.
 #[test]

@@ -76,6 +76,8 @@ pub(crate) struct Policy {
     pub store_options: Vec<(String, String)>,
     pub retention: retention::RetentionPolicy,
     pub recipients: Vec<String>,
+    /// careplane's own recipient too (`careplaneKey`, default true).
+    pub careplane_key: bool,
     pub compression_level: i32,
     pub schedule: Option<String>,
     pub verify: Option<String>,
@@ -155,6 +157,7 @@ impl LocalDriver {
                 pitr_window: window,
             },
             recipients: spec.map(|s| s.recipients.clone()).unwrap_or_default(),
+            careplane_key: spec.and_then(|s| s.careplane_key).unwrap_or(true),
             compression_level: spec
                 .and_then(|s| s.compression_level)
                 .unwrap_or(careplane_spec::DEFAULT_BACKUP_COMPRESSION),
@@ -222,12 +225,21 @@ impl LocalDriver {
                 s
             }
         };
-        let mut recipients = vec![recipient];
-        recipients.extend(policy.recipients.iter().cloned());
+        // careplane's identity is always tried: backups made before the
+        // policy left its key out stay readable by careplane.
+        let recipients = if policy.careplane_key {
+            std::iter::once(recipient)
+                .chain(policy.recipients.iter().cloned())
+                .collect()
+        } else {
+            policy.recipients.clone()
+        };
+        let mut identities = vec![identity];
+        identities.extend(self.backup_identities.iter().cloned());
         Ok(RepoKeys {
             secret,
             recipients,
-            identities: vec![identity],
+            identities,
         })
     }
 
@@ -707,7 +719,7 @@ impl LocalDriver {
     }
 
     /// The tenant repository that holds backup `id`, and its manifest.
-    fn find_backup(&mut self, id: &str) -> Result<(Repository, Manifest), Error> {
+    pub(crate) fn find_backup(&mut self, id: &str) -> Result<(Repository, Manifest), Error> {
         for (_, repo, _) in self.tenant_repos(None)? {
             match repo.manifest(id) {
                 Ok(m) if is_env_backup(&m) => return Ok((repo, m)),
@@ -725,7 +737,7 @@ impl LocalDriver {
         let (repo, m) = self.find_backup(id)?;
         let index = repo
             .index(&m)
-            .map_err(berr(&format!("backup {id}: reading its index")))?;
+            .map_err(|e| self.backup_error(&m, &format!("backup {id}: reading its index"), e))?;
         let md = index.metadata;
         Ok(BackupDetail {
             summary: summary(&m, repo.url()),
@@ -776,10 +788,13 @@ impl LocalDriver {
                 ""
             }
         )));
-        let r = repo.verify(id, deep).map_err(berr(&format!(
-            "backup {id} of {tenant}/{env} (repository {})",
-            repo.url()
-        )))?;
+        let r = repo.verify(id, deep).map_err(|e| {
+            self.backup_error(
+                &m,
+                &format!("backup {id} of {tenant}/{env} (repository {})", repo.url()),
+                e,
+            )
+        })?;
         let mut out = VerifyOutcome {
             id: id.to_string(),
             tenant: tenant.to_string(),
@@ -806,10 +821,17 @@ impl LocalDriver {
                 "verifying base backup {base} of {cluster_id}"
             )));
             let crepo = self.open_cluster_repo(&crec)?;
-            let cr = crepo.verify(base, deep).map_err(berr(&format!(
-                "backup {id} of {tenant}/{env}: base backup {base} of {cluster_id} (repository {})",
-                crepo.url()
-            )))?;
+            let cr = crepo.verify(base, deep).map_err(|e| {
+                self.backup_error(
+                    &m,
+                    &format!(
+                        "backup {id} of {tenant}/{env}: base backup {base} of {cluster_id} \
+                         (repository {})",
+                        crepo.url()
+                    ),
+                    e,
+                )
+            })?;
             out.cluster_backup = Some(base.clone());
             out.cluster_objects = cr.objects;
         }
@@ -1069,8 +1091,18 @@ impl LocalDriver {
                 match self.create_backup(&t, &e, "schedule", progress) {
                     Ok(b) => {
                         // Every scheduled backup is proven by a restore,
-                        // whose facts become the backup's verified ones.
-                        match self.verify_restore(&t, &e, Some(&b.id), progress) {
+                        // whose facts become the backup's verified ones
+                        // (with a customer-held key: shallow, and skipped).
+                        let r = match self.customer_key_skip(&t, &e, &b.id) {
+                            Some(skipped) => {
+                                self.verify_backup(&b.id, false, progress).and_then(|v| {
+                                    out.verified.push(v);
+                                    skipped
+                                })
+                            }
+                            None => self.verify_restore(&t, &e, Some(&b.id), progress),
+                        };
+                        match r {
                             Ok(c) => out.restore_checks.push(c),
                             Err(err) => out
                                 .failures
@@ -1091,15 +1123,25 @@ impl LocalDriver {
                     (None, _) => false,
                 };
                 if verify_due {
-                    match self.verify_backup(&b.id, true, progress) {
+                    // A customer-held key: what careplane can check without
+                    // it (hashes, signatures), and the restore recorded as
+                    // skipped, never as passed.
+                    let skipped = self.customer_key_skip(&t, &e, &b.id);
+                    match self.verify_backup(&b.id, skipped.is_none(), progress) {
                         Ok(v) => out.verified.push(v),
                         Err(err) => out.failures.push(format!("verify of {}: {err}", b.id)),
                     }
-                    match self.verify_restore(&t, &e, Some(&b.id), progress) {
-                        Ok(c) => out.restore_checks.push(c),
-                        Err(err) => out
+                    match skipped {
+                        Some(Ok(c)) => out.restore_checks.push(c),
+                        Some(Err(err)) => out
                             .failures
                             .push(format!("restore verification of {}: {err}", b.id)),
+                        None => match self.verify_restore(&t, &e, Some(&b.id), progress) {
+                            Ok(c) => out.restore_checks.push(c),
+                            Err(err) => out
+                                .failures
+                                .push(format!("restore verification of {}: {err}", b.id)),
+                        },
                     }
                 }
             }

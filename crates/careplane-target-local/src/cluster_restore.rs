@@ -190,6 +190,9 @@ impl LocalDriver {
                 )));
             }
         }
+        if let Some(why) = self.base_key_problem(&repo, &base, &cluster_id) {
+            return Err(refused(why));
+        }
         let cluster = self.with_host(|d, h| d.cluster_handle(&crec, h))?;
         let resumed = crec.observed.get("clusterRestore").cloned();
         if resumed.is_none() && !req.force && healthy(&cluster) {

@@ -11,6 +11,7 @@
 
 mod backup;
 mod cluster_restore;
+mod customer_key;
 mod ingress;
 mod odoo;
 mod resources;
@@ -35,6 +36,8 @@ use careplane_state::{ResourceRecord, Store};
 use resources::Host;
 
 pub use backup::backup_wal;
+pub use careplane_backup::read_identity_file;
+pub use customer_key::IDENTITY_ENV;
 pub use restore::backup_wal_fetch;
 
 /// What can go wrong on the local target. Converted into
@@ -100,6 +103,9 @@ pub struct LocalDriver {
     store: Option<Store>,
     /// Binaries and the service user, found once per run.
     host: Host,
+    /// The caller's age identities (a customer's `--identity FILE`): tried
+    /// with careplane's own when decrypting; in memory for this run only.
+    backup_identities: Vec<careplane_state::SecretString>,
 }
 
 /// An engine for `specs` on the local target.
@@ -122,6 +128,7 @@ impl LocalDriver {
             data_dir,
             store: None,
             host: Host::default(),
+            backup_identities: Vec::new(),
         }
     }
 
@@ -405,6 +412,10 @@ impl Driver for LocalDriver {
         file: &Path,
     ) -> Result<careplane_engine::ImportReport, EngineError> {
         Ok(self.import_env(tenant, env, file)?)
+    }
+
+    fn set_backup_identities(&mut self, identities: Vec<careplane_state::SecretString>) {
+        self.backup_identities = identities;
     }
 
     fn backup_create(

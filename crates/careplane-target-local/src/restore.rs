@@ -197,6 +197,12 @@ impl LocalDriver {
         }
         let (env_backup, target, base_id) =
             self.restore_point(req, &crec, &cluster_repo_url, &cluster_id)?;
+        // Decryptable with the keys at hand (a customer-held key needs
+        // --identity), before the pre-restore backup or anything else.
+        let (trepo, _) = self.open_tenant_repo(&req.tenant)?;
+        if let Some(why) = self.key_problem(&trepo, &env_backup, Some(&base_id))? {
+            return Err(refused(why));
+        }
         self.finish_interrupted_restores(&cluster, &cluster_id)?;
         let target_text = match (&req.point, target) {
             (_, Target::Time(t)) => rfc3339(t),

@@ -54,6 +54,7 @@ pub(crate) fn check_of(m: &Manifest) -> RestoreCheck {
         first_difference: l("firstDifference"),
         error: None,
         evidence: Some(m.id.clone()),
+        skipped: None,
     }
 }
 
@@ -131,6 +132,11 @@ impl LocalDriver {
                 .ok_or_else(|| err(format!("{tenant}/{env} has no backup to verify")))?,
         };
         let id = m.id.clone();
+        // A customer-held key careplane was not given: refused before the
+        // scratch server, and no verification is recorded (nothing was checked).
+        if let Some(why) = self.key_problem(&repo, m, None)? {
+            return Err(crate::restore::refused(why));
+        }
         let outcome = self.check_backup(&side, &repo, m, &ms, started, progress);
         let check = match outcome {
             Ok(c) => c,
@@ -149,6 +155,7 @@ impl LocalDriver {
                 first_difference: None,
                 error: Some(e.to_string()),
                 evidence: None,
+                skipped: None,
             },
         };
         let mut rec = side.db.clone();
