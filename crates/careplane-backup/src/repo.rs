@@ -529,15 +529,12 @@ impl Repository {
             parent: HashMap::new(),
             state: Mutex::new(BTreeMap::new()),
             stream: None,
+            note: None,
         })
     }
 
     fn manifest_object(id: &str) -> String {
         object_in(None, id, "manifest")
-    }
-
-    fn state_object(id: &str) -> String {
-        object_in(None, id, "state")
     }
 
     /// The manifest of one backup, its signature and identity checked.
@@ -604,6 +601,43 @@ impl Repository {
     pub fn delete_record(&self, stream: &str, id: &str) -> Result<()> {
         check_backup_id(stream)?;
         self.delete_in(Some(stream), id)
+    }
+
+    /// An object sealed with the repository secret (`.state`, `.note`):
+    /// `None` when absent.
+    fn read_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        m: &Manifest,
+        ext: &str,
+    ) -> Result<Option<T>> {
+        let object = object_in(m.stream.as_deref(), &m.id, ext);
+        let Some(sealed) = self.store.get(&object)? else {
+            return Ok(None);
+        };
+        let plain = self
+            .keys
+            .open_with_secret(&sealed, object.as_bytes())
+            .ok_or_else(|| corrupt(&m.id, &object, "does not authenticate (changed)"))?;
+        let json = zstd::stream::decode_all(&plain[..])
+            .map_err(|e| corrupt(&m.id, &object, format!("does not decompress: {e}")))?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| corrupt(&m.id, &object, format!("unreadable: {e}")))
+    }
+
+    /// The paths of the files whose state a backup recorded (`put_tree`'s
+    /// files, less those modified in the 2 s before its walk): what it
+    /// holds, read with the repository secret only (no private key).
+    /// `None` when it recorded none.
+    pub fn state_paths(&self, manifest: &Manifest) -> Result<Option<Vec<String>>> {
+        let state: Option<BTreeMap<String, FileState>> = self.read_sealed(manifest, "state")?;
+        Ok(state.map(|s| s.into_keys().collect()))
+    }
+
+    /// The note a backup or record was committed with
+    /// ([`BackupWriter::seal_note`]), read with the repository secret only.
+    pub fn note(&self, manifest: &Manifest) -> Result<Option<serde_json::Value>> {
+        self.read_sealed(manifest, "note")
     }
 
     fn manifest_in(&self, stream: Option<&str>, id: &str) -> Result<Manifest> {
@@ -1215,7 +1249,8 @@ impl Repository {
         }
         self.store.delete(&object)?;
         self.store.delete(&object_in(stream, backup, "index"))?;
-        self.store.delete(&object_in(stream, backup, "state"))
+        self.store.delete(&object_in(stream, backup, "state"))?;
+        self.store.delete(&object_in(stream, backup, "note"))
     }
 
     /// Deletes chunks and indexes that no manifest references and that are
@@ -1240,6 +1275,7 @@ impl Repository {
         for m in &manifests {
             referenced.insert(m.index.object.clone());
             referenced.insert(object_in(m.stream.as_deref(), &m.id, "state"));
+            referenced.insert(object_in(m.stream.as_deref(), &m.id, "note"));
             referenced.extend(m.chunks.iter().map(|c| c.object()));
         }
         let cutoff = Timestamp::now()
@@ -1252,7 +1288,11 @@ impl Repository {
                 .list("backups")?
                 .into_iter()
                 .chain(records)
-                .filter(|l| l.name.ends_with(".index") || l.name.ends_with(".state")),
+                .filter(|l| {
+                    l.name.ends_with(".index")
+                        || l.name.ends_with(".state")
+                        || l.name.ends_with(".note")
+                }),
         );
         for l in candidates {
             if referenced.contains(&l.name) || l.modified > cutoff {
@@ -1402,6 +1442,7 @@ pub struct BackupWriter<'r> {
     state: Mutex<BTreeMap<String, FileState>>,
     /// A record's stream (`Repository::start_record`); `None` for a backup.
     stream: Option<String>,
+    note: Option<serde_json::Value>,
 }
 
 /// Called with the running totals after each chunk.
@@ -1420,20 +1461,15 @@ impl BackupWriter<'_> {
     /// parent has none). Needs no private key.
     pub fn reuse_unchanged_from(&mut self, parent: &str) -> Result<usize> {
         let m = self.repo.manifest(parent)?;
-        let object = Repository::state_object(&m.id);
-        let Some(sealed) = self.repo.store.get(&object)? else {
-            return Ok(0);
-        };
-        let plain = self
-            .repo
-            .keys
-            .open_with_secret(&sealed, object.as_bytes())
-            .ok_or_else(|| corrupt(&m.id, &object, "does not authenticate (changed)"))?;
-        let json = zstd::stream::decode_all(&plain[..])
-            .map_err(|e| corrupt(&m.id, &object, format!("does not decompress: {e}")))?;
-        self.parent = serde_json::from_slice(&json)
-            .map_err(|e| corrupt(&m.id, &object, format!("unreadable: {e}")))?;
+        self.parent = self.repo.read_sealed(&m, "state")?.unwrap_or_default();
         Ok(self.parent.len())
+    }
+
+    /// A small JSON note committed with this backup or record, sealed with
+    /// the repository secret (`<id>.note`): what careplane must read back
+    /// without a private key (a customer may hold the only one).
+    pub fn seal_note(&mut self, note: serde_json::Value) {
+        self.note = Some(note);
     }
 
     /// The entry of an unchanged file from the parent's state, its chunks
@@ -1893,6 +1929,15 @@ impl BackupWriter<'_> {
                 zstd::bulk::compress(&json, 3).map_err(crate::error::io("compressing"))?;
             let sealed = repo.keys.seal_with_secret(&compressed, object.as_bytes());
             state_size = sealed.len() as u64;
+            repo.store.put(&object, sealed)?;
+        }
+        if let Some(note) = &self.note {
+            let object = object_in(stream, &self.id, "note");
+            let json = serde_json::to_vec(note).expect("note serializes");
+            let compressed =
+                zstd::bulk::compress(&json, 3).map_err(crate::error::io("compressing"))?;
+            let sealed = repo.keys.seal_with_secret(&compressed, object.as_bytes());
+            state_size += sealed.len() as u64;
             repo.store.put(&object, sealed)?;
         }
         let manifest = Manifest {

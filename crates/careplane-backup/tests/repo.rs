@@ -318,14 +318,20 @@ on_both!(
 /// kept by `gc` until deleted, and refused when moved to another stream or
 /// among the backups.
 fn stream_records(b: &Backend) {
-    let repo = b.open(&keys()).unwrap();
+    let k = keys();
+    let repo = b.open(&k).unwrap();
     let backup = small_backup(&repo);
     let labels = BTreeMap::from([("kind".to_string(), "shipment".to_string())]);
     let mut w = repo.start_record("filestore-prod", labels.clone()).unwrap();
     let doc = noise(9, 700_000);
     w.put_stream("filestore/ab/abcdef", 0o640, &mut &doc[..], &quiet)
         .unwrap();
+    w.put_stream("filestore/cd/half", 0o640, &mut &b"half"[..], &quiet)
+        .unwrap();
+    assert!(w.forget("filestore/cd/half"));
+    w.seal_note(serde_json::json!({"shipped": ["ab/abcdef"]}));
     let r1 = w.commit(BackupMetadata::default()).unwrap();
+    assert_eq!(r1.files, 1, "a forgotten file is in the record");
     assert_eq!(r1.stream.as_deref(), Some("filestore-prod"));
     // A record killed before its manifest does not exist.
     let mut w = repo.start_record("filestore-prod", labels.clone()).unwrap();
@@ -362,6 +368,40 @@ fn stream_records(b: &Backend) {
     for name in b.names("") {
         assert!(!name.contains("abcdef"), "{name} names a file");
     }
+
+    // The note, and what a tree backup holds, read without a private key
+    // (a customer may hold the only one).
+    let tree = tempfile::tempdir().unwrap();
+    make_tree(tree.path());
+    let tb = backup_tree(&repo, tree.path());
+    let secret_only = b
+        .open(&RepoKeys {
+            identities: Vec::new(),
+            ..k.clone()
+        })
+        .unwrap();
+    assert!(
+        secret_only.index(&m).is_err(),
+        "the index opened without a key"
+    );
+    assert_eq!(
+        secret_only.note(&m).unwrap(),
+        Some(serde_json::json!({"shipped": ["ab/abcdef"]}))
+    );
+    assert_eq!(secret_only.note(&backup).unwrap(), None);
+    let paths = secret_only.state_paths(&tb).unwrap().unwrap();
+    assert!(
+        paths.contains(&"filestore/ab/file000".to_string()),
+        "{paths:?}"
+    );
+    // A note moved to another record does not authenticate.
+    let note = format!("streams/filestore-prod/{}.note", r1.id);
+    let other_note = format!("streams/filestore-other/{}.note", other.id);
+    b.put(&other_note, b.get(&note));
+    let err = secret_only.note(&other).unwrap_err().to_string();
+    assert!(err.contains("does not authenticate"), "{err}");
+    b.delete(&other_note);
+    repo.delete_backup(&tb.id).unwrap();
 
     // Moved: to another stream, or among the backups.
     let from = format!("streams/filestore-prod/{}.manifest", r1.id);

@@ -12,10 +12,14 @@
 //! killed before its manifest does not exist; the next one finds the same
 //! files new, and its chunks already uploaded.
 //!
-//! Which files are new: those the environment's newest backup (its index)
-//! and the shipments since it lack. Each shipment's sealed index carries
-//! the names shipped since that backup (`shipped`), so one index is read,
-//! not every shipment's.
+//! Which files are new: those the environment's newest backup and the
+//! shipments since it lack. Both are read with the repository secret only,
+//! no private key (a customer may hold the only one): the backup's file
+//! state (`Repository::state_paths`) and the newest shipment's note, which
+//! lists every name shipped since that backup (`shipped`), so two small
+//! objects are read, not every shipment's index. A file the backup's state
+//! leaves out (modified in the 2 s before its walk) is shipped once more:
+//! the same chunks, one more index entry.
 //!
 //! The filestore belongs to the environment's uid, which runs tenant code:
 //! it is read as `restore` reads it (`careplane_odoo::tree::read_filestore`,
@@ -37,7 +41,7 @@ use crate::{Error, LocalDriver};
 
 /// The `kind` label of a shipment.
 pub(crate) const SHIPMENT: &str = "filestore-shipment";
-/// The sealed index's list of every name shipped since the backup.
+/// The note's list of every name shipped since the backup.
 const SHIPPED: &str = "shipped";
 
 /// The stream of an environment's shipments in its tenant's repository.
@@ -167,11 +171,13 @@ impl LocalDriver {
         };
         out.since = Some(backup.id.clone());
         let stream = stream_of(env);
-        let mut covered = filestore_names(
-            &repo
-                .index(&backup)
-                .map_err(berr(&format!("reading backup {}", backup.id)))?,
-        );
+        let mut covered: BTreeSet<String> = repo
+            .state_paths(&backup)
+            .map_err(berr(&format!("reading backup {}", backup.id)))?
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.strip_prefix("filestore/").map(str::to_string))
+            .collect();
         // What the shipments since the backup hold: the newest one lists it.
         let mut shipped: BTreeSet<String> = BTreeSet::new();
         let ids = repo.list_record_ids(&stream).map_err(berr(&format!(
@@ -182,10 +188,10 @@ impl LocalDriver {
                 "filestore shipment {last} of {tenant}/{env}"
             )))?;
             if label(&m, "since") == backup.id {
-                let index = repo.index(&m).map_err(berr(&format!(
+                let note = repo.note(&m).map_err(berr(&format!(
                     "filestore shipment {last} of {tenant}/{env}"
                 )))?;
-                shipped = shipped_names(&index);
+                shipped = shipped_names(note.as_ref());
             }
         }
         covered.extend(shipped.iter().cloned());
@@ -270,12 +276,10 @@ impl LocalDriver {
         shipped.extend(entries.iter().map(|e| e.name.clone()));
         out.files = entries.len() as u64;
         out.bytes = entries.iter().map(|e| e.size).sum();
+        let mut writer = writer;
+        writer.seal_note(serde_json::json!({ SHIPPED: shipped }));
         let metadata = BackupMetadata {
             filestore: entries,
-            extra: BTreeMap::from([(
-                SHIPPED.to_string(),
-                Value::from(shipped.into_iter().collect::<Vec<_>>()),
-            )]),
             ..Default::default()
         };
         // Killed here: the chunks are in, no shipment exists; the next
@@ -349,12 +353,9 @@ impl LocalDriver {
     }
 }
 
-/// The names a shipment's index says were shipped since its backup.
-fn shipped_names(index: &careplane_backup::BackupIndex) -> BTreeSet<String> {
-    index
-        .metadata
-        .extra
-        .get(SHIPPED)
+/// The names a shipment's note says were shipped since its backup.
+fn shipped_names(note: Option<&Value>) -> BTreeSet<String> {
+    note.and_then(|n| n.get(SHIPPED))
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
