@@ -674,6 +674,10 @@ fn a_file_added_after_the_backup_and_deleted_before_the_restore_comes_back_from_
     let s = ship(&p);
     assert!(s["note"].as_str().unwrap().contains("no backup yet"), "{s}");
     let b = p.json(&["backup", "create", "alpha/production"]);
+    // Right after it, at most what its file state left out (written in the
+    // 2 s before its walk: the stand-in's own files) is shipped once more;
+    // then nothing.
+    ship(&p);
     let s = ship(&p);
     assert_eq!(
         (s["files"].as_u64(), &s["id"]),
@@ -814,11 +818,17 @@ fn a_file_added_after_the_backup_and_deleted_before_the_restore_comes_back_from_
     assert_eq!(r["shipped"][0]["files"], 2, "{r}");
     assert_eq!(r["shipped"][0]["bytes"], later.len() + scan.len(), "{r}");
     let newer = r["shipped"][0]["id"].as_str().unwrap();
-    assert_eq!(r["pruned"]["repositories"][0]["shipmentsDeleted"], 1, "{r}");
+    // Every shipment before the kept backup (the scan's, and the one right
+    // after the first backup) is deleted; the new one stays.
     assert!(
-        !stream.join(format!("{shipment}.manifest")).exists()
-            && stream.join(format!("{newer}.manifest")).is_file(),
-        "{:?}",
-        dir_names(&stream)
+        r["pruned"]["repositories"][0]["shipmentsDeleted"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{r}"
     );
+    let manifests: Vec<String> = dir_names(&stream)
+        .into_iter()
+        .filter(|n| n.ends_with(".manifest"))
+        .collect();
+    assert_eq!(manifests, [format!("{newer}.manifest")], "{shipment}");
 }
