@@ -673,6 +673,8 @@ fn a_file_added_after_the_backup_and_deleted_before_the_restore_comes_back_from_
     // Before the first backup there is nothing to add to.
     let s = ship(&p);
     assert!(s["note"].as_str().unwrap().contains("no backup yet"), "{s}");
+    let repo = p.data_dir().join("backups/tenants/alpha");
+    assert!(!repo.exists(), "shipping alone made a repository");
     let b = p.json(&["backup", "create", "alpha/production"]);
     // Right after it, at most what its file state left out (written in the
     // 2 s before its walk: the stand-in's own files) is shipped once more;
@@ -727,7 +729,6 @@ fn a_file_added_after_the_backup_and_deleted_before_the_restore_comes_back_from_
     );
     // Nothing of it in clear in the repository: no file name, no content,
     // and the link's target was never read.
-    let repo = p.data_dir().join("backups/tenants/alpha");
     for needle in [&fname[3..], &link[3..], &partial[3..]] {
         let (names, found) = tree(&repo, needle.as_bytes());
         assert!(!found, "{needle} in clear in the repository");

@@ -250,13 +250,13 @@ impl LocalDriver {
             .map_err(berr(&format!("opening backup repository {url}")))
     }
 
-    fn tenant_repo_url(&self, tenant: &str, policy: &Policy) -> String {
+    pub(crate) fn tenant_repo_url(&self, tenant: &str, policy: &Policy) -> String {
         join_url(&policy.base, &format!("tenants/{tenant}"))
     }
 
     /// A repository that was never written to is not created by reading
     /// (`list`, `status`): only `file://` can be checked cheaply.
-    fn repo_exists(url: &str) -> bool {
+    pub(crate) fn repo_exists(url: &str) -> bool {
         match url.strip_prefix("file://") {
             Some(path) => Path::new(path).join("config.json").exists(),
             None => true,

@@ -158,6 +158,13 @@ impl LocalDriver {
             environment: env.into(),
             ..Default::default()
         };
+        let no_backup = "no backup yet: the first backup takes the whole filestore";
+        // Shipping alone never creates a repository.
+        let policy = self.tenant_policy(tenant)?;
+        if !Self::repo_exists(&self.tenant_repo_url(tenant, &policy)) {
+            out.note = Some(no_backup.into());
+            return Ok(out);
+        }
         let (repo, _) = self.open_tenant_repo(tenant)?;
         let Some(backup) = repo
             .list_backups()
@@ -166,7 +173,7 @@ impl LocalDriver {
             .filter(|m| is_env_backup(m) && label(m, "environment") == env)
             .max_by_key(|m| m.finished)
         else {
-            out.note = Some("no backup yet: the first backup takes the whole filestore".into());
+            out.note = Some(no_backup.into());
             return Ok(out);
         };
         out.since = Some(backup.id.clone());
