@@ -905,18 +905,22 @@ impl Repository {
         owner: Option<(u32, u32)>,
         select: &dyn Fn(&str) -> bool,
     ) -> Result<u64> {
-        self.restore_tree_with(backup, dest, owner, select, true)
+        self.restore_tree_with(backup, dest, owner, select, &|_| false, true)
     }
 
-    /// [`Self::restore_tree`]; without `sync` no file is fsynced, for a
-    /// directory that is thrown away after use (a one-database restore's
-    /// scratch server, which runs with `fsync = off` anyway).
+    /// [`Self::restore_tree`]; files not selected for which `placeholder`
+    /// holds are created empty and sparse at their size (what a one-database
+    /// restore puts in the other databases' place). Without `sync` no file
+    /// is fsynced, for a directory that is thrown away after use (a
+    /// one-database restore's scratch server, which runs with `fsync = off`
+    /// anyway).
     pub(crate) fn restore_tree_with(
         &self,
         backup: &str,
         dest: &std::path::Path,
         owner: Option<(u32, u32)>,
         select: &dyn Fn(&str) -> bool,
+        placeholder: &dyn Fn(&str) -> bool,
         sync: bool,
     ) -> Result<u64> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -955,7 +959,8 @@ impl Repository {
         let mut dirs = Vec::new();
         for entry in &index.files {
             check_rel_path(&manifest.id, &entry.path)?;
-            if !select(&entry.path) {
+            let sparse = !select(&entry.path);
+            if sparse && !(entry.kind == FileKind::File && placeholder(&entry.path)) {
                 continue;
             }
             let target = dest.join(&entry.path);
@@ -985,7 +990,7 @@ impl Repository {
                         .map_err(io(format!("creating symlink {}", target.display())))?;
                     chown(&target)?;
                 }
-                FileKind::File => files.push((target, entry)),
+                FileKind::File => files.push((target, entry, sparse)),
             }
         }
         // The work is cut into runs of whole chunks of about RESTORE_RUN
@@ -993,7 +998,17 @@ impl Repository {
         // with whole files per thread, a 1 GiB table segment kept one thread
         // busy long after the other had finished the rest.
         let mut runs = Vec::new();
-        for (fi, (_, entry)) in files.iter().enumerate() {
+        for (fi, (_, entry, sparse)) in files.iter().enumerate() {
+            if *sparse {
+                // Created among the other runs: thousands of file creations
+                // were most of a one-database restore, one after another.
+                runs.push(Run {
+                    file: fi,
+                    chunks: 0..0,
+                    offset: 0,
+                });
+                continue;
+            }
             let (mut first, mut start, mut end) = (0, 0u64, 0u64);
             let before = runs.len();
             for (ci, id) in entry.chunks.iter().enumerate() {
@@ -1041,7 +1056,7 @@ impl Repository {
         let failed: Mutex<Option<BackupError>> = Mutex::new(None);
         let restore_run = |run: &Run, scratch: &mut ChunkScratch| -> Result<()> {
             use std::os::unix::fs::FileExt;
-            let (target, entry) = &files[run.file];
+            let (target, entry, sparse) = &files[run.file];
             let slot = &open[run.file];
             // The first run of a file to start creates it; the fd is closed
             // when its last run ends (thousands of filestore files must not
@@ -1065,6 +1080,10 @@ impl Repository {
                     }
                 }
             };
+            if *sparse {
+                f.set_len(entry.size)
+                    .map_err(io(format!("sizing {}", target.display())))?;
+            }
             let mut offset = run.offset;
             for id in &entry.chunks[run.chunks.clone()] {
                 // Present: every id was looked up when the runs were cut.
@@ -1075,7 +1094,7 @@ impl Repository {
                     .map_err(io(format!("writing {}", target.display())))?;
                 offset += scratch.plain.len() as u64;
             }
-            if sync {
+            if sync && offset > run.offset {
                 use std::os::fd::AsRawFd;
                 // Start writing this run back now, while the next is being
                 // decoded, so the file's closing fsync finds little left.

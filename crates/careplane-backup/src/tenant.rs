@@ -502,31 +502,23 @@ pub fn recover_database(
     mkdir(&scratch.dir.join("log"), 0o700)?;
     let data = scratch.data_dir();
     let select = |path: &str| !skipped(path);
-    // Thrown away after use, and the server runs with fsync = off.
-    let bytes_restored = repo.restore_tree_with(backup, &data, opts.owner, &select, false)?;
+    // Thrown away after use, and the server runs with fsync = off. The other
+    // databases' files become sparse placeholders of their size, as
+    // pgBackRest's --db-include makes them: WAL replay may read their pages.
+    let bytes_restored =
+        repo.restore_tree_with(backup, &data, opts.owner, &select, &skipped, false)?;
     let mut files_restored = 0;
     let (mut files_skipped, mut bytes_skipped) = (0u64, 0u64);
     for f in &index.files {
         if f.kind != FileKind::File {
             continue;
         }
-        if !skipped(&f.path) {
+        if skipped(&f.path) {
+            files_skipped += 1;
+            bytes_skipped += f.size;
+        } else {
             files_restored += 1;
-            continue;
         }
-        let path = data.join(&f.path);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(f.mode & 0o7777)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io(format!("creating {}", path.display())))?;
-        file.set_len(f.size)
-            .map_err(io(format!("sizing {}", path.display())))?;
-        chown(&path, opts.owner)?;
-        files_skipped += 1;
-        bytes_skipped += f.size;
     }
 
     let files_duration = started.elapsed();
