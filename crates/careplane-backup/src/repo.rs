@@ -149,6 +149,11 @@ pub struct Manifest {
     pub index: ObjectRef,
     /// Every chunk the files reference, sorted by id.
     pub chunks: Vec<ChunkRef>,
+    /// The stream of a record (`Repository::start_record`); `None` for a
+    /// backup. Signed with the rest, so a record moved to another stream or
+    /// among the backups is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 impl Manifest {
@@ -586,25 +591,121 @@ impl Repository {
             new_stored: AtomicU64::new(0),
             parent: HashMap::new(),
             state: Mutex::new(BTreeMap::new()),
+            stream: None,
+            note: None,
         })
     }
 
     fn manifest_object(id: &str) -> String {
-        format!("backups/{id}.manifest")
-    }
-
-    fn index_object(id: &str) -> String {
-        format!("backups/{id}.index")
-    }
-
-    fn state_object(id: &str) -> String {
-        format!("backups/{id}.state")
+        object_in(None, id, "manifest")
     }
 
     /// The manifest of one backup, its signature and identity checked.
     pub fn manifest(&self, id: &str) -> Result<Manifest> {
+        self.manifest_in(None, id)
+    }
+
+    /// Starts a record of `stream` (`streams/<stream>/<id>.*`): written
+    /// like a backup (chunks, sealed index, signed manifest last) but listed
+    /// apart from the backups, so a stream of many small records (e.g. files
+    /// shipped between backups) costs nothing to `list_backups`.
+    pub fn start_record(
+        &self,
+        stream: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<BackupWriter<'_>> {
+        check_backup_id(stream)?;
+        let mut w = self.start_backup(labels)?;
+        w.stream = Some(stream.to_string());
+        Ok(w)
+    }
+
+    /// The ids of `stream`'s committed records, oldest first (ids start
+    /// with their start time). Reads object names only.
+    pub fn list_record_ids(&self, stream: &str) -> Result<Vec<String>> {
+        check_backup_id(stream)?;
+        let dir = format!("streams/{stream}/");
+        let mut ids: Vec<String> = self
+            .store
+            .list(&format!("streams/{stream}"))?
+            .into_iter()
+            .filter_map(|l| {
+                l.name
+                    .strip_prefix(&dir)
+                    .and_then(|n| n.strip_suffix(".manifest"))
+                    .filter(|n| !n.contains('/'))
+                    .map(str::to_string)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// One record of `stream`, its signature, identity and stream checked.
+    pub fn record(&self, stream: &str, id: &str) -> Result<Manifest> {
+        check_backup_id(stream)?;
+        self.manifest_in(Some(stream), id)
+    }
+
+    /// Every committed record of `stream`, oldest first.
+    pub fn list_records(&self, stream: &str) -> Result<Vec<Manifest>> {
+        let mut all = self
+            .list_record_ids(stream)?
+            .iter()
+            .map(|id| self.record(stream, id))
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Deletes a record of `stream` (manifest first); its chunks go at the
+    /// next [`Repository::gc`]. Refused with [`BackupError::Locked`] while
+    /// Object Lock keeps it.
+    pub fn delete_record(&self, stream: &str, id: &str) -> Result<()> {
+        check_backup_id(stream)?;
+        self.delete_in(Some(stream), id)
+    }
+
+    /// An object sealed with the repository secret (`.state`, `.note`):
+    /// `None` when absent.
+    fn read_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        m: &Manifest,
+        ext: &str,
+    ) -> Result<Option<T>> {
+        let object = object_in(m.stream.as_deref(), &m.id, ext);
+        let Some(sealed) = self.store.get(&object)? else {
+            return Ok(None);
+        };
+        let plain = self
+            .keys
+            .open_with_secret(&sealed, object.as_bytes())
+            .ok_or_else(|| corrupt(&m.id, &object, "does not authenticate (changed)"))?;
+        let json = zstd::stream::decode_all(&plain[..])
+            .map_err(|e| corrupt(&m.id, &object, format!("does not decompress: {e}")))?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| corrupt(&m.id, &object, format!("unreadable: {e}")))
+    }
+
+    /// The paths of the files whose state a backup recorded (`put_tree`'s
+    /// files, less those modified in the 2 s before its walk): what it
+    /// holds, read with the repository secret only (no private key).
+    /// `None` when it recorded none.
+    pub fn state_paths(&self, manifest: &Manifest) -> Result<Option<Vec<String>>> {
+        let state: Option<BTreeMap<String, FileState>> = self.read_sealed(manifest, "state")?;
+        Ok(state.map(|s| s.into_keys().collect()))
+    }
+
+    /// The note a backup or record was committed with
+    /// ([`BackupWriter::seal_note`]), read with the repository secret only.
+    pub fn note(&self, manifest: &Manifest) -> Result<Option<serde_json::Value>> {
+        self.read_sealed(manifest, "note")
+    }
+
+    fn manifest_in(&self, stream: Option<&str>, id: &str) -> Result<Manifest> {
         check_backup_id(id)?;
-        let object = Self::manifest_object(id);
+        let object = object_in(stream, id, "manifest");
         let bytes = self
             .store
             .get(&object)?
@@ -640,6 +741,23 @@ impl Repository {
                 format!(
                     "the manifest belongs to repository {}, not {}",
                     m.repository, self.config.repository
+                ),
+            ));
+        }
+        if m.stream.as_deref() != stream {
+            return Err(corrupt(
+                id,
+                &object,
+                format!(
+                    "the manifest is {}, not {} (moved)",
+                    m.stream
+                        .as_deref()
+                        .map_or("a backup".to_string(), |s| format!(
+                            "a record of stream {s}"
+                        )),
+                    stream.map_or("a backup".to_string(), |s| format!(
+                        "a record of stream {s}"
+                    )),
                 ),
             ));
         }
@@ -814,6 +932,29 @@ impl Repository {
             .find(|f| f.path == path && f.kind == FileKind::File)
             .ok_or_else(|| invalid(format!("backup {backup}"), format!("has no file {path:?}")))?;
         self.write_entry(&manifest, &Self::chunk_table(&manifest), entry, out)
+    }
+
+    /// Writes file `path` of a backup or record whose manifest and index
+    /// the caller read already (many files of one record, one index read);
+    /// returns its size. Every chunk is checked against the manifest.
+    pub fn read_file_of(
+        &self,
+        manifest: &Manifest,
+        index: &BackupIndex,
+        path: &str,
+        out: &mut dyn Write,
+    ) -> Result<u64> {
+        let entry = index
+            .files
+            .iter()
+            .find(|f| f.path == path && f.kind == FileKind::File)
+            .ok_or_else(|| {
+                invalid(
+                    format!("backup {}", manifest.id),
+                    format!("has no file {path:?}"),
+                )
+            })?;
+        self.write_entry(manifest, &Self::chunk_table(manifest), entry, out)
     }
 
     /// Restores the files of a backup for which `select(path)` holds into
@@ -1178,8 +1319,12 @@ impl Repository {
     /// Object Lock still keeps is refused with [`BackupError::Locked`]
     /// before anything is deleted, so it stays whole and listed.
     pub fn delete_backup(&self, backup: &str) -> Result<()> {
+        self.delete_in(None, backup)
+    }
+
+    fn delete_in(&self, stream: Option<&str>, backup: &str) -> Result<()> {
         check_backup_id(backup)?;
-        let object = Self::manifest_object(backup);
+        let object = object_in(stream, backup, "manifest");
         if !self.store.exists(&object)? {
             return Err(BackupError::NotFound {
                 repository: self.store.url.clone(),
@@ -1194,19 +1339,34 @@ impl Repository {
             });
         }
         self.store.delete(&object)?;
-        self.store.delete(&Self::index_object(backup))?;
-        self.store.delete(&Self::state_object(backup))
+        self.store.delete(&object_in(stream, backup, "index"))?;
+        self.store.delete(&object_in(stream, backup, "state"))?;
+        self.store.delete(&object_in(stream, backup, "note"))
     }
 
     /// Deletes chunks and indexes that no manifest references and that are
     /// older than `grace` (so a backup still uploading keeps its objects).
     /// Must not run concurrently with a backup that reuses chunks.
     pub fn gc(&self, grace: std::time::Duration) -> Result<GcReport> {
-        let manifests = self.list_backups()?;
+        let mut manifests = self.list_backups()?;
+        // Every stream's records keep their chunks too.
+        let records = self.store.list("streams")?;
+        for l in &records {
+            let Some((stream, id)) = l
+                .name
+                .strip_prefix("streams/")
+                .and_then(|n| n.strip_suffix(".manifest"))
+                .and_then(|n| n.split_once('/'))
+            else {
+                continue;
+            };
+            manifests.push(self.record(stream, id)?);
+        }
         let mut referenced: HashSet<String> = HashSet::new();
         for m in &manifests {
             referenced.insert(m.index.object.clone());
-            referenced.insert(Self::state_object(&m.id));
+            referenced.insert(object_in(m.stream.as_deref(), &m.id, "state"));
+            referenced.insert(object_in(m.stream.as_deref(), &m.id, "note"));
             referenced.extend(m.chunks.iter().map(|c| c.object()));
         }
         let cutoff = Timestamp::now()
@@ -1218,7 +1378,12 @@ impl Repository {
             self.store
                 .list("backups")?
                 .into_iter()
-                .filter(|l| l.name.ends_with(".index") || l.name.ends_with(".state")),
+                .chain(records)
+                .filter(|l| {
+                    l.name.ends_with(".index")
+                        || l.name.ends_with(".state")
+                        || l.name.ends_with(".note")
+                }),
         );
         for l in candidates {
             if referenced.contains(&l.name) || l.modified > cutoff {
@@ -1304,6 +1469,15 @@ pub(crate) fn read_config(store: &Store) -> Result<Option<Config>> {
         })
 }
 
+/// The name of a backup's (`stream` None) or a record's object `ext`
+/// (`manifest`, `index`, `state`).
+fn object_in(stream: Option<&str>, id: &str, ext: &str) -> String {
+    match stream {
+        None => format!("backups/{id}.{ext}"),
+        Some(s) => format!("streams/{s}/{id}.{ext}"),
+    }
+}
+
 fn check_backup_id(id: &str) -> Result<()> {
     if id.is_empty()
         || id.len() > 64
@@ -1357,6 +1531,9 @@ pub struct BackupWriter<'r> {
     /// File states of this backup (from `put_tree`; files modified less
     /// than 2 s before the walk are left out, so they are read next time).
     state: Mutex<BTreeMap<String, FileState>>,
+    /// A record's stream (`Repository::start_record`); `None` for a backup.
+    stream: Option<String>,
+    note: Option<serde_json::Value>,
 }
 
 /// Called with the running totals after each chunk.
@@ -1375,20 +1552,15 @@ impl BackupWriter<'_> {
     /// parent has none). Needs no private key.
     pub fn reuse_unchanged_from(&mut self, parent: &str) -> Result<usize> {
         let m = self.repo.manifest(parent)?;
-        let object = Repository::state_object(&m.id);
-        let Some(sealed) = self.repo.store.get(&object)? else {
-            return Ok(0);
-        };
-        let plain = self
-            .repo
-            .keys
-            .open_with_secret(&sealed, object.as_bytes())
-            .ok_or_else(|| corrupt(&m.id, &object, "does not authenticate (changed)"))?;
-        let json = zstd::stream::decode_all(&plain[..])
-            .map_err(|e| corrupt(&m.id, &object, format!("does not decompress: {e}")))?;
-        self.parent = serde_json::from_slice(&json)
-            .map_err(|e| corrupt(&m.id, &object, format!("unreadable: {e}")))?;
+        self.parent = self.repo.read_sealed(&m, "state")?.unwrap_or_default();
         Ok(self.parent.len())
+    }
+
+    /// A small JSON note committed with this backup or record, sealed with
+    /// the repository secret (`<id>.note`): what careplane must read back
+    /// without a private key (a customer may hold the only one).
+    pub fn seal_note(&mut self, note: serde_json::Value) {
+        self.note = Some(note);
     }
 
     /// The entry of an unchanged file from the parent's state, its chunks
@@ -1601,6 +1773,17 @@ impl BackupWriter<'_> {
         };
         self.files.push(entry.clone());
         Ok(entry)
+    }
+
+    /// Takes file `path` out of this backup again (found unusable after it
+    /// was stored, e.g. its content did not match its name). Its chunks
+    /// stay in the manifest's table, so in the repository, until the
+    /// backup is deleted. Returns whether it was there.
+    pub fn forget(&mut self, path: &str) -> bool {
+        let before = self.files.len();
+        self.files.retain(|f| f.path != path);
+        self.paths.remove(path);
+        self.files.len() != before
     }
 
     /// Records a directory (with its mode).
@@ -1821,8 +2004,9 @@ impl BackupWriter<'_> {
         let index = BackupIndex { files, metadata };
         let json = serde_json::to_vec(&index).expect("index serializes");
         let sealed = repo.compress_and_seal(&json)?;
+        let stream = self.stream.as_deref();
         let index_ref = ObjectRef {
-            object: Repository::index_object(&self.id),
+            object: object_in(stream, &self.id, "index"),
             size: sealed.len() as u64,
             hash: blake3::hash(&sealed).to_hex().to_string(),
         };
@@ -1830,12 +2014,21 @@ impl BackupWriter<'_> {
         let state = self.state.into_inner().unwrap();
         let mut state_size = 0;
         if !state.is_empty() {
-            let object = Repository::state_object(&self.id);
+            let object = object_in(stream, &self.id, "state");
             let json = serde_json::to_vec(&state).expect("file state serializes");
             let compressed =
                 zstd::bulk::compress(&json, 3).map_err(crate::error::io("compressing"))?;
             let sealed = repo.keys.seal_with_secret(&compressed, object.as_bytes());
             state_size = sealed.len() as u64;
+            repo.store.put(&object, sealed)?;
+        }
+        if let Some(note) = &self.note {
+            let object = object_in(stream, &self.id, "note");
+            let json = serde_json::to_vec(note).expect("note serializes");
+            let compressed =
+                zstd::bulk::compress(&json, 3).map_err(crate::error::io("compressing"))?;
+            let sealed = repo.keys.seal_with_secret(&compressed, object.as_bytes());
+            state_size += sealed.len() as u64;
             repo.store.put(&object, sealed)?;
         }
         let manifest = Manifest {
@@ -1850,6 +2043,7 @@ impl BackupWriter<'_> {
             new_stored_bytes: self.new_stored.load(Ordering::Relaxed) + index_ref.size + state_size,
             index: index_ref,
             chunks: self.used.into_inner().unwrap().into_values().collect(),
+            stream: self.stream.clone(),
         };
         let body = serde_json::to_string(&manifest).expect("manifest serializes");
         let env = Envelope {
@@ -1858,7 +2052,7 @@ impl BackupWriter<'_> {
             manifest: body,
         };
         repo.store.put(
-            &Repository::manifest_object(&self.id),
+            &object_in(stream, &self.id, "manifest"),
             serde_json::to_vec_pretty(&env).expect("envelope serializes"),
         )?;
         Ok(manifest)

@@ -115,3 +115,69 @@ fn month_bucket(t: Timestamp) -> (i32, i32, i32) {
 fn year_bucket(t: Timestamp) -> (i32, i32, i32) {
     (t.to_zoned(TimeZone::UTC).date().year() as i32, 0, 0)
 }
+
+/// Which records shipped between backups (an environment's filestore
+/// shipments, docs/design/0010) are still needed, given the times (finished)
+/// of the backups retention keeps: a restore to T starts from the newest
+/// backup at or before T and takes from records written after that backup
+/// what it lacks. So every record at or after the backup a restore to the
+/// window's start starts from is kept (the newest kept backup at or before
+/// `now - window`, or the oldest kept one when the window reaches back
+/// further); older ones are needed by no restore inside the window. Without
+/// a window, records after the oldest kept backup are kept. With no kept
+/// backup, all are (nothing to restore from says nothing about them).
+pub fn records_needed(
+    kept_backups: &[Timestamp],
+    records: &[Timestamp],
+    window: Option<SignedDuration>,
+    now: Timestamp,
+) -> Vec<bool> {
+    let Some(oldest) = kept_backups.iter().min().copied() else {
+        return vec![true; records.len()];
+    };
+    let base = window
+        .and_then(|w| {
+            let cutoff = now.checked_sub(w.abs()).unwrap_or(Timestamp::MIN);
+            kept_backups.iter().filter(|t| **t <= cutoff).max().copied()
+        })
+        .unwrap_or(oldest);
+    records.iter().map(|r| *r >= base).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(h: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + h * 3600).unwrap()
+    }
+
+    #[test]
+    fn records_after_the_base_of_the_window_start_are_kept() {
+        let now = t(100);
+        let window = Some(SignedDuration::from_hours(24));
+        // Backups kept at 10, 60 and 90; the window starts at 76, whose
+        // restore starts from the backup of 60.
+        let backups = [t(10), t(60), t(90)];
+        let records = [t(5), t(20), t(59), t(60), t(61), t(80), t(95), t(101)];
+        assert_eq!(
+            records_needed(&backups, &records, window, now),
+            [false, false, false, true, true, true, true, true]
+        );
+        // A window older than every kept backup: from the oldest one.
+        let long = Some(SignedDuration::from_hours(1000));
+        assert_eq!(
+            records_needed(&backups, &records, long, now),
+            [false, true, true, true, true, true, true, true]
+        );
+        assert_eq!(
+            records_needed(&backups, &records, None, now),
+            records_needed(&backups, &records, long, now)
+        );
+        // Nothing kept: nothing is decided.
+        assert_eq!(
+            records_needed(&[], &records[..2], window, now),
+            [true, true]
+        );
+    }
+}

@@ -314,6 +314,137 @@ on_both!(
     super::swapped_and_changed_manifests
 );
 
+/// Records of a stream: listed apart from backups, readable file by file,
+/// kept by `gc` until deleted, and refused when moved to another stream or
+/// among the backups.
+fn stream_records(b: &Backend) {
+    let k = keys();
+    let repo = b.open(&k).unwrap();
+    let backup = small_backup(&repo);
+    let labels = BTreeMap::from([("kind".to_string(), "shipment".to_string())]);
+    let mut w = repo.start_record("filestore-prod", labels.clone()).unwrap();
+    let doc = noise(9, 700_000);
+    w.put_stream("filestore/ab/abcdef", 0o640, &mut &doc[..], &quiet)
+        .unwrap();
+    w.put_stream("filestore/cd/half", 0o640, &mut &b"half"[..], &quiet)
+        .unwrap();
+    assert!(w.forget("filestore/cd/half"));
+    w.seal_note(serde_json::json!({"shipped": ["ab/abcdef"]}));
+    let r1 = w.commit(BackupMetadata::default()).unwrap();
+    assert_eq!(r1.files, 1, "a forgotten file is in the record");
+    assert_eq!(r1.stream.as_deref(), Some("filestore-prod"));
+    // A record killed before its manifest does not exist.
+    let mut w = repo.start_record("filestore-prod", labels.clone()).unwrap();
+    w.put_stream("filestore/cd/cdef", 0o640, &mut &b"gone"[..], &quiet)
+        .unwrap();
+    drop(w);
+    let mut w = repo.start_record("filestore-other", labels).unwrap();
+    w.put_stream("x", 0o600, &mut &b"other"[..], &quiet)
+        .unwrap();
+    let other = w.commit(BackupMetadata::default()).unwrap();
+
+    assert_eq!(
+        repo.list_record_ids("filestore-prod").unwrap(),
+        vec![r1.id.clone()]
+    );
+    let ids: Vec<String> = repo
+        .list_backups()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![backup.id.clone()],
+        "a record is listed as a backup"
+    );
+    let m = repo.record("filestore-prod", &r1.id).unwrap();
+    let index = repo.index(&m).unwrap();
+    let mut out = Vec::new();
+    repo.read_file_of(&m, &index, "filestore/ab/abcdef", &mut out)
+        .unwrap();
+    assert!(out == doc, "the record's file differs");
+    // No name of a file in clear below the repository.
+    for name in b.names("") {
+        assert!(!name.contains("abcdef"), "{name} names a file");
+    }
+
+    // The note, and what a tree backup holds, read without a private key
+    // (a customer may hold the only one).
+    let tree = tempfile::tempdir().unwrap();
+    make_tree(tree.path());
+    let tb = backup_tree(&repo, tree.path());
+    let secret_only = b
+        .open(&RepoKeys {
+            identities: Vec::new(),
+            ..k.clone()
+        })
+        .unwrap();
+    assert!(
+        secret_only.index(&m).is_err(),
+        "the index opened without a key"
+    );
+    assert_eq!(
+        secret_only.note(&m).unwrap(),
+        Some(serde_json::json!({"shipped": ["ab/abcdef"]}))
+    );
+    assert_eq!(secret_only.note(&backup).unwrap(), None);
+    let paths = secret_only.state_paths(&tb).unwrap().unwrap();
+    assert!(
+        paths.contains(&"filestore/ab/file000".to_string()),
+        "{paths:?}"
+    );
+    // A note moved to another record does not authenticate.
+    let note = format!("streams/filestore-prod/{}.note", r1.id);
+    let other_note = format!("streams/filestore-other/{}.note", other.id);
+    b.put(&other_note, b.get(&note));
+    let err = secret_only.note(&other).unwrap_err().to_string();
+    assert!(err.contains("does not authenticate"), "{err}");
+    b.delete(&other_note);
+    repo.delete_backup(&tb.id).unwrap();
+
+    // Moved: to another stream, or among the backups.
+    let from = format!("streams/filestore-prod/{}.manifest", r1.id);
+    let moved = format!("streams/filestore-other/{}.manifest", r1.id);
+    b.put(&moved, b.get(&from));
+    let err = repo
+        .record("filestore-other", &r1.id)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("moved"), "{err}");
+    b.delete(&moved);
+    let as_backup = format!("backups/{}.manifest", r1.id);
+    b.put(&as_backup, b.get(&from));
+    let err = repo.manifest(&r1.id).unwrap_err().to_string();
+    assert!(err.contains("moved"), "{err}");
+    b.delete(&as_backup);
+
+    // gc keeps what records reference; after delete_record it goes.
+    let chunk = m.chunks[0].object();
+    repo.gc(std::time::Duration::ZERO).unwrap();
+    assert!(
+        b.names("chunks").contains(&chunk),
+        "gc took a record's chunk"
+    );
+    repo.read_file_of(&m, &index, "filestore/ab/abcdef", &mut Vec::new())
+        .unwrap();
+    repo.record("filestore-other", &other.id).unwrap();
+    repo.delete_record("filestore-prod", &r1.id).unwrap();
+    assert!(repo.list_record_ids("filestore-prod").unwrap().is_empty());
+    repo.gc(std::time::Duration::ZERO).unwrap();
+    assert!(
+        !b.names("chunks").contains(&chunk),
+        "a deleted record's chunk stayed"
+    );
+    assert!(
+        !b.names("streams").iter().any(|n| n.contains(&r1.id)),
+        "{:?}",
+        b.names("streams")
+    );
+    repo.verify(&backup.id, true).unwrap();
+}
+on_both!(stream_records_t, super::stream_records);
+
 fn wrong_or_missing_private_key(b: &Backend) {
     let k = keys();
     let repo = b.open(&k).unwrap();

@@ -174,8 +174,30 @@ pub(crate) enum BackupCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Run once what is due: scheduled backups and verifications, then
-    /// pruning (for a systemd timer or cron, e.g. every 5 minutes).
+    /// Ship the files an environment's filestore gained since its newest
+    /// backup (and the shipments since) into its tenant's repository, so
+    /// that `restore --to-time` finds a file added after the backup and
+    /// deleted before the restore. `run-due` (and so `careplane serve`)
+    /// does this for every environment whose tier names a backup policy;
+    /// this runs it now, for one environment or all.
+    ///
+    /// Files are read without following any symlink: a link (or anything
+    /// but a regular file) in the filestore is listed as skipped, never
+    /// read. A file named like Odoo's (its SHA-1) whose content does not
+    /// match the name yet (still being written) is deferred to the next
+    /// shipment. Shipments are kept while a restore inside the policy's
+    /// PITR window may need them (`prune`).
+    ShipFilestore {
+        #[command(flatten)]
+        files: Files,
+        /// `<tenant>/<environment>`; every environment when left out.
+        environment: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Run once what is due: scheduled backups and verifications, filestore
+    /// shipments, then pruning (for a systemd timer or cron, e.g. every
+    /// 5 minutes).
     RunDue {
         #[command(flatten)]
         files: Files,
@@ -615,6 +637,50 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 }
             }
         }
+        BackupCommand::ShipFilestore {
+            files,
+            environment,
+            output,
+        } => {
+            let scope = environment.as_deref().map(split_env).transpose()?;
+            let engine = load(&files)?;
+            let who = crate::access::caller(&engine);
+            let p = Progress::new();
+            let r = engine.backup_ship_filestore(&who, scope, &|ev| p.event(ev))?;
+            drop(p);
+            match output {
+                Output::Json => print_json(&r)?,
+                Output::Text => {
+                    for s in &r.shipments {
+                        match (&s.id, &s.note) {
+                            (Some(id), _) => outln!(
+                                "{}/{}: shipment {id}: {} files, {}",
+                                s.tenant,
+                                s.environment,
+                                s.files,
+                                size(s.bytes)
+                            ),
+                            (None, Some(note)) => outln!("{}/{}: {note}", s.tenant, s.environment),
+                            (None, None) => {
+                                outln!("{}/{}: nothing new to ship", s.tenant, s.environment)
+                            }
+                        }
+                        for k in &s.skipped {
+                            outln!("  skipped {k}: not a regular file (links are never followed)");
+                        }
+                        for d in &s.deferred {
+                            outln!("  deferred {d}: content does not match its name yet");
+                        }
+                    }
+                    for f in &r.failures {
+                        errln!("failed: {f}");
+                    }
+                }
+            }
+            if !r.failures.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         BackupCommand::RunDue { files, output } => {
             let engine = load(&files)?;
             let who = crate::access::caller(&engine);
@@ -625,9 +691,11 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                 Output::Json => print_json(&r)?,
                 Output::Text => {
                     outln!(
-                        "{} backups made, {} verified, {} repositories pruned",
+                        "{} backups made, {} verified, {} filestore files shipped, {} repositories \
+                         pruned",
                         r.created.len(),
                         r.verified.len(),
+                        r.shipped.iter().map(|s| s.files).sum::<u64>(),
                         r.pruned.repositories.len()
                     );
                     for f in &r.failures {

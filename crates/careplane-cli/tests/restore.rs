@@ -603,3 +603,233 @@ fn a_restore_into_another_environment_keeps_what_it_replaced_until_destroy() {
         "alpha's databases survived destroy: {dbs:?}"
     );
 }
+
+const ONE_TENANT: &str = r#"
+apiVersion: careplane.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: alpha
+spec:
+  tenancy: shared
+  modules: [base]
+  environments:
+    - name: production
+      kind: production
+"#;
+
+/// Odoo's name for a file: `<2 hex>/<SHA-1 of the content>`.
+fn odoo_name(content: &[u8]) -> String {
+    use sha1::Digest;
+    let sha: String = sha1::Sha1::digest(content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}/{sha}", &sha[..2])
+}
+
+/// References `fname` from `ir_attachment`, as the tenant.
+fn reference(c: &mut careplane_local::postgres::Client, name: &str, fname: &str) {
+    c.execute(
+        "INSERT INTO ir_attachment (name, res_model, store_fname, file_size) VALUES ($1, 'res.partner', $2, 0)",
+        &[&name, &fname],
+    )
+    .unwrap();
+}
+
+/// Every path below `dir` (relative) and whether any file's bytes contain `needle`.
+fn tree(dir: &Path, needle: &[u8]) -> (Vec<String>, bool) {
+    let (mut names, mut found) = (Vec::new(), false);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            names.push(path.strip_prefix(dir).unwrap().display().to_string());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let data = std::fs::read(&path).unwrap();
+                found |= data.windows(needle.len()).any(|w| w == needle);
+            }
+        }
+    }
+    (names, found)
+}
+
+/// Issue 16's "filestore to the same instant": a file added after the
+/// backup is shipped, deleted with its attachment, and a restore to a time
+/// when it was referenced brings it back from the shipment. A symlink the
+/// tenant planted is never followed: not shipped, not restored, reported.
+#[test]
+fn a_file_added_after_the_backup_and_deleted_before_the_restore_comes_back_from_a_shipment() {
+    let p = Platform::with_odoo(ONE_TENANT);
+    p.ok(&["apply"]);
+    let a = env(&p, "alpha", "production");
+    let ship = |p: &Platform| -> Value {
+        let s = p.json(&["backup", "ship-filestore", "alpha/production"]);
+        assert_eq!(s["failures"], serde_json::json!([]), "{s}");
+        s["shipments"][0].clone()
+    };
+    // Before the first backup there is nothing to add to.
+    let s = ship(&p);
+    assert!(s["note"].as_str().unwrap().contains("no backup yet"), "{s}");
+    let repo = p.data_dir().join("backups/tenants/alpha");
+    assert!(!repo.exists(), "shipping alone made a repository");
+    let b = p.json(&["backup", "create", "alpha/production"]);
+    // Right after it, at most what its file state left out (written in the
+    // 2 s before its walk: the stand-in's own files) is shipped once more;
+    // then nothing.
+    ship(&p);
+    let s = ship(&p);
+    assert_eq!(
+        (s["files"].as_u64(), &s["id"]),
+        (Some(0), &Value::Null),
+        "{s}"
+    );
+
+    // After the backup: a scanned form, a file still being written (its
+    // content is not yet what its name says), and a link the tenant planted
+    // to a file of root's outside its filestore, named like Odoo's.
+    let mut ca = tenant_client(&p, "alpha", "production");
+    let scan = b"a scanned consent form, page 1 of 1".to_vec();
+    let fname = odoo_name(&scan);
+    std::fs::create_dir_all(a.filestore().join(&fname[..2])).unwrap();
+    std::fs::write(a.filestore().join(&fname), &scan).unwrap();
+    reference(&mut ca, "consent.pdf", &fname);
+    let partial = odoo_name(b"a lab report, complete");
+    std::fs::create_dir_all(a.filestore().join(&partial[..2])).unwrap();
+    std::fs::write(a.filestore().join(&partial), b"a lab rep").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = b"root's own file, not the tenant's";
+    std::fs::write(outside.path().join("secret"), secret).unwrap();
+    let link = odoo_name(secret);
+    std::fs::create_dir_all(a.filestore().join(&link[..2])).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), a.filestore().join(&link)).unwrap();
+    reference(&mut ca, "planted.pdf", &link);
+
+    // Killed after the chunks, before the record: no shipment exists.
+    crash(
+        &p,
+        &["backup", "ship-filestore", "alpha/production"],
+        "odoo-env/alpha/production@ship-uploaded",
+    );
+    let s = ship(&p);
+    assert_eq!(s["files"], 1, "{s}");
+    assert_eq!(s["bytes"], scan.len(), "{s}");
+    assert_eq!(s["since"], b["id"], "{s}");
+    assert_eq!(s["skipped"], serde_json::json!([link]), "{s}");
+    assert_eq!(s["deferred"], serde_json::json!([partial]), "{s}");
+    let shipment = s["id"].as_str().expect("a shipment").to_string();
+    // Shipped once: the next run has nothing new.
+    let s = ship(&p);
+    assert_eq!(
+        (s["files"].as_u64(), &s["id"]),
+        (Some(0), &Value::Null),
+        "{s}"
+    );
+    // Nothing of it in clear in the repository: no file name, no content,
+    // and the link's target was never read.
+    for needle in [&fname[3..], &link[3..], &partial[3..]] {
+        let (names, found) = tree(&repo, needle.as_bytes());
+        assert!(!found, "{needle} in clear in the repository");
+        assert!(!names.iter().any(|n| n.contains(needle)), "{names:?}");
+    }
+    for content in [&scan[..], &secret[..]] {
+        assert!(!tree(&repo, content).1, "filestore content in clear");
+    }
+    let audit = p.json(&["audit", "log", "--tenant", "alpha"]).to_string();
+    assert!(audit.contains("backup.ship-filestore"), "{audit}");
+    assert!(!audit.contains(&fname[3..]), "a file name in the audit log");
+
+    // T, then the attachment and its file deleted; Odoo's in-place write
+    // finished meanwhile (shipped by the next run).
+    let t = server_now(&mut ca);
+    ca.execute(
+        "DELETE FROM ir_attachment WHERE store_fname = $1",
+        &[&fname],
+    )
+    .unwrap();
+    drop(ca);
+    std::fs::remove_file(a.filestore().join(&fname)).unwrap();
+    assert!(!a.filestore().join(&fname).exists());
+
+    let out = p.run(&[
+        "backup",
+        "restore",
+        "alpha/production",
+        "--to-time",
+        &t,
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "restore failed:\n{}", text(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["backup"], b["id"], "{r}");
+    assert_eq!(r["filestoreFromShipments"], 1, "{r}");
+    // Referenced at T, never shipped (a link is not read): reported.
+    assert_eq!(r["filestoreMissing"], serde_json::json!([link]), "{r}");
+    assert_eq!(std::fs::read(a.filestore().join(&fname)).unwrap(), scan);
+    let (names, found) = tree(&a.filestore(), secret);
+    assert!(!found, "the link's target was copied into the filestore");
+    assert!(!names.iter().any(|n| n.ends_with(&link[3..])), "{names:?}");
+    let mut ca = tenant_client(&p, "alpha", "production");
+    assert!(attachments(&mut ca).contains(&fname));
+    drop(ca);
+    let st = p.json(&["status"]);
+    assert_eq!(
+        status_env(&st, "alpha", "production")["odooHealth"]["ok"],
+        true,
+        "{st}"
+    );
+
+    // Prune keeps the shipment: the restore above could be asked again.
+    let pr = p.json(&["backup", "prune"]);
+    assert!(!pr.to_string().contains("shipmentsDeleted"), "{pr}");
+    let stream = repo.join("streams/filestore-production");
+    assert!(
+        stream.join(format!("{shipment}.manifest")).is_file(),
+        "{:?}",
+        dir_names(&stream)
+    );
+    // Under a policy (what `run-due`, and so `serve`, ships for) with no
+    // PITR window and one backup kept (the restore's pre-restore one, newer
+    // than the shipment): run-due ships a new file, and its prune deletes
+    // the old shipment, which no restore needs any more.
+    let file = p.specs.join("platform.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "  supportHours: business-hours",
+        "  supportHours: business-hours\n  backupPolicy: short",
+    );
+    std::fs::write(&file, text).unwrap();
+    std::fs::write(
+        p.specs.join("policy.yaml"),
+        "apiVersion: careplane.dev/v1alpha1\nkind: BackupPolicy\nmetadata:\n  name: short\n\
+         spec:\n  schedule: \"0 3 1 1 *\"\n  keepLast: 1\n  pitrWindow: 0s\n",
+    )
+    .unwrap();
+    let later = b"a discharge letter".to_vec();
+    let later_name = odoo_name(&later);
+    std::fs::create_dir_all(a.filestore().join(&later_name[..2])).unwrap();
+    std::fs::write(a.filestore().join(&later_name), &later).unwrap();
+    let r = p.json(&["backup", "run-due"]);
+    assert_eq!(r["created"], serde_json::json!([]), "{r}");
+    assert_eq!(r["failures"], serde_json::json!([]), "{r}");
+    // The new file, and the restored scan: the newest backup (the
+    // restore's pre-restore one) was taken after it had been deleted.
+    assert_eq!(r["shipped"][0]["files"], 2, "{r}");
+    assert_eq!(r["shipped"][0]["bytes"], later.len() + scan.len(), "{r}");
+    let newer = r["shipped"][0]["id"].as_str().unwrap();
+    // Every shipment before the kept backup (the scan's, and the one right
+    // after the first backup) is deleted; the new one stays.
+    assert!(
+        r["pruned"]["repositories"][0]["shipmentsDeleted"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{r}"
+    );
+    let manifests: Vec<String> = dir_names(&stream)
+        .into_iter()
+        .filter(|n| n.ends_with(".manifest"))
+        .collect();
+    assert_eq!(manifests, [format!("{newer}.manifest")], "{shipment}");
+}

@@ -106,6 +106,10 @@ pub struct PrunedRepository {
     /// Unreferenced objects Object Lock still keeps.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub gc_locked_objects: u64,
+    /// Filestore shipments no restore inside the PITR window needs any
+    /// more, deleted (their chunks go with the garbage collection).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shipments_deleted: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -130,6 +134,48 @@ pub struct RunDueOutcome {
     /// become the verified ones) and one when `verify` is due.
     pub restore_checks: Vec<crate::RestoreCheck>,
     pub pruned: PruneOutcome,
+    /// Filestore shipments that shipped or skipped something.
+    #[serde(default)]
+    pub shipped: Vec<FilestoreShipment>,
+    pub failures: Vec<String>,
+}
+
+/// One environment's filestore shipment (docs/design/0010, "Filestore
+/// shipping"): the files of its live filestore that its newest backup and
+/// the shipments since do not have, sealed into its tenant's repository.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FilestoreShipment {
+    pub tenant: String,
+    pub environment: String,
+    /// The shipment written; `None` when there was nothing new.
+    pub id: Option<String>,
+    /// The environment backup it adds to.
+    pub since: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
+    /// Entries that are not regular files (a symlink planted by the
+    /// tenant, a FIFO, ...), relative to the filestore: never followed or
+    /// read, not shipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+    /// Files named like Odoo's (`<2 hex>/<SHA-1>`) whose content does not
+    /// match their name (still being written, or not Odoo's): not shipped
+    /// this time, looked at again by the next shipment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
+    /// Why nothing was looked at (no environment backup yet: the first one
+    /// takes the whole filestore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `backup ship-filestore [<tenant>/<env>]`: each environment's shipment;
+/// one environment's failure is listed and does not stop the others.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ShipOutcome {
+    pub shipments: Vec<FilestoreShipment>,
     pub failures: Vec<String>,
 }
 
@@ -198,6 +244,10 @@ pub struct RestoreOutcome {
     /// Files referenced by `ir_attachment` at the recovered point that
     /// neither the backup nor the live filestore has.
     pub filestore_missing: Vec<String>,
+    /// Of the files staged, those taken from filestore shipments (neither
+    /// the backup nor the live filestore had them).
+    #[serde(default)]
+    pub filestore_from_shipments: u64,
     /// The replaced database when kept (`--keep-pre-restore`).
     pub pre_restore_database: Option<String>,
     /// The service tier's restore-time target and whether it was met.
@@ -518,6 +568,53 @@ impl Engine {
                         o.cluster_backup,
                         o.duration_ms
                     ));
+                }
+                (out, None)
+            },
+        )
+    }
+
+    /// `careplane backup ship-filestore [<tenant>/<env>]`: ships the files
+    /// each environment's filestore has that its newest backup and the
+    /// shipments since lack (`backup run-due` does it too). Authorized
+    /// like `backup create`; one audit entry `backup.ship-filestore`.
+    pub fn backup_ship_filestore(
+        &self,
+        who: &Principal,
+        scope: Option<(&str, &str)>,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<ShipOutcome, EngineError> {
+        let parameters = serde_json::json!({"scope": scope.map(|(t, e)| format!("{t}/{e}"))});
+        let op = match scope {
+            Some((t, e)) => self.env_op(
+                "backup.ship-filestore",
+                Action::BackupCreate,
+                t,
+                e,
+                parameters,
+            ),
+            None => Guarded {
+                parameters,
+                ..self.platform_op("backup.ship-filestore", Action::BackupCreate)
+            },
+        };
+        self.guarded(
+            who,
+            op,
+            |core| core.driver.backup_ship_filestore(scope, progress),
+            |r, _| {
+                let mut out = audit::outcome(r);
+                if let Ok(d) = r {
+                    if d.failures.is_empty() {
+                        // Counts only: filestore names are SHA-1s of documents.
+                        out.message = Some(format!(
+                            "{} files shipped",
+                            d.shipments.iter().map(|s| s.files).sum::<u64>()
+                        ));
+                    } else {
+                        out.status = careplane_audit::Status::Failed;
+                        out.message = Some(d.failures.join("; "));
+                    }
                 }
                 (out, None)
             },

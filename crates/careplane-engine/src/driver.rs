@@ -238,4 +238,14 @@ pub trait Driver: Send {
         let _ = progress;
         unsupported("backup run-due")
     }
+
+    /// `backup ship-filestore` (see [`crate::Engine::backup_ship_filestore`]).
+    fn backup_ship_filestore(
+        &mut self,
+        scope: Option<(&str, &str)>,
+        progress: &(dyn Fn(BackupEvent) + Sync),
+    ) -> Result<crate::ShipOutcome, EngineError> {
+        let _ = (scope, progress);
+        unsupported("backup ship-filestore")
+    }
 }

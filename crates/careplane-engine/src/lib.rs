@@ -32,8 +32,8 @@ use serde_json::Value;
 
 pub use backup::{
     BackupDetail, BackupEvent, BackupSummary, BackupTable, ClusterRestoreOutcome,
-    ClusterRestoreRequest, PruneOutcome, PrunedRepository, RestoreOutcome, RestorePoint,
-    RestoreRequest, RunDueOutcome, VerifyOutcome,
+    ClusterRestoreRequest, FilestoreShipment, PruneOutcome, PrunedRepository, RestoreOutcome,
+    RestorePoint, RestoreRequest, RunDueOutcome, ShipOutcome, VerifyOutcome,
 };
 pub use careplane_audit;
 pub use careplane_identity;

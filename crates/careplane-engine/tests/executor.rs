@@ -583,7 +583,7 @@ fn the_one_check_refuses_before_any_work_and_each_call_is_one_entry() {
 #[test]
 fn every_role_against_every_engine_operation() {
     use careplane_engine::careplane_identity::{Binding, Role, Scope, Source};
-    const OPS: [&str; 14] = [
+    const OPS: [&str; 15] = [
         "apply",
         "destroy",
         "start",
@@ -598,17 +598,18 @@ fn every_role_against_every_engine_operation() {
         "backup.verify",
         "backup.prune",
         "backup.run-due",
+        "backup.ship-filestore",
     ];
     // Columns in OPS order; the tenant-operator holds tenant alpha, every
     // tenant-level operation is on alpha/dev (not production).
     const TABLE: [(&str, &str); 6] = [
-        ("viewer", "---------YYY--"),
-        ("tenant-operator", "-Y--YYY-Y-----"),
-        ("platform-operator", "YYYYYYYYYYYYYY"),
-        ("security-officer", "---------YYY--"),
-        ("platform-admin", "YYYYYYYYYYYYYY"),
+        ("viewer", "---------YYY---"),
+        ("tenant-operator", "-Y--YYY-Y------"),
+        ("platform-operator", "YYYYYYYYYYYYYYY"),
+        ("security-officer", "---------YYY---"),
+        ("platform-admin", "YYYYYYYYYYYYYYY"),
         // Without MFA: import is a restore, which always needs it.
-        ("platform-admin-no-mfa", "YYYYYYY-YYYYYY"),
+        ("platform-admin-no-mfa", "YYYYYYY-YYYYYYY"),
     ];
     let mut s = setup(8);
     apply(&mut s).unwrap();
@@ -661,6 +662,9 @@ fn every_role_against_every_engine_operation() {
                 "backup.verify" => denied(e.backup_verify(&p, "b1", false, &none).map(drop)),
                 "backup.prune" => denied(e.backup_prune(&p, &none).map(drop)),
                 "backup.run-due" => denied(e.backup_run_due(&p, &none).map(drop)),
+                "backup.ship-filestore" => {
+                    denied(e.backup_ship_filestore(&p, None, &none).map(drop))
+                }
                 other => unreachable!("{other}"),
             };
             if d && !take_log(&s).is_empty() {

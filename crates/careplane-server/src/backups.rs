@@ -43,7 +43,13 @@ fn log(o: &RunDueOutcome) {
         .iter()
         .map(|r| r.deleted.len() as u64)
         .sum();
-    if !o.created.is_empty() || !o.verified.is_empty() || !o.restore_checks.is_empty() || pruned > 0
+    // Counts only: filestore names are SHA-1s of documents.
+    let shipped: u64 = o.shipped.iter().map(|s| s.files).sum();
+    if !o.created.is_empty()
+        || !o.verified.is_empty()
+        || !o.restore_checks.is_empty()
+        || pruned > 0
+        || shipped > 0
     {
         // Skipped ones (a customer-held key) are no verification: said apart.
         let skipped = o
@@ -52,7 +58,8 @@ fn log(o: &RunDueOutcome) {
             .filter(|c| c.outcome == "skipped")
             .count();
         eprintln!(
-            "careplane serve: backups: {} made, {} verified, {} restore verifications{}, {} pruned",
+            "careplane serve: backups: {} made, {} verified, {} restore verifications{}, {} pruned, \
+             {shipped} filestore files shipped",
             o.created.len(),
             o.verified.len(),
             o.restore_checks.len() - skipped,

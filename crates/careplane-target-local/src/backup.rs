@@ -250,13 +250,13 @@ impl LocalDriver {
             .map_err(berr(&format!("opening backup repository {url}")))
     }
 
-    fn tenant_repo_url(&self, tenant: &str, policy: &Policy) -> String {
+    pub(crate) fn tenant_repo_url(&self, tenant: &str, policy: &Policy) -> String {
         join_url(&policy.base, &format!("tenants/{tenant}"))
     }
 
     /// A repository that was never written to is not created by reading
     /// (`list`, `status`): only `file://` can be checked cheaply.
-    fn repo_exists(url: &str) -> bool {
+    pub(crate) fn repo_exists(url: &str) -> bool {
         match url.strip_prefix("file://") {
             Some(path) => Path::new(path).join("config.json").exists(),
             None => true,
@@ -874,8 +874,10 @@ impl LocalDriver {
                 gc_deleted_bytes: 0,
                 locked: Vec::new(),
                 gc_locked_objects: 0,
+                shipments_deleted: 0,
             };
-            for list in by_env.values() {
+            let mut kept_times: BTreeMap<String, Vec<Timestamp>> = BTreeMap::new();
+            for (env, list) in &by_env {
                 let times: Vec<Timestamp> = list.iter().map(|m| m.finished).collect();
                 let keep = retention::select(&times, &policy.retention, now);
                 // Backups retention lets go but Object Lock still keeps.
@@ -918,11 +920,44 @@ impl LocalDriver {
                         pr.deleted.push(m.id.clone());
                     } else {
                         pr.kept.push(m.id.clone());
+                        kept_times.entry(env.clone()).or_default().push(m.finished);
                         if let Some(b) = m.labels.get("cluster.backup") {
                             needed
                                 .entry(label(m, "cluster").to_string())
                                 .or_default()
                                 .push(b.clone());
+                        }
+                    }
+                }
+            }
+            // Filestore shipments no restore inside the PITR window needs.
+            let mut envs: std::collections::BTreeSet<String> = by_env.keys().cloned().collect();
+            if let Some(spec) = self.specs.tenant(&t) {
+                envs.extend(spec.spec.environments.iter().map(|e| e.name.clone()));
+            }
+            for env in envs {
+                let stream = crate::ship::stream_of(&env);
+                let records = repo.list_records(&stream).map_err(berr(&format!(
+                    "listing the filestore shipments of {t}/{env}"
+                )))?;
+                let times: Vec<Timestamp> = records.iter().map(|m| m.finished).collect();
+                let kept = kept_times.get(&env).map(Vec::as_slice).unwrap_or_default();
+                let needed =
+                    retention::records_needed(kept, &times, policy.retention.pitr_window, now);
+                for (m, needed) in records.iter().zip(needed) {
+                    if needed {
+                        continue;
+                    }
+                    match repo.delete_record(&stream, &m.id) {
+                        Ok(()) => pr.shipments_deleted += 1,
+                        Err(careplane_backup::BackupError::Locked { until, .. }) => pr
+                            .locked
+                            .push(format!("{}: kept by object lock until {until}", m.id)),
+                        Err(e) => {
+                            return Err(berr(&format!(
+                                "deleting filestore shipment {} of {t}/{env}",
+                                m.id
+                            ))(e))
                         }
                     }
                 }
@@ -957,6 +992,7 @@ impl LocalDriver {
                 gc_deleted_bytes: 0,
                 locked: Vec::new(),
                 gc_locked_objects: 0,
+                shipments_deleted: 0,
             };
             let mut oldest_wal: Option<String> = None;
             for m in &ms {
@@ -1109,6 +1145,20 @@ impl LocalDriver {
                     }
                 }
             }
+        }
+        // Files added since each environment's last backup reach the
+        // repository within one run interval (docs/design/0010, "Filestore
+        // shipping").
+        match self.ship_filestores(None, true, progress) {
+            Ok(s) => {
+                out.shipped = s
+                    .shipments
+                    .into_iter()
+                    .filter(|s| s.files > 0 || !s.skipped.is_empty() || !s.deferred.is_empty())
+                    .collect();
+                out.failures.extend(s.failures);
+            }
+            Err(e) => out.failures.push(format!("filestore shipping: {e}")),
         }
         match self.prune_backups(progress) {
             Ok(p) => out.pruned = p,

@@ -18,6 +18,7 @@ mod resources;
 mod restore;
 mod restore_check;
 mod runtime;
+mod ship;
 mod status;
 mod transfer;
 
@@ -485,6 +486,14 @@ impl Driver for LocalDriver {
         progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
     ) -> Result<careplane_engine::RunDueOutcome, EngineError> {
         Ok(self.run_due(progress)?)
+    }
+
+    fn backup_ship_filestore(
+        &mut self,
+        scope: Option<(&str, &str)>,
+        progress: &(dyn Fn(careplane_engine::BackupEvent) + Sync),
+    ) -> Result<careplane_engine::ShipOutcome, EngineError> {
+        Ok(self.ship_filestores(scope, false, progress)?)
     }
 }
 

@@ -17,7 +17,8 @@
 //!    a pg_hba line for it, `pg_dump | pg_restore` as the tenant's roles;
 //!    the filestore staged in a root-only directory: the backup's files plus
 //!    the files `ir_attachment` references at T that the live filestore
-//!    still has (content-addressed: same name, same content);
+//!    still has (content-addressed: same name, same content), and those
+//!    neither has from the environment's filestore shipments;
 //! 5. maintenance page, Odoo stopped, the swap (old database kept as
 //!    `<db>_pre_restore_<stamp>`), the filestore installed, Odoo started and
 //!    answering, maintenance off.
@@ -420,6 +421,7 @@ impl LocalDriver {
             bytes_skipped: recovered.bytes_skipped,
             dump_bytes: copied.dump_bytes,
             filestore_files: files.as_ref().map_or(0, |f| f.files),
+            filestore_from_shipments: files.as_ref().map_or(0, |f| f.from_shipments),
             filestore_missing: files.map(|f| f.missing).unwrap_or_default(),
             pre_restore_database,
             rto: rto.map(|(s, _)| s),
@@ -681,6 +683,15 @@ impl LocalDriver {
                 missing.retain(|f| !new.join(f).is_file());
             }
         }
+        // Added after the backup and deleted since: only a filestore
+        // shipment has it (docs/design/0010, "Filestore shipping").
+        let mut from_shipments = 0;
+        if !missing.is_empty() {
+            let want: std::collections::BTreeSet<String> = missing.iter().cloned().collect();
+            let got = self.files_from_shipments(&repo, &src.env, backup, &want, &new)?;
+            from_shipments = got.len() as u64;
+            missing.retain(|f| !got.contains(f));
+        }
         let old = work.join("old");
         ensure_dir(&old, 0o700)?;
         if let Some(root) = dst.root() {
@@ -699,6 +710,7 @@ impl LocalDriver {
             old,
             files,
             missing,
+            from_shipments,
         })
     }
 
@@ -779,6 +791,7 @@ struct StagedFiles {
     old: PathBuf,
     files: u64,
     missing: Vec<String>,
+    from_shipments: u64,
 }
 
 /// Databases a restore replaced and kept, from a `pg-database` record.
