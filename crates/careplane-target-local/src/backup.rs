@@ -1110,7 +1110,12 @@ impl LocalDriver {
                         }
                         out.created.push(b);
                     }
-                    Err(err) => out.failures.push(format!("backup of {t}/{e}: {err}")),
+                    // The environment's filestore is walked: a failure
+                    // there names a document's file, which must not reach
+                    // the audit log.
+                    Err(err) => out.failures.push(crate::ship::without_names(&format!(
+                        "backup of {t}/{e}: {err}"
+                    ))),
                 }
             } else if let (Some(b), Some(_)) = (&last, &policy.verify) {
                 // Verification is due when its schedule came since the backup was

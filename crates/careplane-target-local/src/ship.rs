@@ -85,6 +85,34 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `message` with every filestore name in it (40 hex digits: the SHA-1 of
+/// a document) replaced. Failures reach `run-due`'s output, serve's log and
+/// the audit log, where a document's hash must not: the repository keeps
+/// these names only in sealed objects.
+pub(crate) fn without_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        // Exactly 40: chunk ids (64) name objects, which errors must.
+        if run.len() == 40 {
+            out.push_str("<file>");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 impl LocalDriver {
     /// `backup ship-filestore [<tenant>/<env>]`: every environment with an
     /// Odoo filestore (or the one), under the apply lock.
@@ -129,9 +157,9 @@ impl LocalDriver {
             )));
             match self.ship_one(&all, &t, &e) {
                 Ok(s) => out.shipments.push(s),
-                Err(error) => out
-                    .failures
-                    .push(format!("filestore shipment of {t}/{e}: {error}")),
+                Err(error) => out.failures.push(without_names(&format!(
+                    "filestore shipment of {t}/{e}: {error}"
+                ))),
             }
         }
         Ok(out)
@@ -374,6 +402,20 @@ fn shipped_names(note: Option<&Value>) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_carry_no_filestore_name() {
+        let sha = "a9993e364706816aba3e25717850c26c9cd0d89d";
+        let msg = format!("reading /d/filestore/db/a9/{sha}: Permission denied (os error 13)");
+        assert_eq!(
+            without_names(&msg),
+            "reading /d/filestore/db/a9/<file>: Permission denied (os error 13)"
+        );
+        // A WAL file name (24 hex digits), a backup id and a chunk id stay.
+        let other = "segment 0000000100000000000000A1 of backup 20261202T181734690Z-4e634ad1, \
+                     object chunks/0f/0f9c3a1e0d2b4c5a6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5";
+        assert_eq!(without_names(other), other);
+    }
 
     #[test]
     fn only_odoo_shaped_names_are_checked_against_their_content() {
