@@ -1224,7 +1224,15 @@ impl Repository {
     /// each chunk's plaintext against its keyed id and each file's chunks.
     /// All problems are reported together, each naming its object.
     pub fn verify(&self, backup: &str, deep: bool) -> Result<VerifyReport> {
-        let manifest = self.manifest(backup)?;
+        self.verify_manifest(self.manifest(backup)?, deep)
+    }
+
+    /// [`Repository::verify`] of one record of `stream`.
+    pub fn verify_record(&self, stream: &str, id: &str, deep: bool) -> Result<VerifyReport> {
+        self.verify_manifest(self.record(stream, id)?, deep)
+    }
+
+    fn verify_manifest(&self, manifest: Manifest, deep: bool) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let mut problems = Vec::new();
         let note = |e: BackupError, problems: &mut Vec<String>| match e {

@@ -455,14 +455,16 @@ pub(crate) fn run(cmd: BackupCommand) -> Result<ExitCode> {
                     print_json(&j)?;
                 }
                 (Ok(v), Output::Text) => outln!(
-                    "ok: backup {} of {}/{}: {} objects{} and base backup {} ({} objects) match their signed manifests",
+                    "ok: backup {} of {}/{}: {} objects{}, base backup {} ({} objects) and {} filestore shipments ({} objects) match their signed manifests",
                     v.id,
                     v.tenant,
                     v.environment,
                     v.objects,
                     if v.deep { " decrypted" } else { "" },
                     v.cluster_backup.as_deref().unwrap_or("-"),
-                    v.cluster_objects
+                    v.cluster_objects,
+                    v.shipments,
+                    v.shipment_objects
                 ),
                 (Err(e), Output::Json) => {
                     print_json(&serde_json::json!({

@@ -86,6 +86,10 @@ pub struct VerifyOutcome {
     pub files: u64,
     pub cluster_backup: Option<String>,
     pub cluster_objects: u64,
+    /// Filestore shipments made since this backup (what a restore to a
+    /// later time takes files from), each checked the same way.
+    pub shipments: u64,
+    pub shipment_objects: u64,
 }
 
 /// What `backup prune` did in one repository.

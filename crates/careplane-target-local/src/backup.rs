@@ -805,7 +805,35 @@ impl LocalDriver {
             files: r.files,
             cluster_backup: None,
             cluster_objects: 0,
+            shipments: 0,
+            shipment_objects: 0,
         };
+        // The filestore shipments made since this backup: a restore to a
+        // later time takes files from them.
+        let stream = crate::ship::stream_of(env);
+        let ids = repo.list_record_ids(&stream).map_err(berr(&format!(
+            "listing the filestore shipments of {tenant}/{env}"
+        )))?;
+        for sid in ids {
+            let sm = repo
+                .record(&stream, &sid)
+                .map_err(berr(&format!("filestore shipment {sid} of {tenant}/{env}")))?;
+            if sm.labels.get("since").map(String::as_str) != Some(id) {
+                continue;
+            }
+            let sr = repo.verify_record(&stream, &sid, deep).map_err(|e| {
+                self.backup_error(
+                    &m,
+                    &format!(
+                        "backup {id} of {tenant}/{env}: filestore shipment {sid} (repository {})",
+                        repo.url()
+                    ),
+                    e,
+                )
+            })?;
+            out.shipments += 1;
+            out.shipment_objects += sr.objects;
+        }
         if let Some(base) = m.labels.get("cluster.backup") {
             let cluster_id = label(&m, "cluster").to_string();
             let crec = self
