@@ -623,7 +623,10 @@ fn break_glass_as_the_local_root_operator_is_immediate_audited_and_flagged() {
     .unwrap();
     // A session whose secret was altered is refused (and audited as such).
     let mut forged = session.clone();
-    forged["token"] = Value::from(format!("{}0", &token[..token.len() - 1]));
+    // (Its last character changed: to '0', or to '1' when it already was a
+    // '0': the "forged" session was then the valid one and the test failed.)
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    forged["token"] = Value::from(format!("{}{last}", &token[..token.len() - 1]));
     std::fs::write(&session_file, forged.to_string()).unwrap();
     let refused = run_with_stdin(&p, &["access", "list"], "");
     assert!(!refused.status.success());
