@@ -326,7 +326,7 @@ struct Run {
 /// order, biggest files first, and a thread takes a file no other thread is
 /// writing whenever there is one: file systems serialize writes to one file
 /// (ext4 on its inode lock, where the waiting thread spins), and two threads
-/// on one 1 GiB table segment spent a sixth of the restore's CPU spinning.
+/// on one 1 GiB table segment spent a tenth of the restore's CPU spinning.
 /// They share a file only when nothing else is left.
 struct RunQueue {
     /// Files with runs not yet handed out, biggest first.
@@ -362,13 +362,11 @@ impl RunQueue {
     /// The next run to write, or `None` when all are handed out. Looks past
     /// at most as many files as there are threads.
     fn take(&mut self) -> Option<usize> {
-        let pos = self.pending.iter().position(|&f| self.busy[f] == 0).or(
-            if self.pending.is_empty() {
-                None
-            } else {
-                Some(0)
-            },
-        )?;
+        let pos = self
+            .pending
+            .iter()
+            .position(|&f| self.busy[f] == 0)
+            .or((!self.pending.is_empty()).then_some(0))?;
         let f = self.pending[pos];
         let run = self.next[f];
         self.next[f] += 1;
@@ -393,14 +391,14 @@ struct OpenFile {
 
 /// Buffers one thread reuses for every chunk it reads (see
 /// [`Repository::read_chunk_into`]).
-pub(crate) struct ChunkScratch {
+struct ChunkScratch {
     compressed: Vec<u8>,
     plain: Vec<u8>,
     zstd: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 impl ChunkScratch {
-    pub(crate) fn new() -> ChunkScratch {
+    fn new() -> ChunkScratch {
         ChunkScratch {
             compressed: Vec::new(),
             plain: Vec::new(),
@@ -829,15 +827,8 @@ impl Repository {
         Ok(index)
     }
 
-    /// Fetches, decrypts and checks one chunk against its keyed id.
-    fn read_chunk(&self, backup: &str, c: &ChunkRef) -> Result<Vec<u8>> {
-        let mut scratch = ChunkScratch::new();
-        self.read_chunk_into(backup, c, &mut scratch)?;
-        Ok(std::mem::take(&mut scratch.plain))
-    }
-
-    /// [`Self::read_chunk`] into `scratch`'s buffers; the plaintext is
-    /// `scratch.plain`. A restore reads a thousand or more chunks per
+    /// Fetches, decrypts and checks one chunk against its keyed id, into
+    /// `scratch`'s buffers; the plaintext is `scratch.plain`. A restore reads a thousand or more chunks per
     /// gigabyte: fresh buffers per chunk (and a growing `Vec` for the
     /// decompressed megabyte) cost a tenth of its CPU in page faults and
     /// copies, and a zstd context per chunk more.
@@ -1227,9 +1218,10 @@ impl Repository {
         self.verify_manifest(self.manifest(backup)?, deep)
     }
 
-    /// [`Repository::verify`] of one record of `stream`.
-    pub fn verify_record(&self, stream: &str, id: &str, deep: bool) -> Result<VerifyReport> {
-        self.verify_manifest(self.record(stream, id)?, deep)
+    /// [`Repository::verify`] of a record as [`Repository::record`] read it
+    /// (its signature, identity and stream already checked).
+    pub fn verify_record(&self, record: Manifest, deep: bool) -> Result<VerifyReport> {
+        self.verify_manifest(record, deep)
     }
 
     fn verify_manifest(&self, manifest: Manifest, deep: bool) -> Result<VerifyReport> {
@@ -1261,9 +1253,10 @@ impl Repository {
         };
         report.objects += 1;
         report.stored_bytes += manifest.index.size;
+        let mut scratch = ChunkScratch::new();
         for c in &manifest.chunks {
             let res = if deep {
-                self.read_chunk(&manifest.id, c).map(|_| ())
+                self.read_chunk_into(&manifest.id, c, &mut scratch)
             } else {
                 self.fetch_checked(&manifest.id, &c.object(), c.size, &c.hash)
                     .map(|_| ())

@@ -821,7 +821,7 @@ impl LocalDriver {
             if sm.labels.get("since").map(String::as_str) != Some(id) {
                 continue;
             }
-            let sr = repo.verify_record(&stream, &sid, deep).map_err(|e| {
+            let sr = repo.verify_record(sm, deep).map_err(|e| {
                 self.backup_error(
                     &m,
                     &format!(
